@@ -1,0 +1,55 @@
+"""Encodings shared by every header: base64url without padding and RFC 8785 JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+import rfc8785
+
+from .errors import ParseError
+
+__all__ = ["b64url_encode", "b64url_decode", "canonical_json", "encode_json_b64", "decode_json_b64"]
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict decoding: the URL-safe alphabet only, no padding, no whitespace."""
+    if not isinstance(text, str) or _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+        raise ParseError("not base64url without padding")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - alphabet checked above
+        raise ParseError("not base64url") from exc
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) serialisation; the bytes every party hashes, signs or binds."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise ParseError(f"value cannot be canonicalised: {exc}") from exc
+
+
+def encode_json_b64(value: dict[str, Any]) -> str:
+    return b64url_encode(canonical_json(value))
+
+
+def decode_json_b64(text: str, what: str) -> dict[str, Any]:
+    """Decode base64url JSON that must be an object (challenge `request`, `opaque`, credentials)."""
+    raw = b64url_decode(text)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ParseError(f"{what} is not UTF-8 JSON") from exc
+    if not isinstance(value, dict):
+        raise ParseError(f"{what} is not a JSON object")
+    return value

@@ -1,0 +1,197 @@
+"""One error hierarchy. Seller-side problems know their HTTP status and problem type.
+
+Local errors (our own parser or formatter refusing input) and problems (what a seller
+answers over HTTP) are distinct branches, as in h11.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROBLEM_BASE",
+    "EXTENSION_PROBLEM_BASE",
+    "MPPError",
+    "ParseError",
+    "FormatError",
+    "PaymentProblem",
+    "PaymentRequired",
+    "MalformedCredential",
+    "InvalidChallenge",
+    "VerificationFailed",
+    "PaymentExpired",
+    "PaymentInsufficient",
+    "MethodUnsupported",
+    "AccessDenied",
+    "RequestInProgress",
+    "PROBLEM_CLASSES",
+    "BuyerError",
+    "QuoteRejected",
+    "NoPayableChallenge",
+    "ReceiptInvalid",
+    "OutcomeUnknown",
+    "PaymentFailed",
+]
+
+PROBLEM_BASE = "https://paymentauth.org/problems/"
+# Problem types we add ourselves; a URN so we never claim a host we do not own.
+EXTENSION_PROBLEM_BASE = "urn:mpp:problem:"
+
+
+class MPPError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class ParseError(MPPError, ValueError):
+    """A header, token or document on the wire is not what the spec allows."""
+
+
+class FormatError(MPPError, ValueError):
+    """We were asked to put something on the wire that the spec does not allow."""
+
+
+class PaymentProblem(MPPError):
+    """A condition the seller answers with an RFC 9457 problem document.
+
+    ``fresh_challenge`` says whether the answer carries a new challenge (every 402 does).
+    """
+
+    status: ClassVar[int] = 402
+    slug: ClassVar[str] = "payment-required"
+    title: ClassVar[str] = "Payment Required"
+
+    def __init__(self, detail: str = "", **extensions: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extensions = extensions
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    @property
+    def fresh_challenge(self) -> bool:
+        return self.status == 402
+
+    def to_problem(self, *, instance: str | None = None, challenge_id: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if instance is not None:
+            doc["instance"] = instance
+        if challenge_id is not None:
+            doc["challengeId"] = challenge_id
+        doc.update(self.extensions)
+        return doc
+
+
+class PaymentRequired(PaymentProblem):
+    slug = "payment-required"
+    title = "Payment Required"
+
+
+class MalformedCredential(PaymentProblem):
+    slug = "malformed-credential"
+    title = "Malformed Payment Credential"
+
+
+class InvalidChallenge(PaymentProblem):
+    slug = "invalid-challenge"
+    title = "Invalid Payment Challenge"
+
+
+class VerificationFailed(PaymentProblem):
+    slug = "verification-failed"
+    title = "Payment Verification Failed"
+
+
+class PaymentExpired(PaymentProblem):
+    slug = "payment-expired"
+    title = "Payment Expired"
+
+
+class PaymentInsufficient(PaymentProblem):
+    slug = "payment-insufficient"
+    title = "Insufficient Payment"
+
+
+class MethodUnsupported(PaymentProblem):
+    status = 400
+    slug = "method-unsupported"
+    title = "Payment Method Unsupported"
+
+
+class AccessDenied(PaymentProblem):
+    status = 403
+    slug = "access-denied"
+    title = "Payment Accepted But Access Denied"
+
+
+class RequestInProgress(PaymentProblem):
+    """An Idempotency-Key retry arrived while the original paid request is still running."""
+
+    status = 409
+    slug = "request-in-progress"
+    title = "Paid Request Still In Progress"
+
+    @property
+    def type(self) -> str:
+        return EXTENSION_PROBLEM_BASE + self.slug
+
+
+PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {
+    cls.slug: cls
+    for cls in (
+        PaymentRequired,
+        MalformedCredential,
+        InvalidChallenge,
+        VerificationFailed,
+        PaymentExpired,
+        PaymentInsufficient,
+        MethodUnsupported,
+        AccessDenied,
+    )
+}
+
+
+class BuyerError(MPPError):
+    """The buyer refused to pay, or could not tell whether it paid."""
+
+
+class NoPayableChallenge(BuyerError):
+    """No challenge in the 402 is one this buyer can and may pay. ``reasons`` says why, per challenge."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
+
+
+class QuoteRejected(BuyerError):
+    """The quote breaks the buyer's policy; nothing was signed."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"{rule}: {detail}")
+        self.rule = rule
+        self.detail = detail
+
+
+class ReceiptInvalid(BuyerError):
+    """The seller answered 2xx but its receipt does not verify."""
+
+
+class PaymentFailed(BuyerError):
+    """The seller refused the credential; ``problem`` is its problem document."""
+
+    def __init__(self, message: str, status: int, problem: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem or {}
+
+
+class OutcomeUnknown(BuyerError):
+    """A credential was sent but no usable answer came back (5xx, network error).
+
+    The payment may or may not have settled; retrying blindly could pay twice.
+    """
+
+    def __init__(self, message: str, challenge_id: str) -> None:
+        super().__init__(message)
+        self.challenge_id = challenge_id

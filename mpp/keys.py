@@ -1,0 +1,108 @@
+"""Ed25519 keys, their ``did:key`` identifiers and their JWKs.
+
+A ``did:key`` for Ed25519 is ``did:key:z`` + base58btc(0xed 0x01 || 32-byte public key).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import base58
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ._wire import b64url_decode, b64url_encode
+from .errors import ParseError
+
+__all__ = ["SigningKey", "did_from_public_key", "public_key_from_did", "verify_signature", "public_jwk", "SignatureInvalid"]
+
+_ED25519_MULTICODEC = b"\xed\x01"
+
+
+class SignatureInvalid(Exception):
+    """An Ed25519 signature did not verify (or the key could not be read)."""
+
+
+def did_from_public_key(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "did:key:z" + base58.b58encode(_ED25519_MULTICODEC + raw).decode("ascii")
+
+
+def public_key_from_did(did: str) -> Ed25519PublicKey:
+    if not isinstance(did, str) or not did.startswith("did:key:z") or len(did) > 128:
+        raise ParseError("not an Ed25519 did:key")
+    try:
+        decoded = base58.b58decode(did[len("did:key:z"):])
+    except ValueError as exc:
+        raise ParseError("did:key is not base58btc") from exc
+    if len(decoded) != 34 or decoded[:2] != _ED25519_MULTICODEC:
+        raise ParseError("did:key is not an Ed25519 key")
+    return Ed25519PublicKey.from_public_bytes(decoded[2:])
+
+
+def verify_signature(did: str, message: bytes, signature_b64: str) -> None:
+    """Raise SignatureInvalid unless ``signature_b64`` is the key's signature over ``message``."""
+    try:
+        key = public_key_from_did(did)
+        signature = b64url_decode(signature_b64)
+        key.verify(signature, message)
+    except (ParseError, InvalidSignature, ValueError) as exc:
+        raise SignatureInvalid("signature does not verify") from exc
+
+
+def public_jwk(public_key: Ed25519PublicKey, kid: str) -> dict[str, Any]:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
+
+
+class SigningKey:
+    """An Ed25519 private key with its DID. ``repr`` never shows key material."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.did = did_from_public_key(self.public_key)
+        # A short, stable key id for JWKS: the DID's multibase tail is unique per key.
+        self.kid = self.did[len("did:key:"):][:24]
+
+    def __repr__(self) -> str:
+        return f"SigningKey(did={self.did!r})"
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "SigningKey":
+        data = Path(path).read_bytes()
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a PEM private key") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write PKCS#8 PEM, readable by the owner only."""
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+
+    def sign(self, message: bytes) -> str:
+        return b64url_encode(self._key.sign(message))
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        """For JWS signing with pyjwt; do not log."""
+        return self._key
+
+    def jwk(self) -> dict[str, Any]:
+        return public_jwk(self.public_key, self.kid)

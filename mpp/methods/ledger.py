@@ -1,0 +1,134 @@
+"""The ``ledger`` method, wire side: the agent's signed transfer authorization.
+
+The agent signs exactly this challenge (id, realm, amount, currency, recipient, payer account);
+the seller and the ledger read amount, currency and recipient from the HMAC-bound challenge,
+never from the payload, so a payload cannot ask for anything the seller did not quote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._wire import canonical_json
+from ..errors import ParseError, VerificationFailed
+from ..keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
+from ..models import Challenge, ChargeRequest, Credential
+
+__all__ = [
+    "METHOD",
+    "SIGNING_DOMAIN",
+    "LedgerAuthorization",
+    "authorization_message",
+    "LedgerSellerMethod",
+    "LedgerBuyerMethod",
+]
+
+METHOD = "ledger"
+SIGNING_DOMAIN = b"mpp-ledger-charge-v1\n"
+_MAX_ACCOUNT = 128
+
+
+@dataclass(frozen=True)
+class LedgerAuthorization:
+    """A verified payload: who signed, for which payer account, over which challenge."""
+
+    challenge_id: str
+    account: str
+    signer: str
+    amount: int
+    currency: str
+    recipient: str
+
+
+def authorization_message(*, challenge_id: str, realm: str, request: ChargeRequest, account: str) -> bytes:
+    body = {
+        "account": account,
+        "amount": request.amount,
+        "challengeId": challenge_id,
+        "currency": request.currency,
+        "realm": realm,
+        "recipient": request.recipient,
+    }
+    return SIGNING_DOMAIN + canonical_json(body)
+
+
+class LedgerSellerMethod:
+    """Seller side: quotes in the ledger's terms and checks the agent's signature."""
+
+    name = METHOD
+
+    def __init__(self, *, recipient: str, ledger_id: str) -> None:
+        self.recipient = recipient
+        self.ledger_id = ledger_id
+
+    def request_for(self, *, amount: int, currency: str, description: str | None) -> dict[str, Any]:
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise ValueError("amount must be a non-negative integer in base units")
+        request: dict[str, Any] = {
+            "amount": str(amount),
+            "currency": currency,
+            "recipient": self.recipient,
+            "methodDetails": {"ledger": self.ledger_id},
+        }
+        if description:
+            request["description"] = description
+        return request
+
+    def verify(self, credential: Credential, request: ChargeRequest) -> LedgerAuthorization:
+        payload = credential.payload
+        account, signer, signature = payload.get("account"), payload.get("signer"), payload.get("signature")
+        if payload.get("type") != "authorization":
+            raise VerificationFailed("ledger payload type must be 'authorization'")
+        for name, value in (("account", account), ("signer", signer), ("signature", signature)):
+            if not isinstance(value, str) or not value:
+                raise VerificationFailed(f"ledger payload lacks {name!r}")
+        if len(account) > _MAX_ACCOUNT:
+            raise VerificationFailed("ledger payload account id is too long")
+        if credential.source is not None and credential.source != signer:
+            raise VerificationFailed("credential source is not the payload's signer")
+        try:
+            public_key_from_did(signer)
+        except ParseError as exc:
+            raise VerificationFailed("ledger payload signer is not an Ed25519 did:key") from exc
+        if request.recipient != self.recipient:
+            raise VerificationFailed("challenge names another recipient")
+        message = authorization_message(
+            challenge_id=credential.challenge.id, realm=credential.challenge.realm, request=request, account=account
+        )
+        try:
+            verify_signature(signer, message, signature)
+        except SignatureInvalid as exc:
+            raise VerificationFailed("ledger authorization signature does not verify") from exc
+        return LedgerAuthorization(
+            challenge_id=credential.challenge.id,
+            account=account,
+            signer=signer,
+            amount=request.amount_int,
+            currency=request.currency,
+            recipient=request.recipient,
+        )
+
+
+class LedgerBuyerMethod:
+    """Buyer side: signs an accepted challenge with the agent key for its payer account."""
+
+    name = METHOD
+
+    def __init__(self, *, key: SigningKey, account: str) -> None:
+        self.key = key
+        self.account = account
+
+    def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:
+        if challenge.method != METHOD:
+            return f"method {challenge.method!r} is not {METHOD!r}"
+        if challenge.intent != "charge":
+            return f"intent {challenge.intent!r} is not supported"
+        return None
+
+    def payload(self, challenge: Challenge, request: ChargeRequest) -> tuple[dict[str, Any], str | None]:
+        message = authorization_message(
+            challenge_id=challenge.id, realm=challenge.realm, request=request, account=self.account
+        )
+        payload = {"type": "authorization", "account": self.account, "signer": self.key.did, "signature": self.key.sign(message)}
+        return payload, self.key.did
