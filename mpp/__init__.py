@@ -14,6 +14,7 @@ from .errors import (
     PROBLEM_BASE,
     PROBLEM_CLASSES,
     AccessDenied,
+    BadRequest,
     BuyerError,
     FormatError,
     InvalidChallenge,
@@ -54,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AcceptRange",
     "AccessDenied",
+    "BadRequest",
     "BuyerError",
     "BuyerPolicy",
     "Challenge",

@@ -22,6 +22,7 @@ __all__ = [
     "PaymentExpired",
     "PaymentInsufficient",
     "MethodUnsupported",
+    "BadRequest",
     "AccessDenied",
     "RequestInProgress",
     "PROBLEM_CLASSES",
@@ -119,6 +120,12 @@ class MethodUnsupported(PaymentProblem):
     title = "Payment Method Unsupported"
 
 
+class BadRequest(PaymentProblem):
+    status = 400
+    slug = "bad-request"
+    title = "Bad Request"
+
+
 class AccessDenied(PaymentProblem):
     status = 403
     slug = "access-denied"
@@ -147,6 +154,7 @@ PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {
         PaymentExpired,
         PaymentInsufficient,
         MethodUnsupported,
+        BadRequest,
         AccessDenied,
     )
 }

@@ -6,6 +6,7 @@ back; consuming a challenge, settling and storing responses are I/O and stay the
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
@@ -94,8 +95,9 @@ class SellerCore:
     def challenges(self, price: Price, info: RequestInfo, now: datetime) -> list[Challenge]:
         """Fresh challenges for this request, one per method, in the client's preferred order."""
         digest = content_digest(info.body) if (info.body or info.method.upper() in BODY_METHODS) else None
-        opaque = {"resource": info.resource}
         names = self._negotiate(info.accept_payment)
+        # The nonce makes every challenge id unique (HMAC is deterministic, and two quotes for
+        # one resource in the same second would otherwise share an id, the second one "used").
         return [
             self.issuer.issue(
                 method=name,
@@ -105,7 +107,7 @@ class SellerCore:
                 ),
                 now=now,
                 digest=digest,
-                opaque=opaque,
+                opaque={"nonce": secrets.token_urlsafe(16), "resource": info.resource},
                 description=price.description,
             )
             for name in names

@@ -1,0 +1,19 @@
+"""aiohttp adapters: the seller middleware and the buyer client. They carry bytes and await
+stores and rails; every protocol decision is made by the sans-I/O core."""
+
+from .buyer import PaidResponse, PaymentClient
+from .rails import EmbeddedLedgerRail, PaymentRail, Settlement
+from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, payment_of
+
+__all__ = [
+    "EmbeddedLedgerRail",
+    "PAYMENT_KEY",
+    "PaidResponse",
+    "Payment",
+    "PaymentClient",
+    "PaymentRail",
+    "SELLER_KEY",
+    "Seller",
+    "Settlement",
+    "payment_of",
+]

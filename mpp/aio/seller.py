@@ -1,0 +1,300 @@
+"""The seller: an aiohttp middleware that prices routes, answers 402s and settles credentials.
+
+    seller = Seller(realm="api.example.com", secret=..., receipt_key=..., rails=[rail], store=store)
+
+    @seller.price(amount=100, currency="usd", description="one forecast")
+    async def forecast(request): ...
+
+    app = web.Application()
+    app.router.add_get("/forecast", forecast)
+    seller.setup(app)
+
+Order of work for a credential: offline checks (core) -> consume the challenge (store,
+exactly once) -> settle (rail, idempotent by challenge id) -> run the handler -> receipt.
+A handler that fails after settlement gets the payment refunded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..challenge import ChallengeIssuer
+from ..errors import BadRequest, InvalidChallenge, MethodUnsupported, PaymentProblem, PaymentRequired, RequestInProgress
+from ..headers import format_receipt
+from ..keys import SigningKey
+from ..models import PaymentReceipt, format_rfc3339
+from ..receipts import jwks_document, sign_receipt
+from ..seller_core import Price, RequestInfo, SellerCore, Verified
+from ..store import PaymentStore, StoredResponse
+from .rails import PaymentRail, Settlement
+
+__all__ = ["Seller", "Payment", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "JWKS_PATH", "OPENAPI_PATH"]
+
+log = logging.getLogger("mpp.seller")
+
+JWKS_PATH = "/.well-known/jwks.json"
+OPENAPI_PATH = "/openapi.json"
+PAYMENT_KEY = "mpp.payment"  # request key: the settled Payment, for handlers
+_PRICE_ATTR = "__mpp_price__"
+_REPLAY_HEADERS = ("Content-Type", "Content-Language", "Location", "ETag")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Payment:
+    """What a paid handler can know about the payment that let it run."""
+
+    verified: Verified
+    settlement: Settlement
+    claims: dict[str, Any]
+    receipt_header: str
+    refunded: bool = False
+
+    @property
+    def payer(self) -> str | None:
+        return self.settlement.payer
+
+    @property
+    def source(self) -> str | None:
+        return self.verified.credential.source
+
+
+def payment_of(request: web.Request) -> Payment | None:
+    return request.get(PAYMENT_KEY)
+
+
+@dataclass
+class Seller:
+    realm: str
+    secret: bytes
+    receipt_key: SigningKey
+    rails: Sequence[PaymentRail]
+    store: PaymentStore
+    challenge_ttl: timedelta = timedelta(minutes=5)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    title: str = "MPP seller"
+    previous_receipt_keys: Sequence[SigningKey] = ()
+
+    def __post_init__(self) -> None:
+        self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
+        self.secret = b""  # held by the issuer only, so it is never printed with the seller
+        self._rails = {rail.name: rail for rail in self.rails}
+        self.core = SellerCore(self.issuer, self._rails)
+        self._route_prices: dict[int, Price] = {}
+
+    def __repr__(self) -> str:
+        return f"Seller(realm={self.realm!r}, rails={list(self._rails)!r})"
+
+    # -- pricing -----------------------------------------------------------
+
+    def price(self, amount: int, currency: str, description: str | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: this handler costs ``amount`` base units of ``currency`` per request."""
+        price = Price(amount, currency, description)
+
+        def mark(handler: Handler) -> Handler:
+            setattr(handler, _PRICE_ATTR, price)
+            return handler
+
+        return mark
+
+    def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler, price: Price | None) -> web.AbstractRoute:
+        """Route-table style: register a route and its price (``None`` for a free route)."""
+        route = router.add_route(method, path, handler)
+        if price is not None:
+            self._route_prices[id(route)] = price
+        return route
+
+    def price_for(self, request: web.Request) -> Price | None:
+        route = request.match_info.route
+        price = self._route_prices.get(id(route))
+        if price is None:
+            price = getattr(request.match_info.handler, _PRICE_ATTR, None)
+        return price
+
+    # -- wiring ------------------------------------------------------------
+
+    def setup(self, app: web.Application) -> None:
+        app[SELLER_KEY] = self
+        app.middlewares.append(self.middleware)
+        app.on_response_prepare.append(self._on_response_prepare)
+        app.router.add_get(JWKS_PATH, self._jwks)
+        app.router.add_get(OPENAPI_PATH, self._openapi)
+
+        async def _close_store(app: web.Application):
+            yield
+            await self.store.close()
+
+        app.cleanup_ctx.append(_close_store)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        price = self.price_for(request)
+        if price is None:
+            return await handler(request)
+        body = await request.read()
+        info = RequestInfo(
+            method=request.method,
+            path=request.rel_url.raw_path,
+            query=request.rel_url.raw_query_string,
+            body=body,
+            accept_payment=request.headers.get("Accept-Payment"),
+            authorization=tuple(request.headers.getall("Authorization", ())),
+        )
+        now = self.clock()
+        try:
+            header = self.core.payment_credential(info)
+            if header is None:
+                raise PaymentRequired("this resource requires payment")
+            verified = self.core.verify(header, info, now)
+        except PaymentProblem as problem:
+            return self._problem(problem, price, info, now)
+        return await self._settle_and_serve(request, handler, verified, price, info, now)
+
+    async def _settle_and_serve(
+        self, request: web.Request, handler: Handler, verified: Verified, price: Price, info: RequestInfo, now: datetime
+    ) -> web.StreamResponse:
+        cid = verified.challenge_id
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and (not idem or len(idem) > 255 or not idem.isprintable()):
+            return self._problem(BadRequest("Idempotency-Key must be 1 to 255 printable characters"), price, info, now)
+        if not await self.store.claim(cid, resource=verified.resource, idempotency_key=idem):
+            return await self._already_claimed(cid, idem, price, info, now)
+        rail = self._rails[verified.credential.challenge.method]
+        try:
+            settlement = await rail.settle(verified)
+        except PaymentProblem as problem:
+            await self.store.mark(cid, "failed", failure=problem.slug)
+            log.info("settlement refused challenge=%s problem=%s", cid, problem.slug)
+            return self._problem(problem, price, info, now)
+        claims = self.core.receipt_claims(
+            verified, reference=settlement.reference, settled_at=settlement.settled_at, account=settlement.payer
+        )
+        receipt_header = format_receipt(
+            PaymentReceipt(
+                status="success",
+                method=rail.name,
+                timestamp=format_rfc3339(settlement.settled_at),
+                reference=settlement.reference,
+                challengeId=cid,
+                receipt=sign_receipt(self.receipt_key, claims),
+            )
+        )
+        await self.store.mark_settled(
+            cid,
+            payer=settlement.payer or "",
+            amount=verified.request.amount,
+            currency=verified.request.currency,
+            reference=settlement.reference,
+            receipt=receipt_header,
+        )
+        payment = Payment(verified, settlement, claims, receipt_header)
+        request[PAYMENT_KEY] = payment
+        log.info("settled challenge=%s reference=%s amount=%s %s", cid, settlement.reference, verified.request.amount, verified.request.currency)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                await self._refund(payment, rail, f"handler raised HTTP {exc.status}")
+            else:
+                await self.store.mark(cid, "delivered")
+            raise
+        except BaseException:
+            await self._refund(payment, rail, "handler raised")
+            raise
+        if response.status >= 400:
+            await self._refund(payment, rail, f"handler answered {response.status}")
+            return response
+        await self.store.mark(cid, "delivered")
+        if idem is not None and isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)):
+            kept = [(k, v) for k in _REPLAY_HEADERS for v in response.headers.getall(k, ())]
+            await self.store.save_response(cid, StoredResponse(response.status, kept, bytes(response.body)))
+        return response
+
+    async def _refund(self, payment: Payment, rail: PaymentRail, why: str) -> None:
+        payment.refunded = True
+        cid = payment.verified.challenge_id
+        await rail.refund(payment.settlement)
+        await self.store.mark(cid, "refunded", failure=why)
+        log.warning("refunded challenge=%s: %s", cid, why)
+
+    async def _already_claimed(self, cid: str, idem: str | None, price: Price, info: RequestInfo, now: datetime) -> web.StreamResponse:
+        record = await self.store.get(cid)
+        if idem is not None and record is not None and record.idempotency_key is not None and hmac.compare_digest(
+            record.idempotency_key.encode(), idem.encode()
+        ):
+            stored = await self.store.get_response(cid)
+            if stored is not None:
+                headers = [*stored.headers, ("Payment-Receipt", record.receipt or ""), ("Cache-Control", "private"), ("Idempotent-Replayed", "true")]
+                return web.Response(status=stored.status, body=stored.body, headers=_multidict(headers))
+            if record.state in ("settling", "settled"):
+                return self._problem(RequestInProgress("the original paid request is still running"), price, info, now)
+        return self._problem(InvalidChallenge("challenge has already been used"), price, info, now)
+
+    def _problem(self, problem: PaymentProblem, price: Price, info: RequestInfo, now: datetime) -> web.Response:
+        with_challenges = problem.fresh_challenge or isinstance(problem, MethodUnsupported)
+        challenges = self.core.challenges(price, info, now) if with_challenges else []
+        headers = self.core.problem_headers(challenges)  # includes Cache-Control: no-store
+        body = self.core.problem_body(problem, challenges, instance=info.path)
+        return web.Response(
+            status=problem.status,
+            body=json.dumps(body).encode(),
+            content_type="application/problem+json",
+            headers=_multidict(headers),
+        )
+
+    async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        payment: Payment | None = request.get(PAYMENT_KEY)
+        if payment is None or payment.refunded or response.status >= 400:
+            response.headers.popall("Payment-Receipt", None)
+            return
+        if "Payment-Receipt" not in response.headers:
+            response.headers["Payment-Receipt"] = payment.receipt_header
+        cache = response.headers.get("Cache-Control", "")
+        if "private" not in cache and "no-store" not in cache:
+            response.headers["Cache-Control"] = "private" + (f", {cache}" if cache else "")
+
+    # -- publishing --------------------------------------------------------
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        keys = [self.receipt_key, *self.previous_receipt_keys]
+        return web.json_response(jwks_document(keys), headers={"Cache-Control": "public, max-age=300"})
+
+    def priced_routes(self, app: web.Application) -> Iterable[tuple[str, str, Price]]:
+        for route in app.router.routes():
+            price = self._route_prices.get(id(route)) or getattr(route.handler, _PRICE_ATTR, None)
+            if price is not None and route.method != "HEAD":
+                yield route.method, route.resource.canonical, price
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        paths: dict[str, dict[str, Any]] = {}
+        for method, path, price in self.priced_routes(request.app):
+            offers = [
+                {"intent": "charge", "method": name, "amount": str(price.amount), "currency": price.currency}
+                | ({"description": price.description} if price.description else {})
+                for name in self._rails
+            ]
+            paths.setdefault(path, {})[method.lower()] = {
+                "summary": price.description or f"{method} {path}",
+                "x-payment-info": {"offers": offers},
+                "responses": {
+                    "200": {"description": "Paid response, with a Payment-Receipt header"},
+                    "402": {"description": "Payment Required"},
+                },
+            }
+        doc = {"openapi": "3.1.0", "info": {"title": self.title, "version": "1.0.0"}, "paths": paths}
+        return web.json_response(doc, headers={"Cache-Control": "max-age=300"})
+
+
+SELLER_KEY = web.AppKey("mpp_seller", Seller)
+
+
+def _multidict(headers: list[tuple[str, str]]) -> CIMultiDict[str]:
+    return CIMultiDict(headers)

@@ -1,0 +1,30 @@
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    currency TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('asset', 'issuance')),
+    balance INTEGER NOT NULL,
+    CHECK (kind = 'issuance' OR balance >= 0)
+);
+CREATE TABLE IF NOT EXISTS account_keys (
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    did TEXT NOT NULL,
+    PRIMARY KEY (account_id, did)
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id TEXT PRIMARY KEY,
+    payer TEXT NOT NULL REFERENCES accounts(id),
+    payee TEXT NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    currency TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    signer TEXT
+);
+CREATE TABLE IF NOT EXISTS postings (
+    transfer_id TEXT NOT NULL REFERENCES transfers(id),
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL
+)
+"""

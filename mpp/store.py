@@ -1,0 +1,131 @@
+"""The seller's payment records: which challenges were consumed, how they settled, and the
+responses kept for Idempotency-Key retries.
+
+The interface is async so that a networked database can stand behind it; the SQLite
+implementation runs each statement synchronously (they are short, and never interleave).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+from ._sqlite import connect, immediate
+from .models import format_rfc3339
+
+__all__ = ["PaymentRecord", "StoredResponse", "PaymentStore", "SqlitePaymentStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payments (
+    challenge_id TEXT PRIMARY KEY,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('settling', 'settled', 'failed', 'delivered', 'refunded')),
+    idempotency_key TEXT,
+    payer TEXT,
+    amount TEXT,
+    currency TEXT,
+    reference TEXT,
+    receipt TEXT,
+    failure TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    challenge_id TEXT PRIMARY KEY REFERENCES payments(challenge_id),
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    challenge_id: str
+    resource: str
+    state: str
+    idempotency_key: str | None
+    payer: str | None
+    amount: str | None
+    currency: str | None
+    reference: str | None
+    receipt: str | None
+    failure: str | None
+
+
+class PaymentStore(Protocol):
+    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool: ...
+    async def get(self, challenge_id: str) -> PaymentRecord | None: ...
+    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None: ...
+    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None: ...
+    async def save_response(self, challenge_id: str, response: StoredResponse) -> None: ...
+    async def get_response(self, challenge_id: str) -> StoredResponse | None: ...
+    async def close(self) -> None: ...
+
+
+def _now() -> str:
+    return format_rfc3339(datetime.now(timezone.utc))
+
+
+class SqlitePaymentStore:
+    def __init__(self, location: str) -> None:
+        self._conn = connect(location, _SCHEMA)
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool:
+        """Consume a challenge. True for exactly one caller, across processes sharing the file."""
+        now = _now()
+        with immediate(self._conn) as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO payments(challenge_id, resource, state, idempotency_key, created_at, updated_at) "
+                "VALUES (?, ?, 'settling', ?, ?, ?)",
+                (challenge_id, resource, idempotency_key, now, now),
+            )
+            return cur.rowcount == 1
+
+    async def get(self, challenge_id: str) -> PaymentRecord | None:
+        row = self._conn.execute(
+            "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure "
+            "FROM payments WHERE challenge_id=?",
+            (challenge_id,),
+        ).fetchone()
+        return PaymentRecord(*row) if row else None
+
+    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute(
+                "UPDATE payments SET state='settled', payer=?, amount=?, currency=?, reference=?, receipt=?, updated_at=? "
+                "WHERE challenge_id=?",
+                (payer, amount, currency, reference, receipt, _now(), challenge_id),
+            )
+
+    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        with immediate(self._conn) as c:
+            c.execute(
+                "UPDATE payments SET state=?, failure=COALESCE(?, failure), updated_at=? WHERE challenge_id=?",
+                (state, failure, _now(), challenge_id),
+            )
+
+    async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
+        with immediate(self._conn) as c:
+            c.execute(
+                "INSERT OR REPLACE INTO responses(challenge_id, status, headers, body) VALUES (?, ?, ?, ?)",
+                (challenge_id, response.status, json.dumps(response.headers), response.body),
+            )
+
+    async def get_response(self, challenge_id: str) -> StoredResponse | None:
+        row = self._conn.execute("SELECT status, headers, body FROM responses WHERE challenge_id=?", (challenge_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], [tuple(h) for h in json.loads(row[1])], bytes(row[2]))
