@@ -1,0 +1,319 @@
+"""The `mpp` command line. Errors are one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_HTTP = 1  # the request was answered, but not with success
+EXIT_USAGE = 2
+EXIT_POLICY = 3  # the buyer refused the quote; nothing was signed
+EXIT_REFUSED = 4  # the seller refused the credential
+EXIT_UNKNOWN = 5  # credential sent, outcome unknown: do not retry blindly
+EXIT_RECEIPT = 6  # paid, but the receipt does not verify
+
+EPILOG_FETCH = """exit codes:
+  0  success (2xx), paid or free
+  1  the server answered with an error that was not about payment
+  2  bad arguments or wallet
+  3  the quote broke the wallet's policy (amount, currency, recipient, expiry, origin); nothing was signed
+  4  the seller refused the credential (its problem document is printed on stderr)
+  5  the credential was sent but the outcome is unknown (5xx or network error): check before retrying
+  6  the seller answered 2xx but its receipt did not verify
+"""
+
+
+def _err(msg: str) -> None:
+    print(f"mpp: {msg}", file=sys.stderr)
+
+
+# -- init ------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .config import init_home
+
+    info = init_home(args.dir, funding=args.funding, realm=args.realm, max_amount=args.max_amount)
+    print(f"initialised {args.dir}")
+    print(f"  seller config : {info['seller_config']}")
+    print(f"  agent wallet  : {info['wallet']}  ({info['agent_did']})")
+    print(f"  ledger        : {info['ledger']}  (acct:buyer funded with {args.funding})")
+    return EXIT_OK
+
+
+# -- seller ----------------------------------------------------------------
+
+
+def cmd_seller_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .aio.serve import build_seller_app
+    from .config import load_seller_config
+
+    config = load_seller_config(args.config)
+    app, seller = build_seller_app(config)
+
+    async def run() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
+        host = args.host if ":" not in args.host else f"[{args.host}]"
+        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={len(config.routes)}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+# -- fetch -----------------------------------------------------------------
+
+
+def _parse_headers(values: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for item in values:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header must be 'Name: value', got {item!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .aio.buyer import PaymentClient
+    from .config import load_wallet
+    from .errors import NoPayableChallenge, OutcomeUnknown, PaymentFailed, QuoteRejected, ReceiptInvalid
+    from .methods.ledger import LedgerBuyerMethod
+
+    wallet = load_wallet(args.wallet, max_amount=args.max_amount)
+    method = args.method or ("POST" if args.data is not None else "GET")
+    data = args.data.encode("utf-8") if args.data is not None else None
+    headers = _parse_headers(args.header)
+
+    async def run() -> int:
+        timeout = aiohttp.ClientTimeout(total=args.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy)
+            try:
+                if args.credential_only:
+                    credential = await client.credential(method, args.url, data=data)
+                    if credential is None:
+                        _err("the resource did not ask for payment; no credential to print")
+                        return EXIT_HTTP
+                    print(credential)
+                    return EXIT_OK
+                resp = await client.request(method, args.url, data=data, headers=headers)
+            except QuoteRejected as exc:
+                _err(f"refused to pay ({exc.rule}): {exc.detail}")
+                return EXIT_POLICY
+            except NoPayableChallenge as exc:
+                _err(f"{exc}: " + "; ".join(exc.reasons))
+                return EXIT_POLICY
+            except PaymentFailed as exc:
+                _err(str(exc))
+                if exc.problem:
+                    print(json.dumps(exc.problem, indent=2), file=sys.stderr)
+                return EXIT_REFUSED
+            except OutcomeUnknown as exc:
+                _err(f"{exc} (challenge {exc.challenge_id}); the payment may have settled: check before retrying")
+                return EXIT_UNKNOWN
+            except ReceiptInvalid as exc:
+                _err(f"paid, but the receipt is not valid: {exc}")
+                return EXIT_RECEIPT
+            except aiohttp.ClientError as exc:
+                _err(f"request failed before any payment: {exc}")
+                return EXIT_HTTP
+        sys.stdout.write(resp.text())
+        if not resp.text().endswith("\n"):
+            sys.stdout.write("\n")
+        if resp.receipt is not None:
+            summary = {
+                "verified": True,
+                "challengeId": resp.receipt.challengeId,
+                "reference": resp.receipt.reference,
+                "method": resp.receipt.method,
+                "timestamp": resp.receipt.timestamp,
+                "amount": resp.claims["amount"],
+                "currency": resp.claims["currency"],
+                "recipient": resp.claims["recipient"],
+                "resource": resp.claims.get("resource"),
+                "issuer": resp.claims["iss"],
+            }
+            print("receipt: " + json.dumps(summary), file=sys.stderr)
+        return EXIT_OK if resp.status < 400 else EXIT_HTTP
+
+    return asyncio.run(run())
+
+
+# -- ledger ----------------------------------------------------------------
+
+
+def _ledger_path(args: argparse.Namespace) -> str:
+    path = args.ledger or os.path.join(os.environ.get("MPP_HOME", "mpp-home"), "ledger.db")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no ledger at {path}; run `mpp init DIR` and pass --ledger DIR/ledger.db")
+    return path
+
+
+def cmd_ledger_balance(args: argparse.Namespace) -> int:
+    from .ledger import SqliteLedger
+
+    ledger = SqliteLedger(_ledger_path(args))
+    try:
+        accounts = [ledger.account(args.account)] if args.account else ledger.accounts()
+        if args.json:
+            print(json.dumps({"accounts": {a.id: a.balance for a in accounts}, "total": ledger.total()}))
+        else:
+            width = max([len(a.id) for a in accounts] + [7])
+            for a in accounts:
+                print(f"{a.id:<{width}}  {a.balance:>12} {a.currency}")
+            print(f"{'(total)':<{width}}  {ledger.total():>12}")
+    finally:
+        ledger.close()
+    return EXIT_OK
+
+
+def cmd_ledger_fund(args: argparse.Namespace) -> int:
+    from .ledger import SqliteLedger
+
+    ledger = SqliteLedger(_ledger_path(args))
+    try:
+        transfer = ledger.fund(args.account, args.amount)
+        print(f"funded {args.account} with {args.amount} {transfer.currency} (transfer {transfer.id}); balance {ledger.balance(args.account)}")
+    finally:
+        ledger.close()
+    return EXIT_OK
+
+
+def cmd_ledger_check(args: argparse.Namespace) -> int:
+    from .ledger import SqliteLedger
+
+    ledger = SqliteLedger(_ledger_path(args))
+    try:
+        problems = ledger.check()
+        total = ledger.total()
+    finally:
+        ledger.close()
+    if total != 0:
+        problems.append(f"balances sum to {total}, not 0")
+    for p in problems:
+        _err(p)
+    if not problems:
+        print("ledger consistent: every transfer balances, every balance matches its postings, total 0")
+    return EXIT_OK if not problems else EXIT_HTTP
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir)
+
+
+# -- parser ----------------------------------------------------------------
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be a non-negative integer (base units)")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer (base units)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpp", description="Machine payments over the HTTP Payment scheme: seller, buyer, ledger.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("init", help="create an agent key, a funded payer account and a seller configuration")
+    s.add_argument("dir", metavar="DIR", help="directory to create (must not be initialised yet)")
+    s.add_argument("--funding", type=_pos_int, default=100_000, help="initial balance of acct:buyer in base units (default 100000)")
+    s.add_argument("--realm", default="mpp.local", help="the seller's realm (default mpp.local)")
+    s.add_argument("--max-amount", type=_nonneg_int, default=1_000, help="the wallet's per-purchase limit (default 1000)")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("seller", help="run a seller")
+    ssub = s.add_subparsers(dest="seller_command", required=True, metavar="SUBCOMMAND")
+    t = ssub.add_parser("serve", help="serve the priced routes of a seller configuration")
+    t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
+    t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    t.add_argument("--port", type=int, default=8402, help="port (default 8402; 0 picks a free one)")
+    t.set_defaults(func=cmd_seller_serve)
+
+    s = sub.add_parser(
+        "fetch",
+        help="request a URL, paying if asked and if the wallet's policy allows",
+        epilog=EPILOG_FETCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("url", metavar="URL")
+    s.add_argument("--wallet", required=True, help="agent wallet directory (DIR/agent from `mpp init`)")
+    s.add_argument("--data", help="request body; implies POST unless --method is given")
+    s.add_argument("--method", choices=["GET", "POST", "PUT", "PATCH", "DELETE"], help="HTTP method")
+    s.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra request header (repeatable), e.g. 'Idempotency-Key: abc'")
+    s.add_argument("--max-amount", type=_nonneg_int, help="per-purchase limit in base units (overrides the wallet's)")
+    s.add_argument("--credential-only", action="store_true", help="print the Authorization value for the current quote instead of sending it")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole exchange (default 30)")
+    s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("ledger", help="inspect or fund the embedded ledger")
+    lsub = s.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND")
+    for name, func, helptext in (
+        ("balance", cmd_ledger_balance, "print balances and their total (always 0)"),
+        ("fund", cmd_ledger_fund, "credit an account from the issuance account"),
+        ("check", cmd_ledger_check, "verify the double-entry invariants"),
+    ):
+        t = lsub.add_parser(name, help=helptext)
+        t.add_argument("--ledger", help="ledger database (default $MPP_HOME/ledger.db, MPP_HOME defaulting to ./mpp-home)")
+        if name == "balance":
+            t.add_argument("account", nargs="?", help="one account (default: all)")
+            t.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "fund":
+            t.add_argument("account")
+            t.add_argument("amount", type=_pos_int, help="base units")
+        t.set_defaults(func=func)
+
+    s = sub.add_parser("demo", help="run seller, ledger and agent on loopback: paid calls, receipts, balances")
+    s.add_argument("--dir", help="keep the demo's files here (default: a temporary directory)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .config import ConfigError
+    from .errors import MPPError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, MPPError, FileNotFoundError, ValueError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

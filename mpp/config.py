@@ -1,0 +1,229 @@
+"""Files on disk: the seller's configuration (TOML), the agent's wallet, and `mpp init`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .buyer_core import BuyerPolicy
+from .keys import SigningKey
+from .ledger import SqliteLedger
+from .seller_core import Price
+
+__all__ = [
+    "ConfigError",
+    "RouteConfig",
+    "SellerConfig",
+    "Wallet",
+    "load_seller_config",
+    "load_wallet",
+    "init_home",
+    "read_secret",
+]
+
+SELLER_ACCOUNT = "acct:seller"
+BUYER_ACCOUNT = "acct:buyer"
+
+
+class ConfigError(Exception):
+    """A configuration or wallet file is missing or wrong; the message says which and why."""
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "GET"
+    path: str
+    amount: int = Field(ge=0)
+    currency: str = "usd"
+    description: str | None = None
+    response: dict[str, Any] | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"GET", "POST", "PUT", "PATCH", "DELETE"}:
+            raise ValueError("method must be GET, POST, PUT, PATCH or DELETE")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("path must start with '/'")
+        return v
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if not v or v != v.lower():
+            raise ValueError("currency must be a lowercase code such as 'usd'")
+        return v
+
+    @property
+    def price(self) -> Price:
+        return Price(self.amount, self.currency, self.description)
+
+
+class SellerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    realm: str
+    secret_file: Path
+    receipt_key: Path
+    ledger: str
+    store: str
+    recipient: str = SELLER_ACCOUNT
+    challenge_ttl: int = Field(default=300, gt=0, le=86400)
+    routes: list[RouteConfig] = Field(min_length=1)
+    base_dir: Path = Path(".")
+
+    def resolve(self, p: Path | str) -> str:
+        p = Path(p)
+        return str(p if p.is_absolute() else self.base_dir / p)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_seller_config(path: str | os.PathLike[str]) -> SellerConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create one with `mpp init DIR`)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return SellerConfig.model_validate({**raw, "base_dir": path.parent.resolve()})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid seller configuration:\n{_describe(exc)}") from None
+
+
+def read_secret(path: str | os.PathLike[str]) -> bytes:
+    """The HMAC secret is stored hex-encoded; under 32 bytes is refused."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+        secret = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: secret file not found") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: secret file must hold hex-encoded bytes") from None
+    if len(secret) < 32:
+        raise ConfigError(f"{path}: secret must be at least 32 bytes, found {len(secret)}")
+    return secret
+
+
+@dataclass(frozen=True)
+class Wallet:
+    key: SigningKey
+    account: str
+    policy: BuyerPolicy
+
+
+def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = None) -> Wallet:
+    directory = Path(directory)
+    meta_path = directory / "wallet.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{meta_path}: no wallet here (create one with `mpp init DIR`)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{meta_path}: not valid JSON: {exc}") from None
+    try:
+        key = SigningKey.load(directory / meta.get("key", "agent.key"))
+        account = str(meta["account"])
+        limit = int(meta.get("max_amount", 0)) if max_amount is None else max_amount
+        currencies = meta.get("currencies")
+        recipients = meta.get("recipients")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{directory}: agent key missing: {exc.filename}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{meta_path}: invalid wallet: {exc}") from None
+    if limit < 0:
+        raise ConfigError("--max-amount must not be negative")
+    policy = BuyerPolicy(
+        max_amount=limit,
+        currencies=frozenset(currencies) if currencies else None,
+        recipients=frozenset(recipients) if recipients else None,
+    )
+    return Wallet(key, account, policy)
+
+
+DEFAULT_ROUTES = [
+    {"method": "GET", "path": "/weather", "amount": 25, "currency": "usd", "description": "Current weather for one city",
+     "response": {"city": "Lisbon", "temperature_c": 19, "sky": "clear"}},
+    {"method": "GET", "path": "/quote", "amount": 100, "currency": "usd", "description": "A stock quote",
+     "response": {"symbol": "ACME", "price": "123.45"}},
+    {"method": "POST", "path": "/summarize", "amount": 250, "currency": "usd", "description": "Summarize a document"},
+    {"method": "GET", "path": "/premium-report", "amount": 5000, "currency": "usd", "description": "An expensive report",
+     "response": {"report": "..."}},
+]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, realm: str = "mpp.local", max_amount: int = 1_000) -> dict[str, str]:
+    """Create an agent key, a funded payer account and a seller configuration under ``directory``."""
+    home = Path(directory)
+    if (home / "seller.toml").exists() or (home / "agent" / "wallet.json").exists():
+        raise ConfigError(f"{home}: already initialised (remove it or pick another directory)")
+    (home / "agent").mkdir(parents=True, exist_ok=True)
+    (home / "seller").mkdir(parents=True, exist_ok=True)
+    agent = SigningKey.generate()
+    agent.save(home / "agent" / "agent.key")
+    (home / "agent" / "wallet.json").write_text(
+        json.dumps({"key": "agent.key", "account": BUYER_ACCOUNT, "did": agent.did, "max_amount": max_amount, "currencies": ["usd"]}, indent=2) + "\n"
+    )
+    SigningKey.generate().save(home / "seller" / "receipt.key")
+    fd = os.open(home / "seller" / "hmac.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    ledger = SqliteLedger(str(home / "ledger.db"))
+    try:
+        ledger.create_account(SELLER_ACCOUNT, "usd")
+        ledger.create_account(BUYER_ACCOUNT, "usd")
+        ledger.authorize_key(BUYER_ACCOUNT, agent.did)
+        ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
+    finally:
+        ledger.close()
+    lines = [
+        "# MPP seller configuration (written by `mpp init`). Paths are relative to this file.",
+        f"realm = {json.dumps(realm)}",
+        'secret_file = "seller/hmac.secret"',
+        'receipt_key = "seller/receipt.key"',
+        'ledger = "ledger.db"',
+        'store = "seller/payments.db"',
+        f"recipient = {json.dumps(SELLER_ACCOUNT)}",
+        "challenge_ttl = 300",
+        "",
+    ]
+    for route in DEFAULT_ROUTES:
+        lines.append("[[routes]]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in route.items())
+        lines.append("")
+    (home / "seller.toml").write_text("\n".join(lines))
+    return {"seller_config": str(home / "seller.toml"), "wallet": str(home / "agent"), "ledger": str(home / "ledger.db"), "agent_did": agent.did}

@@ -1,0 +1,89 @@
+"""Shared fixtures: an initialised MPP home, and a real `mpp seller serve` process on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mpp.config import init_home, load_seller_config, load_wallet, read_secret
+
+REPO = Path(__file__).resolve().parent.parent
+READY = re.compile(r"mpp seller ready on (http://\S+)")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """`mpp init` output: seller.toml, agent/ wallet, funded ledger.db."""
+    init_home(tmp_path / "home")
+    return tmp_path / "home"
+
+
+@dataclass
+class ServedSeller:
+    url: str
+    home: Path
+    process: subprocess.Popen
+
+    @property
+    def config(self):
+        return load_seller_config(self.home / "seller.toml")
+
+    @property
+    def wallet(self):
+        return load_wallet(self.home / "agent")
+
+    @property
+    def secret(self) -> bytes:
+        return read_secret(self.home / "seller" / "hmac.secret")
+
+    def ledger(self):
+        from mpp.ledger import SqliteLedger
+
+        return SqliteLedger(str(self.home / "ledger.db"))
+
+
+def start_seller(home: Path, *extra: str, timeout: float = 20.0) -> ServedSeller:
+    """Start `mpp seller serve` on a free loopback port and wait for its ready line."""
+    cmd = [sys.executable, "-m", "mpp.cli", "seller", "serve", "--config", str(home / "seller.toml"), "--host", "127.0.0.1", "--port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = READY.search(line)
+        if m:
+            return ServedSeller(m.group(1), home, proc)
+    proc.kill()
+    _, err = proc.communicate(timeout=5)
+    raise RuntimeError(f"seller did not start: {err}")
+
+
+def stop_seller(seller: ServedSeller) -> str:
+    seller.process.send_signal(signal.SIGTERM)
+    try:
+        _, err = seller.process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        seller.process.kill()
+        _, err = seller.process.communicate()
+    return err
+
+
+@pytest.fixture
+def served(home: Path):
+    seller = start_seller(home)
+    try:
+        yield seller
+    finally:
+        err = stop_seller(seller)
+        # A traceback in the seller's log means some input reached an unhandled path.
+        assert "Traceback" not in err, err
