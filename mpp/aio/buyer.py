@@ -102,8 +102,11 @@ class PaymentClient:
         self._event("authorization-signed", challenge_id=quote.challenge.id)
         hdrs = {**(headers or {}), "Authorization": authorization}
         try:
-            # The credential goes only to the URL that issued the challenge; no redirects with it.
-            async with self.session.request(method, first.url, data=data, headers=hdrs, allow_redirects=False) as resp:
+            # The credential goes only to the URL that issued the challenge, once: no redirects,
+            # and no silent resend by aiohttp's retry of idempotent requests on a dropped connection.
+            async with self.session.request(
+                method, first.url, data=data, headers=hdrs, allow_redirects=False, middlewares=(_send_once(),)
+            ) as resp:
                 body = await resp.read()
                 paid = PaidResponse(resp.status, resp.headers, body, str(resp.url), quote=quote)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -137,6 +140,23 @@ class PaymentClient:
             raise ReceiptInvalid("seller JWKS is not a JSON object")
         self._jwks[origin] = jwks
         return jwks
+
+
+class CredentialResendBlocked(aiohttp.ClientError):
+    """aiohttp wanted to send the credential a second time; we do not."""
+
+
+def _send_once():
+    sent = False
+
+    async def middleware(request: aiohttp.ClientRequest, handler):
+        nonlocal sent
+        if sent:
+            raise CredentialResendBlocked("connection dropped after the credential was sent")
+        sent = True
+        return await handler(request)
+
+    return middleware
 
 
 def _problem_of(resp: PaidResponse) -> dict[str, Any]:
