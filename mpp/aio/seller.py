@@ -42,7 +42,6 @@ log = logging.getLogger("mpp.seller")
 
 JWKS_PATH = "/.well-known/jwks.json"
 OPENAPI_PATH = "/openapi.json"
-PAYMENT_KEY = "mpp.payment"  # request key: the settled Payment, for handlers
 _PRICE_ATTR = "__mpp_price__"
 _REPLAY_HEADERS = ("Content-Type", "Content-Language", "Location", "ETag")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -294,6 +293,8 @@ class Seller:
 
 
 SELLER_KEY = web.AppKey("mpp_seller", Seller)
+# Request key under which a paid handler finds its Payment (typed where aiohttp offers it).
+PAYMENT_KEY = web.RequestKey("mpp_payment", Payment) if hasattr(web, "RequestKey") else "mpp_payment"
 
 
 def _multidict(headers: list[tuple[str, str]]) -> CIMultiDict[str]:

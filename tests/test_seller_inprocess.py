@@ -1,0 +1,84 @@
+"""The seller middleware in-process: handler failures refund, streams get receipts, decorators price."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+import mpp
+from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, payment_of
+from mpp.ledger import SqliteLedger
+from mpp.methods.ledger import LedgerBuyerMethod
+from mpp.store import SqlitePaymentStore
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    ledger.create_account("acct:seller", "usd")
+    ledger.create_account("acct:buyer", "usd")
+    agent = mpp.SigningKey.generate()
+    ledger.authorize_key("acct:buyer", agent.did)
+    ledger.fund("acct:buyer", 10_000)
+    seller = Seller(realm="inproc.test", secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
+                    rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")], store=SqlitePaymentStore(str(tmp_path / "p.db")))
+
+    @seller.price(100, "usd", "crashes after payment")
+    async def crash(request):
+        raise RuntimeError("boom")
+
+    @seller.price(100, "usd", "not found after payment")
+    async def missing(request):
+        raise web.HTTPNotFound()
+
+    @seller.price(100, "usd", "streams")
+    async def stream(request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(f"payer={payment_of(request).payer}".encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/crash", crash)
+    app.router.add_get("/missing", missing)
+    app.router.add_get("/stream", stream)
+    seller.setup(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        client = PaymentClient(session, [LedgerBuyerMethod(key=agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=1000))
+        yield server, client, ledger
+    await server.close()
+    ledger.close()
+
+
+async def test_handler_crash_after_settlement_refunds(stack):
+    """CORE-ONCE: a handler that fails after settlement gets the payment refunded; no receipt."""
+    server, client, ledger = stack
+    with pytest.raises(mpp.OutcomeUnknown):
+        await client.request("GET", str(server.make_url("/crash")))
+    assert ledger.balance("acct:buyer") == 10_000 and ledger.balance("acct:seller") == 0
+    assert [t.kind for t in ledger.transfers()] == ["fund", "charge", "refund"]
+
+
+async def test_handler_error_status_refunds_and_has_no_receipt(stack):
+    """CORE-RCPT: no Payment-Receipt on an error; the charge is reversed."""
+    server, client, ledger = stack
+    with pytest.raises(mpp.PaymentFailed) as info:
+        await client.request("GET", str(server.make_url("/missing")))
+    assert info.value.status == 404
+    assert ledger.balance("acct:buyer") == 10_000
+
+
+async def test_streamed_response_carries_the_receipt(stack):
+    """CORE-RCPT: a prepared stream still gets Payment-Receipt and Cache-Control: private."""
+    server, client, ledger = stack
+    resp = await client.request("GET", str(server.make_url("/stream")))
+    assert resp.status == 200 and resp.paid and resp.text() == "payer=acct:buyer"
+    assert resp.headers["Cache-Control"].startswith("private")
+    assert ledger.balance("acct:seller") == 100
