@@ -6,7 +6,7 @@ buyer live in ``mpp.aio``; the embedded ledger and stores in ``mpp.ledger`` and 
 """
 
 from ._wire import b64url_decode, b64url_encode, canonical_json, decode_json_b64, encode_json_b64
-from .buyer_core import BuyerPolicy, Quote, check_quote, origin_of, select_quote, sign_quote, verify_receipt
+from .buyer_core import BuyerPolicy, Quote, check_quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
 from .challenge import MIN_SECRET_BYTES, ChallengeIssuer, compute_challenge_id
 from .digest import content_digest, verify_content_digest
 from .errors import (
@@ -95,6 +95,7 @@ __all__ = [
     "b64url_encode",
     "canonical_json",
     "check_quote",
+    "check_transport",
     "compute_challenge_id",
     "content_digest",
     "decode_json_b64",

@@ -5,6 +5,7 @@ Nothing is signed before every policy rule has passed; the rule that refused is 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
@@ -16,7 +17,7 @@ from .methods import BuyerMethod
 from .models import Challenge, ChargeRequest, Credential, PaymentReceipt
 from .receipts import verify_receipt_jws
 
-__all__ = ["BuyerPolicy", "Quote", "origin_of", "select_quote", "check_quote", "sign_quote", "verify_receipt"]
+__all__ = ["BuyerPolicy", "Quote", "origin_of", "select_quote", "check_quote", "check_transport", "sign_quote", "verify_receipt"]
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
@@ -39,6 +40,7 @@ class BuyerPolicy:
     recipients: frozenset[str] | None = None
     require_expires: bool = True
     min_validity: timedelta = timedelta(seconds=2)
+    allow_insecure_http: bool = False  # plain http to a non-loopback host; for tests behind TLS proxies only
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,25 @@ class Quote:
     challenge: Challenge
     request: ChargeRequest
     method: BuyerMethod
+
+
+def check_transport(url: str, policy: BuyerPolicy) -> None:
+    """Credentials travel over TLS, except to this machine (tests, demos, local sidecars)."""
+    scheme, host, _ = origin_of(url)
+    if scheme == "https" or policy.allow_insecure_http:
+        return
+    if scheme == "http" and _is_loopback(host):
+        return
+    raise QuoteRejected("transport", f"will not send a payment credential over {scheme or 'unknown scheme'} to {host}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_quote(challenge: Challenge, request: ChargeRequest, policy: BuyerPolicy, now: datetime) -> None:
@@ -71,6 +92,9 @@ def select_quote(
     by_name = {m.name: m for m in methods}
     for challenge in challenges:
         method = by_name.get(challenge.method)
+        if challenge.header is not None:
+            reasons.append(f"{challenge.method}/{challenge.intent}: credential field {challenge.header!r} is not supported")
+            continue
         if method is None:
             reasons.append(f"{challenge.method}/{challenge.intent}: no such method here")
             continue

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .buyer_core import BuyerPolicy
 from .keys import SigningKey
 from .ledger import SqliteLedger
-from .seller_core import Price
+from .seller_core import CURRENCY, Price
 
 __all__ = [
     "ConfigError",
@@ -41,7 +41,7 @@ class RouteConfig(BaseModel):
 
     method: str = "GET"
     path: str
-    amount: int = Field(ge=0)
+    amount: int = Field(gt=0, le=2**63 - 1)
     currency: str = "usd"
     description: str | None = None
     response: dict[str, Any] | None = None
@@ -64,8 +64,8 @@ class RouteConfig(BaseModel):
     @field_validator("currency")
     @classmethod
     def _currency(cls, v: str) -> str:
-        if not v or v != v.lower():
-            raise ValueError("currency must be a lowercase code such as 'usd'")
+        if CURRENCY.fullmatch(v) is None:
+            raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
         return v
 
     @property

@@ -6,6 +6,7 @@ back; consuming a challenge, settling and storing responses are I/O and stay the
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,8 @@ from .models import Challenge, ChargeRequest, Credential, format_rfc3339
 __all__ = ["Price", "RequestInfo", "Verified", "SellerCore", "resource_of", "BODY_METHODS"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+MAX_AMOUNT = 2**63 - 1  # what every ledger backend can hold in a signed 64-bit integer
+CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
 INTENT = "charge"
 
 
@@ -40,10 +43,10 @@ class Price:
     description: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.amount, int) or isinstance(self.amount, bool) or self.amount < 0:
-            raise ValueError("price amount must be a non-negative integer in base units")
-        if not self.currency or self.currency != self.currency.lower():
-            raise ValueError("currency must be a non-empty lowercase code")
+        if not isinstance(self.amount, int) or isinstance(self.amount, bool) or not 0 < self.amount <= MAX_AMOUNT:
+            raise ValueError(f"price amount must be an integer of base units from 1 to {MAX_AMOUNT}")
+        if not isinstance(self.currency, str) or CURRENCY.fullmatch(self.currency) is None:
+            raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 from ._sqlite import connect, immediate
 from .models import format_rfc3339
 
-__all__ = ["PaymentRecord", "StoredResponse", "PaymentStore", "SqlitePaymentStore"]
+__all__ = ["StateError", "PaymentRecord", "StoredResponse", "PaymentStore", "SqlitePaymentStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS payments (
@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS responses (
     body BLOB NOT NULL
 )
 """
+
+
+# A payment record only moves forward (CHARGE-04): which states each state may follow.
+_PREDECESSORS = {"failed": ("settling",), "delivered": ("settled",), "refunded": ("settled", "delivered")}
+
+
+class StateError(Exception):
+    """A store update would move a payment record backwards: a bug, never bad input."""
 
 
 @dataclass(frozen=True)
@@ -104,18 +112,24 @@ class SqlitePaymentStore:
 
     async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
         with immediate(self._conn) as c:
-            c.execute(
+            cur = c.execute(
                 "UPDATE payments SET state='settled', payer=?, amount=?, currency=?, reference=?, receipt=?, updated_at=? "
-                "WHERE challenge_id=?",
+                "WHERE challenge_id=? AND state='settling'",
                 (payer, amount, currency, reference, receipt, _now(), challenge_id),
             )
+            if cur.rowcount != 1:
+                raise StateError(f"payment {challenge_id} is not settling")
 
     async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        before = _PREDECESSORS[state]
         with immediate(self._conn) as c:
-            c.execute(
-                "UPDATE payments SET state=?, failure=COALESCE(?, failure), updated_at=? WHERE challenge_id=?",
-                (state, failure, _now(), challenge_id),
+            cur = c.execute(
+                f"UPDATE payments SET state=?, failure=COALESCE(?, failure), updated_at=? "
+                f"WHERE challenge_id=? AND state IN ({','.join('?' * len(before))})",
+                (state, failure, _now(), challenge_id, *before),
             )
+            if cur.rowcount != 1:
+                raise StateError(f"payment {challenge_id} cannot become {state!r} from its current state")
 
     async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
         with immediate(self._conn) as c:

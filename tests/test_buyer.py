@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 import mpp
 from mpp.aio import PaymentClient
@@ -28,7 +29,7 @@ def challenge_for(request: web.Request, *, amount: int = 100, currency: str = "u
     return issuer.issue(
         method="ledger",
         intent="charge",
-        request={"amount": str(amount), "currency": currency, "recipient": recipient},
+        request={"amount": str(amount), "currency": currency, "recipient": recipient, "methodDetails": {"ledger": "ledger-adversary"}},
         now=now or datetime.now(timezone.utc),
         opaque={"resource": f"{request.method} {request.path}"},
     )
@@ -72,7 +73,7 @@ def client(session: aiohttp.ClientSession, max_amount: int = 1000, **policy) -> 
 
 
 async def test_cross_origin_redirect_then_402_is_not_paid(session):
-    """CORE-BUY: no credential goes to another origin, also not after a redirect."""
+    """CORE-BUY-02: no credential goes to another origin, also not after a redirect."""
     rec = Recorder()
 
     async def pay_here(request):
@@ -101,7 +102,7 @@ async def test_cross_origin_redirect_then_402_is_not_paid(session):
 
 
 async def test_server_error_after_credential_is_outcome_unknown_and_not_retried(session):
-    """CORE-BUY: a 5xx after paying is "outcome unknown"; the credential is sent once."""
+    """CORE-BUY-05, CORE-BUY-03: a 5xx after paying is "outcome unknown"; the credential is sent once."""
     rec = Recorder()
 
     async def handler(request):
@@ -122,7 +123,8 @@ async def test_server_error_after_credential_is_outcome_unknown_and_not_retried(
 
 
 async def test_connection_dropped_after_credential_is_outcome_unknown(session):
-    """CORE-BUY: a network error after paying is "outcome unknown", never retried."""
+    """CORE-BUY-05, CORE-BUY-03: a network error after paying is "outcome unknown"; aiohttp's own
+    resend of idempotent requests on a dropped connection is blocked too."""
     rec = Recorder()
 
     async def handler(request):
@@ -153,7 +155,7 @@ async def test_connection_dropped_after_credential_is_outcome_unknown(session):
     ids=["over-limit", "wrong-currency", "wrong-recipient", "expired"],
 )
 async def test_quote_outside_policy_is_refused_before_signing(session, kwargs, rule):
-    """CORE-BUY: amount, currency, recipient and expiry are checked before anything is signed."""
+    """CORE-BUY-01: amount, currency, recipient and expiry are checked before anything is signed."""
     rec = Recorder()
 
     async def handler(request):
@@ -174,7 +176,7 @@ async def test_quote_outside_policy_is_refused_before_signing(session, kwargs, r
 
 
 async def test_receipt_signed_by_another_key_is_refused(session):
-    """CORE-BUY: the receipt JWS must verify against the seller's published JWKS."""
+    """CORE-BUY-04, CHARGE-06: the receipt JWS must verify against the seller's published JWKS."""
     published = mpp.SigningKey.generate()
     forger = mpp.SigningKey.generate()
 
@@ -210,7 +212,7 @@ async def test_receipt_signed_by_another_key_is_refused(session):
 
 
 async def test_redirect_after_credential_is_not_followed(session):
-    """CORE-BUY: the credential is never carried across a redirect."""
+    """CORE-BUY-03: the credential is never carried across a redirect."""
     rec = Recorder()
 
     async def elsewhere(request):
@@ -248,5 +250,38 @@ async def test_unpaid_resource_passes_through(session):
     try:
         resp = await client(session).request("GET", str(server.make_url("/free")))
         assert resp.status == 200 and resp.text() == "free" and not resp.paid
+    finally:
+        await server.close()
+
+
+async def test_plain_http_to_a_remote_host_is_refused(session):
+    """CORE-BUY-07: no credential over plain http except to loopback."""
+    assert mpp.check_transport("http://127.0.0.1:8000/x", mpp.BuyerPolicy(max_amount=1)) is None
+    assert mpp.check_transport("http://[::1]:8000/x", mpp.BuyerPolicy(max_amount=1)) is None
+    assert mpp.check_transport("https://api.example.com/x", mpp.BuyerPolicy(max_amount=1)) is None
+    with pytest.raises(mpp.QuoteRejected) as info:
+        mpp.check_transport("http://api.example.com/x", mpp.BuyerPolicy(max_amount=1))
+    assert info.value.rule == "transport"
+
+
+async def test_challenge_selecting_another_header_is_not_answered(session):
+    """CORE-BUY-08, CORE-BUY-09: a challenge asking for Payment-Authorization is skipped; a payable sibling is chosen."""
+    rec = Recorder()
+
+    async def handler(request):
+        if rec.saw(request):
+            return web.Response(status=503)
+        good = challenge_for(request)
+        odd = good.model_copy(update={"header": "Payment-Authorization", "id": good.id + "x"})
+        return web.Response(status=402, headers=CIMultiDict([("WWW-Authenticate", mpp.format_challenge(odd)), ("WWW-Authenticate", mpp.format_challenge(good))]))
+
+    app = web.Application()
+    app.router.add_get("/thing", handler)
+    server = await serve(app)
+    try:
+        with pytest.raises(mpp.OutcomeUnknown):
+            await client(session).request("GET", str(server.make_url("/thing")))
+        assert len(rec.credentials) == 1
+        assert mpp.parse_credential(rec.credentials[0]).challenge.header is None
     finally:
         await server.close()

@@ -26,7 +26,7 @@ def pay(ledger: SqliteLedger, tid: str, amount: int = 100, signer: str | None = 
 
 
 def test_transfer_is_two_postings_summing_to_zero(ledger):
-    """LEDGER: every transfer is two postings that sum to zero; balances stay consistent."""
+    """LEDGER-02, LEDGER-03: every transfer is two postings that sum to zero; balances stay consistent."""
     pay(ledger, "c1")
     assert ledger.balance("acct:buyer") == 900 and ledger.balance("acct:seller") == 100
     assert ledger.total() == 0
@@ -34,7 +34,7 @@ def test_transfer_is_two_postings_summing_to_zero(ledger):
 
 
 def test_same_transfer_id_moves_money_once(ledger):
-    """LEDGER: settlement is keyed by challenge id and happens at most once."""
+    """LEDGER-12, CORE-ONCE-03: settlement is keyed by challenge id and happens at most once."""
     first = pay(ledger, "c1")
     again = pay(ledger, "c1")
     assert again == first
@@ -44,14 +44,14 @@ def test_same_transfer_id_moves_money_once(ledger):
 
 
 def test_insufficient_balance_is_a_clean_refusal(ledger):
-    """LEDGER: insufficient balance refuses and changes nothing."""
+    """LEDGER-13, LEDGER-01: insufficient balance refuses and changes nothing."""
     with pytest.raises(InsufficientFunds):
         pay(ledger, "c1", amount=1_001)
     assert ledger.balance("acct:buyer") == 1_000 and ledger.get_transfer("c1") is None
 
 
 def test_unauthorized_signer_and_unknown_accounts(ledger):
-    """LEDGER: only keys authorized for the payer account may spend from it."""
+    """LEDGER-11: only keys authorized for the payer account may spend from it, in its currency."""
     with pytest.raises(UnauthorizedSigner):
         pay(ledger, "c1", signer="did:key:zMallory")
     with pytest.raises(UnknownAccount):
@@ -63,13 +63,13 @@ def test_unauthorized_signer_and_unknown_accounts(ledger):
 
 @pytest.mark.parametrize("amount", [0, -5, 1.5, True])
 def test_amounts_are_positive_integers(ledger, amount):
-    """LEDGER: money is integers in base units."""
+    """LEDGER-02: money is positive integers in base units."""
     with pytest.raises(ValueError):
         pay(ledger, "c1", amount=amount)
 
 
 def test_refund_reverses_once(ledger):
-    """CORE-ONCE: a refund after a failed delivery happens once."""
+    """LEDGER-15, CORE-ONCE-08: a refund after a failed delivery happens once."""
     pay(ledger, "c1")
     ledger.refund("c1")
     ledger.refund("c1")
@@ -90,7 +90,7 @@ def _settle_in_process(path: str, tid: str, barrier, results) -> None:
 
 
 def test_concurrent_processes_settle_one_challenge_once(ledger, tmp_path):
-    """CORE-ONCE: several processes settling one challenge id move the money once."""
+    """LEDGER-14, CORE-ONCE-02: several processes settling one challenge id move the money once."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(6), ctx.Queue()
     procs = [ctx.Process(target=_settle_in_process, args=(ledger.location, "c1", barrier, results)) for _ in range(6)]

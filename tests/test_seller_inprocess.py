@@ -58,7 +58,7 @@ async def stack(tmp_path: Path):
 
 
 async def test_handler_crash_after_settlement_refunds(stack):
-    """CORE-ONCE: a handler that fails after settlement gets the payment refunded; no receipt."""
+    """CORE-ONCE-08, CHARGE-05: a handler that fails after settlement gets the payment refunded; no receipt."""
     server, client, ledger = stack
     with pytest.raises(mpp.OutcomeUnknown):
         await client.request("GET", str(server.make_url("/crash")))
@@ -67,7 +67,7 @@ async def test_handler_crash_after_settlement_refunds(stack):
 
 
 async def test_handler_error_status_refunds_and_has_no_receipt(stack):
-    """CORE-RCPT: no Payment-Receipt on an error; the charge is reversed."""
+    """CORE-RCPT-02, CORE-ONCE-08: no Payment-Receipt on an error; the charge is reversed."""
     server, client, ledger = stack
     with pytest.raises(mpp.PaymentFailed) as info:
         await client.request("GET", str(server.make_url("/missing")))
@@ -76,7 +76,7 @@ async def test_handler_error_status_refunds_and_has_no_receipt(stack):
 
 
 async def test_streamed_response_carries_the_receipt(stack):
-    """CORE-RCPT: a prepared stream still gets Payment-Receipt and Cache-Control: private."""
+    """CORE-RCPT-01, CORE-RCPT-03: a prepared stream still gets Payment-Receipt and Cache-Control: private."""
     server, client, ledger = stack
     resp = await client.request("GET", str(server.make_url("/stream")))
     assert resp.status == 200 and resp.paid and resp.text() == "payer=acct:buyer"

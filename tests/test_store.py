@@ -9,7 +9,7 @@ from mpp.store import SqlitePaymentStore, StoredResponse
 
 
 async def test_claim_once_and_keep_responses(tmp_path: Path):
-    """CORE-ONCE: consuming a challenge succeeds once; kept responses round-trip."""
+    """CORE-ONCE-01, CORE-ONCE-06: consuming a challenge succeeds once; kept responses round-trip."""
     store = SqlitePaymentStore(str(tmp_path / "p.db"))
     assert await store.claim("c1", resource="GET /x", idempotency_key="k") is True
     assert await store.claim("c1", resource="GET /x", idempotency_key="k") is False
@@ -30,7 +30,7 @@ def _claim(path: str, barrier, results) -> None:
 
 
 def test_claim_across_processes_has_one_winner(tmp_path: Path):
-    """CORE-ONCE: several seller processes sharing the SQLite file: exactly one claim wins."""
+    """CORE-ONCE-02: several seller processes sharing the SQLite file: exactly one claim wins."""
     path = str(tmp_path / "p.db")
     SqlitePaymentStore(path)  # create the schema first
     ctx = multiprocessing.get_context("spawn")

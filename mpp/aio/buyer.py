@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from ..buyer_core import BuyerPolicy, Quote, origin_of, select_quote, sign_quote, verify_receipt
+from ..buyer_core import BuyerPolicy, Quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
 from ..errors import OutcomeUnknown, ParseError, PaymentFailed, QuoteRejected, ReceiptInvalid
 from ..headers import format_accept_payment, parse_challenges
 from ..methods import BuyerMethod
@@ -75,6 +75,7 @@ class PaymentClient:
             hops = [str(h.url) for h in resp.history] + [str(resp.url)]
         if first.status != 402:
             return None, first
+        check_transport(first.url, self.policy)
         wanted = origin_of(url)
         for hop in hops:
             if origin_of(hop) != wanted:

@@ -256,9 +256,11 @@ class Seller:
             return
         if "Payment-Receipt" not in response.headers:
             response.headers["Payment-Receipt"] = payment.receipt_header
-        cache = response.headers.get("Cache-Control", "")
-        if "private" not in cache and "no-store" not in cache:
-            response.headers["Cache-Control"] = "private" + (f", {cache}" if cache else "")
+        directives = [d.strip() for d in response.headers.get("Cache-Control", "").split(",") if d.strip()]
+        directives = [d for d in directives if d.lower() != "public" and not d.lower().startswith("s-maxage")]
+        if not any(d.lower() in ("private", "no-store") for d in directives):
+            directives.insert(0, "private")
+        response.headers["Cache-Control"] = ", ".join(directives)
 
     # -- publishing --------------------------------------------------------
 

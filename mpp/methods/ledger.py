@@ -42,11 +42,17 @@ class LedgerAuthorization:
 
 
 def authorization_message(*, challenge_id: str, realm: str, request: ChargeRequest, account: str) -> bytes:
+    """The bytes the agent signs. The ledger id is included so that one authorization cannot
+    be settled at two ledgers that happen to share an account id and key."""
+    ledger = (request.methodDetails or {}).get("ledger")
+    if not isinstance(ledger, str) or not ledger:
+        raise VerificationFailed("ledger request lacks methodDetails.ledger")
     body = {
         "account": account,
         "amount": request.amount,
         "challengeId": challenge_id,
         "currency": request.currency,
+        "ledger": ledger,
         "realm": realm,
         "recipient": request.recipient,
     }
@@ -93,6 +99,8 @@ class LedgerSellerMethod:
             raise VerificationFailed("ledger payload signer is not an Ed25519 did:key") from exc
         if request.recipient != self.recipient:
             raise VerificationFailed("challenge names another recipient")
+        if (request.methodDetails or {}).get("ledger") != self.ledger_id:
+            raise VerificationFailed("challenge names another ledger")
         message = authorization_message(
             challenge_id=credential.challenge.id, realm=credential.challenge.realm, request=request, account=account
         )
@@ -124,6 +132,9 @@ class LedgerBuyerMethod:
             return f"method {challenge.method!r} is not {METHOD!r}"
         if challenge.intent != "charge":
             return f"intent {challenge.intent!r} is not supported"
+        ledger = (request.methodDetails or {}).get("ledger")
+        if not isinstance(ledger, str) or not ledger:
+            return "request names no ledger (methodDetails.ledger)"
         return None
 
     def payload(self, challenge: Challenge, request: ChargeRequest) -> tuple[dict[str, Any], str | None]:
