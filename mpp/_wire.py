@@ -47,8 +47,11 @@ def decode_json_b64(text: str, what: str) -> dict[str, Any]:
     """Decode base64url JSON that must be an object (challenge `request`, `opaque`, credentials)."""
     raw = b64url_decode(text)
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        decoded = raw.decode("utf-8")
+        value = json.loads(decoded)
+        if "\\u" in decoded:  # a \uD800-style escape yields a lone surrogate, which is not text:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # refuse it here, not deep inside
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
         raise ParseError(f"{what} is not UTF-8 JSON") from exc
     if not isinstance(value, dict):
         raise ParseError(f"{what} is not a JSON object")

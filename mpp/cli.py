@@ -31,6 +31,13 @@ EPILOG_FETCH = """exit codes:
   6  the seller answered 2xx but its receipt did not verify
 """
 
+EPILOG_MAIN = """exit codes:
+  0  success
+  1  the request or check did not succeed (see the message)
+  2  bad arguments, configuration, wallet or ledger
+  3-6  payment outcomes of `mpp fetch` (see `mpp fetch --help`)
+"""
+
 
 def _err(msg: str) -> None:
     print(f"mpp: {msg}", file=sys.stderr)
@@ -244,7 +251,12 @@ def _pos_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpp", description="Machine payments over the HTTP Payment scheme: seller, buyer, ledger.")
+    p = argparse.ArgumentParser(
+        prog="mpp",
+        description="Machine payments over the HTTP Payment scheme: seller, buyer, ledger.",
+        epilog=EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", help="create an agent key, a funded payer account and a seller configuration")

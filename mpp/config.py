@@ -95,8 +95,8 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)  # one line: the CLI reports errors as a single `mpp: ...` line
 
 
 def load_seller_config(path: str | os.PathLike[str]) -> SellerConfig:
@@ -110,7 +110,7 @@ def load_seller_config(path: str | os.PathLike[str]) -> SellerConfig:
     try:
         return SellerConfig.model_validate({**raw, "base_dir": path.parent.resolve()})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid seller configuration:\n{_describe(exc)}") from None
+        raise ConfigError(f"{path}: invalid seller configuration: {_describe(exc)}") from None
 
 
 def read_secret(path: str | os.PathLike[str]) -> bytes:

@@ -251,8 +251,11 @@ class Seller:
 
     async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         payment: Payment | None = request.get(PAYMENT_KEY)
-        if payment is None or payment.refunded or response.status >= 400:
+        if (payment is not None and payment.refunded) or response.status >= 400:
             response.headers.popall("Payment-Receipt", None)
+            return
+        if payment is None:
+            # Unpaid, or an Idempotency-Key replay, which carries the stored receipt itself.
             return
         if "Payment-Receipt" not in response.headers:
             response.headers["Payment-Receipt"] = payment.receipt_header
