@@ -74,8 +74,13 @@ def check_quote(challenge: Challenge, request: ChargeRequest, policy: BuyerPolic
     if challenge.expires is None:
         if policy.require_expires:
             raise QuoteRejected("expiry", "challenge carries no expiry")
-    elif challenge.is_expired(now + policy.min_validity):
-        raise QuoteRejected("expiry", f"challenge expires at {challenge.expires}")
+    else:
+        try:
+            expired = challenge.is_expired(now + policy.min_validity)
+        except ParseError as exc:  # the parser does not check expires; a bad one is unpayable, not fatal
+            raise QuoteRejected("expiry", str(exc)) from None
+        if expired:
+            raise QuoteRejected("expiry", f"challenge expires at {challenge.expires}")
     if request.amount_int > policy.max_amount:
         raise QuoteRejected("max-amount", f"amount {request.amount} exceeds the limit {policy.max_amount}")
     if policy.currencies is not None and request.currency not in policy.currencies:

@@ -70,7 +70,8 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
     app, seller = build_seller_app(config)
 
     async def run() -> None:
-        runner = web.AppRunner(app, access_log=None)
+        # Credentials may be large (a mandate chain, say): accept header fields up to 32 KiB.
+        runner = web.AppRunner(app, access_log=None, max_field_size=32768, max_line_size=32768)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()

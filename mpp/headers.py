@@ -157,6 +157,10 @@ def _build_challenge(raw: _RawChallenge) -> Challenge:
                 raise ParseError(f"unterminated quoted-string in {name!r}")
             continue  # a broken unknown parameter is ignored like any unknown one
         if name in _CHALLENGE_PARAMS:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: undecodable bytes (surrogateescape) are not text
+                raise ParseError(f"parameter {name!r} is not text") from None
             params[name] = value
     if not raw.params:
         raise ParseError("Payment challenge without parameters")

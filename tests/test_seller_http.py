@@ -624,8 +624,9 @@ async def test_random_malformed_authorization_never_5xx(served, session):
     # the corpus reaches past the parser: challenge binding and payload verification both run
     assert {"malformed-credential", "invalid-challenge", "verification-failed", "method-unsupported"} <= set(kinds), kinds
     assert set(statuses) <= {200, 400, 402}, sorted(set(statuses))
-    # Some variants are the genuine credential plus ignorable extras (unknown members, a
-    # truncation to full length): the first of those may pay, once; nothing else moves money.
+    # Some variants are the genuine credential plus ignorable extras (unknown members, long
+    # filler fields; ~75 of the 1,000 pass the offline checks): the first of those to arrive
+    # pays, once; every later one finds the challenge used; nothing else moves money.
     paid = [v for v, status in zip(values, statuses) if status == 200]
     assert len(paid) <= 1
     assert len(charges(served)) == len(paid)
