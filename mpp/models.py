@@ -79,6 +79,12 @@ class Credential(BaseModel):
     challenge: Challenge
     payload: dict[str, Any]
     source: str | None = None
+    # Members this version of the scheme does not define (extensions such as ``identity``),
+    # kept so that extensions can read them; receivers that do not know them ignore them.
+    extensions: dict[str, Any] = {}
+
+    def extra_member(self, name: str) -> Any:
+        return self.extensions.get(name)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Credential":
@@ -100,7 +106,8 @@ class Credential(BaseModel):
         source = doc.get("source")
         if source is not None and not isinstance(source, str):
             raise ParseError("credential source is not a string")
-        built = cls(challenge=Challenge(**echoed), payload=payload, source=source)
+        extensions = {k: v for k, v in doc.items() if k not in ("challenge", "payload", "source")}
+        built = cls(challenge=Challenge(**echoed), payload=payload, source=source, extensions=extensions)
         built.challenge.request_json  # noqa: B018 - refuse an undecodable request now
         if built.challenge.opaque is not None:
             built.challenge.opaque_json  # noqa: B018
@@ -110,6 +117,7 @@ class Credential(BaseModel):
         doc: dict[str, Any] = {"challenge": self.challenge.echo(), "payload": self.payload}
         if self.source is not None:
             doc["source"] = self.source
+        doc.update(self.extensions)
         return doc
 
 
