@@ -228,6 +228,57 @@ def cmd_ledger_check(args: argparse.Namespace) -> int:
     return EXIT_OK if not problems else EXIT_HTTP
 
 
+# -- audit -----------------------------------------------------------------
+
+
+def _audit_path(args: argparse.Namespace) -> str:
+    path = args.log or os.path.join(os.environ.get("MPP_HOME", "mpp-home"), "audit.db")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no audit log at {path}; pass --log PATH or set MPP_HOME")
+    return path
+
+
+def _short(value: object, width: int) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 9] + "..." + text[-6:]
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from .audit import AuditLog
+
+    with AuditLog(_audit_path(args)) as log:
+        rows = log.purchases(agent=args.agent, principal=args.principal)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no purchases recorded")
+        return EXIT_OK
+    # DETAIL (last, never cut): the settlement reference, or why the purchase was refused.
+    columns = (("TIME", 19), ("OUTCOME", 7), ("AMOUNT", 12), ("RESOURCE", 28), ("DECISION", 19), ("AGENT", 24), ("CHALLENGE", 16))
+    print("  ".join(f"{name:<{width}}" for name, width in columns) + "  DETAIL")
+    for r in rows:
+        amount = "-" if r["amount"] is None else f"{r['amount']} {r['currency'] or ''}".strip()
+        detail = r["reference"] if r["outcome"] == "settled" else r["reason"]
+        cells = (r["ts"][:19], r["outcome"], amount, r["resource"], r["decision"], r["agent"], r["challengeId"])
+        print("  ".join(f"{_short(c, w):<{w}}" for c, (_, w) in zip(cells, columns)) + f"  {detail or '-'}")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import AuditChainBroken, AuditLog
+
+    with AuditLog(_audit_path(args)) as log:
+        try:
+            log.verify()
+        except AuditChainBroken as exc:
+            _err(str(exc))
+            return EXIT_HTTP
+        seq, digest = log.head()
+    print(f"audit log intact: {seq} entries, head {seq} {digest[:16] or '-'}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -306,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "fund":
             t.add_argument("account")
             t.add_argument("amount", type=_pos_int, help="base units")
+        t.set_defaults(func=func)
+
+    s = sub.add_parser("audit", help="read and check the identity audit log")
+    asub = s.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    for name, func, helptext in (
+        ("show", cmd_audit_show, "one row per purchase: amount, resource, agent, decision, outcome"),
+        ("verify", cmd_audit_verify, "check the hash chain and the head (exit 1 if broken)"),
+    ):
+        t = asub.add_parser(name, help=helptext)
+        t.add_argument("--log", help="audit database (default $MPP_HOME/audit.db, MPP_HOME defaulting to ./mpp-home)")
+        if name == "show":
+            t.add_argument("--agent", metavar="DID", help="only purchases by this agent")
+            t.add_argument("--principal", metavar="DID", help="only purchases under this principal")
+            t.add_argument("--json", action="store_true", help="print a JSON list of purchases")
         t.set_defaults(func=func)
 
     s = sub.add_parser("demo", help="run seller, ledger and agent on loopback: paid calls, receipts, balances")

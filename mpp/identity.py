@@ -64,6 +64,9 @@ __all__ = [
     "proof_message",
     "identity_member",
     "verify_identity",
+    "REVOCATION_TYP",
+    "issue_revocation",
+    "verify_revocation",
     "issue_approval",
     "verify_approval",
     "period_key",
@@ -491,6 +494,40 @@ def verify_identity(
     if approval is not None and not isinstance(approval, str):
         raise ApprovalInvalid("identity.approval must be a JWT")
     return VerifiedIdentity(chain, approval)
+
+
+# -- revocation ----------------------------------------------------------------------
+
+REVOCATION_TYP = "mpp-revocation+jwt"
+
+
+def issue_revocation(revoker: SigningKey, mandate_token: str, *, now: datetime) -> str:
+    """A signed statement that the mandate (and so every link delegated below it) is revoked."""
+    mandate = decode_mandate(mandate_token, now=now, leeway=10**12)
+    claims = {"iss": revoker.did, "jti": "rev_" + secrets.token_urlsafe(16), "iat": int(now.timestamp()),
+              "exp": mandate.exp + 1, "mandate": mandate.jti}
+    return jwt.encode(claims, revoker.private_key, algorithm="EdDSA", headers={"typ": REVOCATION_TYP, "kid": revoker.did})
+
+
+def verify_revocation(revocation_token: str, mandate_token: str) -> tuple[str, str]:
+    """Check a revocation against the mandate it names; return (mandate jti, revoker DID).
+
+    Only the mandate's issuer or its root principal may revoke it. Expired mandates may still
+    be revoked (there is no harm), so validity windows are not checked here.
+    """
+    mandate = decode_mandate(mandate_token, now=datetime.fromtimestamp(0, timezone.utc), leeway=10**12)
+    _header(revocation_token, REVOCATION_TYP, MandateInvalid)
+    try:
+        iss = jwt.decode(revocation_token, options={"verify_signature": False}).get("iss")
+    except InvalidTokenError:
+        raise MandateInvalid("revocation is not a JWT") from None
+    if iss not in (mandate.iss, mandate.prn):
+        raise MandateInvalid("only the mandate's issuer or its principal may revoke it")
+    claims = _decode(revocation_token, iss, now=datetime.fromtimestamp(0, timezone.utc), leeway=10**12,
+                     problem=MandateInvalid, expired=MandateInvalid, immature=MandateInvalid)
+    if claims.get("mandate") != mandate.jti:
+        raise MandateInvalid("revocation names another mandate")
+    return mandate.jti, iss
 
 
 # -- approvals ---------------------------------------------------------------------

@@ -41,6 +41,7 @@ class Price:
     amount: int
     currency: str
     description: str | None = None
+    require_identity: bool = False  # the identity extension (mandate chain + proof) is mandatory here
 
     def __post_init__(self) -> None:
         if not isinstance(self.amount, int) or isinstance(self.amount, bool) or not 0 < self.amount <= MAX_AMOUNT:

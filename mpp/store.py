@@ -32,6 +32,17 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mandate_spend (
+    challenge_id TEXT NOT NULL REFERENCES payments(challenge_id),
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (challenge_id, jti)
+);
+CREATE TABLE IF NOT EXISTS approvals_used (
+    jti TEXT PRIMARY KEY,
+    challenge_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS responses (
     challenge_id TEXT PRIMARY KEY REFERENCES payments(challenge_id),
     status INTEGER NOT NULL,
@@ -137,6 +148,31 @@ class SqlitePaymentStore:
                 "INSERT OR REPLACE INTO responses(challenge_id, status, headers, body) VALUES (?, ?, ?, ?)",
                 (challenge_id, response.status, json.dumps(response.headers), response.body),
             )
+
+    async def mandate_spent(self, periods: dict[str, str]) -> dict[str, int]:
+        """This seller's own share: what each mandate link has spent here in its period."""
+        return {
+            jti: self._conn.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
+            ).fetchone()[0]
+            for jti, period in periods.items()
+        }
+
+    async def record_mandate_spend(self, challenge_id: str, links: list[tuple[str, str]], amount: int, approval: str | None) -> None:
+        """Count a settled purchase against each link; mark its approval used (once, ever)."""
+        with immediate(self._conn) as c:
+            for jti, period in links:
+                c.execute("INSERT OR IGNORE INTO mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                          (challenge_id, jti, period, amount))
+            if approval is not None:
+                c.execute("INSERT OR IGNORE INTO approvals_used(jti, challenge_id) VALUES (?, ?)", (approval, challenge_id))
+
+    async def forget_mandate_spend(self, challenge_id: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("DELETE FROM mandate_spend WHERE challenge_id=?", (challenge_id,))
+
+    async def approval_used(self, jti: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM approvals_used WHERE jti=?", (jti,)).fetchone() is not None
 
     async def get_response(self, challenge_id: str) -> StoredResponse | None:
         row = self._conn.execute("SELECT status, headers, body FROM responses WHERE challenge_id=?", (challenge_id,)).fetchone()

@@ -953,7 +953,12 @@ def test_problem_types(cls):
 def test_every_problem_class_is_known():
     """CORE-ERR-01: every PaymentProblem subclass is in the table above; the one extension type
     (request-in-progress, 409) uses our URN base, not the registry's."""
-    assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress}
+    from mpp import identity
+
+    extension = {identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values()}
+    assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
+    for cls in identity.IDENTITY_PROBLEMS.values():  # the identity extension's types are ours too
+        assert cls().type == mpp.EXTENSION_PROBLEM_BASE + cls.slug
     problem = mpp.RequestInProgress()
     assert problem.status == 409 and problem.type == mpp.EXTENSION_PROBLEM_BASE + "request-in-progress"
     assert not problem.fresh_challenge

@@ -7,7 +7,17 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from ..errors import InvalidChallenge, PaymentInsufficient, VerificationFailed
-from ..ledger import InsufficientFunds, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
+from ..identity import BudgetExceeded, MandateRevoked
+from ..ledger import (
+    BudgetExhausted,
+    InsufficientFunds,
+    MandateCharge,
+    MandateRevokedError,
+    SqliteLedger,
+    TransferConflict,
+    UnauthorizedSigner,
+    UnknownAccount,
+)
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
 from ..seller_core import Verified
@@ -23,8 +33,12 @@ class Settlement:
 
 
 class PaymentRail(SellerMethod, Protocol):
-    async def settle(self, verified: Verified) -> Settlement:
-        """Move the money, at most once per challenge id. Raise a PaymentProblem to refuse."""
+    async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
+        """Move the money, at most once per challenge id; with ``mandate``, within its budgets
+        and only if no link is revoked. Raise a PaymentProblem to refuse."""
+
+    async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        """Which of these mandate ids the rail knows to be revoked."""
 
     async def refund(self, settlement: Settlement) -> None:
         """Give the money back (the seller could not deliver). Idempotent."""
@@ -37,7 +51,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         super().__init__(recipient=recipient, ledger_id=ledger.ledger_id)
         self.ledger = ledger
 
-    async def settle(self, verified: Verified) -> Settlement:
+    async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
         auth: LedgerAuthorization = verified.proof
         try:
             transfer = self.ledger.transfer(
@@ -47,7 +61,12 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
                 amount=auth.amount,
                 currency=auth.currency,
                 signer=auth.signer,
+                mandate=mandate,
             )
+        except MandateRevokedError as exc:
+            raise MandateRevoked("a mandate in the chain has been revoked") from exc
+        except BudgetExhausted as exc:
+            raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
         except InsufficientFunds as exc:
             raise PaymentInsufficient("payer account balance is too low for this charge") from exc
         except (UnauthorizedSigner, UnknownAccount) as exc:
@@ -59,3 +78,6 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
 
     async def refund(self, settlement: Settlement) -> None:
         self.ledger.refund(settlement.reference)
+
+    async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        return self.ledger.revoked(jtis)

@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -29,6 +29,18 @@ from multidict import CIMultiDict
 from ..challenge import ChallengeIssuer
 from ..errors import BadRequest, InvalidChallenge, MethodUnsupported, PaymentProblem, PaymentRequired, RequestInProgress
 from ..headers import format_receipt
+from ..identity import (
+    DEFAULT_MAX_DEPTH,
+    ApprovalInvalid,
+    MandateChain,
+    MandateRevoked,
+    PolicyDecision,
+    evaluate_policy,
+    period_key,
+    verify_approval,
+    verify_identity,
+)
+from ..ledger import MandateCharge
 from ..keys import SigningKey
 from ..models import PaymentReceipt, format_rfc3339
 from ..receipts import jwks_document, sign_receipt
@@ -81,6 +93,9 @@ class Seller:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     title: str = "MPP seller"
     previous_receipt_keys: Sequence[SigningKey] = ()
+    trusted_principals: Collection[str] = ()  # root mandate issuers this seller accepts
+    max_chain_depth: int = DEFAULT_MAX_DEPTH
+    audit: Any = None  # an mpp.audit.AuditLog, or None
 
     def __post_init__(self) -> None:
         self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
@@ -94,9 +109,10 @@ class Seller:
 
     # -- pricing -----------------------------------------------------------
 
-    def price(self, amount: int, currency: str, description: str | None = None) -> Callable[[Handler], Handler]:
-        """Decorator: this handler costs ``amount`` base units of ``currency`` per request."""
-        price = Price(amount, currency, description)
+    def price(self, amount: int, currency: str, description: str | None = None, *, require_identity: bool = False) -> Callable[[Handler], Handler]:
+        """Decorator: this handler costs ``amount`` base units of ``currency`` per request;
+        with ``require_identity`` only agents presenting a mandate chain may buy it."""
+        price = Price(amount, currency, description, require_identity)
 
         def mark(handler: Handler) -> Handler:
             setattr(handler, _PRICE_ATTR, price)
@@ -153,12 +169,59 @@ class Seller:
             if header is None:
                 raise PaymentRequired("this resource requires payment")
             verified = self.core.verify(header, info, now)
+            identity = None
+            if price.require_identity or verified.credential.extra_member("identity") is not None:
+                identity = await self._check_identity(verified, price, now)
         except PaymentProblem as problem:
+            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail)
             return self._problem(problem, price, info, now)
-        return await self._settle_and_serve(request, handler, verified, price, info, now)
+        return await self._settle_and_serve(request, handler, verified, price, info, now, identity)
+
+    async def _check_identity(self, verified: Verified, price: Price, now: datetime) -> "IdentityContext":
+        """Chain, proof, revocation, approval and entitlements, all before the challenge is consumed,
+        so a buyer told to get an approval can come back with the same challenge."""
+        rail = self._rails[verified.credential.challenge.method]
+        vid = verify_identity(
+            verified.credential,
+            verified.request,
+            payment_signer=getattr(verified.proof, "signer", None),
+            trusted_principals=self.trusted_principals,
+            realm=self.realm,
+            now=now,
+            max_depth=self.max_chain_depth,
+        )
+        chain = vid.chain
+        if await rail.revoked(chain.jtis):
+            raise MandateRevoked("a mandate in the chain has been revoked")
+        periods = {link.jti: period_key(link.budget_period, now) for link in chain.links}
+        approval = None
+        if vid.approval_token is not None:
+            approval = verify_approval(vid.approval_token, chain=chain, challenge=verified.credential.challenge,
+                                       request=verified.request, now=now)
+            if await self.store.approval_used(approval.jti):
+                raise ApprovalInvalid("approval has already been used")
+        decision = evaluate_policy(chain, verified.credential.challenge, verified.request, verified.resource,
+                                   spent=await self.store.mandate_spent(periods), approval=approval)
+        self._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
+                    agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
+                    amount=verified.request.amount, currency=verified.request.currency, realm=self.realm)
+        charge = MandateCharge(chain.principal, chain.agent,
+                               tuple((link.jti, periods[link.jti], link.budget_amount) for link in chain.links))
+        return IdentityContext(chain, decision, charge)
+
+    def _audit(self, kind: str, **data: Any) -> None:
+        if self.audit is not None:
+            self.audit.append(kind, {k: v for k, v in data.items() if v is not None})
 
     async def _settle_and_serve(
-        self, request: web.Request, handler: Handler, verified: Verified, price: Price, info: RequestInfo, now: datetime
+        self,
+        request: web.Request,
+        handler: Handler,
+        verified: Verified,
+        price: Price,
+        info: RequestInfo,
+        now: datetime,
+        identity: "IdentityContext | None" = None,
     ) -> web.StreamResponse:
         cid = verified.challenge_id
         idem = request.headers.get("Idempotency-Key")
@@ -168,14 +231,24 @@ class Seller:
             return await self._already_claimed(cid, idem, price, info, now)
         rail = self._rails[verified.credential.challenge.method]
         try:
-            settlement = await rail.settle(verified)
+            settlement = await rail.settle(verified, identity.charge if identity else None)
         except PaymentProblem as problem:
             await self.store.mark(cid, "failed", failure=problem.slug)
             log.info("settlement refused challenge=%s problem=%s", cid, problem.slug)
+            self._audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource, detail=problem.detail)
             return self._problem(problem, price, info, now)
         claims = self.core.receipt_claims(
             verified, reference=settlement.reference, settled_at=settlement.settled_at, account=settlement.payer
         )
+        if identity is not None:
+            chain = identity.chain
+            claims |= {"agent": chain.agent, "principal": chain.principal, "mandate": chain.leaf.jti, "chain": list(chain.jtis),
+                       "approval": identity.decision.approval.jti if identity.decision.approval else None,
+                       "decision": identity.decision.decision}
+            await self.store.record_mandate_spend(
+                cid, [(jti, period) for jti, period, _ in identity.charge.links], verified.request.amount_int,
+                identity.decision.approval.jti if identity.decision.approval else None,
+            )
         receipt_header = format_receipt(
             PaymentReceipt(
                 status="success",
@@ -196,6 +269,10 @@ class Seller:
         )
         payment = Payment(verified, settlement, claims, receipt_header)
         request[PAYMENT_KEY] = payment
+        self._audit("settlement", challengeId=cid, reference=settlement.reference, amount=verified.request.amount,
+                    currency=verified.request.currency, resource=verified.resource, realm=self.realm,
+                    agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
+                    mandate=claims.get("mandate"), approval=claims.get("approval"), decision=claims.get("decision"))
         log.info("settled challenge=%s reference=%s amount=%s %s", cid, settlement.reference, verified.request.amount, verified.request.currency)
         try:
             response = await handler(request)
@@ -212,6 +289,8 @@ class Seller:
             await self._refund(payment, rail, f"handler answered {response.status}")
             return response
         await self.store.mark(cid, "delivered")
+        self._audit("receipt", challengeId=cid, reference=settlement.reference, status=response.status,
+                    agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"))
         if idem is not None and isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)):
             kept = [(k, v) for k in _REPLAY_HEADERS for v in response.headers.getall(k, ())]
             await self.store.save_response(cid, StoredResponse(response.status, kept, bytes(response.body)))
@@ -221,7 +300,9 @@ class Seller:
         payment.refunded = True
         cid = payment.verified.challenge_id
         await rail.refund(payment.settlement)
+        await self.store.forget_mandate_spend(cid)
         await self.store.mark(cid, "refunded", failure=why)
+        self._audit("refusal", challengeId=cid, problem="refunded", detail=why)
         log.warning("refunded challenge=%s: %s", cid, why)
 
     async def _already_claimed(self, cid: str, idem: str | None, price: Price, info: RequestInfo, now: datetime) -> web.StreamResponse:
@@ -295,6 +376,13 @@ class Seller:
             }
         doc = {"openapi": "3.1.0", "info": {"title": self.title, "version": "1.0.0"}, "paths": paths}
         return web.json_response(doc, headers={"Cache-Control": "max-age=300"})
+
+
+@dataclass(frozen=True)
+class IdentityContext:
+    chain: MandateChain
+    decision: PolicyDecision
+    charge: MandateCharge
 
 
 SELLER_KEY = web.AppKey("mpp_seller", Seller)

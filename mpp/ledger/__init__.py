@@ -6,6 +6,9 @@ sum of all balances is always zero.
 """
 
 from .core import (
+    BudgetExhausted,
+    MandateCharge,
+    MandateRevokedError,
     Account,
     InsufficientFunds,
     LedgerError,
@@ -17,6 +20,9 @@ from .core import (
 from .sqlite import SqliteLedger
 
 __all__ = [
+    "BudgetExhausted",
+    "MandateCharge",
+    "MandateRevokedError",
     "Account",
     "InsufficientFunds",
     "LedgerError",

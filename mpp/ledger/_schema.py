@@ -22,6 +22,24 @@ CREATE TABLE IF NOT EXISTS transfers (
     created_at TEXT NOT NULL,
     signer TEXT
 );
+CREATE TABLE IF NOT EXISTS account_owners (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id),
+    principal TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    jti TEXT PRIMARY KEY,
+    revoker TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    token TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mandate_spend (
+    transfer_id TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (transfer_id, jti)
+);
+CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
 CREATE TABLE IF NOT EXISTS postings (
     transfer_id TEXT NOT NULL REFERENCES transfers(id),
     account_id TEXT NOT NULL REFERENCES accounts(id),

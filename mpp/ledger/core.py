@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import MPPError
 
-__all__ = ["Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account"]
+__all__ = ["MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account"]
 
 
 def issuance_account(currency: str) -> str:
@@ -48,6 +48,24 @@ class InsufficientFunds(LedgerError):
 
 class UnauthorizedSigner(LedgerError):
     """The key that signed the authorization may not spend from the payer account."""
+
+
+class MandateRevokedError(LedgerError):
+    """A link of the mandate chain has been revoked."""
+
+
+class BudgetExhausted(LedgerError):
+    """The transfer would take a mandate past its budget for the period."""
+
+
+@dataclass(frozen=True)
+class MandateCharge:
+    """What the ledger needs to hold a mandate chain to its budgets: the principal that owns the
+    payer account, the agent allowed to sign, and each link's (jti, period key, budget)."""
+
+    principal: str
+    agent: str
+    links: tuple[tuple[str, str, int], ...]
 
 
 class TransferConflict(LedgerError):

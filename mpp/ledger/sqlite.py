@@ -10,6 +10,9 @@ from ..models import format_rfc3339
 from ._schema import SCHEMA
 from .._sqlite import connect, immediate
 from .core import (
+    BudgetExhausted,
+    MandateCharge,
+    MandateRevokedError,
     Account,
     InsufficientFunds,
     Transfer,
@@ -59,6 +62,38 @@ class SqliteLedger:
         elif row[0] != currency or row[1] != kind:
             raise TransferConflict(f"account {account_id!r} exists with currency {row[0]!r}, kind {row[1]!r}")
 
+    def set_owner(self, account_id: str, principal: str) -> None:
+        """The principal whose mandates may spend from this account."""
+        with immediate(self._conn) as c:
+            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+                raise UnknownAccount(f"no account {account_id!r}")
+            c.execute("INSERT OR REPLACE INTO account_owners(account_id, principal) VALUES (?, ?)", (account_id, principal))
+
+    def owner(self, account_id: str) -> str | None:
+        row = self._conn.execute("SELECT principal FROM account_owners WHERE account_id=?", (account_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- revocation ----------------------------------------------------------
+
+    def revoke(self, revocation_token: str, mandate_token: str) -> str:
+        """Record a signed revocation; every later transfer under that mandate is refused."""
+        from ..identity import verify_revocation
+
+        jti, revoker = verify_revocation(revocation_token, mandate_token)
+        with immediate(self._conn) as c:
+            c.execute("INSERT OR IGNORE INTO revocations(jti, revoker, revoked_at, token) VALUES (?, ?, ?, ?)",
+                      (jti, revoker, _now(), revocation_token))
+        return jti
+
+    def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
+        if not jtis:
+            return set()
+        marks = ",".join("?" * len(jtis))
+        return {r[0] for r in self._conn.execute(f"SELECT jti FROM revocations WHERE jti IN ({marks})", tuple(jtis))}
+
+    def mandate_spent(self, jti: str, period: str) -> int:
+        return self._conn.execute("SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)).fetchone()[0]
+
     def authorize_key(self, account_id: str, did: str) -> None:
         with immediate(self._conn) as c:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
@@ -104,8 +139,14 @@ class SqliteLedger:
         amount: int,
         currency: str,
         signer: str | None,
+        mandate: MandateCharge | None = None,
     ) -> Transfer:
-        """Move ``amount`` once. Repeating the same call returns the first transfer unchanged."""
+        """Move ``amount`` once. Repeating the same call returns the first transfer unchanged.
+
+        With ``mandate``, the revocation list and every link's budget are checked in the same
+        transaction as the postings, so concurrent purchases through any number of sellers
+        cannot take a mandate past its budget.
+        """
         _check_amount(amount)
         with immediate(self._conn) as c:
             existing = self._get(c, transfer_id)
@@ -124,13 +165,35 @@ class SqliteLedger:
             for acct in (payer, payee):
                 if accounts[acct][1] != currency:
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
-            if signer is not None and c.execute(
-                "SELECT 1 FROM account_keys WHERE account_id=? AND did=?", (payer, signer)
-            ).fetchone() is None:
+            if mandate is not None:
+                jtis = [jti for jti, _, _ in mandate.links]
+                marks = ",".join("?" * len(jtis))
+                if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", jtis).fetchone() is not None:
+                    raise MandateRevokedError("a mandate in the chain has been revoked")
+            if signer is not None and not self._may_spend(c, payer, signer, mandate):
                 raise UnauthorizedSigner("signer may not spend from the payer account")
             if accounts[payer][3] == "asset" and accounts[payer][2] < amount:
                 raise InsufficientFunds(f"balance {accounts[payer][2]} is below {amount}")
+            if mandate is not None:
+                for jti, period, budget in mandate.links:
+                    spent = c.execute(
+                        "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
+                    ).fetchone()[0]
+                    if spent + amount > budget:
+                        raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
+                for jti, period, _ in mandate.links:
+                    c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                              (transfer_id, jti, period, amount))
             return self._post(c, transfer_id, payer, payee, amount, currency, "charge", signer)
+
+    @staticmethod
+    def _may_spend(c: sqlite3.Connection, payer: str, signer: str, mandate: MandateCharge | None) -> bool:
+        if c.execute("SELECT 1 FROM account_keys WHERE account_id=? AND did=?", (payer, signer)).fetchone() is not None:
+            return True
+        if mandate is None or mandate.agent != signer:
+            return False
+        row = c.execute("SELECT principal FROM account_owners WHERE account_id=?", (payer,)).fetchone()
+        return row is not None and row[0] == mandate.principal
 
     def refund(self, transfer_id: str) -> Transfer:
         """Reverse a charge once (``refund:<id>``), e.g. when the seller could not deliver."""
@@ -142,6 +205,12 @@ class SqliteLedger:
             existing = self._get(c, refund_id)
             if existing is not None:
                 return existing
+            # Give the mandate budgets back too: the refunded purchase never happened.
+            c.execute(
+                "INSERT INTO mandate_spend(transfer_id, jti, period, amount) "
+                "SELECT ?, jti, period, -amount FROM mandate_spend WHERE transfer_id=?",
+                (refund_id, transfer_id),
+            )
             return self._post(c, refund_id, original.payee, original.payer, original.amount, original.currency, "refund", None)
 
     def get_transfer(self, transfer_id: str) -> Transfer | None:

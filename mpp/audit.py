@@ -1,0 +1,300 @@
+"""The identity audit log: append-only, hash-chained, in SQLite.
+
+Every entry is ``(seq, ts, kind, data, prev, hash)``: ``seq`` counts 1, 2, 3, ... without gaps,
+``ts`` is an RFC 3339 UTC timestamp, ``kind`` one of :data:`KINDS`, ``data`` a JSON object
+(agent, principal, mandate, challengeId, amount, currency, resource, realm, ... where known),
+``prev`` the previous entry's ``hash`` ("" for entry 1), and
+
+    hash = hex(SHA-256(JCS({"data": data, "kind": kind, "prev": prev, "seq": seq, "ts": ts})))
+
+with JCS = RFC 8785 (:func:`mpp._wire.canonical_json`). A one-row table ``audit_head`` holds the
+``(seq, hash)`` of the last entry and is written in the same transaction as each append.
+
+Several processes may append to one file: an append takes the write lock first (``BEGIN
+IMMEDIATE``), then reads the tail, then writes the entry and the head, so two writers never
+both extend the same tail.
+
+What :meth:`AuditLog.verify` detects, and what it cannot
+--------------------------------------------------------
+* an edited entry (data, amount inside data, kind, ts, ...) whose hash was left alone: its hash
+  no longer matches, and verify names it;
+* an edited entry whose hash was recomputed: the next entry's ``prev`` no longer matches, and
+  verify names that next entry (the chain breaks there);
+* a deleted entry in the middle: a gap in ``seq``, named by the entry after the gap;
+* deleted entries at the end: the head still records the old last entry, and verify names the
+  first missing ``seq``.
+
+Everything in one file can be rewritten by whoever can write the file. An attacker who deletes
+or edits entries and then recomputes every later hash *and* the head produces a log that verifies
+perfectly: a hash chain on its own proves internal consistency, not authenticity. That rewrite
+is detected only by anchoring the head somewhere the attacker cannot reach: record
+:meth:`AuditLog.head` elsewhere (print it, mail it, put it in another system's log, have a
+principal sign it) and later call ``verify(anchor=(seq, hash))``, which checks that entry
+``seq`` still has that hash, i.e. that today's log extends the anchored one. Entries after the
+last anchor are only as trustworthy as the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ._sqlite import connect, immediate
+from ._wire import canonical_json
+from .errors import MPPError
+
+__all__ = ["KINDS", "AuditEntry", "AuditLog", "AuditChainBroken", "entry_hash"]
+
+KINDS = ("quote-seen", "policy-decision", "authorization-signed", "settlement", "receipt", "refusal")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq  INTEGER PRIMARY KEY,
+    ts   TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+# Purchase fields taken from entry data; a later entry's non-null value overrides an earlier one.
+_PURCHASE_FIELDS = ("realm", "resource", "amount", "currency", "agent", "principal", "mandate", "approval")
+_ALLOW = ("allow", "allow-with-approval")
+
+
+class AuditChainBroken(MPPError):
+    """The log is not the untouched chain it claims to be; ``seq`` is the first entry where that shows."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"audit log broken at entry {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    ts: str
+    kind: str
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+
+def entry_hash(seq: int, ts: str, kind: str, data: dict[str, Any], prev: str) -> str:
+    """hex SHA-256 of JCS({"data", "kind", "prev", "seq", "ts"})."""
+    return hashlib.sha256(canonical_json({"data": data, "kind": kind, "prev": prev, "seq": seq, "ts": ts})).hexdigest()
+
+
+def _format_ts(when: datetime) -> str:
+    if when.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_data(text: Any) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class AuditLog:
+    """An audit log in one SQLite file (``location``: a path or ``sqlite:`` URL).
+
+    Safe for several processes appending concurrently; see the module docstring for what
+    :meth:`verify` can and cannot detect.
+    """
+
+    def __init__(self, location: str) -> None:
+        self._conn = connect(location, _SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------
+
+    def append(self, kind: str, data: dict[str, Any], *, now: datetime | None = None) -> AuditEntry:
+        """Append one entry and move the head to it, in one transaction.
+
+        Raises ValueError for an unknown kind or data that is not a JSON object RFC 8785 can
+        serialise, and AuditChainBroken if the stored head does not match the last entry (the
+        tail was truncated or extended behind the log's back): extending such a chain would
+        bury the evidence, so the log refuses until someone looks at it.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown audit entry kind {kind!r} (expected one of {', '.join(KINDS)})")
+        if not isinstance(data, dict):
+            raise ValueError("audit entry data must be a JSON object")
+        ts = _format_ts(now or datetime.now(timezone.utc))
+        try:
+            stored = canonical_json(data).decode("utf-8")
+        except ValueError as exc:  # ParseError is a ValueError
+            raise ValueError(f"audit entry data cannot be canonicalised: {exc}") from exc
+        data = json.loads(stored)  # what verify will read back, so the hash is computed over exactly that
+        with immediate(self._conn) as conn:
+            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            if last is None and head is None:
+                seq, prev = 1, ""
+            elif last is not None and head is not None and tuple(last) == tuple(head):
+                seq, prev = last[0] + 1, last[1]
+            else:
+                raise self._tail_problem(last, head)
+            digest = entry_hash(seq, ts, kind, data, prev)
+            conn.execute("INSERT INTO audit (seq, ts, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                         (seq, ts, kind, stored, prev, digest))
+            conn.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, digest))
+        return AuditEntry(seq, ts, kind, data, prev, digest)
+
+    # -- checking ------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last entry as recorded in the head row; ``(0, "")`` for an empty log.
+        Record it outside this file to make a later wholesale rewrite detectable."""
+        row = self._conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, "")
+
+    def verify(self, *, anchor: tuple[int, str] | None = None) -> None:
+        """Walk the whole chain; raise AuditChainBroken naming the first broken entry.
+
+        ``anchor``: a ``(seq, hash)`` from an earlier :meth:`head`, kept elsewhere; the entry
+        ``seq`` must still carry that hash (a prefix of at least 16 hex digits is accepted).
+        """
+        expected_seq, prev_hash = 1, ""
+        anchored = False
+        for seq, ts, kind, text, prev, digest in self._conn.execute(
+                "SELECT seq, ts, kind, data, prev, hash FROM audit ORDER BY seq"):
+            if seq != expected_seq:
+                missing = f"entry {expected_seq}" if seq == expected_seq + 1 else f"entries {expected_seq}..{seq - 1}"
+                raise AuditChainBroken(seq, f"{missing} missing (seq gap before this entry): deleted")
+            data = _parse_data(text)
+            if data is None:
+                raise AuditChainBroken(seq, "data is not a JSON object: the entry was edited")
+            if kind not in KINDS:
+                raise AuditChainBroken(seq, f"unknown kind {kind!r}: the entry was edited")
+            try:
+                recomputed = entry_hash(seq, ts, kind, data, prev)
+            except ValueError:
+                raise AuditChainBroken(seq, "data cannot be canonicalised: the entry was edited") from None
+            if recomputed != digest:
+                raise AuditChainBroken(seq, "hash mismatch: the entry was edited")
+            if prev != prev_hash:
+                what = "entry 1 must have an empty prev" if seq == 1 else (
+                    f"prev does not match the hash of entry {seq - 1}: an earlier entry was replaced or rewritten")
+                raise AuditChainBroken(seq, what)
+            if anchor is not None and seq == anchor[0]:
+                if not _hash_matches(digest, anchor[1]):
+                    raise AuditChainBroken(seq, "hash differs from the anchored head: the log was rewritten")
+                anchored = True
+            expected_seq, prev_hash = seq + 1, digest
+        last = (expected_seq - 1, prev_hash) if expected_seq > 1 else None
+        head = self._conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        if not (last is None and head is None) and not (last is not None and head is not None and tuple(head) == last):
+            raise self._tail_problem(last, head)
+        if anchor is not None and not anchored and anchor[0] > 0:
+            raise AuditChainBroken(anchor[0], f"the anchored entry is missing (the log ends at {expected_seq - 1}): truncated")
+
+    @staticmethod
+    def _tail_problem(last: Any, head: Any) -> AuditChainBroken:
+        last_seq = last[0] if last is not None else 0
+        if head is None:
+            return AuditChainBroken(last_seq, "the head row is missing: cannot tell whether later entries were removed")
+        head_seq = int(head[0])
+        if head_seq > last_seq:
+            ends = f"ends at entry {last_seq}" if last_seq else "is empty"
+            return AuditChainBroken(last_seq + 1, f"the head records {head_seq} entries but the log {ends}: truncated")
+        if head_seq < last_seq:
+            return AuditChainBroken(head_seq + 1, f"entries after {head_seq} were added without moving the head")
+        return AuditChainBroken(last_seq, "the head hash does not match this entry: the entry was replaced")
+
+    # -- reading -------------------------------------------------------------
+
+    def entries(self, *, agent: str | None = None, principal: str | None = None, kind: str | None = None) -> list[AuditEntry]:
+        """Entries in seq order, filtered on kind and on the agent/principal named in their data."""
+        out = []
+        query, params = "SELECT seq, ts, kind, data, prev, hash FROM audit", ()
+        if kind is not None:
+            query, params = query + " WHERE kind = ?", (kind,)
+        for seq, ts, k, text, prev, digest in self._conn.execute(query + " ORDER BY seq", params):
+            data = _parse_data(text)
+            if data is None:
+                raise AuditChainBroken(seq, "data is not a JSON object: the entry was edited")
+            if agent is not None and data.get("agent") != agent:
+                continue
+            if principal is not None and data.get("principal") != principal:
+                continue
+            out.append(AuditEntry(seq, ts, k, data, prev, digest))
+        return out
+
+    def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]:
+        """One row per challengeId, merging its entries in seq order (a later non-null field wins).
+
+        outcome: "settled" once a settlement or receipt entry exists (money moved; that sticks);
+        otherwise the latest entry decides: a refusal or a non-allow policy decision -> "refused"
+        (``reason`` from its data), anything else (quote seen, allowed, authorization signed but
+        no answer recorded) -> "unknown". A purchase refused for want of an approval and then
+        retried with one therefore ends up "settled" or "unknown", not "refused".
+        The agent/principal filters apply to the merged row, so entries that do not repeat
+        the agent still count towards its purchases.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for entry in self.entries():
+            cid = entry.data.get("challengeId")
+            if not isinstance(cid, str) or not cid:
+                continue
+            row = rows.get(cid)
+            if row is None:
+                row = rows[cid] = {"challengeId": cid, **{f: None for f in _PURCHASE_FIELDS},
+                                   "decision": None, "reason": None, "outcome": "unknown", "reference": None,
+                                   "ts": entry.ts, "seqs": []}
+            row["seqs"].append(entry.seq)
+            for field in _PURCHASE_FIELDS:
+                if entry.data.get(field) is not None:
+                    row[field] = entry.data[field]
+            if entry.data.get("decision") is not None and entry.kind in ("policy-decision", "receipt", "settlement"):
+                row["decision"] = entry.data["decision"]
+            if entry.data.get("reference") is not None:
+                row["reference"] = entry.data["reference"]
+            if row["outcome"] == "settled":
+                continue
+            if entry.kind in ("settlement", "receipt"):
+                row["outcome"], row["reason"] = "settled", None
+            elif entry.kind == "refusal" or (entry.kind == "policy-decision" and entry.data.get("decision") is not None
+                                             and entry.data.get("decision") not in _ALLOW):
+                row["outcome"] = "refused"
+                reason = entry.data.get("reason") or entry.data.get("type") or entry.data.get("rule")
+                row["reason"] = reason if reason is not None else row["reason"]
+            else:  # quote seen, allowed, or signed: the answer is still to come (or never came)
+                row["outcome"], row["reason"] = "unknown", None
+        result = list(rows.values())
+        if agent is not None:
+            result = [r for r in result if r["agent"] == agent]
+        if principal is not None:
+            result = [r for r in result if r["principal"] == principal]
+        return result
+
+
+def _hash_matches(digest: str, expected: str) -> bool:
+    expected = expected.strip().lower()
+    if len(expected) < len(digest):
+        return len(expected) >= 16 and digest.startswith(expected)
+    return digest == expected
