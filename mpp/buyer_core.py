@@ -124,10 +124,11 @@ def select_quote(
     raise NoPayableChallenge("no challenge can be paid within policy", reasons)
 
 
-def sign_quote(quote: Quote) -> str:
-    """The ``Authorization`` field value for an accepted quote."""
+def sign_quote(quote: Quote, extensions: Mapping[str, Any] | None = None) -> str:
+    """The ``Authorization`` field value for an accepted quote (with extension members, if any)."""
     payload, source = quote.method.payload(quote.challenge, quote.request)
-    return format_credential(Credential(challenge=quote.challenge, payload=payload, source=source))
+    credential = Credential(challenge=quote.challenge, payload=payload, source=source, extensions=dict(extensions or {}))
+    return format_credential(credential)
 
 
 def verify_receipt(header: str | None, quote: Quote, jwks: Mapping[str, Any], now: datetime) -> tuple[PaymentReceipt, dict[str, Any]]:

@@ -16,10 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from yarl import URL
+
 from ..buyer_core import BuyerPolicy, Quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
 from ..errors import OutcomeUnknown, ParseError, PaymentFailed, QuoteRejected, ReceiptInvalid
 from ..headers import format_accept_payment, parse_challenges
 from ..methods import BuyerMethod
+from .agent import AgentIdentity
 from ..models import PaymentReceipt
 
 __all__ = ["PaymentClient", "PaidResponse"]
@@ -56,6 +59,7 @@ class PaymentClient:
     policy: BuyerPolicy
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     on_event: Event | None = None
+    identity: AgentIdentity | None = None
     _jwks: dict[tuple[str, str, int], Mapping[str, Any]] = field(default_factory=dict)
 
     def _event(self, kind: str, **data: Any) -> None:
@@ -84,10 +88,9 @@ class PaymentClient:
             challenges = parse_challenges(first.headers.getall("WWW-Authenticate", ()), skip_invalid=True)
         except ParseError as exc:
             raise PaymentFailed(f"402 without a usable Payment challenge: {exc}", 402, None) from exc
-        for challenge in challenges:
-            self._event("quote-seen", challenge_id=challenge.id, method=challenge.method, intent=challenge.intent, url=first.url)
         quote = select_quote(challenges, self.methods, self.policy, self.clock())
-        self._event("quote-accepted", challenge_id=quote.challenge.id, amount=quote.request.amount, currency=quote.request.currency)
+        self._event("quote-seen", challengeId=quote.challenge.id, amount=quote.request.amount, currency=quote.request.currency,
+                    realm=quote.challenge.realm, accepted=True)
         return quote, first
 
     async def credential(self, method: str, url: str, *, data: bytes | None = None) -> str | None:
@@ -99,8 +102,51 @@ class PaymentClient:
         quote, first = await self.quote(method, url, data=data, headers=headers)
         if quote is None:
             return first
-        authorization = sign_quote(quote)
-        self._event("authorization-signed", challenge_id=quote.challenge.id)
+        if self.identity is None:
+            return await self._pay(method, first, quote, sign_quote(quote), data, headers)
+        return await self._pay_with_identity(method, first, quote, data, headers)
+
+    async def _pay_with_identity(self, method: str, first: PaidResponse, quote: Quote, data: bytes | None,
+                                 headers: Mapping[str, str] | None) -> PaidResponse:
+        """Mandate checks and budget reservation before signing; one retry with an approval if asked."""
+        identity = self.identity
+        assert identity is not None
+        now = self.clock()
+        path_qs = str(URL(first.url).raw_path_qs)
+        try:
+            chain = identity.check(quote, method, path_qs, now)
+            identity.reserve(chain, quote, now)
+        except QuoteRejected as exc:
+            self._event("policy-decision", challengeId=quote.challenge.id, decision="deny", rule=exc.rule, reason=exc.detail)
+            raise
+        self._event("policy-decision", challengeId=quote.challenge.id, decision="allow", reason="within mandate",
+                    agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti)
+        approval: str | None = None
+        try:
+            for attempt in range(2):
+                credential = sign_quote(quote, {"identity": identity.member(quote, approval)})
+                try:
+                    paid = await self._pay(method, first, quote, credential, data, headers)
+                except PaymentFailed as exc:
+                    wants_approval = exc.status == 403 and str(exc.problem.get("type", "")).endswith(":approval-required")
+                    if attempt == 0 and wants_approval and identity.approver is not None:
+                        approval = await _maybe_await(identity.approver(exc.problem))
+                        if approval:
+                            self._event("policy-decision", challengeId=quote.challenge.id, decision="approved",
+                                        rule=exc.problem.get("rule"), reason="approval obtained")
+                            continue
+                    raise
+                identity.commit(quote.challenge.id)
+                return paid
+            raise AssertionError("unreachable")  # pragma: no cover
+        except (PaymentFailed, QuoteRejected, ReceiptInvalid):
+            identity.release(quote.challenge.id)
+            raise
+        # OutcomeUnknown keeps the reservation: the money may have moved.
+
+    async def _pay(self, method: str, first: PaidResponse, quote: Quote, authorization: str, data: bytes | None,
+                   headers: Mapping[str, str] | None) -> PaidResponse:
+        self._event("authorization-signed", challengeId=quote.challenge.id)
         hdrs = {**(headers or {}), "Authorization": authorization}
         try:
             # The credential goes only to the URL that issued the challenge, once: no redirects,
@@ -111,16 +157,21 @@ class PaymentClient:
                 body = await resp.read()
                 paid = PaidResponse(resp.status, resp.headers, body, str(resp.url), quote=quote)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._event("refusal", challengeId=quote.challenge.id, outcome="unknown", reason=str(exc))
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", quote.challenge.id) from exc
         if paid.status >= 500:
+            self._event("refusal", challengeId=quote.challenge.id, outcome="unknown", status=paid.status)
             raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent", quote.challenge.id)
         if paid.status >= 400:
             problem = _problem_of(paid)
-            self._event("payment-refused", challenge_id=quote.challenge.id, status=paid.status, problem=problem.get("type"))
+            self._event("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
             raise PaymentFailed(f"seller refused the credential: HTTP {paid.status} {problem.get('type', '')}".strip(), paid.status, problem)
         jwks = await self._seller_jwks(first.url)
         paid.receipt, paid.claims = verify_receipt(paid.headers.get("Payment-Receipt"), quote, jwks, self.clock())
-        self._event("receipt-verified", challenge_id=quote.challenge.id, reference=paid.receipt.reference)
+        self._event("receipt", challengeId=quote.challenge.id, reference=paid.receipt.reference,
+                    amount=quote.request.amount, currency=quote.request.currency, realm=quote.challenge.realm,
+                    agent=paid.claims.get("agent"), principal=paid.claims.get("principal"), mandate=paid.claims.get("mandate"),
+                    approval=paid.claims.get("approval"), decision=paid.claims.get("decision"), resource=paid.claims.get("resource"))
         return paid
 
     async def _seller_jwks(self, url: str) -> Mapping[str, Any]:
@@ -141,6 +192,12 @@ class PaymentClient:
             raise ReceiptInvalid("seller JWKS is not a JSON object")
         self._jwks[origin] = jwks
         return jwks
+
+
+async def _maybe_await(value: Any) -> Any:
+    if hasattr(value, "__await__"):
+        return await value
+    return value
 
 
 class CredentialResendBlocked(aiohttp.ClientError):

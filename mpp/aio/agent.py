@@ -1,0 +1,87 @@
+"""The buyer side of the identity extension: an agent's mandate chain, its own budget counters,
+and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Sequence
+
+from ..budget import BudgetLink, BudgetRefused, BudgetStore
+from ..buyer_core import Quote
+from ..errors import PaymentProblem, QuoteRejected
+from ..identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
+from ..keys import SigningKey
+from ..seller_core import resource_of
+
+__all__ = ["AgentIdentity", "Approver"]
+
+# Called with the seller's approval-required problem document; returns an approval JWT or None.
+Approver = Callable[[dict[str, Any]], "Awaitable[str | None] | str | None"]
+
+
+@dataclass
+class AgentIdentity:
+    key: SigningKey
+    mandates: Sequence[str]  # the chain, root first, ending with this agent's own mandate
+    budget: BudgetStore | None = None
+    approver: Approver | None = None
+    _chain: MandateChain | None = field(default=None, init=False)
+
+    def chain_for(self, realm: str, now: datetime) -> MandateChain:
+        """Our own chain, checked as a seller will check it (trusting its own root)."""
+        try:
+            root_iss = _root_issuer(self.mandates)
+            chain = verify_chain(list(self.mandates), trusted_principals={root_iss}, realm=realm, now=now, max_depth=16)
+        except PaymentProblem as exc:
+            raise QuoteRejected("mandate", f"our mandate does not cover this seller: {exc.detail}") from None
+        if chain.agent != self.key.did:
+            raise QuoteRejected("mandate", "the mandate chain is for another agent")
+        return chain
+
+    def check(self, quote: Quote, method: str, url_path_qs: str, now: datetime) -> MandateChain:
+        """The buyer's own entitlement checks, before anything is reserved or signed."""
+        chain = self.chain_for(quote.challenge.realm, now)
+        path, _, query = url_path_qs.partition("?")
+        resource = resource_of(method, path, query)
+        try:
+            evaluate_policy(chain, quote.challenge, quote.request, resource, spent={}, approval=None)
+        except ApprovalRequired:
+            pass  # the seller will ask; the approver hook answers then
+        except PaymentProblem as exc:
+            raise QuoteRejected(exc.extensions.get("rule", exc.slug), exc.detail) from None
+        return chain
+
+    def reserve(self, chain: MandateChain, quote: Quote, now: datetime) -> None:
+        if self.budget is None:
+            return
+        links = [BudgetLink(link.jti, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
+        try:
+            self.budget.reserve(quote.challenge.id, links, quote.request.amount_int, now=now)
+        except BudgetRefused as exc:
+            raise QuoteRejected("budget", str(exc)) from None
+
+    def member(self, quote: Quote, approval: str | None = None) -> dict[str, Any]:
+        return identity_member(self.mandates, self.key, quote.challenge, quote.request, approval)
+
+    def commit(self, challenge_id: str) -> None:
+        if self.budget is not None:
+            self.budget.commit(challenge_id)
+
+    def release(self, challenge_id: str) -> None:
+        if self.budget is not None:
+            self.budget.release(challenge_id)
+
+
+def _root_issuer(tokens: Sequence[str]) -> str:
+    import jwt
+
+    if not tokens:
+        raise QuoteRejected("mandate", "no mandate")
+    try:
+        iss = jwt.decode(tokens[0], options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError:
+        raise QuoteRejected("mandate", "our root mandate is not a JWT") from None
+    if not isinstance(iss, str):
+        raise QuoteRejected("mandate", "our root mandate names no issuer")
+    return iss
