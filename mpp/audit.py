@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS audit_head (
 
 # Purchase fields taken from entry data; a later entry's non-null value overrides an earlier one.
 _PURCHASE_FIELDS = ("realm", "resource", "amount", "currency", "agent", "principal", "mandate", "approval")
-_ALLOW = ("allow", "allow-with-approval")
+_DENY = ("deny", "denied", "refused", "rejected")
 
 
 class AuditChainBroken(MPPError):
@@ -248,17 +248,23 @@ class AuditLog:
     def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]:
         """One row per challengeId, merging its entries in seq order (a later non-null field wins).
 
-        outcome: "settled" once a settlement or receipt entry exists (money moved; that sticks);
-        otherwise the latest entry decides: a refusal or a non-allow policy decision -> "refused"
-        (``reason`` from its data), anything else (quote seen, allowed, authorization signed but
-        no answer recorded) -> "unknown". A purchase refused for want of an approval and then
-        retried with one therefore ends up "settled" or "unknown", not "refused".
+        outcome, from the entries in seq order:
+          "settled"  a settlement or receipt entry (money moved); sticks, except that
+          "refunded" a later refusal with problem "refunded" (the seller gave the money back);
+          "refused"  the latest entry is a refusal, or a policy decision "deny";
+          "unknown"  anything else: quote seen, allowed or approved, authorization signed with no
+                     answer recorded, or a refusal marked ``outcome: "unknown"`` (5xx, network error:
+                     the money may have moved).
+        A purchase refused for want of an approval and retried with one therefore ends up
+        settled or unknown, not refused. ``reason`` explains a refused/refunded/unknown outcome
+        (problem or rule, then detail or reason, or the HTTP status).
         The agent/principal filters apply to the merged row, so entries that do not repeat
-        the agent still count towards its purchases.
+        the agent still count towards its purchases. Entries without a challengeId are not purchases.
         """
         rows: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
-            cid = entry.data.get("challengeId")
+            d = entry.data
+            cid = d.get("challengeId")
             if not isinstance(cid, str) or not cid:
                 continue
             row = rows.get(cid)
@@ -268,22 +274,26 @@ class AuditLog:
                                    "ts": entry.ts, "seqs": []}
             row["seqs"].append(entry.seq)
             for field in _PURCHASE_FIELDS:
-                if entry.data.get(field) is not None:
-                    row[field] = entry.data[field]
-            if entry.data.get("decision") is not None and entry.kind in ("policy-decision", "receipt", "settlement"):
-                row["decision"] = entry.data["decision"]
-            if entry.data.get("reference") is not None:
-                row["reference"] = entry.data["reference"]
-            if row["outcome"] == "settled":
+                if d.get(field) is not None:
+                    row[field] = d[field]
+            if d.get("decision") is not None and entry.kind in ("policy-decision", "receipt", "settlement"):
+                row["decision"] = d["decision"]
+            if d.get("reference") is not None:
+                row["reference"] = d["reference"]
+            if row["outcome"] == "refunded":
                 continue
-            if entry.kind in ("settlement", "receipt"):
+            if entry.kind == "refusal" and d.get("problem") == "refunded":
+                row["outcome"], row["reason"] = "refunded", _reason(d)
+            elif row["outcome"] == "settled":
+                continue
+            elif entry.kind in ("settlement", "receipt"):
                 row["outcome"], row["reason"] = "settled", None
-            elif entry.kind == "refusal" or (entry.kind == "policy-decision" and entry.data.get("decision") is not None
-                                             and entry.data.get("decision") not in _ALLOW):
-                row["outcome"] = "refused"
-                reason = entry.data.get("reason") or entry.data.get("type") or entry.data.get("rule")
-                row["reason"] = reason if reason is not None else row["reason"]
-            else:  # quote seen, allowed, or signed: the answer is still to come (or never came)
+            elif entry.kind == "refusal":
+                row["outcome"] = "unknown" if d.get("outcome") == "unknown" else "refused"
+                row["reason"] = _reason(d)
+            elif entry.kind == "policy-decision" and d.get("decision") in _DENY:
+                row["outcome"], row["reason"] = "refused", _reason(d)
+            else:  # quote seen, allowed, approved or signed: the answer is still to come (or never came)
                 row["outcome"], row["reason"] = "unknown", None
         result = list(rows.values())
         if agent is not None:
@@ -291,6 +301,16 @@ class AuditLog:
         if principal is not None:
             result = [r for r in result if r["principal"] == principal]
         return result
+
+
+def _reason(data: dict[str, Any]) -> str | None:
+    head = data.get("problem") or data.get("rule")
+    tail = data.get("detail") or data.get("reason")
+    if head and tail:
+        return f"{head}: {tail}"
+    if head or tail:
+        return str(head or tail)
+    return f"HTTP {data['status']}" if data.get("status") is not None else None
 
 
 def _hash_matches(digest: str, expected: str) -> bool:

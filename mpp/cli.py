@@ -115,10 +115,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     data = args.data.encode("utf-8") if args.data is not None else None
     headers = _parse_headers(args.header)
 
+    identity, audit = _wallet_identity(wallet, args)
+
     async def run() -> int:
         timeout = aiohttp.ClientTimeout(total=args.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy)
+            client = PaymentClient(
+                session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy,
+                identity=identity, on_event=(lambda kind, data: audit.append(kind, data)) if audit else None,
+            )
             try:
                 if args.credential_only:
                     credential = await client.credential(method, args.url, data=data)
@@ -164,10 +169,42 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 "resource": resp.claims.get("resource"),
                 "issuer": resp.claims["iss"],
             }
+            for name in ("agent", "principal", "mandate", "approval", "decision"):
+                if resp.claims.get(name) is not None:
+                    summary[name] = resp.claims[name]
             print("receipt: " + json.dumps(summary), file=sys.stderr)
         return EXIT_OK if resp.status < 400 else EXIT_HTTP
 
     return asyncio.run(run())
+
+
+def _wallet_identity(wallet, args: argparse.Namespace):
+    """The agent's mandate chain, budget counters, approval hook and audit log, if it has them."""
+    from .audit import AuditLog
+
+    audit = AuditLog(wallet.audit_path) if wallet.audit_path else None
+    if not wallet.mandates or args.no_identity:
+        return None, audit
+    from datetime import datetime, timezone
+
+    from .aio.agent import AgentIdentity
+    from .budget import BudgetStore
+    from .identity import issue_approval
+    from .keys import SigningKey
+
+    approver = None
+    if args.approve_with:
+        approver_key = SigningKey.load(args.approve_with)
+
+        def approver(problem: dict) -> str | None:
+            print(f"approving: {problem.get('rule')} rule, {problem.get('amount')} {problem.get('currency')}"
+                  f" for challenge {str(problem.get('challengeId'))[:12]}...", file=sys.stderr)
+            return issue_approval(approver_key, agent=wallet.key.did, challenge_id=problem["challengeId"], quote=problem["quoteHash"],
+                                  amount=problem["amount"], currency=problem["currency"], rule=problem["rule"],
+                                  mandate=problem["mandate"], now=datetime.now(timezone.utc))
+
+    budget = BudgetStore(wallet.budget_path) if wallet.budget_path else None
+    return AgentIdentity(wallet.key, wallet.mandates, budget, approver), audit
 
 
 # -- ledger ----------------------------------------------------------------
@@ -255,7 +292,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         print("no purchases recorded")
         return EXIT_OK
     # DETAIL (last, never cut): the settlement reference, or why the purchase was refused.
-    columns = (("TIME", 19), ("OUTCOME", 7), ("AMOUNT", 12), ("RESOURCE", 28), ("DECISION", 19), ("AGENT", 24), ("CHALLENGE", 16))
+    columns = (("TIME", 19), ("OUTCOME", 8), ("AMOUNT", 12), ("RESOURCE", 28), ("DECISION", 19), ("AGENT", 24), ("CHALLENGE", 16))
     print("  ".join(f"{name:<{width}}" for name, width in columns) + "  DETAIL")
     for r in rows:
         amount = "-" if r["amount"] is None else f"{r['amount']} {r['currency'] or ''}".strip()
@@ -340,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-amount", type=_nonneg_int, help="per-purchase limit in base units (overrides the wallet's)")
     s.add_argument("--credential-only", action="store_true", help="print the Authorization value for the current quote instead of sending it")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole exchange (default 30)")
+    s.add_argument("--no-identity", action="store_true", help="pay without presenting the wallet's mandate chain")
+    s.add_argument("--approve-with", metavar="KEY.pem", help="principal (or approver) key that signs an approval when the seller asks for one")
     s.set_defaults(func=cmd_fetch)
 
     s = sub.add_parser("ledger", help="inspect or fund the embedded ledger")
@@ -373,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--json", action="store_true", help="print a JSON list of purchases")
         t.set_defaults(func=func)
 
+    from .cli_identity import add_identity_commands
+
+    add_identity_commands(sub)
+
     s = sub.add_parser("demo", help="run seller, ledger and agent on loopback: paid calls, receipts, balances")
     s.add_argument("--dir", help="keep the demo's files here (default: a temporary directory)")
     s.set_defaults(func=cmd_demo)
@@ -380,13 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from jwt import PyJWTError
+
     from .config import ConfigError
     from .errors import MPPError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, MPPError, FileNotFoundError, ValueError, OSError) as exc:
+    except (ConfigError, MPPError, FileNotFoundError, ValueError, OSError, PyJWTError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,13 +7,16 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .buyer_core import BuyerPolicy
-from .keys import SigningKey
+from .identity import issue_mandate
+from .keys import SigningKey, public_key_from_did
+from .receipts import jwks_document
 from .ledger import SqliteLedger
 from .seller_core import CURRENCY, Price
 
@@ -24,6 +27,8 @@ __all__ = [
     "Wallet",
     "load_seller_config",
     "load_wallet",
+    "load_chain",
+    "save_chain",
     "init_home",
     "read_secret",
 ]
@@ -45,6 +50,7 @@ class RouteConfig(BaseModel):
     currency: str = "usd"
     description: str | None = None
     response: dict[str, Any] | None = None
+    require_identity: bool = False
 
     @field_validator("method")
     @classmethod
@@ -70,7 +76,7 @@ class RouteConfig(BaseModel):
 
     @property
     def price(self) -> Price:
-        return Price(self.amount, self.currency, self.description)
+        return Price(self.amount, self.currency, self.description, self.require_identity)
 
 
 class SellerConfig(BaseModel):
@@ -83,7 +89,17 @@ class SellerConfig(BaseModel):
     store: str
     recipient: str = SELLER_ACCOUNT
     challenge_ttl: int = Field(default=300, gt=0, le=86400)
+    trusted_principals: list[str] = []
+    max_chain_depth: int = Field(default=3, ge=0, le=16)
+    audit_log: str | None = None
     routes: list[RouteConfig] = Field(min_length=1)
+
+    @field_validator("trusted_principals")
+    @classmethod
+    def _dids(cls, v: list[str]) -> list[str]:
+        for did in v:
+            public_key_from_did(did)  # ParseError (a ValueError) names the bad entry
+        return v
     base_dir: Path = Path(".")
 
     def resolve(self, p: Path | str) -> str:
@@ -132,6 +148,27 @@ class Wallet:
     key: SigningKey
     account: str
     policy: BuyerPolicy
+    mandates: list[str] | None = None  # the chain, root first, if this agent buys under a mandate
+    budget_path: str | None = None
+    audit_path: str | None = None
+
+
+def load_chain(path: str | os.PathLike[str]) -> list[str]:
+    """A mandate chain file: {"mandates": [root JWT, ..., leaf JWT]}."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such mandate file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    chain = doc.get("mandates") if isinstance(doc, dict) else None
+    if not isinstance(chain, list) or not chain or not all(isinstance(t, str) for t in chain):
+        raise ConfigError(f"{path}: expected {{\"mandates\": [JWT, ...]}} with at least one mandate")
+    return chain
+
+
+def save_chain(path: str | os.PathLike[str], chain: list[str]) -> None:
+    Path(path).write_text(json.dumps({"mandates": chain}, indent=2) + "\n", encoding="utf-8")
 
 
 def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = None) -> Wallet:
@@ -160,7 +197,10 @@ def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = N
         currencies=frozenset(currencies) if currencies else None,
         recipients=frozenset(recipients) if recipients else None,
     )
-    return Wallet(key, account, policy)
+    mandates = load_chain(directory / meta["mandates"]) if meta.get("mandates") else None
+    budget = str(directory / meta["budget"]) if meta.get("budget") else None
+    audit = str(directory / meta["audit"]) if meta.get("audit") else None
+    return Wallet(key, account, policy, mandates, budget, audit)
 
 
 DEFAULT_ROUTES = [
@@ -171,6 +211,8 @@ DEFAULT_ROUTES = [
     {"method": "POST", "path": "/summarize", "amount": 250, "currency": "usd", "description": "Summarize a document"},
     {"method": "GET", "path": "/premium-report", "amount": 5000, "currency": "usd", "description": "An expensive report",
      "response": {"report": "..."}},
+    {"method": "GET", "path": "/agent-report", "amount": 150, "currency": "usd", "require_identity": True,
+     "description": "Sold only to agents with a mandate", "response": {"report": "attributed"}},
 ]
 
 
@@ -191,12 +233,23 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
     home = Path(directory)
     if (home / "seller.toml").exists() or (home / "agent" / "wallet.json").exists():
         raise ConfigError(f"{home}: already initialised (remove it or pick another directory)")
-    (home / "agent").mkdir(parents=True, exist_ok=True)
-    (home / "seller").mkdir(parents=True, exist_ok=True)
+    for sub in ("agent", "seller", "principal"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    principal = SigningKey.generate()
+    principal.save(home / "principal" / "principal.key")
+    (home / "principal" / "jwks.json").write_text(json.dumps(jwks_document([principal]), indent=2) + "\n")
     agent = SigningKey.generate()
     agent.save(home / "agent" / "agent.key")
+    now = datetime.now(timezone.utc)
+    root = issue_mandate(
+        principal, subject=agent.did, audience=[realm], scope=["*"], currency="usd", ceiling=max_amount,
+        budget_amount=50_000, budget_period="day", approval_threshold=max_amount // 2, max_depth=2,
+        not_before=now - timedelta(minutes=5), expires=now + timedelta(days=30),
+    )
+    save_chain(home / "agent" / "mandate.json", [root])
     (home / "agent" / "wallet.json").write_text(
-        json.dumps({"key": "agent.key", "account": BUYER_ACCOUNT, "did": agent.did, "max_amount": max_amount, "currencies": ["usd"]}, indent=2) + "\n"
+        json.dumps({"key": "agent.key", "account": BUYER_ACCOUNT, "did": agent.did, "max_amount": max_amount, "currencies": ["usd"],
+                    "mandates": "mandate.json", "budget": "budget.db", "audit": "audit.db"}, indent=2) + "\n"
     )
     SigningKey.generate().save(home / "seller" / "receipt.key")
     fd = os.open(home / "seller" / "hmac.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -206,7 +259,8 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
     try:
         ledger.create_account(SELLER_ACCOUNT, "usd")
         ledger.create_account(BUYER_ACCOUNT, "usd")
-        ledger.authorize_key(BUYER_ACCOUNT, agent.did)
+        ledger.authorize_key(BUYER_ACCOUNT, agent.did)  # for sellers that do not know the identity extension
+        ledger.set_owner(BUYER_ACCOUNT, principal.did)  # mandates of this principal may spend from it
         ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
     finally:
         ledger.close()
@@ -219,6 +273,8 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         'store = "seller/payments.db"',
         f"recipient = {json.dumps(SELLER_ACCOUNT)}",
         "challenge_ttl = 300",
+        f"trusted_principals = [{json.dumps(principal.did)}]",
+        'audit_log = "seller/audit.db"',
         "",
     ]
     for route in DEFAULT_ROUTES:
@@ -226,4 +282,5 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in route.items())
         lines.append("")
     (home / "seller.toml").write_text("\n".join(lines))
-    return {"seller_config": str(home / "seller.toml"), "wallet": str(home / "agent"), "ledger": str(home / "ledger.db"), "agent_did": agent.did}
+    return {"seller_config": str(home / "seller.toml"), "wallet": str(home / "agent"), "ledger": str(home / "ledger.db"),
+            "agent_did": agent.did, "principal_did": principal.did, "principal_key": str(home / "principal" / "principal.key")}

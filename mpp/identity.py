@@ -295,12 +295,13 @@ def _header(token: str, typ: str, problem: type[IdentityProblem]) -> dict[str, A
 
 
 def _decode(token: str, issuer: str, *, now: datetime | None, leeway: float, problem: type[IdentityProblem],
-            expired: type[IdentityProblem], immature: type[IdentityProblem]) -> dict[str, Any]:
+            expired: type[IdentityProblem], immature: type[IdentityProblem],
+            require: Sequence[str] = ("iss", "sub", "jti", "iat", "exp")) -> dict[str, Any]:
     try:
         key = public_key_from_did(issuer)
     except ParseError:
         raise problem("issuer is not an Ed25519 did:key") from None
-    options: dict[str, Any] = {"verify_aud": False, "require": ["iss", "sub", "jti", "iat", "exp"]}
+    options: dict[str, Any] = {"verify_aud": False, "require": list(require)}
     if now is not None:  # pyjwt reads the wall clock; with an injected clock we check times ourselves
         options |= {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     try:
@@ -409,6 +410,9 @@ def verify_chain(
             parent = links[-1]
             if link.iss != parent.sub:
                 raise DelegationInvalid(f"link {i} is not signed by the previous link's subject")
+            if parent.max_depth < 1:  # otherwise narrowing (max_depth must drop) would name it delegation-invalid
+                raise DelegationTooDeep(f"link {i} delegates below a mandate that allows no further delegation "
+                                        f"(the root allows {links[0].max_depth})")
             why = _narrowing_violation(link, parent)
             if why:
                 raise DelegationInvalid(f"link {i} {why}")
@@ -524,7 +528,8 @@ def verify_revocation(revocation_token: str, mandate_token: str) -> tuple[str, s
     if iss not in (mandate.iss, mandate.prn):
         raise MandateInvalid("only the mandate's issuer or its principal may revoke it")
     claims = _decode(revocation_token, iss, now=datetime.fromtimestamp(0, timezone.utc), leeway=10**12,
-                     problem=MandateInvalid, expired=MandateInvalid, immature=MandateInvalid)
+                     problem=MandateInvalid, expired=MandateInvalid, immature=MandateInvalid,
+                     require=("iss", "jti", "iat", "exp", "mandate"))  # a revocation has no subject
     if claims.get("mandate") != mandate.jti:
         raise MandateInvalid("revocation names another mandate")
     return mandate.jti, iss

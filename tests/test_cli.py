@@ -126,12 +126,16 @@ def test_fetch_refused_credential_exits_4(served):
     """CORE-ERR-06: a seller refusal (unauthorized wallet key) exits 4 with the problem document."""
     other = served.home.parent / "other"
     assert mpp_cli("init", str(other)).returncode == 0  # a key the served ledger does not know
-    result = mpp_cli("fetch", "--wallet", str(other / "agent"), served.url + "/weather")
+    result = mpp_cli("fetch", "--wallet", str(other / "agent"), "--no-identity", served.url + "/weather")
     assert result.returncode == 4, (result.returncode, result.stderr)
     assert result.stderr.startswith("mpp: seller refused the credential: HTTP 402")
     problem = json.loads(result.stderr.split("\n", 1)[1])
     assert problem["type"] == mpp.PROBLEM_BASE + "verification-failed"
     assert "Traceback" not in result.stderr
+    # with its mandate, the same wallet is refused earlier: its principal is not one the seller trusts
+    result = mpp_cli("fetch", "--wallet", str(other / "agent"), served.url + "/weather")
+    assert result.returncode == 4, (result.returncode, result.stderr)
+    assert json.loads(result.stderr.split("\n", 1)[1])["type"] == mpp.EXTENSION_PROBLEM_BASE + "mandate-untrusted"
     assert charges(served.home) == []
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp package, the CLI, demos, configuration, servers.
-IO_PATTERNS = ("aio/*", "cli.py", "demo*.py", "config.py", "serve*.py")
+IO_PATTERNS = ("aio/*", "cli.py", "cli_*.py", "demo*.py", "config.py", "serve*.py")
 
 
 def _is_io(path: Path) -> bool:

@@ -95,8 +95,13 @@ class PaymentClient:
 
     async def credential(self, method: str, url: str, *, data: bytes | None = None) -> str | None:
         """The ``Authorization`` value we would send for the current quote, without sending it."""
-        quote, _ = await self.quote(method, url, data=data)
-        return None if quote is None else sign_quote(quote)
+        quote, first = await self.quote(method, url, data=data)
+        if quote is None:
+            return None
+        if self.identity is None:
+            return sign_quote(quote)
+        self.identity.check(quote, method, str(URL(first.url).raw_path_qs), self.clock())
+        return sign_quote(quote, {"identity": self.identity.member(quote)})
 
     async def request(self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> PaidResponse:
         quote, first = await self.quote(method, url, data=data, headers=headers)

@@ -164,6 +164,7 @@ class Seller:
             authorization=tuple(request.headers.getall("Authorization", ())),
         )
         now = self.clock()
+        verified: Verified | None = None
         try:
             header = self.core.payment_credential(info)
             if header is None:
@@ -173,7 +174,9 @@ class Seller:
             if price.require_identity or verified.credential.extra_member("identity") is not None:
                 identity = await self._check_identity(verified, price, now)
         except PaymentProblem as problem:
-            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail)
+            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
+                        challengeId=verified.challenge_id if verified else None, realm=self.realm,
+                        agent=verified.credential.source if verified else None)
             return self._problem(problem, price, info, now)
         return await self._settle_and_serve(request, handler, verified, price, info, now, identity)
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from ..audit import AuditLog
 from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
@@ -46,6 +47,9 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         rails=[EmbeddedLedgerRail(ledger, recipient=config.recipient)],
         store=SqlitePaymentStore(config.resolve(config.store)),
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
+        trusted_principals=frozenset(config.trusted_principals),
+        max_chain_depth=config.max_chain_depth,
+        audit=AuditLog(config.resolve(config.audit_log)) if config.audit_log else None,
     )
     app = web.Application()
     app[LEDGER_KEY] = ledger
