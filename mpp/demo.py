@@ -114,8 +114,10 @@ async def _run(home: Path) -> None:
             else:
                 raise DemoFailure("the buyer paid a quote over its limit")
 
+            paid_total += await _identity_part(session, base, home, info, config, wallet, app)
+
         after = _balances(ledger)
-        print("7. balances")
+        print("9. balances")
         _print_balances("balances after", after)
         _check(sum(after.values()) == sum(before.values()), "sum of all balances unchanged")
         _check(before["acct:buyer"] - after["acct:buyer"] == paid_total == after["acct:seller"] - before["acct:seller"],
@@ -123,6 +125,106 @@ async def _run(home: Path) -> None:
         _check(ledger.check() == [], "every transfer is two postings summing to zero")
     finally:
         await runner.cleanup()
+
+
+async def _identity_part(session, base: str, home: Path, info: dict, config, wallet, app) -> int:
+    """Principal, two agents and a sub-agent: attributed receipts, an approval, a budget refusal, the audit log."""
+    from datetime import datetime, timedelta, timezone
+
+    from .aio.agent import AgentIdentity
+    from .aio.buyer import PaymentClient
+    from .audit import AuditLog
+    from .budget import BudgetStore
+    from .buyer_core import BuyerPolicy
+    from .errors import PaymentFailed, QuoteRejected
+    from .identity import issue_approval, issue_mandate
+    from .keys import SigningKey
+    from .methods.ledger import LedgerBuyerMethod
+
+    now = datetime.now(timezone.utc)
+    principal = SigningKey.load(info["principal_key"])
+    agent_a = wallet.key  # created by `mpp init`, holding the principal's root mandate
+    agent_b, agent_c = SigningKey.generate(), SigningKey.generate()
+    window = dict(not_before=now - timedelta(minutes=1), expires=now + timedelta(hours=1))
+    chain_a = wallet.mandates
+    chain_b = [issue_mandate(principal, subject=agent_b.did, audience=[config.realm], scope=["GET /weather*"], currency="usd",
+                             ceiling=100, budget_amount=60, budget_period="day", **window)]
+    # Agent A delegates a narrower mandate to sub-agent C: one route, a lower ceiling, approval above 100.
+    chain_c = [*chain_a, issue_mandate(agent_a, subject=agent_c.did, audience=[config.realm], scope=["GET /agent-report"],
+                                       currency="usd", ceiling=500, budget_amount=1_000, budget_period="day",
+                                       approval_threshold=100, max_depth=0, principal=principal.did, **window)]
+    names = {principal.did: "principal", agent_a.did: "agent-a", agent_b.did: "agent-b", agent_c.did: "sub-agent-c"}
+    print("8. identity: one principal, two agents, one sub-agent")
+    for did, name in names.items():
+        print(f"   {name:<12} {did[:32]}...")
+    approvals: list[str] = []
+
+    def approver(problem: dict) -> str:
+        print(f"   principal approves: rule {problem['rule']!r}, {problem['amount']} {problem['currency']}, quote {problem['quoteHash'][:12]}...")
+        token = issue_approval(principal, agent=agent_c.did, challenge_id=problem["challengeId"], quote=problem["quoteHash"],
+                               amount=problem["amount"], currency=problem["currency"], rule=problem["rule"],
+                               mandate=problem["mandate"], now=datetime.now(timezone.utc))
+        approvals.append(token)
+        return token
+
+    buyer_audit = AuditLog(str(home / "agent" / "audit.db"))
+
+    def client(key, chain, budget: bool = True, hook=None) -> PaymentClient:
+        store = BudgetStore(str(home / "agent" / f"budget-{names[key.did]}.db")) if budget else None
+        return PaymentClient(session, [LedgerBuyerMethod(key=key, account=wallet.account)], BuyerPolicy(max_amount=1_000),
+                             identity=AgentIdentity(key, chain, store, hook), on_event=lambda k, d: buyer_audit.append(k, d))
+
+    paid = 0
+    for who, key, chain, path in (("agent-a", agent_a, chain_a, "/agent-report"), ("agent-b", agent_b, chain_b, "/weather"),
+                                  ("agent-b", agent_b, chain_b, "/weather?city=Porto")):
+        resp = await client(key, chain).request("GET", base + path)
+        claims = resp.claims or {}
+        print(f"   {who} GET {path} -> HTTP {resp.status}; receipt names agent {names.get(claims.get('agent'))},"
+              f" principal {names.get(claims.get('principal'))}, mandate {str(claims.get('mandate'))[:12]}..., decision {claims.get('decision')}")
+        _check(resp.paid and claims.get("agent") == key.did and claims.get("principal") == principal.did,
+               f"{who}'s purchase is attributed to it and to the principal in the signed receipt")
+        paid += int(claims["amount"])
+
+    resp = await client(agent_c, chain_c, hook=approver).request("GET", base + "/agent-report")
+    claims = resp.claims or {}
+    print(f"   sub-agent-c GET /agent-report -> HTTP {resp.status}; decision {claims.get('decision')}, approval {str(claims.get('approval'))[:12]}...,"
+          f" chain of {len(claims.get('chain', []))} mandates")
+    _check(resp.paid and claims.get("decision") == "allow-with-approval" and len(approvals) == 1 and len(claims["chain"]) == 2,
+           "the sub-agent's purchase above its threshold needed, and got, the principal's one-time approval")
+    paid += int(claims["amount"])
+
+    try:
+        await client(agent_b, chain_b).request("GET", base + "/weather?city=Faro")
+    except QuoteRejected as exc:
+        print(f"   agent-b's third weather purchase: refused by its own budget counter before signing ({exc.detail})")
+        _check(exc.rule == "budget", "over-budget attempt refused by the buyer")
+    else:
+        raise DemoFailure("agent-b spent past its budget")
+    try:
+        await client(agent_b, chain_b, budget=False).request("GET", base + "/weather?city=Faro")
+    except PaymentFailed as exc:
+        print(f"   ... and with the buyer's counter bypassed, the seller refuses: HTTP {exc.status} {exc.problem.get('type')}")
+        _check(exc.status == 403 and str(exc.problem.get("type")).endswith(":budget-exceeded"),
+               "over-budget attempt refused by the seller too (and the ledger holds the budget across sellers)")
+    else:
+        raise DemoFailure("the seller let agent-b spend past its budget")
+
+    seller_audit = AuditLog(config.resolve(config.audit_log))
+    try:
+        seller_audit.verify()
+        rows = seller_audit.purchases(principal=principal.did)
+        print(f"   seller audit log: {len(rows)} purchases for the principal, chain intact, head {seller_audit.head()[0]}")
+        for row in rows:
+            print(f"     {names.get(row.get('agent'), '?'):<12} {row.get('amount'):>5} {row.get('currency')}  {row.get('resource'):<28}"
+                  f" {row.get('decision') or '-':<20} {row.get('outcome')}")
+        _check({names.get(r.get("agent")) for r in rows if r.get("outcome") == "settled"} == {"agent-a", "agent-b", "sub-agent-c"},
+               "the seller's hash-chained audit log attributes every purchase")
+        buyer_audit.verify()
+        _check(buyer_audit.head()[0] > 0, "the buyers' audit log is intact")
+    finally:
+        seller_audit.close()
+        buyer_audit.close()
+    return paid
 
 
 def run_demo(directory: str | None = None) -> int:

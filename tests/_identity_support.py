@@ -147,3 +147,43 @@ def rewrite_credential(authorization: str, **changes: Any) -> str:
         else:
             doc[name] = value
     return f"{scheme} {b64url(json.dumps(doc, separators=(',', ':')).encode())}"
+
+
+# -- a buyer in another process (multiprocessing spawn imports this module by name) ----------
+
+
+def buyer_process(url: str, key_path: str, mandate_token: str, budget_path: str, purchases: int) -> list[str]:
+    """Make ``purchases`` concurrent purchases of ``url`` with a PaymentClient whose budget
+    counters live in the shared BudgetStore file. Returns one outcome per purchase:
+    "paid", "budget" (refused by our own counters) or "other: ...". """
+    import asyncio
+
+    return asyncio.run(_buy(url, key_path, mandate_token, budget_path, purchases))
+
+
+async def _buy(url: str, key_path: str, mandate_token: str, budget_path: str, purchases: int) -> list[str]:
+    from mpp.aio import PaymentClient
+    from mpp.aio.agent import AgentIdentity
+    from mpp.budget import BudgetStore
+
+    key = mpp.SigningKey.load(key_path)
+    budget = BudgetStore(budget_path)
+    outcomes: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PaymentClient(session, [LedgerBuyerMethod(key=key, account=PAYER)], mpp.BuyerPolicy(max_amount=1000),
+                                   identity=AgentIdentity(key, [mandate_token], budget))
+
+            async def one() -> str:
+                try:
+                    resp = await client.request("GET", url)
+                except mpp.QuoteRejected as exc:
+                    return "budget" if exc.rule == "budget" else f"other: {exc}"
+                except Exception as exc:  # noqa: BLE001 - reported to the parent test
+                    return f"other: {type(exc).__name__}: {exc}"
+                return "paid" if resp.status == 200 and resp.paid else f"other: HTTP {resp.status}"
+
+            outcomes = list(await asyncio.gather(*(one() for _ in range(purchases))))
+    finally:
+        budget.close()
+    return outcomes

@@ -55,7 +55,8 @@ async def refused(world: World, path: str, authorization: str, slug: str, status
     before, charges = world.snapshot(), len(world.charges())
     code, doc, headers = await world.send(path, authorization)
     assert code < 500
-    assert (code, doc.get("type")) == (status, PROBLEM + slug), doc
+    expected = slug if ":" in slug else PROBLEM + slug
+    assert (code, doc.get("type")) == (status, expected), doc
     assert headers.get("Content-Type", "").startswith("application/problem+json")
     assert "Payment-Receipt" not in headers
     assert "no-store" in headers.get("Cache-Control", "")
@@ -209,10 +210,11 @@ async def test_mandate_subject_not_the_signer(world):
 async def test_mandate_subject_not_the_signer_source_claims_subject(world):
     """covers: identity binding. B pays with A's mandate and claims source = A, but the ledger payload
     and the proof are B's. The ledger method's own source/signer binding refuses it first
-    (verification-failed, 402): the payment is not A's, whatever the identity member says."""
+    (the core verification-failed, 402) before the identity checks run: the payment is not A's,
+    whatever the identity member says."""
     q = await world.quote("/thing", world.B)
     auth = rewrite_credential(credential(q, [mandate(world.P, world.A)], world.B), source=world.A.did)
-    await refused(world, "/thing", auth, "verification-failed", 402)
+    await refused(world, "/thing", auth, mpp.PROBLEM_BASE + "verification-failed", 402)
 
 
 async def test_mandate_subject_not_the_signer_without_source(world):
