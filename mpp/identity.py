@@ -10,6 +10,7 @@ caller passes ``now``, the trusted principals, and what it has already spent.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import jwt
 from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, InvalidTokenError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._wire import b64url_encode, canonical_json
+from ._wire import b64url_decode, b64url_encode, canonical_json
 from .errors import EXTENSION_PROBLEM_BASE, ParseError, PaymentProblem
 from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 from .models import Challenge, ChargeRequest, Credential
@@ -58,6 +59,7 @@ __all__ = [
     "decode_mandate",
     "verify_chain",
     "scope_matches",
+    "is_canonical_resource",
     "pattern_within",
     "request_hash",
     "quote_hash",
@@ -133,9 +135,16 @@ IDENTITY_PROBLEMS: dict[str, type[IdentityProblem]] = {
 # -- mandates --------------------------------------------------------------------
 
 
+MAX_INT = 2**53 - 1  # every JSON implementation reads integers up to here exactly
+MAX_LIST = 64
+_MANDATE_JTI = re.compile(r"mdt_[A-Za-z0-9_-]{22}")
+_APPROVAL_JTI = re.compile(r"apr_[A-Za-z0-9_-]{22}")
+MAX_LEEWAY = 60.0
+
+
 class _Budget(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    amount: int = Field(ge=0, le=2**63 - 1)
+    amount: int = Field(ge=0, le=MAX_INT)
     period: str
 
     @field_validator("period")
@@ -151,19 +160,33 @@ class _MandateClaims(BaseModel):
     iss: str
     sub: str
     prn: str
-    aud: list[str] = Field(min_length=1)
-    jti: str = Field(min_length=8, max_length=128)
-    iat: int
-    nbf: int
-    exp: int
-    scope: list[str] = Field(min_length=1)
-    review: list[str] = []
+    aud: list[str] = Field(min_length=1, max_length=MAX_LIST)
+    jti: str
+    iat: int = Field(ge=0, le=MAX_INT)
+    nbf: int = Field(ge=0, le=MAX_INT)
+    exp: int = Field(ge=0, le=MAX_INT)
+    scope: list[str] = Field(min_length=1, max_length=MAX_LIST)
+    review: list[str] = Field(default=[], max_length=MAX_LIST)
     currency: str
-    ceiling: int = Field(ge=0, le=2**63 - 1)
+    ceiling: int = Field(ge=0, le=MAX_INT)
     budget: _Budget
-    approval_threshold: int | None = Field(default=None, ge=0)
-    max_depth: int = Field(ge=0, le=16)
-    approvers: list[str] = []
+    approval_threshold: int | None = Field(default=None, ge=0, le=MAX_INT)
+    max_depth: int = Field(ge=0, le=15)
+    approvers: list[str] = Field(default=[], max_length=MAX_LIST)
+
+    @field_validator("jti")
+    @classmethod
+    def _jti(cls, v: str) -> str:
+        if _MANDATE_JTI.fullmatch(v) is None:
+            raise ValueError("jti must be 'mdt_' and 22 base64url characters")
+        return v
+
+    @field_validator("aud")
+    @classmethod
+    def _aud(cls, v: list[str]) -> list[str]:
+        if "*" in v and v != ["*"]:
+            raise ValueError("aud is either [\"*\"] alone or a list of realms")
+        return v
 
     @field_validator("scope", "review")
     @classmethod
@@ -195,12 +218,19 @@ class Mandate:
     approval_threshold: int | None
     max_depth: int
     approvers: tuple[str, ...]
+    iat: int = 0
+
+    @property
+    def key(self) -> str:
+        """What revocations, budgets and approvals are counted under: (issuer, jti), so that one
+        issuer's choice of jti can never touch another issuer's mandate."""
+        return f"{self.iss}#{self.jti}"
 
     @classmethod
     def _from(cls, token: str, c: _MandateClaims) -> "Mandate":
         return cls(token, c.iss, c.sub, c.prn, tuple(c.aud), c.jti, c.nbf, c.exp, tuple(c.scope), tuple(c.review),
                    c.currency, c.ceiling, c.budget.amount, c.budget.period, c.approval_threshold, c.max_depth,
-                   tuple(c.approvers))
+                   tuple(c.approvers), c.iat)
 
 
 @dataclass(frozen=True)
@@ -226,6 +256,10 @@ class MandateChain:
     @property
     def jtis(self) -> tuple[str, ...]:
         return tuple(link.jti for link in self.links)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(link.key for link in self.links)
 
     @property
     def tokens(self) -> list[str]:
@@ -280,74 +314,119 @@ def issue_mandate(
     return jwt.encode(claims, issuer.private_key, algorithm="EdDSA", headers={"typ": MANDATE_TYP, "kid": issuer.did})
 
 
-def _header(token: str, typ: str, problem: type[IdentityProblem]) -> dict[str, Any]:
-    if not isinstance(token, str) or len(token) > 8192:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate member name")
+    return dict(pairs)
+
+
+def _checked_claims(token: str, typ: str, problem: type[IdentityProblem]) -> dict[str, Any]:
+    """Structure, header rules and the Ed25519 signature under the key of ``iss``.
+
+    The header never chooses the algorithm or the key: only EdDSA, only the issuer's did:key.
+    Times are not checked here (the caller does, with its injected clock).
+    """
+    if not isinstance(token, str) or len(token) > 16384 or token.count(".") != 2:
         raise problem("not a compact JWS")
+    parts = token.split(".")
     try:
-        header = jwt.get_unverified_header(token)
-    except InvalidTokenError as exc:
-        raise problem(f"not a JWS: {exc}") from None
+        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_no_duplicates)
+        payload = json.loads(b64url_decode(parts[1]), object_pairs_hook=_no_duplicates)
+        signature = b64url_decode(parts[2])
+    except (ParseError, ValueError, UnicodeDecodeError, RecursionError):
+        raise problem("not a well-formed JWS (base64url JSON objects, no repeated member names)") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise problem("JWS header and payload must be JSON objects")
     if header.get("alg") not in _ALGORITHMS:
         raise problem(f"algorithm {header.get('alg')!r} is refused; only EdDSA is accepted")
     if header.get("typ") != typ:
         raise problem(f"typ must be {typ!r}")
-    return header
-
-
-def _decode(token: str, issuer: str, *, now: datetime | None, leeway: float, problem: type[IdentityProblem],
-            expired: type[IdentityProblem], immature: type[IdentityProblem],
-            require: Sequence[str] = ("iss", "sub", "jti", "iat", "exp")) -> dict[str, Any]:
+    if "crit" in header:
+        raise problem("critical header parameters are not supported")
+    iss = payload.get("iss")
+    if not isinstance(iss, str) or header.get("kid") != iss:
+        raise problem("kid must equal the iss claim")
+    if len(signature) != 64:
+        raise problem("an Ed25519 signature is 64 bytes")
     try:
-        key = public_key_from_did(issuer)
+        key = public_key_from_did(iss)
     except ParseError:
         raise problem("issuer is not an Ed25519 did:key") from None
-    options: dict[str, Any] = {"verify_aud": False, "require": list(require)}
-    if now is not None:  # pyjwt reads the wall clock; with an injected clock we check times ourselves
-        options |= {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     try:
-        claims = jwt.decode(token, key, algorithms=_ALGORITHMS, leeway=leeway, options=options)
-    except ExpiredSignatureError:
-        raise expired("token has expired") from None
-    except ImmatureSignatureError:
-        raise immature("token is not yet valid") from None
+        jwt.decode(token, key, algorithms=_ALGORITHMS,
+                   options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False})
     except InvalidTokenError as exc:
-        raise problem(f"signature or claims invalid: {type(exc).__name__}") from None
-    if now is not None:
-        t = now.timestamp()
-        if isinstance(claims.get("exp"), int) and t > claims["exp"] + leeway:
-            raise expired("token has expired")
-        if isinstance(claims.get("nbf"), int) and t + leeway < claims["nbf"]:
-            raise immature("token is not yet valid")
-    return claims
+        raise problem(f"signature does not verify: {type(exc).__name__}") from None
+    return payload
 
 
-def decode_mandate(token: str, *, now: datetime | None = None, leeway: float = 30.0) -> Mandate:
-    """Check one mandate's signature (by its own ``iss``), algorithm, claims and validity window."""
-    _header(token, MANDATE_TYP, MandateInvalid)
-    try:
-        unverified_iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
-    except InvalidTokenError:
-        raise MandateInvalid("mandate is not a JWT") from None
-    if not isinstance(unverified_iss, str):
-        raise MandateInvalid("mandate has no issuer")
-    claims = _decode(token, unverified_iss, now=now, leeway=leeway, problem=MandateInvalid,
-                     expired=MandateExpired, immature=MandateNotYetValid)
+def _check_times(claims: dict[str, Any], now: datetime, leeway: float, expired: type[IdentityProblem],
+                 immature: type[IdentityProblem]) -> None:
+    t, leeway = now.timestamp(), min(leeway, MAX_LEEWAY)
+    if claims["exp"] <= t - leeway:
+        raise expired("token has expired")
+    if claims["nbf"] > t + leeway or claims.get("iat", 0) > t + leeway:
+        raise immature("token is not yet valid")
+
+
+def _mandate_of(token: str) -> Mandate:
+    claims = _checked_claims(token, MANDATE_TYP, MandateInvalid)
     try:
         parsed = _MandateClaims.model_validate(claims)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise MandateInvalid(f"mandate claim {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    if parsed.nbf > parsed.exp:
-        raise MandateInvalid("mandate validity window is empty")
+    if parsed.nbf >= parsed.exp:
+        raise MandateInvalid("mandate validity window is empty (nbf must be before exp)")
     return Mandate._from(token, parsed)
 
 
+def decode_mandate(token: str, *, now: datetime | None = None, leeway: float = 30.0) -> Mandate:
+    """One mandate: signature (by its own ``iss``), algorithm, claims, and the validity window at ``now``."""
+    mandate = _mandate_of(token)
+    if now is not None:
+        _check_times({"exp": mandate.exp, "nbf": mandate.nbf, "iat": mandate.iat}, now, leeway, MandateExpired, MandateNotYetValid)
+    return mandate
+
+
 def scope_matches(pattern: str, resource: str) -> bool:
-    """``*`` matches any run of characters; everything else is literal."""
+    """``*`` matches any run of characters; everything else is literal. Time is bounded by
+    len(pattern) * len(resource): one remembered star, no backtracking regular expression."""
     if pattern == "*":
         return True
-    regex = "".join(".*" if ch == "*" else re.escape(ch) for ch in pattern)
-    return re.fullmatch(regex, resource, flags=re.DOTALL) is not None
+    p = r = 0
+    star, mark = -1, 0
+    while r < len(resource):
+        if p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, r, p + 1
+        elif p < len(pattern) and pattern[p] == resource[r]:
+            p, r = p + 1, r + 1
+        elif star >= 0:
+            mark += 1
+            p, r = star + 1, mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def is_canonical_resource(resource: str) -> bool:
+    """False for paths a server may route somewhere their string does not show: ``//``, ``.``
+    or ``..`` segments, a backslash, or a percent-encoded unreserved character, ``/`` or ``\``."""
+    _, _, target = resource.partition(" ")
+    path = target.split("?", 1)[0]
+    if "//" in path or "\\" in path or any(seg in (".", "..") for seg in path.split("/")):
+        return False
+    for m in _ESCAPE.finditer(path):
+        ch = chr(int(m.group(1), 16))
+        if ch.isascii() and (ch.isalnum() or ch in "-._~/\\"):
+            return False
+    return True
 
 
 def pattern_within(child: str, parent: str) -> bool:
@@ -393,14 +472,15 @@ def verify_chain(
     max_depth: int = DEFAULT_MAX_DEPTH,
     leeway: float = 30.0,
 ) -> MandateChain:
-    """Verify a chain root first, link by link. Raise the IdentityProblem that names the failure."""
+    """Verify a chain root first, link by link, in the spec's order; raise the problem that names
+    the first failure."""
     if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise MandateInvalid("identity.mandates must be a non-empty list of JWTs")
-    if len(tokens) - 1 > max_depth:
+    if len(tokens) - 1 > min(max_depth, 15):  # counted before any signature is checked
         raise DelegationTooDeep(f"chain has {len(tokens) - 1} delegations; this seller allows {max_depth}")
     links: list[Mandate] = []
     for i, token in enumerate(tokens):
-        link = decode_mandate(token, now=now, leeway=leeway)
+        link = _mandate_of(token)
         if i == 0:
             if link.iss not in trusted_principals:
                 raise MandateUntrusted("root mandate is signed by a principal this seller does not trust")
@@ -410,14 +490,19 @@ def verify_chain(
             parent = links[-1]
             if link.iss != parent.sub:
                 raise DelegationInvalid(f"link {i} is not signed by the previous link's subject")
-            if parent.max_depth < 1:  # otherwise narrowing (max_depth must drop) would name it delegation-invalid
-                raise DelegationTooDeep(f"link {i} delegates below a mandate that allows no further delegation "
-                                        f"(the root allows {links[0].max_depth})")
-            why = _narrowing_violation(link, parent)
+            if link.approvers:
+                raise DelegationInvalid(f"link {i} names approvers; only the root may")
+            if link.jti in {l.jti for l in links}:
+                raise DelegationInvalid(f"link {i} repeats a jti of the chain")
+        _check_times({"exp": link.exp, "nbf": link.nbf, "iat": link.iat}, now, leeway, MandateExpired, MandateNotYetValid)
+        if link.aud != ("*",) and realm not in link.aud:
+            raise MandateAudience(f"mandate {link.jti} is not for realm {realm!r}")
+        if i > 0:
+            if links[-1].max_depth == 0:
+                raise DelegationTooDeep(f"link {i} follows a mandate that allows no further delegation")
+            why = _narrowing_violation(link, links[-1])
             if why:
                 raise DelegationInvalid(f"link {i} {why}")
-        if "*" not in link.aud and realm not in link.aud:
-            raise MandateAudience(f"mandate {link.jti} is not for realm {realm!r}")
         links.append(link)
     if len(links) - 1 > links[0].max_depth:
         raise DelegationTooDeep(f"chain has {len(links) - 1} delegations; the root allows {links[0].max_depth}")
@@ -437,8 +522,9 @@ def quote_hash(challenge: Challenge) -> str:
     return b64url_encode(hashlib.sha256(QUOTE_DOMAIN + canonical_json(body)).digest())
 
 
-def proof_message(challenge: Challenge, request: ChargeRequest) -> bytes:
-    body = {"amount": request.amount, "challengeId": challenge.id, "currency": request.currency,
+def proof_message(challenge: Challenge, request: ChargeRequest, mandate: str) -> bytes:
+    """``mandate`` is the leaf mandate's jti: the proof binds the quote *and* the chain it is made under."""
+    body = {"amount": request.amount, "challengeId": challenge.id, "currency": request.currency, "mandate": mandate,
             "realm": challenge.realm, "requestHash": request_hash(challenge)}
     return PROOF_DOMAIN + canonical_json(body)
 
@@ -446,7 +532,8 @@ def proof_message(challenge: Challenge, request: ChargeRequest) -> bytes:
 def identity_member(chain_tokens: Sequence[str], key: SigningKey, challenge: Challenge, request: ChargeRequest,
                     approval: str | None = None) -> dict[str, Any]:
     """The credential's ``identity`` member: the chain and the agent's signature over this quote."""
-    member: dict[str, Any] = {"mandates": list(chain_tokens), "proof": key.sign(proof_message(challenge, request))}
+    leaf = jwt.decode(chain_tokens[-1], options={"verify_signature": False}).get("jti", "")
+    member: dict[str, Any] = {"mandates": list(chain_tokens), "proof": key.sign(proof_message(challenge, request, leaf))}
     if approval is not None:
         member["approval"] = approval
     return member
@@ -491,7 +578,7 @@ def verify_identity(
     if not isinstance(proof, str):
         raise ProofInvalid("identity.proof is missing")
     try:
-        verify_signature(chain.agent, proof_message(credential.challenge, request), proof)
+        verify_signature(chain.agent, proof_message(credential.challenge, request, chain.leaf.jti), proof)
     except SignatureInvalid:
         raise ProofInvalid("proof of possession does not verify for this quote") from None
     approval = member.get("approval")
@@ -507,32 +594,25 @@ REVOCATION_TYP = "mpp-revocation+jwt"
 
 def issue_revocation(revoker: SigningKey, mandate_token: str, *, now: datetime) -> str:
     """A signed statement that the mandate (and so every link delegated below it) is revoked."""
-    mandate = decode_mandate(mandate_token, now=now, leeway=10**12)
+    mandate = _mandate_of(mandate_token)
     claims = {"iss": revoker.did, "jti": "rev_" + secrets.token_urlsafe(16), "iat": int(now.timestamp()),
-              "exp": mandate.exp + 1, "mandate": mandate.jti}
+              "exp": mandate.exp + 1, "mandate": mandate.jti, "mandateIssuer": mandate.iss}
     return jwt.encode(claims, revoker.private_key, algorithm="EdDSA", headers={"typ": REVOCATION_TYP, "kid": revoker.did})
 
 
 def verify_revocation(revocation_token: str, mandate_token: str) -> tuple[str, str]:
-    """Check a revocation against the mandate it names; return (mandate jti, revoker DID).
+    """Check a revocation against the mandate it names; return (the mandate's key, revoker DID).
 
-    Only the mandate's issuer or its root principal may revoke it. Expired mandates may still
-    be revoked (there is no harm), so validity windows are not checked here.
+    Only the mandate's issuer or its root principal may revoke it, and the revocation names the
+    mandate by issuer and jti together. Expired mandates may still be revoked (no harm done).
     """
-    mandate = decode_mandate(mandate_token, now=datetime.fromtimestamp(0, timezone.utc), leeway=10**12)
-    _header(revocation_token, REVOCATION_TYP, MandateInvalid)
-    try:
-        iss = jwt.decode(revocation_token, options={"verify_signature": False}).get("iss")
-    except InvalidTokenError:
-        raise MandateInvalid("revocation is not a JWT") from None
-    if iss not in (mandate.iss, mandate.prn):
+    mandate = _mandate_of(mandate_token)
+    claims = _checked_claims(revocation_token, REVOCATION_TYP, MandateInvalid)
+    if claims["iss"] not in (mandate.iss, mandate.prn):
         raise MandateInvalid("only the mandate's issuer or its principal may revoke it")
-    claims = _decode(revocation_token, iss, now=datetime.fromtimestamp(0, timezone.utc), leeway=10**12,
-                     problem=MandateInvalid, expired=MandateInvalid, immature=MandateInvalid,
-                     require=("iss", "jti", "iat", "exp", "mandate"))  # a revocation has no subject
-    if claims.get("mandate") != mandate.jti:
+    if claims.get("mandate") != mandate.jti or claims.get("mandateIssuer") != mandate.iss:
         raise MandateInvalid("revocation names another mandate")
-    return mandate.jti, iss
+    return mandate.key, claims["iss"]
 
 
 # -- approvals ---------------------------------------------------------------------
@@ -548,24 +628,24 @@ def issue_approval(approver: SigningKey, *, agent: str, challenge_id: str, quote
 
 def verify_approval(token: str, *, chain: MandateChain, challenge: Challenge, request: ChargeRequest, now: datetime,
                     leeway: float = 30.0) -> Approval:
-    """An approval counts only for this challenge, this quote, this amount, this agent, once."""
-    _header(token, APPROVAL_TYP, ApprovalInvalid)
-    try:
-        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
-    except InvalidTokenError:
-        raise ApprovalInvalid("approval is not a JWT") from None
-    allowed = {chain.principal, *chain.root.approvers}
-    if iss not in allowed:
+    """An approval counts only for this challenge, this quote, this amount, this agent's mandate, once."""
+    claims = _checked_claims(token, APPROVAL_TYP, ApprovalInvalid)
+    if claims["iss"] not in {chain.principal, *chain.root.approvers}:
         raise ApprovalInvalid("approval is not signed by the principal or one of its approvers")
-    claims = _decode(token, iss, now=now, leeway=leeway, problem=ApprovalInvalid, expired=ApprovalInvalid, immature=ApprovalInvalid)
-    expected = {"sub": chain.agent, "challengeId": challenge.id, "quoteHash": quote_hash(challenge),
-                "amount": request.amount, "currency": request.currency}
+    for name in ("iat", "exp"):
+        if not isinstance(claims.get(name), int) or not 0 <= claims[name] <= MAX_INT:
+            raise ApprovalInvalid(f"approval {name} must be an integer")
+    if not isinstance(claims.get("jti"), str) or _APPROVAL_JTI.fullmatch(claims["jti"]) is None:
+        raise ApprovalInvalid("approval jti must be 'apr_' and 22 base64url characters")
+    if not isinstance(claims.get("rule"), str):
+        raise ApprovalInvalid("approval names no rule")
+    _check_times({"exp": claims["exp"], "nbf": 0, "iat": claims["iat"]}, now, leeway, ApprovalInvalid, ApprovalInvalid)
+    expected = {"sub": chain.agent, "mandate": chain.leaf.jti, "challengeId": challenge.id,
+                "quoteHash": quote_hash(challenge), "amount": request.amount, "currency": request.currency}
     for name, value in expected.items():
         if claims.get(name) != value:
             raise ApprovalInvalid(f"approval is for another {name}")
-    if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("rule"), str):
-        raise ApprovalInvalid("approval lacks jti or rule")
-    return Approval(claims["jti"], iss, claims["rule"], token)
+    return Approval(claims["jti"], claims["iss"], claims["rule"], token)
 
 
 # -- budgets and policy --------------------------------------------------------------
@@ -601,25 +681,26 @@ def evaluate_policy(
     spent: Mapping[str, int],
     approval: Approval | None,
 ) -> PolicyDecision:
-    """The seller's entitlement checks in the spec's order. ``spent`` maps each link's jti to
+    """The seller's entitlement checks in the spec's order. ``spent`` maps each link's key to
     what that link (itself and everything delegated below it) has already spent at this seller
     in its budget period: the seller's own share."""
     leaf, amount = chain.leaf, request.amount_int
     base = {"challengeId": challenge.id, "mandate": leaf.jti}
+    canonical = is_canonical_resource(resource)
     if request.currency != leaf.currency:
         raise CurrencyNotAllowed(f"mandate allows {leaf.currency!r}, quote is in {request.currency!r}", rule="currency", **base)
-    if not any(scope_matches(p, resource) for p in leaf.scope):
+    if not any(p == "*" or (canonical and scope_matches(p, resource)) for p in leaf.scope):
         raise OutOfScope(f"{resource} is outside the mandate's scope", rule="scope", **base)
     if amount > leaf.ceiling:
         raise OverCeiling(f"amount {amount} is above the mandate's ceiling {leaf.ceiling}", rule="ceiling", **base)
     for link in chain.links:
-        if spent.get(link.jti, 0) + amount > link.budget_amount:
+        if spent.get(link.key, 0) + amount > link.budget_amount:
             raise BudgetExceeded(f"budget of mandate {link.jti} ({link.budget_amount} per {link.budget_period}) would be exceeded",
                                  rule="budget", **base)
     rule = None
     if leaf.approval_threshold is not None and amount > leaf.approval_threshold:
         rule = "threshold"
-    elif any(scope_matches(p, resource) for p in leaf.review):
+    elif leaf.review and (not canonical or any(scope_matches(p, resource) for p in leaf.review)):
         rule = "review"
     if rule is None:
         return PolicyDecision("allow", None, "within mandate")

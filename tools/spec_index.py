@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "spec"
 INDEX = SPEC / "requirements.json"
 BULLET = re.compile(r"^- \*\*\[([A-Z]+(?:-[A-Z]+)?-\d{2})\]\*\*\s*(.*)$")
-DOC_ORDER = ["core.md", "methods/ledger.md", "intents/charge.md"]
+DOC_ORDER = ["core.md", "methods/ledger.md", "intents/charge.md", "identity.md"]
 
 
 def _level(text: str) -> str:

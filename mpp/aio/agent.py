@@ -55,7 +55,7 @@ class AgentIdentity:
     def reserve(self, chain: MandateChain, quote: Quote, now: datetime) -> None:
         if self.budget is None:
             return
-        links = [BudgetLink(link.jti, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
+        links = [BudgetLink(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
         try:
             self.budget.reserve(quote.challenge.id, links, quote.request.amount_int, now=now)
         except BudgetRefused as exc:

@@ -194,23 +194,22 @@ class Seller:
             max_depth=self.max_chain_depth,
         )
         chain = vid.chain
-        if await rail.revoked(chain.jtis):
+        if await rail.revoked(chain.keys):
             raise MandateRevoked("a mandate in the chain has been revoked")
-        periods = {link.jti: period_key(link.budget_period, now) for link in chain.links}
+        periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
         approval = None
         if vid.approval_token is not None:
             approval = verify_approval(vid.approval_token, chain=chain, challenge=verified.credential.challenge,
                                        request=verified.request, now=now)
-            if await self.store.approval_used(approval.jti):
+            if await self.store.approval_used(f"{approval.iss}#{approval.jti}"):
                 raise ApprovalInvalid("approval has already been used")
         decision = evaluate_policy(chain, verified.credential.challenge, verified.request, verified.resource,
                                    spent=await self.store.mandate_spent(periods), approval=approval)
         self._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
                     agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
                     amount=verified.request.amount, currency=verified.request.currency, realm=self.realm)
-        charge = MandateCharge(chain.principal, chain.agent,
-                               tuple((link.jti, periods[link.jti], link.budget_amount) for link in chain.links))
-        return IdentityContext(chain, decision, charge)
+        charge = MandateCharge(tuple(chain.tokens), self.realm)
+        return IdentityContext(chain, decision, charge, approval, periods)
 
     def _audit(self, kind: str, **data: Any) -> None:
         if self.audit is not None:
@@ -249,8 +248,8 @@ class Seller:
                        "approval": identity.decision.approval.jti if identity.decision.approval else None,
                        "decision": identity.decision.decision}
             await self.store.record_mandate_spend(
-                cid, [(jti, period) for jti, period, _ in identity.charge.links], verified.request.amount_int,
-                identity.decision.approval.jti if identity.decision.approval else None,
+                cid, list(identity.periods.items()), verified.request.amount_int,
+                f"{identity.approval.iss}#{identity.approval.jti}" if identity.approval else None,
             )
         receipt_header = format_receipt(
             PaymentReceipt(
@@ -386,6 +385,8 @@ class IdentityContext:
     chain: MandateChain
     decision: PolicyDecision
     charge: MandateCharge
+    approval: Any  # the verified Approval, required or not: it is used up either way
+    periods: dict[str, str]  # link key -> budget period key
 
 
 SELLER_KEY = web.AppKey("mpp_seller", Seller)

@@ -60,12 +60,12 @@ class BudgetExhausted(LedgerError):
 
 @dataclass(frozen=True)
 class MandateCharge:
-    """What the ledger needs to hold a mandate chain to its budgets: the principal that owns the
-    payer account, the agent allowed to sign, and each link's (jti, period key, budget)."""
+    """The mandate chain a transfer is made under, and the realm it was quoted in. The ledger
+    verifies the chain itself (trusting the payer account's owner) and takes the budgets from
+    the verified links, never from figures a seller supplies."""
 
-    principal: str
-    agent: str
-    links: tuple[tuple[str, str, int], ...]
+    tokens: tuple[str, ...]
+    realm: str
 
 
 class TransferConflict(LedgerError):

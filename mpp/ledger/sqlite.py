@@ -165,35 +165,50 @@ class SqliteLedger:
             for acct in (payer, payee):
                 if accounts[acct][1] != currency:
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
-            if mandate is not None:
-                jtis = [jti for jti, _, _ in mandate.links]
-                marks = ",".join("?" * len(jtis))
-                if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", jtis).fetchone() is not None:
+            links = self._verified_links(c, payer, signer, mandate) if mandate is not None else []
+            if links:
+                keys = [key for key, _, _ in links]
+                marks = ",".join("?" * len(keys))
+                if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", keys).fetchone() is not None:
                     raise MandateRevokedError("a mandate in the chain has been revoked")
-            if signer is not None and not self._may_spend(c, payer, signer, mandate):
+            if signer is not None and not links and not self._may_spend(c, payer, signer):
                 raise UnauthorizedSigner("signer may not spend from the payer account")
             if accounts[payer][3] == "asset" and accounts[payer][2] < amount:
                 raise InsufficientFunds(f"balance {accounts[payer][2]} is below {amount}")
-            if mandate is not None:
-                for jti, period, budget in mandate.links:
+            if links:
+                for jti, period, budget in links:
                     spent = c.execute(
                         "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
                     ).fetchone()[0]
                     if spent + amount > budget:
                         raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
-                for jti, period, _ in mandate.links:
+                for jti, period, _ in links:
                     c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
                               (transfer_id, jti, period, amount))
             return self._post(c, transfer_id, payer, payee, amount, currency, "charge", signer)
 
     @staticmethod
-    def _may_spend(c: sqlite3.Connection, payer: str, signer: str, mandate: MandateCharge | None) -> bool:
-        if c.execute("SELECT 1 FROM account_keys WHERE account_id=? AND did=?", (payer, signer)).fetchone() is not None:
-            return True
-        if mandate is None or mandate.agent != signer:
-            return False
+    def _may_spend(c: sqlite3.Connection, payer: str, signer: str) -> bool:
+        return c.execute("SELECT 1 FROM account_keys WHERE account_id=? AND did=?", (payer, signer)).fetchone() is not None
+
+    @staticmethod
+    def _verified_links(c: sqlite3.Connection, payer: str, signer: str | None, mandate: MandateCharge) -> list[tuple[str, str, int]]:
+        """Verify the chain here too: the payer account's owner is the only trusted root, and the
+        leaf's subject must be the one who signed the payment. Returns (key, period, budget) per link."""
+        from ..errors import PaymentProblem
+        from ..identity import period_key, verify_chain
+
         row = c.execute("SELECT principal FROM account_owners WHERE account_id=?", (payer,)).fetchone()
-        return row is not None and row[0] == mandate.principal
+        if row is None:
+            raise UnauthorizedSigner("the payer account has no owning principal; mandates cannot spend from it")
+        now = datetime.now(timezone.utc)
+        try:
+            chain = verify_chain(list(mandate.tokens), trusted_principals={row[0]}, realm=mandate.realm, now=now, max_depth=15)
+        except PaymentProblem as exc:
+            raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
+        if signer is not None and chain.agent != signer:
+            raise UnauthorizedSigner("the payment signer is not the mandate's subject")
+        return [(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
     def refund(self, transfer_id: str) -> Transfer:
         """Reverse a charge once (``refund:<id>``), e.g. when the seller could not deliver."""

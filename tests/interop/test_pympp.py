@@ -120,3 +120,20 @@ async def test_pympp_parses_our_receipt(served):
     theirs = drive("parse-receipt", "--header", resp.headers["Payment-Receipt"])
     assert theirs["reference"] == resp.receipt.reference
     assert theirs["status"] == "success" and theirs["method"] == "ledger"
+
+
+async def test_pympp_client_without_the_extension(served):
+    """IDENT-POP-06: a client that knows nothing of the identity extension still pays a route that
+    does not require it, and gets the documented problem type on one that does; no money moves there."""
+    key_pem = str(served.home / "agent" / "agent.key")
+    ledger = served.ledger()
+    try:
+        out = drive("pay", "--url", served.url + "/weather", "--key-pem", key_pem, "--account", "acct:buyer")
+        assert out["status"] == 200 and out["receipt"]["status"] == "success"
+        charged = len([t for t in ledger.transfers() if t.kind == "charge"])
+        out = drive("pay", "--url", served.url + "/agent-report", "--key-pem", key_pem, "--account", "acct:buyer")
+        assert out["status"] == 402 and out["receipt"] is None
+        assert json.loads(out["body"])["type"] == "urn:mpp:problem:identity-required"
+        assert len([t for t in ledger.transfers() if t.kind == "charge"]) == charged
+    finally:
+        ledger.close()
