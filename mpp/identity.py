@@ -417,7 +417,7 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 def is_canonical_resource(resource: str) -> bool:
     """False for paths a server may route somewhere their string does not show: ``//``, ``.``
-    or ``..`` segments, a backslash, or a percent-encoded unreserved character, ``/`` or ``\``."""
+    or ``..`` segments, a backslash, or a percent-encoded unreserved character, slash or backslash."""
     _, _, target = resource.partition(" ")
     path = target.split("?", 1)[0]
     if "//" in path or "\\" in path or any(seg in (".", "..") for seg in path.split("/")):

@@ -16,7 +16,7 @@ import mpp
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
 
 ROOT = Path(__file__).resolve().parent.parent
-ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-\d{2}|CHARGE-\d{2})\b")
+ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2})\b")
 
 
 def spec_ids() -> set[str]:

@@ -123,7 +123,7 @@ async def test_pympp_parses_our_receipt(served):
 
 
 async def test_pympp_client_without_the_extension(served):
-    """IDENT-POP-06: a client that knows nothing of the identity extension still pays a route that
+    """IDENT-POP-02, IDENT-POP-03: a client that knows nothing of the identity extension still pays a route that
     does not require it, and gets the documented problem type on one that does; no money moves there."""
     key_pem = str(served.home / "agent" / "agent.key")
     ledger = served.ledger()
