@@ -92,7 +92,7 @@ def broken_at(path: Path) -> AuditChainBroken:
 
 
 def test_entries_chain_with_the_documented_hash(log_path: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: seq 1..n, prev = previous hash ("" first), hash = hex SHA-256 of
+    """IDENT-AUD-02: seq 1..n, prev = previous hash ("" first), hash = hex SHA-256 of
     JCS({"data","kind","prev","seq","ts"}); the head row follows the last entry."""
     with AuditLog(str(log_path)) as log:
         assert log.head() == (0, "")
@@ -114,7 +114,7 @@ def test_entries_chain_with_the_documented_hash(log_path: Path):
 
 
 def test_append_refuses_unknown_kinds_and_non_objects(log_path: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: only the six kinds; data is a JSON object; timestamps are aware."""
+    """IDENT-AUD-01, IDENT-AUD-02: only the six kinds; data is a JSON object; timestamps are aware."""
     with AuditLog(str(log_path)) as log:
         for bad_kind in ("payment", "", "Receipt"):
             with pytest.raises(ValueError, match="kind"):
@@ -141,7 +141,7 @@ def _append_many(path: str, worker: int, count: int, go=None) -> None:
 
 
 def test_concurrent_appends_from_several_processes(log_path: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: four processes appending 25 entries each to one file leave one
+    """IDENT-AUD-03: four processes appending 25 entries each to one file leave one
     unbroken chain, seq 1..100 without gaps, every entry present once."""
     AuditLog(str(log_path)).close()  # create the schema before the race
     ctx = multiprocessing.get_context("spawn")
@@ -167,7 +167,7 @@ def test_concurrent_appends_from_several_processes(log_path: Path):
 
 
 def test_edited_amount_is_named(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: changing the amount inside one entry's data breaks that entry's hash."""
+    """IDENT-AUD-04: changing the amount inside one entry's data breaks that entry's hash."""
     row = sqlite3.connect(str(filled)).execute("SELECT data FROM audit WHERE seq = 5").fetchone()[0]
     data = json.loads(row)
     assert data["amount"] == 25
@@ -179,13 +179,13 @@ def test_edited_amount_is_named(filled: Path):
 @pytest.mark.parametrize("column, value", [("data", "{not json"), ("data", "[1, 2]"), ("kind", "settlement"),
                                            ("ts", "2020-01-01T00:00:00.000000Z"), ("hash", "00" * 32)])
 def test_edited_row_is_named(filled: Path, column: str, value: str):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: any edited column of a row (unparseable data included) is named by seq."""
+    """IDENT-AUD-04: any edited column of a row (unparseable data included) is named by seq."""
     raw(filled, f"UPDATE audit SET {column} = ? WHERE seq = 7", value)
     assert broken_at(filled).seq == 7
 
 
 def test_rewritten_entry_with_recomputed_hash_breaks_the_next_link(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: an edit whose hash is recomputed is caught by the next entry's prev."""
+    """IDENT-AUD-04: an edit whose hash is recomputed is caught by the next entry's prev."""
     conn = sqlite3.connect(str(filled))
     seq, ts, kind, data, prev = conn.execute("SELECT seq, ts, kind, data, prev FROM audit WHERE seq = 4").fetchone()
     forged = {**json.loads(data), "amount": 1}
@@ -197,7 +197,7 @@ def test_rewritten_entry_with_recomputed_hash_breaks_the_next_link(filled: Path)
 
 
 def test_deleted_middle_entry_names_the_entry_after_the_gap(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: a deleted entry leaves a seq gap, named by the entry after it."""
+    """IDENT-AUD-04: a deleted entry leaves a seq gap, named by the entry after it."""
     raw(filled, "DELETE FROM audit WHERE seq = 6")
     exc = broken_at(filled)
     assert exc.seq == 7 and "entry 6 missing" in exc.reason
@@ -210,7 +210,7 @@ def test_deleted_first_entries_are_named(filled: Path):
 
 
 def test_deleted_last_entry_is_caught_by_the_head(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: truncation is invisible in the chain but the head still names the lost
+    """IDENT-AUD-04, IDENT-AUD-05: truncation is invisible in the chain but the head still names the lost
     entry; append then refuses to extend the truncated chain (it would bury the evidence)."""
     raw(filled, "DELETE FROM audit WHERE seq = 12")
     exc = broken_at(filled)
@@ -230,7 +230,7 @@ def test_deleted_head_row_and_rows_added_behind_the_log(filled: Path):
 
 
 def test_wholesale_rewrite_is_caught_only_by_an_anchor(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: recomputing every hash and the head defeats the chain on its own; a head
+    """IDENT-AUD-05: recomputing every hash and the head defeats the chain on its own; a head
     recorded elsewhere (`head()`) catches the rewrite."""
     with AuditLog(str(filled)) as log:
         anchor = log.head()
@@ -260,7 +260,7 @@ def test_wholesale_rewrite_is_caught_only_by_an_anchor(filled: Path):
 
 
 def test_purchases_group_entries_by_challenge(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: one row per challengeId with its parties, decision and outcome."""
+    """IDENT-AUD-07: one row per challengeId with its parties, decision and outcome."""
     with AuditLog(str(filled)) as log:
         rows = {r["challengeId"]: r for r in log.purchases()}
         assert list(rows) == ["ch_a1", "ch_b1", "ch_a2"]
@@ -284,7 +284,7 @@ def test_purchases_group_entries_by_challenge(filled: Path):
 
 
 def test_purchase_outcomes_follow_the_buyer_and_seller_events(log_path: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: outcome settled/refused/unknown (and refunded) from the events the buyer
+    """IDENT-AUD-01, IDENT-AUD-07: outcome settled/refused/unknown (and refunded) from the events the buyer
     (mpp.aio.buyer) and seller (mpp.aio.seller) append."""
     with AuditLog(str(log_path)) as log:
         def outcome(cid: str) -> tuple:
@@ -320,7 +320,7 @@ def test_purchase_outcomes_follow_the_buyer_and_seller_events(log_path: Path):
 
 
 def test_cli_verify_untouched_and_broken(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: `mpp audit verify` exits 0 with the head on an intact log, 1 with one
+    """IDENT-AUD-04, IDENT-AUD-07: `mpp audit verify` exits 0 with the head on an intact log, 1 with one
     `mpp: audit log broken at entry N: ...` line on a broken one, 2 without a log."""
     with AuditLog(str(filled)) as log:
         seq, digest = log.head()
@@ -341,7 +341,7 @@ def test_cli_verify_untouched_and_broken(filled: Path):
 
 
 def test_cli_show_filters_and_prints(filled: Path):
-    """IDENT-AUD-02, IDENT-AUD-04: audit log: `mpp audit show` lists purchases, `--agent`/`--principal` filter, `--json` is a JSON list."""
+    """IDENT-AUD-07: `mpp audit show` lists purchases, `--agent`/`--principal` filter, `--json` is a JSON list."""
     shown = mpp_cli("audit", "show", "--log", str(filled), "--agent", ALICE, "--json")
     assert shown.returncode == 0, shown.stderr
     rows = json.loads(shown.stdout)
