@@ -3,6 +3,7 @@ principal, a funded account it owns, and helpers to craft credentials by hand.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -84,6 +85,12 @@ def claims_of(token: str) -> dict[str, Any]:
     return json.loads(b64url_decode(token.split(".")[1]))
 
 
+def link_key(token: str) -> str:
+    """What budgets and revocations are counted under: (issuer, jti)."""
+    claims = claims_of(token)
+    return f"{claims['iss']}#{claims['jti']}"
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -156,8 +163,6 @@ def buyer_process(url: str, key_path: str, mandate_token: str, budget_path: str,
     """Make ``purchases`` concurrent purchases of ``url`` with a PaymentClient whose budget
     counters live in the shared BudgetStore file. Returns one outcome per purchase:
     "paid", "budget" (refused by our own counters) or "other: ...". """
-    import asyncio
-
     return asyncio.run(_buy(url, key_path, mandate_token, budget_path, purchases))
 
 
