@@ -63,15 +63,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_seller_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .aio.serve import build_seller_app
+    from .aio.serve import HEADER_LIMITS, build_seller_app
     from .config import load_seller_config
 
     config = load_seller_config(args.config)
     app, seller = build_seller_app(config)
 
     async def run() -> None:
-        # Credentials may be large (a mandate chain, say): accept header fields up to 32 KiB.
-        runner = web.AppRunner(app, access_log=None, max_field_size=32768, max_line_size=32768)
+        runner = web.AppRunner(app, access_log=None, **HEADER_LIMITS)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()

@@ -41,7 +41,7 @@ async def _run(home: Path) -> None:
     from aiohttp import web
 
     from .aio.buyer import PaymentClient
-    from .aio.serve import LEDGER_KEY, build_seller_app
+    from .aio.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from .config import init_home, load_seller_config, load_wallet
     from .errors import QuoteRejected
     from .headers import parse_challenges
@@ -55,7 +55,7 @@ async def _run(home: Path) -> None:
     print(f"   pays from {wallet.account}, at most {wallet.policy.max_amount} per purchase")
 
     app, seller = build_seller_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **HEADER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -15,9 +15,12 @@ from ..store import SqlitePaymentStore
 from .rails import EmbeddedLedgerRail
 from .seller import Seller, payment_of
 
-__all__ = ["build_seller_app"]
+__all__ = ["build_seller_app", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
+# Credentials may be large (a mandate chain and an approval ride in them): accept header
+# fields up to 32 KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS).
+HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 
 
 def _handler_for(route: RouteConfig):
