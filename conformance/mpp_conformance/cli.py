@@ -1,0 +1,90 @@
+"""`mpp-conformance`: run the checks against a seller (or a buyer) and write the reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .framework import Result, Verdict, checks_for, run_checks
+from .reports import ConsoleProgress, meta_for, summary, to_html, to_json, to_junit
+
+__all__ = ["main"]
+
+
+def _write_reports(args: argparse.Namespace, results: list[Result], meta: dict) -> None:
+    for path, render in ((args.json, to_json), (args.junit, to_junit), (args.html, to_html)):
+        if path:
+            Path(path).write_text(render(results, meta), encoding="utf-8")
+            print(f"wrote {path}")
+
+
+def _finish(results: list[Result]) -> int:
+    counts = summary(results)
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped, {counts['error']} errors")
+    return 0 if not any(r.verdict in (Verdict.FAIL, Verdict.ERROR) for r in results) else 1
+
+
+def cmd_seller(args: argparse.Namespace) -> int:
+    from .discover import discover_targets
+
+    options = {"method": args.method, "data": args.data.encode() if args.data is not None else None,
+               "pay_with": args.pay_with, "concurrency": args.concurrency}
+    if args.profile != "core" and args.profile != "identity" and not args.pay_with:
+        raise SystemExit("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON)")
+    targets = asyncio.run(discover_targets(args.discover)) if args.discover else [(args.url, args.method, None)]
+    if not targets:
+        raise SystemExit(f"mpp-conformance: {args.discover}/openapi.json lists no priced operation (x-payment-info)")
+    results: list[Result] = []
+    for url, method, data in targets:
+        opts = dict(options, method=method or options["method"], data=data if data is not None else options["data"])
+        print(f"== {opts['method']} {url} (profile {args.profile})")
+        results += asyncio.run(run_checks(checks_for(args.profile), url, opts, ConsoleProgress()))
+    _write_reports(args, results, meta_for("seller", args.url or args.discover, args.profile))
+    return _finish(results)
+
+
+def cmd_buyer(args: argparse.Namespace) -> int:
+    from .buyer import run_buyer_checks
+
+    results = asyncio.run(run_buyer_checks(args.cmd, progress=ConsoleProgress(), timeout=args.timeout))
+    _write_reports(args, results, meta_for("buyer", args.cmd, "buyer"))
+    return _finish(results)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpp-conformance", description="Check a Payment-scheme seller or buyer against the MPP spec.")
+    sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
+    s = sub.add_parser("seller", help="probe a seller over HTTP")
+    s.add_argument("url", nargs="?", metavar="URL", help="a priced resource")
+    s.add_argument("--discover", metavar="BASE", help="read BASE/openapi.json and probe every priced operation")
+    s.add_argument("--profile", choices=["core", "full", "identity"], default="core")
+    s.add_argument("--pay-with", metavar="SPEC", help="ledger:WALLET_DIR (our ledger method) or static:JSON (a fixed payload)")
+    s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
+    s.add_argument("--data", help="request body for URL")
+    s.add_argument("--concurrency", type=int, default=20, help="parallel submissions in the concurrent replay check (default 20)")
+    b = sub.add_parser("buyer", help="run an adversarial seller on loopback and drive a buyer command against it")
+    b.add_argument("--cmd", required=True, help="buyer command; {url} is replaced by the resource URL (see the README)")
+    b.add_argument("--timeout", type=float, default=30.0, help="seconds per buyer invocation")
+    for sp in (s, b):
+        sp.add_argument("--json", metavar="FILE")
+        sp.add_argument("--junit", metavar="FILE")
+        sp.add_argument("--html", metavar="FILE")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.mode == "seller" and not (args.url or args.discover):
+        print("mpp-conformance: give a priced URL or --discover BASE", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args) if hasattr(args, "func") else (cmd_seller(args) if args.mode == "seller" else cmd_buyer(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
