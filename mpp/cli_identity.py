@@ -54,41 +54,97 @@ def cmd_principal_init(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_init(args: argparse.Namespace) -> int:
-    path, key = _new_key_dir(args.dir, "agent.key")
-    wallet = {"key": "agent.key", "account": args.account, "did": key.did, "max_amount": args.max_amount,
-              "currencies": [args.currency], "budget": "budget.db", "audit": "audit.db"}
-    if args.mandate:
-        from .config import load_chain, save_chain
+    from .config import ConfigError, load_chain, save_chain
+    from .keys import SigningKey
 
-        save_chain(path / "mandate.json", load_chain(args.mandate))
+    path = Path(args.dir)
+    chain = load_chain(args.mandate) if args.mandate else None
+    if chain is not None and (path / "agent.key").exists():
+        # A mandate names its agent's DID, so it is issued after the key exists: attach it.
+        key = SigningKey.load(path / "agent.key")
+        leaf = _unverified(chain[-1])
+        if leaf.get("sub") != key.did:
+            raise ConfigError(f"{args.mandate}: the mandate is for {leaf.get('sub')}, not this agent ({key.did})")
+        try:
+            old = json.loads((path / "wallet.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        wallet = {"key": "agent.key", "max_amount": args.max_amount, "currencies": [args.currency], "budget": "budget.db",
+                  "audit": "audit.db", **(old if isinstance(old, dict) else {}), "account": args.account, "did": key.did}
+    elif chain is not None:
+        raise ConfigError(f"{path}: no agent key yet, so no mandate can name it: run `mpp agent init {path}` first, "
+                          f"issue a mandate for the DID it prints, then `mpp agent init {path} --mandate FILE` to attach it")
+    else:
+        path, key = _new_key_dir(args.dir, "agent.key")
+        wallet = {"key": "agent.key", "account": args.account, "did": key.did, "max_amount": args.max_amount,
+                  "currencies": [args.currency], "budget": "budget.db", "audit": "audit.db"}
+    if chain is not None:
+        save_chain(path / "mandate.json", chain)
         wallet["mandates"] = "mandate.json"
     (path / "wallet.json").write_text(json.dumps(wallet, indent=2) + "\n")
     print(f"agent {key.did}")
-    print(f"  wallet: {path} (pays from {args.account})")
+    print(f"  wallet: {path} (pays from {args.account}{', under the mandate in mandate.json' if chain else ''})")
     return 0
 
 
+def _unverified(token: str) -> dict:
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return claims if isinstance(claims, dict) else {}
+
+
+def _check_realm(tokens: list[str]) -> str:
+    """A realm the leaf is meant for (its first audience), so that verify_chain's audience check
+    tests the chain's own consistency; "*" when the leaf names no realm."""
+    import jwt
+
+    aud = jwt.decode(tokens[-1], options={"verify_signature": False}).get("aud")
+    named = [a for a in aud if isinstance(a, str) and a != "*"] if isinstance(aud, list) else []
+    return named[0] if named else "*"
+
+
 def cmd_mandate_issue(args: argparse.Namespace) -> int:
+    import jwt
+
     from .config import load_chain, save_chain
-    from .identity import decode_mandate, issue_mandate
+    from .errors import PaymentProblem
+    from .identity import decode_mandate, issue_mandate, verify_chain
     from .keys import SigningKey
 
     issuer = SigningKey.load(args.issuer)
     now = datetime.now(timezone.utc)
     parent_chain = load_chain(args.parent) if args.parent else []
     principal = None
+    expires = now + (args.valid_for or timedelta(days=30))
+    audience, scope, review = args.audience or ["*"], args.scope or ["*"], args.review or []
+    currency, period, threshold = args.currency or "usd", args.period or "day", args.approval_threshold
     if parent_chain:
         parent = decode_mandate(parent_chain[-1], now=now)
         if parent.sub != issuer.did:
             raise ValueError("the issuer key is not the subject of the parent mandate: only its agent may delegate it")
         principal = parent.prn
+        # Unless told otherwise, a delegation inherits what it may not widen (IDENT-DLG-02).
+        audience, scope = args.audience or list(parent.aud), args.scope or list(parent.scope)
+        review = [*parent.review, *(r for r in review if r not in parent.review)]
+        currency, period = args.currency or parent.currency, args.period or parent.budget_period
+        threshold = parent.approval_threshold if threshold is None else threshold
+        if args.valid_for is None:
+            expires = min(expires, datetime.fromtimestamp(parent.exp, timezone.utc))
     token = issue_mandate(
-        issuer, subject=args.subject, audience=args.audience or ["*"], scope=args.scope or ["*"], review=args.review or (),
-        currency=args.currency, ceiling=args.ceiling, budget_amount=args.budget, budget_period=args.period,
-        approval_threshold=args.approval_threshold, max_depth=args.max_depth, not_before=now,
-        expires=now + args.valid_for, principal=principal, approvers=args.approver or (),
+        issuer, subject=args.subject, audience=audience, scope=scope, review=review,
+        currency=currency, ceiling=args.ceiling, budget_amount=args.budget, budget_period=period,
+        approval_threshold=threshold, max_depth=args.max_depth, not_before=now,
+        expires=expires, principal=principal, approvers=args.approver or (),
     )
-    save_chain(args.out, [*parent_chain, token])
+    chain = [*parent_chain, token]
+    if parent_chain:  # IDENT-DLG-06: never sign a sub-mandate the chain's own checks would refuse
+        root_iss = jwt.decode(chain[0], options={"verify_signature": False}).get("iss")
+        try:
+            verify_chain(chain, trusted_principals={root_iss}, realm=_check_realm(chain), now=now, max_depth=16)
+        except PaymentProblem as exc:
+            raise ValueError(f"refusing to sign this delegation ({exc.slug}): {exc.detail}") from None
+    save_chain(args.out, chain)
     link = decode_mandate(token, now=now)
     print(f"wrote {args.out}: {len(parent_chain) + 1} link(s); mandate {link.jti} for {link.sub}")
     return 0
@@ -112,7 +168,7 @@ def cmd_mandate_show(args: argparse.Namespace) -> int:
         trusted = {jwt.decode(chain[0], options={"verify_signature": False}).get("iss")}
         print("(no --trust given: trusting the root's own issuer, so only signatures and narrowing are checked)")
     try:
-        verified = verify_chain(chain, trusted_principals=trusted, realm=args.realm or "*", now=now, max_depth=16)
+        verified = verify_chain(chain, trusted_principals=trusted, realm=args.realm or _check_realm(chain), now=now, max_depth=16)
     except PaymentProblem as exc:
         print(f"mpp: mandate chain INVALID ({exc.slug}): {exc.detail}", file=sys.stderr)
         return 1
@@ -171,7 +227,11 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     from .receipts import verify_receipt_jws
 
     value = args.receipt
-    if Path(value).exists():
+    try:
+        is_file = Path(value).is_file()
+    except (OSError, ValueError):  # a receipt value is far longer than a file name may be
+        is_file = False
+    if is_file:
         value = Path(value).read_text(encoding="utf-8").strip()
     jwks = json.loads(Path(args.jwks).read_text(encoding="utf-8"))
     token, header_fields = value, None
@@ -206,10 +266,10 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("agent", help="agent identities")
     asub = s.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND")
-    t = asub.add_parser("init", help="create an agent key and wallet")
+    t = asub.add_parser("init", help="create an agent key and wallet (with --mandate: attach a mandate to an existing one)")
     t.add_argument("dir", metavar="DIR")
     t.add_argument("--account", required=True, help="ledger account the agent pays from (its principal's)")
-    t.add_argument("--mandate", help="mandate chain file to put in the wallet")
+    t.add_argument("--mandate", help="mandate chain for this agent's DID to put in its (existing) wallet")
     t.add_argument("--max-amount", type=_nonneg, default=1000, help="per-purchase limit (default 1000)")
     t.add_argument("--currency", default="usd")
     t.set_defaults(func=cmd_agent_init)
@@ -221,16 +281,16 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--subject", required=True, metavar="DID", help="the agent's did:key")
     t.add_argument("--out", required=True, metavar="FILE", help="chain file to write ({\"mandates\": [...]})")
     t.add_argument("--parent", metavar="FILE", help="parent chain: the new mandate is appended as a narrower link")
-    t.add_argument("--audience", action="append", metavar="REALM", help="seller realm (repeatable; default any)")
-    t.add_argument("--scope", action="append", metavar="PATTERN", help="'METHOD /path*' (repeatable; default '*')")
+    t.add_argument("--audience", action="append", metavar="REALM", help="seller realm (repeatable; default any, or the parent's)")
+    t.add_argument("--scope", action="append", metavar="PATTERN", help="'METHOD /path*' (repeatable; default '*', or the parent's)")
     t.add_argument("--review", action="append", metavar="PATTERN", help="pattern that always needs approval (repeatable)")
-    t.add_argument("--currency", default="usd")
+    t.add_argument("--currency", help="default usd, or the parent's")
     t.add_argument("--ceiling", type=_nonneg, required=True, help="max per purchase, base units")
     t.add_argument("--budget", type=_nonneg, required=True, help="budget per period, base units")
-    t.add_argument("--period", choices=["day", "week", "month", "total"], default="day")
-    t.add_argument("--approval-threshold", type=_nonneg, help="amounts above this need an approval")
+    t.add_argument("--period", choices=["day", "week", "month", "total"], help="default day, or the parent's")
+    t.add_argument("--approval-threshold", type=_nonneg, help="amounts above this need an approval (default none, or the parent's)")
     t.add_argument("--max-depth", type=_nonneg, default=0, help="how many further delegations are allowed (default 0)")
-    t.add_argument("--valid-for", type=_duration, default=timedelta(days=30), help="validity, e.g. 12h or 30d (default 30d)")
+    t.add_argument("--valid-for", type=_duration, help="validity, e.g. 12h or 30d (default 30d, at most the parent's)")
     t.add_argument("--approver", action="append", metavar="DID", help="another key allowed to sign approvals (root only)")
     t.set_defaults(func=cmd_mandate_issue)
     t = msub.add_parser("show", help="decode a chain file and verify every link")
