@@ -4,6 +4,7 @@ VENV := .venv
 INTEROP_VENV := .venv-interop
 STAMP := $(VENV)/.installed
 INTEROP_STAMP := $(INTEROP_VENV)/.installed
+CHROMIUM_STAMP := $(VENV)/.chromium
 
 .PHONY: demo test test-fast interop-env clean
 
@@ -20,10 +21,16 @@ $(INTEROP_STAMP): tests/interop/requirements.txt
 
 interop-env: $(INTEROP_STAMP)
 
+# The HTML-report test renders the page in headless Chromium: Debian's package, installed when missing
+# (as root, as on CI; elsewhere install it yourself: apt-get install --no-install-recommends chromium).
+$(CHROMIUM_STAMP): | $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/mpp demo
 
-test: $(STAMP) $(INTEROP_STAMP)
+test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP)
 	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest
 
 # Everything but the interoperability tests (no side environment needed).

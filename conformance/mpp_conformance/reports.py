@@ -97,7 +97,8 @@ def to_html(results: list[Result], meta: dict[str, Any]) -> str:
         reqs = "".join(f"<span class='req'>{html.escape(q)}</span>" for q in r.requirements)
         evidence = "".join(_exchange_html(e) for e in data["evidence"]) or "<p>(no HTTP exchange)</p>"
         items.append(
-            f"<details class='check' data-verdict='{r.verdict.value}' id='{html.escape(r.check_id)}'>"
+            f"<details class='check' data-verdict='{r.verdict.value}' id='{html.escape(r.check_id)}'"
+            f"{' open' if r.verdict in (Verdict.FAIL, Verdict.ERROR) else ''}>"
             f"<summary><b class='{r.verdict.value}'>{r.verdict.value.upper()}</b> {html.escape(r.check_id)} — "
             f"{html.escape(r.title)}</summary><p>{reqs}</p><p>{html.escape(r.message)}</p>{evidence}</details>"
         )
