@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import datetime, timezone
+import random
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from mpp import Challenge, b64url_decode, canonical_json, format_credential, parse_rfc3339
+import aiohttp
+
+from mpp import Challenge, b64url_decode, b64url_encode, canonical_json, format_credential, format_rfc3339, parse_rfc3339
 from mpp.models import Credential
 
-from .expect import fail, fresh_challenges, no_receipt, problem, status
-from .framework import CheckContext, Response, register
+from .expect import PROBLEM_BASE, fail, fresh_challenges, no_5xx, no_receipt, problem, status
+from .framework import CheckContext, CheckFailed, Response, register
 
 __all__ = ["unpaid", "first_challenge", "credential_header"]
 
@@ -38,12 +44,14 @@ async def send(ctx: CheckContext, authorization: str | list[str]) -> Response:
 
 
 @register("core.challenge-well-formed", "402 carries a well-formed Payment challenge", "core",
-          ["CORE-CHAL-01", "CORE-CHAL-02", "CORE-CHAL-09", "CORE-BIND-05", "CORE-ERR-01", "CORE-ERR-02", "CORE-ERR-10"])
+          ["CORE-CHAL-01", "CORE-CHAL-02", "CORE-CHAL-09", "CORE-ERR-01", "CORE-ERR-02", "CORE-ERR-10"])
 async def challenge_well_formed(ctx: CheckContext) -> str:
     resp = await unpaid(ctx)
     status(resp, 402, "unpaid request")
     challenges = fresh_challenges(resp, "unpaid request")
-    problem(resp, "payment-required", "unpaid request")
+    doc = problem(resp, "payment-required", "unpaid request")
+    if doc.get("challengeId") not in {c.id for c in challenges}:
+        fail("the 402 problem document does not name its fresh challenge in challengeId")
     no_receipt(resp, "unpaid request")
     now = datetime.now(timezone.utc)
     for c in challenges:
@@ -71,10 +79,403 @@ async def fresh_id_per_402(ctx: CheckContext) -> str:
 @register("core.garbage-credential", "a garbage credential gets 402 malformed-credential", "core",
           ["CORE-CRED-01", "CORE-ERR-03", "CORE-ERR-10", "CORE-ERR-11", "CORE-RCPT-02"])
 async def garbage_credential(ctx: CheckContext) -> str:
-    for value in ("Payment !!!not-base64!!!", "Payment " + "QUJD" * 3, "Payment eyJjaGFsbGVuZ2UiOnsiaWQiOiJ4"):
+    # Labels, not values, in messages: a credential never reaches a report.
+    for label, value in (("garbage", "Payment !!!not-base64!!!"), ("non-JSON", "Payment " + "QUJD" * 3),
+                         ("truncated JSON", "Payment eyJjaGFsbGVuZ2UiOnsiaWQiOiJ4")):
         resp = await send(ctx, value)
-        status(resp, 402, f"credential {value[:24]!r}")
-        problem(resp, "malformed-credential", f"credential {value[:24]!r}")
-        fresh_challenges(resp, f"credential {value[:24]!r}")
-        no_receipt(resp, f"credential {value[:24]!r}")
+        status(resp, 402, f"{label} credential")
+        problem(resp, "malformed-credential", f"{label} credential")
+        fresh_challenges(resp, f"{label} credential")
+        no_receipt(resp, f"{label} credential")
     return "garbage, non-JSON and truncated credentials refused"
+
+
+# -- refusals ---------------------------------------------------------------
+#
+# Every probe below echoes a *real* challenge of the target (so it works against any seller,
+# whatever its payment method) and carries a payload no method accepts. Messages describe the
+# probe by name, never by value: a credential must not reach a report (CORE-CRED-06).
+
+PROBE_METHOD = "conformanceprobe"
+
+
+def _refusal(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int = 402,
+             not_ids: set[str] = frozenset()) -> tuple[str, list[Challenge]]:
+    """A refusal as the spec shapes it: the status, a problem document of one of ``slugs``, fresh
+    challenges (new ids) with no-store, and no receipt. Returns the slug and the challenges."""
+    status(resp, expected_status, what)
+    doc = problem(resp, None, what)
+    allowed = [PROBLEM_BASE + s for s in slugs]
+    if doc["type"] not in allowed:
+        fail(f"{what}: problem type is {doc['type']!r}, expected {' or '.join(map(repr, allowed))}")
+    challenges = fresh_challenges(resp, what, not_ids=not_ids)
+    no_receipt(resp, what)
+    return doc["type"][len(PROBLEM_BASE):], challenges
+
+
+def _random_id() -> str:
+    return b64url_encode(secrets.token_bytes(32))
+
+
+def _other_request(challenge: Challenge) -> str:
+    """The challenge's ``request`` re-encoded with a lower (or at least different) amount."""
+    try:
+        quote = json.loads(b64url_decode(challenge.request))
+    except ValueError:
+        fail(f"challenge {challenge.id[:12]}...: request is not base64url JSON")
+    if not isinstance(quote, dict):
+        fail(f"challenge {challenge.id[:12]}...: request is not a JSON object")
+    quote["amount"] = "2" if quote.get("amount") in ("1", 1) else "1"  # pay less (or, if already 1, more)
+    return b64url_encode(canonical_json(quote))
+
+
+def _later(expires: str | None, seconds: int) -> str:
+    try:
+        base = parse_rfc3339(expires) if expires else datetime.now(timezone.utc)
+    except ValueError:  # unreadable: core.challenge-well-formed reports it
+        base = datetime.now(timezone.utc)
+    return format_rfc3339(base + timedelta(seconds=seconds))
+
+
+async def _challenges(ctx: CheckContext, n: int) -> list[Challenge]:
+    """The first challenge of ``n`` separate unpaid requests (sent together)."""
+    got = await asyncio.gather(*(first_challenge(ctx) for _ in range(n)))
+    return [c for _, c in got]
+
+
+@register("core.unknown-challenge-id", "a credential with an unknown challenge id gets 402 invalid-challenge", "core",
+          ["CORE-ERR-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+async def unknown_challenge_id(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    forged = _random_id()
+    resp = await send(ctx, credential_header(real, id=forged))
+    _refusal(resp, "credential with a random challenge id", ("invalid-challenge",), not_ids={real.id, forged})
+    return "random id refused as invalid-challenge with a fresh challenge"
+
+
+@register("core.tampered-request", "a credential whose echoed request was altered gets 402 invalid-challenge", "core",
+          ["CORE-ID-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+async def tampered_request(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    resp = await send(ctx, credential_header(real, request=_other_request(real)))
+    _refusal(resp, "credential echoing the challenge with another amount", ("invalid-challenge",), not_ids={real.id})
+    return "altered amount refused as invalid-challenge"
+
+
+@register("core.tampered-expires", "a credential whose echoed expires was pushed later gets 402 invalid-challenge", "core",
+          ["CORE-ID-01", "CORE-BIND-07", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+async def tampered_expires(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    resp = await send(ctx, credential_header(real, expires=_later(real.expires, 3600)))
+    _refusal(resp, "credential echoing the challenge with expires one hour later", ("invalid-challenge",), not_ids={real.id})
+    return "extended expires refused as invalid-challenge"
+
+
+@register("core.tampered-realm", "a credential whose echoed realm was altered gets 402 invalid-challenge", "core",
+          ["CORE-ID-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+async def tampered_realm(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    resp = await send(ctx, credential_header(real, realm="conformance-probe." + real.realm))
+    _refusal(resp, "credential echoing the challenge with another realm", ("invalid-challenge",), not_ids={real.id})
+    return "altered realm refused as invalid-challenge"
+
+
+@register("core.expired-echo", "a credential echoing an expires in the past is refused", "core",
+          ["CORE-BIND-06", "CORE-ERR-04", "CORE-ERR-05", "CORE-ERR-10", "CORE-RCPT-02"])
+async def expired_echo(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    past = format_rfc3339(datetime.now(timezone.utc) - timedelta(hours=1))
+    resp = await send(ctx, credential_header(real, expires=past))
+    slug, _ = _refusal(resp, "credential echoing the challenge with expires one hour ago",
+                       ("invalid-challenge", "payment-expired"), not_ids={real.id})
+    if slug == "invalid-challenge":
+        return "refused as invalid-challenge (the id binding was checked before the expiry)"
+    return ("refused as payment-expired: the seller judged the altered expiry before the id binding "
+            "(CORE-BIND-07 wants invalid-challenge; see core.tampered-expires)")
+
+
+@register("core.two-credentials", "two Authorization: Payment fields get 402 malformed-credential", "core",
+          ["CORE-CRED-04", "CORE-ERR-03", "CORE-ERR-10", "CORE-RCPT-02"])
+async def two_credentials(ctx: CheckContext) -> str:
+    first, second = await _challenges(ctx, 2)
+    resp = await send(ctx, [credential_header(first), credential_header(second)])
+    slug = _problem_slug(resp)
+    if resp.status == 402 and slug not in (None, "malformed-credential"):
+        fail(f"request with two Authorization: Payment fields: answered 402 {slug}, so one of the credentials was "
+             "judged on its own (the seller or its HTTP stack may keep only one Authorization field); the request "
+             "must be refused as malformed-credential (CORE-CRED-04, CORE-ERR-03)")
+    _refusal(resp, "request with two Authorization: Payment fields", ("malformed-credential",),
+             not_ids={first.id, second.id})
+    return "two credentials refused as malformed-credential"
+
+
+@register("core.unsupported-method", "a credential naming an unknown method gets 400 method-unsupported", "core",
+          ["CORE-ERR-01", "CORE-ERR-08", "CORE-ERR-10", "CORE-RCPT-02"])
+async def unsupported_method(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    resp = await send(ctx, credential_header(real, method=PROBE_METHOD))
+    what = f"credential naming method {PROBE_METHOD!r}"
+    if resp.status == 402:
+        slug = _problem_slug(resp)
+        fail(f"{what}: answered 402 ({slug or 'no problem document'}); this profile requires 400 method-unsupported "
+             "with fresh challenges for the accepted methods (CORE-ERR-08), not the draft's 402 with a fresh challenge")
+    _, fresh = _refusal(resp, what, ("method-unsupported",), expected_status=400, not_ids={real.id})
+    if any(c.method == PROBE_METHOD for c in fresh):
+        fail(f"{what}: the fresh challenges offer the unsupported method itself")
+    return f"400 method-unsupported, offering {', '.join(sorted({c.method for c in fresh}))}"
+
+
+def _problem_slug(resp: Response) -> str | None:
+    try:
+        kind = json.loads(resp.body).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return kind[len(PROBLEM_BASE):] if isinstance(kind, str) and kind.startswith(PROBLEM_BASE) else kind
+
+
+@register("core.accept-payment", "Accept-Payment is honoured, and an unmatched or malformed one still gets challenges", "core",
+          ["CORE-NEG-01", "CORE-NEG-02", "CORE-CHAL-01"])
+async def accept_payment(ctx: CheckContext) -> str:
+    baseline_resp = await unpaid(ctx)
+    status(baseline_resp, 402, "unpaid request")
+    baseline = [(c.method, c.intent) for c in fresh_challenges(baseline_resp, "unpaid request")]
+    notes = []
+
+    m, i = baseline[0]
+    header = f"{m}/{i}, {PROBE_METHOD}/{i};q=0"
+    resp = await unpaid(ctx, {"Accept-Payment": header})
+    status(resp, 402, f"unpaid request with Accept-Payment preferring {m}/{i}")
+    offered = fresh_challenges(resp, f"unpaid request with Accept-Payment preferring {m}/{i}")
+    if (offered[0].method, offered[0].intent) != (m, i):
+        fail(f"Accept-Payment {header!r}: the first challenge is {offered[0].method}/{offered[0].intent}, not {m}/{i}")
+    if any(c.method == PROBE_METHOD for c in offered):
+        fail(f"Accept-Payment {header!r}: a challenge for the q=0 method {PROBE_METHOD!r}")
+
+    distinct = list(dict.fromkeys(baseline))
+    if len(distinct) > 1:  # reordering is a SHOULD (CORE-NEG-02): reported, never failed
+        lm, li = distinct[-1]
+        resp = await unpaid(ctx, {"Accept-Payment": f"{lm}/{li}, {m}/{i};q=0.5"})
+        status(resp, 402, f"unpaid request with Accept-Payment preferring {lm}/{li}")
+        got = fresh_challenges(resp, f"unpaid request with Accept-Payment preferring {lm}/{li}")[0]
+        notes.append(f"preferring {lm}/{li} put it first" if (got.method, got.intent) == (lm, li)
+                     else f"preferring {lm}/{li} did not reorder (SHOULD, CORE-NEG-02)")
+
+    resp = await unpaid(ctx, {"Accept-Payment": "nosuch/charge"})
+    status(resp, 402, "unpaid request with Accept-Payment: nosuch/charge")
+    unmatched = [(c.method, c.intent) for c in fresh_challenges(resp, "unpaid request with Accept-Payment: nosuch/charge")]
+    notes.append("unmatched range: normal set" if unmatched == baseline else
+                 "unmatched range: still a challenge, not the normal set (SHOULD, CORE-NEG-02)")
+
+    resp = await unpaid(ctx, {"Accept-Payment": ";q=zz, ///"})
+    status(resp, 402, "unpaid request with a malformed Accept-Payment")
+    malformed = [(c.method, c.intent) for c in fresh_challenges(resp, "unpaid request with a malformed Accept-Payment")]
+    if malformed != baseline:
+        fail(f"with a malformed Accept-Payment the seller offered {malformed}, not its normal set {baseline} (CORE-NEG-01)")
+    return f"{m}/{i} first when preferred; " + "; ".join(notes) + "; malformed header: normal set"
+
+
+def _sized_credential(challenge: Challenge, size: int) -> str:
+    """A well-formed credential of at least ``size`` characters, padded by an unknown payload member."""
+    pad = 0
+    while True:
+        value = credential_header(challenge, {"type": "conformance-probe", "conformancePadding": "x" * pad})
+        if len(value) >= size:
+            return value
+        pad += (size - len(value)) * 3 // 4 + 1
+
+
+@register("core.large-credential", "a well-formed 4 KB credential is parsed and answered as a payment problem", "core",
+          ["CORE-CRED-05", "CORE-ERR-01", "CORE-ERR-10", "CORE-RCPT-02"])
+async def large_credential(ctx: CheckContext) -> str:
+    a, b = await _challenges(ctx, 2)
+    small = await send(ctx, _sized_credential(a, 0))
+    large_value = _sized_credential(b, 4200)
+    try:
+        large = await send(ctx, large_value)
+    except aiohttp.ClientError as exc:
+        fail(f"a well-formed credential of {len(large_value)} bytes got no HTTP answer ({type(exc).__name__}); "
+             "sellers must accept credentials of at least 4 KB")
+    if large.status in (413, 431) or (large.status == 400 and "application/problem+json" not in large.headers.get("Content-Type", "")):
+        fail(f"a well-formed credential of {len(large_value)} bytes was refused with HTTP {large.status} before the payment "
+             "layer read it; sellers must accept credentials of at least 4 KB")
+    # Which payment problem the probe payload earns is the method's business (CORE-ERR-06, not cited
+    # here); what this check asks is that size changes nothing: the short twin decides.
+    what = f"well-formed credential of {len(large_value)} bytes"
+    status(large, 402, what)
+    doc = problem(large, None, what)
+    if not doc["type"].startswith(PROBLEM_BASE):
+        fail(f"{what}: problem type {doc['type']!r} is not a payment problem ({PROBLEM_BASE}...)")
+    fresh_challenges(large, what, not_ids={b.id})
+    no_receipt(large, what)
+    slug = doc["type"][len(PROBLEM_BASE):]
+    small_slug = _problem_slug(small) if small.status == 402 else None
+    if small_slug is not None and small_slug != slug:
+        fail(f"the same credential answered {small_slug} when short but {slug} at {len(large_value)} bytes: "
+             "its size changed how it was parsed")
+    return f"{len(large_value)}-byte credential parsed and refused as {slug}, as its short twin was"
+
+
+_BAD_CREDENTIALS = ("garbage", "random id", "altered amount", "unsupported method", "probe payload on an intact challenge")
+
+
+@register("core.no-receipt-on-errors", "no error response carries Payment-Receipt", "core",
+          ["CORE-RCPT-02", "CORE-ERR-11"])
+async def no_receipt_on_errors(ctx: CheckContext) -> str:
+    cs = await _challenges(ctx, 4)
+    values = ["Payment !!!not-a-credential!!!", credential_header(cs[0], id=_random_id()),
+              credential_header(cs[1], request=_other_request(cs[1])), credential_header(cs[2], method=PROBE_METHOD),
+              credential_header(cs[3])]
+    statuses = []
+    for label, value in zip(_BAD_CREDENTIALS, values):
+        resp = await send(ctx, value)
+        no_5xx(resp, f"credential ({label})")
+        if resp.status < 400:
+            fail(f"credential ({label}): answered HTTP {resp.status}; a probe credential must be refused")
+        no_receipt(resp, f"credential ({label})")
+        statuses.append(str(resp.status))
+    return f"{len(values)} refusals ({', '.join(statuses)}), none with Payment-Receipt"
+
+
+# -- fuzzing ----------------------------------------------------------------
+
+FUZZ_SEED = 20250402
+FUZZ_COUNT = 200
+FUZZ_CONCURRENCY = 10
+FUZZ_MAX = 7000  # characters of Authorization value; below every common header limit
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _fuzz_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(9 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 2**63, 2**64 + 1, 1e308, -0.0, 123456789012345678901234567890])
+    if kind == 2:
+        return "".join(rng.choice(_PRINTABLE) for _ in range(rng.randrange(0, 40)))
+    if kind == 3:
+        return rng.choice(["", "\u0000", "\u202e", "\U0001F4B8", "Payment", "null", "\\u0000"])
+    if kind == 4:
+        return rng.randrange(-1000, 1000)
+    if kind in (5, 6):
+        return [_fuzz_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    return {rng.choice(["challenge", "payload", "source", "id", "x", ""]): _fuzz_json(rng, depth + 1)
+            for _ in range(rng.randrange(0, 4))}
+
+
+def _token(doc: Any) -> str:
+    return b64url_encode(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _fuzz_value(rng: random.Random, n: int, echo: dict[str, str]) -> tuple[str, str]:
+    """One malformed Authorization value and the name of its family."""
+    family = n % 10
+    if family == 0:
+        return "garbage", "Payment " + "".join(rng.choice(_PRINTABLE + " \t") for _ in range(rng.randrange(1, 300)))
+    if family == 1:
+        alphabet = _B64 + rng.choice(["", "=", "+/", "=="])
+        return "random base64url", "Payment " + "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 600)))
+    if family == 2:
+        return "random bytes", "Payment " + b64url_encode(rng.randbytes(rng.randrange(1, 400)))
+    if family == 3:
+        return "random JSON", "Payment " + _token(_fuzz_json(rng))
+    if family == 4:  # a real echo with one member of the wrong type, missing or empty
+        challenge = dict(echo)
+        name = rng.choice(list(challenge))
+        bad = rng.choice([None, 0, 1.5, True, [], {}, "", [challenge[name]], {"v": challenge[name]}, "MISSING"])
+        if bad == "MISSING":
+            del challenge[name]
+        else:
+            challenge[name] = bad
+        return "wrong types in challenge", "Payment " + _token({"challenge": challenge, "payload": {"type": "conformance-probe"}})
+    if family == 5:  # the credential's own shape is wrong
+        doc = rng.choice([
+            {"challenge": echo}, {"payload": {}}, {"challenge": echo, "payload": rng.choice([None, [], "x", 1, True])},
+            {"challenge": json.dumps(echo), "payload": {}}, {"challenge": [echo], "payload": {}},
+            {"challenge": echo, "payload": {}, "source": rng.choice([1, [], {}, None, True])}, [echo, {}], "challenge",
+        ])
+        return "wrong credential shape", "Payment " + _token(doc)
+    if family == 6:  # members that must decode but do not
+        challenge = dict(echo)
+        name = rng.choice(["request", "opaque", "expires", "digest", "method", "intent", "id"])
+        challenge[name] = rng.choice([
+            "!!!", "e30", "W10", "bnVsbA", "=" * 8, "A", b64url_encode(b"\xff\xfe\xfd"), "yesterday",
+            "9999-99-99T99:99:99Z", "2000-01-01T00:00:00Z", "sha-256=:AAAA:", "UPPER", "has space", "a" * 2000,
+            "\u0000", "\ud800", "x|y|z",
+        ])
+        return f"undecodable {name}", "Payment " + _token({"challenge": challenge, "payload": {"type": "conformance-probe"}})
+    if family == 7:  # large, below FUZZ_MAX
+        size = rng.randrange(2500, 4400)
+        payload: Any = {"type": "conformance-probe", "pad": "".join(rng.choice(_B64) for _ in range(size))}
+        if rng.random() < 0.5:
+            payload = {"type": "conformance-probe", "deep": json.loads("[" * 400 + "]" * 400)}
+        return "large", "Payment " + _token({"challenge": echo, "payload": payload})
+    if family == 8:  # scheme, spacing and framing
+        tok = _token({"challenge": echo, "payload": {"type": "conformance-probe"}})
+        return "framing", rng.choice([
+            "Payment", "Payment ", "payment " + tok, "PAYMENT  " + tok, "Payment\t" + tok, "Payment " + tok + "=",
+            "Payment " + tok + " extra", "Payment " + tok + ", Payment " + tok, "Payment " + tok[:-1],
+            "Payment " + tok[: len(tok) // 2] + " " + tok[len(tok) // 2:], "Bearer " + tok, "Basic Zm9vOmJhcg==",
+            "Payment=" + tok, " Payment " + tok, "Payment " + tok.replace("-", "+").replace("_", "/"),
+        ])
+    # family 9: JSON edge cases, hand-written so they survive the encoder
+    raw = rng.choice([
+        '{"challenge":' + json.dumps(echo) + ',"payload":{},"payload":[]}',
+        '{"challenge":' + json.dumps(echo) + ',"payload":{"n":1e99999}}',
+        '{"challenge":' + json.dumps(echo) + ',"payload":{"s":"\\ud800"}}',
+        '{"challenge":' + json.dumps(echo) + ',"payload":{"n":' + "9" * 4400 + "}}",
+        '\ufeff{"challenge":' + json.dumps(echo) + ',"payload":{}}',
+        '{"challenge":' + json.dumps(echo) + ',"payload":{}',
+        '{"challenge":' + json.dumps(echo) + ',"payload":{}} trailing',
+        '{"challenge":' + json.dumps(echo) + ",'payload':{}}",
+        '{"challenge":' + json.dumps(echo) + ',"payload":' + "[" * 2000 + "]" * 2000 + "}",
+        '{"challenge":' + json.dumps(echo) + ',"payload":NaN}',
+    ])
+    return "JSON edge case", "Payment " + b64url_encode(raw.encode("utf-8", errors="surrogatepass"))
+
+
+@register("core.no-5xx", f"{FUZZ_COUNT} malformed credentials: never a 5xx, every 4xx a problem document", "core",
+          ["CORE-ERR-11", "CORE-ERR-01", "CORE-RCPT-02"])
+async def no_5xx_fuzz(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    echo = real.echo()
+    rng = random.Random(FUZZ_SEED)
+    inputs = []
+    for n in range(FUZZ_COUNT):
+        family, value = _fuzz_value(rng, n, echo)
+        if len(value) > FUZZ_MAX:  # a few decodable-but-huge cases are cut; they stay malformed
+            value = value[:FUZZ_MAX]
+        inputs.append((n, family, value))
+    gate = asyncio.Semaphore(FUZZ_CONCURRENCY)
+    problems: list[tuple[int, str, int | None, str]] = []
+    positions: dict[int, int] = {}
+
+    async def probe(n: int, family: str, value: str) -> None:
+        async with gate:
+            positions[n] = len(ctx.exchanges)  # ctx.request records before its first await
+            try:
+                resp = await send(ctx, value)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                problems.append((n, family, None, f"no response ({type(exc).__name__})"))
+                return
+        try:
+            no_5xx(resp, "")
+            if not 400 <= resp.status < 500:
+                fail(f"HTTP {resp.status}; a malformed credential must be refused with a 4xx")
+            problem(resp, None, "")
+            no_receipt(resp, "")
+        except CheckFailed as exc:
+            problems.append((n, family, resp.status, str(exc).lstrip(": ")))
+
+    await asyncio.gather(*(probe(*item) for item in inputs))
+    # Evidence: the unpaid request, every offending exchange, and the first ten others.
+    bad = {positions[n] for n, *_ in problems if n in positions}
+    keep = sorted({0} | bad | {positions[n] for n in range(min(10, FUZZ_COUNT)) if n in positions})
+    ctx.exchanges[:] = [ctx.exchanges[k] for k in keep]
+    if problems:
+        problems.sort()
+        shown = "; ".join(f"#{n} ({family}): {why}" for n, family, _, why in problems[:5])
+        fail(f"{len(problems)} of {FUZZ_COUNT} malformed credentials (seed {FUZZ_SEED}) were mishandled: {shown}"
+             + (" ..." if len(problems) > 5 else ""))
+    return f"{FUZZ_COUNT} malformed credentials (seed {FUZZ_SEED}, {FUZZ_CONCURRENCY} at a time): all 4xx problem documents"
