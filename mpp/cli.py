@@ -67,6 +67,17 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
     from .config import load_seller_config
 
     config = load_seller_config(args.config)
+    if args.trust_principal:
+        from .keys import public_key_from_did
+
+        for did in args.trust_principal:
+            try:
+                public_key_from_did(did)
+            except ValueError:  # ParseError included
+                _err(f"--trust-principal {did!r} is not an Ed25519 did:key (did:key:z6Mk...)")
+                return EXIT_USAGE
+        added = [did for did in args.trust_principal if did not in config.trusted_principals]
+        config = config.model_copy(update={"trusted_principals": [*config.trusted_principals, *added]})
     app, seller = build_seller_app(config)
 
     async def run() -> None:
@@ -360,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
     t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     t.add_argument("--port", type=int, default=8402, help="port (default 8402; 0 picks a free one)")
+    t.add_argument("--trust-principal", action="append", default=[], metavar="DID",
+                   help="also accept mandates of this principal (an Ed25519 did:key; repeatable), besides trusted_principals in the configuration")
     t.set_defaults(func=cmd_seller_serve)
 
     s = sub.add_parser(

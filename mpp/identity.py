@@ -82,7 +82,9 @@ DEFAULT_MAX_DEPTH = 3
 PROOF_DOMAIN = b"mpp-identity-proof-v1\n"
 QUOTE_DOMAIN = b"mpp-quote-v1\n"
 _ALGORITHMS = ["EdDSA"]
-_PATTERN = re.compile(r"(\*|[A-Z*]+ /\S*)")
+_PATTERN = re.compile(r"\*|[A-Z]+ /[!-~]*")  # IDENT-MDT-08: '*', or METHOD, one space, a visible-ASCII path glob
+MAX_PATTERN = 256
+_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
 # -- problems ------------------------------------------------------------------
@@ -174,6 +176,19 @@ class _MandateClaims(BaseModel):
     max_depth: int = Field(ge=0, le=15)
     approvers: list[str] = Field(default=[], max_length=MAX_LIST)
 
+    @field_validator("sub", "prn")
+    @classmethod
+    def _did(cls, v: str) -> str:
+        public_key_from_did(v)  # IDENT-KEY-01: an Ed25519 did:key, nothing else (ParseError is a ValueError)
+        return v
+
+    @field_validator("approvers")
+    @classmethod
+    def _dids(cls, v: list[str]) -> list[str]:
+        for did in v:
+            public_key_from_did(did)
+        return v
+
     @field_validator("jti")
     @classmethod
     def _jti(cls, v: str) -> str:
@@ -192,8 +207,15 @@ class _MandateClaims(BaseModel):
     @classmethod
     def _patterns(cls, v: list[str]) -> list[str]:
         for p in v:
-            if _PATTERN.fullmatch(p) is None:
-                raise ValueError(f"scope pattern {p!r} is not '*' or 'METHOD /path-glob'")
+            if len(p) > MAX_PATTERN or _PATTERN.fullmatch(p) is None:
+                raise ValueError(f"scope pattern {p[:40]!r} is not '*' or 'METHOD /path-glob' of at most {MAX_PATTERN} characters")
+        return v
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if _CURRENCY.fullmatch(v) is None:
+            raise ValueError("currency must be a lowercase code ([a-z][a-z0-9]{0,31})")
         return v
 
 
@@ -454,8 +476,10 @@ def _narrowing_violation(child: Mandate, parent: Mandate) -> str | None:
         return "budget is wider than the parent's (same period, amount at most the parent's)"
     if parent.approval_threshold is not None and (child.approval_threshold is None or child.approval_threshold > parent.approval_threshold):
         return "approval threshold is above the parent's"
-    if child.nbf < parent.nbf or child.exp > parent.exp:
-        return "validity window is wider than the parent's"
+    if child.nbf < parent.nbf:  # IDENT-DLG-02: the detail names the field (nbf, then exp, in table order)
+        return "nbf is before the parent's (validity window wider than the parent's)"
+    if child.exp > parent.exp:
+        return "exp is after the parent's (validity window wider than the parent's)"
     if "*" not in parent.aud and not set(child.aud) <= set(parent.aud):
         return "audience is wider than the parent's"
     if child.max_depth > parent.max_depth - 1:
@@ -482,10 +506,10 @@ def verify_chain(
     for i, token in enumerate(tokens):
         link = _mandate_of(token)
         if i == 0:
+            if link.prn != link.iss:  # a claim rule (IDENT-MDT-05): step 2, before trust (IDENT-DLG-05)
+                raise MandateInvalid("root mandate's prn must be its issuer")
             if link.iss not in trusted_principals:
                 raise MandateUntrusted("root mandate is signed by a principal this seller does not trust")
-            if link.prn != link.iss:
-                raise MandateInvalid("root mandate's prn must be its issuer")
         else:
             parent = links[-1]
             if link.iss != parent.sub:
@@ -633,12 +657,12 @@ def verify_approval(token: str, *, chain: MandateChain, challenge: Challenge, re
     if claims["iss"] not in {chain.principal, *chain.root.approvers}:
         raise ApprovalInvalid("approval is not signed by the principal or one of its approvers")
     for name in ("iat", "exp"):
-        if not isinstance(claims.get(name), int) or not 0 <= claims[name] <= MAX_INT:
+        if type(claims.get(name)) is not int or not 0 <= claims[name] <= MAX_INT:  # JSON true is no integer
             raise ApprovalInvalid(f"approval {name} must be an integer")
     if not isinstance(claims.get("jti"), str) or _APPROVAL_JTI.fullmatch(claims["jti"]) is None:
         raise ApprovalInvalid("approval jti must be 'apr_' and 22 base64url characters")
-    if not isinstance(claims.get("rule"), str):
-        raise ApprovalInvalid("approval names no rule")
+    if claims.get("rule") not in ("threshold", "review"):
+        raise ApprovalInvalid("approval names no rule (threshold or review)")
     _check_times({"exp": claims["exp"], "nbf": 0, "iat": claims["iat"]}, now, leeway, ApprovalInvalid, ApprovalInvalid)
     expected = {"sub": chain.agent, "mandate": chain.leaf.jti, "challengeId": challenge.id,
                 "quoteHash": quote_hash(challenge), "amount": request.amount, "currency": request.currency}

@@ -31,9 +31,25 @@ def cmd_seller(args: argparse.Namespace) -> int:
     from .discover import discover_targets
 
     options = {"method": args.method, "data": args.data.encode() if args.data is not None else None,
-               "pay_with": args.pay_with, "concurrency": args.concurrency}
+               "pay_with": args.pay_with, "concurrency": args.concurrency,
+               "identity_keys": args.identity_keys, "account": args.account,
+               "other_url": args.other_url, "max_amount": args.max_amount}
     if args.profile != "core" and args.profile != "identity" and not args.pay_with:
         raise SystemExit("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON)")
+    if args.pay_with:
+        from .paying import payer_from_spec
+
+        try:
+            payer_from_spec(args.pay_with, max_amount=args.max_amount)
+        except ValueError as exc:
+            raise SystemExit(f"mpp-conformance: {exc}")
+    if args.identity_keys:
+        from .principal import load_keys
+
+        try:
+            load_keys(args.identity_keys)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"mpp-conformance: --identity-keys: {exc}")
     targets = asyncio.run(discover_targets(args.discover)) if args.discover else [(args.url, args.method, None)]
     if not targets:
         raise SystemExit(f"mpp-conformance: {args.discover}/openapi.json lists no priced operation (x-payment-info)")
@@ -54,6 +70,12 @@ def cmd_buyer(args: argparse.Namespace) -> int:
     return _finish(results)
 
 
+def _cmd_principal(args: argparse.Namespace) -> int:
+    from .principal import cmd_principal
+
+    return cmd_principal(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpp-conformance", description="Check a Payment-scheme seller or buyer against the MPP spec.")
     sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
@@ -65,9 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
     s.add_argument("--data", help="request body for URL")
     s.add_argument("--concurrency", type=int, default=20, help="parallel submissions in the concurrent replay check (default 20)")
+    s.add_argument("--other-url", metavar="URL", help="a second priced URL of the target ('URL' or 'METHOD URL'), "
+                   "for the full profile's route-binding check")
+    s.add_argument("--max-amount", type=int, default=10_000, metavar="N",
+                   help="the most (base units) the ledger payer pays for one request (default 10000)")
+    s.add_argument("--identity-keys", metavar="DIR", help="the suite's principal and agent keys (`mpp-conformance principal DIR`); "
+                   "without them the identity checks that need a trusted principal skip")
+    s.add_argument("--account", default="acct:buyer", help="payer account named in the identity checks' ledger payloads (default acct:buyer)")
     b = sub.add_parser("buyer", help="run an adversarial seller on loopback and drive a buyer command against it")
     b.add_argument("--cmd", required=True, help="buyer command; {url} is replaced by the resource URL (see the README)")
     b.add_argument("--timeout", type=float, default=30.0, help="seconds per buyer invocation")
+    k = sub.add_parser("principal", help="create the suite's principal and agent keys for the identity profile")
+    k.add_argument("dir", metavar="DIR", help="directory for principal.key, agent.key, other-agent.key, untrusted.key (kept if present)")
+    k.set_defaults(func=_cmd_principal)
     for sp in (s, b):
         sp.add_argument("--json", metavar="FILE")
         sp.add_argument("--junit", metavar="FILE")
