@@ -1,0 +1,560 @@
+"""Buyer mode: an adversarial seller on loopback, and the buyer under test driven against it.
+
+``mpp-conformance buyer --cmd "COMMAND {url}"`` checks a *buyer*: it starts a seller of its own
+on 127.0.0.1 and has the buyer fetch a priced resource from it, once per check, each time with a
+different trap in the challenge, the redirect or the answer.
+
+The command contract
+====================
+
+This is what another implementation must provide to be checked; nothing else is assumed about it.
+
+* ``--cmd`` is a shell command line (run by ``/bin/sh``) containing the placeholder ``{url}``.
+  For each check the suite replaces ``{url}`` with the (shell-quoted) URL of a resource on its
+  seller, ``http://127.0.0.1:PORT/c/NONCE/resource``, and runs the command once, with stdin
+  closed, its stdout and stderr captured, in a process group of its own. A run that takes
+  longer than ``--timeout`` seconds (default 30) is killed and the check reports ERROR
+  (or FAIL, if what the buyer did before it hung already breaks a requirement).
+* The buyer must ``GET`` that URL and pay if, and only if, it agrees to, in the draft's way: a
+  402 carries ``WWW-Authenticate: Payment ...``; the buyer answers with ``Authorization:
+  Payment <base64url JSON credential>`` on a new request to the same URL.
+* Exit status 0 means "I got the resource" (a 2xx, and for a paid one a receipt that
+  verified). Any other status means the buyer refused, or failed; which non-zero status does
+  not matter to the suite. Output is free-form; the last lines of stderr end up in the report
+  (with anything shaped like a Payment credential redacted).
+* The tester configures the buyer so that it accepts: currency ``usd``, recipient
+  ``acct:seller``, at most 1000 base units per purchase, and the method ``ledger`` with intent
+  ``charge``. Everything the suite asks for within those bounds it expects to be paid.
+  For this repository's buyer that is ``mpp fetch --wallet WALLET --no-identity {url}`` with a
+  wallet from ``mpp init`` (``max_amount`` 1000, ``currencies`` ["usd"]) whose ``wallet.json``
+  also lists ``"recipients": ["acct:seller"]``.
+* Plain ``http`` to 127.0.0.1: a buyer that refuses plain http everywhere cannot be checked
+  (CORE-BUY-07 allows loopback for exactly this reason).
+
+The seller
+==========
+
+Two aiohttp servers on 127.0.0.1 with random ports: the *seller origin* (whose URL the buyer is
+given) and *another origin* (a different port, so a different origin), used only by the redirect
+check. Both serve the suite's receipt key at ``/.well-known/jwks.json``. Challenges are built with
+mpp's own wire code: ``ChallengeIssuer`` (a fresh 32-byte secret per run, realm
+``mpp-conformance.buyer``), method ``ledger``, intent ``charge``, a 5-minute expiry, an ``opaque``
+nonce (so every 402 carries a new challenge id) and the request
+``{"amount": "100", "currency": "usd", "recipient": "acct:seller", "methodDetails": {"ledger":
+"conformance-ledger"}}``, each check changing one thing.
+
+The suite does not verify ledger signatures: it is testing the buyer's *decisions*, not its
+payment method. Every request carrying ``Authorization: Payment ...`` (or a ``Payment-Credential``
+field) to either origin, on any path, counts as a credential sent (well-formed or not). A
+credential that parses and echoes, unaltered, a challenge issued in the same check is accepted
+as payment, and answered as the check's scenario says
+(normally ``200`` with a ``Payment-Receipt`` whose JWS is signed by the key in the JWKS, claims as
+mpp's seller writes them: iss = realm, challengeId, amount, currency, recipient, reference...).
+A credential that does not parse, or echoes a challenge this run did not issue, gets a 400 or a
+402 and, in the baseline, fails it.
+
+The checks (profile ``buyer``)
+==============================
+
+``buyer.baseline`` (CORE-BUY-03, CORE-BUY-04)
+    A normal purchase: 402, then 200 with a valid signed receipt. The buyer must exit 0 having
+    sent exactly one well-formed credential. If it does not, every other check reports ERROR
+    "baseline failed" without running: a buyer that cannot pay at all "refuses" everything.
+``buyer.expired-challenge`` (CORE-BUY-01)
+    The challenge expired five minutes ago. No credential may arrive.
+``buyer.over-limit`` (CORE-BUY-01)
+    The amount is 5000, over the limit of 1000. No credential may arrive.
+``buyer.wrong-recipient`` (CORE-BUY-01)
+    The recipient is ``acct:mallory``. No credential may arrive.
+``buyer.wrong-currency`` (CORE-BUY-01)
+    The currency is ``eur``. No credential may arrive.
+``buyer.foreign-credential-field`` (CORE-BUY-08)
+    The challenge's ``header`` parameter selects ``Payment-Credential`` (bound into its id). This
+    profile sends credentials only in ``Authorization``, so no credential may arrive, in either field.
+``buyer.cross-origin-redirect`` (CORE-BUY-02, CORE-BUY-03)
+    The URL answers 302 to the other origin, which answers 402 with an otherwise acceptable
+    challenge. No credential may arrive at either origin.
+``buyer.bad-receipt-signature`` (CORE-BUY-04)
+    As the baseline, but the 200's receipt JWS is signed by a key that is not in the JWKS (its
+    header names the ``kid`` of the key that is, so only the signature gives it away). The buyer
+    must exit non-zero. (No credential at all: ERROR, the receipt check was not reached.)
+``buyer.no-double-pay-after-5xx`` (CORE-BUY-05, CORE-BUY-03)
+    Every credential is answered ``503``. The buyer must exit non-zero (the outcome is unknown)
+    and pay once: a second credential, or a fresh payment after a new 402, fails the check.
+    The one retry CORE-BUY-05 allows, the byte-identical credential sent again with an
+    ``Idempotency-Key``, is not counted as a second payment.
+
+The checks run one after another, the baseline first, each with its own evidence: every request
+the buyer made to either origin (credentials redacted) and the command's exit status and output.
+``run_buyer_checks(cmd, progress=..., timeout=..., only=[ids])`` is the entry point
+(``only`` selects checks; the baseline always runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import jwt
+from aiohttp import web
+
+from mpp.challenge import ChallengeIssuer, compute_challenge_id
+from mpp.errors import PROBLEM_BASE, ParseError
+from mpp.headers import format_challenge, format_receipt, parse_credential
+from mpp.keys import SigningKey
+from mpp.models import Challenge, ChargeRequest, PaymentReceipt, format_rfc3339
+from mpp.receipts import jwks_document, sign_receipt
+
+from .framework import Exchange, Result, Verdict, _text, redact
+
+__all__ = ["BUYER_CHECKS", "BuyerCheck", "AdversarialSeller", "run_buyer_checks", "PLACEHOLDER"]
+
+PLACEHOLDER = "{url}"
+REALM = "mpp-conformance.buyer"
+METHOD = "ledger"
+INTENT = "charge"
+LEDGER = "conformance-ledger"
+RECIPIENT = "acct:seller"
+CURRENCY = "usd"
+MAX_AMOUNT = 1000  # the limit the tester gives the buyer
+BASELINE_AMOUNT = 100
+JWKS_PATH = "/.well-known/jwks.json"
+FOREIGN_FIELD_NAME = "Payment-Credential"
+HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}  # credentials may carry mandate chains
+
+
+@dataclass(frozen=True)
+class BuyerCheck:
+    """One buyer-mode check: what it is called and which requirements it cites."""
+
+    id: str
+    title: str
+    requirements: tuple[str, ...]
+    profile: str = "buyer"
+
+
+BASELINE = BuyerCheck("buyer.baseline", "buyer pays a normal challenge once and accepts a valid receipt",
+                      ("CORE-BUY-03", "CORE-BUY-04"))
+EXPIRED = BuyerCheck("buyer.expired-challenge", "buyer refuses an expired challenge", ("CORE-BUY-01",))
+OVER_LIMIT = BuyerCheck("buyer.over-limit", "buyer refuses an amount over its per-purchase limit", ("CORE-BUY-01",))
+WRONG_RECIPIENT = BuyerCheck("buyer.wrong-recipient", "buyer refuses a recipient it does not allow", ("CORE-BUY-01",))
+WRONG_CURRENCY = BuyerCheck("buyer.wrong-currency", "buyer refuses a currency it does not allow", ("CORE-BUY-01",))
+FOREIGN_FIELD = BuyerCheck("buyer.foreign-credential-field",
+                           "buyer does not answer a challenge that wants the credential in a field other than Authorization",
+                           ("CORE-BUY-08",))
+CROSS_ORIGIN = BuyerCheck("buyer.cross-origin-redirect", "buyer pays no 402 reached through a redirect to another origin",
+                          ("CORE-BUY-02", "CORE-BUY-03"))
+BAD_RECEIPT = BuyerCheck("buyer.bad-receipt-signature", "buyer rejects a receipt JWS not signed by the seller's JWKS key",
+                         ("CORE-BUY-04",))
+NO_DOUBLE_PAY = BuyerCheck("buyer.no-double-pay-after-5xx", "buyer does not pay again after a 5xx answer to its credential",
+                           ("CORE-BUY-05", "CORE-BUY-03"))
+
+BUYER_CHECKS: tuple[BuyerCheck, ...] = (BASELINE, EXPIRED, OVER_LIMIT, WRONG_RECIPIENT, WRONG_CURRENCY, FOREIGN_FIELD,
+                                        CROSS_ORIGIN, BAD_RECEIPT, NO_DOUBLE_PAY)
+
+# What each refusal check changes in the baseline challenge, and how to say what was wrong with it.
+_REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
+    EXPIRED.id: ({"expired": True}, "an expired challenge"),
+    OVER_LIMIT.id: ({"amount": 5000}, f"amount 5000, over its limit of {MAX_AMOUNT}"),
+    WRONG_RECIPIENT.id: ({"recipient": "acct:mallory"}, "recipient acct:mallory, not the allowed acct:seller"),
+    WRONG_CURRENCY.id: ({"currency": "eur"}, "currency eur, not the allowed usd"),
+    FOREIGN_FIELD.id: ({"header": FOREIGN_FIELD_NAME}, "a challenge whose header parameter selects Payment-Credential"),
+    CROSS_ORIGIN.id: ({}, "a 402 from another origin, reached through a 302 redirect"),
+}
+
+
+@dataclass
+class _Sent:
+    """One credential as it arrived."""
+
+    origin: str  # "seller" or "other"
+    path: str
+    value: str
+    idempotency_key: str | None
+
+
+@dataclass
+class _Run:
+    """What one check's command did to the seller."""
+
+    check: BuyerCheck
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    issued: dict[str, Challenge] = field(default_factory=dict)
+    credentials: list[_Sent] = field(default_factory=list)
+    accepted: int = 0  # credentials that parsed and echoed a challenge of this run
+    notes: list[str] = field(default_factory=list)  # what was wrong with credentials that were not accepted
+    jwks_fetches: int = 0
+    exchanges: list[Exchange] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)
+
+    @property
+    def resource_path(self) -> str:
+        return f"/c/{self.nonce}/resource"
+
+
+def _problem(status: int, slug: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    doc = {"type": PROBLEM_BASE + slug, "title": slug.replace("-", " "), "status": status, "detail": detail}
+    return web.Response(status=status, text=json.dumps(doc), content_type="application/problem+json",
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _redact(name: str, value: str) -> str:
+    if name.lower() == FOREIGN_FIELD_NAME.lower():
+        return f"[redacted {len(value)} chars]"
+    return redact(name, value)
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"}, text="moved")
+
+
+class AdversarialSeller:
+    """The suite's seller: two loopback origins, challenges and receipts per the current check."""
+
+    def __init__(self) -> None:
+        self._secret = secrets.token_bytes(32)
+        self.issuer = ChallengeIssuer(self._secret, REALM)
+        self.key = SigningKey.generate()
+        self.rogue = SigningKey.generate()  # signs the bad receipt; never in the JWKS
+        self.run: _Run | None = None
+        self.seller_origin = ""
+        self.other_origin = ""
+        self._runners: list[web.AppRunner] = []
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.seller_origin = await self._serve("seller")
+            self.other_origin = await self._serve("other")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> "AdversarialSeller":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, origin: str) -> str:
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, origin)
+
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, **HEADER_LIMITS)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[-1][:2]
+        return f"http://{host}:{port}"
+
+    def url_for(self, run: _Run) -> str:
+        return self.seller_origin + run.resource_path
+
+    # -- requests -----------------------------------------------------------
+
+    async def _handle(self, request: web.Request, origin: str) -> web.StreamResponse:
+        body = await request.read()
+        run = self.run
+        base = self.seller_origin if origin == "seller" else self.other_origin
+        exchange = Exchange(request.method, base + request.path_qs, [(k, _redact(k, v)) for k, v in request.headers.items()],
+                            _text(body))
+        try:
+            response = self._respond(request, origin, run)
+        except Exception as exc:  # noqa: BLE001 - a bug of the suite is reported as ERROR, not as a 500 the buyer judges
+            if run is not None:
+                run.crashes.append(f"{type(exc).__name__}: {exc}")
+            response = web.Response(status=500, text="conformance seller error")
+        if run is not None:
+            exchange.status = response.status
+            exchange.response_headers = [(k, redact(k, v)) for k, v in response.headers.items()]
+            exchange.response_body = _text(response.body if isinstance(response.body, bytes) else b"")
+            run.exchanges.append(exchange)
+        return response
+
+    def _respond(self, request: web.Request, origin: str, run: _Run | None) -> web.Response:
+        payments = [v for v in request.headers.getall("Authorization", ()) if v.strip().split(" ", 1)[0].lower() == "payment"]
+        payments += request.headers.getall(FOREIGN_FIELD_NAME, ())  # a credential in the field the foreign challenge names
+        if run is not None:  # a credential anywhere on either origin counts, whatever it asks for
+            for value in payments:
+                run.credentials.append(_Sent(origin, request.path, value, request.headers.get("Idempotency-Key")))
+        if request.path == JWKS_PATH and request.method in ("GET", "HEAD"):
+            if run is not None:
+                run.jwks_fetches += 1
+            return web.json_response(jwks_document([self.key]), headers={"Cache-Control": "max-age=60"})
+        if run is None:
+            return web.Response(status=404, text="no check is running")
+        if request.path != run.resource_path:
+            return web.Response(status=404, text="not here")
+        check = run.check.id
+        if check == CROSS_ORIGIN.id and origin == "seller":
+            return _redirect(self.other_origin + run.resource_path)
+        if origin == "other" and check != CROSS_ORIGIN.id:
+            return web.Response(status=404, text="not here")
+        if not payments:
+            return self._challenge_response(run, "payment-required", "this resource costs money")
+        return self._answer_credential(run, payments[0], request.path)
+
+    def _challenge_response(self, run: _Run, slug: str, detail: str) -> web.Response:
+        change = _REFUSALS.get(run.check.id, ({}, ""))[0]
+        now = datetime.now(timezone.utc)
+        request = {
+            "amount": str(change.get("amount", BASELINE_AMOUNT)),
+            "currency": change.get("currency", CURRENCY),
+            "recipient": change.get("recipient", RECIPIENT),
+            "methodDetails": {"ledger": LEDGER},
+        }
+        issued_at = now - timedelta(minutes=10) if change.get("expired") else now  # ttl 5 min: expired 5 min ago
+        challenge = self.issuer.issue(method=METHOD, intent=INTENT, request=request, now=issued_at, opaque={"n": secrets.token_hex(8)},
+                                      description="MPP conformance test resource")
+        if change.get("header"):  # ChallengeIssuer mints Authorization challenges only: bind the header slot here
+            challenge = challenge.model_copy(update={"header": change["header"], "id": compute_challenge_id(
+                self._secret, realm=challenge.realm, method=challenge.method, intent=challenge.intent, request=challenge.request,
+                expires=challenge.expires, digest=challenge.digest, opaque=challenge.opaque, header=change["header"])})
+        run.issued[challenge.id] = challenge
+        return _problem(402, slug, detail, {"WWW-Authenticate": format_challenge(challenge)})
+
+    def _answer_credential(self, run: _Run, value: str, path: str) -> web.Response:
+        try:
+            credential = parse_credential(value)
+        except ParseError as exc:
+            run.notes.append(f"a credential did not parse: {exc}")
+            return _problem(400, "malformed-credential", f"credential does not parse: {exc}")
+        issued = run.issued.get(credential.challenge.id)
+        if issued is None or credential.challenge.echo() != issued.echo():
+            run.notes.append("a credential echoed a challenge this seller did not issue in this check, or altered it")
+            return self._challenge_response(run, "invalid-challenge", "credential echoes no challenge issued here")
+        run.accepted += 1
+        if run.check.id == NO_DOUBLE_PAY.id:
+            return web.Response(status=503, text="service unavailable (conformance: outcome unknown to the buyer)",
+                                headers={"Cache-Control": "no-store"})
+        return self._paid(run, issued, credential.source, path, bad_signature=run.check.id == BAD_RECEIPT.id)
+
+    def _paid(self, run: _Run, challenge: Challenge, source: str | None, path: str, *, bad_signature: bool) -> web.Response:
+        request = ChargeRequest.from_challenge(challenge)
+        now = datetime.now(timezone.utc)
+        reference = "conformance-" + secrets.token_hex(8)
+        claims = {
+            "iss": self.issuer.realm, "sub": source or "anonymous", "iat": int(now.timestamp()), "jti": challenge.id,
+            "challengeId": challenge.id, "method": challenge.method, "intent": challenge.intent,
+            "amount": request.amount, "currency": request.currency, "recipient": request.recipient,
+            "resource": f"GET {path}", "reference": reference, "settledAt": format_rfc3339(now),
+        }
+        if bad_signature:  # the kid of the published key, the signature of another one
+            jws = jwt.encode(claims, self.rogue.private_key, algorithm="EdDSA", headers={"kid": self.key.kid, "typ": "mpp-receipt+jwt"})
+        else:
+            jws = sign_receipt(self.key, claims)
+        receipt = format_receipt(PaymentReceipt(status="success", method=challenge.method, timestamp=format_rfc3339(now),
+                                                reference=reference, challengeId=challenge.id, receipt=jws))
+        body = json.dumps({"resource": "mpp-conformance buyer check", "check": run.check.id})
+        return web.Response(status=200, text=body, content_type="application/json",
+                            headers={"Payment-Receipt": receipt, "Cache-Control": "private"})
+
+
+# -- running the buyer ----------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    exit: int | None  # None: killed after the timeout
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.exit is None
+
+
+_CREDENTIAL_TEXT = re.compile(r"(Payment\s+)[A-Za-z0-9_-]{16,}")
+
+
+def _scrub(text: str, lines: int, chars: int) -> str:
+    tail = "\n".join(text.rstrip().splitlines()[-lines:])
+    tail = _CREDENTIAL_TEXT.sub(lambda m: f"{m.group(1)}[redacted]", tail)
+    return tail if len(tail) <= chars else "..." + tail[-chars:]
+
+
+async def _run_command(template: str, url: str, timeout: float) -> _Outcome:
+    command = template.replace(PLACEHOLDER, shlex.quote(url))
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_shell(command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        code: int | None = proc.returncode
+    except asyncio.TimeoutError:
+        _kill_group(proc)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 5.0)
+        except asyncio.TimeoutError:  # a grandchild left the group and holds the pipes
+            out, err = b"", b""
+        code = None
+    except asyncio.CancelledError:
+        _kill_group(proc)
+        raise
+    await asyncio.sleep(0.05)  # let the seller finish logging anything still in flight
+    return _Outcome(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.perf_counter() - start)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """The command runs in a session of its own: end its process group (it is ours), by id."""
+    if proc.returncode is not None:
+        return
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover
+            proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+# -- verdicts -----------------------------------------------------------------
+
+
+def _exit_text(outcome: _Outcome) -> str:
+    if outcome.timed_out:
+        return f"killed after the timeout ({outcome.seconds:.1f} s)"
+    last = _scrub(outcome.stderr, 1, 200)
+    return f"exit {outcome.exit}" + (f": {last}" if last else "")
+
+
+def _where(sent: list[_Sent]) -> str:
+    places = sorted({f"{'the seller origin' if s.origin == 'seller' else 'the other origin'}" for s in sent})
+    return " and ".join(places)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _judge(check: BuyerCheck, run: _Run, outcome: _Outcome) -> tuple[Verdict, str]:
+    n = len(run.credentials)
+    if run.crashes:
+        return Verdict.ERROR, f"the conformance seller crashed: {run.crashes[0]}"
+    if check is BASELINE:
+        problems = []
+        if outcome.timed_out:
+            return Verdict.ERROR, f"the buyer command was {_exit_text(outcome)} on a normal purchase"
+        if n != 1:
+            problems.append(f"sent {_plural(n, 'credential')} instead of exactly one")
+        problems += run.notes
+        if outcome.exit != 0:
+            problems.append(f"did not report success ({_exit_text(outcome)})")
+        if problems:
+            return Verdict.FAIL, (f"a normal purchase ({BASELINE_AMOUNT} {CURRENCY} to {RECIPIENT}, valid receipt) failed: "
+                                  "the buyer " + "; ".join(problems))
+        return Verdict.PASS, f"paid once and exited 0 (fetched the JWKS {_plural(run.jwks_fetches, 'time')})"
+    if check.id in _REFUSALS:
+        what = _REFUSALS[check.id][1]
+        if n:
+            return Verdict.FAIL, (f"the buyer sent {_plural(n, 'credential')} to {_where(run.credentials)} for {what} "
+                                  f"({_exit_text(outcome)})")
+        if outcome.timed_out:
+            return Verdict.ERROR, f"the buyer sent no credential but was {_exit_text(outcome)}: not a clean refusal"
+        note = " (note: it exited 0, as if it had got the resource)" if outcome.exit == 0 else ""
+        return Verdict.PASS, f"refused {what}: no credential sent ({_exit_text(outcome)}){note}"
+    if check is BAD_RECEIPT:
+        if n > 1:
+            return Verdict.FAIL, f"the buyer sent {_plural(n, 'credential')} for one purchase ({_exit_text(outcome)})"
+        if n == 0:
+            return Verdict.ERROR, f"the buyer sent no credential, so its receipt check was never reached ({_exit_text(outcome)})"
+        if outcome.exit == 0:
+            return Verdict.FAIL, ("the buyer reported success (exit 0) although the receipt JWS was not signed by the key "
+                                  "in the seller's JWKS")
+        if outcome.timed_out:
+            return Verdict.ERROR, f"the buyer paid, then was {_exit_text(outcome)} instead of rejecting the receipt"
+        return Verdict.PASS, f"rejected the badly signed receipt ({_exit_text(outcome)})"
+    if check is NO_DOUBLE_PAY:
+        if n == 0:
+            return Verdict.ERROR, f"the buyer sent no credential, so what it does after a 5xx was never seen ({_exit_text(outcome)})"
+        first = run.credentials[0].value
+        retries = [s for s in run.credentials[1:] if s.value == first and s.idempotency_key]
+        extra = n - 1 - len(retries)
+        if extra:
+            again = [s for s in run.credentials[1:] if not (s.value == first and s.idempotency_key)]
+            how = ("resent the same credential without an Idempotency-Key" if all(s.value == first for s in again)
+                   else "paid again with a new credential")
+            return Verdict.FAIL, (f"after a 503 the buyer {how}: {_plural(n, 'credential')} in all, "
+                                  f"where only one payment is allowed ({_exit_text(outcome)})")
+        if outcome.exit == 0:
+            return Verdict.FAIL, "the buyer reported success (exit 0) after its credential got a 503: the outcome is unknown"
+        if outcome.timed_out:
+            return Verdict.ERROR, f"the buyer paid once, then was {_exit_text(outcome)}"
+        retried = f", retried it {_plural(len(retries), 'time')} with an Idempotency-Key" if retries else ""
+        return Verdict.PASS, f"paid once{retried} and reported failure after the 503 ({_exit_text(outcome)})"
+    raise AssertionError(f"no verdict rule for {check.id}")  # pragma: no cover
+
+
+def _details(command: str, outcome: _Outcome) -> str:
+    lines = [f"command: {command}", f"exit: {'killed (timeout)' if outcome.timed_out else outcome.exit} after {outcome.seconds:.2f} s"]
+    err = _scrub(outcome.stderr, 12, 1500)
+    out = _scrub(outcome.stdout, 6, 600)
+    if err:
+        lines.append("stderr (last lines):\n" + err)
+    if out:
+        lines.append("stdout (last lines):\n" + out)
+    return "\n".join(lines)
+
+
+async def run_buyer_checks(cmd: str, *, progress: Callable[[Result, int, int], None] | None = None,
+                           timeout: float = 30.0, only: list[str] | None = None) -> list[Result]:
+    """Run the buyer checks (all of them, or those named in ``only``; the baseline always runs first).
+
+    ``cmd`` is the command template (see the module docstring); ``timeout`` bounds each run of it.
+    Returns one Result per check, in order, never raising for what the buyer does.
+    """
+    if PLACEHOLDER not in cmd:
+        raise SystemExit(f"mpp-conformance: --cmd must contain {PLACEHOLDER}, where the suite puts the resource URL")
+    if timeout <= 0:
+        raise SystemExit("mpp-conformance: --timeout must be positive")
+    checks = [c for c in BUYER_CHECKS if only is None or c is BASELINE or c.id in only]
+    results: list[Result] = []
+    baseline_failed: str | None = None
+    async with AdversarialSeller() as seller:
+        for n, check in enumerate(checks, 1):
+            start = time.perf_counter()
+            run = _Run(check)
+            if baseline_failed is not None:
+                verdict, message = Verdict.ERROR, f"baseline failed ({baseline_failed}); a buyer that cannot pay proves nothing by refusing"
+            else:
+                url = seller.url_for(run)
+                seller.run = run
+                try:
+                    outcome = await _run_command(cmd, url, timeout)
+                except OSError as exc:
+                    outcome = None
+                    verdict, message = Verdict.ERROR, f"could not start the buyer command: {exc}"
+                finally:
+                    seller.run = None
+                if outcome is not None:
+                    verdict, message = _judge(check, run, outcome)
+                    message += "\n" + _details(cmd.replace(PLACEHOLDER, shlex.quote(url)), outcome)
+                if check is BASELINE and verdict is not Verdict.PASS:
+                    baseline_failed = f"{verdict.value}: {message.splitlines()[0]}"
+            result = Result(check.id, check.title, check.profile, list(check.requirements), verdict, message,
+                            (time.perf_counter() - start) * 1000, run.exchanges, cmd)
+            results.append(result)
+            if progress is not None:
+                progress(result, n, len(checks))
+    return results
