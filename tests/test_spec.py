@@ -6,14 +6,19 @@ import json
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import jsonschema
 import pytest
+from aiohttp.test_utils import TestServer
 
 import mpp
+from mpp import identity as I
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
+
+from _identity_support import World, claims_of, credential, mandate, new_ledger, seller_app
 
 ROOT = Path(__file__).resolve().parent.parent
 ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2})\b")
@@ -89,3 +94,71 @@ def test_real_wire_objects_match_the_schemas():
     ):
         errors = [e.message for e in _validator(name).iter_errors(instance)]
         assert errors == [], (name, errors)
+
+
+async def test_real_identity_objects_match_the_schemas(tmp_path):
+    """IDENT-MDT-01, IDENT-APR-03, IDENT-POP-01, IDENT-RCPT-01: a two-link chain buys, with an
+    approver's approval, from an in-process seller; its mandates, the approval, the credential's
+    identity member and the receipt's claims are what the identity schemas describe."""
+    P, A, B, X = (mpp.SigningKey.generate() for _ in range(4))
+    t = datetime.now(timezone.utc)
+    window = {"not_before": t - timedelta(minutes=5), "expires": t + timedelta(days=1)}
+    root = mandate(P, A, approvers=[X.did], review=["GET /pricey"], **window)
+    sub = mandate(A, B, principal=P.did, max_depth=1, review=["GET /pricey"], **window)
+    ledger = new_ledger(str(tmp_path / "ledger.db"), P.did)
+    server = TestServer(seller_app(ledger, str(tmp_path / "store.db"), [P.did]), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            world = World(ledger, server, session, P=P, A=A, B=B)
+            quote = await world.quote("/pricey", B)  # 300: above the threshold, and under review
+            approval = I.issue_approval(X, agent=B.did, challenge_id=quote.challenge.id, quote=I.quote_hash(quote.challenge),
+                                        amount=quote.request.amount, currency=quote.request.currency, rule="threshold",
+                                        mandate=claims_of(sub)["jti"], now=datetime.now(timezone.utc))
+            authorization = credential(quote, [root, sub], B, approval=approval)
+            code, doc, headers = await world.send("/pricey", authorization)
+    finally:
+        await server.close()
+        ledger.close()
+    assert code == 200, doc
+    receipt = mpp.parse_receipt(headers["Payment-Receipt"])
+    receipt_claims = claims_of(receipt.receipt)
+    assert (receipt_claims["decision"], receipt_claims["approval"], len(receipt_claims["chain"])) == (
+        "allow-with-approval", claims_of(approval)["jti"], 2)
+    decoded = mpp.decode_json_b64(authorization.split(" ", 1)[1], "credential")
+    for name, instance in (
+        ("mandate-claims", claims_of(root)),
+        ("mandate-claims", claims_of(sub)),
+        ("approval-claims", claims_of(approval)),
+        ("identity-extension", decoded["identity"]),
+        ("credential", decoded),
+        ("receipt", receipt.to_json()),
+        ("receipt-claims", receipt_claims),
+        ("identity-receipt-claims", receipt_claims),
+    ):
+        errors = [e.message for e in _validator(name).iter_errors(instance)]
+        assert errors == [], (name, errors)
+
+
+def _vector_scenarios(stem: str) -> dict[str, dict]:
+    doc = json.loads((ROOT / "spec" / "vectors" / f"{stem}.json").read_text(encoding="utf-8"))
+    return {s["name"]: s for s in doc["scenarios"]}
+
+
+def test_identity_vectors_match_the_schemas():
+    """IDENT-MDT-04, IDENT-MDT-08, IDENT-APR-03: every mandate of an accepted chain and every accepted
+    approval of spec/vectors validates against its schema, and the schemas refuse the claim errors
+    a schema can see."""
+    mandates, approvals = _vector_scenarios("mandate"), _vector_scenarios("approval")
+    accepted = [(name, "mandate-claims", claims_of(token)) for name, s in mandates.items() if s["expected"].get("valid")
+                for token in s["input"]["tokens"]]
+    accepted += [(name, "approval-claims", claims_of(s["input"]["approval"])) for name, s in approvals.items() if s["expected"].get("valid")]
+    for name, schema, claims in accepted:
+        errors = [e.message for e in _validator(schema).iter_errors(claims)]
+        assert errors == [], (name, errors)
+    for name in ("bad_jti_format", "currency_uppercase", "scope_wildcard_method", "scope_non_ascii_path", "scope_pattern_too_long",
+                 "scope_too_many_patterns", "aud_star_among_realms", "aud_empty", "subject_not_did_key", "approver_not_did_key",
+                 "ceiling_above_2_53", "ceiling_as_string", "missing_budget", "budget_period_unknown"):
+        assert not _validator("mandate-claims").is_valid(claims_of(mandates[name]["input"]["tokens"][0])), name
+    for name in ("approval_bad_jti", "approval_iat_boolean", "approval_unknown_rule", "approval_missing_rule"):
+        assert not _validator("approval-claims").is_valid(claims_of(approvals[name]["input"]["approval"])), name
