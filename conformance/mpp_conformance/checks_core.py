@@ -479,3 +479,79 @@ async def no_5xx_fuzz(ctx: CheckContext) -> str:
         fail(f"{len(problems)} of {FUZZ_COUNT} malformed credentials (seed {FUZZ_SEED}) were mishandled: {shown}"
              + (" ..." if len(problems) > 5 else ""))
     return f"{FUZZ_COUNT} malformed credentials (seed {FUZZ_SEED}, {FUZZ_CONCURRENCY} at a time): all 4xx problem documents"
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@register("core.challenge-parameters", "challenges carry expires in whole UTC seconds and no credential-field switch", "core",
+          ["CORE-BIND-05", "CORE-CHAL-11", "CHARGE-02"])
+async def challenge_parameters(ctx: CheckContext) -> str:
+    import re
+
+    _, challenge = await first_challenge(ctx)
+    if challenge.header is not None:
+        fail(f"the challenge selects the credential field {challenge.header!r}; this profile sends credentials in Authorization only")
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", challenge.expires or "") is None:
+        fail(f"expires {challenge.expires!r} is not RFC 3339 UTC with Z and whole seconds")
+    if challenge.intent == "charge":
+        request = challenge.request_json
+        amount, currency = request.get("amount"), request.get("currency")
+        if not isinstance(amount, str) or re.fullmatch(r"0|[1-9][0-9]*", amount) is None:
+            fail(f"charge request amount {amount!r} is not a decimal string of base units")
+        if not isinstance(currency, str) or currency != currency.lower() or not currency:
+            fail(f"charge request currency {currency!r} is not a lowercase code")
+        if not isinstance(request.get("recipient"), str):
+            fail("charge request has no recipient")
+    return f"expires {challenge.expires}; {challenge.method}/{challenge.intent}"
+
+
+@register("core.discovery-jwks", "the seller publishes its receipt keys as a JWKS", "core", ["CORE-DISC-01", "CHARGE-06"])
+async def discovery_jwks(ctx: CheckContext) -> str:
+    resp = await ctx.request("GET", _origin(ctx.target) + "/.well-known/jwks.json")
+    status(resp, 200, "GET /.well-known/jwks.json")
+    try:
+        keys = resp.json().get("keys")
+    except (ValueError, AttributeError):
+        fail("the JWKS is not a JSON object")
+    usable = [k for k in keys or [] if isinstance(k, dict) and k.get("kty") == "OKP" and k.get("crv") == "Ed25519" and k.get("kid")]
+    if not usable:
+        fail("the JWKS holds no Ed25519 key with a kid")
+    if any("d" in k for k in keys):
+        fail("the JWKS publishes a private key member 'd'")
+    return f"{len(usable)} Ed25519 key(s)"
+
+
+@register("core.discovery-openapi", "openapi.json lists the priced operation with x-payment-info agreeing with the 402", "core",
+          ["CORE-DISC-02", "CORE-DISC-03"])
+async def discovery_openapi(ctx: CheckContext) -> str:
+    from urllib.parse import urlsplit
+
+    resp = await ctx.request("GET", _origin(ctx.target) + "/openapi.json")
+    status(resp, 200, "GET /openapi.json")
+    try:
+        doc = resp.json()
+    except ValueError:
+        fail("openapi.json is not JSON")
+    path = urlsplit(ctx.target).path or "/"
+    method = ctx.options.get("method", "GET").lower()
+    op = ((doc.get("paths") or {}).get(path) or {}).get(method)
+    if not isinstance(op, dict):
+        fail(f"openapi.json has no operation {method.upper()} {path}")
+    info = op.get("x-payment-info")
+    offers = info.get("offers") if isinstance(info, dict) and "offers" in info else [info] if isinstance(info, dict) else None
+    if not offers:
+        fail(f"{method.upper()} {path} has no x-payment-info")
+    if "402" not in (op.get("responses") or {}):
+        fail(f"{method.upper()} {path} declares no 402 response")
+    _, challenge = await first_challenge(ctx)
+    request = challenge.request_json
+    matching = [o for o in offers if isinstance(o, dict) and o.get("method") == challenge.method and o.get("intent") == challenge.intent
+                and (o.get("amount") is None or o.get("amount") == request.get("amount")) and o.get("currency") in (None, request.get("currency"))]
+    if not matching:
+        fail(f"no x-payment-info offer agrees with the 402 ({challenge.method}/{challenge.intent}, {request.get('amount')} {request.get('currency')})")
+    return f"{len(offers)} offer(s), one matching the 402"
