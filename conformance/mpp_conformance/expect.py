@@ -63,3 +63,51 @@ def fresh_challenges(resp: Response, what: str, *, not_ids: set[str] = frozenset
 def no_receipt(resp: Response, what: str) -> None:
     if "Payment-Receipt" in resp.headers:
         fail(f"{what}: a Payment-Receipt on an error response (HTTP {resp.status})")
+
+
+# -- appended for the `full` profile ----------------------------------------
+
+def problem_slug(resp: Response) -> str | None:
+    """The problem type of ``resp`` (the slug when it is under PROBLEM_BASE), or None."""
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if not isinstance(kind, str):
+        return None
+    return kind[len(PROBLEM_BASE):] if kind.startswith(PROBLEM_BASE) else kind
+
+
+def describe(resp: Response) -> str:
+    """What the target did, in a few words, for a failure message (never a credential)."""
+    parts = [f"HTTP {resp.status}"]
+    slug = problem_slug(resp) if resp.status >= 400 else None
+    if slug:
+        parts.append(slug)
+    if "Payment-Receipt" in resp.headers:
+        parts.append("with a Payment-Receipt")
+    elif 200 <= resp.status < 300:
+        parts.append("without a Payment-Receipt")
+    return " ".join(parts)
+
+
+def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int = 402,
+            not_ids: set[str] = frozenset(), accepted: str = "") -> str:
+    """``resp`` refuses a credential as the spec shapes a refusal: ``expected_status``, a problem
+    document of one of ``slugs``, fresh challenges (no id of ``not_ids``) with no-store, and no
+    receipt. A 2xx fails with ``accepted`` appended (what accepting it means). Returns the slug."""
+    if 200 <= resp.status < 300:
+        fail(f"{what}: the target accepted it ({describe(resp)})" + (f"; {accepted}" if accepted else ""))
+    status(resp, expected_status, what)
+    doc = problem(resp, None, what)
+    allowed = [PROBLEM_BASE + s for s in slugs]
+    if doc["type"] not in allowed:
+        fail(f"{what}: problem type is {doc['type']!r}, expected {' or '.join(map(repr, allowed))}")
+    if expected_status == 402 or "method-unsupported" in slugs:
+        fresh_challenges(resp, what, not_ids=not_ids)
+    no_receipt(resp, what)
+    return doc["type"][len(PROBLEM_BASE):]
+
+
+__all__ += ["problem_slug", "describe", "refused"]

@@ -1,0 +1,318 @@
+"""Profile `full`: the checks that pay. Each one asks the target for a fresh challenge (an unpaid
+request), has the payer of ``--pay-with`` (see ``paying``) answer it, and sends the credential
+the way the check needs: once, twice, many times at once, to another route, query or HTTP
+method, with another body, or with an ``Idempotency-Key``.
+
+Options read: ``pay_with`` (the payer spec), ``max_amount`` (ledger payer cap, default 10 000),
+``concurrency`` (parallel submissions in full.concurrent-replay, default 20), ``other_url``
+(a second priced URL of the target, ``URL`` or ``METHOD URL``; without it full.other-route
+skips), plus the target's ``method`` and ``data`` as in every profile.
+
+Cost: full.paid-success, full.replay, full.concurrent-replay and full.idempotency-retry each
+pay once when the target behaves; the other checks pay nothing (their credential is refused).
+Messages name credentials by what they are for, never by value (CORE-CRED-06).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from mpp import Challenge, ParseError, PaymentReceipt, parse_receipt
+
+from .expect import describe, fail, fresh_challenges, no_5xx, refused, status
+from .framework import CheckContext, Response, Skip, register
+from .paying import DEFAULT_MAX_AMOUNT, CannotPay, Payer, payer_from_spec
+
+__all__ = ["payer_for", "Paid", "OTHER_QUERY"]
+
+BODY_METHODS = ("POST", "PUT", "PATCH")
+OTHER_QUERY = "mpp_conformance"
+NOT_THERE = (404, 405, 501)  # "no such route or method" answers: nothing to pay for there
+
+
+def payer_for(ctx: CheckContext) -> Payer:
+    """The payer ``--pay-with`` names; without one the check does not apply (skip)."""
+    spec = ctx.options.get("pay_with")
+    if not spec:
+        raise Skip("no --pay-with: the full profile pays the target (ledger:WALLET_DIR or static:JSON)")
+    max_amount = ctx.options.get("max_amount")
+    return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount))
+
+
+def _method(ctx: CheckContext) -> str:
+    return (ctx.options.get("method") or "GET").upper()
+
+
+def _data(ctx: CheckContext) -> bytes | None:
+    return ctx.options.get("data")
+
+
+@dataclass
+class Paid:
+    """A fresh challenge of the target and the credential answering it."""
+
+    challenge: Challenge
+    authorization: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.challenge.method}/{self.challenge.intent} challenge {self.challenge.id[:12]}..."
+
+
+async def fresh_credential(ctx: CheckContext, payer: Payer | None = None) -> Paid:
+    """An unpaid request to the target, and the payer's credential for the challenge it chose."""
+    payer = payer or payer_for(ctx)
+    resp = await ctx.request(_method(ctx), ctx.target, data=_data(ctx))
+    status(resp, 402, "unpaid request")
+    challenges = fresh_challenges(resp, "unpaid request")
+    try:
+        challenge = payer.choose(challenges)
+        return Paid(challenge, payer.authorize(challenge))
+    except CannotPay as exc:
+        raise Skip(f"not paid: {exc}") from None
+
+
+async def send(ctx: CheckContext, paid: Paid, *, method: str | None = None, url: str | None = None,
+               data: bytes | None | object = ..., headers: list[tuple[str, str]] = ()) -> Response:
+    """The request carrying ``paid``'s credential (by default to the target, as the target expects)."""
+    body = _data(ctx) if data is ... else data
+    return await ctx.request(method or _method(ctx), url or ctx.target,
+                             headers=[("Authorization", paid.authorization), *headers], data=body)
+
+
+def _detail(resp: Response, paid: Paid) -> str:
+    """The problem's ``detail``, short, for a message; a copy of the credential is cut out."""
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        return ""
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    if not isinstance(detail, str) or not detail:
+        return ""
+    token = paid.authorization.partition(" ")[2]
+    if token and token[:16] in detail:  # the target copied the credential (CORE-CRED-06): never repeat it
+        return " (its detail quotes the credential)"
+    return f" ({detail[:160]})"
+
+
+def paid_ok(resp: Response, paid: Paid, what: str) -> PaymentReceipt:
+    """``resp`` is the success of a payment: a 2xx with one Payment-Receipt for this challenge,
+    cacheable only privately (CORE-RCPT-01, CORE-RCPT-03)."""
+    no_5xx(resp, what)
+    if not 200 <= resp.status < 300:
+        fail(f"{what}: the target refused a fresh credential for its own {paid.label}: {describe(resp)}{_detail(resp, paid)}")
+    values = resp.headers.getall("Payment-Receipt", [])
+    if len(values) != 1:
+        fail(f"{what}: HTTP {resp.status} with {len(values)} Payment-Receipt fields; a paid 2xx carries exactly one (CORE-RCPT-01)")
+    try:
+        receipt = parse_receipt(values[0])
+    except ParseError as exc:
+        fail(f"{what}: the Payment-Receipt does not parse: {exc} (CORE-RCPT-01)")
+    if receipt.challengeId != paid.challenge.id:
+        fail(f"{what}: the receipt's challengeId is {str(receipt.challengeId)[:16]!r}..., not the paid challenge's "
+             f"{paid.challenge.id[:16]!r}... (CORE-RCPT-01)")
+    if receipt.method != paid.challenge.method:
+        fail(f"{what}: the receipt names method {receipt.method!r}, the paid challenge {paid.challenge.method!r} (CORE-RCPT-01)")
+    if not receipt.receipt:
+        fail(f"{what}: the receipt carries no signed receipt JWS (CORE-RCPT-01)")
+    directives = {d.strip().split("=")[0].lower() for d in ",".join(resp.headers.getall("Cache-Control", [])).split(",") if d.strip()}
+    if "public" in directives:
+        fail(f"{what}: a response with a receipt is marked Cache-Control public (CORE-RCPT-03)")
+    if not directives & {"private", "no-store"}:
+        fail(f"{what}: a response with a receipt lacks Cache-Control private or no-store "
+             f"(got {resp.headers.get('Cache-Control')!r}; CORE-RCPT-03)")
+    return receipt
+
+
+def _reference(resp: Response) -> str | None:
+    try:
+        return parse_receipt(resp.headers["Payment-Receipt"]).reference
+    except (KeyError, ParseError):
+        return None
+
+
+async def pay_once(ctx: CheckContext, payer: Payer, what: str = "paid request") -> tuple[Paid, Response, PaymentReceipt]:
+    paid = await fresh_credential(ctx, payer)
+    resp = await send(ctx, paid)
+    return paid, resp, paid_ok(resp, paid, what)
+
+
+# -- the checks -------------------------------------------------------------
+
+@register("full.paid-success", "a fresh credential pays: 2xx, a Payment-Receipt for it, cacheable only privately", "full",
+          ["CORE-RCPT-01", "CORE-RCPT-03", "CHARGE-01"])
+async def paid_success(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    paid, resp, receipt = await pay_once(ctx, payer)
+    return (f"HTTP {resp.status}, {receipt.method} receipt reference {receipt.reference[:24]}, "
+            f"Cache-Control {resp.headers.get('Cache-Control')!r}")
+
+
+@register("full.replay", "the same credential sent again is refused as invalid-challenge", "full",
+          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+async def replay(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    paid, _, receipt = await pay_once(ctx, payer, "first use of the credential")
+    resp = await send(ctx, paid)
+    refused(resp, "the same credential again", ("invalid-challenge",), not_ids={paid.challenge.id},
+            accepted="a challenge id was consumed twice (CORE-ONCE-01)")
+    return "paid once, the replay refused as invalid-challenge with a fresh challenge"
+
+
+@register("full.concurrent-replay", "the same credential sent many times at once succeeds at most once", "full",
+          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04", "CORE-RCPT-02"])
+async def concurrent_replay(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    n = max(2, int(ctx.options.get("concurrency") or 20))
+    paid = await fresh_credential(ctx, payer)
+    responses = await asyncio.gather(*(send(ctx, paid) for _ in range(n)))
+    wins = [r for r in responses if 200 <= r.status < 300]
+    tally = ", ".join(f"{k} x{v}" for k, v in Counter(describe(r) for r in responses).most_common())
+    for r in responses:
+        no_5xx(r, f"one of {n} concurrent submissions of one credential")
+    if len(wins) > 1:
+        refs = {_reference(r) for r in wins} - {None}
+        fail(f"{len(wins)} of {n} concurrent submissions of one credential succeeded ({tally}); "
+             f"{len(refs)} distinct receipt reference(s): a challenge id paid for more than one request (CORE-ONCE-02)")
+    if not wins:
+        fail(f"none of {n} concurrent submissions of one fresh credential succeeded ({tally}); "
+             "exactly one must proceed to settlement (CORE-ONCE-02)")
+    paid_ok(wins[0], paid, "the one successful concurrent submission")
+    for r in responses:
+        if r is not wins[0]:
+            refused(r, f"a losing one of {n} concurrent submissions", ("invalid-challenge",), not_ids={paid.challenge.id})
+    return f"{n} concurrent submissions: {tally}"
+
+
+def _other_target(ctx: CheckContext) -> tuple[str, str]:
+    raw = (ctx.options.get("other_url") or "").strip()
+    if not raw:
+        raise Skip("no --other-url: give a second priced URL of the target to check route binding")
+    method, sep, url = raw.partition(" ")
+    if not sep or "://" in method:
+        method, url = _method(ctx), raw
+    method, url = method.upper(), url.strip()
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise Skip(f"--other-url {url[:80]!r} is not an http(s) URL")
+    if (method, url) == (_method(ctx), ctx.target):
+        raise Skip("--other-url is the target itself; give another priced route")
+    return method, url
+
+
+@register("full.other-route", "a credential for one route is refused on another priced route", "full",
+          ["CORE-BIND-02", "CORE-ERR-04", "CHARGE-01", "CORE-RCPT-02"])
+async def other_route(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    method, url = _other_target(ctx)
+    body = _data(ctx) if method == _method(ctx) else None
+    probe = await ctx.request(method, url, data=body)
+    no_5xx(probe, f"unpaid {method} to the other URL")
+    if probe.status != 402:
+        raise Skip(f"the other URL ({method} {urlsplit(url).path}) answered an unpaid request {describe(probe)}, "
+                   "not 402: give a priced route as --other-url")
+    offered = {c.method for c in fresh_challenges(probe, f"unpaid {method} to the other URL")}
+    paid = await fresh_credential(ctx, payer)
+    if paid.challenge.method not in offered:
+        raise Skip(f"the other URL does not offer method {paid.challenge.method!r} (it offers {', '.join(sorted(offered))}); "
+                   "give a route priced in the same method")
+    resp = await send(ctx, paid, method=method, url=url, data=body)
+    where = f"{method} {urlsplit(url).path}"
+    refused(resp, f"the credential for {_method(ctx)} {urlsplit(ctx.target).path} sent to {where}", ("invalid-challenge",),
+            not_ids={paid.challenge.id}, accepted="a challenge paid for a route it was not issued for (CORE-BIND-02)")
+    return f"a credential for the target refused on {where} as invalid-challenge"
+
+
+def _with_query(url: str) -> tuple[str, str]:
+    """``url`` with the parameter ``mpp_conformance`` added (or changed); the URL and the parameter."""
+    base, hash_, fragment = url.partition("#")
+    param = f"{OTHER_QUERY}=1"
+    if param in urlsplit(base).query.split("&"):
+        param = f"{OTHER_QUERY}=2"
+    return base + ("&" if "?" in base else "?") + param + hash_ + fragment, param
+
+
+@register("full.other-query", "a credential is refused when the query is changed", "full",
+          ["CORE-BIND-02", "CORE-BIND-01", "CORE-ERR-04", "CORE-RCPT-02"])
+async def other_query(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    paid = await fresh_credential(ctx, payer)
+    url, added = _with_query(ctx.target)
+    resp = await send(ctx, paid, url=url)
+    refused(resp, f"the credential sent with {added!r} added to the query", ("invalid-challenge",),
+            not_ids={paid.challenge.id}, accepted="the seller does not bind the query (CORE-BIND-02)")
+    return f"refused as invalid-challenge with {added!r} added"
+
+
+@register("full.other-method", "a credential for one HTTP method is refused on another", "full",
+          ["CORE-BIND-02", "CORE-ERR-04", "CORE-RCPT-02"])
+async def other_method(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    mine = _method(ctx)
+    other = "POST" if mine == "GET" else "GET"
+    body = _data(ctx) if other in BODY_METHODS else None
+    probe = await ctx.request(other, ctx.target, data=body)
+    no_5xx(probe, f"unpaid {other} to the target")
+    if probe.status in NOT_THERE:
+        raise Skip(f"the target answers {other} with HTTP {probe.status}: there is no {other} on this path to pay for")
+    if probe.status != 402:
+        raise Skip(f"an unpaid {other} to the target got {describe(probe)}, not 402: {other} on this path is not priced")
+    paid = await fresh_credential(ctx, payer)
+    resp = await send(ctx, paid, method=other, data=body)
+    refused(resp, f"the credential for {mine} sent with {other}", ("invalid-challenge",), not_ids={paid.challenge.id},
+            accepted=f"a challenge issued for {mine} paid for {other} (CORE-BIND-02)")
+    return f"a credential for {mine} refused on {other} as invalid-challenge"
+
+
+@register("full.changed-body", "a credential bound to one body is refused with another", "full",
+          ["CORE-BIND-03", "CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02"])
+async def changed_body(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    mine, body = _method(ctx), _data(ctx) or b""
+    if mine not in BODY_METHODS and not body:
+        raise Skip(f"{mine} target without a body: there is no body to change")
+    paid = await fresh_credential(ctx, payer)
+    if paid.challenge.digest is None:
+        fail(f"the challenge for a {mine} request with a {len(body)}-byte body carries no digest, so the body "
+             "is not bound to the payment (CORE-BIND-03)")
+    other = body + b"\n[changed by mpp-conformance]"
+    resp = await send(ctx, paid, data=other)
+    refused(resp, "the credential sent with a changed body", ("verification-failed",), not_ids={paid.challenge.id},
+            accepted="a credential for one body paid for another (CORE-BIND-04)")
+    return "a changed body refused as verification-failed"
+
+
+@register("full.idempotency-retry", "a retry with the same credential and Idempotency-Key replays the response", "full",
+          ["CORE-ONCE-06", "CORE-RCPT-01", "CORE-RCPT-03"])
+async def idempotency_retry(ctx: CheckContext) -> str:
+    payer = payer_for(ctx)
+    mine = _method(ctx)
+    if mine not in BODY_METHODS:
+        raise Skip(f"{mine} target: Idempotency-Key retries are checked on POST, PUT and PATCH targets")
+    key = "mpp-conformance-" + secrets.token_hex(8)
+    paid = await fresh_credential(ctx, payer)
+    first = await send(ctx, paid, headers=[("Idempotency-Key", key)])
+    original = paid_ok(first, paid, "paid request with an Idempotency-Key")
+    again = await send(ctx, paid, headers=[("Idempotency-Key", key)])
+    what = "retry with the same credential and Idempotency-Key"
+    no_5xx(again, what)
+    if again.status != first.status:
+        fail(f"{what}: {describe(again)}{_detail(again, paid)}, the original was HTTP {first.status} (CORE-ONCE-06)")
+    if again.body != first.body:
+        fail(f"{what}: the body differs from the original's ({len(again.body)} vs {len(first.body)} bytes; CORE-ONCE-06)")
+    if "Payment-Receipt" not in again.headers:
+        fail(f"{what}: the replay carries no Payment-Receipt; it must repeat the original's (CORE-ONCE-06)")
+    replayed = paid_ok(again, paid, what)
+    if replayed.reference != original.reference:
+        fail(f"{what}: the replay's receipt reference {replayed.reference[:24]!r} differs from the original's "
+             f"{original.reference[:24]!r}: a second charge (CORE-ONCE-06)")
+    if again.headers.getall("Payment-Receipt") != first.headers.getall("Payment-Receipt"):
+        fail(f"{what}: the replay's Payment-Receipt is not the original's, though it names the same reference (CORE-ONCE-06)")
+    if again.headers.get("Idempotent-Replayed", "").strip().lower() != "true":
+        fail(f"{what}: the replay is not marked Idempotent-Replayed: true "
+             f"(got {again.headers.get('Idempotent-Replayed')!r}; CORE-ONCE-06)")
+    return f"the retry replayed HTTP {again.status}, the same body and receipt reference, marked Idempotent-Replayed"

@@ -1,0 +1,177 @@
+"""How the `full` profile pays: a *payer* turns a challenge of the target into an
+``Authorization`` value. ``--pay-with SPEC`` names one:
+
+``ledger:WALLET_DIR``
+    MPP's ``ledger`` method, signed with the agent key of a wallet made by ``mpp init`` (the
+    directory holding ``wallet.json``). The wallet's buying policy and identity chain are *not*
+    used: the suite pays whatever the target quotes (it is testing the target, not the wallet),
+    except that it refuses any amount above ``max_amount`` base units (``--max-amount``,
+    default 10 000) so that a mis-priced target cannot drain the wallet. Only ``ledger``/``charge``
+    challenges naming a ledger (``methodDetails.ledger``) are paid.
+
+``static:JSON`` or ``static:@FILE``
+    For a target whose test method accepts a fixed payload. The suite echoes the challenge
+    exactly as received and sends the given payload. JSON (inline, or read from FILE) is one
+    object, in one of two shapes:
+
+    - the payload itself, e.g. ``static:{"token": "test"}``;
+    - a wrapper whose members are only ``payload`` (an object, required), ``source`` (a string,
+      the credential's ``source``, optional) and ``method`` (a string, optional: answer only
+      challenges of that payment method; without it the first challenge offered is answered),
+      e.g. ``static:{"payload": {"token": "test"}, "source": "did:key:z6Mk...", "method": "test"}``.
+
+    An object is read as the wrapper only when it has a ``payload`` member holding an object and
+    no members outside ``payload``, ``source`` and ``method``; any other object is the payload.
+    ``--max-amount`` does not apply: a static payload moves no money of the suite's.
+
+A bad SPEC raises ``ValueError`` with the reason. A payer that cannot pay what a target offers
+raises ``CannotPay``; checks turn that into a skip naming the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from mpp import ChargeRequest, Credential, ParseError, format_credential
+from mpp.models import Challenge
+
+__all__ = ["DEFAULT_MAX_AMOUNT", "CannotPay", "Payer", "LedgerPayer", "StaticPayer", "payer_from_spec"]
+
+DEFAULT_MAX_AMOUNT = 10_000
+_WRAPPER_KEYS = {"payload", "source", "method"}
+
+
+class CannotPay(Exception):
+    """The payer cannot (or will not) answer any challenge the target offered; the message says why."""
+
+
+class Payer(Protocol):
+    description: str  # what --pay-with named, safe for a report (no secrets)
+
+    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
+        """The first challenge (in the target's order) this payer will answer; else CannotPay."""
+
+    def authorize(self, challenge: Challenge) -> str:
+        """The ``Authorization`` field value paying ``challenge``; CannotPay if it will not."""
+
+
+@dataclass
+class LedgerPayer:
+    """The ``ledger`` method with a wallet's agent key and payer account; no policy applied."""
+
+    directory: str
+    max_amount: int = DEFAULT_MAX_AMOUNT
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        from mpp.config import ConfigError, load_wallet
+        from mpp.methods.ledger import LedgerBuyerMethod
+
+        try:
+            wallet = load_wallet(self.directory, max_amount=self.max_amount)
+        except ConfigError as exc:
+            raise ValueError(f"--pay-with ledger:{self.directory}: {exc}") from None
+        self.account = wallet.account
+        self.signer = wallet.key.did
+        self._method = LedgerBuyerMethod(key=wallet.key, account=wallet.account)
+        self.description = f"ledger ({self.account}, at most {self.max_amount} base units a payment)"
+
+    def _why_not(self, challenge: Challenge) -> tuple[str | None, ChargeRequest | None]:
+        label = f"{challenge.method}/{challenge.intent}"
+        if challenge.header is not None:
+            return f"{label}: credential field {challenge.header!r} is not Authorization", None
+        try:
+            request = ChargeRequest.from_challenge(challenge)
+        except ParseError as exc:
+            return f"{label}: {exc}", None
+        why = self._method.can_pay(challenge, request)
+        if why is not None:
+            return f"{label}: {why}", request
+        if request.amount_int > self.max_amount:
+            return (f"{label}: the quote of {request.amount} {request.currency} exceeds --max-amount {self.max_amount}; "
+                    "raise --max-amount to let the suite pay it"), request
+        return None, request
+
+    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
+        reasons = []
+        for challenge in challenges:
+            why, _ = self._why_not(challenge)
+            if why is None:
+                return challenge
+            reasons.append(why)
+        raise CannotPay("the ledger payer can pay none of the offered challenges: " + "; ".join(reasons))
+
+    def authorize(self, challenge: Challenge) -> str:
+        why, request = self._why_not(challenge)
+        if why is not None:
+            raise CannotPay(why)
+        payload, source = self._method.payload(challenge, request)
+        return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
+
+@dataclass
+class StaticPayer:
+    """Echo the challenge as received, with a fixed payload (and optional source)."""
+
+    payload: dict[str, Any]
+    source: str | None = None
+    method: str | None = None
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.description = "static payload" + (f" for method {self.method!r}" if self.method else "")
+
+    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
+        for challenge in challenges:
+            if self.method is None or challenge.method == self.method:
+                return challenge
+        offered = ", ".join(sorted({c.method for c in challenges})) or "none"
+        raise CannotPay(f"the static payer answers method {self.method!r} only; the target offers {offered}")
+
+    def authorize(self, challenge: Challenge) -> str:
+        if self.method is not None and challenge.method != self.method:
+            raise CannotPay(f"the static payer answers method {self.method!r} only, not {challenge.method!r}")
+        return format_credential(Credential(challenge=challenge, payload=dict(self.payload), source=self.source))
+
+
+def _static(text: str) -> StaticPayer:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--pay-with static:@{path}: cannot read it: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--pay-with static: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("--pay-with static: the JSON must be an object (the payload, or {\"payload\": {...}, \"source\": ...})")
+    if isinstance(doc.get("payload"), dict) and set(doc) <= _WRAPPER_KEYS:
+        source, method = doc.get("source"), doc.get("method")
+        if source is not None and (not isinstance(source, str) or not source):
+            raise ValueError("--pay-with static: 'source' must be a non-empty string")
+        if method is not None and (not isinstance(method, str) or not method):
+            raise ValueError("--pay-with static: 'method' must be a non-empty string")
+        return StaticPayer(doc["payload"], source, method)
+    return StaticPayer(doc)
+
+
+def payer_from_spec(spec: str, *, max_amount: int = DEFAULT_MAX_AMOUNT) -> Payer:
+    """The payer ``spec`` names (see the module docstring); ValueError when it names none."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError("--pay-with needs ledger:WALLET_DIR or static:JSON")
+    if isinstance(max_amount, bool) or not isinstance(max_amount, int) or max_amount < 0:
+        raise ValueError("--max-amount must be a non-negative integer of base units")
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("ledger", "static"):
+        # the kind only: the rest may be a payload, which must not reach a message
+        raise ValueError(f"--pay-with {kind[:16]!r}...: expected ledger:WALLET_DIR or static:JSON (or static:@FILE)")
+    if not rest:
+        raise ValueError(f"--pay-with {kind}: nothing after the colon")
+    if kind == "ledger":
+        return LedgerPayer(rest, max_amount)
+    return _static(rest)
