@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from mpp import Challenge, ParseError, PaymentReceipt, parse_receipt
+from mpp import Challenge, ParseError, PaymentReceipt, parse_credential, parse_receipt
 
 from .expect import describe, fail, fresh_challenges, no_5xx, refused, status
 from .framework import CheckContext, Response, Skip, register
@@ -316,3 +316,42 @@ async def idempotency_retry(ctx: CheckContext) -> str:
         fail(f"{what}: the replay is not marked Idempotent-Replayed: true "
              f"(got {again.headers.get('Idempotent-Replayed')!r}; CORE-ONCE-06)")
     return f"the retry replayed HTTP {again.status}, the same body and receipt reference, marked Idempotent-Replayed"
+
+
+_RECEIPT_CLAIMS = ("iss", "sub", "iat", "jti", "challengeId", "method", "intent", "amount", "currency", "recipient",
+                   "resource", "reference", "account")
+
+
+@register("full.signed-receipt", "the receipt JWS verifies against the seller's JWKS and names exactly what was paid", "full",
+          ["CHARGE-03", "CHARGE-06", "CHARGE-07", "LEDGER-17", "CORE-BUY-04"])
+async def signed_receipt(ctx: CheckContext) -> str:
+    from urllib.parse import urlsplit
+
+    from mpp.errors import ReceiptInvalid
+    from mpp.receipts import verify_receipt_jws
+
+    payer = payer_for(ctx)
+    paid, resp, receipt = await pay_once(ctx, payer)
+    parts = urlsplit(ctx.target)
+    jwks_resp = await ctx.request("GET", f"{parts.scheme}://{parts.netloc}/.well-known/jwks.json")
+    if jwks_resp.status != 200:
+        fail(f"the seller publishes no JWKS at /.well-known/jwks.json (HTTP {jwks_resp.status}), so its receipt cannot be verified (CHARGE-06)")
+    try:
+        claims = verify_receipt_jws(receipt.receipt or "", jwks_resp.json(), issuer=paid.challenge.realm, challenge_id=paid.challenge.id)
+    except (ReceiptInvalid, ValueError) as exc:
+        fail(f"the receipt JWS does not verify against the seller's JWKS: {exc} (CHARGE-06)")
+    missing = [c for c in _RECEIPT_CLAIMS if c not in claims]
+    if missing:
+        fail(f"the receipt JWS lacks the claims {', '.join(missing)} (CHARGE-07)")
+    request = paid.challenge.request_json
+    for name in ("amount", "currency", "recipient"):
+        if claims.get(name) != request.get(name):
+            fail(f"the signed receipt says {name} {claims.get(name)!r}, the quote said {request.get(name)!r} (CHARGE-03)")
+    if claims.get("reference") != receipt.reference or claims.get("jti") != paid.challenge.id:
+        fail("the signed receipt's reference or jti disagree with the Payment-Receipt and the challenge (CHARGE-07)")
+    if paid.challenge.method == "ledger":
+        credential = parse_credential(paid.authorization)
+        payload = credential.payload
+        if claims.get("account") != payload.get("account") or claims.get("sub") != payload.get("signer"):
+            fail("the ledger receipt's account or sub is not the payer account and signer of the credential (LEDGER-17)")
+    return f"receipt signed by kid {receipt.receipt.split('.')[0][:12]}..., {len(claims)} claims, terms as quoted"
