@@ -355,3 +355,61 @@ async def signed_receipt(ctx: CheckContext) -> str:
         if claims.get("account") != payload.get("account") or claims.get("sub") != payload.get("signer"):
             fail("the ledger receipt's account or sub is not the payer account and signer of the credential (LEDGER-17)")
     return f"receipt signed by kid {receipt.receipt.split('.')[0][:12]}..., {len(claims)} claims, terms as quoted"
+
+
+@register("full.ledger-payload", "the ledger method refuses a payload that is not the agent's signature over this quote", "full",
+          ["LEDGER-05", "LEDGER-06", "LEDGER-07", "LEDGER-08", "LEDGER-09", "LEDGER-10", "LEDGER-11", "LEDGER-12"])
+async def ledger_payload(ctx: CheckContext) -> str:
+    """Each altered credential answers a genuine challenge, so only the payload is at fault; the
+    untouched credential must then still pay (refusals happen before the challenge is used up)."""
+    from mpp import SigningKey, format_credential
+    from mpp.methods.ledger import authorization_message
+
+    payer = payer_for(ctx)
+    paid = await fresh_credential(ctx, payer)
+    if paid.challenge.method != "ledger":
+        raise Skip(f"the target's challenge is for method {paid.challenge.method!r}, not ledger")
+    credential = parse_credential(paid.authorization)
+    payload = dict(credential.payload)
+    if not {"account", "signer", "signature"} <= payload.keys():
+        raise Skip("the payer does not produce ledger authorizations (use --pay-with ledger:WALLET_DIR)")
+    stranger = SigningKey.generate()
+    request = paid.challenge.request_json
+    from mpp.models import ChargeRequest
+
+    def signed_by(key: SigningKey, account: str, challenge_id: str | None = None) -> str:
+        message = authorization_message(challenge_id=challenge_id or paid.challenge.id, realm=paid.challenge.realm,
+                                        request=ChargeRequest.model_validate(request), account=account)
+        return key.sign(message)
+
+    variants = {
+        "signature over another challenge id": dict(payload, signature=signed_by(stranger, payload["account"], "other-challenge")),
+        "signature by a key that is not the signer": dict(payload, signature=signed_by(stranger, payload["account"])),
+        "signer not a did:key": dict(payload, signer="did:web:example.com"),
+        "payload type missing": {k: v for k, v in payload.items() if k != "type"},
+        "signature missing": {k: v for k, v in payload.items() if k != "signature"},
+        "signature over another account": dict(payload, account=payload["account"] + "-other"),
+    }
+    for label, altered in variants.items():
+        source = credential.source if "signer" not in altered or altered["signer"] == payload["signer"] else altered["signer"]
+        value = format_credential(credential.model_copy(update={"payload": altered, "source": source}))
+        resp = await ctx.request(_method(ctx), ctx.target, headers=[("Authorization", value)], data=_data(ctx))
+        refused(resp, label, ("verification-failed",), not_ids={paid.challenge.id})
+    mismatched = format_credential(credential.model_copy(update={"source": stranger.did}))
+    resp = await ctx.request(_method(ctx), ctx.target, headers=[("Authorization", mismatched)], data=_data(ctx))
+    refused(resp, "source not the payload's signer", ("verification-failed",), not_ids={paid.challenge.id})
+    resp = await send(ctx, paid)
+    receipt = paid_ok(resp, paid, "the untouched credential after the refusals")
+    if receipt.reference != paid.challenge.id:
+        fail(f"the ledger transfer id (receipt reference {receipt.reference[:16]!r}...) is not the challenge id (LEDGER-12)")
+    # A well-signed authorization by a key the payer account does not authorize passes every offline
+    # check, so it is refused at settlement (and uses its challenge up): give it a challenge of its own.
+    other = await fresh_credential(ctx, payer)
+    other_credential = parse_credential(other.authorization)
+    message = authorization_message(challenge_id=other.challenge.id, realm=other.challenge.realm,
+                                    request=ChargeRequest.model_validate(other.challenge.request_json), account=payload["account"])
+    forged = dict(other_credential.payload, signer=stranger.did, signature=stranger.sign(message))
+    value = format_credential(other_credential.model_copy(update={"payload": forged, "source": stranger.did}))
+    resp = await ctx.request(_method(ctx), ctx.target, headers=[("Authorization", value)], data=_data(ctx))
+    refused(resp, "a key the payer account does not authorize", ("verification-failed",), not_ids={other.challenge.id})
+    return f"{len(variants) + 2} altered payloads refused as verification-failed; the genuine one paid"

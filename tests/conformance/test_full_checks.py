@@ -28,7 +28,7 @@ from mpp_conformance.paying import CannotPay, LedgerPayer, StaticPayer, payer_fr
 
 FULL_IDS = {
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
-    "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt",
+    "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
 }
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
 BODY = b"Agents buy from services; every purchase is signed."
@@ -80,7 +80,7 @@ async def test_full_profile_on_get(served):
     assert "405" in notes["full.other-method"]  # the path has no POST: nothing to pay for there
     assert "19" in notes["full.concurrent-replay"]
     # Paid exactly once in paid-success, replay and concurrent-replay; the refused credentials cost nothing.
-    assert served.ledger().balance("acct:buyer") == balance - 4 * WEATHER  # paid-success, signed-receipt, replay, concurrent-replay
+    assert served.ledger().balance("acct:buyer") == balance - 5 * WEATHER  # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay
     assert elapsed < 5, f"the full checks took {elapsed:.1f} s against a local seller"
 
 
@@ -92,7 +92,7 @@ async def test_full_profile_on_post_with_body(served):
     assert all(verdicts[i] is Verdict.PASS for i in FULL_IDS - {"full.other-method"}), _report(results)
     assert verdicts["full.other-method"] is Verdict.SKIP, _report(results)
     # paid-success, replay, concurrent-replay, idempotency-retry: one charge each, none for the retry
-    assert served.ledger().balance("acct:buyer") == balance - 5 * SUMMARIZE  # the idempotent retry charges nothing
+    assert served.ledger().balance("acct:buyer") == balance - 6 * SUMMARIZE  # the idempotent retry charges nothing
 
 
 def _add_route(home: Path, method: str, path: str, amount: int) -> None:
@@ -314,11 +314,11 @@ FAULTS = {
     "query-dropped": (_query_dropped, None, GET, {"full.other-query"}),
     "challenge-reusable": (None, _claim_always, GET, {"full.replay", "full.concurrent-replay"}),
     "public-receipts": (_public_receipts, None, GET, {"full.paid-success", "full.replay", "full.concurrent-replay",
-                                                      "full.signed-receipt"}),
+                                                      "full.signed-receipt", "full.ledger-payload"}),
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
         "full.paid-success", "full.replay", "full.concurrent-replay", "full.changed-body", "full.idempotency-retry",
-        "full.signed-receipt"}),
+        "full.signed-receipt", "full.ledger-payload"}),
     "replay-unmarked": (_replay_unmarked, None, POST, {"full.idempotency-retry"}),
     "replay-charges-again": (_replay_charges_again, None, POST, {"full.idempotency-retry"}),
 }
