@@ -489,7 +489,7 @@ def _origin(url: str) -> str:
 
 
 @register("core.challenge-parameters", "challenges carry expires in whole UTC seconds and no credential-field switch", "core",
-          ["CORE-BIND-05", "CORE-CHAL-11", "CHARGE-02"])
+          ["CORE-BIND-05", "CORE-CHAL-11", "CHARGE-02", "LEDGER-04"])
 async def challenge_parameters(ctx: CheckContext) -> str:
     import re
 
@@ -507,6 +507,12 @@ async def challenge_parameters(ctx: CheckContext) -> str:
             fail(f"charge request currency {currency!r} is not a lowercase code")
         if not isinstance(request.get("recipient"), str):
             fail("charge request has no recipient")
+        if challenge.method == "ledger":
+            details = request.get("methodDetails")
+            if amount == "0" or int(amount) > 2**63 - 1:
+                fail(f"ledger charge amount {amount} is not between 1 and 2^63-1 (LEDGER-04)")
+            if not isinstance(details, dict) or not isinstance(details.get("ledger"), str) or not details["ledger"]:
+                fail("ledger charge request names no ledger in methodDetails.ledger (LEDGER-04)")
     return f"expires {challenge.expires}; {challenge.method}/{challenge.intent}"
 
 

@@ -488,7 +488,7 @@ async def approval_other_amount(ctx: CheckContext) -> str:
 
 
 @register("identity.out-of-scope", "a purchase outside the mandate's scope is refused as out-of-scope", "identity",
-          ["IDENT-MDT-11", "IDENT-POL-04", "IDENT-ERR-01"])
+          ["IDENT-MDT-11", "IDENT-POL-04", "IDENT-ERR-01", "CORE-ERR-09"])
 async def out_of_scope(ctx: CheckContext) -> str:
     kit = IdentityKit(ctx)
     kit.need_trust()
@@ -500,7 +500,7 @@ async def out_of_scope(ctx: CheckContext) -> str:
 
 
 @register("identity.over-ceiling", "a purchase above the mandate's ceiling is refused as over-ceiling", "identity",
-          ["IDENT-MDT-11", "IDENT-ERR-01"])
+          ["IDENT-MDT-11", "IDENT-ERR-01", "CORE-ERR-09"])
 async def over_ceiling(ctx: CheckContext) -> str:
     kit = IdentityKit(ctx)
     kit.need_trust()
@@ -666,7 +666,7 @@ async def bad_delegation(ctx: CheckContext) -> str:
 
 
 @register("identity.approval-other-signer", "an approval signed by neither the principal nor a listed approver is refused",
-          "identity", ["IDENT-APR-04", "IDENT-ERR-01"])
+          "identity", ["IDENT-APR-03", "IDENT-APR-04", "IDENT-ERR-01"])
 async def approval_other_signer(ctx: CheckContext) -> str:
     kit = IdentityKit(ctx)
     kit.need_trust()
