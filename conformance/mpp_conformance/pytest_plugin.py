@@ -17,6 +17,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mpp-profile", default="core", choices=["core", "full", "identity"])
     group.addoption("--mpp-pay-with", metavar="SPEC", help="ledger:WALLET_DIR or static:JSON for the full profile")
     group.addoption("--mpp-method", default="GET")
+    group.addoption("--mpp-other-url", metavar="URL", help="a second priced resource (full profile)")
+    group.addoption("--mpp-identity-keys", metavar="DIR", help="keys from `mpp-conformance principal DIR` (identity profile)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -31,7 +33,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def mpp_conformance_options(request: pytest.FixtureRequest) -> dict:
     return {"method": request.config.getoption("--mpp-method"), "data": None,
-            "pay_with": request.config.getoption("--mpp-pay-with"), "concurrency": 20}
+            "pay_with": request.config.getoption("--mpp-pay-with"), "concurrency": 20,
+            "other_url": request.config.getoption("--mpp-other-url"),
+            "identity_keys": request.config.getoption("--mpp-identity-keys")}
 
 
 def run_one(check, url: str, options: dict):
