@@ -313,7 +313,7 @@ FAULTS = {
     "no-route-binding": (None, _no_route_binding, GET, {"full.other-route", "full.other-query", "full.other-method"}),
     "query-dropped": (_query_dropped, None, GET, {"full.other-query"}),
     "challenge-reusable": (None, _claim_always, GET, {"full.replay", "full.concurrent-replay"}),
-    "public-receipts": (_public_receipts, None, GET, {"full.paid-success", "full.replay", "full.concurrent-replay",
+    "public-receipts": (_public_receipts, None, GET, {"full.paid-success", "full.concurrent-replay",
                                                       "full.signed-receipt", "full.ledger-payload"}),
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
