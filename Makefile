@@ -39,3 +39,10 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache
+
+# Third-party sellers (pympp from PyPI, mppx from npm, each in its own environment under
+# conformance/targets/) run against the conformance suite; writes conformance/RESULTS.md.
+# Needs network access to PyPI and npm on first use, and node/npm; not part of `make test`.
+.PHONY: conformance-results
+conformance-results: $(STAMP)
+	$(VENV)/bin/python conformance/targets/run.py
