@@ -34,7 +34,7 @@ test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP)
 	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest
 
 # Everything but the interoperability tests (no side environment needed).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/python -m pytest -m "not interop"
 
 clean:
