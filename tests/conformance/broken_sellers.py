@@ -1,0 +1,178 @@
+"""Our real seller (``build_seller_app`` on an ``mpp init`` home), broken on purpose in exactly one way.
+
+Each variant starts from the application ``mpp seller serve`` would run and changes one behaviour with
+the smallest change that produces it: one method of one object of that instance replaced, one aiohttp
+middleware put in front of the seller's, or one response hook put after the seller's. No library file
+is touched; everything here lives and dies with one application object.
+
+    async with serving(home, "accepts-replays") as server:
+        url = str(server.make_url("/weather"))
+
+``prepare_home(home)`` adds a priced ``POST /weather`` to the home's configuration, so that GET and
+POST are both priced on one path (``full.other-method`` then has something to check); call it once,
+before ``serving``, for the baseline and for every variant alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from mpp import ParseError, b64url_decode, b64url_encode, canonical_json, parse_credential
+from mpp.aio.seller import Seller
+from mpp.aio.serve import HEADER_LIMITS, build_seller_app
+from mpp.config import load_seller_config
+from mpp.errors import PaymentRequired
+
+__all__ = ["VARIANTS", "BASELINE", "prepare_home", "build", "serving"]
+
+BASELINE = "baseline"
+Breaker = Callable[[web.Application, Seller], None]
+
+
+def prepare_home(home: Path) -> None:
+    """Price ``POST /weather`` too (the `mpp init` config prices only GET there)."""
+    with (home / "seller.toml").open("a", encoding="utf-8") as fh:
+        fh.write('\n[[routes]]\nmethod = "POST"\npath = "/weather"\namount = 30\ncurrency = "usd"\n'
+                 'description = "Weather, posted"\nresponse = { "city" = "Porto" }\n')
+
+
+# -- the breakages ---------------------------------------------------------------------------
+
+def _baseline(app: web.Application, seller: Seller) -> None:
+    """Unbroken."""
+
+
+def _accepts_replays(app: web.Application, seller: Seller) -> None:
+    """The store's ``claim`` always succeeds: a used challenge is taken as new (its record is put back
+    to 'settling', so the rest of the seller runs as for a first use) and served again. The ledger
+    still moves the money once (a transfer is idempotent by challenge id); the buyer gets a second 200."""
+    from mpp._sqlite import immediate
+
+    store = seller.store
+    claim = store.claim
+
+    async def claim_always(challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool:
+        if not await claim(challenge_id, resource=resource, idempotency_key=idempotency_key):
+            with immediate(store._conn) as c:
+                c.execute("UPDATE payments SET state='settling', idempotency_key=? WHERE challenge_id=?",
+                          (idempotency_key, challenge_id))
+        return True
+
+    store.claim = claim_always
+
+
+def _payment_required_for_every_error(app: web.Application, seller: Seller) -> None:
+    """Every problem document becomes ``payment-required`` (402, with fresh challenges), whatever the
+    problem was: malformed-credential, invalid-challenge, verification-failed, and the 400
+    method-unsupported too."""
+    answer = seller._problem
+
+    def problem(problem, price, info, now):
+        return answer(PaymentRequired(problem.detail), price, info, now)
+
+    seller._problem = problem
+
+
+def _omits_no_store(app: web.Application, seller: Seller) -> None:
+    """A middleware in front of the seller's drops Cache-Control from every 402."""
+
+    @web.middleware
+    async def fault(request: web.Request, handler):
+        response = await handler(request)
+        if response.status == 402:
+            response.headers.popall("Cache-Control", None)
+        return response
+
+    app.middlewares.insert(0, fault)
+
+
+# What the receipt-on-error seller adds: shaped like a receipt (base64url JSON), for nothing paid.
+BOGUS_RECEIPT = b64url_encode(canonical_json({"status": "success", "method": "ledger", "timestamp": "2025-01-01T00:00:00Z",
+                                              "reference": "receipt-on-error"}))
+
+
+def _receipt_on_error(app: web.Application, seller: Seller) -> None:
+    """A Payment-Receipt on every response of status >= 400. The seller's own response hook strips
+    receipts from errors, so this one is a response hook too, registered after the seller's."""
+
+    async def fault(request: web.Request, response: web.StreamResponse) -> None:
+        if response.status >= 400:
+            response.headers["Payment-Receipt"] = BOGUS_RECEIPT
+
+    app.on_response_prepare.append(fault)
+
+
+def _500_on_garbage(app: web.Application, seller: Seller) -> None:
+    """A middleware in front of the seller's decodes the credential itself and, when an
+    ``Authorization: Payment`` value is not base64url JSON, answers HTTP 500 (as a seller whose decoder
+    error escapes would)."""
+
+    @web.middleware
+    async def fault(request: web.Request, handler):
+        for value in request.headers.getall("Authorization", ()):
+            scheme, _, token = value.strip(" \t").partition(" ")
+            if scheme.lower() == "payment":
+                try:
+                    json.loads(b64url_decode(token.strip(" \t")))
+                except (ParseError, ValueError, RecursionError):
+                    return web.Response(status=500, text="500 Internal Server Error")
+        return await handler(request)
+
+    app.middlewares.insert(0, fault)
+
+
+def _skips_route_binding(app: web.Application, seller: Seller) -> None:
+    """``SellerCore.verify`` no longer compares the challenge's resource with the request's: it is
+    handed the resource the credential was issued for, so a credential for one route, query or HTTP
+    method is accepted on any other (the body digest is still checked against the actual body)."""
+    verify = seller.core.verify
+
+    def verify_anywhere(header, info, now):
+        try:
+            claimed = (parse_credential(header).challenge.opaque_json or {}).get("resource")
+        except Exception:  # noqa: BLE001 - not a credential: the real verify refuses it as before
+            claimed = None
+        if isinstance(claimed, str) and " " in claimed:
+            method, _, target = claimed.partition(" ")
+            path, _, query = target.partition("?")
+            info = dataclasses.replace(info, method=method, path=path, query=query)
+        return verify(header, info, now)
+
+    seller.core.verify = verify_anywhere
+
+
+VARIANTS: dict[str, Breaker] = {
+    BASELINE: _baseline,
+    "accepts-replays": _accepts_replays,
+    "payment-required-for-every-error": _payment_required_for_every_error,
+    "omits-no-store": _omits_no_store,
+    "receipt-on-error": _receipt_on_error,
+    "500-on-garbage": _500_on_garbage,
+    "skips-route-binding": _skips_route_binding,
+}
+
+
+def build(home: Path, variant: str) -> tuple[web.Application, Seller]:
+    """Our seller for ``home`` (as `mpp seller serve` builds it), broken as ``variant`` says."""
+    app, seller = build_seller_app(load_seller_config(home / "seller.toml"))
+    VARIANTS[variant](app, seller)
+    return app, seller
+
+
+@asynccontextmanager
+async def serving(home: Path, variant: str) -> AsyncIterator[TestServer]:
+    """The variant served in-process on 127.0.0.1 (an ephemeral port), with the CLI's header limits."""
+    app, _ = build(home, variant)
+    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
