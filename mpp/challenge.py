@@ -114,9 +114,11 @@ class ChallengeIssuer:
             opaque=opaque_b64,
         )
 
-    def verify(self, challenge: Challenge, *, now: datetime) -> None:
+    def verify(self, challenge: Challenge, *, now: datetime, check_expiry: bool = True) -> None:
         """Raise unless ``challenge`` is one this issuer minted, unaltered and unexpired.
 
+        ``check_expiry=False`` is for the session intent only: a session's later vouchers echo
+        the challenge it was opened on, which outlives that challenge's expiry (SESSION-VOUCHER-01).
         Returns nothing: a forgotten return value cannot be mistaken for success.
         """
         if challenge.realm != self.realm:
@@ -140,5 +142,5 @@ class ChallengeIssuer:
             raise InvalidChallenge("challenge id does not match its parameters")
         if challenge.expires is None:
             raise InvalidChallenge("challenge carries no expiry")
-        if challenge.is_expired(now):
+        if check_expiry and challenge.is_expired(now):
             raise PaymentExpired("challenge has expired")

@@ -25,8 +25,10 @@ from .errors import (
 from .headers import format_challenge, parse_accept_payment, parse_credential
 from .methods import SellerMethod
 from .models import Challenge, ChargeRequest, Credential, format_rfc3339
+from .session_core import SessionPayload, SessionRequest, SessionTerms, VoucherInvalid, cost_of, parse_session_payload
+from .session_core import INTENT as SESSION_INTENT
 
-__all__ = ["Price", "RequestInfo", "Verified", "SellerCore", "resource_of", "BODY_METHODS"]
+__all__ = ["Price", "Metered", "RequestInfo", "Verified", "SessionCall", "SellerCore", "resource_of", "BODY_METHODS"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_AMOUNT = 2**63 - 1  # what every ledger backend can hold in a signed 64-bit integer
@@ -48,6 +50,55 @@ class Price:
             raise ValueError(f"price amount must be an integer of base units from 1 to {MAX_AMOUNT}")
         if not isinstance(self.currency, str) or CURRENCY.fullmatch(self.currency) is None:
             raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
+
+
+@dataclass(frozen=True)
+class Metered:
+    """A route priced per unit of usage (intent ``session``), e.g. 2 base units per 1000 tokens.
+
+    ``max_units`` is the most one non-streaming request may use: that much is reserved from
+    the session before the handler runs, and it prices the ``charge`` offered alongside for
+    buyers without sessions (``charge_amount`` overrides that price). A streaming route is
+    charged chunk by chunk instead, and asks for the next voucher in-band.
+    """
+
+    unit: str
+    price: int
+    currency: str
+    per: int = 1
+    max_units: int = 1
+    description: str | None = None
+    require_identity: bool = False
+    stream: bool = False
+    suggested_cap: int | None = None
+    idle_timeout: int = 300
+    charge_amount: int | None = None
+
+    def __post_init__(self) -> None:
+        Price(self.price, self.currency)  # same rules for the unit price and the currency
+        for name in ("per", "max_units", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_AMOUNT:
+                raise ValueError(f"{name} must be a positive integer")
+        if not isinstance(self.unit, str) or not self.unit or len(self.unit) > 64 or not self.unit.isprintable():
+            raise ValueError("unit must be a short printable name such as 'token'")
+        if self.suggested_cap is not None and self.suggested_cap < self.max_request_cost:
+            raise ValueError("suggested_cap must cover at least one request (the cost of max_units)")
+
+    @property
+    def max_request_cost(self) -> int:
+        return cost_of(self.max_units, self.price, self.per)
+
+    @property
+    def cap_hint(self) -> int:
+        return self.suggested_cap or self.max_request_cost * 100
+
+    def charge_price(self) -> Price:
+        """The per-request ``charge`` offered beside the session (SESSION-REQ-05)."""
+        return Price(self.charge_amount or self.max_request_cost, self.currency, self.description, self.require_identity)
+
+    def cost(self, units: int) -> int:
+        return cost_of(units, self.price, self.per)
 
 
 @dataclass(frozen=True)
@@ -85,6 +136,21 @@ class Verified:
         return self.credential.challenge.id
 
 
+@dataclass(frozen=True)
+class SessionCall:
+    """A session credential that passed the checks needing no session state."""
+
+    credential: Credential
+    payload: SessionPayload
+    request: SessionRequest
+    terms: SessionTerms
+    resource: str
+
+    @property
+    def session_id(self) -> str:
+        return self.payload.session_id
+
+
 @dataclass
 class SellerCore:
     issuer: ChallengeIssuer
@@ -96,42 +162,53 @@ class SellerCore:
 
     # -- quoting -----------------------------------------------------------
 
-    def challenges(self, price: Price, info: RequestInfo, now: datetime) -> list[Challenge]:
-        """Fresh challenges for this request, one per method, in the client's preferred order."""
+    def offers(self, price: "Price | Metered") -> list[tuple[str, str]]:
+        """(method, intent) pairs this price is offered in, in our order: sessions first."""
+        if isinstance(price, Metered):
+            sessions = [(n, SESSION_INTENT) for n in self._order if hasattr(self.methods[n], "session_request_for")]
+            return sessions + [(n, INTENT) for n in self._order]
+        return [(n, INTENT) for n in self._order]
+
+    def challenges(self, price: "Price | Metered", info: RequestInfo, now: datetime) -> list[Challenge]:
+        """Fresh challenges for this request, one per offer, in the client's preferred order."""
         digest = content_digest(info.body) if (info.body or info.method.upper() in BODY_METHODS) else None
-        names = self._negotiate(info.accept_payment)
-        # The nonce makes every challenge id unique (HMAC is deterministic, and two quotes for
-        # one resource in the same second would otherwise share an id, the second one "used").
-        return [
-            self.issuer.issue(
+        charge = price.charge_price() if isinstance(price, Metered) else price
+        out = []
+        for name, intent in self._negotiate(info.accept_payment, self.offers(price)):
+            if intent == SESSION_INTENT:
+                request = self.methods[name].session_request_for(price)  # type: ignore[attr-defined]
+            else:
+                request = self.methods[name].request_for(amount=charge.amount, currency=charge.currency,
+                                                         description=charge.description)
+            # The nonce makes every challenge id unique (HMAC is deterministic, and two quotes for
+            # one resource in the same second would otherwise share an id, the second one "used").
+            out.append(self.issuer.issue(
                 method=name,
-                intent=INTENT,
-                request=self.methods[name].request_for(
-                    amount=price.amount, currency=price.currency, description=price.description
-                ),
+                intent=intent,
+                request=request,
                 now=now,
                 digest=digest,
                 opaque={"nonce": secrets.token_urlsafe(16), "resource": info.resource},
-                description=price.description,
-            )
-            for name in names
-        ]
+                description=charge.description,
+            ))
+        return out
 
-    def _negotiate(self, accept_payment: str | None) -> list[str]:
+    @staticmethod
+    def _negotiate(accept_payment: str | None, offers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         ranges = parse_accept_payment(accept_payment)
         if ranges is None:
-            return self._order
-        ranked: list[tuple[float, int, str]] = []
-        for position, name in enumerate(self._order):
-            matching = [r for r in ranges if r.matches(name, INTENT)]
+            return offers
+        ranked: list[tuple[float, int, tuple[str, str]]] = []
+        for position, (name, intent) in enumerate(offers):
+            matching = [r for r in ranges if r.matches(name, intent)]
             if not matching:
                 continue
             best = max(matching, key=lambda r: r.specificity)  # the most specific range decides
             if best.q > 0:
-                ranked.append((-best.q, position, name))
+                ranked.append((-best.q, position, (name, intent)))
         if not ranked:
-            return self._order  # nothing acceptable: the draft lets us send our normal set
-        return [name for _, _, name in sorted(ranked)]
+            return offers  # nothing acceptable: the draft lets us send our normal set
+        return [offer for _, _, offer in sorted(ranked)]
 
     # -- verifying ---------------------------------------------------------
 
@@ -158,7 +235,7 @@ class SellerCore:
         if method is None:
             raise MethodUnsupported(f"payment method {challenge.method!r} is not accepted here")
         if challenge.intent != INTENT:
-            raise InvalidChallenge(f"intent {challenge.intent!r} is not offered here")
+            raise InvalidChallenge(f"intent {challenge.intent!r} is not offered for this credential")
         self.issuer.verify(challenge, now=now)  # InvalidChallenge / PaymentExpired
         opaque = challenge.opaque_json or {}
         if opaque.get("resource") != info.resource:
@@ -173,6 +250,39 @@ class SellerCore:
             raise InvalidChallenge(str(exc)) from None
         proof = method.verify(credential, request)
         return Verified(credential=credential, request=request, proof=proof, resource=info.resource)
+
+    def verify_session(self, credential: Credential, info: RequestInfo, now: datetime) -> SessionCall:
+        """Checks of a ``session`` credential that need no session state.
+
+        ``open`` is checked like a charge credential (HMAC, expiry, resource, digest). Later
+        actions echo the challenge the session was opened on: only its HMAC and that its id is
+        the session's are checked, since the session outlives the challenge and spans routes
+        (SESSION-VOUCHER-01); their signatures bind them to the session and this seller."""
+        challenge = credential.challenge
+        method = self.methods.get(challenge.method)
+        if method is None or not hasattr(method, "session_request_for"):
+            raise MethodUnsupported(f"payment method {challenge.method!r} offers no sessions here")
+        payload = parse_session_payload(credential.payload)
+        opening = payload.action == "open"
+        self.issuer.verify(challenge, now=now, check_expiry=opening)
+        if payload.session_id != challenge.id:
+            raise VoucherInvalid("the credential's sessionId is not the id of the challenge it echoes")
+        if credential.source is not None and credential.source != payload.signer:
+            raise VerificationFailed("credential source is not the session's signer")
+        if opening:
+            opaque = challenge.opaque_json or {}
+            if opaque.get("resource") != info.resource:
+                raise InvalidChallenge("challenge was issued for another resource")
+            if challenge.digest is not None:
+                verify_content_digest(challenge.digest, info.body)
+            elif info.body:
+                raise VerificationFailed("request has a body but the challenge bound none")
+        try:
+            request = SessionRequest.from_challenge(challenge)
+        except ParseError as exc:  # we issued it, so this means a bug or a forged secret
+            raise InvalidChallenge(str(exc)) from None
+        method.check_session_request(request)  # type: ignore[attr-defined]
+        return SessionCall(credential, payload, request, SessionTerms.of(challenge, request), info.resource)
 
     # -- answering ---------------------------------------------------------
 

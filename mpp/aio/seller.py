@@ -27,8 +27,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..challenge import ChallengeIssuer
-from ..errors import BadRequest, InvalidChallenge, MethodUnsupported, PaymentProblem, PaymentRequired, RequestInProgress
-from ..headers import format_receipt
+from ..errors import (
+    BadRequest,
+    InvalidChallenge,
+    MalformedCredential,
+    MethodUnsupported,
+    ParseError,
+    PaymentProblem,
+    PaymentRequired,
+    RequestInProgress,
+)
+from ..headers import format_receipt, parse_credential
 from ..identity import (
     DEFAULT_MAX_DEPTH,
     ApprovalInvalid,
@@ -44,11 +53,15 @@ from ..ledger import MandateCharge
 from ..keys import SigningKey
 from ..models import PaymentReceipt, format_rfc3339
 from ..receipts import jwks_document, sign_receipt
-from ..seller_core import Price, RequestInfo, SellerCore, Verified
+from ..seller_core import Metered, Price, RequestInfo, SellerCore, SessionCall, Verified
+from ..session_core import INTENT as SESSION_INTENT
+from ..session_core import VoucherInvalid
+from ..session_store import SessionStore
 from ..store import PaymentStore, StoredResponse
+from .metering import METER_KEY, SESSION_PATH, ChargeMeter, SessionDesk, meter_of
 from .rails import PaymentRail, Settlement
 
-__all__ = ["Seller", "Payment", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "JWKS_PATH", "OPENAPI_PATH"]
+__all__ = ["Seller", "Payment", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
 
 log = logging.getLogger("mpp.seller")
 
@@ -96,13 +109,16 @@ class Seller:
     trusted_principals: Collection[str] = ()  # root mandate issuers this seller accepts
     max_chain_depth: int = DEFAULT_MAX_DEPTH
     audit: Any = None  # an mpp.audit.AuditLog, or None
+    session_store: SessionStore | None = None  # required by metered (per-unit) routes
+    session_sweep_interval: float = 1.0  # how often idle sessions are looked for and closed
 
     def __post_init__(self) -> None:
         self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
         self.secret = b""  # held by the issuer only, so it is never printed with the seller
         self._rails = {rail.name: rail for rail in self.rails}
         self.core = SellerCore(self.issuer, self._rails)
-        self._route_prices: dict[int, Price] = {}
+        self._route_prices: dict[int, Price | Metered] = {}
+        self.sessions = SessionDesk(self, self.session_store, sweep_interval=self.session_sweep_interval) if self.session_store else None
 
     def __repr__(self) -> str:
         return f"Seller(realm={self.realm!r}, rails={list(self._rails)!r})"
@@ -120,14 +136,28 @@ class Seller:
 
         return mark
 
-    def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler, price: Price | None) -> web.AbstractRoute:
+    def meter(self, unit: str, price: int, currency: str, *, per: int = 1, max_units: int = 1, description: str | None = None,
+              require_identity: bool = False, stream: bool = False, suggested_cap: int | None = None,
+              idle_timeout: int = 300, charge_amount: int | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: this handler is priced per unit (``price`` base units per ``per`` units of
+        ``unit``), paid through a session; a per-request ``charge`` is offered beside it."""
+        metered = Metered(unit, price, currency, per, max_units, description, require_identity, stream, suggested_cap,
+                          idle_timeout, charge_amount)
+
+        def mark(handler: Handler) -> Handler:
+            setattr(handler, _PRICE_ATTR, metered)
+            return handler
+
+        return mark
+
+    def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler, price: Price | Metered | None) -> web.AbstractRoute:
         """Route-table style: register a route and its price (``None`` for a free route)."""
         route = router.add_route(method, path, handler)
         if price is not None:
             self._route_prices[id(route)] = price
         return route
 
-    def price_for(self, request: web.Request) -> Price | None:
+    def price_for(self, request: web.Request) -> Price | Metered | None:
         route = request.match_info.route
         price = self._route_prices.get(id(route))
         if price is None:
@@ -142,6 +172,10 @@ class Seller:
         app.on_response_prepare.append(self._on_response_prepare)
         app.router.add_get(JWKS_PATH, self._jwks)
         app.router.add_get(OPENAPI_PATH, self._openapi)
+        if self.sessions is not None:
+            app.router.add_post(SESSION_PATH, self.sessions.endpoint)
+            app.cleanup_ctx.append(self.sessions.sweeper)
+        app.on_startup.append(self._check_metered_routes)
 
         async def _close_store(app: web.Application):
             yield
@@ -149,11 +183,50 @@ class Seller:
 
         app.cleanup_ctx.append(_close_store)
 
+    async def _check_metered_routes(self, app: web.Application) -> None:
+        if self.sessions is None and any(isinstance(p, Metered) for _, _, p in self.priced_routes(app)):
+            raise RuntimeError("metered routes need a session store: Seller(session_store=SqliteSessionStore(...))")
+
+    def _session_call(self, info: RequestInfo, now: datetime) -> SessionCall | None:
+        """The request's credential if it is for the session intent (checked statelessly), else None."""
+        header = self.core.payment_credential(info)
+        if header is None:
+            return None
+        try:
+            credential = parse_credential(header)
+        except ParseError as exc:
+            raise MalformedCredential(f"credential is malformed: {exc}") from None
+        if credential.challenge.intent != SESSION_INTENT:
+            return None
+        return self.core.verify_session(credential, info, now)
+
+    async def _metered(self, request: web.Request, handler: Handler, metered: Metered) -> web.StreamResponse:
+        body = await request.read()
+        info = RequestInfo(method=request.method, path=request.rel_url.raw_path, query=request.rel_url.raw_query_string,
+                           body=body, accept_payment=request.headers.get("Accept-Payment"),
+                           authorization=tuple(request.headers.getall("Authorization", ())))
+        now = self.clock()
+        try:
+            call = self._session_call(info, now)
+            if call is not None:
+                if self.sessions is None:
+                    raise MethodUnsupported("this seller keeps no sessions")
+                if (call.terms.currency, call.terms.recipient) != (metered.currency, call.request.recipient):
+                    raise VoucherInvalid("the session is in another currency than this route")
+                return await self.sessions.serve(request, handler, call, metered, info)
+        except PaymentProblem as problem:
+            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail, intent="session")
+            return self._problem(problem, metered, info, now)
+        request[METER_KEY] = ChargeMeter(metered, info.resource)
+        return await self._charge(request, handler, metered, info, now)
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         price = self.price_for(request)
         if price is None:
             return await handler(request)
+        if isinstance(price, Metered):
+            return await self._metered(request, handler, price)
         body = await request.read()
         info = RequestInfo(
             method=request.method,
@@ -163,7 +236,10 @@ class Seller:
             accept_payment=request.headers.get("Accept-Payment"),
             authorization=tuple(request.headers.getall("Authorization", ())),
         )
-        now = self.clock()
+        return await self._charge(request, handler, price, info, self.clock())
+
+    async def _charge(self, request: web.Request, handler: Handler, price: Price | Metered, info: RequestInfo,
+                      now: datetime) -> web.StreamResponse:
         verified: Verified | None = None
         try:
             header = self.core.payment_credential(info)
@@ -320,8 +396,8 @@ class Seller:
                 return self._problem(RequestInProgress("the original paid request is still running"), price, info, now)
         return self._problem(InvalidChallenge("challenge has already been used"), price, info, now)
 
-    def _problem(self, problem: PaymentProblem, price: Price, info: RequestInfo, now: datetime) -> web.Response:
-        with_challenges = problem.fresh_challenge or isinstance(problem, MethodUnsupported)
+    def _problem(self, problem: PaymentProblem, price: Price | Metered | None, info: RequestInfo, now: datetime) -> web.Response:
+        with_challenges = price is not None and (problem.fresh_challenge or isinstance(problem, MethodUnsupported))
         challenges = self.core.challenges(price, info, now) if with_challenges else []
         headers = self.core.problem_headers(challenges)  # includes Cache-Control: no-store
         body = self.core.problem_body(problem, challenges, instance=info.path)
@@ -363,11 +439,19 @@ class Seller:
     async def _openapi(self, request: web.Request) -> web.Response:
         paths: dict[str, dict[str, Any]] = {}
         for method, path, price in self.priced_routes(request.app):
+            charge = price.charge_price() if isinstance(price, Metered) else price
             offers = [
-                {"intent": "charge", "method": name, "amount": str(price.amount), "currency": price.currency}
-                | ({"description": price.description} if price.description else {})
+                {"intent": "charge", "method": name, "amount": str(charge.amount), "currency": charge.currency}
+                | ({"description": charge.description} if charge.description else {})
                 for name in self._rails
             ]
+            if isinstance(price, Metered):
+                offers = [
+                    {"intent": "session", "method": name, "amount": str(price.price), "currency": price.currency,
+                     "unitType": price.unit, "per": str(price.per), "maxUnits": str(price.max_units)}
+                    | ({"description": price.description} if price.description else {})
+                    for name, intent in self.core.offers(price) if intent == "session"
+                ] + offers
             paths.setdefault(path, {})[method.lower()] = {
                 "summary": price.description or f"{method} {path}",
                 "x-payment-info": {"offers": offers},

@@ -81,6 +81,31 @@ class LedgerSellerMethod:
             request["description"] = description
         return request
 
+    def session_request_for(self, metered: Any) -> dict[str, Any]:
+        """The decoded ``request`` of a session challenge for a per-unit price (a ``Metered``)."""
+        request: dict[str, Any] = {
+            "amount": str(metered.price),
+            "currency": metered.currency,
+            "recipient": self.recipient,
+            "unitType": metered.unit,
+            "methodDetails": {
+                "ledger": self.ledger_id,
+                "per": str(metered.per),
+                "maxUnits": str(metered.max_units),
+                "suggestedCap": str(metered.cap_hint),
+                "idleTimeout": str(metered.idle_timeout),
+            },
+        }
+        if metered.description:
+            request["description"] = metered.description
+        return request
+
+    def check_session_request(self, request: Any) -> None:
+        if request.recipient != self.recipient:
+            raise VerificationFailed("challenge names another recipient")
+        if request.ledger != self.ledger_id:
+            raise VerificationFailed("challenge names another ledger")
+
     def verify(self, credential: Credential, request: ChargeRequest) -> LedgerAuthorization:
         payload = credential.payload
         account, signer, signature = payload.get("account"), payload.get("signer"), payload.get("signature")

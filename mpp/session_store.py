@@ -1,0 +1,310 @@
+"""The seller's session records: the highest voucher accepted, what was spent, usage lines.
+
+Every change is one ``BEGIN IMMEDIATE`` transaction, so seller processes sharing the file
+never both spend the same authorized value. The voucher and the spending a response depends
+on are committed before that response is released (SESSION-USE-04), so a seller killed at
+any point restarts with at most value it never delivered left uncaptured, and never more.
+
+The interface is async so that a networked database can stand behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from ._sqlite import connect, immediate
+from .models import format_rfc3339, parse_rfc3339
+from .session_core import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
+
+__all__ = ["SessionState", "UsageLine", "SessionStore", "SqliteSessionStore", "STALE_HOLD"]
+
+# A reservation older than this belongs to a request that died with its process: it no
+# longer blocks close and no longer counts against the authorized value.
+STALE_HOLD = timedelta(minutes=5)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    terms TEXT NOT NULL,
+    payer TEXT NOT NULL,
+    signer TEXT NOT NULL,
+    unit_type TEXT NOT NULL,
+    cap INTEGER NOT NULL,
+    authorized INTEGER NOT NULL DEFAULT 0,
+    voucher_seq INTEGER NOT NULL DEFAULT 0,
+    voucher_sig TEXT,
+    spent INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL CHECK (status IN ('opening', 'open', 'closing', 'closed')),
+    idle_timeout INTEGER NOT NULL,
+    identity TEXT,
+    opened_at TEXT NOT NULL,
+    last_used_at TEXT NOT NULL,
+    closed_at TEXT,
+    captured INTEGER,
+    released INTEGER,
+    settlement TEXT,
+    final_receipt TEXT,
+    CHECK (spent <= authorized AND authorized <= cap)
+);
+CREATE TABLE IF NOT EXISTS session_holds (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    request_id TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (session_id, request_id)
+);
+CREATE TABLE IF NOT EXISTS session_usage (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    request_id TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    unit_type TEXT NOT NULL,
+    unit_price INTEGER NOT NULL,
+    per INTEGER NOT NULL,
+    units INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (session_id, request_id)
+)
+"""
+
+
+@dataclass(frozen=True)
+class SessionState:
+    session_id: str
+    terms: SessionTerms
+    payer: str
+    signer: str
+    unit_type: str
+    cap: int
+    authorized: int
+    voucher: Voucher | None
+    spent: int
+    status: str
+    idle_timeout: int
+    identity: dict[str, Any] | None
+    opened_at: str
+    last_used_at: str
+    captured: int | None = None
+    released: int | None = None
+    settlement: str | None = None
+    final_receipt: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.authorized - self.spent
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    resource: str
+    unit_type: str
+    unit_price: int
+    per: int
+    units: int
+    amount: int
+    requests: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"resource": self.resource, "unitType": self.unit_type, "unitPrice": str(self.unit_price), "per": str(self.per),
+                "units": self.units, "amount": str(self.amount), "requests": self.requests}
+
+
+class SessionStore(Protocol):
+    async def create(self, terms: SessionTerms, *, payer: str, signer: str, unit_type: str, cap: int, idle_timeout: int,
+                     identity: dict[str, Any] | None, now: datetime) -> tuple[SessionState, bool]: ...
+    async def get(self, session_id: str) -> SessionState | None: ...
+    async def mark_open(self, session_id: str, cap: int) -> SessionState: ...
+    async def set_cap(self, session_id: str, cap: int) -> SessionState: ...
+    async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState: ...
+    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState: ...
+    async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
+                     amount: int, now: datetime, release_hold: bool = True) -> SessionState: ...
+    async def release(self, session_id: str, request_id: str) -> None: ...
+    async def begin_close(self, session_id: str, now: datetime) -> SessionState: ...
+    async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
+                           now: datetime) -> SessionState: ...
+    async def usage(self, session_id: str) -> list[UsageLine]: ...
+    async def idle(self, now: datetime) -> list[str]: ...
+    async def close(self) -> None: ...
+
+
+_COLUMNS = ("id, terms, payer, signer, unit_type, cap, authorized, voucher_seq, voucher_sig, spent, status, idle_timeout, "
+            "identity, opened_at, last_used_at, captured, released, settlement, final_receipt")
+
+
+def _state(row: tuple) -> SessionState:
+    (sid, terms, payer, signer, unit_type, cap, authorized, seq, sig, spent, status, idle, identity, opened, last,
+     captured, released, settlement, final) = row
+    voucher = Voucher(authorized, seq, sig) if sig else None
+    return SessionState(sid, SessionTerms.from_json(json.loads(terms)), payer, signer, unit_type, cap, authorized, voucher,
+                        spent, status, idle, json.loads(identity) if identity else None, opened, last,
+                        captured, released, settlement, final)
+
+
+class SqliteSessionStore:
+    def __init__(self, location: str) -> None:
+        self._conn = connect(location, _SCHEMA)
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    def _get(self, c, session_id: str) -> SessionState | None:
+        row = c.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id=?", (session_id,)).fetchone()
+        return _state(row) if row else None
+
+    def _must(self, c, session_id: str, *, usable: bool = True) -> SessionState:
+        state = self._get(c, session_id)
+        if state is None:
+            raise SessionUnknown("no such session here")
+        if usable and state.status != "open":
+            raise SessionClosed(f"session is {state.status}")
+        return state
+
+    async def create(self, terms: SessionTerms, *, payer: str, signer: str, unit_type: str, cap: int, idle_timeout: int,
+                     identity: dict[str, Any] | None, now: datetime) -> tuple[SessionState, bool]:
+        """Record an opening session; (state, True) if this call created it, (existing, False) if not."""
+        stamp = format_rfc3339(now)
+        with immediate(self._conn) as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO sessions(id, terms, payer, signer, unit_type, cap, status, idle_timeout, identity, "
+                "opened_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, 'opening', ?, ?, ?, ?)",
+                (terms.session_id, json.dumps(terms.as_json()), payer, signer, unit_type, cap, idle_timeout,
+                 json.dumps(identity) if identity is not None else None, stamp, stamp),
+            )
+            return self._must(c, terms.session_id, usable=False), cur.rowcount == 1
+
+    async def get(self, session_id: str) -> SessionState | None:
+        return self._get(self._conn, session_id)
+
+    async def mark_open(self, session_id: str, cap: int) -> SessionState:
+        with immediate(self._conn) as c:
+            c.execute("UPDATE sessions SET status='open', cap=MAX(cap, ?) WHERE id=? AND status='opening'", (cap, session_id))
+            return self._must(c, session_id, usable=False)
+
+    async def set_cap(self, session_id: str, cap: int) -> SessionState:
+        with immediate(self._conn) as c:
+            self._must(c, session_id)
+            c.execute("UPDATE sessions SET cap=MAX(cap, ?) WHERE id=?", (cap, session_id))
+            return self._must(c, session_id)
+
+    async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState:
+        """Accept a (signature-checked) voucher: a higher one raises the authorized value; an
+        equal or lower one is a harmless retry that changes nothing."""
+        with immediate(self._conn) as c:
+            state = self._must(c, session_id)
+            if voucher.cumulative > state.cap:
+                raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
+                                         sessionId=session_id, cap=str(state.cap), authorized=str(state.authorized))
+            if voucher.cumulative > state.authorized:
+                previous = state.voucher.sequence if state.voucher else 0
+                if voucher.sequence <= previous:
+                    raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
+                c.execute("UPDATE sessions SET authorized=?, voucher_seq=?, voucher_sig=?, last_used_at=? WHERE id=?",
+                          (voucher.cumulative, voucher.sequence, voucher.signature, format_rfc3339(now), session_id))
+            else:
+                c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
+            return self._must(c, session_id)
+
+    @staticmethod
+    def _held(c, session_id: str, now: datetime) -> int:
+        return c.execute("SELECT COALESCE(SUM(amount), 0) FROM session_holds WHERE session_id=? AND created_at > ?",
+                         (session_id, format_rfc3339(now - STALE_HOLD))).fetchone()[0]
+
+    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState:
+        """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient."""
+        with immediate(self._conn) as c:
+            state = self._must(c, session_id)
+            held = self._held(c, session_id, now)
+            required = state.spent + held + amount
+            if required > state.authorized:
+                raise SessionInsufficient(
+                    f"this request needs vouchers for {required}; {state.authorized} accepted so far",
+                    sessionId=session_id, required=str(required), authorized=str(state.authorized),
+                    spent=str(state.spent), cap=str(state.cap),
+                )
+            c.execute("INSERT INTO session_holds(session_id, request_id, amount, created_at) VALUES (?, ?, ?, ?)",
+                      (session_id, request_id, amount, format_rfc3339(now)))
+            c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
+            return state
+
+    async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
+                     amount: int, now: datetime, release_hold: bool = True) -> SessionState:
+        """Count ``amount`` as spent and add it to the request's usage line, in one transaction.
+
+        Without a hold (streaming), the amount must fit in the authorized value still free."""
+        stamp = format_rfc3339(now)
+        with immediate(self._conn) as c:
+            state = self._must(c, session_id, usable=False)
+            if state.status not in ("open", "closing"):
+                raise SessionClosed(f"session is {state.status}")
+            hold = c.execute("SELECT amount FROM session_holds WHERE session_id=? AND request_id=?",
+                             (session_id, request_id)).fetchone()
+            if hold is None:
+                free = state.authorized - state.spent - self._held(c, session_id, now)
+                if amount > free:
+                    raise SessionInsufficient(
+                        f"this chunk needs vouchers for {state.spent + amount}; {state.authorized} accepted so far",
+                        sessionId=session_id, required=str(state.authorized - free + amount),
+                        authorized=str(state.authorized), spent=str(state.spent), cap=str(state.cap),
+                    )
+            elif amount > hold[0]:
+                raise ValueError(f"request used {amount}, more than the {hold[0]} reserved for it")
+            if amount:
+                c.execute("UPDATE sessions SET spent = spent + ?, last_used_at=? WHERE id=?", (amount, stamp, session_id))
+            c.execute(
+                "INSERT INTO session_usage(session_id, request_id, resource, unit_type, unit_price, per, units, amount, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, request_id) DO UPDATE SET "
+                "units = units + excluded.units, amount = amount + excluded.amount, at = excluded.at",
+                (session_id, request_id, resource, state.unit_type, unit_price, per, units, amount, stamp),
+            )
+            if hold is not None and release_hold:
+                c.execute("DELETE FROM session_holds WHERE session_id=? AND request_id=?", (session_id, request_id))
+            return self._must(c, session_id, usable=False)
+
+    async def release(self, session_id: str, request_id: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("DELETE FROM session_holds WHERE session_id=? AND request_id=?", (session_id, request_id))
+
+    async def begin_close(self, session_id: str, now: datetime) -> SessionState:
+        """Stop new spending. Refuses (SessionInsufficient is not right here) while requests are in flight."""
+        with immediate(self._conn) as c:
+            state = self._must(c, session_id, usable=False)
+            if state.status in ("closing", "closed"):
+                return state
+            if self._held(c, session_id, now):
+                from .errors import RequestInProgress
+
+                raise RequestInProgress("requests of this session are still running; close again when they finish")
+            c.execute("UPDATE sessions SET status='closing' WHERE id=?", (session_id,))
+            return self._must(c, session_id, usable=False)
+
+    async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
+                           now: datetime) -> SessionState:
+        with immediate(self._conn) as c:
+            c.execute(
+                "UPDATE sessions SET status='closed', captured=?, released=?, settlement=?, final_receipt=?, closed_at=? "
+                "WHERE id=? AND status='closing'",
+                (captured, released, settlement, final_receipt, format_rfc3339(now), session_id),
+            )
+            return self._must(c, session_id, usable=False)
+
+    async def usage(self, session_id: str) -> list[UsageLine]:
+        rows = self._conn.execute(
+            "SELECT resource, unit_type, unit_price, per, SUM(units), SUM(amount), COUNT(*) FROM session_usage "
+            "WHERE session_id=? GROUP BY resource, unit_type, unit_price, per ORDER BY MIN(at), resource",
+            (session_id,),
+        ).fetchall()
+        return [UsageLine(*r) for r in rows]
+
+    async def idle(self, now: datetime) -> list[str]:
+        """Sessions nobody has used for their idle timeout (or left opening/closing by a crash)."""
+        out = []
+        for sid, status, last, idle in self._conn.execute(
+            "SELECT id, status, last_used_at, idle_timeout FROM sessions WHERE status != 'closed'"
+        ):
+            if parse_rfc3339(last) + timedelta(seconds=idle) <= now:
+                out.append(sid)
+        return out

@@ -1,0 +1,288 @@
+"""The seller's side of the session intent over HTTP, driven by hand-built credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+import mpp
+from mpp.aio import PaymentClient
+from mpp.methods.ledger import LedgerBuyerMethod
+from mpp.session_core import SessionPayload, SessionTerms, cost_of, sign_cap
+
+from _session_support import MAX_UNITS, PER, PRICE, SessionWorld, build_seller, make_ledger, open_session, quote, receipt_claims, send
+
+MAX_COST = cost_of(MAX_UNITS, PRICE, PER)
+
+
+@pytest.fixture
+async def world(tmp_path: Path):
+    agent = mpp.SigningKey.generate()
+    ledger = make_ledger(tmp_path, agent)
+    hits: list[str] = []
+    seller, app, store = build_seller(tmp_path, ledger, hits=hits)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        yield SessionWorld(server, seller, ledger, agent, http, store, hits)
+    await server.close()
+    ledger.close()
+
+
+def problem_type(doc) -> str:
+    return doc.get("type", "") if isinstance(doc, dict) else ""
+
+
+async def state(world: SessionWorld, sid: str):
+    return await world.store.get(sid)
+
+
+async def test_metered_route_offers_session_and_charge(world):
+    """SESSION-REQ-01, SESSION-REQ-05: the 402 carries a ledger/session challenge and a ledger/charge one."""
+    session, challenges = await quote(world, "/complete")
+    assert sorted((c.method, c.intent) for c in challenges) == [("ledger", "charge"), ("ledger", "session")]
+    request = session.request_json
+    assert request["amount"] == str(PRICE) and request["unitType"] == "token"
+    assert request["methodDetails"]["per"] == str(PER) and request["methodDetails"]["maxUnits"] == str(MAX_UNITS)
+    (charge,) = [c for c in challenges if c.intent == "charge"]
+    assert charge.request_json["amount"] == str(MAX_COST)
+
+
+async def test_buyer_without_sessions_pays_per_request(world):
+    """SESSION-REQ-05: a charge-only buyer still pays the metered route per request."""
+    client = PaymentClient(world.http, [LedgerBuyerMethod(key=world.agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=100))
+    paid = await client.request("GET", world.url("/complete?tokens=2000"))
+    assert paid.status == 200 and paid.paid and paid.claims["intent"] == "charge"
+    assert world.ledger.balance("acct:seller") == MAX_COST
+
+
+async def test_open_use_close_captures_exactly_usage(world):
+    """SESSION-OPEN-01, SESSION-USE-01, SESSION-CLOSE-01, SESSION-LEDGER-03, SESSION-LEDGER-06, SESSION-RCPT-01."""
+    total_before = world.ledger.total()
+    s, resp, _ = await open_session(world, "/complete?tokens=1500", cap=500, first=20)
+    assert resp.status == 200, await resp.text()
+    claims = receipt_claims(world, resp.headers["Payment-Receipt"])
+    assert claims["intent"] == "session" and claims["reference"] == s.id and claims["amount"] == "3"
+    assert (claims["authorized"], claims["spent"], claims["cap"]) == ("20", "3", "500")
+    assert world.ledger.balance("acct:buyer") == 10_000 - 500  # the cap is held
+    for i, tokens in enumerate([1000, 2500, 999]):
+        status, _, headers = await send(world, f"/complete?tokens={tokens}", s.voucher_credential(s.voucher(20 + 10 * (i + 1))))
+        assert status == 200
+    used = 3 + 2 + 5 + 2
+    st = await state(world, s.id)
+    assert st.spent == used and st.authorized == 50
+    status, doc, headers = await send(world, "/.well-known/mpp-session", s.close_credential(), method="POST")
+    assert status == 200, doc
+    final = receipt_claims(world, headers["Payment-Receipt"])
+    assert final["final"] is True and final["captured"] == str(used) and final["released"] == str(500 - used)
+    lines = final["lines"]
+    assert [(line["units"], line["amount"], line["requests"]) for line in lines] == [(1500 + 1000 + 2500 + 999, str(used), 4)]
+    assert world.ledger.balance("acct:seller") == used
+    assert world.ledger.balance("acct:buyer") == 10_000 - used
+    assert world.ledger.total() == total_before == 0 and world.ledger.check() == []
+    # closing again answers the same final receipt and moves nothing
+    status, doc2, headers2 = await send(world, "/.well-known/mpp-session", s.close_credential(), method="POST")
+    assert status == 200 and headers2["Payment-Receipt"] == headers["Payment-Receipt"]
+    assert world.ledger.balance("acct:seller") == used
+    # and the closed session takes no more vouchers
+    status, doc, _ = await send(world, "/complete", s.voucher_credential(s.voucher(60)))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-closed"
+
+
+async def test_lower_or_equal_voucher_changes_nothing(world):
+    """SESSION-VOUCHER-02: a voucher at or below the highest accepted is a harmless retry."""
+    s, resp, _ = await open_session(world, cap=500, first=100)
+    assert resp.status == 200
+    before = await state(world, s.id)
+    for cumulative, sequence in ((100, 1), (50, 7), (0, 9)):
+        status, _, _ = await send(world, "/complete?tokens=1000", s.voucher_credential(s.voucher(cumulative, sequence)))
+        assert status == 200  # still covered by the 100 accepted
+        after = await state(world, s.id)
+        assert (after.authorized, after.voucher) == (before.authorized, before.voucher)
+    assert (await state(world, s.id)).spent == 2 + 3 * 2
+
+
+async def test_higher_voucher_needs_higher_sequence(world):
+    """SESSION-VOUCHER-03."""
+    s, resp, _ = await open_session(world, cap=500, first=20)
+    status, doc, _ = await send(world, "/complete", s.voucher_credential(s.voucher(40, 1)))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    assert (await state(world, s.id)).authorized == 20
+
+
+async def test_voucher_over_the_cap_is_refused(world):
+    """SESSION-VOUCHER-04: above the cap -> session-cap-exceeded; nothing changes."""
+    s, resp, _ = await open_session(world, cap=100, first=20)
+    status, doc, headers = await send(world, "/complete", s.voucher_credential(s.voucher(101)))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-cap-exceeded"
+    assert "Payment-Receipt" not in headers and "WWW-Authenticate" in headers
+    st = await state(world, s.id)
+    assert (st.authorized, st.spent) == (20, 2)
+
+
+async def test_voucher_signed_by_another_key_is_refused(world):
+    """SESSION-VOUCHER-05: the session's signer is fixed at open."""
+    s, _, _ = await open_session(world, cap=500, first=20)
+    thief = mpp.SigningKey.generate()
+    for credential in (s.voucher_credential(s.voucher(40, key=thief)),  # claims the agent, signed by another key
+                       s.voucher_credential(s.voucher(40, key=thief), signer=thief.did)):  # names the other key
+        status, doc, _ = await send(world, "/complete", credential)
+        assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid", doc
+    assert (await state(world, s.id)).authorized == 20
+
+
+async def test_voucher_for_another_session_is_refused(world):
+    """SESSION-VOUCHER-05: a voucher of session A cannot advance session B, nor be sent as B's."""
+    a, _, _ = await open_session(world, cap=500, first=20)
+    b, _, _ = await open_session(world, cap=500, first=20)
+    foreign = a.voucher(300, 5, terms=b.terms)  # a genuine voucher of B, echoed with A's challenge
+    status, doc, _ = await send(world, "/complete", a.voucher_credential(foreign))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    status, doc, _ = await send(world, "/complete", a.voucher_credential(a.voucher(300), session_id=b.id))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    assert (await state(world, a.id)).authorized == 20 and (await state(world, b.id)).authorized == 20
+
+
+async def test_voucher_for_another_seller_is_refused(world, tmp_path):
+    """SESSION-VOUCHER-05: seller B does not honour a session opened at seller A, nor A's terms."""
+    seller_b, app_b, store_b = build_seller(tmp_path, world.ledger, realm="other.test", name="b")
+    server_b = TestServer(app_b, host="127.0.0.1")
+    await server_b.start_server()
+    try:
+        s, _, _ = await open_session(world, cap=500, first=20)
+        world_b = SessionWorld(server_b, seller_b, world.ledger, world.agent, world.http, store_b)
+        b_challenge, _ = await quote(world_b, "/complete")
+        from mpp.session_core import SessionRequest
+
+        b_terms = SessionTerms.of(b_challenge, SessionRequest.from_challenge(b_challenge))
+        # A's session credential sent to B: B did not mint that challenge
+        status, doc, _ = await send(world_b, "/complete", s.voucher_credential(s.voucher(40)))
+        assert status == 402 and "invalid-challenge" in problem_type(doc)
+        # A voucher signed for B's terms but echoing A's session at A
+        forged = s.voucher(60, terms=SessionTerms(**{**b_terms.__dict__, "session_id": s.id}))
+        status, doc, _ = await send(world, "/complete", s.voucher_credential(forged))
+        assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+        assert (await state(world, s.id)).authorized == 20
+    finally:
+        await server_b.close()
+
+
+async def test_insufficient_value_asks_for_a_voucher(world):
+    """SESSION-USE-03: a request the accepted value cannot cover is refused before the handler runs."""
+    s, _, _ = await open_session(world, cap=500, first=MAX_COST)  # covers the first request only
+    status, doc, headers = await send(world, "/complete", s.voucher_credential(s.voucher(MAX_COST)))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-insufficient"
+    assert doc["sessionId"] == s.id and int(doc["required"]) > int(doc["authorized"])
+    assert "Payment-Receipt" not in headers
+
+
+async def test_failed_handler_charges_nothing(world):
+    """SESSION-USE-05: an error answer releases the reservation; nothing is spent."""
+    s, _, _ = await open_session(world, cap=500, first=100)
+    status, _, headers = await send(world, "/fails", s.voucher_credential(s.voucher(100, 1)))
+    assert status == 503 and "Payment-Receipt" not in headers
+    assert (await state(world, s.id)).spent == 2
+
+
+async def test_concurrent_requests_never_spend_beyond_the_voucher(world):
+    """SESSION-USE-02: 30 concurrent requests against a voucher that covers 7 of them."""
+    s, _, _ = await open_session(world, "/complete?tokens=5000", cap=1000, first=MAX_COST)
+    authorized = MAX_COST * 8
+    voucher = s.voucher(authorized)
+    results = await asyncio.gather(*(send(world, "/complete?tokens=5000", s.voucher_credential(voucher)) for _ in range(30)))
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 402]
+    assert len(ok) + len(refused) == 30 and len(ok) == 7
+    assert all(problem_type(r[1]) == "urn:mpp:problem:session-insufficient" for r in refused)
+    st = await state(world, s.id)
+    assert st.spent == MAX_COST * 8 == st.authorized
+
+
+async def test_stream_asks_for_the_next_voucher_in_band(world):
+    """SESSION-STREAM-01..03: the stream pauses with payment-required, a voucher POSTed to the
+    session endpoint resumes it, and it ends with a signed receipt."""
+    s, resp, _ = await open_session(world, cap=500, first=10)
+    assert resp.status == 200
+    events: list[tuple[str, str]] = []
+    async with world.http.get(world.url("/stream?chunks=6&tokens=2000"),
+                              headers={"Authorization": s.voucher_credential(s.voucher(10))}) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        event = "message"
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, line[6:]))
+                if event == "payment-required":
+                    status, doc, _ = await send(world, "/.well-known/mpp-session",
+                                                s.voucher_credential(s.voucher(40)), method="POST")
+                    assert status == 200, doc
+                event = "message"
+    kinds = [e for e, _ in events]
+    assert kinds.count("message") == 6 and kinds.count("payment-required") == 1 and kinds[-1] == "payment-receipt"
+    import json
+
+    claims = receipt_claims(world, json.loads(events[-1][1])["receipt"])
+    assert claims["units"] == 12000 and claims["amount"] == "24"
+    assert (await state(world, s.id)).spent == 2 + 24  # the open request, then the stream
+
+
+async def test_stream_without_voucher_stops_cleanly(world):
+    """SESSION-STREAM-04: no voucher in time -> payment-timeout, a receipt for what was sent, no more content."""
+    world.seller.sessions.voucher_timeout = 0.3
+    s, resp, _ = await open_session(world, cap=500, first=MAX_COST)
+    assert resp.status == 200  # spends 2 of the 10 accepted
+    async with world.http.get(world.url("/stream?chunks=6&tokens=1000"),
+                              headers={"Authorization": s.voucher_credential(s.voucher(MAX_COST, 1))}) as resp:
+        text = await resp.text()
+    assert text.count("data: chunk") == 4 and "event: payment-timeout" in text and text.rstrip().splitlines()[-2] == "event: payment-receipt"
+    assert (await state(world, s.id)).spent == MAX_COST
+
+
+async def test_idle_session_is_closed_and_released(tmp_path):
+    """SESSION-CLOSE-03: a session idle past its timeout is closed by the seller; the rest released."""
+    agent = mpp.SigningKey.generate()
+    ledger = make_ledger(tmp_path, agent)
+    seller, app, store = build_seller(tmp_path, ledger, idle_timeout=1, sweep=0.1)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            world = SessionWorld(server, seller, ledger, agent, http, store)
+            s, resp, _ = await open_session(world, cap=300, first=10)
+            assert resp.status == 200
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                st = await store.get(s.id)
+                if st.status == "closed":
+                    break
+            assert st.status == "closed" and st.captured == 2 and st.released == 298
+            assert ledger.balance("acct:buyer") == 10_000 - 2 and ledger.balance("acct:seller") == 2
+            assert ledger.total() == 0
+            assert receipt_claims(world, st.final_receipt)["closedBy"] == "idle"
+    finally:
+        await server.close()
+        ledger.close()
+
+
+async def test_open_with_a_forged_cap_signature_holds_nothing(world):
+    """SESSION-OPEN-02: the cap signature must be the signer's over these terms."""
+    challenge, _ = await quote(world, "/complete")
+    from mpp.session_core import SessionRequest
+
+    req = SessionRequest.from_challenge(challenge)
+    terms = SessionTerms.of(challenge, req)
+    other = mpp.SigningKey.generate()
+    from _session_support import RawSession
+
+    s = RawSession(world, challenge, req, terms, world.agent, cap=500)
+    payload = SessionPayload("open", s.id, world.agent.did, account="acct:buyer", cap=500,
+                             cap_signature=sign_cap(other, terms, account="acct:buyer", cap=500), voucher=s.voucher(10))
+    status, doc, _ = await send(world, "/complete", s.credential(payload))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    assert world.ledger.balance("acct:buyer") == 10_000 and await world.store.get(s.id) is None
