@@ -18,7 +18,7 @@ from .identity import issue_mandate
 from .keys import SigningKey, public_key_from_did
 from .receipts import jwks_document
 from .ledger import SqliteLedger
-from .seller_core import CURRENCY, Price
+from .seller_core import CURRENCY, Metered, Price
 
 __all__ = [
     "ConfigError",
@@ -51,6 +51,12 @@ class RouteConfig(BaseModel):
     description: str | None = None
     response: dict[str, Any] | None = None
     require_identity: bool = False
+    # Per-unit pricing (intent session): `amount` is then the price of `per` units of `unit`.
+    unit: str | None = None
+    per: int = Field(default=1, gt=0, le=2**63 - 1)
+    max_units: int = Field(default=1, gt=0, le=2**63 - 1)
+    stream: bool = False
+    idle_timeout: int = Field(default=300, gt=0, le=86400 * 30)
 
     @field_validator("method")
     @classmethod
@@ -75,7 +81,10 @@ class RouteConfig(BaseModel):
         return v
 
     @property
-    def price(self) -> Price:
+    def price(self) -> Price | Metered:
+        if self.unit is not None:
+            return Metered(self.unit, self.amount, self.currency, self.per, self.max_units, self.description,
+                           self.require_identity, self.stream, idle_timeout=self.idle_timeout)
         return Price(self.amount, self.currency, self.description, self.require_identity)
 
 
@@ -92,6 +101,7 @@ class SellerConfig(BaseModel):
     trusted_principals: list[str] = []
     max_chain_depth: int = Field(default=3, ge=0, le=16)
     audit_log: str | None = None
+    sessions: str | None = None  # the session store; default: sessions.db beside the payment store
     routes: list[RouteConfig] = Field(min_length=1)
 
     @field_validator("trusted_principals")
@@ -213,6 +223,10 @@ DEFAULT_ROUTES = [
      "response": {"report": "..."}},
     {"method": "GET", "path": "/agent-report", "amount": 150, "currency": "usd", "require_identity": True,
      "description": "Sold only to agents with a mandate", "response": {"report": "attributed"}},
+    {"method": "GET", "path": "/complete", "amount": 2, "currency": "usd", "unit": "token", "per": 1000,
+     "max_units": 4000, "description": "A completion, 2 per 1000 tokens (?units=N tokens)"},
+    {"method": "GET", "path": "/stream", "amount": 2, "currency": "usd", "unit": "token", "per": 1000,
+     "max_units": 4000, "stream": True, "description": "A streamed completion, 2 per 1000 tokens (?chunks=N&units=N)"},
 ]
 
 

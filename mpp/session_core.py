@@ -50,6 +50,7 @@ __all__ = [
     "SessionUnknown",
     "SessionClosed",
     "VoucherInvalid",
+    "SESSION_PROBLEMS",
 ]
 
 INTENT = "session"
@@ -103,6 +104,11 @@ class VoucherInvalid(SessionProblem):
 
     slug = "session-voucher-invalid"
     title = "Session Voucher Invalid"
+
+
+SESSION_PROBLEMS: dict[str, type[SessionProblem]] = {
+    cls.slug: cls for cls in (SessionCapExceeded, SessionInsufficient, SessionUnknown, SessionClosed, VoucherInvalid)
+}
 
 
 # -- the challenge's request --------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
+from pathlib import Path
 
 from aiohttp import web
 
@@ -11,7 +13,10 @@ from ..audit import AuditLog
 from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
+from ..seller_core import Metered
+from ..session_store import SqliteSessionStore
 from ..store import SqlitePaymentStore
+from .metering import StreamStopped, meter_of
 from .rails import EmbeddedLedgerRail
 from .seller import Seller, payment_of
 
@@ -41,6 +46,38 @@ def _handler_for(route: RouteConfig):
     return handler
 
 
+def _metered_handler_for(route: RouteConfig, metered: Metered):
+    """A stand-in metered service: it "uses" ``?units=N`` units (at most the route's max_units),
+    or, streaming, sends ``?chunks=N`` chunks of that many units each."""
+
+    def _int(request: web.Request, name: str, default: int, top: int) -> int:
+        text = request.query.get(name, str(default))
+        if not text.isdigit() or not 0 <= int(text) <= top:
+            raise web.HTTPBadRequest(text=f"{name} must be an integer from 0 to {top}")
+        return int(text)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        meter = meter_of(request)
+        if metered.stream:
+            chunks = _int(request, "chunks", 5, 10_000)
+            units = _int(request, "units", min(250, metered.max_units), metered.max_units)
+            await meter.start(request)
+            try:
+                for i in range(chunks):
+                    await meter.send(json.dumps({"chunk": i, "units": units}), units=units)
+            except StreamStopped:  # the payment ran out and the buyer sent no more: end the stream cleanly
+                assert meter.response is not None
+                await meter.response.write_eof()
+                return meter.response
+            return await meter.finish()
+        units = _int(request, "units", 1, metered.max_units)
+        meter.report(units)
+        result = route.response if route.response is not None else {"units": units, "unit": metered.unit}
+        return web.json_response({"resource": f"{request.method} {request.path_qs}", "result": result})
+
+    return handler
+
+
 def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
     ledger = SqliteLedger(config.resolve(config.ledger))
     seller = Seller(
@@ -53,11 +90,15 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         trusted_principals=frozenset(config.trusted_principals),
         max_chain_depth=config.max_chain_depth,
         audit=AuditLog(config.resolve(config.audit_log)) if config.audit_log else None,
+        session_store=SqliteSessionStore(config.resolve(config.sessions) if config.sessions
+                                         else str(Path(config.resolve(config.store)).with_name("sessions.db"))),
     )
     app = web.Application()
     app[LEDGER_KEY] = ledger
     for route in config.routes:
-        seller.add_route(app.router, route.method, route.path, _handler_for(route), route.price)
+        price = route.price
+        handler = _metered_handler_for(route, price) if isinstance(price, Metered) else _handler_for(route)
+        seller.add_route(app.router, route.method, route.path, handler, price)
     seller.setup(app)
 
     async def _close_ledger(app: web.Application):
