@@ -273,7 +273,10 @@ class SessionDesk:
         return state
 
     async def _check_identity(self, call: SessionCall, now: datetime) -> tuple[dict[str, Any], MandateCharge]:
-        """The mandate chain and proof over the opening challenge; the cap is the amount at stake."""
+        """The mandate chain and proof over the opening challenge (SESSION-ID-01).
+
+        Scope, currency, ceiling and approval threshold are judged per request, on the most one
+        request may cost; the budget is judged on the cap, atomically by the ledger's hold."""
         seller = self.seller
         vid = verify_identity(call.credential, call.request, payment_signer=call.payload.signer,  # type: ignore[arg-type]
                               trusted_principals=seller.trusted_principals, realm=seller.realm, now=now,
@@ -282,7 +285,8 @@ class SessionDesk:
         rail = seller._rails[call.credential.challenge.method]
         if await rail.revoked(chain.keys):
             raise MandateRevoked("a mandate in the chain has been revoked")
-        at_stake = ChargeRequest(amount=str(call.payload.cap), currency=call.terms.currency, recipient=call.terms.recipient)
+        at_stake = ChargeRequest(amount=str(call.request.max_request_cost), currency=call.terms.currency,
+                                 recipient=call.terms.recipient)
         decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent={}, approval=None)
         seller._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=call.session_id,
                       agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=call.resource,
