@@ -7,28 +7,42 @@ sum of all balances is always zero.
 
 from .core import (
     BudgetExhausted,
+    CapSignatureInvalid,
+    CaptureRefused,
     MandateCharge,
     MandateRevokedError,
     Account,
     InsufficientFunds,
     LedgerError,
+    SessionClose,
+    SessionHold,
+    SessionNotOpen,
     Transfer,
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
+    UnknownSession,
+    holding_account,
 )
 from .sqlite import SqliteLedger
 
 __all__ = [
     "BudgetExhausted",
+    "CapSignatureInvalid",
+    "CaptureRefused",
     "MandateCharge",
     "MandateRevokedError",
     "Account",
     "InsufficientFunds",
     "LedgerError",
+    "SessionClose",
+    "SessionHold",
+    "SessionNotOpen",
     "SqliteLedger",
     "Transfer",
     "TransferConflict",
     "UnauthorizedSigner",
     "UnknownAccount",
+    "UnknownSession",
+    "holding_account",
 ]

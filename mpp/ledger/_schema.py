@@ -40,6 +40,27 @@ CREATE TABLE IF NOT EXISTS mandate_spend (
     PRIMARY KEY (transfer_id, jti)
 );
 CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    payer TEXT NOT NULL REFERENCES accounts(id),
+    payee TEXT NOT NULL REFERENCES accounts(id),
+    currency TEXT NOT NULL,
+    signer TEXT NOT NULL,
+    terms TEXT NOT NULL,
+    open_cap INTEGER NOT NULL CHECK (open_cap > 0),
+    cap INTEGER NOT NULL,
+    captured INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+    mandate TEXT,
+    realm TEXT,
+    opened_at TEXT NOT NULL,
+    closed_at TEXT,
+    capture_ref TEXT,
+    release_ref TEXT,
+    CHECK (cap >= open_cap AND captured >= 0 AND released >= 0 AND captured + released <= cap),
+    CHECK (status = 'open' OR captured + released = cap)
+);
 CREATE TABLE IF NOT EXISTS postings (
     transfer_id TEXT NOT NULL REFERENCES transfers(id),
     account_id TEXT NOT NULL REFERENCES accounts(id),

@@ -6,12 +6,18 @@ from dataclasses import dataclass
 
 from ..errors import MPPError
 
-__all__ = ["MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account"]
+__all__ = ["MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
+           "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused"]
 
 
 def issuance_account(currency: str) -> str:
     """Where value enters the ledger: funding debits it, so it runs negative by what was issued."""
     return f"issuance:{currency}"
+
+
+def holding_account(currency: str) -> str:
+    """Where session caps wait between open and close: its balance is the sum of open sessions' caps."""
+    return f"holds:{currency}"
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class Transfer:
     payee: str
     amount: int
     currency: str
-    kind: str  # "charge", "fund", "refund"
+    kind: str  # "charge", "fund", "refund"; sessions: "hold", "capture", "release"
     created_at: str
     signer: str | None = None
 
@@ -70,3 +76,48 @@ class MandateCharge:
 
 class TransferConflict(LedgerError):
     """A transfer with this id exists with different terms: never move money twice under one id."""
+
+
+@dataclass(frozen=True)
+class SessionHold:
+    """A session's hold on the payer's account: ``cap`` is held from open until close, when
+    ``captured`` went to the payee and ``released`` back to the payer (their sum is the cap)."""
+
+    session_id: str
+    payer: str
+    payee: str
+    currency: str
+    signer: str
+    cap: int
+    captured: int
+    released: int
+    status: str  # "open" or "closed"
+    opened_at: str
+
+
+@dataclass(frozen=True)
+class SessionClose:
+    """How a session ended: the transfers made at close (None where the amount was zero)."""
+
+    session_id: str
+    captured: int
+    released: int
+    capture_ref: str | None
+    release_ref: str | None
+    closed_at: str
+
+
+class UnknownSession(LedgerError):
+    """No session with that id was ever opened on this ledger."""
+
+
+class SessionNotOpen(LedgerError):
+    """The session is closed: nothing more may be held under it."""
+
+
+class CapSignatureInvalid(LedgerError):
+    """The cap signature does not verify for the session's signer, terms, account and cap."""
+
+
+class CaptureRefused(LedgerError):
+    """The seller asked to capture more than the cap or than a valid voucher allows (a seller bug)."""

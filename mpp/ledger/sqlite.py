@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from datetime import datetime, timezone
 
+from ..errors import PaymentProblem
 from ..models import format_rfc3339
+from ..session_core import SessionTerms, Voucher, VoucherInvalid, verify_cap, verify_voucher
 from ._schema import SCHEMA
 from .._sqlite import connect, immediate
 from .core import (
     BudgetExhausted,
+    CapSignatureInvalid,
+    CaptureRefused,
     MandateCharge,
     MandateRevokedError,
     Account,
     InsufficientFunds,
+    SessionClose,
+    SessionHold,
+    SessionNotOpen,
     Transfer,
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
+    UnknownSession,
+    holding_account,
     issuance_account,
 )
 
@@ -50,6 +60,7 @@ class SqliteLedger:
     # -- accounts ----------------------------------------------------------
 
     def create_account(self, account_id: str, currency: str) -> Account:
+        _not_holding(account_id)
         with immediate(self._conn) as c:
             self._ensure_account(c, account_id, currency, "asset")
         return self.account(account_id)
@@ -64,6 +75,7 @@ class SqliteLedger:
 
     def set_owner(self, account_id: str, principal: str) -> None:
         """The principal whose mandates may spend from this account."""
+        _not_holding(account_id)
         with immediate(self._conn) as c:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 raise UnknownAccount(f"no account {account_id!r}")
@@ -95,6 +107,7 @@ class SqliteLedger:
         return self._conn.execute("SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)).fetchone()[0]
 
     def authorize_key(self, account_id: str, did: str) -> None:
+        _not_holding(account_id)
         with immediate(self._conn) as c:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 raise UnknownAccount(f"no account {account_id!r}")
@@ -121,6 +134,7 @@ class SqliteLedger:
     def fund(self, account_id: str, amount: int, *, reference: str | None = None) -> Transfer:
         """Credit ``account_id`` from its currency's issuance account (prepaid credit)."""
         _check_amount(amount)
+        _not_holding(account_id)
         reference = reference or "fund-" + secrets.token_hex(8)
         with immediate(self._conn) as c:
             row = c.execute("SELECT currency FROM accounts WHERE id=?", (account_id,)).fetchone()
@@ -165,27 +179,40 @@ class SqliteLedger:
             for acct in (payer, payee):
                 if accounts[acct][1] != currency:
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
-            links = self._verified_links(c, payer, signer, mandate) if mandate is not None else []
-            if links:
-                keys = [key for key, _, _ in links]
-                marks = ",".join("?" * len(keys))
-                if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", keys).fetchone() is not None:
-                    raise MandateRevokedError("a mandate in the chain has been revoked")
-            if signer is not None and not links and not self._may_spend(c, payer, signer):
-                raise UnauthorizedSigner("signer may not spend from the payer account")
+                if _is_holding(acct):
+                    raise UnauthorizedSigner("only session operations move value into or out of a holding account")
+            links = self._authorized_links(c, payer, signer, mandate)
             if accounts[payer][3] == "asset" and accounts[payer][2] < amount:
                 raise InsufficientFunds(f"balance {accounts[payer][2]} is below {amount}")
-            if links:
-                for jti, period, budget in links:
-                    spent = c.execute(
-                        "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
-                    ).fetchone()[0]
-                    if spent + amount > budget:
-                        raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
-                for jti, period, _ in links:
-                    c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
-                              (transfer_id, jti, period, amount))
+            self._spend_budgets(c, links, transfer_id, amount)
             return self._post(c, transfer_id, payer, payee, amount, currency, "charge", signer)
+
+    def _authorized_links(self, c: sqlite3.Connection, payer: str, signer: str | None,
+                          mandate: MandateCharge | None) -> list[tuple[str, str, int]]:
+        """May ``signer`` spend from ``payer``? Through a verified, unrevoked mandate chain (its
+        links are returned) or, without one, as a key authorized for the account."""
+        links = self._verified_links(c, payer, signer, mandate) if mandate is not None else []
+        if links:
+            keys = [key for key, _, _ in links]
+            marks = ",".join("?" * len(keys))
+            if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", keys).fetchone() is not None:
+                raise MandateRevokedError("a mandate in the chain has been revoked")
+        if signer is not None and not links and not self._may_spend(c, payer, signer):
+            raise UnauthorizedSigner("signer may not spend from the payer account")
+        return links
+
+    @staticmethod
+    def _spend_budgets(c: sqlite3.Connection, links: list[tuple[str, str, int]], transfer_id: str, amount: int) -> None:
+        """Count ``amount`` against every link's budget, or refuse if any would be exceeded."""
+        for jti, period, budget in links:
+            spent = c.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
+            ).fetchone()[0]
+            if spent + amount > budget:
+                raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
+        for jti, period, _ in links:
+            c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                      (transfer_id, jti, period, amount))
 
     @staticmethod
     def _may_spend(c: sqlite3.Connection, payer: str, signer: str) -> bool:
@@ -195,7 +222,6 @@ class SqliteLedger:
     def _verified_links(c: sqlite3.Connection, payer: str, signer: str | None, mandate: MandateCharge) -> list[tuple[str, str, int]]:
         """Verify the chain here too: the payer account's owner is the only trusted root, and the
         leaf's subject must be the one who signed the payment. Returns (key, period, budget) per link."""
-        from ..errors import PaymentProblem
         from ..identity import period_key, verify_chain
 
         row = c.execute("SELECT principal FROM account_owners WHERE account_id=?", (payer,)).fetchone()
@@ -216,6 +242,9 @@ class SqliteLedger:
             original = self._get(c, transfer_id)
             if original is None:
                 raise UnknownAccount(f"no transfer {transfer_id!r}")
+            if original.kind in _SESSION_KINDS:
+                # Reversing one leg of a session would strand value in (or drain) the holding account.
+                raise TransferConflict(f"transfer {transfer_id!r} belongs to a session; sessions end with close_session")
             refund_id = "refund:" + transfer_id
             existing = self._get(c, refund_id)
             if existing is not None:
@@ -228,6 +257,193 @@ class SqliteLedger:
             )
             return self._post(c, refund_id, original.payee, original.payer, original.amount, original.currency, "refund", None)
 
+    # -- sessions: a cap held at open, captured and released at close -----------
+
+    def open_session(
+        self,
+        terms: SessionTerms,
+        *,
+        payer: str,
+        signer: str,
+        cap: int,
+        cap_signature: str,
+        mandate: MandateCharge | None = None,
+    ) -> SessionHold:
+        """Hold ``cap`` from ``payer`` for the session ``terms.session_id`` (transfer ``hold:<id>``
+        to ``holds:<currency>``), once. The ledger checks the cap signature itself; with
+        ``mandate`` the whole cap counts against every link's budget until close.
+
+        Repeating the same open returns the session as it is now; another open under the same
+        id raises TransferConflict.
+        """
+        _check_amount(cap)
+        sid = terms.session_id
+        if not isinstance(sid, str) or not sid or ":" in sid:
+            raise ValueError("a session id must be a non-empty string without ':'")
+        self._verify_cap(signer, terms, payer, cap, cap_signature)
+        terms_json = _dumps(terms.as_json())
+        tokens = _dumps(list(mandate.tokens)) if mandate is not None else None
+        realm = mandate.realm if mandate is not None else None
+        with immediate(self._conn) as c:
+            row = c.execute("SELECT payer, signer, terms, open_cap, mandate, realm FROM sessions WHERE id=?", (sid,)).fetchone()
+            if row is not None:
+                if tuple(row) != (payer, signer, terms_json, cap, tokens, realm):
+                    raise TransferConflict(f"session {sid!r} was opened with other terms")
+                return self._session(c, sid)
+            if terms.ledger != self._ledger_id(c):
+                raise UnknownAccount(f"the session's terms name ledger {terms.ledger!r}, not this one")
+            currency, payee = terms.currency, terms.recipient
+            accounts = {r[0]: r for r in c.execute("SELECT id, currency, balance FROM accounts WHERE id IN (?, ?) AND kind='asset'",
+                                                   (payer, payee))}
+            for name, acct in (("payer", payer), ("payee", payee)):
+                if acct not in accounts:
+                    raise UnknownAccount(f"no {name} account {acct!r}")
+                if accounts[acct][1] != currency:
+                    raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
+            holds = holding_account(currency)
+            if payer == payee or _is_holding(payer) or _is_holding(payee):
+                raise UnknownAccount("a session's payer and payee must differ, and neither may be the holding account")
+            links = self._authorized_links(c, payer, signer, mandate)
+            if accounts[payer][2] < cap:
+                raise InsufficientFunds(f"balance {accounts[payer][2]} is below the cap {cap}")
+            hold_id = "hold:" + sid
+            if self._get(c, hold_id) is not None:
+                raise TransferConflict(f"transfer {hold_id!r} already exists")
+            self._spend_budgets(c, links, hold_id, cap)
+            self._ensure_account(c, holds, currency, "asset")
+            transfer = self._post(c, hold_id, payer, holds, cap, currency, "hold", signer)
+            c.execute(
+                "INSERT INTO sessions(id, payer, payee, currency, signer, terms, open_cap, cap, status, mandate, realm, opened_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+                (sid, payer, payee, currency, signer, terms_json, cap, cap, tokens, realm, transfer.created_at),
+            )
+            return self._session(c, sid)
+
+    def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        """Raise the session's cap to ``cap`` (a new total), holding the difference (transfer
+        ``hold:<id>:<cap>``) within the balance and the mandate's budgets. A cap at or below the
+        current one changes nothing and returns the session as it is."""
+        _check_amount(cap)
+        with immediate(self._conn) as c:
+            row = c.execute("SELECT payer, signer, terms, cap, status, mandate, realm, currency FROM sessions WHERE id=?",
+                            (session_id,)).fetchone()
+            if row is None:
+                raise UnknownSession(f"no session {session_id!r}")
+            payer, signer, terms_json, current, status, tokens, realm, currency = row
+            self._verify_cap(signer, SessionTerms.from_json(json.loads(terms_json)), payer, cap, cap_signature)
+            if status != "open":
+                raise SessionNotOpen(f"session {session_id!r} is closed")
+            if cap <= current:
+                return self._session(c, session_id)
+            increase = cap - current
+            mandate = MandateCharge(tuple(json.loads(tokens)), realm) if tokens is not None else None
+            links = self._authorized_links(c, payer, signer, mandate)
+            balance = c.execute("SELECT balance FROM accounts WHERE id=?", (payer,)).fetchone()[0]
+            if balance < increase:
+                raise InsufficientFunds(f"balance {balance} is below the increase {increase}")
+            hold_id = f"hold:{session_id}:{cap}"
+            self._spend_budgets(c, links, hold_id, increase)
+            self._post(c, hold_id, payer, holding_account(currency), increase, currency, "hold", signer)
+            c.execute("UPDATE sessions SET cap=? WHERE id=?", (cap, session_id))
+            return self._session(c, session_id)
+
+    def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        """Capture ``capture`` for the payee (``capture:<id>``) and release the rest of the cap
+        to the payer (``release:<id>``), giving the released part back to the mandate budgets.
+
+        A capture above zero needs a voucher signed by the session's signer for at least that
+        much; the cap bounds it. Closing again with the same capture returns the same record.
+        """
+        if not isinstance(capture, int) or isinstance(capture, bool) or capture < 0:
+            raise ValueError("capture must be a non-negative integer in base units")
+        with immediate(self._conn) as c:
+            row = c.execute("SELECT payer, payee, currency, signer, terms, cap, status FROM sessions WHERE id=?",
+                            (session_id,)).fetchone()
+            if row is None:
+                raise UnknownSession(f"no session {session_id!r}")
+            payer, payee, currency, signer, terms_json, cap, status = row
+            if status == "closed":
+                closed = self._closed(c, session_id)
+                if closed.captured != capture:
+                    raise TransferConflict(f"session {session_id!r} was closed capturing {closed.captured}, not {capture}")
+                return closed
+            if capture > cap:
+                raise CaptureRefused(f"capture {capture} is above the session's cap {cap}")
+            if capture > 0:
+                if voucher is None:
+                    raise CaptureRefused("a capture needs the agent's voucher")
+                try:
+                    verify_voucher(signer, SessionTerms.from_json(json.loads(terms_json)), voucher)
+                except VoucherInvalid as exc:
+                    raise CaptureRefused(f"voucher refused: {exc.detail}") from None
+                if voucher.cumulative < capture:
+                    raise CaptureRefused(f"capture {capture} is above the voucher's {voucher.cumulative}")
+            holds = holding_account(currency)
+            release = cap - capture
+            capture_ref = release_ref = None
+            if capture > 0:
+                capture_ref = "capture:" + session_id
+                closed_at = self._post(c, capture_ref, holds, payee, capture, currency, "capture", None).created_at
+            if release > 0:
+                release_ref = "release:" + session_id
+                closed_at = self._post(c, release_ref, holds, payer, release, currency, "release", None).created_at
+                self._release_budgets(c, session_id, release_ref, release)
+            c.execute("UPDATE sessions SET status='closed', captured=?, released=?, closed_at=?, capture_ref=?, release_ref=? "
+                      "WHERE id=?", (capture, release, closed_at, capture_ref, release_ref, session_id))
+            return self._closed(c, session_id)
+
+    def session(self, session_id: str) -> SessionHold | None:
+        return self._session(self._conn, session_id)
+
+    def sessions(self) -> list[SessionHold]:
+        return [SessionHold(*r) for r in self._conn.execute(_SELECT_SESSION + " ORDER BY rowid")]
+
+    def _ledger_id(self, c: sqlite3.Connection) -> str:
+        return c.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0]
+
+    @staticmethod
+    def _verify_cap(signer: str, terms: SessionTerms, payer: str, cap: int, signature: str) -> None:
+        try:
+            verify_cap(signer, terms, account=payer, cap=cap, signature=signature)
+        except PaymentProblem as exc:  # VoucherInvalid, or a signer that is no did:key
+            raise CapSignatureInvalid(f"cap refused: {exc.detail}") from None
+
+    @staticmethod
+    def _release_budgets(c: sqlite3.Connection, session_id: str, release_ref: str, release: int) -> None:
+        """Give ``release`` back to every link the session's holds were counted against, latest
+        hold first, in the period each hold was counted in (row ``release:<id>``, or
+        ``release:<id>:<period>`` when the holds span periods)."""
+        prefix = f"hold:{session_id}:"
+        held = c.execute(
+            "SELECT jti, period, SUM(amount) FROM mandate_spend WHERE transfer_id=? OR substr(transfer_id, 1, ?)=? "
+            "GROUP BY jti, period ORDER BY jti, MAX(rowid) DESC",
+            (f"hold:{session_id}", len(prefix), prefix),
+        ).fetchall()
+        periods: dict[str, list[tuple[str, int]]] = {}
+        for jti, period, amount in held:
+            periods.setdefault(jti, []).append((period, amount))
+        for jti, spent in periods.items():
+            left = release
+            for period, amount in spent:
+                give = min(left, amount)
+                if give <= 0:
+                    break
+                left -= give
+                row_id = release_ref if len(spent) == 1 else f"{release_ref}:{period}"
+                c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                          (row_id, jti, period, -give))
+
+    @staticmethod
+    def _session(c: sqlite3.Connection, session_id: str) -> SessionHold | None:
+        row = c.execute(_SELECT_SESSION + " WHERE id=?", (session_id,)).fetchone()
+        return SessionHold(*row) if row else None
+
+    @staticmethod
+    def _closed(c: sqlite3.Connection, session_id: str) -> SessionClose:
+        row = c.execute("SELECT id, captured, released, capture_ref, release_ref, closed_at FROM sessions WHERE id=?",
+                        (session_id,)).fetchone()
+        return SessionClose(*row)
+
     def get_transfer(self, transfer_id: str) -> Transfer | None:
         return self._get(self._conn, transfer_id)
 
@@ -235,7 +451,8 @@ class SqliteLedger:
         return [Transfer(*r) for r in self._conn.execute(_SELECT_TRANSFER + " ORDER BY rowid")]
 
     def check(self) -> list[str]:
-        """Invariants: each transfer's postings sum to zero; each balance equals its postings."""
+        """Invariants: each transfer's postings sum to zero; each balance equals its postings; each
+        holding account holds exactly the caps of its currency's open sessions."""
         problems = []
         for tid, total in self._conn.execute("SELECT transfer_id, SUM(amount) FROM postings GROUP BY transfer_id HAVING SUM(amount) != 0"):
             problems.append(f"transfer {tid} postings sum to {total}")
@@ -244,6 +461,12 @@ class SqliteLedger:
         ):
             if balance != posted:
                 problems.append(f"account {acct} balance {balance} != postings {posted}")
+        for acct, balance, held in self._conn.execute(
+            "SELECT a.id, a.balance, COALESCE((SELECT SUM(s.cap) FROM sessions s WHERE s.status='open' "
+            "AND ? || s.currency = a.id), 0) FROM accounts a WHERE a.id LIKE ?", (holding_account(""), holding_account("%"))
+        ):
+            if balance != held:
+                problems.append(f"holding account {acct} balance {balance} != open sessions' caps {held}")
         return problems
 
     # -- internals ---------------------------------------------------------
@@ -268,6 +491,21 @@ class SqliteLedger:
 
 
 _SELECT_TRANSFER = "SELECT id, payer, payee, amount, currency, kind, created_at, signer FROM transfers"
+_SELECT_SESSION = "SELECT id, payer, payee, currency, signer, cap, captured, released, status, opened_at FROM sessions"
+_SESSION_KINDS = ("hold", "capture", "release")
+
+
+def _is_holding(account_id: str) -> bool:
+    return account_id.startswith(holding_account(""))
+
+
+def _not_holding(account_id: str) -> None:
+    if _is_holding(account_id):
+        raise ValueError(f"{account_id!r} is a holding account: only session operations move value into or out of it")
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _check_amount(amount: int) -> None:
