@@ -49,7 +49,8 @@ from .errors import MPPError
 
 __all__ = ["KINDS", "AuditEntry", "AuditLog", "AuditChainBroken", "entry_hash"]
 
-KINDS = ("quote-seen", "policy-decision", "authorization-signed", "settlement", "receipt", "refusal")
+KINDS = ("quote-seen", "policy-decision", "authorization-signed", "settlement", "receipt", "refusal",
+         "session-open", "session-top-up", "voucher-signed", "session-close")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (

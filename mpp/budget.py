@@ -62,13 +62,18 @@ class BudgetStore:
             (jti, period, format_rfc3339(now)),
         ).fetchone()[0]
 
-    def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None) -> None:
-        """Hold ``amount`` against every link, or raise BudgetRefused and hold nothing."""
+    def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
+                ttl: timedelta | None = None) -> None:
+        """Hold ``amount`` against every link, or raise BudgetRefused and hold nothing.
+
+        Reserving again under the same ``challenge_id`` replaces that reservation (a session's
+        top-up raises its cap this way): the old amount does not count against the new one.
+        """
         now = now or datetime.now(timezone.utc)
-        expires = format_rfc3339(now + self.reservation_ttl)
+        expires = format_rfc3339(now + (ttl or self.reservation_ttl))
         with immediate(self._conn) as c:
             for link in links:
-                used = self._used(c, link.jti, link.period, now)
+                used = self._used(c, link.jti, link.period, now) - self._held(c, challenge_id, link.jti, now)
                 if used + amount > link.budget:
                     raise BudgetRefused(link.jti, link.budget, used, amount)
             for link in links:
@@ -76,6 +81,25 @@ class BudgetStore:
                     "INSERT OR REPLACE INTO reservations(challenge_id, jti, period, amount, state, expires_at) VALUES (?, ?, ?, ?, 'reserved', ?)",
                     (challenge_id, link.jti, link.period, amount, expires),
                 )
+
+    @staticmethod
+    def _held(c, challenge_id: str, jti: str, now: datetime) -> int:
+        return c.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE challenge_id=? AND jti=? AND state='reserved' AND expires_at > ?",
+            (challenge_id, jti, format_rfc3339(now)),
+        ).fetchone()[0]
+
+    def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None:
+        """Keep a live reservation (an open session's cap) from expiring for another ``ttl``."""
+        expires = format_rfc3339((now or datetime.now(timezone.utc)) + (ttl or self.reservation_ttl))
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET expires_at=? WHERE challenge_id=? AND state='reserved'", (expires, challenge_id))
+
+    def settle(self, challenge_id: str, amount: int) -> None:
+        """Commit exactly ``amount`` of a reservation and release the rest (a session's capture at close)."""
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET amount=?, state='committed' WHERE challenge_id=? AND state='reserved'",
+                      (amount, challenge_id))
 
     def commit(self, challenge_id: str) -> None:
         with immediate(self._conn) as c:

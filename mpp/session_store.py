@@ -11,19 +11,23 @@ The interface is async so that a networked database can stand behind it.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from ._sqlite import connect, immediate
 from .models import format_rfc3339, parse_rfc3339
+from .store import StoredResponse
 from .session_core import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
-__all__ = ["SessionState", "UsageLine", "SessionStore", "SqliteSessionStore", "STALE_HOLD"]
+__all__ = ["SessionState", "UsageLine", "SessionStore", "SqliteSessionStore", "INSTANCE_TTL"]
 
-# A reservation older than this belongs to a request that died with its process: it no
-# longer blocks close and no longer counts against the authorized value.
-STALE_HOLD = timedelta(minutes=5)
+# A reservation belongs to the seller process that made it. Each process writes a heartbeat
+# with every reservation and from its sweeper; reservations of a process silent for longer
+# than this died with it (SESSION-CLOSE-05): they no longer count against the authorized
+# value and no longer hold up a close.
+INSTANCE_TTL = timedelta(seconds=15)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -53,8 +57,23 @@ CREATE TABLE IF NOT EXISTS session_holds (
     session_id TEXT NOT NULL REFERENCES sessions(id),
     request_id TEXT NOT NULL,
     amount INTEGER NOT NULL,
+    owner TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (session_id, request_id)
+);
+CREATE TABLE IF NOT EXISTS seller_instances (
+    id TEXT PRIMARY KEY,
+    last_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_responses (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    idempotency_key TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+    status INTEGER,
+    headers TEXT,
+    body BLOB,
+    PRIMARY KEY (session_id, idempotency_key)
 );
 CREATE TABLE IF NOT EXISTS session_usage (
     session_id TEXT NOT NULL REFERENCES sessions(id),
@@ -123,10 +142,14 @@ class SessionStore(Protocol):
     async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
                      amount: int, now: datetime, release_hold: bool = True) -> SessionState: ...
     async def release(self, session_id: str, request_id: str) -> None: ...
+    async def heartbeat(self, now: datetime) -> None: ...
     async def begin_close(self, session_id: str, now: datetime) -> SessionState: ...
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
                            now: datetime) -> SessionState: ...
     async def usage(self, session_id: str) -> list[UsageLine]: ...
+    async def claim_key(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]: ...
+    async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None: ...
+    async def drop_key(self, session_id: str, key: str) -> None: ...
     async def idle(self, now: datetime) -> list[str]: ...
     async def close(self) -> None: ...
 
@@ -145,8 +168,19 @@ def _state(row: tuple) -> SessionState:
 
 
 class SqliteSessionStore:
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, instance_ttl: timedelta = INSTANCE_TTL) -> None:
         self._conn = connect(location, _SCHEMA)
+        self.instance = secrets.token_urlsafe(12)  # this process's name on its reservations
+        self.instance_ttl = instance_ttl
+
+    async def heartbeat(self, now: datetime) -> None:
+        """This process is alive: its reservations still count."""
+        with immediate(self._conn) as c:
+            self._beat(c, now)
+
+    def _beat(self, c, now: datetime) -> None:
+        c.execute("INSERT INTO seller_instances(id, last_seen) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen",
+                  (self.instance, format_rfc3339(now)))
 
     async def close(self) -> None:
         self._conn.close()
@@ -208,10 +242,13 @@ class SqliteSessionStore:
                 c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
             return self._must(c, session_id)
 
-    @staticmethod
-    def _held(c, session_id: str, now: datetime) -> int:
-        return c.execute("SELECT COALESCE(SUM(amount), 0) FROM session_holds WHERE session_id=? AND created_at > ?",
-                         (session_id, format_rfc3339(now - STALE_HOLD))).fetchone()[0]
+    def _held(self, c, session_id: str, now: datetime) -> int:
+        """Value reserved by requests still running in live seller processes."""
+        return c.execute(
+            "SELECT COALESCE(SUM(h.amount), 0) FROM session_holds h JOIN seller_instances i ON i.id = h.owner "
+            "WHERE h.session_id=? AND i.last_seen > ?",
+            (session_id, format_rfc3339(now - self.instance_ttl)),
+        ).fetchone()[0]
 
     async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState:
         """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient."""
@@ -225,8 +262,9 @@ class SqliteSessionStore:
                     sessionId=session_id, required=str(required), authorized=str(state.authorized),
                     spent=str(state.spent), cap=str(state.cap),
                 )
-            c.execute("INSERT INTO session_holds(session_id, request_id, amount, created_at) VALUES (?, ?, ?, ?)",
-                      (session_id, request_id, amount, format_rfc3339(now)))
+            self._beat(c, now)
+            c.execute("INSERT INTO session_holds(session_id, request_id, amount, owner, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (session_id, request_id, amount, self.instance, format_rfc3339(now)))
             c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
             return state
 
@@ -237,9 +275,7 @@ class SqliteSessionStore:
         Without a hold (streaming), the amount must fit in the authorized value still free."""
         stamp = format_rfc3339(now)
         with immediate(self._conn) as c:
-            state = self._must(c, session_id, usable=False)
-            if state.status not in ("open", "closing"):
-                raise SessionClosed(f"session is {state.status}")
+            state = self._must(c, session_id)  # nothing is spent once a close has begun (SESSION-STREAM-05)
             hold = c.execute("SELECT amount FROM session_holds WHERE session_id=? AND request_id=?",
                              (session_id, request_id)).fetchone()
             if hold is None:
@@ -298,6 +334,32 @@ class SqliteSessionStore:
             (session_id,),
         ).fetchall()
         return [UsageLine(*r) for r in rows]
+
+    async def claim_key(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
+        """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
+        with it, ("running", None) while that one runs, ("done", response) once it answered, and
+        ("conflict", None) if the key was used for another resource."""
+        with immediate(self._conn) as c:
+            row = c.execute("SELECT resource, state, status, headers, body FROM session_responses "
+                            "WHERE session_id=? AND idempotency_key=?", (session_id, key)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO session_responses(session_id, idempotency_key, resource, state) VALUES (?, ?, ?, 'running')",
+                          (session_id, key, resource))
+                return "new", None
+        if row[0] != resource:
+            return "conflict", None
+        if row[1] == "running":
+            return "running", None
+        return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
+
+    async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None:
+        with immediate(self._conn) as c:
+            c.execute("UPDATE session_responses SET state='done', status=?, headers=?, body=? WHERE session_id=? AND idempotency_key=?",
+                      (response.status, json.dumps(response.headers), response.body, session_id, key))
+
+    async def drop_key(self, session_id: str, key: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("DELETE FROM session_responses WHERE session_id=? AND idempotency_key=? AND state='running'", (session_id, key))
 
     async def idle(self, now: datetime) -> list[str]:
         """Sessions nobody has used for their idle timeout (or left opening/closing by a crash)."""

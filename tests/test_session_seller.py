@@ -286,3 +286,21 @@ async def test_open_with_a_forged_cap_signature_holds_nothing(world):
     status, doc, _ = await send(world, "/complete", s.credential(payload))
     assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
     assert world.ledger.balance("acct:buyer") == 10_000 and await world.store.get(s.id) is None
+
+
+async def test_idempotency_key_retry_is_not_charged_twice(world):
+    """SESSION-USE-06: a retry with the same credential and Idempotency-Key gets the original
+    response and receipt and is not charged again; another resource under that key is refused."""
+    s, _, _ = await open_session(world, cap=500, first=100)
+    credential = s.voucher_credential(s.voucher(100, 1))
+    headers = {"Authorization": credential, "Idempotency-Key": "job-1"}
+    async with world.http.get(world.url("/complete?tokens=3000"), headers=headers) as first:
+        body1, receipt1 = await first.read(), first.headers["Payment-Receipt"]
+    spent = (await state(world, s.id)).spent
+    async with world.http.get(world.url("/complete?tokens=3000"), headers=headers) as again:
+        assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+        assert await again.read() == body1 and again.headers["Payment-Receipt"] == receipt1
+    assert (await state(world, s.id)).spent == spent == 2 + 6
+    async with world.http.get(world.url("/complete?tokens=10"), headers=headers) as other:
+        assert other.status == 400
+    assert (await state(world, s.id)).spent == spent

@@ -1,19 +1,25 @@
 """aiohttp adapters: the seller middleware and the buyer client. They carry bytes and await
 stores and rails; every protocol decision is made by the sans-I/O core."""
 
-from .buyer import PaidResponse, PaymentClient
+from .buyer import PaidResponse, PaidStream, PaymentClient
 from .rails import EmbeddedLedgerRail, PaymentRail, Settlement
 from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, payment_of
+from .sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [
     "EmbeddedLedgerRail",
     "PAYMENT_KEY",
+    "OpenSession",
     "PaidResponse",
+    "PaidStream",
     "Payment",
     "PaymentClient",
     "PaymentRail",
     "SELLER_KEY",
     "Seller",
+    "SessionManager",
+    "SessionPolicy",
     "Settlement",
+    "SSEEvent",
     "payment_of",
 ]

@@ -4,7 +4,7 @@ and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..budget import BudgetLink, BudgetRefused, BudgetStore
@@ -52,14 +52,31 @@ class AgentIdentity:
             raise QuoteRejected(exc.extensions.get("rule", exc.slug), exc.detail) from None
         return chain
 
-    def reserve(self, chain: MandateChain, quote: Quote, now: datetime) -> None:
+    def reserve(self, chain: MandateChain, quote: Quote, now: datetime, *, ttl: timedelta | None = None) -> None:
+        self.reserve_amount(quote.challenge.id, self.budget_links(chain, now), quote.request.amount_int, now, ttl=ttl)
+
+    @staticmethod
+    def budget_links(chain: MandateChain, now: datetime) -> list[BudgetLink]:
+        return [BudgetLink(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
+
+    def reserve_amount(self, reservation_id: str, links: Sequence[BudgetLink], amount: int, now: datetime, *,
+                       ttl: timedelta | None = None) -> None:
+        """Reserve (or, for the same id, re-reserve at a new amount) against our own counters."""
         if self.budget is None:
             return
-        links = [BudgetLink(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
         try:
-            self.budget.reserve(quote.challenge.id, links, quote.request.amount_int, now=now)
+            self.budget.reserve(reservation_id, links, amount, now=now, ttl=ttl)
         except BudgetRefused as exc:
             raise QuoteRejected("budget", str(exc)) from None
+
+    def extend(self, reservation_id: str, now: datetime, ttl: timedelta | None = None) -> None:
+        if self.budget is not None:
+            self.budget.extend(reservation_id, ttl=ttl, now=now)
+
+    def settle(self, reservation_id: str, amount: int) -> None:
+        """A session closed: exactly ``amount`` was captured; the rest of its reservation is released."""
+        if self.budget is not None:
+            self.budget.settle(reservation_id, amount)
 
     def member(self, quote: Quote, approval: str | None = None) -> dict[str, Any]:
         return identity_member(self.mandates, self.key, quote.challenge, quote.request, approval)

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..errors import PaymentProblem, RequestInProgress
+from multidict import CIMultiDict
+
+from ..errors import BadRequest, PaymentProblem, RequestInProgress
 from ..headers import format_receipt
 from ..identity import MandateRevoked, evaluate_policy, verify_identity
 from ..ledger import MandateCharge
@@ -51,6 +53,7 @@ from ..session_core import (
     verify_voucher,
 )
 from ..session_store import SessionState, SessionStore
+from ..store import StoredResponse
 
 if TYPE_CHECKING:
     from .seller import Seller
@@ -59,6 +62,7 @@ __all__ = ["SESSION_PATH", "Meter", "ChargeMeter", "SessionMeter", "StreamStoppe
 
 log = logging.getLogger("mpp.seller.sessions")
 SESSION_PATH = "/.well-known/mpp-session"
+_KEPT_HEADERS = ("Content-Type", "Content-Language", "Location", "ETag", "Payment-Receipt", "Cache-Control")
 
 
 class StreamStopped(Exception):
@@ -151,6 +155,9 @@ class SessionMeter(Meter):
                     self.state.session_id, self.request_id, resource=_route(self.resource), unit_price=self.metered.price,
                     per=self.metered.per, units=units, amount=amount, now=self.desk.seller.clock())
                 break
+            except SessionClosed:  # closed while streaming: stop, with a receipt for what was sent
+                await self._send_receipt()
+                raise StreamStopped("the session was closed") from None
             except SessionInsufficient as short:
                 if not asked:
                     await self._event("payment-required", json.dumps({k: short.extensions[k] for k in
@@ -168,7 +175,7 @@ class SessionMeter(Meter):
 
     async def _send_receipt(self) -> None:
         assert self.desk is not None and self.state is not None and self.call is not None
-        header = self.desk.request_receipt(self.call, self.state, self.request_id, self.charged, self.units)
+        header = self.desk.request_receipt(self.call, self.state, self.metered, self.request_id, self.charged, self.units)
         await self._event("payment-receipt", json.dumps({"receipt": header}))
 
     async def finish(self) -> web.StreamResponse:
@@ -228,6 +235,8 @@ class SessionDesk:
             state = await self._open(call, metered, now)
         else:
             state = await self._state_for(call)
+        if p.voucher is not None:  # every signature before anything changes (SESSION-ERR-03)
+            verify_voucher(state.signer, state.terms, p.voucher)
         if p.action == "topUp":
             assert p.cap is not None and p.cap_signature is not None
             verify_cap(state.signer, state.terms, account=state.payer, cap=p.cap, signature=p.cap_signature)
@@ -237,7 +246,6 @@ class SessionDesk:
                 state = await self.store.set_cap(state.session_id, p.cap)
                 self.seller._audit("session-top-up", sessionId=state.session_id, cap=str(p.cap), agent=state.signer)
         if p.voucher is not None:
-            verify_voucher(state.signer, state.terms, p.voucher)
             state = await self.store.advance(state.session_id, p.voucher, now)
             self._voucher_arrived(state.session_id)
         return state
@@ -304,9 +312,37 @@ class SessionDesk:
         request[METER_KEY] = meter
         if metered.stream:
             return await self._serve_stream(request, handler, meter)
-        reserve = metered.max_request_cost
         sid = state.session_id
-        await self.store.reserve(sid, meter.request_id, reserve, self.seller.clock())
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            if not key or len(key) > 255 or not key.isprintable():
+                raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
+            status, stored = await self.store.claim_key(sid, key, call.resource)
+            if status == "done":
+                assert stored is not None
+                return web.Response(status=stored.status, body=stored.body,
+                                    headers=CIMultiDict([*stored.headers, ("Idempotent-Replayed", "true")]))
+            if status == "running":
+                raise RequestInProgress("the original request with this Idempotency-Key is still running")
+            if status == "conflict":
+                raise BadRequest("this Idempotency-Key was used for another resource in this session")
+        try:
+            response = await self._serve_once(request, handler, call, metered, meter, sid)
+        except BaseException:
+            if key is not None:
+                await self.store.drop_key(sid, key)
+            raise
+        if key is not None:
+            if isinstance(response, web.Response) and response.status < 400 and isinstance(response.body, (bytes, bytearray)):
+                kept = [(k, v) for k in _KEPT_HEADERS for v in response.headers.getall(k, ())]
+                await self.store.save_key(sid, key, StoredResponse(response.status, kept, bytes(response.body)))
+            else:
+                await self.store.drop_key(sid, key)
+        return response
+
+    async def _serve_once(self, request: web.Request, handler: Any, call: SessionCall, metered: Metered,
+                          meter: "SessionMeter", sid: str) -> web.StreamResponse:
+        await self.store.reserve(sid, meter.request_id, metered.max_request_cost, self.seller.clock())
         try:
             response = await handler(request)
         except BaseException:
@@ -319,7 +355,7 @@ class SessionDesk:
         state = await self.store.commit(sid, meter.request_id, resource=_route(call.resource), unit_price=metered.price,
                                         per=metered.per, units=meter.units, amount=amount, now=self.seller.clock())
         meter.charged = amount
-        response.headers["Payment-Receipt"] = self.request_receipt(call, state, meter.request_id, amount, meter.units)
+        response.headers["Payment-Receipt"] = self.request_receipt(call, state, metered, meter.request_id, amount, meter.units)
         _private(response)
         return response
 
@@ -332,20 +368,24 @@ class SessionDesk:
             return meter.response
         return response
 
-    def request_receipt(self, call: SessionCall, state: SessionState, request_id: str, amount: int, units: int) -> str:
+    def request_receipt(self, call: SessionCall, state: SessionState, metered: Metered, request_id: str, amount: int,
+                        units: int) -> str:
         seller = self.seller
         now = seller.clock()
         claims: dict[str, Any] = {
             "iss": seller.realm, "sub": state.signer, "iat": int(now.timestamp()), "jti": request_id,
             "challengeId": state.session_id, "method": call.credential.challenge.method, "intent": "session",
             "reference": state.session_id, "amount": str(amount), "units": units, "unitType": state.unit_type,
+            "unitPrice": str(metered.price), "per": str(metered.per),
             "currency": state.terms.currency, "recipient": state.terms.recipient, "resource": call.resource,
             "authorized": str(state.authorized), "spent": str(state.spent), "remaining": str(state.remaining),
             "cap": str(state.cap), "account": state.payer,
         } | _identity_claims(state)
         return format_receipt(PaymentReceipt(status="success", method=call.credential.challenge.method,
                                              timestamp=format_rfc3339(now), reference=state.session_id,
-                                             challengeId=state.session_id, receipt=sign_receipt(seller.receipt_key, claims)))
+                                             challengeId=state.session_id, intent="session", authorized=str(state.authorized),
+                                             spent=str(state.spent), remaining=str(state.remaining),
+                                             receipt=sign_receipt(seller.receipt_key, claims)))
 
     # -- the session endpoint: in-band vouchers and close ------------------------
 
@@ -417,7 +457,9 @@ class SessionDesk:
             "units": sum(line.units for line in lines), "requests": sum(line.requests for line in lines),
         } | _identity_claims(state)
         header = format_receipt(PaymentReceipt(status="success", method="ledger", timestamp=format_rfc3339(now),
-                                               reference=session_id, challengeId=session_id,
+                                               reference=session_id, challengeId=session_id, intent="session",
+                                               authorized=str(state.authorized), spent=str(state.spent), remaining="0",
+                                               settlementRef=reference, final=True,
                                                receipt=sign_receipt(seller.receipt_key, claims)))
         state = await self.store.finish_close(session_id, captured=captured, released=released, settlement=reference,
                                               final_receipt=header, now=now)
@@ -443,6 +485,7 @@ class SessionDesk:
     async def sweeper(self, app: web.Application):
         async def loop() -> None:
             while True:
+                await self.store.heartbeat(self.seller.clock())
                 await self.sweep()
                 await asyncio.sleep(self.sweep_interval)
 
@@ -464,7 +507,8 @@ def _route(resource: str) -> str:
 def _identity_claims(state: SessionState) -> dict[str, Any]:
     if not state.identity:
         return {}
-    return {k: state.identity[k] for k in ("agent", "principal", "mandate", "chain", "decision") if k in state.identity}
+    claims = {k: state.identity[k] for k in ("agent", "principal", "mandate", "chain", "decision") if k in state.identity}
+    return claims | {"approval": None}  # sessions are opened within the mandate, never on an approval
 
 
 def _private(response: web.StreamResponse) -> None:
