@@ -55,6 +55,15 @@ async def _run(home: Path) -> None:
     print(f"   pays from {wallet.account}, at most {wallet.policy.max_amount} per purchase")
 
     app, seller = build_seller_app(config)
+    wire: list[str] = []  # every request the seller receives, for counting round trips
+
+    @web.middleware
+    async def count(request, handler):
+        if request.path != "/.well-known/jwks.json":  # the buyer's one receipt-key fetch per seller is not a payment step
+            wire.append(f"{request.method} {request.path}")
+        return await handler(request)
+
+    app.middlewares.insert(0, count)
     runner = web.AppRunner(app, access_log=None, **HEADER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -116,8 +125,10 @@ async def _run(home: Path) -> None:
 
             paid_total += await _identity_part(session, base, home, info, config, wallet, app)
 
+            paid_total += await _session_part(session, base, wallet, ledger, wire)
+
         after = _balances(ledger)
-        print("9. balances")
+        print("10. balances")
         _print_balances("balances after", after)
         _check(sum(after.values()) == sum(before.values()), "sum of all balances unchanged")
         _check(before["acct:buyer"] - after["acct:buyer"] == paid_total == after["acct:seller"] - before["acct:seller"],
@@ -125,6 +136,64 @@ async def _run(home: Path) -> None:
         _check(ledger.check() == [], "every transfer is two postings summing to zero")
     finally:
         await runner.cleanup()
+
+
+async def _session_part(session, base: str, wallet, ledger, wire: list[str]) -> int:
+    """Metered usage: one session, many requests, one stream with in-band vouchers, one close."""
+    from .aio.buyer import PaymentClient
+    from .aio.sessions import SessionPolicy
+    from .methods.ledger import LedgerBuyerMethod
+
+    print("9. a metered session: /complete and /stream cost 2 usd per 1000 tokens")
+    calls = 40
+    units = [500 + (n * 737) % 3500 for n in range(calls)]  # what each call "uses": 500 to 3999 tokens
+    buyer_before = ledger.balance(wallet.account)
+    client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy,
+                           sessions=SessionPolicy(max_cap=400))
+    wire.clear()
+    charged: list[int] = []
+    async with client:
+        for n, u in enumerate(units):
+            resp = await client.request("GET", f"{base}/complete?units={u}")
+            _ok = resp.status == 200 and resp.claims is not None and resp.claims.get("intent") == "session"
+            if not _ok:
+                raise DemoFailure(f"metered call {n} answered {resp.status}: {resp.text()[:200]}")
+            charged.append(int(resp.claims["amount"]))
+            if n == 0:
+                (open_session,) = client.open_sessions
+                print(f"   session {open_session.id[:16]}... opened on the first paid call: cap {open_session.cap} usd held"
+                      f" at the ledger (buyer balance {buyer_before} -> {ledger.balance(wallet.account)})")
+        last = resp.claims
+        for_calls = len(wire)
+        print(f"   {calls} calls of 500..3999 tokens, each carrying a signed cumulative voucher: "
+              f"spent {last['spent']} of {last['authorized']} authorized (cap {last['cap']})")
+        async with client.stream("GET", f"{base}/stream?chunks=12&units=2000") as events:
+            chunks = [e async for e in events]
+        stream_claims = events.claims or {}
+        print(f"   a stream of {len(chunks)} chunks x 2000 tokens: charged chunk by chunk, "
+              f"{stream_claims.get('amount')} usd, next vouchers sent in-band when the balance ran out")
+        _check(len(chunks) == 12 and stream_claims.get("units") == 24000, "the stream was served in full and receipted")
+        charged.append(int(stream_claims["amount"]))
+        for_stream = len(wire) - for_calls
+        finals = await client.close_sessions()
+        for_close = len(wire) - for_calls - for_stream
+    (final,) = finals
+    print(f"   closed: captured {final['captured']}, released {final['released']} of the cap {final['cap']}; usage lines:")
+    for line in final["lines"]:
+        print(f"     {line['resource']:<16} {line['units']:>7} {line['unitType']}s x {line['unitPrice']}/{line['per']}"
+              f" = {line['amount']:>4} usd over {line['requests']} requests")
+    captured = int(final["captured"])
+    _check(captured == sum(charged) == sum(int(line["amount"]) for line in final["lines"]),
+           "the capture equals the usage: the sum of every request's receipt and of the final receipt's lines")
+    transfers = {t.id.split(":")[0]: t.amount for t in ledger.transfers() if t.id.endswith(final["reference"])}
+    _check(transfers.get("capture") == captured and transfers.get("release") == int(final["released"])
+           and captured + int(final["released"]) == int(final["cap"]),
+           "the ledger captured exactly the usage and released the rest of the hold")
+    _check(buyer_before - ledger.balance(wallet.account) == captured, f"the buyer paid exactly {captured} for the session")
+    print(f"   HTTP requests at the seller: {for_calls} for the {calls} calls (one 402, then the open rides on the first"
+          f" paid call), {for_stream} for the stream ({for_stream - 1} in-band vouchers), {for_close} to close")
+    _check(for_calls == calls + 1 and for_close == 1, f"{calls} metered calls took {calls + 1} requests, the close one more")
+    return captured
 
 
 async def _identity_part(session, base: str, home: Path, info: dict, config, wallet, app) -> int:
