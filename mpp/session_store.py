@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS session_holds (
     created_at TEXT NOT NULL,
     PRIMARY KEY (session_id, request_id)
 );
+CREATE TABLE IF NOT EXISTS session_links (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    link_key TEXT NOT NULL,
+    period TEXT NOT NULL,
+    PRIMARY KEY (session_id, link_key)
+);
 CREATE TABLE IF NOT EXISTS seller_instances (
     id TEXT PRIMARY KEY,
     last_seen TEXT NOT NULL
@@ -202,13 +208,40 @@ class SqliteSessionStore:
         """Record an opening session; (state, True) if this call created it, (existing, False) if not."""
         stamp = format_rfc3339(now)
         with immediate(self._conn) as c:
+            if identity and identity.get("links"):
+                # the seller's own share of each mandate link's budget, checked and counted at once
+                # (SESSION-ID-02): what the link's other sessions here hold, plus the caller's own charges
+                for key, period, budget in identity["links"]:
+                    held = self._link_held(c, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
+                    if held + cap > budget:
+                        from .identity import BudgetExceeded
+
+                        raise BudgetExceeded(f"this seller's share of mandate {key}'s budget ({budget}) would be exceeded",
+                                             rule="budget", mandate=key)
             cur = c.execute(
                 "INSERT OR IGNORE INTO sessions(id, terms, payer, signer, unit_type, cap, status, idle_timeout, identity, "
                 "opened_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, 'opening', ?, ?, ?, ?)",
                 (terms.session_id, json.dumps(terms.as_json()), payer, signer, unit_type, cap, idle_timeout,
                  json.dumps(identity) if identity is not None else None, stamp, stamp),
             )
+            if cur.rowcount == 1 and identity and identity.get("links"):
+                for key, period, _ in identity["links"]:
+                    c.execute("INSERT OR IGNORE INTO session_links(session_id, link_key, period) VALUES (?, ?, ?)",
+                              (terms.session_id, key, period))
             return self._must(c, terms.session_id, usable=False), cur.rowcount == 1
+
+    @staticmethod
+    def _link_held(c, key: str, period: str, *, exclude: str | None = None) -> int:
+        """What this seller's sessions under a mandate link hold or took: the cap while open, the
+        capture once closed."""
+        return c.execute(
+            "SELECT COALESCE(SUM(CASE WHEN s.status = 'closed' THEN s.captured ELSE s.cap END), 0) "
+            "FROM session_links l JOIN sessions s ON s.id = l.session_id WHERE l.link_key=? AND l.period=? AND s.id != ?",
+            (key, period, exclude or ""),
+        ).fetchone()[0]
+
+    async def mandate_held(self, periods: dict[str, str]) -> dict[str, int]:
+        return {key: self._link_held(self._conn, key, period) for key, period in periods.items()}
 
     async def get(self, session_id: str) -> SessionState | None:
         return self._get(self._conn, session_id)

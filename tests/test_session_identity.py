@@ -118,6 +118,7 @@ async def test_cap_over_the_budget_is_refused_and_nothing_held(world):
     assert status == 200
     status, doc, *_ = await open_with(w, [token], cap=400)  # 700 + 400 > 1000
     assert status == 403 and doc["type"] == "urn:mpp:problem:budget-exceeded"
+    assert "this seller's share" in doc["detail"]  # refused by the seller's own count, before the ledger
     await close(w, ch1, t1, w["A"])  # captures 2, gives 698 back to the budget
     status, doc, *_ = await open_with(w, [token], cap=400)
     assert status == 200, doc

@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 
 from ..errors import BadRequest, PaymentProblem, RequestInProgress
 from ..headers import format_receipt
-from ..identity import MandateRevoked, evaluate_policy, verify_identity
+from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
 from ..ledger import MandateCharge
 from ..models import ChargeRequest, PaymentReceipt, format_rfc3339
 from ..receipts import sign_receipt
@@ -295,12 +295,17 @@ class SessionDesk:
             raise MandateRevoked("a mandate in the chain has been revoked")
         at_stake = ChargeRequest(amount=str(call.request.max_request_cost), currency=call.terms.currency,
                                  recipient=call.terms.recipient)
-        decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent={}, approval=None)
+        periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
+        charged = await seller.store.mandate_spent(periods)  # this seller's charges under each link
+        held = await self.store.mandate_held(periods)  # and its sessions'
+        spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
+        decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
         seller._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=call.session_id,
                       agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=call.resource,
                       amount=str(call.payload.cap), currency=call.terms.currency, realm=seller.realm, intent="session")
         identity = {"agent": chain.agent, "principal": chain.principal, "mandate": chain.leaf.jti, "chain": list(chain.jtis),
-                    "decision": decision.decision}
+                    "decision": decision.decision, "charged": charged,
+                    "links": [[link.key, periods[link.key], link.budget_amount] for link in chain.links]}
         return identity, MandateCharge(tuple(chain.tokens), seller.realm)
 
     # -- serving -------------------------------------------------------------

@@ -279,8 +279,12 @@ class Seller:
                                        request=verified.request, now=now)
             if await self.store.approval_used(f"{approval.iss}#{approval.jti}"):
                 raise ApprovalInvalid("approval has already been used")
+        spent = await self.store.mandate_spent(periods)
+        if self.sessions is not None:  # what this seller's sessions under each link hold or took counts too
+            held = await self.sessions.store.mandate_held(periods)
+            spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, verified.credential.challenge, verified.request, verified.resource,
-                                   spent=await self.store.mandate_spent(periods), approval=approval)
+                                   spent=spent, approval=approval)
         self._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
                     agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
                     amount=verified.request.amount, currency=verified.request.currency, realm=self.realm)
