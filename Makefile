@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INTEROP_STAMP := $(INTEROP_VENV)/.installed
 CHROMIUM_STAMP := $(VENV)/.chromium
 
-.PHONY: demo test test-fast interop-env clean
+.PHONY: demo test test-fast interop-env clean bench-session
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP)
 # Everything but the interoperability tests (no side environment needed).
 test-fast: $(STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/python -m pytest -m "not interop"
+
+# HTTP requests on the wire for 100 paid calls: session against charge (prints a table, writes JSON).
+bench-session: $(STAMP)
+	$(VENV)/bin/python benchmarks/session_wire.py --calls 100 --json benchmarks/session_wire.json
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache

@@ -4,6 +4,7 @@ stores and rails; every protocol decision is made by the sans-I/O core."""
 from .buyer import PaidResponse, PaidStream, PaymentClient
 from .rails import EmbeddedLedgerRail, PaymentRail, Settlement
 from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, payment_of
+from .metering import meter_of
 from .sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "SessionPolicy",
     "Settlement",
     "SSEEvent",
+    "meter_of",
     "payment_of",
 ]
