@@ -376,7 +376,8 @@ async def test_accept_payment_lists_session_only_when_enabled(http):
 
 
 async def test_first_402_opens_a_session_and_later_requests_reuse_it(seller, http):
-    """Open on the 402 (open + voucher 1 on the retried request), then vouchers with no 402 first."""
+    """SESSION-BUY-01, SESSION-BUY-02, SESSION-BUY-03: Open on the 402 (open + voucher 1 on the
+    retried request), then vouchers with no 402 first."""
     events: list = []
     client = buyer(http, sessions=SessionPolicy(max_cap=100), events=events)
     first = await client.request("GET", seller.url("/gen?units=500"))
@@ -401,7 +402,7 @@ async def test_first_402_opens_a_session_and_later_requests_reuse_it(seller, htt
 
 
 async def test_hundred_calls_are_102_requests(seller, http):
-    """Issue 5: 1 (402) + 100 + 1 (close) HTTP requests at the seller."""
+    """SESSION-BUY-02, SESSION-BUY-06: Issue 5: 1 (402) + 100 + 1 (close) HTTP requests at the seller."""
     seller.suggested_cap = 10_000
     async with buyer(http, sessions=SessionPolicy(max_cap=10_000)) as client:
         for _ in range(100):
@@ -414,6 +415,7 @@ async def test_hundred_calls_are_102_requests(seller, http):
 
 
 async def test_close_sessions_returns_verified_final_receipts(seller, http):
+    # SESSION-BUY-06
     events: list = []
     client = buyer(http, sessions=SessionPolicy(max_cap=100), events=events)
     for units in (1000, 250, 1):
@@ -432,6 +434,7 @@ async def test_close_sessions_returns_verified_final_receipts(seller, http):
 
 
 async def test_without_sessions_the_buyer_pays_by_charge(seller, http):
+    # SESSION-REQ-05
     client = buyer(http)
     r = await client.request("GET", seller.url("/gen"))
     assert r.status == 200 and r.paid and r.session is None
@@ -446,13 +449,14 @@ async def test_prefer_charge_pays_by_charge_when_both_are_offered(seller, http):
 
 
 async def test_session_refused_by_policy_falls_back_to_charge(seller, http):
-    """max_unit_price refuses the session quote; the charge beside it is paid instead."""
+    """SESSION-BUY-01: max_unit_price refuses the session quote; the charge beside it is paid instead."""
     client = buyer(http, sessions=SessionPolicy(max_cap=100, max_unit_price=1))
     r = await client.request("GET", seller.url("/gen"))
     assert r.quote is not None and r.quote.challenge.intent == "charge" and seller.sessions == {}
 
 
 async def test_select_session_rules(seller, http):
+    # SESSION-BUY-01
     async with http.get(seller.url("/gen")) as resp:
         challenges = mpp.parse_challenges(resp.headers.getall("WWW-Authenticate"))
     methods = [LedgerBuyerMethod(key=mpp.SigningKey.generate(), account="acct:buyer")]
@@ -476,6 +480,7 @@ async def test_select_session_rules(seller, http):
 
 
 async def test_insufficient_signs_a_higher_voucher_and_retries_once(seller, http):
+    # SESSION-BUY-04
     client = buyer(http, sessions=SessionPolicy(max_cap=100))
     await client.request("GET", seller.url("/gen"))
     seller.hold_back, seller.hold_back_times = 10, 1  # someone else's request holds 10 of the authorized value
@@ -488,6 +493,7 @@ async def test_insufficient_signs_a_higher_voucher_and_retries_once(seller, http
 
 
 async def test_insufficient_twice_is_a_payment_failure(seller, http):
+    # SESSION-BUY-04
     client = buyer(http, sessions=SessionPolicy(max_cap=100))
     await client.request("GET", seller.url("/gen"))
     seller.hold_back, seller.hold_back_times = 10_000, 5
@@ -498,8 +504,8 @@ async def test_insufficient_twice_is_a_payment_failure(seller, http):
 
 
 async def test_top_up_when_the_cap_is_reached(seller, http):
-    """Cap 10 (suggested), policy up to 30: the voucher outgrows the cap, a topUp raises it on a
-    request that is served all the same; no extra HTTP request."""
+    """SESSION-BUY-03, SESSION-BUY-04: Cap 10 (suggested), policy up to 30: the voucher outgrows the
+    cap, a topUp raises it on a request that is served all the same; no extra HTTP request."""
     seller.suggested_cap = 10
     events: list = []
     client = buyer(http, sessions=SessionPolicy(max_cap=30), events=events)
@@ -517,6 +523,7 @@ async def test_top_up_when_the_cap_is_reached(seller, http):
 
 
 async def test_cap_reached_without_top_up_closes_and_opens_another(seller, http):
+    # SESSION-BUY-03
     seller.suggested_cap = 10
     client = buyer(http, sessions=SessionPolicy(max_cap=10, allow_top_up=False))
     for _ in range(8):
@@ -533,6 +540,7 @@ async def test_cap_reached_without_top_up_closes_and_opens_another(seller, http)
 
 
 async def test_concurrent_requests_on_one_session(seller, http):
+    # SESSION-BUY-03
     seller.suggested_cap = 10_000
     client = buyer(http, sessions=SessionPolicy(max_cap=10_000))
     await client.request("GET", seller.url("/gen"))
@@ -587,6 +595,7 @@ async def test_server_error_after_a_voucher_is_outcome_unknown_and_the_session_l
 
 
 async def test_receipt_claiming_more_than_our_voucher_is_refused(seller, http):
+    # SESSION-BUY-05
     client = buyer(http, sessions=SessionPolicy(max_cap=100))
     await client.request("GET", seller.url("/gen"))
     seller.lie_spent = 50
@@ -608,8 +617,9 @@ async def test_charge_only_route_on_a_session_seller_is_paid_by_charge(seller, h
 
 
 async def test_stream_answers_payment_required_in_band_and_verifies_the_receipt(seller, http):
-    """Each chunk costs 2; the open voucher covers 4: the seller asks in-band, the buyer POSTs
-    higher vouchers to the session endpoint; the caller sees only the content events."""
+    """SESSION-STREAM-03, SESSION-BUY-04, SESSION-BUY-05: Each chunk costs 2; the open voucher
+    covers 4: the seller asks in-band, the buyer POSTs higher vouchers to the session endpoint; the
+    caller sees only the content events."""
     seller.suggested_cap = 1000
     client = buyer(http, sessions=SessionPolicy(max_cap=1000, ahead=1))
     async with client.stream("GET", seller.url("/stream?chunks=6&units=1000")) as events:
@@ -627,6 +637,7 @@ async def test_stream_answers_payment_required_in_band_and_verifies_the_receipt(
 
 
 async def test_stream_on_an_open_session_needs_no_402(seller, http):
+    # SESSION-BUY-02
     client = buyer(http, sessions=SessionPolicy(max_cap=100))
     await client.request("GET", seller.url("/gen"))
     async with client.stream("GET", seller.url("/stream?chunks=2&units=100")) as events:
@@ -635,6 +646,7 @@ async def test_stream_on_an_open_session_needs_no_402(seller, http):
 
 
 async def test_stream_needing_more_than_the_policy_allows_stops_with_payment_failed(seller, http):
+    # SESSION-BUY-03, SESSION-BUY-04
     seller.suggested_cap = 4
     client = buyer(http, sessions=SessionPolicy(max_cap=4, ahead=1, allow_top_up=False))
     got = []
@@ -647,6 +659,7 @@ async def test_stream_needing_more_than_the_policy_allows_stops_with_payment_fai
 
 
 async def test_receipt_claiming_more_authorized_than_our_cap_is_refused(seller, http):
+    # SESSION-BUY-05
     client = buyer(http, sessions=SessionPolicy(max_cap=100))
     r = await client.request("GET", seller.url("/gen"))
     seller.sessions[r.session].highest = 500  # a seller that says it holds more than we ever signed
@@ -658,6 +671,7 @@ async def test_receipt_claiming_more_authorized_than_our_cap_is_refused(seller, 
 
 
 async def test_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp_path, http):
+    # SESSION-ID-01, SESSION-ID-02, SESSION-ID-03
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     fake = await FakeSessionSeller(trusted=(P.did,)).start()
     token = I.issue_mandate(P, subject=A.did, audience=[REALM], scope=["*"], currency="usd", ceiling=60, budget_amount=1000,
@@ -684,6 +698,7 @@ async def test_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp_pat
 
 
 async def test_identity_budget_too_small_for_one_request_refuses_before_signing(tmp_path, http):
+    # SESSION-BUY-01, SESSION-ID-02
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     fake = await FakeSessionSeller(trusted=(P.did,)).start()
     token = I.issue_mandate(P, subject=A.did, audience=[REALM], currency="usd", ceiling=60, budget_amount=1,
@@ -704,7 +719,8 @@ async def test_identity_budget_too_small_for_one_request_refuses_before_signing(
 
 
 async def test_voucher_arithmetic():
-    """cumulative = min(cap, max(highest, spent + maxCost * ahead)); equal -> the same voucher again."""
+    """SESSION-BUY-03: cumulative = min(cap, max(highest, spent + maxCost * ahead)); equal -> the
+    same voucher again."""
     issuer = mpp.ChallengeIssuer(SECRET, REALM)
     challenge = issuer.issue(method="ledger", intent="session", now=now(), request={
         "amount": "3", "currency": "usd", "recipient": PAYEE, "unitType": "row",
@@ -832,8 +848,8 @@ async def authorized_buyer(world: RealWorld, http, **kwargs: Any) -> PaymentClie
 
 
 async def test_e2e_hundred_calls_are_102_requests_and_the_ledger_moves_exactly_the_use(world, http):
-    """Issue 5: 100 paid calls = 1 (402) + 100 + 1 (close) HTTP requests; the ledger captures
-    exactly what was used and releases the rest of the cap."""
+    """SESSION-BUY-02, SESSION-BUY-06: Issue 5: 100 paid calls = 1 (402) + 100 + 1 (close) HTTP
+    requests; the ledger captures exactly what was used and releases the rest of the cap."""
     async with await authorized_buyer(world, http, sessions=SessionPolicy(max_cap=5000)) as client:
         for i in range(100):
             r = await client.request("GET", world.url(f"/gen?tokens={1000 + i}"))
@@ -850,6 +866,7 @@ async def test_e2e_hundred_calls_are_102_requests_and_the_ledger_moves_exactly_t
 
 
 async def test_e2e_reuse_across_routes_and_close_returns_the_final_receipt(world, http):
+    # SESSION-BUY-02, SESSION-BUY-06, SESSION-RCPT-03
     events: list = []
     client = await authorized_buyer(world, http, sessions=SessionPolicy(max_cap=1000), events=events)
     a = await client.request("GET", world.url("/gen?tokens=5000"))
@@ -866,8 +883,9 @@ async def test_e2e_reuse_across_routes_and_close_returns_the_final_receipt(world
 
 
 async def test_e2e_insufficient_sends_a_higher_voucher_and_retries_once(world, http):
-    """The buyer's view of spent is stale (a lost receipt, say): its voucher does not cover the
-    reservation; the seller's session-insufficient names what is required; one retry serves it."""
+    """SESSION-BUY-04, SESSION-USE-03: The buyer's view of spent is stale (a lost receipt, say): its
+    voucher does not cover the reservation; the seller's session-insufficient names what is
+    required; one retry serves it."""
     client = await authorized_buyer(world, http, sessions=SessionPolicy(max_cap=1000, ahead=1))
     for _ in range(3):
         await client.request("GET", world.url("/gen?tokens=5000"))
@@ -882,6 +900,7 @@ async def test_e2e_insufficient_sends_a_higher_voucher_and_retries_once(world, h
 
 
 async def test_e2e_top_up_when_the_cap_is_reached(tmp_path, http):
+    # SESSION-VOUCHER-08, SESSION-BUY-03
     w = await real_world(tmp_path, suggested_cap=30)
     try:
         events: list = []
@@ -904,6 +923,7 @@ async def test_e2e_top_up_when_the_cap_is_reached(tmp_path, http):
 
 
 async def test_e2e_cap_reached_without_top_up_opens_a_new_session(tmp_path, http):
+    # SESSION-BUY-03
     w = await real_world(tmp_path, suggested_cap=30)
     try:
         w.ledger.authorize_key("acct:buyer", (key := mpp.SigningKey.generate()).did)
@@ -919,6 +939,7 @@ async def test_e2e_cap_reached_without_top_up_opens_a_new_session(tmp_path, http
 
 
 async def test_e2e_stream_with_in_band_vouchers(world, http):
+    # SESSION-STREAM-03, SESSION-BUY-02
     client = await authorized_buyer(world, http, sessions=SessionPolicy(max_cap=1000, ahead=1))
     async with client.stream("GET", world.url("/stream?chunks=8&tokens=5000")) as events:
         chunks = [e.data async for e in events]
@@ -932,6 +953,7 @@ async def test_e2e_stream_with_in_band_vouchers(world, http):
 
 
 async def test_e2e_buyer_without_sessions_pays_by_charge(world, http):
+    # SESSION-REQ-05
     client = await authorized_buyer(world, http)
     r = await client.request("GET", world.url("/gen?tokens=1000"))
     assert r.status == 200 and r.paid and r.quote is not None and r.quote.challenge.intent == "charge"
@@ -952,6 +974,7 @@ async def test_e2e_charge_route_and_free_route_beside_an_open_session(world, htt
 
 
 async def test_e2e_seller_idle_close_then_a_new_session(tmp_path, http):
+    # SESSION-CLOSE-03, SESSION-CLOSE-02
     w = await real_world(tmp_path, idle_timeout=1)
     try:
         events: list = []
@@ -973,6 +996,7 @@ async def test_e2e_seller_idle_close_then_a_new_session(tmp_path, http):
 
 
 async def test_e2e_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp_path, http):
+    # SESSION-ID-01, SESSION-ID-02, SESSION-ID-03, SESSION-ID-05
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     w = await real_world(tmp_path, payer="acct:principal", principal=P.did, trusted=(P.did,))
     token = I.issue_mandate(P, subject=A.did, audience=[E2E_REALM], scope=["GET /gen*"], currency="usd", ceiling=200,
@@ -999,7 +1023,8 @@ async def test_e2e_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp
 
 
 def test_budget_store_session_reservations(tmp_path):
-    """Re-reserving under one id replaces it (a top-up); settle commits exactly the capture."""
+    """SESSION-ID-02, SESSION-ID-03: Re-reserving under one id replaces it (a top-up); settle
+    commits exactly the capture."""
     from mpp.budget import BudgetLink, BudgetRefused
 
     store = BudgetStore(str(tmp_path / "b.db"))

@@ -180,7 +180,7 @@ def test_insufficient_balance_is_refused(ledger, agent):
 
 
 def test_top_up_raises_the_hold_and_a_lower_cap_changes_nothing(ledger, agent):
-    # SESSION-LEDGER-02, SESSION-LEDGER-06
+    # SESSION-LEDGER-02, SESSION-LEDGER-04, SESSION-LEDGER-06
     open_(ledger, agent, 1_000)
     raised = top_up(ledger, agent, 1_600)
     assert raised.cap == 1_600 and raised.status == "open"
@@ -296,7 +296,7 @@ def charge_of(token: str, *more: str) -> MandateCharge:
 
 
 def test_mandate_budget_counts_the_cap_and_close_gives_back_the_release(ledger, agent, principal):
-    # SESSION-LEDGER-05, SESSION-LEDGER-01, SESSION-LEDGER-03
+    # SESSION-LEDGER-05, SESSION-LEDGER-01, SESSION-LEDGER-03, SESSION-ID-02, SESSION-ID-03
     token = mandate(principal, agent, budget_amount=1_000)
     key = link_key(token)
     with pytest.raises(BudgetExhausted):
@@ -321,7 +321,7 @@ def test_mandate_budget_counts_the_cap_and_close_gives_back_the_release(ledger, 
 
 
 def test_top_up_counts_against_every_link_and_close_releases_on_every_link(ledger, agent, principal):
-    # SESSION-LEDGER-05, SESSION-LEDGER-02
+    # SESSION-LEDGER-05, SESSION-LEDGER-02, SESSION-ID-04
     sub_agent = mpp.SigningKey.generate()
     root = mandate(principal, agent, budget_amount=5_000)
     sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=1_000)
@@ -341,7 +341,7 @@ def test_top_up_counts_against_every_link_and_close_releases_on_every_link(ledge
 
 
 def test_revoked_mandate_is_refused_at_open_and_top_up(ledger, agent, principal):
-    # SESSION-LEDGER-05, SESSION-LEDGER-01, SESSION-LEDGER-02
+    # SESSION-LEDGER-05, SESSION-LEDGER-01, SESSION-LEDGER-02, SESSION-ID-04
     token = mandate(principal, agent, budget_amount=5_000)
     open_(ledger, agent, 300, sid="s1", mandate_charge=charge_of(token))
     ledger.revoke(I.issue_revocation(principal, token, now=now()), token)
@@ -368,7 +368,7 @@ def test_mandate_from_an_untrusted_root_is_refused(ledger, agent):
 
 
 async def test_rail_maps_session_refusals_to_problems(ledger, agent, principal):
-    # SESSION-LEDGER-01, SESSION-LEDGER-02, SESSION-LEDGER-03, SESSION-LEDGER-05
+    # SESSION-LEDGER-01, SESSION-LEDGER-02, SESSION-LEDGER-03, SESSION-LEDGER-04, SESSION-LEDGER-05, SESSION-OPEN-03
     rail = EmbeddedLedgerRail(ledger, recipient=PAYEE)
     terms = terms_for(ledger)
 

@@ -84,8 +84,8 @@ async def close(w, challenge, terms, key):
 
 
 async def test_session_under_a_mandate_is_attributed(world):
-    """SESSION-ID-01, SESSION-ID-03: receipts name agent, principal and mandate; the cap is held
-    against the budget and the released part given back at close."""
+    """SESSION-ID-05, SESSION-ID-02, SESSION-ID-03: receipts name agent, principal and mandate; the
+    cap is held against the budget and the released part given back at close."""
     w = world
     token = mandate(w["P"], w["A"], scope=ROUTE_SCOPE, budget_amount=1000, ceiling=50, approval_threshold=50)
     status, doc, headers, challenge, terms = await open_with(w, [token], cap=800)
@@ -107,7 +107,7 @@ def I_now():
 
 
 async def test_cap_over_the_budget_is_refused_and_nothing_held(world):
-    """SESSION-ID-02, SESSION-LEDGER-05: the ledger holds the cap against the budget atomically."""
+    """SESSION-ID-02, SESSION-ID-03, SESSION-LEDGER-05: the ledger holds the cap against the budget atomically."""
     w = world
     token = mandate(w["P"], w["A"], scope=ROUTE_SCOPE, budget_amount=1000, ceiling=50, approval_threshold=50)
     before = w["ledger"].balance(PAYER)
@@ -143,7 +143,7 @@ async def test_request_cost_over_the_ceiling_is_refused(world):
 
 
 async def test_revoked_mandate_cannot_open(world):
-    """SESSION-ID-02: revocation is checked at open, by the seller and the ledger."""
+    """SESSION-ID-01, IDENT-REV-03: revocation is checked at open, by the seller and the ledger."""
     w = world
     token = mandate(w["P"], w["A"], scope=ROUTE_SCOPE, budget_amount=1000, ceiling=50, approval_threshold=50)
     w["ledger"].revoke(I.issue_revocation(w["P"], token, now=I_now()), token)

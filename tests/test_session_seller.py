@@ -42,7 +42,7 @@ async def state(world: SessionWorld, sid: str):
 
 
 async def test_metered_route_offers_session_and_charge(world):
-    """SESSION-REQ-01, SESSION-REQ-05: the 402 carries a ledger/session challenge and a ledger/charge one."""
+    """SESSION-REQ-02, SESSION-REQ-05: the 402 carries a ledger/session challenge and a ledger/charge one."""
     session, challenges = await quote(world, "/complete")
     assert sorted((c.method, c.intent) for c in challenges) == [("ledger", "charge"), ("ledger", "session")]
     request = session.request_json
@@ -61,7 +61,8 @@ async def test_buyer_without_sessions_pays_per_request(world):
 
 
 async def test_open_use_close_captures_exactly_usage(world):
-    """SESSION-OPEN-01, SESSION-USE-01, SESSION-CLOSE-01, SESSION-LEDGER-03, SESSION-LEDGER-06, SESSION-RCPT-01."""
+    """SESSION-REQ-01, SESSION-REQ-03, SESSION-OPEN-03, SESSION-USE-01, SESSION-USE-04, SESSION-CLOSE-01, SESSION-CLOSE-02,
+    SESSION-VOUCHER-06, SESSION-LEDGER-03, SESSION-LEDGER-06, SESSION-RCPT-01, SESSION-RCPT-03."""
     total_before = world.ledger.total()
     s, resp, _ = await open_session(world, "/complete?tokens=1500", cap=500, first=20)
     assert resp.status == 200, await resp.text()
@@ -115,7 +116,7 @@ async def test_higher_voucher_needs_higher_sequence(world):
 
 
 async def test_voucher_over_the_cap_is_refused(world):
-    """SESSION-VOUCHER-04: above the cap -> session-cap-exceeded; nothing changes."""
+    """SESSION-VOUCHER-04, SESSION-ERR-01, SESSION-ERR-03: above the cap -> session-cap-exceeded; nothing changes."""
     s, resp, _ = await open_session(world, cap=100, first=20)
     status, doc, headers = await send(world, "/complete", s.voucher_credential(s.voucher(101)))
     assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-cap-exceeded"
@@ -148,7 +149,7 @@ async def test_voucher_for_another_session_is_refused(world):
 
 
 async def test_voucher_for_another_seller_is_refused(world, tmp_path):
-    """SESSION-VOUCHER-05: seller B does not honour a session opened at seller A, nor A's terms."""
+    """SESSION-VOUCHER-01, SESSION-VOUCHER-05: seller B does not honour a session opened at seller A, nor A's terms."""
     seller_b, app_b, store_b = build_seller(tmp_path, world.ledger, realm="other.test", name="b")
     server_b = TestServer(app_b, host="127.0.0.1")
     await server_b.start_server()
@@ -203,8 +204,9 @@ async def test_concurrent_requests_never_spend_beyond_the_voucher(world):
 
 
 async def test_stream_asks_for_the_next_voucher_in_band(world):
-    """SESSION-STREAM-01..03: the stream pauses with payment-required, a voucher POSTed to the
-    session endpoint resumes it, and it ends with a signed receipt."""
+    """SESSION-STREAM-01, SESSION-STREAM-02, SESSION-STREAM-03, SESSION-STREAM-04: the stream pauses
+    with payment-required, a voucher POSTed to the session endpoint resumes it, and it ends with a
+    signed receipt."""
     s, resp, _ = await open_session(world, cap=500, first=10)
     assert resp.status == 200
     events: list[tuple[str, str]] = []
@@ -233,7 +235,7 @@ async def test_stream_asks_for_the_next_voucher_in_band(world):
 
 
 async def test_stream_without_voucher_stops_cleanly(world):
-    """SESSION-STREAM-04: no voucher in time -> payment-timeout, a receipt for what was sent, no more content."""
+    """SESSION-STREAM-02, SESSION-STREAM-04: no voucher in time -> payment-timeout, a receipt for what was sent, no more content."""
     world.seller.sessions.voucher_timeout = 0.3
     s, resp, _ = await open_session(world, cap=500, first=MAX_COST)
     assert resp.status == 200  # spends 2 of the 10 accepted

@@ -162,3 +162,17 @@ def test_identity_vectors_match_the_schemas():
         assert not _validator("mandate-claims").is_valid(claims_of(mandates[name]["input"]["tokens"][0])), name
     for name in ("approval_bad_jti", "approval_iat_boolean", "approval_unknown_rule", "approval_missing_rule"):
         assert not _validator("approval-claims").is_valid(claims_of(approvals[name]["input"]["approval"])), name
+
+
+def test_untestable_names_the_tests_that_cite_each_requirement():
+    """spec/untestable.json, where a reason says a requirement is covered in process by some test
+    files, names files that really cite it."""
+    reasons = json.loads((ROOT / "spec" / "untestable.json").read_text(encoding="utf-8"))
+    wrong = {}
+    for rid, why in reasons.items():
+        if not why.startswith("Covered in process by "):
+            continue
+        for name in re.findall(r"tests/[\w/]+\.py", why.split(" (", 1)[0]):
+            if rid not in ID.findall((ROOT / name).read_text(encoding="utf-8")):
+                wrong.setdefault(rid, []).append(name)
+    assert not wrong, f"spec/untestable.json names tests that do not cite the requirement: {wrong}"
