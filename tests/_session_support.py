@@ -3,6 +3,7 @@ test can send exactly the voucher (or the forgery) it means to."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,19 @@ def build_seller(tmp_path: Path, ledger: SqliteLedger, *, realm: str = "sessions
         await meter.start(request)
         for i in range(int(request.query.get("chunks", "5"))):
             await meter.send(f"chunk {i}", units=int(request.query.get("tokens", "1000")))
+            if "delay" in request.query:
+                await asyncio.sleep(float(request.query["delay"]))
         return await meter.finish()
 
     @seller.meter("token", PRICE, "usd", per=PER, max_units=MAX_UNITS, description="fails", idle_timeout=idle_timeout)
     async def fails(request: web.Request) -> web.Response:
         meter_of(request).report(MAX_UNITS)
         raise web.HTTPServiceUnavailable()
+
+    @seller.meter("token", 2, "eur", per=1000, max_units=MAX_UNITS, description="in euros", idle_timeout=idle_timeout)
+    async def euro(request: web.Request) -> web.Response:
+        meter_of(request).report(1000)
+        return web.json_response({"eur": True})
 
     @web.middleware
     async def count(request: web.Request, handler):
@@ -77,6 +85,7 @@ def build_seller(tmp_path: Path, ledger: SqliteLedger, *, realm: str = "sessions
     app.router.add_get("/complete", complete)
     app.router.add_get("/stream", stream)
     app.router.add_get("/fails", fails)
+    app.router.add_get("/euro", euro)
     seller.setup(app)
     return seller, app, store
 

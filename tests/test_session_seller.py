@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import PaymentClient
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.session_core import SessionPayload, SessionTerms, cost_of, sign_cap
+from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, cost_of, sign_cap
 
 from _session_support import MAX_UNITS, PER, PRICE, SessionWorld, build_seller, make_ledger, open_session, quote, receipt_claims, send
 
@@ -306,3 +306,83 @@ async def test_idempotency_key_retry_is_not_charged_twice(world):
     async with world.http.get(world.url("/complete?tokens=10"), headers=headers) as other:
         assert other.status == 400
     assert (await state(world, s.id)).spent == spent
+
+
+async def test_open_gets_every_core_check(world):
+    """SESSION-OPEN-01, SESSION-REQ-04: an open is checked like a charge credential: expiry,
+    resource binding, sessionId = challenge id; a repeated open never holds twice."""
+    from datetime import timedelta
+
+    from _session_support import RawSession
+
+    challenge, _ = await quote(world, "/complete?tokens=1000")
+    request = SessionRequest.from_challenge(challenge)
+    s = RawSession(world, challenge, request, SessionTerms.of(challenge, request), world.agent, cap=300)
+
+    def open_payload(session_id: str = s.id) -> SessionPayload:
+        return SessionPayload("open", session_id, world.agent.did, account="acct:buyer", cap=300,
+                              cap_signature=sign_cap(world.agent, s.terms, account="acct:buyer", cap=300),
+                              voucher=s.voucher(20, 1))
+
+    status, doc, _ = await send(world, "/complete?tokens=2000", s.credential(open_payload()))  # another query
+    assert status == 402 and doc["type"].endswith("/invalid-challenge")
+    status, doc, _ = await send(world, "/complete?tokens=1000", s.credential(open_payload("not-the-challenge-id")))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    status, doc, _ = await send(world, "/.well-known/mpp-session", s.credential(open_payload()), method="POST")
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    clock = world.seller.clock
+    world.seller.clock = lambda: clock() + timedelta(minutes=10)
+    try:
+        status, doc, _ = await send(world, "/complete?tokens=1000", s.credential(open_payload()))
+        assert status == 402 and doc["type"].endswith("/payment-expired")
+    finally:
+        world.seller.clock = clock
+    assert world.ledger.balance("acct:buyer") == 10_000 and await world.store.get(s.id) is None
+    status, _, _ = await send(world, "/complete?tokens=1000", s.credential(open_payload()))
+    assert status == 200 and world.ledger.balance("acct:buyer") == 10_000 - 300
+    status, _, _ = await send(world, "/complete?tokens=1000", s.credential(open_payload()))  # a retried open
+    assert status == 200 and world.ledger.balance("acct:buyer") == 10_000 - 300  # held once
+    intruder = mpp.SigningKey.generate()
+    world.ledger.authorize_key("acct:buyer", intruder.did)
+    other = SessionPayload("open", s.id, intruder.did, account="acct:buyer", cap=300,
+                           cap_signature=sign_cap(intruder, s.terms, account="acct:buyer", cap=300),
+                           voucher=s.voucher(20, 1, key=intruder))
+    status, doc, _ = await send(world, "/complete?tokens=1000", s.credential(other))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+
+
+async def test_session_endpoint_problems_carry_no_challenge(world):
+    """SESSION-ERR-02: the session endpoint prices nothing."""
+    s, _, _ = await open_session(world, cap=300, first=20)
+    status, doc, headers = await send(world, "/.well-known/mpp-session", s.voucher_credential(s.voucher(301)), method="POST")
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-cap-exceeded"
+    assert "WWW-Authenticate" not in headers and "challengeId" not in doc
+    status, doc, headers = await send(world, "/.well-known/mpp-session", "Payment garbage", method="POST")
+    assert status in (400, 402) and "WWW-Authenticate" not in headers
+
+
+async def test_route_in_another_currency_refuses_the_session(world):
+    """SESSION-VOUCHER-07: a session in usd cannot pay a route priced in eur."""
+    s, _, _ = await open_session(world, cap=300, first=50)
+    status, doc, _ = await send(world, "/euro", s.voucher_credential(s.voucher(50, 1)))
+    assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
+    assert (await state(world, s.id)).spent == 2
+
+
+async def test_close_stops_a_running_stream(world):
+    """SESSION-STREAM-05, SESSION-REQ-06: once the session is closing, a stream delivers nothing more
+    and ends with its receipt; nothing is spent after the capture."""
+    s, _, _ = await open_session(world, cap=500, first=200)
+    seen: list[str] = []
+    async with world.http.get(world.url("/stream?chunks=50&tokens=1000&delay=0.02"),
+                              headers={"Authorization": s.voucher_credential(s.voucher(200, 1))}) as resp:
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            seen.append(line)
+            if line == "data: chunk 2":
+                status, doc, _ = await send(world, "/.well-known/mpp-session", s.close_credential(), method="POST")
+                assert status == 200, doc
+    chunks = [line for line in seen if line.startswith("data: chunk")]
+    assert 3 <= len(chunks) < 50 and "event: payment-receipt" in seen
+    st = await state(world, s.id)
+    assert st.status == "closed" and st.captured == st.spent and world.ledger.total() == 0

@@ -37,7 +37,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..errors import BadRequest, PaymentProblem, RequestInProgress
-from ..headers import format_receipt
+from ..errors import ParseError
+from ..headers import format_receipt, parse_credential
 from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
 from ..ledger import MandateCharge
 from ..models import ChargeRequest, PaymentReceipt, format_rfc3339
@@ -400,6 +401,9 @@ class SessionDesk:
                            body=await request.read(), authorization=tuple(request.headers.getall("Authorization", ())))
         now = seller.clock()
         try:
+            header = seller.core.payment_credential(info)
+            if header is not None and _action_of(header) == "open":
+                raise VoucherInvalid("open a session on the priced route it was offered for")
             call = seller._session_call(info, now)
             if call is None:
                 raise VoucherInvalid(f"{SESSION_PATH} takes a session credential (action voucher, topUp or close)")
@@ -502,6 +506,14 @@ class SessionDesk:
         except asyncio.CancelledError:
             pass
         await self.store.close()
+
+
+def _action_of(header: str) -> Any:
+    try:
+        payload = parse_credential(header).payload
+    except ParseError:
+        return None  # the full check reports it
+    return payload.get("action") if isinstance(payload, dict) else None
 
 
 def _route(resource: str) -> str:
