@@ -14,7 +14,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ._sqlite import connect, immediate
 from .models import format_rfc3339, parse_rfc3339
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS session_responses (
     idempotency_key TEXT NOT NULL,
     resource TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+    owner TEXT NOT NULL,
     status INTEGER,
     headers TEXT,
     body BLOB,
@@ -146,7 +147,8 @@ class SessionStore(Protocol):
     async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState: ...
     async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState: ...
     async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
-                     amount: int, now: datetime, release_hold: bool = True) -> SessionState: ...
+                     amount: int, now: datetime, release_hold: bool = True, idempotency_key: str | None = None,
+                     render: Callable[[SessionState], StoredResponse | None] | None = None) -> SessionState: ...
     async def release(self, session_id: str, request_id: str) -> None: ...
     async def heartbeat(self, now: datetime) -> None: ...
     async def begin_close(self, session_id: str, now: datetime) -> SessionState: ...
@@ -302,10 +304,14 @@ class SqliteSessionStore:
             return state
 
     async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
-                     amount: int, now: datetime, release_hold: bool = True) -> SessionState:
+                     amount: int, now: datetime, release_hold: bool = True, idempotency_key: str | None = None,
+                     render: Callable[[SessionState], StoredResponse | None] | None = None) -> SessionState:
         """Count ``amount`` as spent and add it to the request's usage line, in one transaction.
 
-        Without a hold (streaming), the amount must fit in the authorized value still free."""
+        Without a hold (streaming), the amount must fit in the authorized value still free. With
+        an ``idempotency_key``, ``render(state after the commit)`` gives the response to keep for
+        retries, stored in the same transaction: a retry finds either the charged request's
+        response or no charge at all, whatever happens to this process (SESSION-USE-06)."""
         stamp = format_rfc3339(now)
         with immediate(self._conn) as c:
             state = self._must(c, session_id)  # nothing is spent once a close has begun (SESSION-STREAM-05)
@@ -331,7 +337,13 @@ class SqliteSessionStore:
             )
             if hold is not None and release_hold:
                 c.execute("DELETE FROM session_holds WHERE session_id=? AND request_id=?", (session_id, request_id))
-            return self._must(c, session_id, usable=False)
+            after = self._must(c, session_id, usable=False)
+            kept = render(after) if render is not None else None
+            if idempotency_key is not None and kept is not None:
+                c.execute("UPDATE session_responses SET state='done', status=?, headers=?, body=? "
+                          "WHERE session_id=? AND idempotency_key=?",
+                          (kept.status, json.dumps(kept.headers), kept.body, session_id, idempotency_key))
+            return after
 
     async def release(self, session_id: str, request_id: str) -> None:
         with immediate(self._conn) as c:
@@ -372,17 +384,27 @@ class SqliteSessionStore:
         """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
         with it, ("running", None) while that one runs, ("done", response) once it answered, and
         ("conflict", None) if the key was used for another resource."""
+        now = datetime.now(timezone.utc)
         with immediate(self._conn) as c:
-            row = c.execute("SELECT resource, state, status, headers, body FROM session_responses "
+            self._beat(c, now)
+            row = c.execute("SELECT resource, state, status, headers, body, owner FROM session_responses "
                             "WHERE session_id=? AND idempotency_key=?", (session_id, key)).fetchone()
             if row is None:
-                c.execute("INSERT INTO session_responses(session_id, idempotency_key, resource, state) VALUES (?, ?, ?, 'running')",
-                          (session_id, key, resource))
+                c.execute("INSERT INTO session_responses(session_id, idempotency_key, resource, state, owner) "
+                          "VALUES (?, ?, ?, 'running', ?)", (session_id, key, resource, self.instance))
                 return "new", None
-        if row[0] != resource:
-            return "conflict", None
-        if row[1] == "running":
-            return "running", None
+            if row[0] != resource:
+                return "conflict", None
+            if row[1] == "running":
+                # A running key whose process died never committed (a commit marks it done in the same
+                # transaction): the retry takes it over and is charged once.
+                alive = c.execute("SELECT 1 FROM seller_instances WHERE id=? AND last_seen > ?",
+                                  (row[5], format_rfc3339(now - self.instance_ttl))).fetchone()
+                if alive:
+                    return "running", None
+                c.execute("UPDATE session_responses SET owner=? WHERE session_id=? AND idempotency_key=?",
+                          (self.instance, session_id, key))
+                return "new", None
         return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
 
     async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None:

@@ -11,6 +11,7 @@ and :meth:`PaymentClient.close_sessions` (or leaving ``async with client``) clos
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from .sessions import (
 __all__ = ["PaymentClient", "PaidResponse", "PaidStream"]
 
 log = logging.getLogger("mpp.buyer")
+CLOSE_RETRY_SECONDS = 30.0  # how long close keeps asking while the seller answers 409 (requests still running)
 JWKS_PATH = "/.well-known/jwks.json"
 FINAL_RECEIPT_LIMIT = 1 << 20  # bytes of one header field in an answer to the session endpoint
 Event = Callable[[str, dict[str, Any]], None]
@@ -494,6 +496,12 @@ class PaymentClient:
             manager.retire(session)
             credential = manager.close_credential(session)
         paid = await self._post_session(session, credential)
+        # 409: a request of the session is still running at the seller (or was, in a seller process
+        # that died: its reservation stops counting within seconds). Closing is idempotent: try again.
+        deadline = asyncio.get_running_loop().time() + CLOSE_RETRY_SECONDS
+        while paid.status == 409 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+            paid = await self._post_session(session, credential)
         problem = _problem_of(paid)
         if paid.status != 200:
             if paid.status == 402 and problem.get("type") == _GONE[1]:

@@ -333,21 +333,17 @@ class SessionDesk:
             if status == "conflict":
                 raise BadRequest("this Idempotency-Key was used for another resource in this session")
         try:
-            response = await self._serve_once(request, handler, call, metered, meter, sid)
+            response = await self._serve_once(request, handler, call, metered, meter, sid, key)
         except BaseException:
             if key is not None:
                 await self.store.drop_key(sid, key)
             raise
-        if key is not None:
-            if isinstance(response, web.Response) and response.status < 400 and isinstance(response.body, (bytes, bytearray)):
-                kept = [(k, v) for k in _KEPT_HEADERS for v in response.headers.getall(k, ())]
-                await self.store.save_key(sid, key, StoredResponse(response.status, kept, bytes(response.body)))
-            else:
-                await self.store.drop_key(sid, key)
+        if key is not None and response.status >= 400:
+            await self.store.drop_key(sid, key)
         return response
 
     async def _serve_once(self, request: web.Request, handler: Any, call: SessionCall, metered: Metered,
-                          meter: "SessionMeter", sid: str) -> web.StreamResponse:
+                          meter: "SessionMeter", sid: str, key: str | None = None) -> web.StreamResponse:
         await self.store.reserve(sid, meter.request_id, metered.max_request_cost, self.seller.clock())
         try:
             response = await handler(request)
@@ -358,11 +354,22 @@ class SessionDesk:
             await self.store.release(sid, meter.request_id)
             return response
         amount = metered.cost(meter.units)
-        state = await self.store.commit(sid, meter.request_id, resource=_route(call.resource), unit_price=metered.price,
-                                        per=metered.per, units=meter.units, amount=amount, now=self.seller.clock())
+
+        def render(state: SessionState) -> StoredResponse | None:
+            """The receipt for the state this commit produced; and, for an Idempotency-Key, the
+            response kept for retries, written in the commit's own transaction."""
+            response.headers["Payment-Receipt"] = self.request_receipt(call, state, metered, meter.request_id, amount,
+                                                                       meter.units)
+            _private(response)
+            if key is None or not isinstance(response, web.Response) or not isinstance(response.body, (bytes, bytearray)):
+                return None
+            kept = [(k, v) for k in _KEPT_HEADERS for v in response.headers.getall(k, ())]
+            return StoredResponse(response.status, kept, bytes(response.body))
+
+        await self.store.commit(sid, meter.request_id, resource=_route(call.resource), unit_price=metered.price,
+                                per=metered.per, units=meter.units, amount=amount, now=self.seller.clock(),
+                                idempotency_key=key, render=render)
         meter.charged = amount
-        response.headers["Payment-Receipt"] = self.request_receipt(call, state, metered, meter.request_id, amount, meter.units)
-        _private(response)
         return response
 
     async def _serve_stream(self, request: web.Request, handler: Any, meter: SessionMeter) -> web.StreamResponse:
