@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS mandate_spend (
     amount INTEGER NOT NULL,
     PRIMARY KEY (challenge_id, jti)
 );
+CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
 CREATE TABLE IF NOT EXISTS approvals_used (
     jti TEXT PRIMARY KEY,
     challenge_id TEXT NOT NULL
