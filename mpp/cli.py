@@ -78,6 +78,8 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         added = [did for did in args.trust_principal if did not in config.trusted_principals]
         config = config.model_copy(update={"trusted_principals": [*config.trusted_principals, *added]})
+    if args.workers > 1:
+        return _serve_workers(config, args)
     app, seller = build_seller_app(config)
 
     async def run() -> None:
@@ -97,6 +99,26 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def _serve_workers(config, args: argparse.Namespace) -> int:
+    """``--workers N``: N processes accept on one socket and share the seller's stores."""
+    from .aio.serve import HEADER_LIMITS, build_seller_app
+    from .aio.workers import bind, serve_forked
+
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        _err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    port = sock.getsockname()[1]
+    host = args.host if ":" not in args.host else f"[{args.host}]"
+
+    def ready() -> None:
+        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={len(config.routes)} "
+              f"workers={args.workers}", flush=True)
+
+    return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS, on_ready=ready)
 
 
 # -- fetch -----------------------------------------------------------------
@@ -371,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
     t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     t.add_argument("--port", type=int, default=8402, help="port (default 8402; 0 picks a free one)")
+    t.add_argument("--workers", type=_pos_int, default=1, metavar="N",
+                   help="seller processes sharing the port and the stores (default 1); challenges are stateless, "
+                        "and each is settled by exactly one process")
     t.add_argument("--trust-principal", action="append", default=[], metavar="DID",
                    help="also accept mandates of this principal (an Ed25519 did:key; repeatable), besides trusted_principals in the configuration")
     t.set_defaults(func=cmd_seller_serve)

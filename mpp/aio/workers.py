@@ -1,0 +1,113 @@
+"""Several seller processes on one listening socket (pre-fork), sharing their stores.
+
+The parent binds the socket, forks ``workers`` children, and each child builds its own
+application (its own database connections: nothing is shared across ``fork`` but the socket)
+and accepts on it; the kernel spreads connections among them. Challenges are stateless
+(HMAC), so any worker verifies any challenge; consuming one is a transaction in the shared
+store, so exactly one worker ever settles it.
+
+The parent forwards SIGINT/SIGTERM to the children and waits for them; if a child dies on
+its own, the parent stops the others and exits non-zero, so a supervisor sees the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from typing import Callable
+
+from aiohttp import web
+
+__all__ = ["WORKER_HEADER", "bind", "serve_forked"]
+
+WORKER_HEADER = "MPP-Worker"  # which worker answered (an index, never a pid): lets tests see the spread
+
+
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _tag(index: int):
+    @web.middleware
+    async def tag(request: web.Request, handler):
+        response = await handler(request)
+        response.headers[WORKER_HEADER] = str(index)
+        return response
+
+    return tag
+
+
+async def _child(make_app: Callable[[], web.Application], sock: socket.socket, index: int, runner_kwargs: dict) -> None:
+    app = make_app()
+    app.middlewares.insert(0, _tag(index))
+    runner = web.AppRunner(app, access_log=None, **runner_kwargs)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, workers: int, *,
+                 runner_kwargs: dict | None = None, on_ready: Callable[[], None] | None = None) -> int:
+    """Run ``workers`` processes on ``sock`` until SIGINT/SIGTERM; the exit status for the CLI."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    children: dict[int, int] = {}
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the child: its own event loop and connections, then exit without parent cleanup
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                asyncio.run(_child(make_app, sock, index, runner_kwargs or {}))
+            except BaseException as exc:  # noqa: BLE001 - reported, then the parent sees the status
+                print(f"mpp: worker {index} failed: {exc}", file=sys.stderr, flush=True)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children[pid] = index
+    sock.close()
+    stopping = False
+
+    def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    if on_ready is not None:
+        on_ready()
+    status = 0
+    while children:
+        try:
+            pid, raw = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(raw)
+        if not stopping:
+            print(f"mpp: worker {index} exited ({code}); stopping the others", file=sys.stderr, flush=True)
+            status = 1
+            forward(signal.SIGTERM, None)
+    return status
