@@ -5,6 +5,7 @@ INTEROP_VENV := .venv-interop
 STAMP := $(VENV)/.installed
 INTEROP_STAMP := $(INTEROP_VENV)/.installed
 CHROMIUM_STAMP := $(VENV)/.chromium
+POSTGRES_STAMP := $(VENV)/.postgres
 
 .PHONY: demo test test-fast interop-env clean bench-session
 
@@ -27,14 +28,20 @@ $(CHROMIUM_STAMP): | $(STAMP)
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 	touch $@
 
+# The PostgreSQL tests start a throwaway server themselves (mpp/pgserver.py); they need its
+# programs: Debian's package, installed when missing (as root, as on CI).
+$(POSTGRES_STAMP): | $(STAMP)
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/mpp demo
 
-test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP)
+test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest
 
 # Everything but the interoperability tests (no side environment needed).
-test-fast: $(STAMP) $(CHROMIUM_STAMP)
+test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(VENV)/bin/python -m pytest -m "not interop"
 
 # HTTP requests on the wire for 100 paid calls: session against charge (prints a table, writes JSON).

@@ -116,6 +116,36 @@ class SellerConfig(BaseModel):
         p = Path(p)
         return str(p if p.is_absolute() else self.base_dir / p)
 
+    @field_validator("store", "sessions")
+    @classmethod
+    def _store_location(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .stores import check_location
+
+            check_location(v)  # a path, sqlite:///path or postgresql://...; anything else is named
+        return v
+
+    def locate(self, location: str) -> str:
+        """A store location as the stores take it: URLs unchanged, paths relative to this file."""
+        if "://" in location:
+            return location
+        if location.startswith("sqlite:"):
+            return self.resolve(location[len("sqlite:"):])
+        return self.resolve(location)
+
+    @property
+    def sessions_location(self) -> str:
+        """The session store: ``sessions``, else the payment store's PostgreSQL database, else
+        sessions.db beside the payment store's file."""
+        if self.sessions:
+            return self.locate(self.sessions)
+        store = self.locate(self.store)
+        if "://" in store and not store.startswith("sqlite:"):
+            return store
+        from ._sqlite import sqlite_path
+
+        return str(Path(sqlite_path(store)).with_name("sessions.db"))
+
 
 def _describe(exc: ValidationError) -> str:
     lines = []

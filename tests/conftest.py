@@ -87,3 +87,26 @@ def served(home: Path):
         err = stop_seller(seller)
         # A traceback in the seller's log means some input reached an unhandled path.
         assert "Traceback" not in err, err
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+# One throwaway server for the whole run (mpp.pgserver: as the postgres user when root, data
+# in a temporary folder, loopback port); every test that asks for `pg_url` gets a fresh,
+# empty database on it. Nothing is skipped: if PostgreSQL is missing or does not start, the
+# tests that need it error with PostgresUnavailable's message (and the server log's tail).
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from mpp.pgserver import throwaway_postgres
+
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> str:
+    """postgresql://postgres@127.0.0.1:PORT/<fresh database>"""
+    from mpp.pgserver import create_database
+
+    return create_database(pg_server)

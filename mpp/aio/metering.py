@@ -501,8 +501,13 @@ class SessionDesk:
     async def sweeper(self, app: web.Application):
         async def loop() -> None:
             while True:
-                await self.store.heartbeat(self.seller.clock())
-                await self.sweep()
+                try:
+                    await self.store.heartbeat(self.seller.clock())
+                    await self.sweep()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a dropped database connection must not end the heartbeat for good
+                    log.exception("session sweeper round failed; retrying")
                 await asyncio.sleep(self.sweep_interval)
 
         task = asyncio.create_task(loop())

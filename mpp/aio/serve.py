@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from pathlib import Path
 
 from aiohttp import web
 
@@ -14,8 +13,7 @@ from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
 from ..seller_core import Metered
-from ..session_store import SqliteSessionStore
-from ..store import SqlitePaymentStore
+from ..stores import ensure_open, payment_store_for, session_store_for
 from .metering import StreamStopped, meter_of
 from .rails import EmbeddedLedgerRail
 from .seller import Seller, payment_of
@@ -85,16 +83,23 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         secret=read_secret(config.resolve(config.secret_file)),
         receipt_key=SigningKey.load(config.resolve(config.receipt_key)),
         rails=[EmbeddedLedgerRail(ledger, recipient=config.recipient)],
-        store=SqlitePaymentStore(config.resolve(config.store)),
+        store=payment_store_for(config.locate(config.store)),
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
         trusted_principals=frozenset(config.trusted_principals),
         max_chain_depth=config.max_chain_depth,
         audit=AuditLog(config.resolve(config.audit_log)) if config.audit_log else None,
-        session_store=SqliteSessionStore(config.resolve(config.sessions) if config.sessions
-                                         else str(Path(config.resolve(config.store)).with_name("sessions.db"))),
+        session_store=session_store_for(config.sessions_location),
     )
     app = web.Application()
     app[LEDGER_KEY] = ledger
+
+    async def _open_stores(app: web.Application):
+        # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)
+        await ensure_open(seller.store)
+        await ensure_open(seller.session_store)
+        yield
+
+    app.cleanup_ctx.append(_open_stores)
     for route in config.routes:
         price = route.price
         handler = _metered_handler_for(route, price) if isinstance(price, Metered) else _handler_for(route)

@@ -1,0 +1,65 @@
+"""Choose a store's engine by its location: SQLite for ``sqlite:///path``, ``sqlite:relative``
+or a plain path; PostgreSQL for ``postgresql://...`` (or ``postgres://...``).
+
+    store = await open_payment_store("postgresql://seller@db/mpp")
+    sessions = await open_session_store("sqlite:///var/lib/mpp/sessions.db")
+
+``payment_store_for`` / ``session_store_for`` build the same stores synchronously (for code
+that wires a seller before its event loop runs): a SQLite store is ready at once, a PostgreSQL
+one makes its pool on ``await ensure_open(store)`` or on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._sqlite import sqlite_path
+from .session_store import SessionStore, SqliteSessionStore
+from .store import PaymentStore, SqlitePaymentStore
+
+__all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
+           "open_session_store", "ensure_open"]
+
+
+def is_postgres(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def check_location(location: str) -> str:
+    """``location`` unchanged if some store here can open it; ValueError naming it if not."""
+    if not is_postgres(location):
+        sqlite_path(location)  # ValueError for any other URL scheme
+    return location
+
+
+def payment_store_for(location: str, **kwargs: Any) -> PaymentStore:
+    if is_postgres(location):
+        from .pg import PgPaymentStore
+
+        return PgPaymentStore(location, **kwargs)
+    return SqlitePaymentStore(location)
+
+
+def session_store_for(location: str, **kwargs: Any) -> SessionStore:
+    """``kwargs``: ``instance_ttl`` for either engine; pool sizes for PostgreSQL."""
+    if is_postgres(location):
+        from .pg import PgSessionStore
+
+        return PgSessionStore(location, **kwargs)
+    return SqliteSessionStore(location, **kwargs)
+
+
+async def ensure_open(store: Any) -> Any:
+    """Open a store that opens asynchronously (PostgreSQL: pool and tables); others are open already."""
+    opener = getattr(store, "open", None)
+    if opener is not None:
+        await opener()
+    return store
+
+
+async def open_payment_store(location: str, **kwargs: Any) -> PaymentStore:
+    return await ensure_open(payment_store_for(location, **kwargs))
+
+
+async def open_session_store(location: str, **kwargs: Any) -> SessionStore:
+    return await ensure_open(session_store_for(location, **kwargs))
