@@ -7,7 +7,7 @@ INTEROP_STAMP := $(INTEROP_VENV)/.installed
 CHROMIUM_STAMP := $(VENV)/.chromium
 POSTGRES_STAMP := $(VENV)/.postgres
 
-.PHONY: demo test test-fast interop-env clean bench-session
+.PHONY: demo test test-fast interop-env clean bench bench-session
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 # Everything but the interoperability tests (no side environment needed).
 test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	$(VENV)/bin/python -m pytest -m "not interop"
+
+# Throughput and latency side by side (issue 6): table on stdout, benchmarks/results.json (~1.5 min).
+# The pympp peer runs in the interoperability environment, with aiohttp added to it.
+BENCH_STAMP := $(INTEROP_VENV)/.bench
+$(BENCH_STAMP): benchmarks/pympp-requirements.txt | $(INTEROP_STAMP)
+	$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r benchmarks/pympp-requirements.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(VENV)/bin/python benchmarks/bench.py --json benchmarks/results.json
 
 # HTTP requests on the wire for 100 paid calls: session against charge (prints a table, writes JSON).
 bench-session: $(STAMP)

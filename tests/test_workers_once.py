@@ -46,8 +46,22 @@ async def _storm(url: str, credential: str) -> tuple[Counter, Counter, list[int]
     return statuses, workers, ok_workers
 
 
-async def test_one_credential_1000_times_over_3_processes_settles_once(home: Path):
-    """CORE-ONCE-01, CORE-ONCE-02: exactly one success and one transfer, whichever process answers."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_home(request, home: Path) -> Path:
+    """The seller's payment and session stores in one SQLite file, or in one PostgreSQL database."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        config = home / "seller.toml"
+        text = config.read_text()
+        assert 'store = "seller/payments.db"' in text
+        config.write_text(text.replace('store = "seller/payments.db"', f'store = "{url}"'))
+    return home
+
+
+async def test_one_credential_1000_times_over_3_processes_settles_once(shared_home: Path):
+    """CORE-ONCE-01, CORE-ONCE-02: exactly one success and one transfer, whichever process answers,
+    with the processes sharing SQLite or PostgreSQL."""
+    home = shared_home
     seller = start_seller(home, "--workers", str(WORKERS))
     try:
         wallet = seller.wallet
