@@ -5,6 +5,8 @@ A ``did:key`` for Ed25519 is ``did:key:z`` + base58btc(0xed 0x01 || 32-byte publ
 
 from __future__ import annotations
 
+import functools
+
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,13 @@ def did_from_public_key(public_key: Ed25519PublicKey) -> str:
 def public_key_from_did(did: str) -> Ed25519PublicKey:
     if not isinstance(did, str) or not did.startswith("did:key:z") or len(did) > 128:
         raise ParseError("not an Ed25519 did:key")
+    return _public_key(did)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(did: str) -> Ed25519PublicKey:
+    """Decoding is pure, and the same few agents' keys come back on every request: cached.
+    Failures are not cached (an exception leaves the cache untouched)."""
     try:
         decoded = base58.b58decode(did[len("did:key:z"):])
     except ValueError as exc:
