@@ -151,6 +151,17 @@ class SessionCall:
         return self.payload.session_id
 
 
+def _check_binding(challenge: Challenge, info: RequestInfo) -> None:
+    """The challenge was issued for this very request: method, path, query (opaque) and body (digest)."""
+    opaque = challenge.opaque_json or {}
+    if opaque.get("resource") != info.resource:
+        raise InvalidChallenge("challenge was issued for another resource")
+    if challenge.digest is not None:
+        verify_content_digest(challenge.digest, info.body)
+    elif info.body:
+        raise VerificationFailed("request has a body but the challenge bound none")
+
+
 @dataclass
 class SellerCore:
     issuer: ChallengeIssuer
@@ -237,13 +248,7 @@ class SellerCore:
         if challenge.intent != INTENT:
             raise InvalidChallenge(f"intent {challenge.intent!r} is not offered for this credential")
         self.issuer.verify(challenge, now=now)  # InvalidChallenge / PaymentExpired
-        opaque = challenge.opaque_json or {}
-        if opaque.get("resource") != info.resource:
-            raise InvalidChallenge("challenge was issued for another resource")
-        if challenge.digest is not None:
-            verify_content_digest(challenge.digest, info.body)
-        elif info.body:
-            raise VerificationFailed("request has a body but the challenge bound none")
+        _check_binding(challenge, info)
         try:
             request = ChargeRequest.from_challenge(challenge)
         except ParseError as exc:  # we issued it, so this means a bug or a forged secret
@@ -270,13 +275,7 @@ class SellerCore:
         if credential.source is not None and credential.source != payload.signer:
             raise VerificationFailed("credential source is not the session's signer")
         if opening:
-            opaque = challenge.opaque_json or {}
-            if opaque.get("resource") != info.resource:
-                raise InvalidChallenge("challenge was issued for another resource")
-            if challenge.digest is not None:
-                verify_content_digest(challenge.digest, info.body)
-            elif info.body:
-                raise VerificationFailed("request has a body but the challenge bound none")
+            _check_binding(challenge, info)
         try:
             request = SessionRequest.from_challenge(challenge)
         except ParseError as exc:  # we issued it, so this means a bug or a forged secret
