@@ -297,6 +297,120 @@ def cmd_ledger_check(args: argparse.Namespace) -> int:
     return EXIT_OK if not problems else EXIT_HTTP
 
 
+def _seller_entries(args: argparse.Namespace) -> dict[str, str]:
+    """--seller DID=ACCOUNT flags, after the [[sellers]] of --config (a flag wins for its DID)."""
+    import tomllib
+
+    from .keys import public_key_from_did
+
+    entries: list[tuple[str, str, str]] = []
+    if args.config:
+        try:
+            raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{args.config}: not valid TOML: {exc}") from None
+        for i, item in enumerate(raw.get("sellers", [])):
+            if not isinstance(item, dict) or not isinstance(item.get("did"), str) or not isinstance(item.get("account"), str):
+                raise ValueError(f"{args.config}: sellers[{i}] needs did = \"did:key:...\" and account = \"acct:...\"")
+            entries.append((item["did"], item["account"], f"{args.config}: sellers[{i}]"))
+    for item in args.seller:
+        did, sep, account = item.partition("=")
+        if not sep or not account:
+            raise ValueError(f"--seller must be DID=ACCOUNT, got {item!r}")
+        entries.append((did.strip(), account.strip(), f"--seller {item!r}"))
+    sellers: dict[str, str] = {}
+    for did, account, where in entries:
+        try:
+            public_key_from_did(did)
+        except ValueError:
+            raise ValueError(f"{where}: {did!r} is not an Ed25519 did:key (did:key:z6Mk...)") from None
+        sellers[did] = account
+    return sellers
+
+
+def cmd_ledger_serve(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from aiohttp import web
+
+    from .ledger import SqliteLedger, UnknownAccount
+    from .ledger.service import ledger_app
+
+    config: dict = {}
+    if args.config:
+        config = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    if args.ledger is None and isinstance(config.get("ledger"), str):
+        args.ledger = str(Path(args.config).parent / config["ledger"])  # relative to the file
+    sellers = _seller_entries(args)
+    if not sellers:
+        _err("no sellers: register each seller's key and payee account with --seller DID=ACCOUNT (repeatable)")
+        return EXIT_USAGE
+    ledger = SqliteLedger(_ledger_path(args))
+    try:
+        for did, account in sellers.items():
+            try:
+                ledger.account(account)
+            except UnknownAccount:
+                ledger.create_account(account, args.currency)
+                print(f"created payee account {account} ({args.currency}) for {did}", flush=True)
+    except BaseException:
+        ledger.close()
+        raise
+    app = ledger_app(ledger, sellers=sellers, close_ledger=True)
+    host = args.host or config.get("host", "127.0.0.1")
+    port = args.port if args.port is not None else int(config.get("port", 8403))
+
+    async def run() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
+        shown = host if ":" not in host else f"[{host}]"
+        print(f"mpp ledger ready on http://{shown}:{bound} ledger={ledger.ledger_id} sellers={len(sellers)}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def cmd_ledger_key(args: argparse.Namespace) -> int:
+    from .keys import SigningKey
+
+    path = Path(args.path)
+    if path.exists():
+        key = SigningKey.load(path)
+    else:
+        key = SigningKey.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key.save(path)
+    print(key.did)
+    return EXIT_OK
+
+
+EPILOG_LEDGER_SERVE = """Each seller signs its requests with its own Ed25519 key (the DID) and may credit only
+the payee account it is registered with; a payee account that does not exist yet is
+created, empty, in --currency. A seller uses the service with, in its seller.toml:
+
+  ledger_url = "http://127.0.0.1:8403"
+  ledger_key = "seller/ledger.key"      # the key whose DID is registered here
+
+(`mpp ledger key seller/ledger.key` makes such a key and prints its DID.)
+
+instead of ledger = "ledger.db". --config names a TOML file with any of
+  ledger = "ledger.db"   host = "127.0.0.1"   port = 8403
+  [[sellers]]
+  did = "did:key:z6Mk..."
+  account = "acct:seller"
+The wire format is in spec/methods/ledger.md, section 7.
+"""
+
+
 # -- audit -----------------------------------------------------------------
 
 
@@ -418,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--approve-with", metavar="KEY.pem", help="principal (or approver) key that signs an approval when the seller asks for one")
     s.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser("ledger", help="inspect or fund the embedded ledger")
+    s = sub.add_parser("ledger", help="inspect or fund the embedded ledger, or serve it to sellers over HTTP")
     lsub = s.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND")
     for name, func, helptext in (
         ("balance", cmd_ledger_balance, "print balances and their total (always 0)"),
@@ -434,6 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("account")
             t.add_argument("amount", type=_pos_int, help="base units")
         t.set_defaults(func=func)
+
+    t = lsub.add_parser("serve", help="serve the ledger over HTTP to sellers that sign their requests",
+                        epilog=EPILOG_LEDGER_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--ledger", help="ledger database (default $MPP_HOME/ledger.db, MPP_HOME defaulting to ./mpp-home)")
+    t.add_argument("--config", metavar="TOML", help="ledger, host, port and [[sellers]] from a file")
+    t.add_argument("--seller", action="append", default=[], metavar="DID=ACCOUNT",
+                   help="a seller's did:key and the one payee account it may credit (repeatable)")
+    t.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    t.add_argument("--port", type=int, default=None, help="port (default 8403; 0 picks a free one)")
+    t.add_argument("--currency", default="usd", help="currency of payee accounts created here (default usd)")
+    t.set_defaults(func=cmd_ledger_serve)
+    t = lsub.add_parser("key", help="make a seller's key for a ledger service (if PATH does not exist) and print its DID")
+    t.add_argument("path", metavar="PATH", help="the key file (PEM), e.g. seller/ledger.key")
+    t.set_defaults(func=cmd_ledger_key)
 
     s = sub.add_parser("audit", help="read and check the identity audit log")
     asub = s.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")

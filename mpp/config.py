@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .buyer_core import BuyerPolicy
 from .identity import issue_mandate
@@ -94,7 +94,9 @@ class SellerConfig(BaseModel):
     realm: str
     secret_file: Path
     receipt_key: Path
-    ledger: str
+    ledger: str | None = None  # the embedded ledger's file; or, instead, a ledger service:
+    ledger_url: str | None = None  # `mpp ledger serve` at http(s)://host:port
+    ledger_key: Path | None = None  # the seller's key that signs its requests to the ledger service
     store: str
     recipient: str = SELLER_ACCOUNT
     challenge_ttl: int = Field(default=300, gt=0, le=86400)
@@ -103,6 +105,17 @@ class SellerConfig(BaseModel):
     audit_log: str | None = None
     sessions: str | None = None  # the session store; default: sessions.db beside the payment store
     routes: list[RouteConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_ledger(self) -> "SellerConfig":
+        if (self.ledger is None) == (self.ledger_url is None):
+            raise ValueError("set exactly one of ledger (an embedded ledger's file) and ledger_url (a ledger service)")
+        if self.ledger_url is not None:
+            if self.ledger_key is None:
+                raise ValueError("ledger_url needs ledger_key: the seller's key registered with the ledger service")
+            if not self.ledger_url.startswith(("http://", "https://")):
+                raise ValueError("ledger_url must be an http:// or https:// URL")
+        return self
 
     @field_validator("trusted_principals")
     @classmethod

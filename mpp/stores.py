@@ -4,21 +4,26 @@ or a plain path; PostgreSQL for ``postgresql://...`` (or ``postgres://...``).
     store = await open_payment_store("postgresql://seller@db/mpp")
     sessions = await open_session_store("sqlite:///var/lib/mpp/sessions.db")
 
-``payment_store_for`` / ``session_store_for`` build the same stores synchronously (for code
+    ledger = await open_ledger("postgresql://ledger@db/mpp")   # every ledger operation, async
+
+``payment_store_for`` / ``session_store_for`` / ``ledger_for`` build the same stores synchronously (for code
 that wires a seller before its event loop runs): a SQLite store is ready at once, a PostgreSQL
 one makes its pool on ``await ensure_open(store)`` or on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._sqlite import sqlite_path
 from .session_store import SessionStore, SqliteSessionStore
 from .store import PaymentStore, SqlitePaymentStore
 
+if TYPE_CHECKING:
+    from .ledger.aio_adapter import AsyncLedgerStore
+
 __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
-           "open_session_store", "ensure_open"]
+           "open_session_store", "ensure_open", "ledger_for", "open_ledger"]
 
 
 def is_postgres(location: str) -> bool:
@@ -63,3 +68,22 @@ async def open_payment_store(location: str, **kwargs: Any) -> PaymentStore:
 
 async def open_session_store(location: str, **kwargs: Any) -> SessionStore:
     return await ensure_open(session_store_for(location, **kwargs))
+
+
+def ledger_for(location: str, **kwargs: Any) -> "AsyncLedgerStore":
+    """The ledger at ``location``, behind one async interface (mpp.ledger.aio_adapter.AsyncLedgerStore):
+    :class:`mpp.pg.PgLedger` for PostgreSQL (``kwargs``: pool sizes; it opens on ``await
+    ensure_open(ledger)`` or first use, and knows its ``ledger_id`` from then), else a SqliteLedger
+    wrapped (open at once; closed with the wrapper)."""
+    if is_postgres(location):
+        from .pg.ledger import PgLedger
+
+        return PgLedger(location, **kwargs)
+    from .ledger.aio_adapter import AsyncSqliteLedgerStore
+
+    sqlite_path(location)  # ValueError for any other URL scheme
+    return AsyncSqliteLedgerStore.at(location)
+
+
+async def open_ledger(location: str, **kwargs: Any) -> "AsyncLedgerStore":
+    return await ensure_open(ledger_for(location, **kwargs))

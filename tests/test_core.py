@@ -954,9 +954,10 @@ def test_every_problem_class_is_known():
     """CORE-ERR-01: every PaymentProblem subclass is in the table above; the one extension type
     (request-in-progress, 409) uses our URN base, not the registry's."""
     from mpp import identity, session_core
+    from mpp.aio.rails import LedgerUnavailable
 
     extension = {identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
-                 session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values()}
+                 session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
     for cls in [*identity.IDENTITY_PROBLEMS.values(), *session_core.SESSION_PROBLEMS.values()]:  # our own types
         assert cls().type == mpp.EXTENSION_PROBLEM_BASE + cls.slug
@@ -965,6 +966,9 @@ def test_every_problem_class_is_known():
     problem = mpp.RequestInProgress()
     assert problem.status == 409 and problem.type == mpp.EXTENSION_PROBLEM_BASE + "request-in-progress"
     assert not problem.fresh_challenge
+    unavailable = LedgerUnavailable()  # LEDGER-SVC-10: a seller that cannot reach its ledger service
+    assert unavailable.status == 503 and unavailable.type == mpp.EXTENSION_PROBLEM_BASE + "ledger-unavailable"
+    assert not unavailable.fresh_challenge
 
 
 def test_problem_body_and_headers():

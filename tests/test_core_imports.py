@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp package, the CLI, demos, configuration, servers,
-# the PostgreSQL stores (asyncpg), the store chooser that reaches them, the throwaway PostgreSQL.
-IO_PATTERNS = ("aio/*", "cli.py", "cli_*.py", "demo*.py", "config.py", "serve*.py", "pg/*", "stores.py", "pgserver.py")
+# the PostgreSQL stores (asyncpg), the store chooser that reaches them, the throwaway PostgreSQL,
+# the ledger's HTTP service.
+IO_PATTERNS = ("aio/*", "cli.py", "cli_*.py", "demo*.py", "config.py", "serve*.py", "pg/*", "stores.py", "pgserver.py",
+               "ledger/service.py")
 
 
 def _is_io(path: Path) -> bool:

@@ -2,13 +2,15 @@
 stores and rails; every protocol decision is made by the sans-I/O core."""
 
 from .buyer import PaidResponse, PaidStream, PaymentClient
-from .rails import EmbeddedLedgerRail, PaymentRail, Settlement
+from .rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
 from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, payment_of
 from .metering import meter_of
 from .sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [
     "EmbeddedLedgerRail",
+    "HttpLedgerRail",
+    "LedgerUnavailable",
     "PAYMENT_KEY",
     "OpenSession",
     "PaidResponse",

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, Protocol
+from typing import Any, AsyncIterator, Iterator, Protocol
+from urllib.parse import quote, urlsplit
 
-from ..errors import InvalidChallenge, PaymentInsufficient, VerificationFailed
+import aiohttp
+from yarl import URL
+
+from ..errors import EXTENSION_PROBLEM_BASE, InvalidChallenge, PaymentInsufficient, PaymentProblem, VerificationFailed
 from ..identity import BudgetExceeded, MandateRevoked
+from ..keys import SigningKey
 from ..ledger import (
+    AuthorizationInvalid,
     BudgetExhausted,
     CapSignatureInvalid,
     InsufficientFunds,
@@ -23,13 +32,18 @@ from ..ledger import (
     UnauthorizedSigner,
     UnknownAccount,
     UnknownSession,
+    LedgerError,
 )
+from ..ledger.api import LEDGER_ERRORS
+from ..ledger.signing import sign_request
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
 from ..seller_core import Verified
 from ..session_core import SessionClosed, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
-__all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail"]
+__all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail", "HttpLedgerRail", "LedgerUnavailable"]
+
+log = logging.getLogger("mpp.rails")
 
 
 @dataclass(frozen=True)
@@ -131,3 +145,293 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
             raise SessionClosed("the session is closed") from exc
         except UnknownSession as exc:
             raise SessionUnknown("no such session on this ledger") from exc
+
+
+# -- the ledger as a service (`mpp ledger serve`), over HTTP ---------------------------------
+
+
+class LedgerUnavailable(PaymentProblem):
+    """The seller could not get a usable answer from its ledger service. Nothing is delivered,
+    and nothing stays charged for the request: a transfer the ledger may have made is voided
+    as soon as it answers again (IDENT-REV-03, LEDGER-SVC-10)."""
+
+    status = 503
+    slug = "ledger-unavailable"
+    title = "Ledger Unavailable"
+
+    @property
+    def type(self) -> str:
+        return EXTENSION_PROBLEM_BASE + self.slug
+
+
+class _NoAnswer(Exception):
+    """No usable answer from the ledger service after every attempt: the outcome is unknown."""
+
+
+class _ServiceRefused(Exception):
+    """The service refused the seller's own request (its key, its payee, its request): a seller
+    configuration fault, with nothing moved."""
+
+
+class HttpLedgerRail(LedgerSellerMethod):
+    """The ``ledger`` method settled at a ledger service over HTTP (``mpp ledger serve``).
+
+    Every request is signed with the seller's key (mpp.ledger.signing). Every call is idempotent
+    at the ledger (by transfer id, session id), so a call without an answer is sent again, up to
+    ``attempts`` times. When there is still no answer the buyer gets a 503 ``ledger-unavailable``
+    problem; a charge that may have been made is then voided at the ledger (refunded if it was
+    made, refused forever if it was not) by a background task, as soon as the ledger answers.
+    The ledger id is read from ``/v1/info`` at startup: ``app.cleanup_ctx.append(rail.lifecycle)``.
+    """
+
+    def __init__(self, url: str, *, key: SigningKey, recipient: str, ledger_id: str | None = None,
+                 session: Any = None, timeout: float = 10.0, attempts: int = 3, backoff: float = 0.1,
+                 reconcile_interval: float = 2.0) -> None:
+        super().__init__(recipient=recipient, ledger_id=ledger_id or "")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"ledger URL must be http(s)://host[:port][/prefix], got {url!r}")
+        self.url = url.rstrip("/")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._prefix = parts.path.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.reconcile_interval = reconcile_interval
+        self._session = session
+        self._own_session = False
+        self._reconciler: asyncio.Task | None = None
+        self.pending: dict[str, str] = {}  # in-doubt transfer id -> why: void once the ledger answers
+
+    def __repr__(self) -> str:
+        return f"HttpLedgerRail(url={self.url!r}, recipient={self.recipient!r}, seller={self.key.did!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the HTTP client, learn the ledger id, start voiding in-doubt charges in the background."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._own_session = True
+        if not self.ledger_id:
+            try:
+                self.ledger_id = await self._info()
+            except BaseException:
+                if self._own_session:
+                    await self._session.close()
+                    self._session, self._own_session = None, False
+                raise
+        if self._reconciler is None and self.reconcile_interval > 0:
+            self._reconciler = asyncio.create_task(self._reconcile_forever())
+
+    async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            try:
+                await self._reconciler
+            except asyncio.CancelledError:
+                pass
+            self._reconciler = None
+        if self.pending:
+            await self.reconcile()
+            if self.pending:
+                log.error("ledger service %s: %d in-doubt transfer(s) left unvoided at shutdown: %s", self.url,
+                          len(self.pending), ", ".join(sorted(self.pending)))
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._own_session = False
+
+    async def lifecycle(self, app: Any) -> AsyncIterator[None]:
+        """For ``app.cleanup_ctx``: started before the seller serves, stopped after."""
+        await self.start()
+        yield
+        await self.stop()
+
+    async def _info(self) -> str:
+        last = "no attempt"
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                async with self._session.get(self._origin + self._prefix + "/v1/info",
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    doc = await resp.json(content_type=None)
+                    ledger = doc.get("ledger") if resp.status == 200 and isinstance(doc, dict) else None
+                    if isinstance(ledger, str) and ledger:
+                        return ledger
+                    last = f"HTTP {resp.status} without a ledger id"
+            except Exception as exc:  # noqa: BLE001 - any failure to learn the id is reported below
+                last = type(exc).__name__
+        raise LedgerUnavailable(f"the ledger service at {self.url} did not say its ledger id ({last})")
+
+    # -- one signed call, sent again while there is no answer ------------------------------
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                    attempts: int | None = None) -> dict[str, Any]:
+        if self._session is None or not self.ledger_id:
+            await self.start()
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        target = self._prefix + path
+        url = URL(self._origin + target, encoded=True)
+        last = "no attempt"
+        for attempt in range(attempts or self.attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            headers = {"Authorization": sign_request(self.key, ledger_id=self.ledger_id, method=method, target=target, body=data),
+                       "Content-Type": "application/json"}
+            try:
+                async with self._session.request(method, url, data=data, headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                last = f"{type(exc).__name__}"
+                continue
+            if status >= 500:
+                last = f"HTTP {status}"
+                continue
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                last = f"HTTP {status} without a JSON object"
+                continue
+            if status >= 400:
+                name, detail = str(doc.get("error", "")), str(doc.get("detail", ""))
+                error = LEDGER_ERRORS.get(name)
+                if error is not None:
+                    raise error(detail)
+                raise _ServiceRefused(f"{name or status}: {detail}")
+            return doc
+        raise _NoAnswer(f"no answer from the ledger service at {self.url} after {attempts or self.attempts} attempt(s): {last}")
+
+    @staticmethod
+    @contextmanager
+    def _reachable(what: str) -> Iterator[None]:
+        try:
+            yield
+        except _NoAnswer as exc:
+            log.warning("ledger unavailable during %s: %s", what, exc)
+            raise LedgerUnavailable(f"the ledger did not answer ({what}); try again later") from exc
+        except _ServiceRefused as exc:
+            log.error("ledger service refused this seller's %s request: %s", what, exc)
+            raise LedgerUnavailable(f"the ledger refused this seller's request ({what}); nothing was moved") from exc
+        except (KeyError, TypeError, ValueError) as exc:  # a 2xx answer that is not what the service sends
+            log.error("ledger service answered %s with a malformed document: %s", what, exc)
+            raise LedgerUnavailable(f"the ledger's answer could not be read ({what})") from exc
+
+    # -- PaymentRail ------------------------------------------------------------------------
+
+    async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
+        auth: LedgerAuthorization = verified.proof
+        credential = verified.credential
+        body: dict[str, Any] = {
+            "id": verified.challenge_id, "realm": credential.challenge.realm, "payer": auth.account,
+            "payee": auth.recipient, "amount": str(auth.amount), "currency": auth.currency, "signer": auth.signer,
+            "signature": credential.payload.get("signature"),
+        }
+        if mandate is not None:
+            body["mandate"] = {"tokens": list(mandate.tokens), "realm": mandate.realm}
+        try:
+            doc = await self._call("POST", "/v1/transfers", body)
+            transfer = doc["transfer"]
+            reference, created = str(transfer["id"]), str(transfer["createdAt"])
+            settled = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except MandateRevokedError as exc:
+            raise MandateRevoked("a mandate in the chain has been revoked") from exc
+        except BudgetExhausted as exc:
+            raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
+        except InsufficientFunds as exc:
+            raise PaymentInsufficient("payer account balance is too low for this charge") from exc
+        except (UnauthorizedSigner, UnknownAccount, AuthorizationInvalid) as exc:
+            raise VerificationFailed("signer may not spend from that account") from exc
+        except TransferConflict as exc:
+            raise InvalidChallenge("challenge id was already settled on other terms") from exc
+        except (_NoAnswer, KeyError, TypeError, ValueError) as exc:
+            # The transfer may or may not have been made: make sure it does not stand.
+            self.void_later(verified.challenge_id, "settle got no usable answer")
+            with self._reachable("settle"):
+                raise exc
+        except _ServiceRefused as exc:
+            with self._reachable("settle"):
+                raise exc
+        return Settlement(reference=reference, settled_at=settled, payer=auth.account)
+
+    async def refund(self, settlement: Settlement) -> None:
+        try:
+            await self._call("POST", "/v1/refunds", {"transfer": settlement.reference})
+        except (_NoAnswer, _ServiceRefused) as exc:
+            # Refunding and voiding a made charge are the same: it is given back once the ledger answers.
+            self.void_later(settlement.reference, f"refund got no answer: {exc}")
+
+    async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        with self._reachable("revocation check"):
+            doc = await self._call("POST", "/v1/revoked", {"jtis": list(jtis)})
+            revoked = doc["revoked"]
+            if not isinstance(revoked, list):
+                raise TypeError("'revoked' is not a list")
+            return {j for j in revoked if isinstance(j, str)}
+
+    # -- in-doubt charges --------------------------------------------------------------------
+
+    def void_later(self, transfer_id: str, why: str) -> None:
+        """Remember a charge whose outcome is unknown; reconcile() voids it at the ledger."""
+        self.pending[transfer_id] = why
+        log.warning("transfer %s in doubt (%s): it will be voided when the ledger answers", transfer_id, why)
+
+    async def reconcile(self) -> int:
+        """Void every in-doubt charge the ledger now answers for; returns how many are still pending."""
+        for tid in list(self.pending):
+            try:
+                doc = await self._call("POST", f"/v1/transfers/{quote(tid, safe='')}/void", None, attempts=1)
+            except _NoAnswer:
+                break  # still unreachable: try again next round
+            except (LedgerError, _ServiceRefused) as exc:
+                log.error("the ledger refused to void in-doubt transfer %s: %s", tid, exc)
+                self.pending.pop(tid, None)
+            else:
+                self.pending.pop(tid, None)
+                log.warning("in-doubt transfer %s voided at the ledger (%s)", tid,
+                            "refunded" if doc.get("refund") else "it had not been made")
+        return len(self.pending)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            if self.pending:
+                try:
+                    await self.reconcile()
+                except Exception:  # noqa: BLE001 - the loop must outlive one bad round
+                    log.exception("voiding in-doubt transfers failed; retrying")
+
+    # -- the session intent over HTTP: hold at open, capture and release at close ---------------
+
+    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                           mandate: MandateCharge | None = None) -> SessionHold:
+        body: dict[str, Any] = {"terms": terms.as_json(), "payer": payer, "signer": signer, "cap": str(cap),
+                                "capSignature": cap_signature}
+        if mandate is not None:
+            body["mandate"] = {"tokens": list(mandate.tokens), "realm": mandate.realm}
+        with self._reachable("session open"), EmbeddedLedgerRail._session_problems():
+            return _hold(await self._call("POST", "/v1/sessions", body))
+
+    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        with self._reachable("session top-up"), EmbeddedLedgerRail._session_problems():
+            return _hold(await self._call("POST", f"/v1/sessions/{quote(session_id, safe='')}/top-up",
+                                          {"cap": str(cap), "capSignature": cap_signature}))
+
+    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        body = {"capture": str(capture), "voucher": voucher.as_json() if voucher is not None else None}
+        with self._reachable("session close"), EmbeddedLedgerRail._session_problems():
+            doc = (await self._call("POST", f"/v1/sessions/{quote(session_id, safe='')}/close", body))["close"]
+            return SessionClose(str(doc["sessionId"]), int(doc["captured"]), int(doc["released"]), doc["captureRef"],
+                                doc["releaseRef"], str(doc["closedAt"]))
+
+
+def _hold(doc: dict[str, Any]) -> SessionHold:
+    h = doc["session"]
+    return SessionHold(str(h["sessionId"]), str(h["payer"]), str(h["payee"]), str(h["currency"]), str(h["signer"]),
+                       int(h["cap"]), int(h["captured"]), int(h["released"]), str(h["status"]), str(h["openedAt"]))

@@ -15,7 +15,7 @@ from ..ledger import SqliteLedger
 from ..seller_core import Metered
 from ..stores import ensure_open, payment_store_for, session_store_for
 from .metering import StreamStopped, meter_of
-from .rails import EmbeddedLedgerRail
+from .rails import EmbeddedLedgerRail, HttpLedgerRail
 from .seller import Seller, payment_of
 
 __all__ = ["build_seller_app", "HEADER_LIMITS"]
@@ -76,13 +76,24 @@ def _metered_handler_for(route: RouteConfig, metered: Metered):
     return handler
 
 
-def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
+def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail, SqliteLedger | None]:
+    """The embedded ledger (``ledger = "path"``) or a ledger service (``ledger_url`` + ``ledger_key``)."""
+    if config.ledger_url is not None:
+        assert config.ledger_key is not None  # SellerConfig requires it with ledger_url
+        key = SigningKey.load(config.resolve(config.ledger_key))
+        return HttpLedgerRail(config.ledger_url, key=key, recipient=config.recipient), None
+    assert config.ledger is not None
     ledger = SqliteLedger(config.resolve(config.ledger))
+    return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
+
+
+def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
+    rail, ledger = _rail_for(config)
     seller = Seller(
         realm=config.realm,
         secret=read_secret(config.resolve(config.secret_file)),
         receipt_key=SigningKey.load(config.resolve(config.receipt_key)),
-        rails=[EmbeddedLedgerRail(ledger, recipient=config.recipient)],
+        rails=[rail],
         store=payment_store_for(config.locate(config.store)),
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
         trusted_principals=frozenset(config.trusted_principals),
@@ -91,7 +102,10 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         session_store=session_store_for(config.sessions_location),
     )
     app = web.Application()
-    app[LEDGER_KEY] = ledger
+    if ledger is not None:
+        app[LEDGER_KEY] = ledger
+    else:  # learn the ledger id before serving, void in-doubt charges in the background
+        app.cleanup_ctx.append(rail.lifecycle)  # type: ignore[union-attr]
 
     async def _open_stores(app: web.Application):
         # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)
@@ -108,7 +122,8 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
 
     async def _close_ledger(app: web.Application):
         yield
-        app[LEDGER_KEY].close()
+        if LEDGER_KEY in app:
+            app[LEDGER_KEY].close()
 
     app.cleanup_ctx.append(_close_ledger)
     return app, seller

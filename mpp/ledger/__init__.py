@@ -6,6 +6,7 @@ sum of all balances is always zero.
 """
 
 from .core import (
+    AuthorizationInvalid,
     BudgetExhausted,
     CapSignatureInvalid,
     CaptureRefused,
@@ -27,6 +28,7 @@ from .core import (
 from .sqlite import SqliteLedger
 
 __all__ = [
+    "AuthorizationInvalid",
     "BudgetExhausted",
     "CapSignatureInvalid",
     "CaptureRefused",

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     CHECK (cap >= open_cap AND captured >= 0 AND released >= 0 AND captured + released <= cap),
     CHECK (status = 'open' OR captured + released = cap)
 );
+CREATE TABLE IF NOT EXISTS voided (
+    transfer_id TEXT PRIMARY KEY,
+    voided_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS postings (
     transfer_id TEXT NOT NULL REFERENCES transfers(id),
     account_id TEXT NOT NULL REFERENCES accounts(id),

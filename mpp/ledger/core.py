@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ..errors import MPPError
 
 __all__ = ["MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
-           "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused"]
+           "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused",
+           "AuthorizationInvalid"]
 
 
 def issuance_account(currency: str) -> str:
@@ -121,3 +122,8 @@ class CapSignatureInvalid(LedgerError):
 
 class CaptureRefused(LedgerError):
     """The seller asked to capture more than the cap or than a valid voucher allows (a seller bug)."""
+
+
+class AuthorizationInvalid(LedgerError):
+    """The agent's signed authorization does not verify for this transfer (a ledger service checks
+    it itself, LEDGER-16), or does not match the terms it is presented with."""

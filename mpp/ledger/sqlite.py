@@ -168,6 +168,8 @@ class SqliteLedger:
                 if (existing.payer, existing.payee, existing.amount, existing.currency) != (payer, payee, amount, currency):
                     raise TransferConflict(f"transfer {transfer_id!r} exists with other terms")
                 return existing
+            if c.execute("SELECT 1 FROM voided WHERE transfer_id=?", (transfer_id,)).fetchone() is not None:
+                raise TransferConflict(f"transfer {transfer_id!r} was voided before it was made")
             accounts = {
                 r[0]: r
                 for r in c.execute("SELECT id, currency, balance, kind FROM accounts WHERE id IN (?, ?)", (payer, payee))
@@ -256,6 +258,20 @@ class SqliteLedger:
                 (refund_id, transfer_id),
             )
             return self._post(c, refund_id, original.payee, original.payer, original.amount, original.currency, "refund", None)
+
+    def void(self, transfer_id: str, *, payee: str | None = None) -> Transfer | None:
+        """Make sure no charge stands under ``transfer_id``: refund it if it was made (returns the
+        refund), else record the id so that a transfer under it is refused from now on (None).
+        For a seller that sent a transfer and got no answer: afterwards the outcome is known.
+        With ``payee``, a charge to another payee is refused (TransferConflict), not refunded."""
+        with immediate(self._conn) as c:
+            original = self._get(c, transfer_id)
+            if original is None:
+                c.execute("INSERT OR IGNORE INTO voided(transfer_id, voided_at) VALUES (?, ?)", (transfer_id, _now()))
+                return None
+            if original.kind != "charge" or (payee is not None and original.payee != payee):
+                raise TransferConflict(f"transfer {transfer_id!r} is not a charge to this payee")
+        return self.refund(transfer_id)  # a charge, once made, stays: refund() is idempotent, so this is too
 
     # -- sessions: a cap held at open, captured and released at close -----------
 

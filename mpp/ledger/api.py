@@ -1,0 +1,106 @@
+"""The ledger as the standalone service calls it: an async interface, so that a ledger on a
+networked database (PostgreSQL) can stand behind the service, and an adapter for SqliteLedger.
+
+Every method has the meaning and the refusals (LedgerError subclasses) of the SqliteLedger
+method of the same name; see there.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..session_core import SessionTerms, Voucher
+from . import core
+from .core import Account, LedgerError, MandateCharge, SessionClose, SessionHold, Transfer
+from .sqlite import SqliteLedger
+
+__all__ = ["AsyncLedger", "AsyncSqliteLedger", "as_async_ledger", "LEDGER_ERRORS"]
+
+# Every refusal a ledger may raise, by class name: the name is what travels on the wire.
+LEDGER_ERRORS: dict[str, type[LedgerError]] = {
+    cls.__name__: cls
+    for cls in vars(core).values()
+    if isinstance(cls, type) and issubclass(cls, LedgerError)
+}
+
+
+@runtime_checkable
+class AsyncLedger(Protocol):
+    """What the ledger service needs from a ledger. ``ledger_id`` is known after ``open()``."""
+
+    ledger_id: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def transfer(self, transfer_id: str, *, payer: str, payee: str, amount: int, currency: str, signer: str | None,
+                       mandate: MandateCharge | None = None) -> Transfer: ...
+    async def refund(self, transfer_id: str) -> Transfer: ...
+    async def void(self, transfer_id: str, *, payee: str | None = None) -> Transfer | None: ...
+    async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
+    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]: ...
+    async def account(self, account_id: str) -> Account: ...
+
+    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                           mandate: MandateCharge | None = None) -> SessionHold: ...
+    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold: ...
+    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose: ...
+    async def session(self, session_id: str) -> SessionHold | None: ...
+
+
+class AsyncSqliteLedger:
+    """SqliteLedger behind the async interface. Each call runs to completion on the event loop's
+    thread, as the other SQLite stores here do: a ledger operation is one short IMMEDIATE
+    transaction, and running them inline keeps them from interleaving on the one connection."""
+
+    def __init__(self, ledger: SqliteLedger, *, owned: bool = False) -> None:
+        self.sync = ledger
+        self.ledger_id = ledger.ledger_id
+        self._owned = owned
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._owned:
+            self.sync.close()
+
+    async def transfer(self, transfer_id: str, *, payer: str, payee: str, amount: int, currency: str, signer: str | None,
+                       mandate: MandateCharge | None = None) -> Transfer:
+        return self.sync.transfer(transfer_id, payer=payer, payee=payee, amount=amount, currency=currency, signer=signer,
+                                  mandate=mandate)
+
+    async def refund(self, transfer_id: str) -> Transfer:
+        return self.sync.refund(transfer_id)
+
+    async def void(self, transfer_id: str, *, payee: str | None = None) -> Transfer | None:
+        return self.sync.void(transfer_id, payee=payee)
+
+    async def get_transfer(self, transfer_id: str) -> Transfer | None:
+        return self.sync.get_transfer(transfer_id)
+
+    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
+        return self.sync.revoked(jtis)
+
+    async def account(self, account_id: str) -> Account:
+        return self.sync.account(account_id)
+
+    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                           mandate: MandateCharge | None = None) -> SessionHold:
+        return self.sync.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature, mandate=mandate)
+
+    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        return self.sync.top_up_session(session_id, cap=cap, cap_signature=cap_signature)
+
+    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        return self.sync.close_session(session_id, capture=capture, voucher=voucher)
+
+    async def session(self, session_id: str) -> SessionHold | None:
+        return self.sync.session(session_id)
+
+
+def as_async_ledger(ledger: SqliteLedger | AsyncLedger) -> AsyncLedger:
+    """A SqliteLedger wrapped (not closed by the wrapper), or an async ledger as it is."""
+    if isinstance(ledger, SqliteLedger):
+        return AsyncSqliteLedger(ledger)
+    return ledger

@@ -1,0 +1,439 @@
+"""The ledger as a standalone aiohttp service (`mpp ledger serve`; spec/methods/ledger.md §7).
+
+    app = ledger_app(SqliteLedger("ledger.db"), sellers={seller_did: "acct:seller"})
+
+Sellers sign every request with their own key (mpp.ledger.signing); each may credit only the
+payee account it is registered with. Every mutating call is idempotent by its natural id
+(transfer id, session id), so a seller that got no answer simply sends it again. Refusals are
+problem documents naming the ledger error class; request content never yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from ..errors import ParseError
+from ..keys import SignatureInvalid, public_key_from_did, verify_signature
+from ..methods.ledger import authorization_message
+from ..models import ChargeRequest
+from ..session_core import SessionTerms, Voucher
+from .api import AsyncLedger, as_async_ledger
+from .core import (
+    Account,
+    AuthorizationInvalid,
+    LedgerError,
+    MandateCharge,
+    SessionClose,
+    SessionHold,
+    Transfer,
+    TransferConflict,
+    UnknownAccount,
+    UnknownSession,
+)
+from .signing import SCHEME, WINDOW, parse_authorization, verify_request
+
+__all__ = ["ledger_app", "LedgerService", "SERVICE_KEY", "ERROR_STATUS", "PROBLEM_BASE",
+           "transfer_json", "hold_json", "close_json"]
+
+log = logging.getLogger("mpp.ledger.service")
+
+PROBLEM_BASE = "urn:mpp:ledger:"
+MAX_BODY = 256 * 1024
+
+# HTTP status per error name: the ledger's refusals (mpp.ledger.core) and the service's own.
+ERROR_STATUS: dict[str, int] = {
+    "InvalidRequest": 400,
+    "Unauthenticated": 401,
+    "Forbidden": 403,
+    "NotFound": 404,
+    "MethodNotAllowed": 405,
+    "PayloadTooLarge": 413,
+    "AuthorizationInvalid": 403,
+    "UnauthorizedSigner": 403,
+    "MandateRevokedError": 403,
+    "BudgetExhausted": 403,
+    "UnknownAccount": 404,
+    "UnknownSession": 404,
+    "InsufficientFunds": 409,
+    "TransferConflict": 409,
+    "SessionNotOpen": 409,
+    "LedgerError": 409,
+    "CapSignatureInvalid": 422,
+    "CaptureRefused": 422,
+    "InternalError": 500,
+}
+
+_UINT = re.compile(r"0|[1-9][0-9]{0,18}")
+_MAX_AMOUNT = 2**63 - 1
+
+
+class ServiceError(Exception):
+    """A refusal of the service itself (authentication, permission, malformed request)."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+def _problem(error: str, detail: str, status: int | None = None) -> web.Response:
+    status = status or ERROR_STATUS.get(error, 409)
+    doc = {"type": PROBLEM_BASE + error, "title": error, "status": status, "detail": detail, "error": error}
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = SCHEME
+    return web.Response(status=status, body=json.dumps(doc).encode(), content_type="application/problem+json",
+                        headers=headers)
+
+
+# -- wire forms of the ledger's records ----------------------------------------------
+
+
+def transfer_json(t: Transfer) -> dict[str, Any]:
+    return {"id": t.id, "payer": t.payer, "payee": t.payee, "amount": str(t.amount), "currency": t.currency,
+            "kind": t.kind, "createdAt": t.created_at, "signer": t.signer}
+
+
+def hold_json(h: SessionHold) -> dict[str, Any]:
+    return {"sessionId": h.session_id, "payer": h.payer, "payee": h.payee, "currency": h.currency, "signer": h.signer,
+            "cap": str(h.cap), "captured": str(h.captured), "released": str(h.released), "status": h.status,
+            "openedAt": h.opened_at}
+
+
+def close_json(c: SessionClose) -> dict[str, Any]:
+    return {"sessionId": c.session_id, "captured": str(c.captured), "released": str(c.released),
+            "captureRef": c.capture_ref, "releaseRef": c.release_ref, "closedAt": c.closed_at}
+
+
+def account_json(a: Account) -> dict[str, Any]:
+    return {"id": a.id, "currency": a.currency, "balance": str(a.balance), "kind": a.kind}
+
+
+# -- reading request bodies strictly -------------------------------------------------
+
+
+def _bad(detail: str) -> ServiceError:
+    return ServiceError("InvalidRequest", detail)
+
+
+def _text(doc: Mapping[str, Any], name: str, *, max_len: int = 255, required: bool = True) -> str | None:
+    value = doc.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len or not value.isprintable():
+        raise _bad(f"{name!r} must be a non-empty printable string of at most {max_len} characters")
+    return value
+
+
+def _uint(doc: Mapping[str, Any], name: str, *, positive: bool) -> int:
+    value = doc.get(name)
+    if not isinstance(value, str) or _UINT.fullmatch(value) is None or int(value) > _MAX_AMOUNT or (positive and value == "0"):
+        kind = "a positive" if positive else "a non-negative"
+        raise _bad(f"{name!r} must be {kind} integer of base units as a decimal string")
+    return int(value)
+
+
+def _did(doc: Mapping[str, Any], name: str) -> str:
+    value = _text(doc, name, max_len=128)
+    try:
+        public_key_from_did(value)
+    except ParseError:
+        raise _bad(f"{name!r} must be an Ed25519 did:key") from None
+    return value  # type: ignore[return-value]
+
+
+def _path_id(request: web.Request) -> str:
+    value = request.match_info["id"]
+    if not value or len(value) > 255 or not value.isprintable():
+        raise _bad("the id in the path must be 1 to 255 printable characters")
+    return value
+
+
+def _mandate(doc: Mapping[str, Any], realm: str) -> MandateCharge | None:
+    raw = doc.get("mandate")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad("'mandate' must be an object with 'tokens' and 'realm'")
+    tokens = raw.get("tokens")
+    if (not isinstance(tokens, list) or not 1 <= len(tokens) <= 16
+            or not all(isinstance(t, str) and 0 < len(t) <= 16384 for t in tokens)):
+        raise _bad("'mandate.tokens' must be a list of 1 to 16 JWTs")
+    mandate_realm = _text(raw, "realm")
+    if mandate_realm != realm:
+        raise AuthorizationInvalid("the mandate is presented for another realm than the one the agent signed for")
+    return MandateCharge(tuple(tokens), mandate_realm)  # type: ignore[arg-type]
+
+
+def _terms(raw: Any) -> SessionTerms:
+    if not isinstance(raw, dict):
+        raise _bad("'terms' must be an object")
+    try:
+        return SessionTerms(_text(raw, "sessionId"), _text(raw, "realm"), _text(raw, "recipient", max_len=128),  # type: ignore[arg-type]
+                            _text(raw, "ledger"), _text(raw, "currency", max_len=32),  # type: ignore[arg-type]
+                            _uint(raw, "unitPrice", positive=False), _uint(raw, "per", positive=True))
+    except ServiceError as exc:
+        raise _bad(f"terms: {exc.detail}") from None
+
+
+def _voucher(raw: Any) -> Voucher | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad("'voucher' must be an object or null")
+    sequence = raw.get("sequence")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence <= _MAX_AMOUNT:
+        raise _bad("'voucher.sequence' must be a non-negative integer")
+    return Voucher(_uint(raw, "cumulative", positive=False), sequence, _text(raw, "signature", max_len=128))  # type: ignore[arg-type]
+
+
+# -- the service -----------------------------------------------------------------------
+
+
+class LedgerService:
+    """The handlers, the sellers' keys and payees, and the nonces seen within the window."""
+
+    def __init__(self, ledger: Any, sellers: Mapping[str, str], *, window: int = WINDOW,
+                 clock: Callable[[], float] = time.time) -> None:
+        for did, payee in sellers.items():
+            public_key_from_did(did)  # ParseError names a bad entry
+            if not isinstance(payee, str) or not payee:
+                raise ValueError(f"seller {did}: the payee account must be a non-empty string")
+        self.ledger: AsyncLedger = as_async_ledger(ledger)
+        self.sellers = dict(sellers)
+        self.window = window
+        self.clock = clock
+        self._nonces: dict[tuple[str, str], float] = {}
+        self._nonce_order: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
+
+    @property
+    def ledger_id(self) -> str:
+        return self.ledger.ledger_id
+
+    # -- authentication ------------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request, body: bytes) -> tuple[str, str]:
+        """The seller's DID and registered payee, or ServiceError("Unauthenticated")."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise ServiceError("Unauthenticated", f"requests must be signed ({SCHEME} authorization)")
+        try:
+            signed = parse_authorization(header)
+        except ParseError as exc:
+            raise ServiceError("Unauthenticated", f"malformed authorization: {exc}") from None
+        payee = self.sellers.get(signed.keyid)
+        if payee is None:
+            raise ServiceError("Unauthenticated", "the signing key is not registered with this ledger")
+        now = self.clock()
+        if abs(now - signed.ts) > self.window:
+            raise ServiceError("Unauthenticated", f"timestamp is more than {self.window} s away from the ledger's clock")
+        try:
+            verify_request(signed, ledger_id=self.ledger_id, method=request.method, target=request.raw_path, body=body)
+        except SignatureInvalid:
+            raise ServiceError("Unauthenticated", "the request signature does not verify") from None
+        self._forget_nonces(now)
+        key = (signed.keyid, signed.nonce)
+        if key in self._nonces:
+            raise ServiceError("Unauthenticated", "this nonce was already used (a replayed request)")
+        expires = now + 2 * self.window  # the timestamp is acceptable until at most ts + window <= now + 2 * window
+        self._nonces[key] = expires
+        self._nonce_order.append((expires, key))
+        return signed.keyid, payee
+
+    def _forget_nonces(self, now: float) -> None:
+        order = self._nonce_order
+        while order and order[0][0] < now:
+            _, key = order.popleft()
+            self._nonces.pop(key, None)
+
+    @staticmethod
+    def _own(payee: str, account: str, what: str) -> None:
+        if account != payee:
+            raise ServiceError("Forbidden", f"this seller may only {what} its own payee account")
+
+    # -- handlers: each gets the JSON body (or None), the seller's DID and payee --------
+
+    async def info(self, request: web.Request) -> web.Response:
+        return _json({"ledger": self.ledger_id, "version": "1", "auth": SCHEME, "window": self.window})
+
+    async def transfer(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        tid = _text(doc, "id")
+        realm = _text(doc, "realm")
+        payer = _text(doc, "payer", max_len=128)
+        to = _text(doc, "payee", max_len=128)
+        amount = _uint(doc, "amount", positive=True)
+        currency = _text(doc, "currency", max_len=32)
+        signer = _did(doc, "signer")
+        signature = _text(doc, "signature", max_len=128)
+        self._own(payee, to, "credit")  # type: ignore[arg-type]
+        mandate = _mandate(doc, realm)  # type: ignore[arg-type]
+        # LEDGER-16: the ledger checks the agent's authorization itself, over the bytes it builds.
+        try:
+            charge = ChargeRequest(amount=str(amount), currency=currency, recipient=to, methodDetails={"ledger": self.ledger_id})
+            message = authorization_message(challenge_id=tid, realm=realm, request=charge, account=payer)  # type: ignore[arg-type]
+            verify_signature(signer, message, signature)  # type: ignore[arg-type]
+        except (SignatureInvalid, ValueError):
+            raise AuthorizationInvalid("the agent's authorization does not verify for this transfer") from None
+        t = await self.ledger.transfer(tid, payer=payer, payee=to, amount=amount, currency=currency, signer=signer,  # type: ignore[arg-type]
+                                       mandate=mandate)
+        if t.kind != "charge":
+            raise TransferConflict(f"transfer {tid!r} exists and is not a charge")
+        log.info("transfer id=%s payer=%s payee=%s amount=%s %s seller=%s", t.id, t.payer, t.payee, t.amount, t.currency, seller)
+        return {"transfer": transfer_json(t)}
+
+    async def void(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        tid = _path_id(request)
+        existing = await self.ledger.get_transfer(tid)
+        if existing is not None:
+            self._own(payee, existing.payee, "void charges to")
+        refund = await self.ledger.void(tid, payee=payee)
+        log.info("void id=%s refunded=%s seller=%s", tid, refund is not None, seller)
+        return {"id": tid, "voided": True, "refund": transfer_json(refund) if refund else None}
+
+    async def refund(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        tid = _text(doc, "transfer")
+        original = await self.ledger.get_transfer(tid)  # type: ignore[arg-type]
+        if original is None:
+            raise UnknownAccount(f"no transfer {tid!r}")
+        self._own(payee, original.payee, "refund charges to")
+        t = await self.ledger.refund(tid)  # type: ignore[arg-type]
+        log.info("refund id=%s seller=%s", t.id, seller)
+        return {"transfer": transfer_json(t)}
+
+    async def revoked(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        jtis = doc.get("jtis")
+        if not isinstance(jtis, list) or len(jtis) > 64 or not all(isinstance(j, str) and 0 < len(j) <= 512 for j in jtis):
+            raise _bad("'jtis' must be a list of at most 64 mandate keys")
+        return {"revoked": sorted(await self.ledger.revoked(tuple(jtis)))}
+
+    async def open_session(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        terms = _terms(doc.get("terms"))
+        payer = _text(doc, "payer", max_len=128)
+        signer = _did(doc, "signer")
+        cap = _uint(doc, "cap", positive=True)
+        cap_signature = _text(doc, "capSignature", max_len=128)
+        self._own(payee, terms.recipient, "credit")
+        mandate = _mandate(doc, terms.realm)
+        hold = await self.ledger.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,  # type: ignore[arg-type]
+                                              mandate=mandate)
+        log.info("session open id=%s payer=%s payee=%s cap=%s %s seller=%s", hold.session_id, hold.payer, hold.payee,
+                 hold.cap, hold.currency, seller)
+        return {"session": hold_json(hold)}
+
+    async def _own_session(self, request: web.Request, payee: str) -> str:
+        sid = _path_id(request)
+        hold = await self.ledger.session(sid)
+        if hold is None:
+            raise UnknownSession(f"no session {sid!r}")
+        self._own(payee, hold.payee, "act on sessions that credit")
+        return sid
+
+    async def top_up(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        cap = _uint(doc, "cap", positive=True)
+        cap_signature = _text(doc, "capSignature", max_len=128)
+        sid = await self._own_session(request, payee)
+        hold = await self.ledger.top_up_session(sid, cap=cap, cap_signature=cap_signature)  # type: ignore[arg-type]
+        log.info("session top-up id=%s cap=%s seller=%s", sid, hold.cap, seller)
+        return {"session": hold_json(hold)}
+
+    async def close_session(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        capture = _uint(doc, "capture", positive=False)
+        voucher = _voucher(doc.get("voucher"))
+        sid = await self._own_session(request, payee)
+        closed = await self.ledger.close_session(sid, capture=capture, voucher=voucher)
+        log.info("session close id=%s captured=%s released=%s seller=%s", sid, closed.captured, closed.released, seller)
+        return {"close": close_json(closed)}
+
+    async def account(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        account_id = _path_id(request)
+        self._own(payee, account_id, "read")
+        return {"account": account_json(await self.ledger.account(account_id))}
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True):
+        """Wrap a handler: read the body, authenticate, parse the JSON object, answer JSON."""
+
+        async def wrapped(request: web.Request) -> web.Response:
+            raw = await request.read()
+            seller, payee = await self.authenticate(request, raw)
+            doc = None
+            if body:
+                try:
+                    doc = json.loads(raw)
+                except (ValueError, RecursionError):
+                    raise _bad("the body must be a JSON object") from None
+                if not isinstance(doc, dict):
+                    raise _bad("the body must be a JSON object")
+            return _json(await handler(doc, request, seller, payee))
+
+        return wrapped
+
+
+def _json(doc: dict[str, Any]) -> web.Response:
+    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+
+@web.middleware
+async def _problems(request: web.Request, handler) -> web.StreamResponse:
+    """Every refusal as a problem document; a 5xx only for a fault of the service itself."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        return _problem(exc.error, exc.detail)
+    except LedgerError as exc:
+        name = type(exc).__name__
+        return _problem(name, str(exc) or name, ERROR_STATUS.get(name, 409))
+    except (ValueError, ParseError) as exc:  # the ledger's own argument checks
+        return _problem("InvalidRequest", str(exc) or "invalid request")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        name = {404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}.get(exc.status, "InvalidRequest")
+        return _problem(name, exc.reason, exc.status if exc.status < 500 else 400)
+    except Exception:
+        # A bug. The traceback names no request content (bodies and headers are never logged).
+        log.exception("ledger service fault on %s %s", request.method, request.path)
+        return _problem("InternalError", "the ledger service failed; nothing is known to have changed")
+
+
+SERVICE_KEY = web.AppKey("mpp_ledger_service", LedgerService)
+
+
+def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW, clock: Callable[[], float] = time.time,
+               close_ledger: bool = False) -> web.Application:
+    """The ledger service for ``ledger`` (a SqliteLedger or an AsyncLedger); ``sellers`` maps each
+    seller's did:key to the one payee account it may credit. With ``close_ledger`` the app closes
+    the ledger at cleanup."""
+    service = LedgerService(ledger, sellers, window=window, clock=clock)
+    app = web.Application(middlewares=[_problems], client_max_size=MAX_BODY)
+    app[SERVICE_KEY] = service
+
+    async def _lifecycle(app: web.Application):
+        await service.ledger.open()
+        yield
+        if close_ledger:
+            await service.ledger.close()
+            sync = getattr(service.ledger, "sync", None)
+            if sync is not None and sync is ledger:
+                sync.close()
+
+    app.cleanup_ctx.append(_lifecycle)
+    s = service.signed
+    app.router.add_get("/v1/info", service.info)
+    app.router.add_post("/v1/transfers", s(service.transfer))
+    app.router.add_post("/v1/transfers/{id}/void", s(service.void, body=False))
+    app.router.add_post("/v1/refunds", s(service.refund))
+    app.router.add_post("/v1/revoked", s(service.revoked))
+    app.router.add_post("/v1/sessions", s(service.open_session))
+    app.router.add_post("/v1/sessions/{id}/top-up", s(service.top_up))
+    app.router.add_post("/v1/sessions/{id}/close", s(service.close_session))
+    app.router.add_get("/v1/accounts/{id}", s(service.account, body=False))
+    return app
