@@ -25,6 +25,7 @@ __all__ = [
     "BadRequest",
     "AccessDenied",
     "RequestInProgress",
+    "ExtensionProblem",
     "PROBLEM_CLASSES",
     "BuyerError",
     "QuoteRejected",
@@ -132,16 +133,20 @@ class AccessDenied(PaymentProblem):
     title = "Payment Accepted But Access Denied"
 
 
-class RequestInProgress(PaymentProblem):
+class ExtensionProblem(PaymentProblem):
+    """A problem type of our own (identity, sessions, ...): under ``urn:mpp:problem:``, not the registry's."""
+
+    @property
+    def type(self) -> str:
+        return EXTENSION_PROBLEM_BASE + self.slug
+
+
+class RequestInProgress(ExtensionProblem):
     """An Idempotency-Key retry arrived while the original paid request is still running."""
 
     status = 409
     slug = "request-in-progress"
     title = "Paid Request Still In Progress"
-
-    @property
-    def type(self) -> str:
-        return EXTENSION_PROBLEM_BASE + self.slug
 
 
 PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {

@@ -22,7 +22,7 @@ from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, Invali
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._wire import b64url_decode, b64url_encode, canonical_json
-from .errors import EXTENSION_PROBLEM_BASE, ParseError, PaymentProblem
+from .errors import ExtensionProblem, ParseError
 from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 from .models import Challenge, ChargeRequest, Credential
 
@@ -90,12 +90,8 @@ _CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
 # -- problems ------------------------------------------------------------------
 
 
-class IdentityProblem(PaymentProblem):
+class IdentityProblem(ExtensionProblem):
     """Problems of the identity extension: our own types, under ``urn:mpp:problem:``."""
-
-    @property
-    def type(self) -> str:
-        return EXTENSION_PROBLEM_BASE + self.slug
 
 
 def _problem(slug: str, title: str, status: int = 402) -> type[IdentityProblem]:

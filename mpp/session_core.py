@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ._wire import canonical_json
-from .errors import EXTENSION_PROBLEM_BASE, ParseError, PaymentProblem
+from .errors import ExtensionProblem, ParseError
 from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 from .models import Challenge
 
@@ -67,12 +67,8 @@ _MAX_ID = 128
 # -- problems -------------------------------------------------------------------
 
 
-class SessionProblem(PaymentProblem):
+class SessionProblem(ExtensionProblem):
     """Problems of the session intent: our own types, under ``urn:mpp:problem:``."""
-
-    @property
-    def type(self) -> str:
-        return EXTENSION_PROBLEM_BASE + self.slug
 
 
 class SessionCapExceeded(SessionProblem):

@@ -956,7 +956,7 @@ def test_every_problem_class_is_known():
     from mpp import identity, session_core
     from mpp.aio.rails import LedgerUnavailable
 
-    extension = {identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
+    extension = {mpp.errors.ExtensionProblem, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
                  session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
     for cls in [*identity.IDENTITY_PROBLEMS.values(), *session_core.SESSION_PROBLEMS.values()]:  # our own types

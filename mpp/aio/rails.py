@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from ..errors import EXTENSION_PROBLEM_BASE, InvalidChallenge, PaymentInsufficient, PaymentProblem, VerificationFailed
+from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
 from ..identity import BudgetExceeded, MandateRevoked
 from ..keys import SigningKey
 from ..ledger import (
@@ -150,7 +150,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
 # -- the ledger as a service (`mpp ledger serve`), over HTTP ---------------------------------
 
 
-class LedgerUnavailable(PaymentProblem):
+class LedgerUnavailable(ExtensionProblem):
     """The seller could not get a usable answer from its ledger service. Nothing is delivered,
     and nothing stays charged for the request: a transfer the ledger may have made is voided
     as soon as it answers again (IDENT-REV-03, LEDGER-SVC-10)."""
@@ -158,10 +158,6 @@ class LedgerUnavailable(PaymentProblem):
     status = 503
     slug = "ledger-unavailable"
     title = "Ledger Unavailable"
-
-    @property
-    def type(self) -> str:
-        return EXTENSION_PROBLEM_BASE + self.slug
 
 
 class _NoAnswer(Exception):
