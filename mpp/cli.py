@@ -243,51 +243,65 @@ def _wallet_identity(wallet, args: argparse.Namespace):
 
 
 def _ledger_path(args: argparse.Namespace) -> str:
+    """--ledger (a SQLite file, ``sqlite:`` URL or ``postgresql://`` URL), else $MPP_HOME/ledger.db.
+    A SQLite ledger must exist already (`mpp init` makes one); PostgreSQL tables are made on first use."""
+    from .stores import is_postgres
+
     path = args.ledger or os.path.join(os.environ.get("MPP_HOME", "mpp-home"), "ledger.db")
-    if not Path(path).exists():
+    if is_postgres(path):
+        return path
+    from ._sqlite import sqlite_path
+
+    if not Path(sqlite_path(path)).exists():
         raise FileNotFoundError(f"no ledger at {path}; run `mpp init DIR` and pass --ledger DIR/ledger.db")
     return path
 
 
-def cmd_ledger_balance(args: argparse.Namespace) -> int:
-    from .ledger import SqliteLedger
+def _on_ledger(args: argparse.Namespace, work):
+    """Run ``await work(ledger)`` on the ledger --ledger names (either engine), then close it."""
+    from .stores import open_ledger
 
-    ledger = SqliteLedger(_ledger_path(args))
-    try:
-        accounts = [ledger.account(args.account)] if args.account else ledger.accounts()
-        if args.json:
-            print(json.dumps({"accounts": {a.id: a.balance for a in accounts}, "total": ledger.total()}))
-        else:
-            width = max([len(a.id) for a in accounts] + [7])
-            for a in accounts:
-                print(f"{a.id:<{width}}  {a.balance:>12} {a.currency}")
-            print(f"{'(total)':<{width}}  {ledger.total():>12}")
-    finally:
-        ledger.close()
+    async def run():
+        ledger = await open_ledger(_ledger_path(args))
+        try:
+            return await work(ledger)
+        finally:
+            await ledger.close()
+
+    return asyncio.run(run())
+
+
+def cmd_ledger_balance(args: argparse.Namespace) -> int:
+    async def work(ledger):
+        accounts = [await ledger.account(args.account)] if args.account else await ledger.accounts()
+        return accounts, await ledger.total()
+
+    accounts, total = _on_ledger(args, work)
+    if args.json:
+        print(json.dumps({"accounts": {a.id: a.balance for a in accounts}, "total": total}))
+    else:
+        width = max([len(a.id) for a in accounts] + [7])
+        for a in accounts:
+            print(f"{a.id:<{width}}  {a.balance:>12} {a.currency}")
+        print(f"{'(total)':<{width}}  {total:>12}")
     return EXIT_OK
 
 
 def cmd_ledger_fund(args: argparse.Namespace) -> int:
-    from .ledger import SqliteLedger
+    async def work(ledger):
+        transfer = await ledger.fund(args.account, args.amount)
+        return transfer, await ledger.balance(args.account)
 
-    ledger = SqliteLedger(_ledger_path(args))
-    try:
-        transfer = ledger.fund(args.account, args.amount)
-        print(f"funded {args.account} with {args.amount} {transfer.currency} (transfer {transfer.id}); balance {ledger.balance(args.account)}")
-    finally:
-        ledger.close()
+    transfer, balance = _on_ledger(args, work)
+    print(f"funded {args.account} with {args.amount} {transfer.currency} (transfer {transfer.id}); balance {balance}")
     return EXIT_OK
 
 
 def cmd_ledger_check(args: argparse.Namespace) -> int:
-    from .ledger import SqliteLedger
+    async def work(ledger):
+        return await ledger.check(), await ledger.total()
 
-    ledger = SqliteLedger(_ledger_path(args))
-    try:
-        problems = ledger.check()
-        total = ledger.total()
-    finally:
-        ledger.close()
+    problems, total = _on_ledger(args, work)
     if total != 0:
         problems.append(f"balances sum to {total}, not 0")
     for p in problems:
@@ -333,47 +347,61 @@ def cmd_ledger_serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from .ledger import SqliteLedger, UnknownAccount
+    from .ledger import UnknownAccount
+    from .ledger.nonces import nonces_for
     from .ledger.service import ledger_app
+    from .stores import is_postgres, ledger_for
 
     config: dict = {}
     if args.config:
-        config = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        try:
+            config = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{args.config}: not valid TOML: {exc}") from None
     if args.ledger is None and isinstance(config.get("ledger"), str):
-        args.ledger = str(Path(args.config).parent / config["ledger"])  # relative to the file
+        given = config["ledger"]  # a URL as it is; a path relative to the file
+        args.ledger = given if "://" in given or given.startswith("sqlite:") else str(Path(args.config).parent / given)
     sellers = _seller_entries(args)
     if not sellers:
         _err("no sellers: register each seller's key and payee account with --seller DID=ACCOUNT (repeatable)")
         return EXIT_USAGE
-    ledger = SqliteLedger(_ledger_path(args))
-    try:
-        for did, account in sellers.items():
-            try:
-                ledger.account(account)
-            except UnknownAccount:
-                ledger.create_account(account, args.currency)
-                print(f"created payee account {account} ({args.currency}) for {did}", flush=True)
-    except BaseException:
-        ledger.close()
-        raise
-    app = ledger_app(ledger, sellers=sellers, close_ledger=True)
+    location = _ledger_path(args)
     host = args.host or config.get("host", "127.0.0.1")
     port = args.port if args.port is not None else int(config.get("port", 8403))
 
     async def run() -> None:
+        ledger = ledger_for(location)
+        nonces = nonces_for(location)  # beside the ledger: shared by every service process on it
+        try:
+            await ledger.open()
+            for did, account in sellers.items():
+                try:
+                    await ledger.account(account)
+                except UnknownAccount:
+                    await ledger.create_account(account, args.currency)
+                    print(f"created payee account {account} ({args.currency}) for {did}", flush=True)
+        except BaseException:
+            await nonces.close()
+            await ledger.close()
+            raise
+        app = ledger_app(ledger, sellers=sellers, close_ledger=True, nonces=nonces)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
-        shown = host if ":" not in host else f"[{host}]"
-        print(f"mpp ledger ready on http://{shown}:{bound} ledger={ledger.ledger_id} sellers={len(sellers)}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
+            shown = host if ":" not in host else f"[{host}]"
+            engine = "postgresql" if is_postgres(location) else "sqlite"
+            print(f"mpp ledger ready on http://{shown}:{bound} ledger={ledger.ledger_id} engine={engine} "
+                  f"sellers={len(sellers)}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
 
     asyncio.run(run())
     return EXIT_OK
@@ -402,7 +430,10 @@ created, empty, in --currency. A seller uses the service with, in its seller.tom
 
 (`mpp ledger key seller/ledger.key` makes such a key and prints its DID.)
 
-instead of ledger = "ledger.db". --config names a TOML file with any of
+instead of ledger = "ledger.db". --ledger (or ledger = in --config) is a SQLite file or a
+postgresql://user@host:port/db URL; several `mpp ledger serve` processes may share one
+PostgreSQL ledger (request nonces are kept in the ledger's database, so a replay is refused by
+every one of them). --config names a TOML file with any of
   ledger = "ledger.db"   host = "127.0.0.1"   port = 8403
   [[sellers]]
   did = "did:key:z6Mk..."
@@ -540,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", cmd_ledger_check, "verify the double-entry invariants"),
     ):
         t = lsub.add_parser(name, help=helptext)
-        t.add_argument("--ledger", help="ledger database (default $MPP_HOME/ledger.db, MPP_HOME defaulting to ./mpp-home)")
+        t.add_argument("--ledger", help="ledger: SQLite file or postgresql:// URL (default $MPP_HOME/ledger.db, "
+                                        "MPP_HOME defaulting to ./mpp-home)")
         if name == "balance":
             t.add_argument("account", nargs="?", help="one account (default: all)")
             t.add_argument("--json", action="store_true", help="machine-readable output")
@@ -551,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = lsub.add_parser("serve", help="serve the ledger over HTTP to sellers that sign their requests",
                         epilog=EPILOG_LEDGER_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--ledger", help="ledger database (default $MPP_HOME/ledger.db, MPP_HOME defaulting to ./mpp-home)")
+    t.add_argument("--ledger", help="ledger: SQLite file or postgresql:// URL (default $MPP_HOME/ledger.db, "
+                                    "MPP_HOME defaulting to ./mpp-home)")
     t.add_argument("--config", metavar="TOML", help="ledger, host, port and [[sellers]] from a file")
     t.add_argument("--seller", action="append", default=[], metavar="DID=ACCOUNT",
                    help="a seller's did:key and the one payee account it may credit (repeatable)")
@@ -598,6 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, MPPError, FileNotFoundError, ValueError, OSError, PyJWTError) as exc:
         _err(str(exc))
+        return EXIT_USAGE
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "asyncpg":
+            raise
+        # A PostgreSQL store refused (bad password, missing database, ...): its message, not a traceback.
+        _err(f"PostgreSQL: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -94,7 +94,7 @@ class SellerConfig(BaseModel):
     realm: str
     secret_file: Path
     receipt_key: Path
-    ledger: str | None = None  # the embedded ledger's file; or, instead, a ledger service:
+    ledger: str | None = None  # the embedded ledger: a SQLite file or postgresql:// URL; or, instead, a ledger service:
     ledger_url: str | None = None  # `mpp ledger serve` at http(s)://host:port
     ledger_key: Path | None = None  # the seller's key that signs its requests to the ledger service
     store: str
@@ -109,7 +109,7 @@ class SellerConfig(BaseModel):
     @model_validator(mode="after")
     def _one_ledger(self) -> "SellerConfig":
         if (self.ledger is None) == (self.ledger_url is None):
-            raise ValueError("set exactly one of ledger (an embedded ledger's file) and ledger_url (a ledger service)")
+            raise ValueError("set exactly one of ledger (an embedded ledger: a file or postgresql:// URL) and ledger_url (a ledger service)")
         if self.ledger_url is not None:
             if self.ledger_key is None:
                 raise ValueError("ledger_url needs ledger_key: the seller's key registered with the ledger service")
@@ -129,7 +129,7 @@ class SellerConfig(BaseModel):
         p = Path(p)
         return str(p if p.is_absolute() else self.base_dir / p)
 
-    @field_validator("store", "sessions")
+    @field_validator("store", "sessions", "ledger")
     @classmethod
     def _store_location(cls, v: str | None) -> str | None:
         if v is not None:

@@ -20,10 +20,11 @@ from .session_store import SessionStore, SqliteSessionStore
 from .store import PaymentStore, SqlitePaymentStore
 
 if TYPE_CHECKING:
+    from .doubt import DoubtJournal
     from .ledger.aio_adapter import AsyncLedgerStore
 
 __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
-           "open_session_store", "ensure_open", "ledger_for", "open_ledger"]
+           "open_session_store", "ensure_open", "ledger_for", "open_ledger", "doubt_journal_for"]
 
 
 def is_postgres(location: str) -> bool:
@@ -87,3 +88,14 @@ def ledger_for(location: str, **kwargs: Any) -> "AsyncLedgerStore":
 
 async def open_ledger(location: str, **kwargs: Any) -> "AsyncLedgerStore":
     return await ensure_open(ledger_for(location, **kwargs))
+
+
+def doubt_journal_for(location: str) -> "DoubtJournal":
+    """The seller's in-doubt charges (mpp.doubt) beside its payment store at ``location``."""
+    if is_postgres(location):
+        from .pg.doubt import PgDoubtJournal
+
+        return PgDoubtJournal(location, max_size=2)
+    from .doubt import SqliteDoubtJournal
+
+    return SqliteDoubtJournal(location)

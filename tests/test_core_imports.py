@@ -19,9 +19,9 @@ PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp package, the CLI, demos, configuration, servers,
 # the PostgreSQL stores (asyncpg), the store chooser that reaches them, the throwaway PostgreSQL,
-# the ledger's HTTP service.
+# the ledger's HTTP service and its nonce stores.
 IO_PATTERNS = ("aio/*", "cli.py", "cli_*.py", "demo*.py", "config.py", "serve*.py", "pg/*", "stores.py", "pgserver.py",
-               "ledger/service.py")
+               "ledger/service.py", "ledger/nonces.py")
 
 
 def _is_io(path: Path) -> bool:

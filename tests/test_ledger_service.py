@@ -27,8 +27,12 @@ from mpp import identity as I
 from mpp.aio import HttpLedgerRail, LedgerUnavailable, PaymentClient, Seller
 from mpp.aio.agent import AgentIdentity
 from mpp.aio.metering import SESSION_PATH, meter_of
+from mpp.doubt import SqliteDoubtJournal
+from mpp.pg import PgLedger
 from mpp.headers import format_credential, parse_challenges
 from mpp.ledger import SqliteLedger, holding_account
+from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore
+from mpp.ledger.nonces import SqliteNonces
 from mpp.ledger.service import ledger_app
 from mpp.ledger.signing import parse_authorization, sign_request, signed_bytes
 from mpp.methods.ledger import LedgerBuyerMethod, authorization_message
@@ -37,7 +41,7 @@ from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, sign_
 from mpp.session_store import SqliteSessionStore
 from mpp.store import SqlitePaymentStore
 
-from _identity_support import PAYEE, PAYER, PLAIN_PAYER, REALM, link_key, mandate, new_ledger
+from _identity_support import FUNDS, PAYEE, PAYER, PLAIN_PAYER, REALM, link_key, mandate, new_ledger
 from conftest import REPO, start_seller, stop_seller
 
 PAYEE2 = "acct:seller2"
@@ -331,9 +335,9 @@ async def test_nothing_secret_reaches_the_logs(service: Service, caplog: pytest.
 
 
 def http_seller(service: Service | Remote, payee: str, store: str, *, routes: dict[str, int] | None = None, attempts: int = 3,
-                sessions: str | None = None, name: str = "a") -> tuple[web.Application, Seller, HttpLedgerRail]:
+                sessions: str | None = None, name: str = "a", journal: Any = None) -> tuple[web.Application, Seller, HttpLedgerRail]:
     rail = HttpLedgerRail(service.url, key=service.keys[payee], recipient=payee, attempts=attempts, backoff=0.01,
-                          reconcile_interval=0)
+                          reconcile_interval=0, journal=journal)
     seller = Seller(realm=REALM, secret=(name * 32).encode()[:32], receipt_key=mpp.SigningKey.generate(), rails=[rail],
                     store=SqlitePaymentStore(store), trusted_principals={service.principal.did}, max_chain_depth=2,
                     session_store=SqliteSessionStore(sessions) if sessions else None)
@@ -435,6 +439,40 @@ async def test_no_answer_is_a_503_and_the_charge_is_voided(service: Service, tmp
     assert service.ledger.total() == 0 and service.ledger.check() == []
 
 
+async def test_an_in_doubt_charge_is_voided_after_a_seller_restart(service: Service, tmp_path: Path):
+    """LEDGER-SVC-10: the answer to a transfer is lost and the seller stops before the ledger
+    answers again; the in-doubt transfer is in the journal beside its payment records, and the
+    next seller process on that store voids it, so the buyer told 503 is not left charged."""
+    store = str(tmp_path / "p.db")
+    app, seller, rail = http_seller(service, PAYEE, store, attempts=1, journal=SqliteDoubtJournal(store))
+    server = await start(app)
+    token = mandate(service.principal, service.agent, scope=["GET /thing"], approval_threshold=None)
+    before = service.ledger.balance(PAYER)
+    try:
+        async with aiohttp.ClientSession() as http:
+            service.fault["lose_transfer_answers"] = 1
+            with pytest.raises(mpp.OutcomeUnknown) as exc:
+                await client(http, service.agent, [token]).request("GET", str(server.make_url("/thing")))
+        cid = exc.value.challenge_id
+        assert [t.id for t in service.charges()] == [cid] and service.ledger.balance(PAYER) == before - PRICE
+        service.fault["down"] = True  # the void at shutdown cannot reach the ledger either
+    finally:
+        await server.close()
+    assert rail.pending == {cid: "settle got no usable answer"}
+    service.fault["down"] = False
+    again = HttpLedgerRail(service.url, key=service.keys[PAYEE], recipient=PAYEE, reconcile_interval=0,
+                           journal=SqliteDoubtJournal(store))
+    await again.start()
+    try:
+        assert list(again.pending) == [cid]  # read back from the journal
+        assert await again.reconcile() == 0
+        assert await again.journal.pending() == {}
+    finally:
+        await again.stop()
+    assert service.ledger.get_transfer("refund:" + cid) is not None
+    assert service.ledger.balance(PAYER) == before and service.ledger.total() == 0 and service.ledger.check() == []
+
+
 async def test_a_503_problem_when_the_ledger_is_down(service: Service, tmp_path: Path):
     """LEDGER-SVC-10, IDENT-REV-03: the ledger answers 5xx: the revocation query fails, the seller
     answers 503 urn:mpp:problem:ledger-unavailable without consuming the challenge, and the same
@@ -510,20 +548,21 @@ class Remote:
     principal: mpp.SigningKey
 
 
-async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger: SqliteLedger, agent: mpp.SigningKey,
-                                               tmp_path: Path) -> None:
+async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger: Any, agent: mpp.SigningKey,
+                                               tmp_path: Path, other: Remote | None = None) -> None:
     """Agent A (root mandate, budget 1000) and sub-agent B (a delegated mandate) buy concurrently
-    from two sellers on ``service``: 20 purchases of 100, each under the 500 ceiling, twice the
-    budget together; then check what the ledger settled."""
+    from two sellers, the first on ``service``, the second on ``other`` (default: the same service):
+    20 purchases of 100, each under the 500 ceiling, twice the budget together; then check what
+    ``ledger`` (either engine, read through its async interface) settled."""
     P, A, B = service.principal, agent, mpp.SigningKey.generate()
     root = mandate(P, A, scope=["GET /thing"], ceiling=500, budget_amount=BUDGET, approval_threshold=None)
     sub = mandate(A, B, principal=P.did, scope=["GET /thing"], ceiling=500, budget_amount=BUDGET, approval_threshold=None,
                   max_depth=1)
     app1, _, rail1 = http_seller(service, PAYEE, str(tmp_path / "s1.db"), name="a")
-    app2, _, rail2 = http_seller(service, PAYEE2, str(tmp_path / "s2.db"), name="b")
+    app2, _, rail2 = http_seller(other or service, PAYEE2, str(tmp_path / "s2.db"), name="b")
     s1, s2 = await start(app1), await start(app2)
-    before = {a.id: a.balance for a in ledger.accounts()}
-    assert ledger.total() == 0
+    before = {a.id: a.balance for a in await ledger.accounts()}
+    assert await ledger.total() == 0
     try:
         async with aiohttp.ClientSession() as http:
             buyers = [client(http, A, [root]), client(http, B, [root, sub])]
@@ -539,15 +578,15 @@ async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger
     assert all(isinstance(r, mpp.PaymentFailed) for r in refused), refused
     assert all((r.status, r.problem.get("type")) == (403, "urn:mpp:problem:budget-exceeded") for r in refused)
     assert all("ledger" in r.problem["detail"] for r in refused)  # the ledger refused, not a seller's own share
-    settled = [t for t in ledger.transfers() if t.kind == "charge"]
+    settled = [t for t in await ledger.transfers() if t.kind == "charge"]
     assert sum(t.amount for t in settled) <= BUDGET
     assert len(paid) == BUDGET // PRICE and sum(t.amount for t in settled) == BUDGET
     assert {t.payee for t in settled} == {PAYEE, PAYEE2}
-    assert ledger.mandate_spent(link_key(root), "total") == BUDGET
-    after = {a.id: a.balance for a in ledger.accounts()}
+    assert await ledger.mandate_spent(link_key(root), "total") == BUDGET
+    after = {a.id: a.balance for a in await ledger.accounts()}
     assert after[PAYER] == before[PAYER] - BUDGET and after[PAYEE] + after[PAYEE2] == BUDGET
     assert sum(after.values()) == sum(before.values()) == 0
-    assert ledger.total() == 0 and ledger.check() == []
+    assert await ledger.total() == 0 and await ledger.check() == []
     assert rail1.pending == rail2.pending == {}
 
 
@@ -557,7 +596,7 @@ async def test_budget_holds_across_two_sellers_on_the_ledger_service(service: Se
     mandate) buy concurrently from both: 20 purchases of 100, each under the 500 ceiling, twice the
     budget together. Neither seller's own share refuses; the ledger lets exactly ten through,
     settles 1000 and not one unit more, and the sum of all balances is unchanged (zero)."""
-    await _twenty_purchases_across_two_sellers(service, service.ledger, service.agent, tmp_path)
+    await _twenty_purchases_across_two_sellers(service, AsyncSqliteLedgerStore(service.ledger), service.agent, tmp_path)
 
 
 async def test_budget_holds_across_two_sellers_on_a_ledger_service_process(tmp_path: Path):
@@ -568,13 +607,80 @@ async def test_budget_holds_across_two_sellers_on_a_ledger_service_process(tmp_p
     new_ledger(path, principal.did).close()
     keys = {PAYEE: mpp.SigningKey.generate(), PAYEE2: mpp.SigningKey.generate()}
     proc, url = await asyncio.to_thread(_start_ledger, "--ledger", path, *(f"--seller={k.did}={payee}" for payee, k in keys.items()))
-    ledger = SqliteLedger(path)  # a reader beside the service (WAL)
+    ledger = AsyncSqliteLedgerStore.at(path)  # a reader beside the service (WAL)
     try:
         await _twenty_purchases_across_two_sellers(Remote(url, keys, principal), ledger, agent, tmp_path)
     finally:
-        ledger.close()
+        await ledger.close()
         err = await asyncio.to_thread(_stop, proc)
         assert "Traceback" not in err, err
+
+
+async def new_pg_ledger(url: str, principal: str) -> PgLedger:
+    """The accounts of new_ledger, on PostgreSQL."""
+    ledger = await PgLedger.connect(url, max_size=4)
+    for account in (PAYEE, PAYER, PLAIN_PAYER):
+        await ledger.create_account(account, "usd")
+    await ledger.set_owner(PAYER, principal)
+    await ledger.fund(PAYER, FUNDS)
+    await ledger.fund(PLAIN_PAYER, FUNDS)
+    return ledger
+
+
+async def test_budget_holds_across_two_ledger_service_processes_on_postgresql(pg_url: str, tmp_path: Path):
+    """LEDGER-SVC-09, LEDGER-SVC-02, IDENT-BUD-05: two `mpp ledger serve` processes on one PostgreSQL
+    ledger, each seller on its own service process; agents of one principal buy concurrently from
+    both: the ledger settles exactly the budget and the sum of balances is unchanged (zero). A
+    request accepted by one service process is refused as a replay by the other (the nonces are
+    kept in the ledger's database)."""
+    principal, agent = mpp.SigningKey.generate(), mpp.SigningKey.generate()
+    ledger = await new_pg_ledger(pg_url, principal.did)
+    keys = {PAYEE: mpp.SigningKey.generate(), PAYEE2: mpp.SigningKey.generate()}
+    sellers = [f"--seller={k.did}={payee}" for payee, k in keys.items()]
+    started = await asyncio.gather(*(asyncio.to_thread(_start_ledger, "--ledger", pg_url, *sellers) for _ in range(2)))
+    (p1, url1), (p2, url2) = started
+    try:
+        assert url1 != url2
+        await _twenty_purchases_across_two_sellers(Remote(url1, keys, principal), ledger, agent, tmp_path,
+                                                   other=Remote(url2, keys, principal))
+        # one signed request, sent to both service processes: the second refuses it as a replay
+        header = sign_request(keys[PAYEE], ledger_id=ledger.ledger_id, method="GET", target=f"/v1/accounts/{PAYEE}", body=b"")
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for url in (url1, url2):
+                async with http.get(f"{url}/v1/accounts/{PAYEE}", headers={"Authorization": header}) as resp:
+                    statuses.append((resp.status, (await resp.json(content_type=None)).get("detail", "")))
+        assert statuses[0][0] == 200 and statuses[1][0] == 401 and "nonce" in statuses[1][1], statuses
+    finally:
+        await ledger.close()
+        for proc in (p1, p2):
+            err = await asyncio.to_thread(_stop, proc)
+            assert "Traceback" not in err, err
+
+
+async def test_nonces_outlive_a_service_restart(tmp_path: Path):
+    """LEDGER-SVC-02: the service remembers accepted nonces in the ledger's own file: a request
+    replayed after the service restarted is still refused."""
+    principal = mpp.SigningKey.generate()
+    path = str(tmp_path / "ledger.db")
+    new_ledger(path, principal.did).close()
+    key = mpp.SigningKey.generate()
+    answers = []
+    for _ in range(2):
+        ledger = SqliteLedger(path)
+        app = ledger_app(ledger, sellers={key.did: PAYEE}, close_ledger=True, nonces=SqliteNonces(path))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            if not answers:
+                header = sign_request(key, ledger_id=ledger.ledger_id, method="GET", target=f"/v1/accounts/{PAYEE}", body=b"")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(server.make_url(f"/v1/accounts/{PAYEE}"), headers={"Authorization": header}) as resp:
+                    answers.append((resp.status, await resp.json(content_type=None)))
+        finally:
+            await server.close()
+    assert answers[0][0] == 200 and answers[0][1]["account"]["id"] == PAYEE, answers[0]
+    assert answers[1][0] == 401 and "nonce" in answers[1][1]["detail"], answers[1]
 
 
 async def _open_session(http: aiohttp.ClientSession, server: TestServer, agent: mpp.SigningKey, chain: list[str], cap: int):
@@ -692,3 +798,28 @@ def test_cli_ledger_serve_and_a_seller_pointed_at_it(home: Path):
         assert ledger.balance("acct:seller") == 25 and ledger.total() == 0 and ledger.check() == []
     finally:
         ledger.close()
+
+
+def test_cli_ledger_commands_on_postgresql(pg_url: str):
+    """The operator's ledger commands take a postgresql:// ledger as they take a file: fund,
+    balance and check; a database that cannot be reached is a message and exit 2, never a traceback."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mpp.cli", "ledger", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=REPO, timeout=60)
+
+    async def make() -> None:
+        ledger = await PgLedger.connect(pg_url, max_size=2)
+        await ledger.create_account("acct:ops", "usd")
+        await ledger.close()
+
+    asyncio.run(make())
+    funded = run("fund", "--ledger", pg_url, "acct:ops", "750")
+    assert funded.returncode == 0 and "balance 750" in funded.stdout, funded.stderr
+    balance = run("balance", "--ledger", pg_url, "--json")
+    assert balance.returncode == 0, balance.stderr
+    assert json.loads(balance.stdout) == {"accounts": {"acct:ops": 750, "issuance:usd": -750}, "total": 0}
+    checked = run("check", "--ledger", pg_url)
+    assert checked.returncode == 0 and "consistent" in checked.stdout, checked.stderr
+    unknown = run("balance", "--ledger", pg_url, "acct:nobody")
+    assert unknown.returncode == 2 and "acct:nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+    missing = run("balance", "--ledger", pg_url.rsplit("/", 1)[0] + "/no_such_database")
+    assert missing.returncode == 2 and "no_such_database" in missing.stderr and "Traceback" not in missing.stderr, missing.stderr

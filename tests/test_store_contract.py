@@ -23,7 +23,7 @@ from mpp.models import format_rfc3339
 from mpp.session_core import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 from mpp.session_store import INSTANCE_TTL, SqliteSessionStore
 from mpp.store import SqlitePaymentStore, StateError, StoredResponse
-from mpp.stores import open_payment_store, open_session_store
+from mpp.stores import doubt_journal_for, open_payment_store, open_session_store
 
 ENGINES = ["sqlite", "postgres"]
 NOW = datetime(2031, 5, 6, 7, 8, 9, 500_000, tzinfo=timezone.utc)
@@ -506,6 +506,27 @@ async def test_session_caps_count_against_mandate_links(stores):
 
 
 # -- choosing the engine -------------------------------------------------------------------
+
+
+async def test_in_doubt_journal_is_shared_and_outlives_its_writer(engine):
+    """LEDGER-SVC-10: a transfer noted in doubt by one seller process (store object) is seen by
+    another on the same store, and by a new one after the first closed; the first reason is kept;
+    removed once voided."""
+    first = doubt_journal_for(engine.location("payments"))
+    second = doubt_journal_for(engine.location("payments"))
+    try:
+        await first.add("t-1", "settle got no usable answer")
+        await first.add("t-2", "refund got no answer")
+        await first.add("t-1", "a later reason")
+        assert await second.pending() == {"t-1": "settle got no usable answer", "t-2": "refund got no answer"}
+        await first.close()
+        third = doubt_journal_for(engine.location("payments"))
+        await third.remove("t-1")
+        await third.remove("t-unknown")  # nothing to remove: no error
+        assert await second.pending() == {"t-2": "refund got no answer"}
+        await third.close()
+    finally:
+        await second.close()
 
 
 async def test_store_kind_follows_the_url(engine, stores):

@@ -1,10 +1,12 @@
 """Exactly once across processes: one credential submitted 1,000 times at once, spread over
-several `mpp seller serve --workers N` processes sharing one SQLite store, settles once."""
+several `mpp seller serve --workers N` processes sharing one SQLite store and ledger, or one
+PostgreSQL database for the stores and the ledger, settles once."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +15,11 @@ import pytest
 import mpp
 from mpp.aio import PaymentClient
 from mpp.aio.workers import WORKER_HEADER
+from mpp.config import load_wallet
+from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
+from mpp.pg import PgLedger
+from mpp.stores import open_ledger
 
 from conftest import start_seller, stop_seller
 
@@ -46,39 +52,71 @@ async def _storm(url: str, credential: str) -> tuple[Counter, Counter, list[int]
     return statuses, workers, ok_workers
 
 
+@dataclass
+class Shared:
+    home: Path
+    ledger: str  # where the seller processes' ledger is
+
+
+def _ledger_on_postgres(home: Path, url: str) -> None:
+    """The accounts `mpp init` made in ledger.db, made again in a PostgreSQL ledger at ``url``."""
+    wallet = load_wallet(home / "agent")
+    sqlite = SqliteLedger(str(home / "ledger.db"))
+    try:
+        owner, funds = sqlite.owner(wallet.account), sqlite.balance(wallet.account)
+        accounts = [(a.id, a.currency) for a in sqlite.accounts() if a.kind == "asset"]
+    finally:
+        sqlite.close()
+
+    async def build() -> None:
+        ledger = await PgLedger.connect(url, max_size=2)
+        try:
+            for account, currency in accounts:
+                await ledger.create_account(account, currency)
+            await ledger.authorize_key(wallet.account, wallet.key.did)
+            await ledger.set_owner(wallet.account, owner)
+            await ledger.fund(wallet.account, funds)
+        finally:
+            await ledger.close()
+
+    asyncio.run(build())
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def shared_home(request, home: Path) -> Path:
-    """The seller's payment and session stores in one SQLite file, or in one PostgreSQL database."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-        config = home / "seller.toml"
-        text = config.read_text()
-        assert 'store = "seller/payments.db"' in text
-        config.write_text(text.replace('store = "seller/payments.db"', f'store = "{url}"'))
-    return home
+def shared(request, home: Path) -> Shared:
+    """The seller's stores and ledger in SQLite files, or all in one PostgreSQL database."""
+    if request.param == "sqlite":
+        return Shared(home, str(home / "ledger.db"))
+    url = request.getfixturevalue("pg_url")
+    _ledger_on_postgres(home, url)
+    config = home / "seller.toml"
+    text = config.read_text()
+    assert 'store = "seller/payments.db"' in text and 'ledger = "ledger.db"' in text
+    config.write_text(text.replace('store = "seller/payments.db"', f'store = "{url}"')
+                      .replace('ledger = "ledger.db"', f'ledger = "{url}"'))
+    return Shared(home, url)
 
 
-async def test_one_credential_1000_times_over_3_processes_settles_once(shared_home: Path):
+async def test_one_credential_1000_times_over_3_processes_settles_once(shared: Shared):
     """CORE-ONCE-01, CORE-ONCE-02: exactly one success and one transfer, whichever process answers,
-    with the processes sharing SQLite or PostgreSQL."""
-    home = shared_home
-    seller = start_seller(home, "--workers", str(WORKERS))
+    with the processes sharing SQLite, or PostgreSQL for the stores and the ledger."""
+    seller = start_seller(shared.home, "--workers", str(WORKERS))
+    ledger = await open_ledger(shared.ledger)
     try:
         wallet = seller.wallet
         url = f"{seller.url}/weather"
         async with aiohttp.ClientSession() as http:
             client = PaymentClient(http, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy)
             credential = await client.credential("GET", url)
-        ledger = seller.ledger()
-        before = len(ledger.transfers())
+        before = len(await ledger.transfers())
         statuses, workers, ok_workers = await _storm(url, credential)
         assert statuses[200] == 1, statuses
         assert sum(statuses.values()) == SUBMISSIONS and set(statuses) <= {200, 402, 409}, statuses
         assert len(workers) >= WORKERS, f"answers came from workers {dict(workers)}; expected all {WORKERS}"
-        charges = [t for t in ledger.transfers()[before:] if t.kind == "charge"]
+        charges = [t for t in (await ledger.transfers())[before:] if t.kind == "charge"]
         assert len(charges) == 1 and charges[0].amount == 25
-        assert ledger.total() == 0 and ledger.check() == []
-        ledger.close()
+        assert await ledger.total() == 0 and await ledger.check() == []
     finally:
+        await ledger.close()
         err = stop_seller(seller)
     assert "Traceback" not in err, err

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from ..doubt import DoubtJournal, MemoryDoubtJournal
 from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
 from ..identity import BudgetExceeded, MandateRevoked
 from ..keys import SigningKey
@@ -34,7 +35,7 @@ from ..ledger import (
     UnknownSession,
     LedgerError,
 )
-from ..ledger.api import LEDGER_ERRORS
+from ..ledger.api import LEDGER_ERRORS, AsyncLedger, as_async_ledger
 from ..ledger.signing import sign_request
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
@@ -66,16 +67,30 @@ class PaymentRail(SellerMethod, Protocol):
 
 
 class EmbeddedLedgerRail(LedgerSellerMethod):
-    """The ``ledger`` method settled on a ledger in this process (SQLite)."""
+    """The ``ledger`` method settled by this process on the ledger's own database: a SqliteLedger
+    (each call inline, one short transaction) or any AsyncLedger, e.g. :class:`mpp.pg.PgLedger`
+    shared by several seller processes. An async ledger's id is learnt in :meth:`start` (or
+    :meth:`lifecycle` in ``app.cleanup_ctx``), before the first challenge names it."""
 
-    def __init__(self, ledger: SqliteLedger, *, recipient: str) -> None:
-        super().__init__(recipient=recipient, ledger_id=ledger.ledger_id)
+    def __init__(self, ledger: SqliteLedger | AsyncLedger, *, recipient: str) -> None:
+        super().__init__(recipient=recipient, ledger_id=ledger.ledger_id if isinstance(ledger, SqliteLedger) else "")
         self.ledger = ledger
+        self._ledger: AsyncLedger = as_async_ledger(ledger)
+
+    async def start(self) -> None:
+        await self._ledger.open()
+        self.ledger_id = self._ledger.ledger_id
+
+    async def lifecycle(self, app: Any) -> AsyncIterator[None]:
+        """For ``app.cleanup_ctx``: the ledger opened before the seller serves, closed after."""
+        await self.start()
+        yield
+        await self._ledger.close()
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
         auth: LedgerAuthorization = verified.proof
         try:
-            transfer = self.ledger.transfer(
+            transfer = await self._ledger.transfer(
                 verified.challenge_id,
                 payer=auth.account,
                 payee=auth.recipient,
@@ -98,10 +113,10 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         return Settlement(reference=transfer.id, settled_at=settled, payer=auth.account)
 
     async def refund(self, settlement: Settlement) -> None:
-        self.ledger.refund(settlement.reference)
+        await self._ledger.refund(settlement.reference)
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
-        return self.ledger.revoked(jtis)
+        return await self._ledger.revoked(jtis)
 
     # -- the session intent: hold at open, capture and release at close ------------------
 
@@ -109,19 +124,19 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
                            mandate: MandateCharge | None = None) -> SessionHold:
         """Hold ``cap`` from ``payer`` for the session, once per session id (the challenge id)."""
         with self._session_problems():
-            return self.ledger.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,
+            return await self._ledger.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,
                                             mandate=mandate)
 
     async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
         """Raise the session's cap to ``cap`` in total; a lower or equal cap changes nothing."""
         with self._session_problems():
-            return self.ledger.top_up_session(session_id, cap=cap, cap_signature=cap_signature)
+            return await self._ledger.top_up_session(session_id, cap=cap, cap_signature=cap_signature)
 
     async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
         """Capture what was used and release the rest. A capture the voucher does not cover raises
         CaptureRefused (a LedgerError: the seller's own bug, not the buyer's)."""
         with self._session_problems():
-            return self.ledger.close_session(session_id, capture=capture, voucher=voucher)
+            return await self._ledger.close_session(session_id, capture=capture, voucher=voucher)
 
     @staticmethod
     @contextmanager
@@ -178,11 +193,16 @@ class HttpLedgerRail(LedgerSellerMethod):
     problem; a charge that may have been made is then voided at the ledger (refunded if it was
     made, refused forever if it was not) by a background task, as soon as the ledger answers.
     The ledger id is read from ``/v1/info`` at startup: ``app.cleanup_ctx.append(rail.lifecycle)``.
+
+    ``journal`` (mpp.doubt) keeps the in-doubt charges across restarts and shares them with the
+    other seller processes on the same store, so a void left undone by a process that stopped
+    is done by the next one (LEDGER-SVC-10); without one they live in this process only. The
+    rail closes the journal when it stops.
     """
 
     def __init__(self, url: str, *, key: SigningKey, recipient: str, ledger_id: str | None = None,
                  session: Any = None, timeout: float = 10.0, attempts: int = 3, backoff: float = 0.1,
-                 reconcile_interval: float = 2.0) -> None:
+                 reconcile_interval: float = 2.0, journal: DoubtJournal | None = None) -> None:
         super().__init__(recipient=recipient, ledger_id=ledger_id or "")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
@@ -199,6 +219,7 @@ class HttpLedgerRail(LedgerSellerMethod):
         self._own_session = False
         self._reconciler: asyncio.Task | None = None
         self.pending: dict[str, str] = {}  # in-doubt transfer id -> why: void once the ledger answers
+        self.journal: DoubtJournal = journal if journal is not None else MemoryDoubtJournal()
 
     def __repr__(self) -> str:
         return f"HttpLedgerRail(url={self.url!r}, recipient={self.recipient!r}, seller={self.key.did!r})"
@@ -218,6 +239,10 @@ class HttpLedgerRail(LedgerSellerMethod):
                     await self._session.close()
                     self._session, self._own_session = None, False
                 raise
+        self.pending.update(await self.journal.pending())
+        if self.pending:
+            log.warning("ledger service %s: %d in-doubt transfer(s) left by an earlier run will be voided", self.url,
+                        len(self.pending))
         if self._reconciler is None and self.reconcile_interval > 0:
             self._reconciler = asyncio.create_task(self._reconcile_forever())
 
@@ -232,8 +257,9 @@ class HttpLedgerRail(LedgerSellerMethod):
         if self.pending:
             await self.reconcile()
             if self.pending:
-                log.error("ledger service %s: %d in-doubt transfer(s) left unvoided at shutdown: %s", self.url,
-                          len(self.pending), ", ".join(sorted(self.pending)))
+                log.error("ledger service %s: %d in-doubt transfer(s) left unvoided at shutdown (kept for the next "
+                          "start if the store is persistent): %s", self.url, len(self.pending), ", ".join(sorted(self.pending)))
+        await self.journal.close()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -348,7 +374,7 @@ class HttpLedgerRail(LedgerSellerMethod):
             raise InvalidChallenge("challenge id was already settled on other terms") from exc
         except (_NoAnswer, KeyError, TypeError, ValueError) as exc:
             # The transfer may or may not have been made: make sure it does not stand.
-            self.void_later(verified.challenge_id, "settle got no usable answer")
+            await self.void_later(verified.challenge_id, "settle got no usable answer")
             with self._reachable("settle"):
                 raise exc
         except _ServiceRefused as exc:
@@ -361,7 +387,7 @@ class HttpLedgerRail(LedgerSellerMethod):
             await self._call("POST", "/v1/refunds", {"transfer": settlement.reference})
         except (_NoAnswer, _ServiceRefused) as exc:
             # Refunding and voiding a made charge are the same: it is given back once the ledger answers.
-            self.void_later(settlement.reference, f"refund got no answer: {exc}")
+            await self.void_later(settlement.reference, f"refund got no answer: {exc}")
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         with self._reachable("revocation check"):
@@ -373,8 +399,12 @@ class HttpLedgerRail(LedgerSellerMethod):
 
     # -- in-doubt charges --------------------------------------------------------------------
 
-    def void_later(self, transfer_id: str, why: str) -> None:
-        """Remember a charge whose outcome is unknown; reconcile() voids it at the ledger."""
+    async def void_later(self, transfer_id: str, why: str) -> None:
+        """Remember a charge whose outcome is unknown (in the journal first); reconcile() voids it at the ledger."""
+        try:
+            await self.journal.add(transfer_id, why)
+        except Exception:  # noqa: BLE001 - still voided by this process; only a restart would forget it
+            log.exception("could not record in-doubt transfer %s in the journal", transfer_id)
         self.pending[transfer_id] = why
         log.warning("transfer %s in doubt (%s): it will be voided when the ledger answers", transfer_id, why)
 
@@ -387,16 +417,24 @@ class HttpLedgerRail(LedgerSellerMethod):
                 break  # still unreachable: try again next round
             except (LedgerError, _ServiceRefused) as exc:
                 log.error("the ledger refused to void in-doubt transfer %s: %s", tid, exc)
-                self.pending.pop(tid, None)
+                await self._resolved(tid)
             else:
-                self.pending.pop(tid, None)
+                await self._resolved(tid)
                 log.warning("in-doubt transfer %s voided at the ledger (%s)", tid,
                             "refunded" if doc.get("refund") else "it had not been made")
         return len(self.pending)
 
+    async def _resolved(self, tid: str) -> None:
+        await self.journal.remove(tid)
+        self.pending.pop(tid, None)
+
     async def _reconcile_forever(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_interval)
+            try:  # another process on the same store may have left some (it stopped before the ledger answered)
+                self.pending.update(await self.journal.pending())
+            except Exception:  # noqa: BLE001
+                log.exception("reading the in-doubt journal failed; retrying")
             if self.pending:
                 try:
                     await self.reconcile()

@@ -13,7 +13,7 @@ from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
 from ..seller_core import Metered
-from ..stores import ensure_open, payment_store_for, session_store_for
+from ..stores import doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for, session_store_for
 from .metering import StreamStopped, meter_of
 from .rails import EmbeddedLedgerRail, HttpLedgerRail
 from .seller import Seller, payment_of
@@ -81,9 +81,12 @@ def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail
     if config.ledger_url is not None:
         assert config.ledger_key is not None  # SellerConfig requires it with ledger_url
         key = SigningKey.load(config.resolve(config.ledger_key))
-        return HttpLedgerRail(config.ledger_url, key=key, recipient=config.recipient), None
+        journal = doubt_journal_for(config.locate(config.store))  # beside the payment records
+        return HttpLedgerRail(config.ledger_url, key=key, recipient=config.recipient, journal=journal), None
     assert config.ledger is not None
-    ledger = SqliteLedger(config.resolve(config.ledger))
+    if is_postgres(config.ledger):  # a ledger database shared with other seller processes
+        return EmbeddedLedgerRail(ledger_for(config.ledger), recipient=config.recipient), None
+    ledger = SqliteLedger(config.locate(config.ledger))
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
 
 
@@ -104,8 +107,8 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
     app = web.Application()
     if ledger is not None:
         app[LEDGER_KEY] = ledger
-    else:  # learn the ledger id before serving, void in-doubt charges in the background
-        app.cleanup_ctx.append(rail.lifecycle)  # type: ignore[union-attr]
+    else:  # PostgreSQL or a service: learn the ledger id before serving (a service: void in-doubt charges)
+        app.cleanup_ctx.append(rail.lifecycle)
 
     async def _open_stores(app: web.Application):
         # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)

@@ -10,7 +10,6 @@ problem documents naming the ledger error class; request content never yields a 
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import re
@@ -37,6 +36,7 @@ from .core import (
     UnknownAccount,
     UnknownSession,
 )
+from .nonces import MemoryNonces, NonceStore
 from .signing import SCHEME, WINDOW, parse_authorization, verify_request
 
 __all__ = ["ledger_app", "LedgerService", "SERVICE_KEY", "ERROR_STATUS", "PROBLEM_BASE",
@@ -201,7 +201,7 @@ class LedgerService:
     """The handlers, the sellers' keys and payees, and the nonces seen within the window."""
 
     def __init__(self, ledger: Any, sellers: Mapping[str, str], *, window: int = WINDOW,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, nonces: NonceStore | None = None) -> None:
         for did, payee in sellers.items():
             public_key_from_did(did)  # ParseError names a bad entry
             if not isinstance(payee, str) or not payee:
@@ -210,8 +210,7 @@ class LedgerService:
         self.sellers = dict(sellers)
         self.window = window
         self.clock = clock
-        self._nonces: dict[tuple[str, str], float] = {}
-        self._nonce_order: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
+        self.nonces: NonceStore = nonces if nonces is not None else MemoryNonces()
 
     @property
     def ledger_id(self) -> str:
@@ -238,20 +237,10 @@ class LedgerService:
             verify_request(signed, ledger_id=self.ledger_id, method=request.method, target=request.raw_path, body=body)
         except SignatureInvalid:
             raise ServiceError("Unauthenticated", "the request signature does not verify") from None
-        self._forget_nonces(now)
-        key = (signed.keyid, signed.nonce)
-        if key in self._nonces:
-            raise ServiceError("Unauthenticated", "this nonce was already used (a replayed request)")
         expires = now + 2 * self.window  # the timestamp is acceptable until at most ts + window <= now + 2 * window
-        self._nonces[key] = expires
-        self._nonce_order.append((expires, key))
+        if not await self.nonces.first_use(signed.keyid, signed.nonce, now=now, expires=expires):
+            raise ServiceError("Unauthenticated", "this nonce was already used (a replayed request)")
         return signed.keyid, payee
-
-    def _forget_nonces(self, now: float) -> None:
-        order = self._nonce_order
-        while order and order[0][0] < now:
-            _, key = order.popleft()
-            self._nonces.pop(key, None)
 
     @staticmethod
     def _own(payee: str, account: str, what: str) -> None:
@@ -408,11 +397,12 @@ SERVICE_KEY = web.AppKey("mpp_ledger_service", LedgerService)
 
 
 def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW, clock: Callable[[], float] = time.time,
-               close_ledger: bool = False) -> web.Application:
+               close_ledger: bool = False, nonces: NonceStore | None = None) -> web.Application:
     """The ledger service for ``ledger`` (a SqliteLedger or an AsyncLedger); ``sellers`` maps each
-    seller's did:key to the one payee account it may credit. With ``close_ledger`` the app closes
-    the ledger at cleanup."""
-    service = LedgerService(ledger, sellers, window=window, clock=clock)
+    seller's did:key to the one payee account it may credit. ``nonces`` keeps the accepted request
+    nonces (default: in this process only; see mpp.ledger.nonces). With ``close_ledger`` the app
+    closes the ledger (and the nonce store) at cleanup."""
+    service = LedgerService(ledger, sellers, window=window, clock=clock, nonces=nonces)
     app = web.Application(middlewares=[_problems], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
 
@@ -420,6 +410,7 @@ def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW,
         await service.ledger.open()
         yield
         if close_ledger:
+            await service.nonces.close()
             await service.ledger.close()
             sync = getattr(service.ledger, "sync", None)
             if sync is not None and sync is ledger:
