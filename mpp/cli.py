@@ -150,6 +150,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     identity, audit = _wallet_identity(wallet, args)
 
     async def run() -> int:
+        from .stores import ensure_open
+
+        # Opened before anything is sent (a PostgreSQL location that cannot be reached fails here), closed after.
+        stores = [s for s in (audit, identity.budget if identity is not None else None) if s is not None]
+        try:
+            for store in stores:
+                await ensure_open(store)
+            return await fetch()
+        finally:
+            for store in stores:
+                await store.close()
+
+    async def fetch() -> int:
         timeout = aiohttp.ClientTimeout(total=args.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             client = PaymentClient(
@@ -211,16 +224,16 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _wallet_identity(wallet, args: argparse.Namespace):
-    """The agent's mandate chain, budget counters, approval hook and audit log, if it has them."""
-    from .audit import AuditLog
+    """The agent's mandate chain, budget counters, approval hook and audit log, if it has them
+    (counters and log: a SQLite file or a postgresql:// URL, opened by the caller's event loop)."""
+    from .stores import audit_log_for, budget_store_for
 
-    audit = AuditLog(wallet.audit_path) if wallet.audit_path else None
+    audit = audit_log_for(wallet.audit_path) if wallet.audit_path else None
     if not wallet.mandates or args.no_identity:
         return None, audit
     from datetime import datetime, timezone
 
     from .aio.agent import AgentIdentity
-    from .budget import BudgetStore
     from .identity import issue_approval
     from .keys import SigningKey
 
@@ -235,7 +248,7 @@ def _wallet_identity(wallet, args: argparse.Namespace):
                                   amount=problem["amount"], currency=problem["currency"], rule=problem["rule"],
                                   mandate=problem["mandate"], now=datetime.now(timezone.utc))
 
-    budget = BudgetStore(wallet.budget_path) if wallet.budget_path else None
+    budget = budget_store_for(wallet.budget_path) if wallet.budget_path else None
     return AgentIdentity(wallet.key, wallet.mandates, budget, approver), audit
 
 
@@ -445,11 +458,31 @@ The wire format is in spec/methods/ledger.md, section 7.
 # -- audit -----------------------------------------------------------------
 
 
-def _audit_path(args: argparse.Namespace) -> str:
-    path = args.log or os.path.join(os.environ.get("MPP_HOME", "mpp-home"), "audit.db")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no audit log at {path}; pass --log PATH or set MPP_HOME")
-    return path
+def _audit_location(args: argparse.Namespace) -> str:
+    """--log (a path, sqlite: URL or postgresql:// URL), else $MPP_HOME/audit.db; it must hold a log."""
+    from ._sqlite import sqlite_path
+    from .stores import is_postgres
+
+    location = args.log or os.path.join(os.environ.get("MPP_HOME", "mpp-home"), "audit.db")
+    if not is_postgres(location) and not Path(sqlite_path(location)).exists():
+        raise FileNotFoundError(f"no audit log at {location}; pass --log PATH or set MPP_HOME")
+    return location
+
+
+async def _with_audit_log(location: str, use):
+    """Run ``await use(log)`` on the audit log at ``location``, opened for it and closed after."""
+    from .stores import is_postgres, open_audit_log
+
+    if is_postgres(location):
+        from .pg.audit import audit_log_exists
+
+        if not await audit_log_exists(location):  # reading must not create an empty log and call it intact
+            raise FileNotFoundError("no audit log in that PostgreSQL database (nothing was ever appended there)")
+    log = await open_audit_log(location)
+    try:
+        return await use(log)
+    finally:
+        await log.close()
 
 
 def _short(value: object, width: int) -> str:
@@ -458,10 +491,7 @@ def _short(value: object, width: int) -> str:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    from .audit import AuditLog
-
-    with AuditLog(_audit_path(args)) as log:
-        rows = log.purchases(agent=args.agent, principal=args.principal)
+    rows = asyncio.run(_with_audit_log(_audit_location(args), lambda log: log.purchases(agent=args.agent, principal=args.principal)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -480,15 +510,17 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import AuditChainBroken, AuditLog
+    from .audit import AuditChainBroken
 
-    with AuditLog(_audit_path(args)) as log:
-        try:
-            log.verify()
-        except AuditChainBroken as exc:
-            _err(str(exc))
-            return EXIT_HTTP
-        seq, digest = log.head()
+    async def verify(log) -> tuple[int, str]:
+        await log.verify()
+        return await log.head()
+
+    try:
+        seq, digest = asyncio.run(_with_audit_log(_audit_location(args), verify))
+    except AuditChainBroken as exc:
+        _err(str(exc))
+        return EXIT_HTTP
     print(f"audit log intact: {seq} entries, head {seq} {digest[:16] or '-'}")
     return EXIT_OK
 
@@ -603,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", cmd_audit_verify, "check the hash chain and the head (exit 1 if broken)"),
     ):
         t = asub.add_parser(name, help=helptext)
-        t.add_argument("--log", help="audit database (default $MPP_HOME/audit.db, MPP_HOME defaulting to ./mpp-home)")
+        t.add_argument("--log", help="audit log: a SQLite file or postgresql:// URL "
+                                     "(default $MPP_HOME/audit.db, MPP_HOME defaulting to ./mpp-home)")
         if name == "show":
             t.add_argument("--agent", metavar="DID", help="only purchases by this agent")
             t.add_argument("--principal", metavar="DID", help="only purchases under this principal")

@@ -102,7 +102,7 @@ class SellerConfig(BaseModel):
     challenge_ttl: int = Field(default=300, gt=0, le=86400)
     trusted_principals: list[str] = []
     max_chain_depth: int = Field(default=3, ge=0, le=16)
-    audit_log: str | None = None
+    audit_log: str | None = None  # the seller's audit log: a SQLite file or postgresql:// URL
     sessions: str | None = None  # the session store; default: sessions.db beside the payment store
     routes: list[RouteConfig] = Field(min_length=1)
 
@@ -129,7 +129,7 @@ class SellerConfig(BaseModel):
         p = Path(p)
         return str(p if p.is_absolute() else self.base_dir / p)
 
-    @field_validator("store", "sessions", "ledger")
+    @field_validator("store", "sessions", "ledger", "audit_log")
     @classmethod
     def _store_location(cls, v: str | None) -> str | None:
         if v is not None:
@@ -140,11 +140,7 @@ class SellerConfig(BaseModel):
 
     def locate(self, location: str) -> str:
         """A store location as the stores take it: URLs unchanged, paths relative to this file."""
-        if "://" in location:
-            return location
-        if location.startswith("sqlite:"):
-            return self.resolve(location[len("sqlite:"):])
-        return self.resolve(location)
+        return locate_store(self.base_dir, location)
 
     @property
     def sessions_location(self) -> str:
@@ -158,6 +154,17 @@ class SellerConfig(BaseModel):
         from ._sqlite import sqlite_path
 
         return str(Path(sqlite_path(store)).with_name("sessions.db"))
+
+
+def locate_store(base_dir: Path, location: str) -> str:
+    """A store location as the stores take it: URLs unchanged, paths (and ``sqlite:relative``)
+    relative to ``base_dir``."""
+    if "://" in location:
+        return location
+    if location.startswith("sqlite:"):
+        location = location[len("sqlite:"):]
+    path = Path(location)
+    return str(path if path.is_absolute() else base_dir / path)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -202,8 +209,8 @@ class Wallet:
     account: str
     policy: BuyerPolicy
     mandates: list[str] | None = None  # the chain, root first, if this agent buys under a mandate
-    budget_path: str | None = None
-    audit_path: str | None = None
+    budget_path: str | None = None  # the budget counters: a SQLite file or postgresql:// URL (mpp.stores.budget_store_for)
+    audit_path: str | None = None  # the audit log: likewise (mpp.stores.audit_log_for)
 
 
 def load_chain(path: str | os.PathLike[str]) -> list[str]:
@@ -251,9 +258,20 @@ def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = N
         recipients=frozenset(recipients) if recipients else None,
     )
     mandates = load_chain(directory / meta["mandates"]) if meta.get("mandates") else None
-    budget = str(directory / meta["budget"]) if meta.get("budget") else None
-    audit = str(directory / meta["audit"]) if meta.get("audit") else None
+    budget, audit = (_wallet_store(directory, meta_path, meta, name) for name in ("budget", "audit"))
     return Wallet(key, account, policy, mandates, budget, audit)
+
+
+def _wallet_store(directory: Path, meta_path: Path, meta: dict[str, Any], name: str) -> str | None:
+    """The wallet's budget counters or audit log: a file beside wallet.json, or a postgresql:// URL."""
+    if not meta.get(name):
+        return None
+    from .stores import check_location
+
+    try:
+        return check_location(locate_store(directory, str(meta[name])))
+    except ValueError as exc:
+        raise ConfigError(f"{meta_path}: invalid wallet: {name}: {exc}") from None
 
 
 DEFAULT_ROUTES = [

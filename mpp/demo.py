@@ -11,6 +11,7 @@ import asyncio
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 __all__ = ["run_demo"]
 
@@ -202,13 +203,12 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
 
     from .aio.agent import AgentIdentity
     from .aio.buyer import PaymentClient
-    from .audit import AuditLog
-    from .budget import BudgetStore
     from .buyer_core import BuyerPolicy
     from .errors import PaymentFailed, QuoteRejected
     from .identity import issue_approval, issue_mandate
     from .keys import SigningKey
     from .methods.ledger import LedgerBuyerMethod
+    from .stores import audit_log_for, budget_store_for
 
     now = datetime.now(timezone.utc)
     principal = SigningKey.load(info["principal_key"])
@@ -236,12 +236,16 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
         approvals.append(token)
         return token
 
-    buyer_audit = AuditLog(str(home / "agent" / "audit.db"))
+    buyer_audit = audit_log_for(str(home / "agent" / "audit.db"))
+    budgets: dict[str, Any] = {}  # each agent's own counters, opened once
 
     def client(key, chain, budget: bool = True, hook=None) -> PaymentClient:
-        store = BudgetStore(str(home / "agent" / f"budget-{names[key.did]}.db")) if budget else None
+        store = None
+        if budget:
+            store = budgets.get(key.did) or budgets.setdefault(
+                key.did, budget_store_for(str(home / "agent" / f"budget-{names[key.did]}.db")))
         return PaymentClient(session, [LedgerBuyerMethod(key=key, account=wallet.account)], BuyerPolicy(max_amount=1_000),
-                             identity=AgentIdentity(key, chain, store, hook), on_event=lambda k, d: buyer_audit.append(k, d))
+                             identity=AgentIdentity(key, chain, store, hook), on_event=buyer_audit.append)
 
     paid = 0
     for who, key, chain, path in (("agent-a", agent_a, chain_a, "/agent-report"), ("agent-b", agent_b, chain_b, "/weather"),
@@ -278,21 +282,23 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
     else:
         raise DemoFailure("the seller let agent-b spend past its budget")
 
-    seller_audit = AuditLog(config.resolve(config.audit_log))
+    seller_audit = audit_log_for(config.locate(config.audit_log))
     try:
-        seller_audit.verify()
-        rows = seller_audit.purchases(principal=principal.did)
-        print(f"   seller audit log: {len(rows)} purchases for the principal, chain intact, head {seller_audit.head()[0]}")
+        await seller_audit.verify()
+        rows = await seller_audit.purchases(principal=principal.did)
+        print(f"   seller audit log: {len(rows)} purchases for the principal, chain intact, head {(await seller_audit.head())[0]}")
         for row in rows:
             print(f"     {names.get(row.get('agent'), '?'):<12} {row.get('amount'):>5} {row.get('currency')}  {row.get('resource'):<28}"
                   f" {row.get('decision') or '-':<20} {row.get('outcome')}")
         _check({names.get(r.get("agent")) for r in rows if r.get("outcome") == "settled"} == {"agent-a", "agent-b", "sub-agent-c"},
                "the seller's hash-chained audit log attributes every purchase")
-        buyer_audit.verify()
-        _check(buyer_audit.head()[0] > 0, "the buyers' audit log is intact")
+        await buyer_audit.verify()
+        _check((await buyer_audit.head())[0] > 0, "the buyers' audit log is intact")
     finally:
-        seller_audit.close()
-        buyer_audit.close()
+        await seller_audit.close()
+        await buyer_audit.close()
+        for store in budgets.values():
+            await store.close()
     return paid
 
 

@@ -5,8 +5,11 @@ or a plain path; PostgreSQL for ``postgresql://...`` (or ``postgres://...``).
     sessions = await open_session_store("sqlite:///var/lib/mpp/sessions.db")
 
     ledger = await open_ledger("postgresql://ledger@db/mpp")   # every ledger operation, async
+    budget = await open_budget_store("postgresql://agent@db/mpp")   # the buyer's budget counters, async
+    audit = await open_audit_log("sqlite:///var/lib/mpp/audit.db")   # the audit log, async
 
-``payment_store_for`` / ``session_store_for`` / ``ledger_for`` build the same stores synchronously (for code
+``payment_store_for`` / ``session_store_for`` / ``ledger_for`` / ``budget_store_for`` / ``audit_log_for``
+build the same stores synchronously (for code
 that wires a seller before its event loop runs): a SQLite store is ready at once, a PostgreSQL
 one makes its pool on ``await ensure_open(store)`` or on first use.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._sqlite import sqlite_path
+from .audit import AsyncAuditLog, AsyncSqliteAuditLog
+from .budget import AsyncBudgetStore, AsyncSqliteBudgetStore
 from .session_store import SessionStore, SqliteSessionStore
 from .store import PaymentStore, SqlitePaymentStore
 
@@ -24,7 +29,8 @@ if TYPE_CHECKING:
     from .ledger.aio_adapter import AsyncLedgerStore
 
 __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
-           "open_session_store", "ensure_open", "ledger_for", "open_ledger", "doubt_journal_for"]
+           "open_session_store", "ensure_open", "ledger_for", "open_ledger", "budget_store_for", "open_budget_store",
+           "audit_log_for", "open_audit_log", "doubt_journal_for"]
 
 
 def is_postgres(location: str) -> bool:
@@ -88,6 +94,38 @@ def ledger_for(location: str, **kwargs: Any) -> "AsyncLedgerStore":
 
 async def open_ledger(location: str, **kwargs: Any) -> "AsyncLedgerStore":
     return await ensure_open(ledger_for(location, **kwargs))
+
+
+def budget_store_for(location: str, **kwargs: Any) -> AsyncBudgetStore:
+    """The buyer's budget counters at ``location``, behind :class:`mpp.budget.AsyncBudgetStore`:
+    :class:`mpp.pg.PgBudgetStore` for PostgreSQL, else a BudgetStore wrapped (closed with the
+    wrapper). ``kwargs``: ``reservation_ttl`` for either engine; pool sizes for PostgreSQL."""
+    if is_postgres(location):
+        from .pg.budget import PgBudgetStore
+
+        return PgBudgetStore(location, **kwargs)
+    sqlite_path(location)  # ValueError for any other URL scheme
+    return AsyncSqliteBudgetStore.at(location, **kwargs)
+
+
+async def open_budget_store(location: str, **kwargs: Any) -> AsyncBudgetStore:
+    return await ensure_open(budget_store_for(location, **kwargs))
+
+
+def audit_log_for(location: str, **kwargs: Any) -> AsyncAuditLog:
+    """The audit log at ``location``, behind :class:`mpp.audit.AsyncAuditLog`:
+    :class:`mpp.pg.PgAuditLog` for PostgreSQL (``kwargs``: pool sizes), else an AuditLog wrapped
+    (closed with the wrapper)."""
+    if is_postgres(location):
+        from .pg.audit import PgAuditLog
+
+        return PgAuditLog(location, **kwargs)
+    sqlite_path(location)  # ValueError for any other URL scheme
+    return AsyncSqliteAuditLog.at(location)
+
+
+async def open_audit_log(location: str, **kwargs: Any) -> AsyncAuditLog:
+    return await ensure_open(audit_log_for(location, **kwargs))
 
 
 def doubt_journal_for(location: str) -> "DoubtJournal":

@@ -728,7 +728,7 @@ async def test_voucher_arithmetic():
     offer = SessionOffer(challenge, SessionRequest.from_challenge(challenge),
                          LedgerBuyerMethod(key=mpp.SigningKey.generate(), account="acct:b"))
     m = SessionManager(SessionPolicy(max_cap=100, ahead=3, allow_top_up=False))
-    s, payload = m.begin(offer, url="http://127.0.0.1:1/x", cap=m.initial_cap(offer), cap_limit=100, now=now())
+    s, payload = await m.begin(offer, url="http://127.0.0.1:1/x", cap=m.initial_cap(offer), cap_limit=100, now=now())
     assert (s.cap, payload.voucher.cumulative) == (100, 90)  # suggested cap; max cost 30 * ahead 3
     plan = await m.plan(s, now())
     assert plan.action == "voucher" and plan.voucher.sequence == 1  # 0 + 90 is not above 90: the same voucher

@@ -1,5 +1,9 @@
 """The buyer side of the identity extension: an agent's mandate chain, its own budget counters,
-and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity``."""
+and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity``.
+
+The budget counters are any :class:`mpp.budget.AsyncBudgetStore` (SQLite or PostgreSQL, chosen by
+URL with :func:`mpp.stores.budget_store_for`); a plain SQLite :class:`mpp.budget.BudgetStore`
+is accepted too and used through the same interface (the caller still owns and closes it)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Sequence
 
-from ..budget import BudgetLink, BudgetRefused, BudgetStore
+from ..budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, BudgetStore
 from ..buyer_core import Quote
 from ..errors import PaymentProblem, QuoteRejected
 from ..identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
@@ -24,9 +28,13 @@ Approver = Callable[[dict[str, Any]], "Awaitable[str | None] | str | None"]
 class AgentIdentity:
     key: SigningKey
     mandates: Sequence[str]  # the chain, root first, ending with this agent's own mandate
-    budget: BudgetStore | None = None
+    budget: AsyncBudgetStore | BudgetStore | None = None
     approver: Approver | None = None
     _chain: MandateChain | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, BudgetStore):
+            self.budget = AsyncSqliteBudgetStore(self.budget)  # not owned: the caller closes its store
 
     def chain_for(self, realm: str, now: datetime) -> MandateChain:
         """Our own chain, checked as a seller will check it (trusting its own root)."""
@@ -52,42 +60,42 @@ class AgentIdentity:
             raise QuoteRejected(exc.extensions.get("rule", exc.slug), exc.detail) from None
         return chain
 
-    def reserve(self, chain: MandateChain, quote: Quote, now: datetime, *, ttl: timedelta | None = None) -> None:
-        self.reserve_amount(quote.challenge.id, self.budget_links(chain, now), quote.request.amount_int, now, ttl=ttl)
+    async def reserve(self, chain: MandateChain, quote: Quote, now: datetime, *, ttl: timedelta | None = None) -> None:
+        await self.reserve_amount(quote.challenge.id, self.budget_links(chain, now), quote.request.amount_int, now, ttl=ttl)
 
     @staticmethod
     def budget_links(chain: MandateChain, now: datetime) -> list[BudgetLink]:
         return [BudgetLink(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
-    def reserve_amount(self, reservation_id: str, links: Sequence[BudgetLink], amount: int, now: datetime, *,
-                       ttl: timedelta | None = None) -> None:
+    async def reserve_amount(self, reservation_id: str, links: Sequence[BudgetLink], amount: int, now: datetime, *,
+                             ttl: timedelta | None = None) -> None:
         """Reserve (or, for the same id, re-reserve at a new amount) against our own counters."""
         if self.budget is None:
             return
         try:
-            self.budget.reserve(reservation_id, links, amount, now=now, ttl=ttl)
+            await self.budget.reserve(reservation_id, links, amount, now=now, ttl=ttl)
         except BudgetRefused as exc:
             raise QuoteRejected("budget", str(exc)) from None
 
-    def extend(self, reservation_id: str, now: datetime, ttl: timedelta | None = None) -> None:
+    async def extend(self, reservation_id: str, now: datetime, ttl: timedelta | None = None) -> None:
         if self.budget is not None:
-            self.budget.extend(reservation_id, ttl=ttl, now=now)
+            await self.budget.extend(reservation_id, ttl=ttl, now=now)
 
-    def settle(self, reservation_id: str, amount: int) -> None:
+    async def settle(self, reservation_id: str, amount: int) -> None:
         """A session closed: exactly ``amount`` was captured; the rest of its reservation is released."""
         if self.budget is not None:
-            self.budget.settle(reservation_id, amount)
+            await self.budget.settle(reservation_id, amount)
 
     def member(self, quote: Quote, approval: str | None = None) -> dict[str, Any]:
         return identity_member(self.mandates, self.key, quote.challenge, quote.request, approval)
 
-    def commit(self, challenge_id: str) -> None:
+    async def commit(self, challenge_id: str) -> None:
         if self.budget is not None:
-            self.budget.commit(challenge_id)
+            await self.budget.commit(challenge_id)
 
-    def release(self, challenge_id: str) -> None:
+    async def release(self, challenge_id: str) -> None:
         if self.budget is not None:
-            self.budget.release(challenge_id)
+            await self.budget.release(challenge_id)
 
 
 def _root_issuer(tokens: Sequence[str]) -> str:

@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -59,7 +59,7 @@ log = logging.getLogger("mpp.buyer")
 CLOSE_RETRY_SECONDS = 30.0  # how long close keeps asking while the seller answers 409 (requests still running)
 JWKS_PATH = "/.well-known/jwks.json"
 FINAL_RECEIPT_LIMIT = 1 << 20  # bytes of one header field in an answer to the session endpoint
-Event = Callable[[str, dict[str, Any]], None]
+Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]  # on_event: plain or async (an audit log's append)
 _INSUFFICIENT = EXTENSION_PROBLEM_BASE + "session-insufficient"
 _GONE = (EXTENSION_PROBLEM_BASE + "session-closed", EXTENSION_PROBLEM_BASE + "session-unknown")
 _SESSION_PROBLEMS = EXTENSION_PROBLEM_BASE + "session-"
@@ -118,9 +118,10 @@ class PaymentClient:
                 raise
             log.warning("closing sessions failed while leaving on an error", exc_info=True)
 
-    def _event(self, kind: str, **data: Any) -> None:
+    async def _event(self, kind: str, **data: Any) -> None:
+        # Awaited before going on, so an audit log records each event before the next step runs.
         if self.on_event is not None:
-            self.on_event(kind, data)
+            await _maybe_await(self.on_event(kind, data))
 
     @property
     def accept_payment(self) -> str:
@@ -159,12 +160,12 @@ class PaymentClient:
         if first.status != 402:
             return None, first
         quote = select_quote(self._challenges_of(first, hops, url), self.methods, self.policy, self.clock())
-        self._quote_seen(quote)
+        await self._quote_seen(quote)
         return quote, first
 
-    def _quote_seen(self, quote: Quote) -> None:
-        self._event("quote-seen", challengeId=quote.challenge.id, amount=quote.request.amount, currency=quote.request.currency,
-                    realm=quote.challenge.realm, accepted=True)
+    async def _quote_seen(self, quote: Quote) -> None:
+        await self._event("quote-seen", challengeId=quote.challenge.id, amount=quote.request.amount, currency=quote.request.currency,
+                          realm=quote.challenge.realm, accepted=True)
 
     async def credential(self, method: str, url: str, *, data: bytes | None = None) -> str | None:
         """The ``Authorization`` value we would send for the current quote, without sending it."""
@@ -216,7 +217,7 @@ class PaymentClient:
             if isinstance(exc, NoPayableChallenge) and reasons:
                 raise NoPayableChallenge(str(exc), exc.reasons + reasons) from None
             raise
-        self._quote_seen(quote)
+        await self._quote_seen(quote)
         if self.identity is None:
             return await self._pay(method, first, quote, sign_quote(quote), data, headers, keep_open)
         return await self._pay_with_identity(method, first, quote, data, headers, keep_open)
@@ -230,12 +231,12 @@ class PaymentClient:
         path_qs = str(URL(first.url).raw_path_qs)
         try:
             chain = identity.check(quote, method, path_qs, now)
-            identity.reserve(chain, quote, now)
+            await identity.reserve(chain, quote, now)
         except QuoteRejected as exc:
-            self._event("policy-decision", challengeId=quote.challenge.id, decision="deny", rule=exc.rule, reason=exc.detail)
+            await self._event("policy-decision", challengeId=quote.challenge.id, decision="deny", rule=exc.rule, reason=exc.detail)
             raise
-        self._event("policy-decision", challengeId=quote.challenge.id, decision="allow", reason="within mandate",
-                    agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti)
+        await self._event("policy-decision", challengeId=quote.challenge.id, decision="allow", reason="within mandate",
+                          agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti)
         approval: str | None = None
         try:
             for attempt in range(2):
@@ -247,11 +248,11 @@ class PaymentClient:
                     if approval:
                         continue
                     raise
-                identity.commit(quote.challenge.id)
+                await identity.commit(quote.challenge.id)
                 return paid
             raise AssertionError("unreachable")  # pragma: no cover
         except (PaymentFailed, QuoteRejected, ReceiptInvalid):
-            identity.release(quote.challenge.id)
+            await identity.release(quote.challenge.id)
             raise
         # OutcomeUnknown keeps the reservation: the money may have moved.
 
@@ -263,8 +264,8 @@ class PaymentClient:
             return None
         approval = await _maybe_await(identity.approver(exc.problem))
         if approval:
-            self._event("policy-decision", challengeId=challenge_id, decision="approved",
-                        rule=exc.problem.get("rule"), reason="approval obtained")
+            await self._event("policy-decision", challengeId=challenge_id, decision="approved",
+                              rule=exc.problem.get("rule"), reason="approval obtained")
         return approval or None
 
     async def _send(self, method: str, url: str, authorization: str, data: bytes | None, headers: Mapping[str, str] | None,
@@ -279,21 +280,21 @@ class PaymentClient:
             )
             paid = await _capture(resp, keep_open)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._event("refusal", challengeId=challenge_id, outcome="unknown", reason=str(exc))
+            await self._event("refusal", challengeId=challenge_id, outcome="unknown", reason=str(exc))
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", challenge_id) from exc
         if paid.status >= 500:
-            self._event("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
+            await self._event("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
             raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent", challenge_id)
         return paid
 
     async def _pay(self, method: str, first: PaidResponse, quote: Quote, authorization: str, data: bytes | None,
                    headers: Mapping[str, str] | None, keep_open: bool = False) -> PaidResponse:
-        self._event("authorization-signed", challengeId=quote.challenge.id)
+        await self._event("authorization-signed", challengeId=quote.challenge.id)
         paid = await self._send(method, first.url, authorization, data, headers, quote.challenge.id, keep_open)
         paid.quote = quote
         if paid.status >= 400:
             problem = _problem_of(paid)
-            self._event("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
+            await self._event("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
             raise PaymentFailed(f"seller refused the credential: HTTP {paid.status} {problem.get('type', '')}".strip(), paid.status, problem)
         try:
             jwks = await self._seller_jwks(first.url)
@@ -301,10 +302,10 @@ class PaymentClient:
         except BaseException:
             _close_stream(paid)
             raise
-        self._event("receipt", challengeId=quote.challenge.id, reference=paid.receipt.reference,
-                    amount=quote.request.amount, currency=quote.request.currency, realm=quote.challenge.realm,
-                    agent=paid.claims.get("agent"), principal=paid.claims.get("principal"), mandate=paid.claims.get("mandate"),
-                    approval=paid.claims.get("approval"), decision=paid.claims.get("decision"), resource=paid.claims.get("resource"))
+        await self._event("receipt", challengeId=quote.challenge.id, reference=paid.receipt.reference,
+                          amount=quote.request.amount, currency=quote.request.currency, realm=quote.challenge.realm,
+                          agent=paid.claims.get("agent"), principal=paid.claims.get("principal"), mandate=paid.claims.get("mandate"),
+                          approval=paid.claims.get("approval"), decision=paid.claims.get("decision"), resource=paid.claims.get("resource"))
         return paid
 
     # -- sessions ------------------------------------------------------------------------
@@ -317,8 +318,8 @@ class PaymentClient:
         challenge, request = offer.challenge, offer.request
         sid = challenge.id
         now = self.clock()
-        self._event("quote-seen", challengeId=sid, amount=request.amount, currency=request.currency, realm=challenge.realm,
-                    accepted=True, intent=SESSION_INTENT, per=str(request.per), unitType=request.unitType)
+        await self._event("quote-seen", challengeId=sid, amount=request.amount, currency=request.currency, realm=challenge.realm,
+                          accepted=True, intent=SESSION_INTENT, per=str(request.per), unitType=request.unitType)
         check_transport(first.url, self.policy)
         cap_limit = manager.policy.max_cap
         budget_links = None
@@ -335,15 +336,15 @@ class PaymentClient:
                 as_charge = Quote(challenge, _cap_request(request, cap), offer.method)
                 identity.check(as_charge, method, str(URL(first.url).raw_path_qs), now)
                 budget_links = identity.budget_links(chain, now)
-                identity.reserve_amount(sid, budget_links, cap, now, ttl=manager.budget_ttl(request, identity))
+                await identity.reserve_amount(sid, budget_links, cap, now, ttl=manager.budget_ttl(request, identity))
             except QuoteRejected as exc:
-                self._event("policy-decision", challengeId=sid, decision="deny", rule=exc.rule, reason=exc.detail)
+                await self._event("policy-decision", challengeId=sid, decision="deny", rule=exc.rule, reason=exc.detail)
                 raise
-            self._event("policy-decision", challengeId=sid, decision="allow", reason="within mandate", agent=chain.agent,
-                        principal=chain.principal, mandate=chain.leaf.jti, amount=str(cap), intent=SESSION_INTENT)
+            await self._event("policy-decision", challengeId=sid, decision="allow", reason="within mandate", agent=chain.agent,
+                              principal=chain.principal, mandate=chain.leaf.jti, amount=str(cap), intent=SESSION_INTENT)
         else:
             cap = manager.initial_cap(offer)
-        session, payload = manager.begin(offer, url=first.url, cap=cap, cap_limit=cap_limit, now=now, budget_links=budget_links)
+        session, payload = await manager.begin(offer, url=first.url, cap=cap, cap_limit=cap_limit, now=now, budget_links=budget_links)
         approval: str | None = None
         try:
             for attempt in range(2):
@@ -352,7 +353,7 @@ class PaymentClient:
                     extensions["identity"] = identity_member(identity.mandates, identity.key, challenge, request, approval)
                 credential = format_credential(Credential(challenge=challenge, payload=payload.as_json(),
                                                           source=session.key.did, extensions=extensions))
-                self._event("authorization-signed", challengeId=sid, intent=SESSION_INTENT, cap=str(cap))
+                await self._event("authorization-signed", challengeId=sid, intent=SESSION_INTENT, cap=str(cap))
                 try:
                     paid = await self._send(method, first.url, credential, data, headers, sid, keep_open)
                 except OutcomeUnknown:
@@ -360,7 +361,7 @@ class PaymentClient:
                     raise
                 if paid.status >= 400:
                     problem = _problem_of(paid)
-                    self._event("refusal", challengeId=sid, status=paid.status, problem=problem.get("type"))
+                    await self._event("refusal", challengeId=sid, status=paid.status, problem=problem.get("type"))
                     exc = PaymentFailed(f"seller refused the session open: HTTP {paid.status} {problem.get('type', '')}".strip(),
                                         paid.status, problem)
                     approval = await self._approval(exc, sid) if attempt == 0 else None
@@ -370,12 +371,12 @@ class PaymentClient:
                 break
         except (PaymentFailed, QuoteRejected):
             if identity is not None:
-                identity.release(sid)
+                await identity.release(sid)
             raise
         replaced = manager.add(session)
-        self._event("session-open", sessionId=sid, realm=challenge.realm, cap=str(cap), cumulative=str(session.voucher.cumulative),
-                    unitPrice=request.amount, per=str(request.per), unitType=request.unitType, currency=request.currency,
-                    recipient=request.recipient)
+        await self._event("session-open", sessionId=sid, realm=challenge.realm, cap=str(cap), cumulative=str(session.voucher.cumulative),
+                          unitPrice=request.amount, per=str(request.per), unitType=request.unitType, currency=request.currency,
+                          recipient=request.recipient)
         if replaced is not None:
             await self._close_quietly(replaced)
         return await self._session_answer(session, paid, None)
@@ -426,9 +427,9 @@ class PaymentClient:
                 self._manager.retire(session)  # type: ignore[union-attr]
             raise
         self._manager.observe(session, paid.claims)  # type: ignore[union-attr]
-        self._event("receipt", challengeId=session.id, reference=paid.receipt.reference, amount=str(paid.claims.get("amount")),
-                    currency=session.terms.currency, realm=session.realm, intent=SESSION_INTENT,
-                    spent=str(paid.claims.get("spent")), resource=paid.claims.get("resource"))
+        await self._event("receipt", challengeId=session.id, reference=paid.receipt.reference, amount=str(paid.claims.get("amount")),
+                          currency=session.terms.currency, realm=session.realm, intent=SESSION_INTENT,
+                          spent=str(paid.claims.get("spent")), resource=paid.claims.get("resource"))
         return paid
 
     async def _session_refused(self, session: OpenSession, paid: PaidResponse, method: str, url: str, data: bytes | None,
@@ -437,7 +438,7 @@ class PaymentClient:
         assert manager is not None
         problem = _problem_of(paid)
         kind = str(problem.get("type", ""))
-        self._event("refusal", challengeId=session.id, status=paid.status, problem=kind or None)
+        await self._event("refusal", challengeId=session.id, status=paid.status, problem=kind or None)
         if paid.status == 402 and kind == _INSUFFICIENT and not retried:
             # Nothing was served or charged: a higher voucher (or a top-up), and this request once more.
             manager.observe(session, problem)
@@ -468,7 +469,7 @@ class PaymentClient:
         manager.forget(session)
         # Unknown how much was captured: count the most it could be against our budget.
         if self.identity is not None and session.budget_links is not None:
-            self.identity.settle(session.id, session.voucher.cumulative)
+            await self.identity.settle(session.id, session.voucher.cumulative)
 
     async def _close_if_idle(self, session: OpenSession) -> None:
         if session.retired and not session.closed and session.inflight == 0:
@@ -507,9 +508,9 @@ class PaymentClient:
             if paid.status == 402 and problem.get("type") == _GONE[1]:
                 manager.forget(session)  # the seller does not know it: nothing held, nothing to capture
                 if self.identity is not None and session.budget_links is not None:
-                    self.identity.settle(session.id, session.voucher.cumulative)
+                    await self.identity.settle(session.id, session.voucher.cumulative)
                 return None
-            self._event("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
+            await self._event("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
             raise PaymentFailed(f"seller refused the session close: HTTP {paid.status} {problem.get('type', '')}".strip(),
                                 paid.status, problem)
         header = paid.headers.get("Payment-Receipt") or problem.get("receipt")
@@ -519,9 +520,9 @@ class PaymentClient:
         manager.forget(session)
         captured = int(str(claims["captured"]))
         if self.identity is not None and session.budget_links is not None:
-            self.identity.settle(session.id, captured)
-        self._event("session-close", sessionId=session.id, realm=session.realm, captured=str(captured),
-                    released=str(claims.get("released")), cap=str(session.cap), settlementRef=claims.get("settlementRef"))
+            await self.identity.settle(session.id, captured)
+        await self._event("session-close", sessionId=session.id, realm=session.realm, captured=str(captured),
+                          released=str(claims.get("released")), cap=str(session.cap), settlementRef=claims.get("settlementRef"))
         return claims
 
     async def close_sessions(self) -> list[dict[str, Any]]:
@@ -562,7 +563,7 @@ class PaymentClient:
             manager.done(session, plan, accepted=accepted, in_flight=False)
         problem = _problem_of(paid)
         if not accepted:
-            self._event("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
+            await self._event("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
             raise PaymentFailed(f"seller refused the in-band voucher: HTTP {paid.status} {problem.get('type', '')}".strip(),
                                 paid.status, problem)
         # What the seller says here is unsigned: it may only confirm, never raise, what we believe.

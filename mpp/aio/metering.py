@@ -245,7 +245,7 @@ class SessionDesk:
                 rail = self.seller._rails[call.credential.challenge.method]
                 await rail.top_up_session(state.session_id, cap=p.cap, cap_signature=p.cap_signature)
                 state = await self.store.set_cap(state.session_id, p.cap)
-                self.seller._audit("session-top-up", sessionId=state.session_id, cap=str(p.cap), agent=state.signer)
+                await self.seller._audit("session-top-up", sessionId=state.session_id, cap=str(p.cap), agent=state.signer)
         if p.voucher is not None:
             state = await self.store.advance(state.session_id, p.voucher, now)
             self._voucher_arrived(state.session_id)
@@ -273,9 +273,9 @@ class SessionDesk:
             await rail.open_session(call.terms, payer=p.account, signer=p.signer, cap=p.cap,
                                     cap_signature=p.cap_signature, mandate=mandate)
             state = await self.store.mark_open(state.session_id, p.cap)
-            self.seller._audit("session-open", sessionId=state.session_id, cap=str(p.cap), currency=call.terms.currency,
-                               resource=call.resource, realm=self.seller.realm, agent=(identity or {}).get("agent", p.signer),
-                               principal=(identity or {}).get("principal"), mandate=(identity or {}).get("mandate"))
+            await self.seller._audit("session-open", sessionId=state.session_id, cap=str(p.cap), currency=call.terms.currency,
+                                     resource=call.resource, realm=self.seller.realm, agent=(identity or {}).get("agent", p.signer),
+                                     principal=(identity or {}).get("principal"), mandate=(identity or {}).get("mandate"))
             log.info("session opened id=%s cap=%s %s", state.session_id, p.cap, call.terms.currency)
         elif state.status != "open":
             raise SessionClosed(f"session is {state.status}; open a new one")
@@ -301,9 +301,9 @@ class SessionDesk:
         held = await self.store.mandate_held(periods)  # and its sessions'
         spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
-        seller._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=call.session_id,
-                      agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=call.resource,
-                      amount=str(call.payload.cap), currency=call.terms.currency, realm=seller.realm, intent="session")
+        await seller._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=call.session_id,
+                            agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=call.resource,
+                            amount=str(call.payload.cap), currency=call.terms.currency, realm=seller.realm, intent="session")
         identity = {"agent": chain.agent, "principal": chain.principal, "mandate": chain.leaf.jti, "chain": list(chain.jtis),
                     "decision": decision.decision, "charged": charged,
                     "links": [[link.key, periods[link.key], link.budget_amount] for link in chain.links]}
@@ -437,7 +437,7 @@ class SessionDesk:
                     "cap": str(state.cap)}
             return web.json_response(body, headers={"Cache-Control": "no-store"})
         except PaymentProblem as problem:
-            seller._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail)
+            await seller._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail)
             return seller._problem(problem, None, info, now)
 
     async def close(self, session_id: str, *, by: str) -> SessionState:
@@ -479,9 +479,9 @@ class SessionDesk:
                                                receipt=sign_receipt(seller.receipt_key, claims)))
         state = await self.store.finish_close(session_id, captured=captured, released=released, settlement=reference,
                                               final_receipt=header, now=now)
-        seller._audit("session-close", sessionId=session_id, captured=str(captured), released=str(released), by=by,
-                      reference=reference, currency=state.terms.currency, realm=seller.realm,
-                      agent=(state.identity or {}).get("agent", state.signer), principal=(state.identity or {}).get("principal"))
+        await seller._audit("session-close", sessionId=session_id, captured=str(captured), released=str(released), by=by,
+                            reference=reference, currency=state.terms.currency, realm=seller.realm,
+                            agent=(state.identity or {}).get("agent", state.signer), principal=(state.identity or {}).get("principal"))
         log.info("session closed id=%s by=%s captured=%s released=%s", session_id, by, captured, released)
         return state
 

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..audit import AsyncAuditLog, AsyncSqliteAuditLog, AuditLog
 from ..challenge import ChallengeIssuer
 from ..errors import (
     BadRequest,
@@ -108,11 +109,13 @@ class Seller:
     previous_receipt_keys: Sequence[SigningKey] = ()
     trusted_principals: Collection[str] = ()  # root mandate issuers this seller accepts
     max_chain_depth: int = DEFAULT_MAX_DEPTH
-    audit: Any = None  # an mpp.audit.AuditLog, or None
+    audit: AsyncAuditLog | AuditLog | None = None  # any engine (mpp.stores.audit_log_for), or a SQLite AuditLog
     session_store: SessionStore | None = None  # required by metered (per-unit) routes
     session_sweep_interval: float = 1.0  # how often idle sessions are looked for and closed
 
     def __post_init__(self) -> None:
+        if isinstance(self.audit, AuditLog):
+            self.audit = AsyncSqliteAuditLog(self.audit)  # used through the one async interface; the caller closes it
         self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
         self.secret = b""  # held by the issuer only, so it is never printed with the seller
         self._rails = {rail.name: rail for rail in self.rails}
@@ -215,7 +218,7 @@ class Seller:
                     raise VoucherInvalid("the session is in another currency than this route")
                 return await self.sessions.serve(request, handler, call, metered, info)
         except PaymentProblem as problem:
-            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail, intent="session")
+            await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail, intent="session")
             return self._problem(problem, metered, info, now)
         request[METER_KEY] = ChargeMeter(metered, info.resource)
         return await self._charge(request, handler, metered, info, now)
@@ -250,9 +253,9 @@ class Seller:
             if price.require_identity or verified.credential.extra_member("identity") is not None:
                 identity = await self._check_identity(verified, price, now)
         except PaymentProblem as problem:
-            self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
-                        challengeId=verified.challenge_id if verified else None, realm=self.realm,
-                        agent=verified.credential.source if verified else None)
+            await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
+                              challengeId=verified.challenge_id if verified else None, realm=self.realm,
+                              agent=verified.credential.source if verified else None)
             return self._problem(problem, price, info, now)
         return await self._settle_and_serve(request, handler, verified, price, info, now, identity)
 
@@ -285,15 +288,15 @@ class Seller:
             spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, verified.credential.challenge, verified.request, verified.resource,
                                    spent=spent, approval=approval)
-        self._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
-                    agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
-                    amount=verified.request.amount, currency=verified.request.currency, realm=self.realm)
+        await self._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
+                          agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
+                          amount=verified.request.amount, currency=verified.request.currency, realm=self.realm)
         charge = MandateCharge(tuple(chain.tokens), self.realm)
         return IdentityContext(chain, decision, charge, approval, periods)
 
-    def _audit(self, kind: str, **data: Any) -> None:
+    async def _audit(self, kind: str, **data: Any) -> None:
         if self.audit is not None:
-            self.audit.append(kind, {k: v for k, v in data.items() if v is not None})
+            await self.audit.append(kind, {k: v for k, v in data.items() if v is not None})
 
     async def _settle_and_serve(
         self,
@@ -317,7 +320,7 @@ class Seller:
         except PaymentProblem as problem:
             await self.store.mark(cid, "failed", failure=problem.slug)
             log.info("settlement refused challenge=%s problem=%s", cid, problem.slug)
-            self._audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource, detail=problem.detail)
+            await self._audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource, detail=problem.detail)
             return self._problem(problem, price, info, now)
         claims = self.core.receipt_claims(
             verified, reference=settlement.reference, settled_at=settlement.settled_at, account=settlement.payer
@@ -351,10 +354,10 @@ class Seller:
         )
         payment = Payment(verified, settlement, claims, receipt_header)
         request[PAYMENT_KEY] = payment
-        self._audit("settlement", challengeId=cid, reference=settlement.reference, amount=verified.request.amount,
-                    currency=verified.request.currency, resource=verified.resource, realm=self.realm,
-                    agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
-                    mandate=claims.get("mandate"), approval=claims.get("approval"), decision=claims.get("decision"))
+        await self._audit("settlement", challengeId=cid, reference=settlement.reference, amount=verified.request.amount,
+                          currency=verified.request.currency, resource=verified.resource, realm=self.realm,
+                          agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
+                          mandate=claims.get("mandate"), approval=claims.get("approval"), decision=claims.get("decision"))
         log.info("settled challenge=%s reference=%s amount=%s %s", cid, settlement.reference, verified.request.amount, verified.request.currency)
         try:
             response = await handler(request)
@@ -371,8 +374,8 @@ class Seller:
             await self._refund(payment, rail, f"handler answered {response.status}")
             return response
         await self.store.mark(cid, "delivered")
-        self._audit("receipt", challengeId=cid, reference=settlement.reference, status=response.status,
-                    agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"))
+        await self._audit("receipt", challengeId=cid, reference=settlement.reference, status=response.status,
+                          agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"))
         if idem is not None and isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)):
             kept = [(k, v) for k in _REPLAY_HEADERS for v in response.headers.getall(k, ())]
             await self.store.save_response(cid, StoredResponse(response.status, kept, bytes(response.body)))
@@ -384,7 +387,7 @@ class Seller:
         await rail.refund(payment.settlement)
         await self.store.forget_mandate_spend(cid)
         await self.store.mark(cid, "refunded", failure=why)
-        self._audit("refusal", challengeId=cid, problem="refunded", detail=why)
+        await self._audit("refusal", challengeId=cid, problem="refunded", detail=why)
         log.warning("refunded challenge=%s: %s", cid, why)
 
     async def _already_claimed(self, cid: str, idem: str | None, price: Price, info: RequestInfo, now: datetime) -> web.StreamResponse:

@@ -8,12 +8,11 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from ..audit import AuditLog
 from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
 from ..seller_core import Metered
-from ..stores import doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for, session_store_for
+from ..stores import audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for, session_store_for
 from .metering import StreamStopped, meter_of
 from .rails import EmbeddedLedgerRail, HttpLedgerRail
 from .seller import Seller, payment_of
@@ -101,7 +100,7 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
         trusted_principals=frozenset(config.trusted_principals),
         max_chain_depth=config.max_chain_depth,
-        audit=AuditLog(config.resolve(config.audit_log)) if config.audit_log else None,
+        audit=audit_log_for(config.locate(config.audit_log)) if config.audit_log else None,
         session_store=session_store_for(config.sessions_location),
     )
     app = web.Application()
@@ -114,7 +113,10 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)
         await ensure_open(seller.store)
         await ensure_open(seller.session_store)
+        await ensure_open(seller.audit)
         yield
+        if seller.audit is not None:  # made here, so closed here
+            await seller.audit.close()
 
     app.cleanup_ctx.append(_open_stores)
     for route in config.routes:

@@ -2,8 +2,9 @@
 open session holds, and which voucher (or top-up) the next request carries.
 
 Nothing here sends a request; :class:`~mpp.aio.buyer.PaymentClient` does the I/O and asks the
-:class:`SessionManager` what to put in the ``Authorization`` field. The manager's only async
-part is a lock per session, so that vouchers are signed in sequence order.
+:class:`SessionManager` what to put in the ``Authorization`` field. The manager's async parts are
+a lock per session, so that vouchers are signed in sequence order, and what it awaits under
+that lock: the agent's budget counters and the event hook (an audit log may be a database).
 
 Vouchers are cumulative and only go up, so a voucher sent twice is harmless; the buyer still
 never resends a request blindly (a 5xx or a network error after sending is OutcomeUnknown).
@@ -15,7 +16,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..budget import BudgetLink
 from ..buyer_core import BuyerPolicy, check_quote, origin_of
@@ -52,7 +53,7 @@ __all__ = [
 
 SESSION_PATH = "/.well-known/mpp-session"
 METHOD = "ledger"
-Event = Callable[..., None]
+Event = Callable[..., Awaitable[None] | None]  # event(kind, **data), plain or async
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,11 @@ class SessionManager:
         self._retired: list[OpenSession] = []
         self._ticks = 0
 
+    async def _emit(self, kind: str, **data: Any) -> None:
+        result = self._event(kind, **data)
+        if result is not None and hasattr(result, "__await__"):
+            await result
+
     def _tick(self) -> int:
         self._ticks += 1
         return self._ticks
@@ -336,8 +342,8 @@ class SessionManager:
         limit = self.policy.max_cap if limit is None else min(limit, self.policy.max_cap)
         return max(min(limit, offer.request.suggested_cap), offer.request.max_request_cost)
 
-    def begin(self, offer: SessionOffer, *, url: str, cap: int, cap_limit: int, now: datetime,
-              budget_links: Sequence[BudgetLink] | None = None) -> tuple[OpenSession, SessionPayload]:
+    async def begin(self, offer: SessionOffer, *, url: str, cap: int, cap_limit: int, now: datetime,
+                    budget_links: Sequence[BudgetLink] | None = None) -> tuple[OpenSession, SessionPayload]:
         """The session's state and its open payload: the cap and voucher 1."""
         key, account = offer.method.key, offer.method.account
         terms = SessionTerms.of(offer.challenge, offer.request)
@@ -348,7 +354,7 @@ class SessionManager:
                               budget_links=tuple(budget_links) if budget_links is not None else None, budget_touched=now)
         payload = SessionPayload("open", terms.session_id, key.did, account=account, cap=cap,
                                  cap_signature=sign_cap(key, terms, account=account, cap=cap), voucher=voucher)
-        self._event("voucher-signed", sessionId=session.id, cumulative=str(first), sequence=1, action="open")
+        await self._emit("voucher-signed", sessionId=session.id, cumulative=str(first), sequence=1, action="open")
         return session, payload
 
     # -- each request ----------------------------------------------------------------
@@ -368,7 +374,7 @@ class SessionManager:
                 waiting = session.topup
                 want, least = self._targets(session, required, in_flight)
                 if waiting is None or want <= session.confirmed_cap:
-                    plan = self._plan_locked(session, now, want, least, identity)
+                    plan = await self._plan_locked(session, now, want, least, identity)
                     if plan is not None and in_flight:
                         session.inflight += 1
                     session.last_used = now
@@ -386,29 +392,29 @@ class SessionManager:
             least = max(least, required)
         return want, max(least, session.voucher.cumulative)
 
-    def _plan_locked(self, session: OpenSession, now: datetime, want: int, least: int, identity: Any) -> SessionPlan | None:
+    async def _plan_locked(self, session: OpenSession, now: datetime, want: int, least: int, identity: Any) -> SessionPlan | None:
         if want > session.cap:
-            self._grow_cap(session, now, want, least, identity)
+            await self._grow_cap(session, now, want, least, identity)
         if least > session.cap:
             return None
         want = min(want, session.cap)
         if identity is not None and session.budget_links is not None and session.budget_touched is not None:
             ttl = self._budget_ttl(session, identity)
             if now - session.budget_touched > ttl / 4:
-                identity.extend(session.id, now, ttl)
+                await identity.extend(session.id, now, ttl)
                 session.budget_touched = now
         top_up = want > session.confirmed_cap  # the seller has not confirmed the cap this voucher needs
         if want > session.voucher.cumulative:
             session.voucher = sign_voucher(session.key, session.terms, want, session.voucher.sequence + 1)
-            self._event("voucher-signed", sessionId=session.id, cumulative=str(want), sequence=session.voucher.sequence,
-                        action="topUp" if top_up else "voucher", **({"cap": str(session.cap)} if top_up else {}))
+            await self._emit("voucher-signed", sessionId=session.id, cumulative=str(want), sequence=session.voucher.sequence,
+                              action="topUp" if top_up else "voucher", **({"cap": str(session.cap)} if top_up else {}))
         if top_up:
             session.topup = session.topup or asyncio.Event()
             signature = sign_cap(session.key, session.terms, account=session.account, cap=session.cap)
             return SessionPlan("topUp", session.voucher, session.cap, signature)
         return SessionPlan("voucher", session.voucher)
 
-    def _grow_cap(self, session: OpenSession, now: datetime, want: int, least: int, identity: Any) -> None:
+    async def _grow_cap(self, session: OpenSession, now: datetime, want: int, least: int, identity: Any) -> None:
         """Raise the cap (within policy, the mandate and the agent's budget), as far as we may."""
         if not self.policy.allow_top_up or session.cap >= session.cap_limit:
             return
@@ -418,7 +424,7 @@ class SessionManager:
         for cap in candidates:
             if identity is not None and session.budget_links is not None:
                 try:
-                    identity.reserve_amount(session.id, session.budget_links, cap, now, ttl=self._budget_ttl(session, identity))
+                    await identity.reserve_amount(session.id, session.budget_links, cap, now, ttl=self._budget_ttl(session, identity))
                 except QuoteRejected:
                     continue
                 session.budget_touched = now

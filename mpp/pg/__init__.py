@@ -1,4 +1,5 @@
-"""PostgreSQL implementations of the seller's stores and of the ledger (asyncpg): the same
+"""PostgreSQL implementations of the seller's stores, the ledger, the buyer's budget counters
+and the audit log (asyncpg): the same
 contracts as the SQLite ones, for several processes sharing one database. Each store is built
 from an asyncpg pool or a ``postgresql://`` URL; see :mod:`mpp.stores` to choose an engine by URL."""
 
