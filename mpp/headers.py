@@ -214,10 +214,12 @@ def parse_challenges(values: str | Iterable[str], *, skip_invalid: bool = False)
     return found
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (so CR and LF too)
+
+
 def _quote(name: str, value: str) -> str:
-    for c in value:
-        if c in "\r\n" or (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F:
-            raise FormatError(f"control character in parameter {name!r}")
+    if _CONTROL.search(value) is not None:
+        raise FormatError(f"control character in parameter {name!r}")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

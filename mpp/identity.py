@@ -9,6 +9,7 @@ caller passes ``now``, the trusted principals, and what it has already spent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -389,6 +390,19 @@ def _check_times(claims: dict[str, Any], now: datetime, leeway: float, expired: 
 
 
 def _mandate_of(token: str) -> Mandate:
+    """One mandate's signature and claims (no times, no trust: the callers check those, every time)."""
+    if not isinstance(token, str) or len(token) > 16384:
+        raise MandateInvalid("not a compact JWS")
+    return _verified_mandate(token)
+
+
+@functools.lru_cache(maxsize=1024)
+def _verified_mandate(token: str) -> Mandate:
+    """Pure in the token's text (the key is the issuer's did:key, named in the token), and an
+    agent presents the same chain on every purchase, so the seller and its embedded ledger verify
+    each link's signature once per process, not twice per purchase. Only successes are cached
+    (an exception leaves the cache untouched); times, trust, audience, narrowing and revocation
+    are checked on every use by the callers."""
     claims = _checked_claims(token, MANDATE_TYP, MandateInvalid)
     try:
         parsed = _MandateClaims.model_validate(claims)

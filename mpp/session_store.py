@@ -10,6 +10,7 @@ The interface is async so that a networked database can stand behind it.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass
@@ -166,11 +167,18 @@ _COLUMNS = ("id, terms, payer, signer, unit_type, cap, authorized, voucher_seq, 
             "identity, opened_at, last_used_at, captured, released, settlement, final_receipt")
 
 
+@functools.lru_cache(maxsize=1024)
+def _terms(text: str) -> SessionTerms:
+    """A session's terms never change once written, and every request reads them again: parsed
+    once per process (SessionTerms is immutable)."""
+    return SessionTerms.from_json(json.loads(text))
+
+
 def _state(row: tuple) -> SessionState:
     (sid, terms, payer, signer, unit_type, cap, authorized, seq, sig, spent, status, idle, identity, opened, last,
      captured, released, settlement, final) = row
     voucher = Voucher(authorized, seq, sig) if sig else None
-    return SessionState(sid, SessionTerms.from_json(json.loads(terms)), payer, signer, unit_type, cap, authorized, voucher,
+    return SessionState(sid, _terms(terms), payer, signer, unit_type, cap, authorized, voucher,
                         spent, status, idle, json.loads(identity) if identity else None, opened, last,
                         captured, released, settlement, final)
 

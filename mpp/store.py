@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS mandate_spend (
     PRIMARY KEY (challenge_id, jti)
 );
 CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS mandate_totals (
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (jti, period)
+);
 CREATE TABLE IF NOT EXISTS approvals_used (
     jti TEXT PRIMARY KEY,
     challenge_id TEXT NOT NULL
@@ -99,6 +105,10 @@ def _now() -> str:
 class SqlitePaymentStore:
     def __init__(self, location: str) -> None:
         self._conn = connect(location, _SCHEMA)
+        with immediate(self._conn) as c:  # a store from before the running totals: count them from the rows, once
+            if c.execute("SELECT 1 FROM mandate_totals LIMIT 1").fetchone() is None:
+                c.execute("INSERT INTO mandate_totals(jti, period, spent) "
+                          "SELECT jti, period, SUM(amount) FROM mandate_spend GROUP BY jti, period")
 
     async def close(self) -> None:
         self._conn.close()
@@ -151,26 +161,31 @@ class SqlitePaymentStore:
             )
 
     async def mandate_spent(self, periods: dict[str, str]) -> dict[str, int]:
-        """This seller's own share: what each mandate link has spent here in its period."""
-        return {
-            jti: self._conn.execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
-            ).fetchone()[0]
-            for jti, period in periods.items()
-        }
+        """This seller's own share: what each mandate link has spent here in its period (a running
+        total per link and period, moved in the same transaction as the rows it counts)."""
+        spent = {}
+        for jti, period in periods.items():
+            row = self._conn.execute("SELECT spent FROM mandate_totals WHERE jti=? AND period=?", (jti, period)).fetchone()
+            spent[jti] = row[0] if row else 0
+        return spent
 
     async def record_mandate_spend(self, challenge_id: str, links: list[tuple[str, str]], amount: int, approval: str | None) -> None:
         """Count a settled purchase against each link; mark its approval used (once, ever)."""
         with immediate(self._conn) as c:
             for jti, period in links:
-                c.execute("INSERT OR IGNORE INTO mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
-                          (challenge_id, jti, period, amount))
+                if c.execute("INSERT OR IGNORE INTO mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                             (challenge_id, jti, period, amount)).rowcount == 1:
+                    c.execute("INSERT INTO mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
+                              "ON CONFLICT (jti, period) DO UPDATE SET spent = spent + excluded.spent", (jti, period, amount))
             if approval is not None:
                 c.execute("INSERT OR IGNORE INTO approvals_used(jti, challenge_id) VALUES (?, ?)", (approval, challenge_id))
 
     async def forget_mandate_spend(self, challenge_id: str) -> None:
         with immediate(self._conn) as c:
+            rows = c.execute("SELECT jti, period, amount FROM mandate_spend WHERE challenge_id=?", (challenge_id,)).fetchall()
             c.execute("DELETE FROM mandate_spend WHERE challenge_id=?", (challenge_id,))
+            c.executemany("UPDATE mandate_totals SET spent = spent - ? WHERE jti=? AND period=?",
+                          [(amount, jti, period) for jti, period, amount in rows])
 
     async def approval_used(self, jti: str) -> bool:
         return self._conn.execute("SELECT 1 FROM approvals_used WHERE jti=?", (jti,)).fetchone() is not None

@@ -1107,3 +1107,52 @@ def test_fuzz_only_library_errors_escape():
         except Exception as exc:  # pragma: no cover - the failure report
             pytest.fail(f"the buyer raised {exc!r} on input #{i}: {text!r}")
     assert outcomes["ok"] > 0 and outcomes["refused"] > 0
+
+
+def test_canonical_json_fast_path_writes_the_rfc8785_bytes():
+    """The shared encoding (RFC 8785): values our messages are made of are written by the json
+    module, everything else by the reference implementation; both must give the same bytes, and
+    refuse the same values (lone surrogates, integers past 2**53 - 1)."""
+    import rfc8785
+
+    from mpp._wire import _plain, canonical_json
+
+    rng = random.Random(8785)
+    alphabet = ["a", "Z", "0", " ", '"', "\\", "/", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "\x80", "é",
+                "\u2028", "\ufeff", "\uffff", "€", "😀", "\ud800", "\udfff", "\U0010ffff"]
+
+    def text(keyish: bool = False) -> str:
+        chars = alphabet[:8] if keyish and rng.random() < 0.7 else alphabet
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))
+
+    def value(depth: int = 0) -> Any:
+        kind = rng.randint(0, 9 if depth < 3 else 5)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return rng.choice([True, False])
+        if kind == 2:
+            return rng.choice([0, 1, -1, 2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 10**30, rng.randint(-10**9, 10**9)])
+        if kind == 3:
+            return rng.choice([0.0, 1.5, -2.25, 1e21, 1e-7, 3.0])
+        if kind in (4, 5):
+            return text()
+        if kind in (6, 7):
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {text(keyish=True): value(depth + 1) for _ in range(rng.randint(0, 5))}
+
+    fast = 0
+    for _ in range(5000):
+        v = value()
+        try:
+            expected: bytes | None = rfc8785.dumps(v)
+        except (rfc8785.CanonicalizationError, ValueError):
+            expected = None
+        try:
+            got: bytes | None = canonical_json(v)
+        except mpp.ParseError:
+            got = None
+        assert got == expected, v
+        fast += _plain(v)
+    assert fast > 1000
+    assert not _plain({"é": 1}) and not _plain({"a": 1.5}) and not _plain({"a": 2**53}) and _plain({"a": [None, True, "\ud800"]})

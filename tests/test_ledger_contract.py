@@ -465,6 +465,71 @@ async def test_session_caps_count_against_mandate_budgets(ledger, agent, princip
     assert await spent() == [450, 450] and await ledger.session("s4") is None
 
 
+async def test_budget_running_totals_agree_with_the_transfers(location, ledgers, ledger, agent, principal):
+    """Budgets are checked against a running total per (link, period), kept in the transfer's own
+    transaction: after charges, refunds, voids, session holds, top-ups, captures and releases it
+    equals what the transfers say each link has spent (and check() compares it with the spend rows);
+    a ledger written before the totals existed gets them counted from its rows when it is opened."""
+    sub_agent = mpp.SigningKey.generate()
+    root = mandate(principal, agent, budget_amount=5_000)
+    sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=3_000)
+    direct, chain = charge_of(root), charge_of(root, sub)
+    charges = {"c1": (120, direct), "c2": (230, chain), "c3": (340, chain), "c4": (450, direct), "c5": (60, chain)}
+    for tid, (amount, through) in charges.items():
+        await pay(ledger, tid, amount, signer=(agent if through is direct else sub_agent).did, mandate_charge=through)
+    await ledger.refund("c2")
+    await ledger.refund("c2")  # once
+    assert await ledger.void("c4", payee=PAYEE) is not None
+    assert await ledger.void("c9") is None  # never made: nothing to give back
+    await open_(ledger, sub_agent, 400, sid="s1", mandate_charge=chain)
+    await top_up(ledger, sub_agent, 700, sid="s1")
+    await ledger.close_session("s1", capture=250, voucher=voucher(ledger, sub_agent, 250, sid="s1"))
+    await open_(ledger, sub_agent, 300, sid="s2", mandate_charge=chain)  # still open: its cap counts
+    await open_(ledger, sub_agent, 200, sid="s3", mandate_charge=chain)
+    await ledger.close_session("s3", capture=0, voucher=None)  # all released
+
+    made = {t.id: t for t in await ledger.transfers()}
+    expected = {link_key(root): 0, link_key(sub): 0}
+    for tid, (amount, through) in charges.items():
+        if "refund:" + tid not in made:
+            for token in through.tokens:
+                expected[link_key(token)] += made[tid].amount
+    for sid in ("s1", "s2", "s3"):
+        held = sum(t.amount for t in made.values() if t.kind == "hold" and t.id.split(":")[1] == sid)
+        if (closed := made.get("capture:" + sid)) is not None or "release:" + sid in made:
+            held = closed.amount if closed is not None else 0
+        for key in expected:
+            expected[key] += held
+    assert expected == {link_key(root): 120 + 340 + 60 + 250 + 300, link_key(sub): 340 + 60 + 250 + 300}
+    assert {key: await ledger.mandate_spent(key, "total") for key in expected} == expected
+    assert await ledger.check() == []
+    with pytest.raises(BudgetExhausted):  # the budget binds at the running total
+        await pay(ledger, "c6", 3_000 - expected[link_key(sub)] + 1, signer=sub_agent.did, mandate_charge=chain)
+    await pay(ledger, "c6", 3_000 - expected[link_key(sub)], signer=sub_agent.did, mandate_charge=chain)
+    assert await ledger.mandate_spent(link_key(sub), "total") == 3_000
+
+    # a ledger from before the running totals: none kept yet, counted from the rows on opening
+    if location.startswith("sqlite:"):
+        import sqlite3
+
+        raw = sqlite3.connect(location[len("sqlite:///") - 1:])
+        with raw:
+            raw.execute("DELETE FROM mandate_totals")
+            raw.execute("DELETE FROM meta WHERE key='mandate_totals'")
+        raw.close()
+    else:
+        import asyncpg
+
+        raw = await asyncpg.connect(location)
+        await raw.execute("DELETE FROM ledger_mandate_totals; DELETE FROM ledger_meta WHERE key='mandate_totals'")
+        await raw.close()
+    reopened = await ledgers.open()
+    expected[link_key(root)] += 3_000 - 340 - 60 - 250 - 300
+    expected[link_key(sub)] = 3_000
+    assert {key: await reopened.mandate_spent(key, "total") for key in expected} == expected
+    assert await reopened.check() == [] and await ledger.mandate_spent(link_key(sub), "total") == 3_000
+
+
 # -- concurrency -----------------------------------------------------------------------------
 
 BUDGET = 1_000

@@ -180,6 +180,8 @@ async def test_mandate_spend_accounting(stores):
     assert await store.approval_used("iss#apr_2") is False
     await store.forget_mandate_spend("p1")
     assert await store.mandate_spent(periods) == {"iss#root": 30, "iss#leaf": 0, "iss#none": 0}
+    await store.forget_mandate_spend("p1")  # again: nothing more is taken back
+    assert await (await stores.payments()).mandate_spent(periods) == {"iss#root": 30, "iss#leaf": 0, "iss#none": 0}
     assert await store.approval_used("iss#apr_1") is True
     big = 2**53  # mandate amounts stay within 2**53 (JSON-safe integers)
     await store.claim("p3", resource="GET /x", idempotency_key=None)

@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS mandate_spend (
     PRIMARY KEY (transfer_id, jti)
 );
 CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS mandate_totals (
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (jti, period)
+);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     payer TEXT NOT NULL REFERENCES accounts(id),

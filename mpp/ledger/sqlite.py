@@ -49,6 +49,12 @@ class SqliteLedger:
             row = c.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()
             if row is None:
                 c.execute("INSERT INTO meta(key, value) VALUES ('ledger_id', ?)", ("ledger-" + secrets.token_hex(8),))
+            if c.execute("SELECT 1 FROM meta WHERE key='mandate_totals'").fetchone() is None:
+                # A ledger made before the running totals existed: count them once from the rows.
+                c.execute("DELETE FROM mandate_totals")
+                c.execute("INSERT INTO mandate_totals(jti, period, spent) "
+                          "SELECT jti, period, SUM(amount) FROM mandate_spend GROUP BY jti, period")
+                c.execute("INSERT INTO meta(key, value) VALUES ('mandate_totals', '1')")
 
     def close(self) -> None:
         self._conn.close()
@@ -104,7 +110,22 @@ class SqliteLedger:
         return {r[0] for r in self._conn.execute(f"SELECT jti FROM revocations WHERE jti IN ({marks})", tuple(jtis))}
 
     def mandate_spent(self, jti: str, period: str) -> int:
-        return self._conn.execute("SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)).fetchone()[0]
+        return self._spent(self._conn, jti, period)
+
+    @staticmethod
+    def _spent(c: sqlite3.Connection, jti: str, period: str) -> int:
+        row = c.execute("SELECT spent FROM mandate_totals WHERE jti=? AND period=?", (jti, period)).fetchone()
+        return row[0] if row else 0
+
+    @staticmethod
+    def _count_spend(c: sqlite3.Connection, rows: list[tuple[str, str, str, int]]) -> None:
+        """Record (transfer id, link key, period, amount) rows of mandate spend, and move each
+        (link, period)'s running total with them, in the caller's transaction: the totals are
+        what budgets are checked against (one row read, however long the history)."""
+        c.executemany("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)", rows)
+        c.executemany("INSERT INTO mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
+                      "ON CONFLICT (jti, period) DO UPDATE SET spent = spent + excluded.spent",
+                      [(jti, period, amount) for _, jti, period, amount in rows])
 
     def authorize_key(self, account_id: str, did: str) -> None:
         _not_holding(account_id)
@@ -203,18 +224,14 @@ class SqliteLedger:
             raise UnauthorizedSigner("signer may not spend from the payer account")
         return links
 
-    @staticmethod
-    def _spend_budgets(c: sqlite3.Connection, links: list[tuple[str, str, int]], transfer_id: str, amount: int) -> None:
+    @classmethod
+    def _spend_budgets(cls, c: sqlite3.Connection, links: list[tuple[str, str, int]], transfer_id: str, amount: int) -> None:
         """Count ``amount`` against every link's budget, or refuse if any would be exceeded."""
         for jti, period, budget in links:
-            spent = c.execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM mandate_spend WHERE jti=? AND period=?", (jti, period)
-            ).fetchone()[0]
+            spent = cls._spent(c, jti, period)
             if spent + amount > budget:
                 raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
-        for jti, period, _ in links:
-            c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
-                      (transfer_id, jti, period, amount))
+        cls._count_spend(c, [(transfer_id, jti, period, amount) for jti, period, _ in links])
 
     @staticmethod
     def _may_spend(c: sqlite3.Connection, payer: str, signer: str) -> bool:
@@ -252,11 +269,8 @@ class SqliteLedger:
             if existing is not None:
                 return existing
             # Give the mandate budgets back too: the refunded purchase never happened.
-            c.execute(
-                "INSERT INTO mandate_spend(transfer_id, jti, period, amount) "
-                "SELECT ?, jti, period, -amount FROM mandate_spend WHERE transfer_id=?",
-                (refund_id, transfer_id),
-            )
+            self._count_spend(c, [(refund_id, jti, period, -amount) for jti, period, amount in c.execute(
+                "SELECT jti, period, amount FROM mandate_spend WHERE transfer_id=? ORDER BY rowid", (transfer_id,)).fetchall()])
             return self._post(c, refund_id, original.payee, original.payer, original.amount, original.currency, "refund", None)
 
     def void(self, transfer_id: str, *, payee: str | None = None) -> Transfer | None:
@@ -424,8 +438,8 @@ class SqliteLedger:
         except PaymentProblem as exc:  # VoucherInvalid, or a signer that is no did:key
             raise CapSignatureInvalid(f"cap refused: {exc.detail}") from None
 
-    @staticmethod
-    def _release_budgets(c: sqlite3.Connection, session_id: str, release_ref: str, release: int) -> None:
+    @classmethod
+    def _release_budgets(cls, c: sqlite3.Connection, session_id: str, release_ref: str, release: int) -> None:
         """Give ``release`` back to every link the session's holds were counted against, latest
         hold first, in the period each hold was counted in (row ``release:<id>``, or
         ``release:<id>:<period>`` when the holds span periods)."""
@@ -438,6 +452,7 @@ class SqliteLedger:
         periods: dict[str, list[tuple[str, int]]] = {}
         for jti, period, amount in held:
             periods.setdefault(jti, []).append((period, amount))
+        rows = []
         for jti, spent in periods.items():
             left = release
             for period, amount in spent:
@@ -445,9 +460,8 @@ class SqliteLedger:
                 if give <= 0:
                     break
                 left -= give
-                row_id = release_ref if len(spent) == 1 else f"{release_ref}:{period}"
-                c.execute("INSERT INTO mandate_spend(transfer_id, jti, period, amount) VALUES (?, ?, ?, ?)",
-                          (row_id, jti, period, -give))
+                rows.append((release_ref if len(spent) == 1 else f"{release_ref}:{period}", jti, period, -give))
+        cls._count_spend(c, rows)
 
     @staticmethod
     def _session(c: sqlite3.Connection, session_id: str) -> SessionHold | None:
@@ -483,6 +497,11 @@ class SqliteLedger:
         ):
             if balance != held:
                 problems.append(f"holding account {acct} balance {balance} != open sessions' caps {held}")
+        for jti, period, total, counted in self._conn.execute(
+            "SELECT jti, period, SUM(t), SUM(s) FROM (SELECT jti, period, spent AS t, 0 AS s FROM mandate_totals "
+            "UNION ALL SELECT jti, period, 0, amount FROM mandate_spend) GROUP BY jti, period HAVING SUM(t) != SUM(s)"
+        ):
+            problems.append(f"mandate {jti} running total {total} for {period} != its spend rows {counted}")
         return problems
 
     # -- internals ---------------------------------------------------------

@@ -14,8 +14,8 @@ queue instead of deadlocking:
    and a ``void`` racing the transfer it voids, take turns;
 2. the rows of every account whose balance it reads and then changes, in one statement
    ordered by account id (``SELECT ... ORDER BY id FOR NO KEY UPDATE``);
-3. one advisory lock per mandate link it counts against, in key order: a link's budget is
-   summed and spent while its lock is held, so concurrent purchases through any number of
+3. one advisory lock per mandate link it counts against, in key order: a link's running total
+   (ledger_mandate_totals) is read and moved while its lock is held, so concurrent purchases through any number of
    processes never take a link past its budget.
 
 Revocations are checked, and budgets counted, in the same transaction as the postings. Amounts
@@ -115,6 +115,18 @@ CREATE TABLE IF NOT EXISTS ledger_mandate_spend (
 );
 CREATE INDEX IF NOT EXISTS ledger_mandate_spend_by_link ON ledger_mandate_spend (jti, period);
 CREATE INDEX IF NOT EXISTS ledger_mandate_spend_by_session ON ledger_mandate_spend (session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ledger_mandate_totals (
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent BIGINT NOT NULL,
+    PRIMARY KEY (jti, period)
+);
+WITH first AS (
+    INSERT INTO ledger_meta(key, value) VALUES ('mandate_totals', '1') ON CONFLICT (key) DO NOTHING RETURNING 1
+)
+INSERT INTO ledger_mandate_totals(jti, period, spent)
+SELECT jti, period, SUM(amount) FROM ledger_mandate_spend WHERE EXISTS (SELECT 1 FROM first) GROUP BY jti, period
+ON CONFLICT (jti, period) DO UPDATE SET spent = EXCLUDED.spent;
 CREATE TABLE IF NOT EXISTS ledger_sessions (
     seq BIGINT GENERATED ALWAYS AS IDENTITY,
     id TEXT PRIMARY KEY,
@@ -161,6 +173,23 @@ UPDATE ledger_accounts
 SET balance = balance - CASE WHEN id = $2 THEN $4::bigint ELSE 0 END + CASE WHEN id = $3 THEN $4::bigint ELSE 0 END
 WHERE id IN ($2, $3)
 """
+
+
+def _count_spend(rows_sql: str) -> str:
+    """One statement: insert the mandate spend rows ``rows_sql`` selects (transfer_id, jti,
+    period, amount[, session_id]) and move each (link, period)'s running total with them, in
+    (link, period) order. The totals are what budgets are checked against: one row per link,
+    however long its history."""
+    return f"""
+WITH s AS (
+    {rows_sql}
+    RETURNING jti, period, amount
+)
+INSERT INTO ledger_mandate_totals(jti, period, spent)
+SELECT jti, period, SUM(amount) FROM s GROUP BY jti, period ORDER BY jti, period
+ON CONFLICT (jti, period) DO UPDATE SET spent = ledger_mandate_totals.spent + EXCLUDED.spent
+"""
+
 
 # Transient refusals of the database itself: the transaction is rolled back and run again.
 # (A unique violation means another transaction made the same record first: the retry finds it.)
@@ -381,7 +410,7 @@ class PgLedger(PgStoreBase):
     async def mandate_spent(self, jti: str, period: str) -> int:
         pool = await self.pool()
         return int(await pool.fetchval(
-            "SELECT COALESCE(SUM(amount), 0)::bigint FROM ledger_mandate_spend WHERE jti=$1 AND period=$2", jti, period))
+            "SELECT COALESCE((SELECT spent FROM ledger_mandate_totals WHERE jti=$1 AND period=$2), 0)::bigint", jti, period))
 
     # -- moving value ------------------------------------------------------
 
@@ -484,8 +513,8 @@ class PgLedger(PgStoreBase):
             raise InsufficientFunds(f"balance {payee['balance']} of {original.payee!r} is below the refund {original.amount}")
         # Give the mandate budgets back too: the refunded purchase never happened.
         await conn.execute(
-            "INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount) "
-            "SELECT $1, jti, period, -amount FROM ledger_mandate_spend WHERE transfer_id=$2 ORDER BY seq",
+            _count_spend("INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount) "
+                         "SELECT $1, jti, period, -amount FROM ledger_mandate_spend WHERE transfer_id=$2 ORDER BY seq"),
             refund_id, transfer_id,
         )
         return await self._post(conn, refund_id, original.payee, original.payer, original.amount, original.currency, "refund",
@@ -545,14 +574,15 @@ class PgLedger(PgStoreBase):
     async def _spend_budgets(conn: asyncpg.Connection, links: Links, transfer_id: str, amount: int,
                              session_id: str | None = None) -> None:
         """Count ``amount`` against every link's budget, or refuse if any would be exceeded. Each
-        link is summed under its advisory lock, held until this transaction ends."""
+        link's running total is read and moved under its advisory lock, held until this
+        transaction ends."""
         if not links:
             return
         await _advisory(conn, (_lock_key("link", f"{jti}\n{period}") for jti, period, _ in links))
         rows = await conn.fetch(
-            "SELECT l.jti, l.period, COALESCE(SUM(m.amount), 0)::bigint "
+            "SELECT l.jti, l.period, COALESCE(t.spent, 0)::bigint "
             "FROM unnest($1::text[], $2::text[]) AS l(jti, period) "
-            "LEFT JOIN ledger_mandate_spend m ON m.jti = l.jti AND m.period = l.period GROUP BY l.jti, l.period",
+            "LEFT JOIN ledger_mandate_totals t ON t.jti = l.jti AND t.period = l.period",
             [jti for jti, _, _ in links], [period for _, period, _ in links],
         )
         spent = {(jti, period): total for jti, period, total in rows}
@@ -561,9 +591,9 @@ class PgLedger(PgStoreBase):
             if already + amount > budget:
                 raise BudgetExhausted(f"mandate {jti} has {budget - already} left of {budget} for {period}")
         await conn.execute(
-            "INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount, session_id) "
-            "SELECT $1, l.jti, l.period, $4, $5 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS l(jti, period, i) "
-            "ORDER BY l.i",
+            _count_spend("INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount, session_id) "
+                         "SELECT $1, l.jti, l.period, $4, $5 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS l(jti, period, i) "
+                         "ORDER BY l.i"),
             transfer_id, [jti for jti, _, _ in links], [period for _, period, _ in links], amount, session_id,
         )
 
@@ -760,8 +790,11 @@ class PgLedger(PgStoreBase):
                 left -= give
                 rows.append((release_ref if len(spent) == 1 else f"{release_ref}:{period}", jti, period, -give))
         if rows:
-            await conn.executemany("INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount) VALUES ($1, $2, $3, $4)",
-                                   rows)
+            await conn.execute(
+                _count_spend("INSERT INTO ledger_mandate_spend(transfer_id, jti, period, amount) "
+                             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"),
+                *(list(column) for column in zip(*rows)),
+            )
 
     async def session(self, session_id: str) -> SessionHold | None:
         return await self._session(await self.pool(), session_id)
@@ -820,6 +853,11 @@ class PgLedger(PgStoreBase):
                     "ON s.id = a.id WHERE starts_with(a.id, $1) AND a.balance != COALESCE(s.held, 0) ORDER BY a.id",
                     holding_account("")):
                 problems.append(f"holding account {acct} balance {balance} != open sessions' caps {held}")
+            for jti, period, total, counted in await conn.fetch(
+                    "SELECT jti, period, SUM(t)::bigint, SUM(s)::bigint FROM (SELECT jti, period, spent AS t, 0 AS s "
+                    "FROM ledger_mandate_totals UNION ALL SELECT jti, period, 0, amount FROM ledger_mandate_spend) u "
+                    "GROUP BY jti, period HAVING SUM(t) != SUM(s) ORDER BY jti, period"):
+                problems.append(f"mandate {jti} running total {total} for {period} != its spend rows {counted}")
         return problems
 
     # -- internals ---------------------------------------------------------

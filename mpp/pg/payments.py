@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS mandate_spend (
     PRIMARY KEY (challenge_id, jti)
 );
 CREATE INDEX IF NOT EXISTS mandate_spend_by_link ON mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS mandate_totals (
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent BIGINT NOT NULL,
+    PRIMARY KEY (jti, period)
+);
+INSERT INTO mandate_totals(jti, period, spent)
+SELECT jti, period, SUM(amount) FROM mandate_spend WHERE NOT EXISTS (SELECT 1 FROM mandate_totals) GROUP BY jti, period;
 CREATE TABLE IF NOT EXISTS approvals_used (
     jti TEXT PRIMARY KEY,
     challenge_id TEXT NOT NULL
@@ -123,9 +131,9 @@ class PgPaymentStore(PgStoreBase):
         if not periods:
             return {}
         pool = await self.pool()
-        rows = await pool.fetch(
-            "SELECT p.jti, COALESCE(SUM(m.amount), 0) FROM unnest($1::text[], $2::text[]) AS p(jti, period) "
-            "LEFT JOIN mandate_spend m ON m.jti = p.jti AND m.period = p.period GROUP BY p.jti",
+        rows = await pool.fetch(  # running totals per link and period, moved with the rows they count
+            "SELECT p.jti, COALESCE(t.spent, 0) FROM unnest($1::text[], $2::text[]) AS p(jti, period) "
+            "LEFT JOIN mandate_totals t ON t.jti = p.jti AND t.period = p.period",
             list(periods), list(periods.values()),
         )
         spent = {jti: int(total) for jti, total in rows}
@@ -136,10 +144,14 @@ class PgPaymentStore(PgStoreBase):
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             if links:
-                await conn.executemany(
-                    "INSERT INTO mandate_spend(challenge_id, jti, period, amount) VALUES ($1, $2, $3, $4) "
-                    "ON CONFLICT DO NOTHING",
-                    [(challenge_id, jti, period, amount) for jti, period in links],
+                await conn.execute(
+                    "WITH s AS (INSERT INTO mandate_spend(challenge_id, jti, period, amount) "
+                    "SELECT $1, l.jti, l.period, $4 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS l(jti, period, i) "
+                    "ORDER BY l.i ON CONFLICT DO NOTHING RETURNING jti, period, amount) "
+                    "INSERT INTO mandate_totals(jti, period, spent) SELECT jti, period, SUM(amount) FROM s "
+                    "GROUP BY jti, period ORDER BY jti, period "
+                    "ON CONFLICT (jti, period) DO UPDATE SET spent = mandate_totals.spent + EXCLUDED.spent",
+                    challenge_id, [jti for jti, _ in links], [period for _, period in links], amount,
                 )
             if approval is not None:
                 await conn.execute("INSERT INTO approvals_used(jti, challenge_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -147,7 +159,12 @@ class PgPaymentStore(PgStoreBase):
 
     async def forget_mandate_spend(self, challenge_id: str) -> None:
         pool = await self.pool()
-        await pool.execute("DELETE FROM mandate_spend WHERE challenge_id=$1", challenge_id)
+        await pool.execute(  # one statement: the rows and what they added to the running totals go together
+            "WITH s AS (DELETE FROM mandate_spend WHERE challenge_id=$1 RETURNING jti, period, amount) "
+            "UPDATE mandate_totals t SET spent = t.spent - d.amount "
+            "FROM (SELECT jti, period, SUM(amount) AS amount FROM s GROUP BY jti, period) d "
+            "WHERE t.jti = d.jti AND t.period = d.period",
+            challenge_id)
 
     async def approval_used(self, jti: str) -> bool:
         pool = await self.pool()
