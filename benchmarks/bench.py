@@ -41,14 +41,17 @@ The seller's and load generator's CPU use is measured in each window, and so is 
 the machine ran: a window where other processes took more than 0.15 of a core is measured once
 more (not with --quick), keeping the quieter run; the table notes the disturbed ones that remain.
 
-A PostgreSQL row: `--db postgresql://...` adds charge-pg and charge-pg-identity, whose seller
-opens its payment store at that URL (benchmarks/bench_sellers.py: open_payment_store, through
-mpp.stores); the ledger stays embedded SQLite until a PostgreSQL ledger exists.
+PostgreSQL rows: charge-pg and charge-pg-identity, whose seller keeps its payment store and its
+(embedded) ledger in PostgreSQL, an empty database each. By default the harness starts a
+throwaway PostgreSQL for them (mpp.pgserver, as `make test` does) and stops it at the end;
+`--db postgresql://...` uses that server instead (a database is created on it per row), and
+`--no-postgres` leaves the rows out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import json
 import multiprocessing
@@ -109,15 +112,16 @@ SCENARIOS: list[Scenario] = [
 ]
 
 
-def postgres_scenarios(url: str) -> list[Scenario]:
-    """The rows a store URL adds: the seller's payment store at that URL (each run should get an
-    empty database). The ledger stays the embedded SQLite one until a PostgreSQL ledger exists:
-    then put ``"ledger": url`` here too (and in bench_sellers.open_ledger)."""
-    stores = {"store": url, "ledger": _sqlite("ledger.db")}
+def postgres_scenarios(server: str) -> list[Scenario]:
+    """The PostgreSQL rows: payment store and ledger in a database of their own on ``server``."""
+    from mpp.pgserver import create_database
+
+    plain_db, identity_db = create_database(server), create_database(server)
     return [
-        Scenario("charge-pg", "charge", "ledger", "charge, payment store on PostgreSQL", stores, database_server=True),
-        Scenario("charge-pg-identity", "charge", "identity", "charge + mandate chain, payment store on PostgreSQL", stores,
-                 identity=True, database_server=True),
+        Scenario("charge-pg", "charge", "ledger", "charge, payment store and ledger on PostgreSQL",
+                 {"store": plain_db, "ledger": plain_db}, database_server=True),
+        Scenario("charge-pg-identity", "charge", "identity", "charge + mandate chain, PostgreSQL",
+                 {"store": identity_db, "ledger": identity_db}, identity=True, database_server=True),
     ]
 
 
@@ -614,29 +618,45 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.name for s in SCENARIOS]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run: 1 s per scenario after a 0.3 s warm-up (smoke test)")
-    parser.add_argument("--only", help=f"comma-separated scenarios to run (default: all): {', '.join(names)}")
+    parser.add_argument("--only", help=f"comma-separated scenarios to run (default: all): {', '.join(names)}, charge-pg, charge-pg-identity")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="write the figures here (default: %(default)s)")
     parser.add_argument("--duration", type=float, help="measured seconds per scenario (default 5; 1 with --quick)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each measurement (default 1; 0.3 with --quick)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections at saturation (default %(default)s)")
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate runs (p99 added at half saturation)")
-    parser.add_argument("--db", metavar="URL", help="also run charge-pg and charge-pg-identity with the seller's payment store at "
-                                                      "this PostgreSQL URL (an empty database)")
+    parser.add_argument("--db", metavar="URL", help="run charge-pg and charge-pg-identity on this PostgreSQL server (a database "
+                                                      "is created per row) instead of a throwaway one")
+    parser.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL rows")
     parser.add_argument("--interop-python", type=Path, default=Path(os.environ.get("MPP_INTEROP_PYTHON", DEFAULT_INTEROP_PYTHON)),
                         help="python of the side environment with pympp, aiohttp and aiosqlite (default: %(default)s)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run each seller under cProfile (slower!), write DIR/NAME.prof, print where its time goes")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
 
+    with contextlib.ExitStack() as stack:
+        return _run(parser, args, stack)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     scenarios = list(SCENARIOS)
-    if args.db:
-        scenarios += postgres_scenarios(args.db)
+    pg_names = ["charge-pg", "charge-pg-identity"]
+    wanted = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    unknown = [n for n in (wanted or []) if n not in [s.name for s in SCENARIOS] + pg_names]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join([s.name for s in SCENARIOS] + pg_names)}")
+    if args.no_postgres and wanted and set(wanted) & set(pg_names):
+        parser.error("--no-postgres leaves out " + ", ".join(pg_names))
+    if not args.no_postgres and (wanted is None or set(wanted) & set(pg_names)):
+        server = args.db
+        if server is None:
+            from mpp.pgserver import throwaway_postgres
+
+            print("Starting a throwaway PostgreSQL for the PostgreSQL rows ...", flush=True)
+            server = stack.enter_context(throwaway_postgres())
+        scenarios += postgres_scenarios(server)
     by_name = {s.name: s for s in scenarios}
-    if args.only:
-        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in by_name]
-        if unknown:
-            parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(by_name)}")
+    if wanted is not None:
         scenarios = [s for s in scenarios if s.name in wanted]
     duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
@@ -768,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {t['goal']:<48} {value:>10}  {state}{('  (' + t['detail'] + ')') if t.get('detail') else ''}")
     print(f"\nwhole run: {elapsed:.0f} s")
 
-    doc = {"meta": meta | {"elapsed_s": round(elapsed, 1), "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv},
+    doc = {"meta": meta | {"elapsed_s": round(elapsed, 1), "quick": args.quick, "argv": args.argv},
            "scenarios": results, "latency_at_half_saturation": latency, "targets": targets}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")

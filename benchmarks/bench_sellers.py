@@ -10,8 +10,7 @@ the plain one. Listens on 127.0.0.1 (any free port), prints ``ready {"port": N}`
 prints ``stats {"calls": N}`` (requests its handler served; paid routes run it only after the
 payment settled) and exits. ``MPP_BENCH_CPU`` pins the process to that CPU.
 
-Stores are opened by URL (``open_payment_store`` etc. below): a PostgreSQL row is added to the
-benchmark by giving these a ``postgresql://`` URL once the PostgreSQL stores exist.
+Stores and the ledger are opened by URL (``open_payment_store`` etc. below): SQLite or PostgreSQL.
 
 DIR holds ``kit.json`` from the harness: the agent's and principal's DIDs and the mandate.
 """
@@ -73,11 +72,25 @@ def open_session_store(url: str) -> Any:
 
 
 def open_ledger(url: str) -> Any:
-    if _postgres(url):
-        raise SystemExit("bench_sellers: no PostgreSQL ledger in this tree yet (issue 6); keep the ledger on sqlite:///")
-    from mpp.ledger import SqliteLedger
+    """The ledger at ``url`` behind its async interface (mpp.stores.ledger_for): SQLite or PostgreSQL."""
+    from mpp.stores import ledger_for
 
-    return SqliteLedger(url)
+    return ledger_for(url)
+
+
+async def _fund(ledger: Any, kit: dict[str, Any]) -> None:
+    """The payee and the agent's funded account; a ledger that has them already (a rerun on the same
+    database) keeps them."""
+    from mpp.ledger import LedgerError
+
+    for account in (PAYEE, PAYER):
+        try:
+            await ledger.create_account(account, "usd")
+        except LedgerError:
+            pass
+    await ledger.authorize_key(PAYER, kit["agent"])
+    await ledger.set_owner(PAYER, kit["principal"])
+    await ledger.fund(PAYER, FUNDS)
 
 
 async def _ensure_open(store: Any) -> None:
@@ -152,12 +165,17 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
     else:
         assert ledger_url is not None, "ledger sellers need --ledger"
         ledger = open_ledger(ledger_url)
-        ledger.create_account(PAYEE, "usd")
-        ledger.create_account(PAYER, "usd")
-        ledger.authorize_key(PAYER, kit["agent"])
-        ledger.set_owner(PAYER, kit["principal"])
-        ledger.fund(PAYER, FUNDS)
-        rails = [EmbeddedLedgerRail(ledger, recipient=PAYEE)]
+        rail = EmbeddedLedgerRail(ledger, recipient=PAYEE)
+        rails = [rail]
+
+        async def ledger_lifecycle(app: web.Application):
+            await ledger.open()
+            await _fund(ledger, kit)
+            async for _ in rail.lifecycle(app):  # learns the ledger id before the first challenge
+                yield
+            await ledger.close()
+
+        app.cleanup_ctx.append(ledger_lifecycle)
     payment_store = open_payment_store(store)
     session_store = open_session_store(sessions) if sessions else None
     seller = Seller(realm=REALM, secret=secret, receipt_key=receipt_key, rails=rails, store=payment_store,
@@ -183,12 +201,6 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
         paid = seller.price(PRICE, "usd", "bench item", require_identity=identity)(handler)
         app.router.add_get("/item", paid)
     seller.setup(app)
-    if ledger is not None:
-        async def close_ledger(app: web.Application):
-            yield
-            ledger.close()
-
-        app.cleanup_ctx.append(close_ledger)
     return app
 
 
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=("plain", "charge", "session", "trivial"))
     p.add_argument("--workdir", required=True)
     p.add_argument("--store", help="payment store URL (sqlite:///path)")
-    p.add_argument("--ledger", help="ledger URL (sqlite:///path)")
+    p.add_argument("--ledger", help="ledger URL (sqlite:///path or postgresql://...)")
     p.add_argument("--sessions", help="session store URL (sqlite:///path)")
     p.add_argument("--identity", action="store_true", help="the route requires a mandate chain and proof")
     p.add_argument("--profile", help="run under cProfile and write the stats here")
