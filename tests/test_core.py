@@ -953,13 +953,15 @@ def test_problem_types(cls):
 def test_every_problem_class_is_known():
     """CORE-ERR-01: every PaymentProblem subclass is in the table above; the one extension type
     (request-in-progress, 409) uses our URN base, not the registry's."""
-    from mpp import identity, session_core
+    from mpp import identity, pricing, session_core
     from mpp.aio.rails import LedgerUnavailable
 
     extension = {mpp.errors.ExtensionProblem, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
-                 session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable}
+                 session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable,
+                 pricing.PricingProblem, *pricing.PRICING_PROBLEMS.values()}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
-    for cls in [*identity.IDENTITY_PROBLEMS.values(), *session_core.SESSION_PROBLEMS.values()]:  # our own types
+    for cls in [*identity.IDENTITY_PROBLEMS.values(), *session_core.SESSION_PROBLEMS.values(),
+                *pricing.PRICING_PROBLEMS.values()]:  # our own types
         assert cls().type == mpp.EXTENSION_PROBLEM_BASE + cls.slug
     for cls in session_core.SESSION_PROBLEMS.values():  # SESSION-ERR-01: every session refusal is a 402 with a fresh challenge
         assert cls.status == 402 and cls().fresh_challenge

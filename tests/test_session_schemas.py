@@ -26,6 +26,7 @@ from mpp.aio.metering import SESSION_PATH, meter_of
 from mpp.headers import format_credential, parse_challenges
 from mpp.identity import PROOF_DOMAIN
 from mpp.methods.ledger import SIGNING_DOMAIN, LedgerBuyerMethod
+from mpp.pricing import GRANT_PROOF_DOMAIN
 from mpp.models import Credential
 from mpp.receipts import jwks_document, verify_receipt_jws
 from mpp.session_core import (CAP_DOMAIN, CLOSE_DOMAIN, VOUCHER_DOMAIN, SessionPayload, SessionRequest, SessionTerms,
@@ -291,8 +292,8 @@ async def test_session_receipts_under_a_mandate_match_the_identity_schema(tmp_pa
 
 
 def test_signed_message_prefixes_are_the_ones_identity_md_lists():
-    """IDENT-KEY-05, SESSION-REQ-08: every session message starts with its own domain line, and
-    IDENT-KEY-05 lists exactly the prefixes the code signs with."""
+    """IDENT-KEY-05, SESSION-REQ-08, PRICE-GRANT-03: every session message starts with its own domain
+    line, and IDENT-KEY-05 lists exactly the prefixes the code signs with (the grant proof too)."""
     request = SessionRequest.model_validate({"amount": "2", "currency": "usd", "recipient": "acct:seller", "unitType": "token",
                                              "methodDetails": {"ledger": "l", "per": "1000", "maxUnits": "10",
                                                                "suggestedCap": "50", "idleTimeout": "60"}})
@@ -306,6 +307,7 @@ def test_signed_message_prefixes_are_the_ones_identity_md_lists():
     text = next(line for line in (ROOT / "spec" / "identity.md").read_text(encoding="utf-8").splitlines()
                 if line.startswith("- **[IDENT-KEY-05]**"))
     listed = set(re.findall(r"`(mpp-[a-z-]+-v\d+)` \+ LF", text))
-    in_code = {d.rstrip(b"\n").decode() for d in (PROOF_DOMAIN, SIGNING_DOMAIN, CAP_DOMAIN, VOUCHER_DOMAIN, CLOSE_DOMAIN)}
+    domains = (PROOF_DOMAIN, SIGNING_DOMAIN, CAP_DOMAIN, VOUCHER_DOMAIN, CLOSE_DOMAIN, GRANT_PROOF_DOMAIN)
+    in_code = {d.rstrip(b"\n").decode() for d in domains}
     assert listed == in_code
-    assert len({d.split(b"\n")[0] for d in (PROOF_DOMAIN, SIGNING_DOMAIN, CAP_DOMAIN, VOUCHER_DOMAIN, CLOSE_DOMAIN)}) == 5
+    assert len({d.split(b"\n")[0] for d in domains}) == len(domains)
