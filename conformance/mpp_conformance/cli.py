@@ -34,7 +34,7 @@ def cmd_seller(args: argparse.Namespace) -> int:
                "pay_with": args.pay_with, "concurrency": args.concurrency,
                "identity_keys": args.identity_keys, "account": args.account,
                "other_url": args.other_url, "max_amount": args.max_amount}
-    if args.profile != "core" and args.profile != "identity" and not args.pay_with:
+    if args.profile == "full" and not args.pay_with:
         raise SystemExit("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON)")
     if args.pay_with:
         from .paying import payer_from_spec
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("seller", help="probe a seller over HTTP")
     s.add_argument("url", nargs="?", metavar="URL", help="a priced resource")
     s.add_argument("--discover", metavar="BASE", help="read BASE/openapi.json and probe every priced operation")
-    s.add_argument("--profile", choices=["core", "full", "identity"], default="core")
+    s.add_argument("--profile", choices=["core", "full", "identity", "pricing"], default="core",
+                   help="core (no payment), full (pays), identity (mandate attacks), pricing (a price-list route: "
+                        "offers, task and seat grants; pays with --pay-with ledger:DIR)")
     s.add_argument("--pay-with", metavar="SPEC", help="ledger:WALLET_DIR (our ledger method) or static:JSON (a fixed payload)")
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
     s.add_argument("--data", help="request body for URL")

@@ -149,7 +149,7 @@ CheckFn = Callable[[CheckContext], Awaitable[str | None]]
 class Check:
     id: str
     title: str
-    profile: str  # "core", "full", "identity", "buyer"
+    profile: str  # "core", "full", "identity", "pricing", "buyer"
     requirements: tuple[str, ...]
     fn: CheckFn
 
@@ -179,7 +179,7 @@ class Skip(Exception):
 
 def all_checks() -> list[Check]:
     from . import checks_core  # noqa: F401 - registration by import
-    for name in ("checks_full", "checks_identity"):
+    for name in ("checks_full", "checks_identity", "checks_pricing"):
         try:
             __import__(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
@@ -188,7 +188,8 @@ def all_checks() -> list[Check]:
     return list(_REGISTRY.values())
 
 
-PROFILE_INCLUDES = {"core": ("core",), "full": ("core", "full"), "identity": ("core", "identity")}
+PROFILE_INCLUDES = {"core": ("core",), "full": ("core", "full"), "identity": ("core", "identity"),
+                    "pricing": ("core", "pricing")}
 
 
 def checks_for(profile: str) -> list[Check]:

@@ -76,6 +76,7 @@ class LedgerPayer:
             raise ValueError(f"--pay-with ledger:{self.directory}: {exc}") from None
         self.account = wallet.account
         self.signer = wallet.key.did
+        self.key = wallet.key  # the agent's key: grant proofs (profile pricing) are signed with it
         self._method = LedgerBuyerMethod(key=wallet.key, account=wallet.account)
         self.description = f"ledger ({self.account}, at most {self.max_amount} base units a payment)"
 
