@@ -88,10 +88,15 @@ class ChallengeIssuer:
         digest: str | None = None,
         opaque: dict[str, str] | None = None,
         description: str | None = None,
+        not_after: datetime | None = None,
     ) -> Challenge:
+        """``not_after``: the challenge expires then at the latest (a seat's period end, PRICE-SEAT-01)."""
         request_b64 = encode_json_b64(request)
         opaque_b64 = encode_json_b64(opaque) if opaque is not None else None
-        expires = format_rfc3339(now + self.ttl)
+        expires_at = now + self.ttl
+        if not_after is not None and not_after < expires_at:
+            expires_at = not_after
+        expires = format_rfc3339(expires_at)
         cid = compute_challenge_id(
             self._secret,
             realm=self.realm,

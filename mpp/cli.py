@@ -29,6 +29,12 @@ EPILOG_FETCH = """exit codes:
   4  the seller refused the credential (its problem document is printed on stderr)
   5  the credential was sent but the outcome is unknown (5xx or network error): check before retrying
   6  the seller answered 2xx but its receipt did not verify
+
+several offers (a seller's price list): the offer with the lowest expected total for the planned
+work (--planned-requests, --planned-units) among those the mandate chain allows and the policy
+accepts, or an offer of the --prefer model when there is an acceptable one; a seat (a recurring
+payment per period) only with --allow-recurring. A task or seat purchase brings a grant that
+covers its follow-up requests: within one run, those are made with the grant instead of paying.
 """
 
 EPILOG_MAIN = """exit codes:
@@ -64,6 +70,7 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .aio.serve import HEADER_LIMITS, build_seller_app
+    from .aio.workers import on_reload_signal
     from .config import load_seller_config
 
     config = load_seller_config(args.config)
@@ -89,11 +96,14 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
         host = args.host if ":" not in args.host else f"[{args.host}]"
-        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={len(config.routes)}", flush=True)
+        listed = f" price_list={seller.price_list.version}" if seller.price_list is not None else ""
+        routes = len(config.routes) + (len(seller.price_list.routes) if seller.price_list is not None else 0)
+        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={routes}{listed}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        on_reload_signal(app)  # SIGHUP: reload the price list (spec/pricing.md PRICE-VER-02)
         await stop.wait()
         await runner.cleanup()
 
@@ -106,6 +116,15 @@ def _serve_workers(config, args: argparse.Namespace) -> int:
     from .aio.serve import HEADER_LIMITS, build_seller_app
     from .aio.workers import bind, serve_forked
 
+    if config.price_list is not None:  # refused here, once, rather than by every worker
+        from .pricing import PriceListError, load_price_list
+
+        source = config.resolve(config.price_list)
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PriceListError(source, [(1, f"cannot read the price list: {exc}")]) from None
+        load_price_list(text, source=source)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
@@ -119,6 +138,76 @@ def _serve_workers(config, args: argparse.Namespace) -> int:
               f"workers={args.workers}", flush=True)
 
     return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS, on_ready=ready)
+
+
+def cmd_seller_usage(args: argparse.Namespace) -> int:
+    """`mpp seller usage` (spec/pricing.md §8): the seller's purchases of a window from its payment
+    and session stores, checked against the ledger's transfers to its payee (PRICE-USAGE-02)."""
+    from datetime import datetime, timedelta, timezone
+
+    from ._sqlite import sqlite_path
+    from .config import load_seller_config
+    from .stores import is_postgres, open_ledger, open_payment_store, open_session_store
+    from .usage import build_report, format_csv, format_table, ledger_transfers, parse_time, read_usage, reconcile
+
+    now = datetime.now(timezone.utc)
+    times = {}
+    for name in ("since", "until"):
+        try:
+            text = getattr(args, name)
+            # without --until: up to now, this second included (the records keep times to the second)
+            times[name] = parse_time(text, now=now) if text else parse_time("0s", now=now) + timedelta(seconds=1)
+        except ValueError as exc:
+            _err(f"--{name}: {exc}")
+            return EXIT_USAGE
+    since, until = times["since"], times["until"]
+    if since >= until:
+        _err(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+        return EXIT_USAGE
+    config = load_seller_config(args.config)
+
+    def present(location: str) -> bool:  # reading must not create an empty SQLite store
+        return is_postgres(location) or Path(sqlite_path(location)).exists()
+
+    async def run():
+        opened = []
+        try:
+            stores = []
+            for location, opener in ((config.locate(config.store), open_payment_store),
+                                     (config.sessions_location, open_session_store)):
+                stores.append(await opener(location) if present(location) else None)
+                opened.append(stores[-1])
+            records = await read_usage(*stores, since=since, until=until)
+            transfers = None
+            if config.ledger is not None:
+                location = config.locate(config.ledger)
+                if not present(location):
+                    raise FileNotFoundError(f"no ledger at {location} (the seller configuration's ledger)")
+                ledger = await open_ledger(location)
+                opened.append(ledger)
+                transfers = await ledger_transfers(ledger, config.recipient, since=since, until=until)
+            return records, transfers
+        finally:
+            for store in opened:
+                if store is not None:
+                    await store.close()
+
+    records, transfers = asyncio.run(run())
+    report = build_report(records, since=since, until=until, by=args.by)
+    problems = reconcile(report, records, transfers, config.recipient) if transfers is not None else []
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.csv:
+        sys.stdout.write(format_csv(report))
+    else:
+        sys.stdout.write(format_table(report))
+        if transfers is not None and not problems:
+            print(f"equal to the ledger's transfers to {config.recipient} in the window")
+    if transfers is None:
+        _err("not checked against the ledger: the seller uses a ledger service (ledger_url), which lists no transfers")
+    for problem in problems:
+        _err(problem)
+    return EXIT_HTTP if problems else EXIT_OK
 
 
 # -- fetch -----------------------------------------------------------------
@@ -137,12 +226,23 @@ def _parse_headers(values: Sequence[str]) -> dict[str, str]:
 def cmd_fetch(args: argparse.Namespace) -> int:
     import aiohttp
 
+    import dataclasses
+
     from .aio.buyer import PaymentClient
+    from .aio.sessions import SessionPolicy
+    from .buyer_core import OfferPlan
     from .config import load_wallet
     from .errors import NoPayableChallenge, OutcomeUnknown, PaymentFailed, QuoteRejected, ReceiptInvalid
     from .methods.ledger import LedgerBuyerMethod
 
     wallet = load_wallet(args.wallet, max_amount=args.max_amount)
+    if args.allow_recurring:
+        wallet = dataclasses.replace(wallet, policy=dataclasses.replace(wallet.policy, allow_recurring=True))
+    plan = OfferPlan(planned_requests=args.planned_requests, planned_units=args.planned_units,
+                     prefer=None if args.prefer == "cheapest" else args.prefer)
+    # A unit offer is paid by a session, opened only when units are planned or preferred; one run closes it.
+    sessions = SessionPolicy(max_cap=max(1, wallet.policy.max_amount)) if (
+        args.planned_units is not None or args.prefer == "unit") else None
     method = args.method or ("POST" if args.data is not None else "GET")
     data = args.data.encode("utf-8") if args.data is not None else None
     headers = _parse_headers(args.header)
@@ -168,6 +268,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             client = PaymentClient(
                 session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy,
                 identity=identity, on_event=(lambda kind, data: audit.append(kind, data)) if audit else None,
+                plan=plan, sessions=sessions,
             )
             try:
                 if args.credential_only:
@@ -178,6 +279,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                     print(credential)
                     return EXIT_OK
                 resp = await client.request(method, args.url, data=data, headers=headers)
+                if sessions is not None:
+                    await client.close_sessions()
             except QuoteRejected as exc:
                 _err(f"refused to pay ({exc.rule}): {exc.detail}")
                 return EXIT_POLICY
@@ -564,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-amount", type=_nonneg_int, default=1_000, help="the wallet's per-purchase limit (default 1000)")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("seller", help="run a seller")
+    s = sub.add_parser("seller", help="run a seller, or export its usage and revenue")
     ssub = s.add_subparsers(dest="seller_command", required=True, metavar="SUBCOMMAND")
     t = ssub.add_parser("serve", help="serve the priced routes of a seller configuration")
     t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
@@ -576,6 +679,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-principal", action="append", default=[], metavar="DID",
                    help="also accept mandates of this principal (an Ed25519 did:key; repeatable), besides trusted_principals in the configuration")
     t.set_defaults(func=cmd_seller_serve)
+    t = ssub.add_parser("usage", help="usage and revenue of a window from the seller's records, checked against the ledger",
+                        description="One row per purchase (or per group with --by), then the totals per currency, of "
+                                    "[--since, --until). Exit 1 if the totals differ from the ledger's transfers to the "
+                                    "seller's account in the window (spec/pricing.md PRICE-USAGE-02).")
+    t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
+    t.add_argument("--since", required=True, metavar="T",
+                   help="start (inclusive): RFC 3339 (2025-06-01T00:00:00Z), a date (2025-06-01, UTC) or a span before now (24h, 7d)")
+    t.add_argument("--until", metavar="T", help="end (exclusive), in the same forms (default: now, this second included)")
+    t.add_argument("--by", choices=["agent", "principal", "route", "model"], help="one row per group and currency")
+    form = t.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help='one JSON document {"since", "until", "by", "rows", "totals"}')
+    form.add_argument("--csv", action="store_true", help="RFC 4180 CSV with a header line (rows only)")
+    t.set_defaults(func=cmd_seller_usage)
 
     s = sub.add_parser(
         "fetch",
@@ -593,6 +709,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole exchange (default 30)")
     s.add_argument("--no-identity", action="store_true", help="pay without presenting the wallet's mandate chain")
     s.add_argument("--approve-with", metavar="KEY.pem", help="principal (or approver) key that signs an approval when the seller asks for one")
+    s.add_argument("--prefer", choices=["cheapest", "transaction", "unit", "task", "seat"], default="cheapest",
+                   help="among several offers: this pricing model when acceptable, else the cheapest (default: cheapest)")
+    s.add_argument("--planned-requests", type=_pos_int, default=1, metavar="N",
+                   help="requests (or tasks) planned for the route, to compare offers by (default 1)")
+    s.add_argument("--planned-units", type=_pos_int, metavar="N",
+                   help="units planned in all, for unit offers (opens a session, capped by --max-amount)")
+    s.add_argument("--allow-recurring", action="store_true",
+                   help="allow a seat (a recurring payment per period); refused by default")
     s.set_defaults(func=cmd_fetch)
 
     s = sub.add_parser("ledger", help="inspect or fund the embedded ledger, or serve it to sellers over HTTP")

@@ -104,7 +104,15 @@ class SellerConfig(BaseModel):
     max_chain_depth: int = Field(default=3, ge=0, le=16)
     audit_log: str | None = None  # the seller's audit log: a SQLite file or postgresql:// URL
     sessions: str | None = None  # the session store; default: sessions.db beside the payment store
-    routes: list[RouteConfig] = Field(min_length=1)
+    pricing: str | None = None  # task states and seat periods; default: pricing.db beside the payment store
+    price_list: Path | None = None  # spec/pricing.md: a price list file (relative to this file), instead of [[routes]]
+    routes: list[RouteConfig] = []
+
+    @model_validator(mode="after")
+    def _some_prices(self) -> "SellerConfig":
+        if not self.routes and self.price_list is None:
+            raise ValueError("name a price list (price_list = \"prices.toml\") or give at least one [[routes]] table")
+        return self
 
     @model_validator(mode="after")
     def _one_ledger(self) -> "SellerConfig":
@@ -129,7 +137,7 @@ class SellerConfig(BaseModel):
         p = Path(p)
         return str(p if p.is_absolute() else self.base_dir / p)
 
-    @field_validator("store", "sessions", "ledger", "audit_log")
+    @field_validator("store", "sessions", "ledger", "audit_log", "pricing")
     @classmethod
     def _store_location(cls, v: str | None) -> str | None:
         if v is not None:
@@ -141,6 +149,19 @@ class SellerConfig(BaseModel):
     def locate(self, location: str) -> str:
         """A store location as the stores take it: URLs unchanged, paths relative to this file."""
         return locate_store(self.base_dir, location)
+
+    @property
+    def pricing_location(self) -> str:
+        """The pricing store (task states, seat periods): ``pricing``, else the payment store's
+        PostgreSQL database, else pricing.db beside the payment store's file."""
+        if self.pricing:
+            return self.locate(self.pricing)
+        store = self.locate(self.store)
+        if "://" in store and not store.startswith("sqlite:"):
+            return store
+        from ._sqlite import sqlite_path
+
+        return str(Path(sqlite_path(store)).with_name("pricing.db"))
 
     @property
     def sessions_location(self) -> str:

@@ -44,12 +44,14 @@ async def _run(home: Path) -> None:
     from .aio.buyer import PaymentClient
     from .aio.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from .config import init_home, load_seller_config, load_wallet
+    from .demo_pricing import pricing_part, write_price_list
     from .errors import QuoteRejected
     from .headers import parse_challenges
     from .methods.ledger import LedgerBuyerMethod
 
     print(f"1. mpp init {home}")
     info = init_home(home)
+    write_price_list(home)  # routes priced from a price list too (part 10)
     config = load_seller_config(info["seller_config"])
     wallet = load_wallet(info["wallet"])
     print(f"   agent {wallet.key.did}")
@@ -128,8 +130,10 @@ async def _run(home: Path) -> None:
 
             paid_total += await _session_part(session, base, wallet, ledger, wire)
 
+            paid_total += await pricing_part(session, base, home, wallet, ledger, seller, _check)
+
         after = _balances(ledger)
-        print("10. balances")
+        print("11. balances")
         _print_balances("balances after", after)
         _check(sum(after.values()) == sum(before.values()), "sum of all balances unchanged")
         _check(before["acct:buyer"] - after["acct:buyer"] == paid_total == after["acct:seller"] - before["acct:seller"],

@@ -20,7 +20,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import jwt
 from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, InvalidTokenError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._wire import b64url_decode, b64url_encode, canonical_json
 from .errors import ExtensionProblem, ParseError
@@ -172,6 +172,16 @@ class _MandateClaims(BaseModel):
     approval_threshold: int | None = Field(default=None, ge=0, le=MAX_INT)
     max_depth: int = Field(ge=0, le=15)
     approvers: list[str] = Field(default=[], max_length=MAX_LIST)
+    models: Any = None  # PRICE-MDT-03: checked by mpp.pricing's rules in the validator below
+    max_unit_price: Any = None
+
+    @model_validator(mode="after")
+    def _pricing_restrictions(self) -> "_MandateClaims":
+        from .pricing import restrictions_from_claims  # pricing imports seller_core; keep identity importable alone
+
+        present = {k: getattr(self, k) for k in ("models", "max_unit_price") if k in self.model_fields_set}
+        restrictions_from_claims([present])  # ValueError -> a validation error -> mandate-invalid
+        return self
 
     @field_validator("sub", "prn")
     @classmethod
@@ -238,6 +248,18 @@ class Mandate:
     max_depth: int
     approvers: tuple[str, ...]
     iat: int = 0
+    models: tuple[str, ...] | None = None  # PRICE-MDT: the only pricing models allowed; None = all
+    max_unit_price: tuple[int, int] | None = None  # (amount, per): the highest unit price allowed
+
+    @property
+    def pricing_claims(self) -> dict[str, Any]:
+        """The link's ``models`` and ``max_unit_price`` claims as issued (absent ones left out)."""
+        claims: dict[str, Any] = {}
+        if self.models is not None:
+            claims["models"] = list(self.models)
+        if self.max_unit_price is not None:
+            claims["max_unit_price"] = {"amount": self.max_unit_price[0], "per": self.max_unit_price[1]}
+        return claims
 
     @property
     def key(self) -> str:
@@ -249,7 +271,9 @@ class Mandate:
     def _from(cls, token: str, c: _MandateClaims) -> "Mandate":
         return cls(token, c.iss, c.sub, c.prn, tuple(c.aud), c.jti, c.nbf, c.exp, tuple(c.scope), tuple(c.review),
                    c.currency, c.ceiling, c.budget.amount, c.budget.period, c.approval_threshold, c.max_depth,
-                   tuple(c.approvers), c.iat)
+                   tuple(c.approvers), c.iat,
+                   tuple(c.models) if "models" in c.model_fields_set else None,
+                   (c.max_unit_price["amount"], c.max_unit_price.get("per", 1)) if "max_unit_price" in c.model_fields_set else None)
 
 
 @dataclass(frozen=True)
@@ -284,6 +308,14 @@ class MandateChain:
     def tokens(self) -> list[str]:
         return [link.token for link in self.links]
 
+    @property
+    def restrictions(self) -> Any:
+        """What pricing models and unit prices the whole chain allows (PRICE-MDT-01): an
+        :class:`mpp.pricing.MandateRestrictions`, the intersection over the links."""
+        from .pricing import restrictions_from_claims
+
+        return restrictions_from_claims(link.pricing_claims for link in self.links)
+
 
 def issue_mandate(
     issuer: SigningKey,
@@ -303,6 +335,8 @@ def issue_mandate(
     principal: str | None = None,
     approvers: Sequence[str] = (),
     jti: str | None = None,
+    models: Sequence[str] | None = None,
+    max_unit_price: Mapping[str, int] | None = None,
 ) -> str:
     """Sign a mandate for ``subject``. ``principal`` defaults to the issuer (a root mandate)."""
     claims: dict[str, Any] = {
@@ -326,6 +360,10 @@ def issue_mandate(
         claims["approval_threshold"] = approval_threshold
     if approvers:
         claims["approvers"] = list(approvers)
+    if models is not None:
+        claims["models"] = list(models)
+    if max_unit_price is not None:
+        claims["max_unit_price"] = dict(max_unit_price)
     try:
         _MandateClaims.model_validate(claims)
     except ValidationError as exc:
@@ -494,6 +532,12 @@ def _narrowing_violation(child: Mandate, parent: Mandate) -> str | None:
         return "audience is wider than the parent's"
     if child.max_depth > parent.max_depth - 1:
         return "max_depth is not below the parent's"
+    if parent.models is not None and (child.models is None or not set(child.models) <= set(parent.models)):
+        return "models names a pricing model the parent excludes"  # PRICE-MDT-01
+    if parent.max_unit_price is not None and (
+            child.max_unit_price is None
+            or child.max_unit_price[0] * parent.max_unit_price[1] > parent.max_unit_price[0] * child.max_unit_price[1]):
+        return "max_unit_price is above the parent's"
     return None
 
 

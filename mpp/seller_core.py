@@ -34,6 +34,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_AMOUNT = 2**63 - 1  # what every ledger backend can hold in a signed 64-bit integer
 CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
 INTENT = "charge"
+SUBSCRIPTION_INTENT = "subscription"  # spec/pricing.md §3.2: a seat, one period per payment
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class RequestInfo:
     body: bytes = b""
     accept_payment: str | None = None
     authorization: Sequence[str] = ()
+    subscription: str | None = None  # Subscription-Id the buyer named (spec/pricing.md §3.2), echoed in seat quotes
 
     @property
     def resource(self) -> str:
@@ -245,7 +247,7 @@ class SellerCore:
         method = self.methods.get(challenge.method)
         if method is None:
             raise MethodUnsupported(f"payment method {challenge.method!r} is not accepted here")
-        if challenge.intent != INTENT:
+        if challenge.intent not in (INTENT, SUBSCRIPTION_INTENT):  # a seat pays like a charge (PRICE-SEAT-01)
             raise InvalidChallenge(f"intent {challenge.intent!r} is not offered for this credential")
         self.issuer.verify(challenge, now=now)  # InvalidChallenge / PaymentExpired
         _check_binding(challenge, info)

@@ -437,3 +437,23 @@ class SqliteSessionStore:
             if parse_rfc3339(last) + timedelta(seconds=idle) <= now:
                 out.append(sid)
         return out
+
+    async def closed_between(self, since: datetime, until: datetime) -> list["ClosedSession"]:
+        """Sessions closed in [since, until] (to the second; the caller picks the exact window),
+        with what each captured and its usage lines."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS}, closed_at FROM sessions WHERE status='closed' AND closed_at >= ? AND closed_at <= ? "
+            "ORDER BY closed_at, id",
+            (format_rfc3339(since), format_rfc3339(until)),
+        ).fetchall()
+        return [ClosedSession(_state(row[:-1]), row[-1], await self.usage(row[0])) for row in rows]
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """A closed session as the usage export reads it: its state (``captured``, ``settlement`` the
+    capture's reference, ``identity``), when it closed (RFC 3339, to the second) and its usage lines."""
+
+    state: SessionState
+    closed_at: str
+    lines: list[UsageLine]

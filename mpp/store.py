@@ -195,3 +195,25 @@ class SqlitePaymentStore:
         if row is None:
             return None
         return StoredResponse(row[0], [tuple(h) for h in json.loads(row[1])], bytes(row[2]))
+
+    async def settled_between(self, since: datetime, until: datetime) -> list["SettledPayment"]:
+        """Payments that settled (settled, delivered or refunded) and may have settled in [since,
+        until): claimed by ``until`` and last changed at or after ``since``, to the second. The
+        settlement time itself is the receipt's ``timestamp``; the usage export picks by it."""
+        rows = self._conn.execute(
+            "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure, "
+            "created_at, updated_at FROM payments WHERE state IN ('settled', 'delivered', 'refunded') "
+            "AND created_at <= ? AND updated_at >= ? ORDER BY created_at, challenge_id",
+            (format_rfc3339(until), format_rfc3339(since)),
+        ).fetchall()
+        return [SettledPayment(PaymentRecord(*row[:10]), row[10], row[11]) for row in rows]
+
+
+@dataclass(frozen=True)
+class SettledPayment:
+    """A settled payment record with its times (RFC 3339, to the second): ``created_at`` when its
+    challenge was claimed, ``updated_at`` its last change (delivery or refund)."""
+
+    record: PaymentRecord
+    created_at: str
+    updated_at: str

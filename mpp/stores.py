@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._sqlite import sqlite_path
 from .audit import AsyncAuditLog, AsyncSqliteAuditLog
 from .budget import AsyncBudgetStore, AsyncSqliteBudgetStore
+from .pricing_store import PricingStore, SqlitePricingStore
 from .session_store import SessionStore, SqliteSessionStore
 from .store import PaymentStore, SqlitePaymentStore
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
            "open_session_store", "ensure_open", "ledger_for", "open_ledger", "budget_store_for", "open_budget_store",
-           "audit_log_for", "open_audit_log", "doubt_journal_for"]
+           "audit_log_for", "open_audit_log", "doubt_journal_for", "pricing_store_for", "open_pricing_store"]
 
 
 def is_postgres(location: str) -> bool:
@@ -67,6 +68,19 @@ async def ensure_open(store: Any) -> Any:
     if opener is not None:
         await opener()
     return store
+
+
+def pricing_store_for(location: str, **kwargs: Any) -> PricingStore:
+    """The seller's task states and paid seat periods (mpp.pricing_store): PostgreSQL or SQLite."""
+    if is_postgres(location):
+        from .pg.pricing import PgPricingStore
+
+        return PgPricingStore(location, **kwargs)
+    return SqlitePricingStore(location)
+
+
+async def open_pricing_store(location: str, **kwargs: Any) -> PricingStore:
+    return await ensure_open(pricing_store_for(location, **kwargs))
 
 
 async def open_payment_store(location: str, **kwargs: Any) -> PaymentStore:

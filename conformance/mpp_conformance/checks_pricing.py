@@ -50,7 +50,7 @@ def _origin(url: str) -> str:
 
 def _pricing(challenge: Challenge) -> dict[str, Any] | None:
     try:
-        member = challenge.request_json().get("pricing")
+        member = challenge.request_json.get("pricing")
     except ParseError:
         return None
     return member if isinstance(member, dict) else None
@@ -152,7 +152,7 @@ def _ledger_payer(ctx: CheckContext) -> LedgerPayer:
 
 async def _buy(ctx: CheckContext, payer: LedgerPayer, challenge: Challenge) -> Response:
     try:
-        authorization = payer.authorize(challenge)
+        authorization = payer.authorize_seat(challenge) if challenge.intent == "subscription" else payer.authorize(challenge)
     except CannotPay as exc:
         raise Skip(f"not paid: {exc}") from None
     return await ctx.request(_method(ctx), ctx.target, headers={"Authorization": authorization}, data=ctx.options.get("data"))
@@ -297,7 +297,7 @@ async def seat_once_per_period(ctx: CheckContext) -> str:
     payer = _ledger_payer(ctx)
     _, priced = await _quote(ctx)
     challenge, member = _offer(priced, "seat")
-    request = challenge.request_json()
+    request = challenge.request_json
     for name in ("periodUnit", "periodCount", "periodSeconds", "subscriptionExpires"):
         if name not in request:
             fail(f"the seat challenge's request lacks {name!r} (PRICE-SEAT-01)")

@@ -112,6 +112,21 @@ class LedgerPayer:
         payload, source = self._method.payload(challenge, request)
         return format_credential(Credential(challenge=challenge, payload=payload, source=source))
 
+    def authorize_seat(self, challenge: Challenge) -> str:
+        """One seat period (intent ``subscription``, spec/pricing.md PRICE-SEAT-01): the charge payload
+        unchanged. Only the pricing profile's seat check asks, for a recurring offer it chose itself."""
+        try:
+            request = ChargeRequest.from_challenge(challenge)
+        except ParseError as exc:
+            raise CannotPay(f"{challenge.method}/{challenge.intent}: {exc}") from None
+        why = self._method.can_pay_subscription(challenge, request)
+        if why is None and request.amount_int > self.max_amount:
+            why = f"the seat's {request.amount} {request.currency} exceeds --max-amount {self.max_amount}"
+        if why is not None:
+            raise CannotPay(f"{challenge.method}/{challenge.intent}: {why}")
+        payload, source = self._method.payload(challenge, request)
+        return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
 
 @dataclass
 class StaticPayer:

@@ -3,7 +3,7 @@ stores and rails; every protocol decision is made by the sans-I/O core."""
 
 from .buyer import PaidResponse, PaidStream, PaymentClient
 from .rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
-from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, payment_of
+from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
 from .metering import meter_of
 from .sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
@@ -24,6 +24,10 @@ __all__ = [
     "SessionPolicy",
     "Settlement",
     "SSEEvent",
+    "TaskControl",
+    "grant_of",
     "meter_of",
     "payment_of",
+    "start_task",
+    "task_of",
 ]

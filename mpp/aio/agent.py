@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, BudgetStore
-from ..buyer_core import Quote
+from ..buyer_core import Quote, check_mandate_offer
 from ..errors import PaymentProblem, QuoteRejected
 from ..identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
 from ..keys import SigningKey
+from ..pricing import MandateRestrictions, restrictions_from_claims
 from ..seller_core import resource_of
 
 __all__ = ["AgentIdentity", "Approver"]
@@ -47,9 +48,17 @@ class AgentIdentity:
             raise QuoteRejected("mandate", "the mandate chain is for another agent")
         return chain
 
+    def restrictions(self) -> MandateRestrictions:
+        """The pricing models and unit price the whole chain allows (PRICE-MDT-01: every link)."""
+        try:
+            return restrictions_from_claims(_claims(token) for token in self.mandates)
+        except ValueError as exc:
+            raise QuoteRejected("mandate", f"our mandate chain is not valid: {exc}") from None
+
     def check(self, quote: Quote, method: str, url_path_qs: str, now: datetime) -> MandateChain:
         """The buyer's own entitlement checks, before anything is reserved or signed."""
         chain = self.chain_for(quote.challenge.realm, now)
+        check_mandate_offer(quote.challenge, self.restrictions())  # PRICE-MDT-02: never sign a model it excludes
         path, _, query = url_path_qs.partition("?")
         resource = resource_of(method, path, query)
         try:
@@ -96,6 +105,16 @@ class AgentIdentity:
     async def release(self, challenge_id: str) -> None:
         if self.budget is not None:
             await self.budget.release(challenge_id)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})  # chain_for verifies the signatures
+    except jwt.InvalidTokenError:
+        raise QuoteRejected("mandate", "a mandate of our chain is not a JWT") from None
+    return claims if isinstance(claims, dict) else {}
 
 
 def _root_issuer(tokens: Sequence[str]) -> str:

@@ -7,11 +7,18 @@ follows a redirect with a credential, and treats a 5xx or a network error after 
 With a :class:`~mpp.aio.sessions.SessionPolicy` it also opens ``session``s: the first 402 that
 offers one opens it, later requests to the same seller carry a voucher and no 402 comes first,
 and :meth:`PaymentClient.close_sessions` (or leaving ``async with client``) closes them.
+
+A 402 from a price list (spec/pricing.md) offers several pricing models at once: the client
+chooses the offer by its :class:`~mpp.buyer_core.OfferPlan` among those its mandate chain allows
+and its policy accepts (a seat only with ``BuyerPolicy(allow_recurring=True)``). The grants a
+task or a seat purchase brings (``Payment-Grant``) are kept per origin and presented, with a
+fresh proof, on the later requests they cover instead of paying again (PRICE-GRANT-05).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,7 +30,21 @@ from multidict import CIMultiDictProxy
 
 from yarl import URL
 
-from ..buyer_core import BuyerPolicy, Quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
+from ..buyer_core import (
+    SUBSCRIPTION_INTENT,
+    BuyerPolicy,
+    OfferChoice,
+    OfferPlan,
+    Quote,
+    check_mandate_offer,
+    check_transport,
+    choose_challenge,
+    is_priced,
+    origin_of,
+    select_quote,
+    sign_quote,
+    verify_receipt,
+)
 from ..errors import (
     EXTENSION_PROBLEM_BASE,
     BuyerError,
@@ -37,7 +58,20 @@ from ..errors import (
 from ..headers import format_accept_payment, format_credential, parse_challenges
 from ..identity import identity_member
 from ..methods import BuyerMethod
+from ..keys import SigningKey
 from ..models import Challenge, ChargeRequest, Credential, PaymentReceipt
+from ..pricing import (
+    GRANT_HEADER,
+    GRANT_PROOF_HEADER,
+    PROOF_WINDOW,
+    SUBSCRIPTION_ID_HEADER,
+    Grant,
+    MandateRestrictions,
+    PricingProblem,
+    match_template,
+    sign_grant_proof,
+    verify_grant,
+)
 from ..session_core import INTENT as SESSION_INTENT
 from .agent import AgentIdentity
 from .sessions import (
@@ -63,14 +97,17 @@ Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]  # on_event: pla
 _INSUFFICIENT = EXTENSION_PROBLEM_BASE + "session-insufficient"
 _GONE = (EXTENSION_PROBLEM_BASE + "session-closed", EXTENSION_PROBLEM_BASE + "session-unknown")
 _SESSION_PROBLEMS = EXTENSION_PROBLEM_BASE + "session-"
+_GRANT_PROBLEMS = EXTENSION_PROBLEM_BASE + "grant-"
+_SEAT_ALREADY_PAID = EXTENSION_PROBLEM_BASE + "seat-already-paid"
 
 
 @dataclass
 class PaidResponse:
     """The final response, and what was paid for it (``receipt`` is None if nothing was paid).
 
-    ``session`` is the id of the session that paid for it, if one did. ``stream`` is the still
-    open aiohttp response of a ``text/event-stream`` (only from :meth:`PaymentClient.stream`).
+    ``session`` is the id of the session that paid for it, if one did; ``grant`` the ``jti`` of
+    the grant that covered it, if one did (nothing is paid then). ``stream`` is the still open
+    aiohttp response of a ``text/event-stream`` (only from :meth:`PaymentClient.stream`).
     """
 
     status: int
@@ -81,6 +118,7 @@ class PaidResponse:
     claims: dict[str, Any] | None = None
     quote: Quote | None = None
     session: str | None = None
+    grant: str | None = None
     stream: aiohttp.ClientResponse | None = field(default=None, repr=False)
 
     @property
@@ -100,8 +138,17 @@ class PaymentClient:
     on_event: Event | None = None
     identity: AgentIdentity | None = None
     sessions: SessionPolicy | None = None
+    # The planned work by which an offer is chosen among several (PRICE-BUY-01); default: one request.
+    plan: OfferPlan = field(default_factory=OfferPlan)
     _jwks: dict[tuple[str, str, int], Mapping[str, Any]] = field(default_factory=dict)
     _manager: SessionManager | None = field(default=None, init=False, repr=False)
+    # origin -> jti -> grant: a grant never leaves the origin that issued it (PRICE-GRANT-05)
+    _grants: dict[tuple[str, str, int], dict[str, Grant]] = field(default_factory=dict, init=False, repr=False)
+    # origin -> plan -> (routes, subscription id): named in Subscription-Id when a seat is renewed
+    _subscriptions: dict[tuple[str, str, int], dict[str, tuple[tuple[str, ...], str]]] = field(
+        default_factory=dict, init=False, repr=False)
+    # (jti, resource, body hash) -> the last proof time used: never the same proof twice (PRICE-GRANT-03)
+    _proof_times: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.sessions is not None:
@@ -129,7 +176,15 @@ class PaymentClient:
         if self._manager is not None and any(m.name == "ledger" for m in self.methods):
             session = [("ledger", SESSION_INTENT)]
             pairs = session + pairs if self._manager.policy.prefer == "session" else pairs + session
+        if self.policy.allow_recurring:
+            pairs += [(m.name, SUBSCRIPTION_INTENT) for m in self.methods if hasattr(m, "can_pay_subscription")]
         return format_accept_payment(pairs)
+
+    @property
+    def grants(self) -> list[Grant]:
+        """The grants held and not yet expired, of every origin."""
+        now = self.clock()
+        return [g for held in self._grants.values() for g in held.values() if now < g.expires]
 
     @property
     def open_sessions(self) -> list[OpenSession]:
@@ -139,6 +194,9 @@ class PaymentClient:
     async def _unpaid(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
                       keep_open: bool = False) -> tuple[PaidResponse, list[str]]:
         hdrs = {"Accept-Payment": self.accept_payment, **(headers or {})}
+        subscription = self._subscription_for(method, url)
+        if subscription is not None:
+            hdrs.setdefault(SUBSCRIPTION_ID_HEADER, subscription)
         resp = await self.session.request(method, url, data=data, headers=hdrs)
         hops = [str(h.url) for h in resp.history] + [str(resp.url)]
         return await _capture(resp, keep_open), hops
@@ -159,13 +217,22 @@ class PaymentClient:
         first, hops = await self._unpaid(method, url, data, headers)
         if first.status != 402:
             return None, first
-        quote = select_quote(self._challenges_of(first, hops, url), self.methods, self.policy, self.clock())
-        await self._quote_seen(quote)
+        challenges = self._challenges_of(first, hops, url)
+        if is_priced(challenges):
+            choice = await self._choose(challenges, self.clock(), sessions=False)
+            assert choice.quote is not None
+            quote = choice.quote
+            await self._quote_seen(quote, choice)
+        else:
+            quote = select_quote(self._allowed(challenges), self.methods, self.policy, self.clock())
+            await self._quote_seen(quote)
         return quote, first
 
-    async def _quote_seen(self, quote: Quote) -> None:
+    async def _quote_seen(self, quote: Quote, choice: OfferChoice | None = None) -> None:
+        offer = {} if choice is None else {"model": choice.offer.model, "offer": choice.offer.offer,
+                                           "priceList": choice.offer.price_list, "expectedTotal": str(choice.total)}
         await self._event("quote-seen", challengeId=quote.challenge.id, amount=quote.request.amount, currency=quote.request.currency,
-                          realm=quote.challenge.realm, accepted=True)
+                          realm=quote.challenge.realm, accepted=True, **{k: v for k, v in offer.items() if v is not None})
 
     async def credential(self, method: str, url: str, *, data: bytes | None = None) -> str | None:
         """The ``Authorization`` value we would send for the current quote, without sending it."""
@@ -190,6 +257,13 @@ class PaymentClient:
 
     async def _request(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
                        keep_open: bool) -> PaidResponse:
+        grant = self._grant_for(method, url)
+        if grant is not None:
+            served = await self._with_grant(grant, method, url, data, headers, keep_open)
+            if served is not None and served.status != 402:
+                return served
+            if served is not None:  # the seller wants payment after all: its 402 carries the challenges
+                return await self._answer(method, served, self._challenges_of(served, [served.url], url), data, headers, keep_open)
         if self._manager is not None:
             session = self._manager.find(url)
             if session is not None:
@@ -201,8 +275,12 @@ class PaymentClient:
 
     async def _answer(self, method: str, first: PaidResponse, challenges: Sequence[Challenge], data: bytes | None,
                       headers: Mapping[str, str] | None, keep_open: bool) -> PaidResponse:
-        """Pay a 402: open a session if one is offered and preferred, else pay by charge."""
+        """Pay a 402: choose among a price list's offers; else open a session if one is offered
+        and preferred, else pay by charge."""
         now = self.clock()
+        if is_priced(challenges):
+            return await self._answer_priced(method, first, challenges, data, headers, keep_open, now)
+        challenges = self._allowed(challenges)
         offer: SessionOffer | None = None
         reasons: list[str] = []
         if self._manager is not None:
@@ -218,9 +296,173 @@ class PaymentClient:
                 raise NoPayableChallenge(str(exc), exc.reasons + reasons) from None
             raise
         await self._quote_seen(quote)
+        return await self._pay_quote(method, first, quote, data, headers, keep_open)
+
+    async def _pay_quote(self, method: str, first: PaidResponse, quote: Quote, data: bytes | None,
+                         headers: Mapping[str, str] | None, keep_open: bool) -> PaidResponse:
         if self.identity is None:
             return await self._pay(method, first, quote, sign_quote(quote), data, headers, keep_open)
         return await self._pay_with_identity(method, first, quote, data, headers, keep_open)
+
+    # -- several offers, grants, seats (spec/pricing.md) ------------------------------------
+
+    def _restrictions(self) -> MandateRestrictions | None:
+        return self.identity.restrictions() if self.identity is not None else None
+
+    def _allowed(self, challenges: Sequence[Challenge]) -> list[Challenge]:
+        """The challenges of a 402 without a price list whose model (by intent) the mandate allows."""
+        restrictions = self._restrictions()
+        allowed: list[Challenge] = []
+        refused: QuoteRejected | None = None
+        for challenge in challenges:
+            try:
+                check_mandate_offer(challenge, restrictions, challenges)
+            except QuoteRejected as exc:
+                refused = refused or exc
+                continue
+            allowed.append(challenge)
+        if not allowed and refused is not None:
+            raise refused
+        return allowed
+
+    def _payer(self) -> str | None:
+        """The DID that signs our payments: a grant is issued to it (PRICE-TASK-02, PRICE-SEAT-05)."""
+        for m in self.methods:
+            key = getattr(m, "key", None)
+            if isinstance(key, SigningKey):
+                return key.did
+        return self.identity.key.did if self.identity is not None else None
+
+    def _key_for(self, did: str) -> SigningKey | None:
+        keys = [self.identity.key] if self.identity is not None else []
+        keys += [k for k in (getattr(m, "key", None) for m in self.methods) if isinstance(k, SigningKey)]
+        return next((k for k in keys if k.did == did), None)
+
+    async def _choose(self, challenges: Sequence[Challenge], now: datetime, *, sessions: bool = True) -> OfferChoice:
+        """PRICE-BUY-01: the offer to pay, or QuoteRejected / NoPayableChallenge (recorded as a denial)."""
+        manager = self._manager if sessions else None
+
+        def session_offer(challenge: Challenge) -> SessionOffer:
+            assert manager is not None
+            offer, reasons = select_session([challenge], self.methods, self.policy, manager.policy, now)
+            if offer is None:
+                raise ParseError("; ".join(r.split(": ", 1)[-1] for r in reasons) or "not a session we can open")
+            return offer
+
+        try:
+            return choose_challenge(challenges, self.methods, self.policy, now, plan=self.plan,
+                                    restrictions=self._restrictions(), agent=self._payer(),
+                                    session_offer=session_offer if manager is not None else None)
+        except QuoteRejected as exc:
+            await self._event("policy-decision", decision="deny", rule=exc.rule, reason=exc.detail,
+                              realm=challenges[0].realm if challenges else None)
+            raise
+
+    async def _answer_priced(self, method: str, first: PaidResponse, challenges: Sequence[Challenge], data: bytes | None,
+                             headers: Mapping[str, str] | None, keep_open: bool, now: datetime) -> PaidResponse:
+        choice = await self._choose(challenges, now)
+        if choice.session is not None:
+            return await self._open_session(method, first, choice.session, data, headers, keep_open)
+        quote = choice.quote
+        assert quote is not None
+        await self._quote_seen(quote, choice)
+        try:
+            return await self._pay_quote(method, first, quote, data, headers, keep_open)
+        except PaymentFailed as exc:
+            # PRICE-SEAT-03: this period is paid already (another process of ours, say); nothing
+            # moved, and the problem carries a seat grant: use it, never pay the period twice.
+            if not (quote.challenge.intent == SUBSCRIPTION_INTENT and exc.status == 409
+                    and exc.problem.get("type") == _SEAT_ALREADY_PAID):
+                raise
+            grant = await self._keep_grant(exc.problem.get("grant"), quote.challenge.realm, first.url)
+            if grant is None or not grant.covers(method, URL(first.url).raw_path):
+                raise
+            served = await self._with_grant(grant, method, first.url, data, headers, keep_open)
+            if served is None or served.status == 402:
+                raise
+            return served
+
+    def _grant_for(self, method: str, url: str) -> Grant | None:
+        """A grant of this origin, unexpired, covering this request (PRICE-GRANT-05)."""
+        held = self._grants.get(origin_of(url))
+        if not held:
+            return None
+        try:
+            check_transport(url, self.policy)
+        except QuoteRejected:
+            return None
+        now, path = self.clock(), URL(url).raw_path
+        for jti, grant in list(held.items()):
+            if now >= grant.expires:
+                self._drop_grant(url, grant)
+            elif grant.covers(method, path):
+                return grant
+        return None
+
+    def _drop_grant(self, url: str, grant: Grant) -> None:
+        self._grants.get(origin_of(url), {}).pop(grant.jti, None)
+        for key in [k for k in self._proof_times if k[0] == grant.jti]:
+            del self._proof_times[key]
+
+    async def _keep_grant(self, token: Any, realm: str, url: str) -> Grant | None:
+        """Verify a grant the seller gave us (its receipt key, our DID, its realm) and keep it for its origin."""
+        payer = self._payer()
+        if not isinstance(token, str) or not token or payer is None:
+            return None
+        try:
+            jwks = await self._seller_jwks(url)
+            grant = verify_grant(token, jwks, realm=realm, agent=payer, now=self.clock())
+        except (PricingProblem, ReceiptInvalid, ValueError) as exc:
+            log.warning("not keeping a grant from %s: %s", realm, exc)
+            return None
+        origin = origin_of(url)
+        self._grants.setdefault(origin, {})[grant.jti] = grant
+        if grant.kind == "seat" and grant.plan and grant.subscription_id:
+            self._subscriptions.setdefault(origin, {})[grant.plan] = (grant.routes, grant.subscription_id)
+        return grant
+
+    def _subscription_for(self, method: str, url: str) -> str | None:
+        """The subscription id of a seat of ours covering this request, to renew it by (spec/pricing.md §3.2)."""
+        path = URL(url).raw_path
+        for routes, sub in self._subscriptions.get(origin_of(url), {}).values():
+            for route in routes:
+                r_method, _, r_path = route.partition(" ")
+                if r_method == method.upper() and match_template(r_path, path) is not None:
+                    return sub
+        return None
+
+    async def _with_grant(self, grant: Grant, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
+                          keep_open: bool) -> PaidResponse | None:
+        """The request with the grant and a fresh proof instead of a payment; None if the seller
+        refused the grant (403 grant-*): it is dropped and the caller goes the usual way."""
+        key = self._key_for(grant.agent)
+        if key is None:
+            self._drop_grant(url, grant)
+            return None
+        u = URL(url)
+        body = data or b""
+        t = int(self.clock().timestamp())
+        # Two requests alike in one second would carry the same proof, which a seller may refuse as
+        # a replay: each proof of a grant and request gets a later t, within the seller's window.
+        slot = (grant.jti, f"{method.upper()} {u.raw_path_qs}", hashlib.sha256(body).hexdigest())
+        t = max(t, self._proof_times.get(slot, t - 1) + 1)
+        ahead = t - int(self.clock().timestamp())
+        if ahead > PROOF_WINDOW // 2:
+            await asyncio.sleep(ahead - PROOF_WINDOW // 2)
+        self._proof_times[slot] = t
+        proof = sign_grant_proof(key, grant_id=grant.jti, method=method, path=u.raw_path, query=u.raw_query_string,
+                                 body=body, now=datetime.fromtimestamp(t, timezone.utc))
+        hdrs = {"Accept-Payment": self.accept_payment, **(headers or {}), GRANT_HEADER: grant.token, GRANT_PROOF_HEADER: proof}
+        # Only to the origin that issued it: no redirects with a grant.
+        resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
+        served = await _capture(resp, keep_open)
+        if served.status == 403 and str(_problem_of(served).get("type", "")).startswith(_GRANT_PROBLEMS):
+            self._drop_grant(url, grant)
+            log.info("seller refused grant %s: %s", grant.jti, _problem_of(served).get("type"))
+            return None
+        if served.status != 402:
+            served.grant = grant.jti
+        return served
 
     async def _pay_with_identity(self, method: str, first: PaidResponse, quote: Quote, data: bytes | None,
                                  headers: Mapping[str, str] | None, keep_open: bool = False) -> PaidResponse:
@@ -302,6 +544,8 @@ class PaymentClient:
         except BaseException:
             _close_stream(paid)
             raise
+        # A task or a seat brings a grant for the follow-ups / the period (PRICE-TASK-02, PRICE-SEAT-05).
+        await self._keep_grant(paid.headers.get(GRANT_HEADER), quote.challenge.realm, first.url)
         await self._event("receipt", challengeId=quote.challenge.id, reference=paid.receipt.reference,
                           amount=quote.request.amount, currency=quote.request.currency, realm=quote.challenge.realm,
                           agent=paid.claims.get("agent"), principal=paid.claims.get("principal"), mandate=paid.claims.get("mandate"),

@@ -40,6 +40,7 @@ from ..errors import BadRequest, PaymentProblem, RequestInProgress
 from ..errors import ParseError
 from ..headers import format_receipt, parse_credential
 from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
+from ..pricing import check_offer_allowed, quoted_offer
 from ..ledger import MandateCharge
 from ..models import ChargeRequest, PaymentReceipt, format_rfc3339
 from ..receipts import sign_receipt
@@ -301,6 +302,9 @@ class SessionDesk:
         held = await self.store.mandate_held(periods)  # and its sessions'
         spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
+        # PRICE-MDT-02: a unit offer the chain excludes, or above its unit price, is refused before anything is held
+        check_offer_allowed(quoted_offer(call.credential.challenge.request_json, call.credential.challenge.intent),
+                            chain.restrictions)
         await seller._audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=call.session_id,
                             agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=call.resource,
                             amount=str(call.payload.cap), currency=call.terms.currency, realm=seller.realm, intent="session")

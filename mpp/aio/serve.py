@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import sys
 from datetime import timedelta
+from types import SimpleNamespace
 
 from aiohttp import web
 
@@ -12,12 +15,15 @@ from ..config import RouteConfig, SellerConfig, read_secret
 from ..keys import SigningKey
 from ..ledger import SqliteLedger
 from ..seller_core import Metered
-from ..stores import audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for, session_store_for
+from ..pricing import PriceListError, UnitOffer
+from ..stores import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
+                      pricing_store_for, session_store_for)
 from .metering import StreamStopped, meter_of
 from .rails import EmbeddedLedgerRail, HttpLedgerRail
-from .seller import Seller, payment_of
+from .seller import Seller, grant_of, payment_of, start_task, task_of
+from .workers import RELOAD_KEY
 
-__all__ = ["build_seller_app", "HEADER_LIMITS"]
+__all__ = ["build_seller_app", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
 # Credentials may be large (a mandate chain and an approval ride in them): accept header
@@ -75,6 +81,64 @@ def _metered_handler_for(route: RouteConfig, metered: Metered):
     return handler
 
 
+def _listed_handler(seller: Seller):
+    """The stand-in service behind every route of a price list (one catch-all, so a reloaded list
+    may add routes): echoes like the inline routes; a task offer starts a task that succeeds at
+    once (``?fail=1``: fails, and the quoted refund rule applies); follow-ups report the task,
+    and a follow-up ending in ``/result`` delivers it; a unit offer uses ``?units=N``."""
+    echo = _handler_for(SimpleNamespace(response=None))  # type: ignore[arg-type]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        payment, task = payment_of(request), task_of(request)
+        if payment is not None and payment.terms is not None and payment.terms.model == "task":
+            task_id = "t_" + secrets.token_urlsafe(12)
+            control = await start_task(request, task_id)
+            if request.query.get("fail"):
+                await control.fail("the stand-in task was asked to fail")
+            else:
+                await control.succeed()
+            record = await control.record()
+            return web.json_response({"task": task_id, "state": record.state if record else "running"}, status=201)
+        if task is not None:
+            record = await task.record()
+            if record is None:
+                raise web.HTTPNotFound(text="no such task")
+            if request.method == "GET" and request.path.endswith("/result") and record.state in ("succeeded", "delivered"):
+                await task.delivered()
+                return web.json_response({"task": task.task_id, "result": {"done": True}})
+            doc = {"task": task.task_id, "state": record.state}
+            if record.state == "refunded":
+                doc["refund"] = record.reference  # the charge refunded (PRICE-TASK-04)
+            return web.json_response(doc)
+        plist = seller.price_list
+        route = plist.route_for(request.method, request.rel_url.raw_path) if plist is not None else None
+        if route is None:
+            raise web.HTTPNotFound()
+        unit = next((o for o in route.offers if isinstance(o, UnitOffer)), None)
+        if unit is not None and grant_of(request) is None and meter_of(request) is not None:
+            return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)  # type: ignore[arg-type]
+        return await echo(request)
+
+    return handler
+
+
+def reload_price_list(seller: Seller, path: str) -> bool:
+    """SIGHUP: load the price list file again; print the outcome (the running list stays on error)."""
+    try:
+        plist = seller.load_prices(path)
+    except PriceListError as exc:
+        kept = seller.price_list.version if seller.price_list is not None else "none"
+        _say(sys.stderr, f"mpp: price list not reloaded (still serving {kept}): {exc}")
+        return False
+    _say(sys.stdout, f"price list {plist.version} loaded")
+    return True
+
+
+def _say(stream, line: str) -> None:
+    stream.write(line + "\n")  # one write: the workers of `--workers N` share the stream
+    stream.flush()
+
+
 def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail, SqliteLedger | None]:
     """The embedded ledger (``ledger = "path"``) or a ledger service (``ledger_url`` + ``ledger_key``)."""
     if config.ledger_url is not None:
@@ -102,7 +166,11 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         max_chain_depth=config.max_chain_depth,
         audit=audit_log_for(config.locate(config.audit_log)) if config.audit_log else None,
         session_store=session_store_for(config.sessions_location),
+        pricing_store=pricing_store_for(config.pricing_location) if config.price_list is not None else None,
     )
+    if config.price_list is not None:
+        prices = config.resolve(config.price_list)
+        seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start
     app = web.Application()
     if ledger is not None:
         app[LEDGER_KEY] = ledger
@@ -114,9 +182,12 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         await ensure_open(seller.store)
         await ensure_open(seller.session_store)
         await ensure_open(seller.audit)
+        await ensure_open(seller.pricing_store)
         yield
         if seller.audit is not None:  # made here, so closed here
             await seller.audit.close()
+        if seller.pricing_store is not None:
+            await seller.pricing_store.close()
 
     app.cleanup_ctx.append(_open_stores)
     for route in config.routes:
@@ -124,6 +195,9 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         handler = _metered_handler_for(route, price) if isinstance(price, Metered) else _handler_for(route)
         seller.add_route(app.router, route.method, route.path, handler, price)
     seller.setup(app)
+    if config.price_list is not None:  # after the seller's own routes (JWKS, OpenAPI, sessions)
+        app.router.add_route("*", "/{tail:.*}", _listed_handler(seller))
+        app[RELOAD_KEY] = lambda: reload_price_list(seller, prices)
 
     async def _close_ledger(app: web.Application):
         yield

@@ -6,7 +6,8 @@ and accepts on it; the kernel spreads connections among them. Challenges are sta
 (HMAC), so any worker verifies any challenge; consuming one is a transaction in the shared
 store, so exactly one worker ever settles it.
 
-The parent forwards SIGINT/SIGTERM to the children and waits for them; if a child dies on
+The parent forwards SIGINT/SIGTERM to the children and waits for them, and SIGHUP (reload the
+price list) to every child, which reloads it if its app has a ``RELOAD_KEY`` callable; if a child dies on
 its own, the parent stops the others and exits non-zero, so a supervisor sees the failure.
 """
 
@@ -21,9 +22,10 @@ from typing import Callable
 
 from aiohttp import web
 
-__all__ = ["WORKER_HEADER", "bind", "serve_forked"]
+__all__ = ["WORKER_HEADER", "RELOAD_KEY", "bind", "serve_forked", "on_reload_signal"]
 
 WORKER_HEADER = "MPP-Worker"  # which worker answered (an index, never a pid): lets tests see the spread
+RELOAD_KEY = web.AppKey("mpp_reload", object)  # a callable run on SIGHUP (the price list reload)
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -57,8 +59,19 @@ async def _child(make_app: Callable[[], web.Application], sock: socket.socket, i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    on_reload_signal(app)
     await stop.wait()
     await runner.cleanup()
+
+
+def on_reload_signal(app: web.Application) -> None:
+    """SIGHUP runs the app's RELOAD_KEY callable (if any) on the running loop; else it is ignored."""
+    reload = app.get(RELOAD_KEY)
+    loop = asyncio.get_running_loop()
+    if callable(reload):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
 
 
 def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, workers: int, *,
@@ -74,6 +87,7 @@ def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, w
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the child's loop handles it (a reload)
                 asyncio.run(_child(make_app, sock, index, runner_kwargs or {}))
             except BaseException as exc:  # noqa: BLE001 - reported, then the parent sees the status
                 print(f"mpp: worker {index} failed: {exc}", file=sys.stderr, flush=True)
@@ -94,8 +108,16 @@ def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, w
             except ProcessLookupError:
                 pass
 
+    def forward_reload(signum, _frame) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward_reload)
     if on_ready is not None:
         on_ready()
     status = 0

@@ -153,9 +153,18 @@ class LedgerBuyerMethod:
         self.account = account
 
     def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:
+        return self._why_not(challenge, request, "charge")
+
+    def can_pay_subscription(self, challenge: Challenge, request: ChargeRequest) -> str | None:
+        """A seat period (intent ``subscription``) is paid with the charge payload unchanged
+        (PRICE-SEAT-01). Separate from ``can_pay`` so that no caller takes a recurring commitment
+        by accident: only the buyer's offer choice asks, after its seat checks (PRICE-BUY-02)."""
+        return self._why_not(challenge, request, "subscription")
+
+    def _why_not(self, challenge: Challenge, request: ChargeRequest, intent: str) -> str | None:
         if challenge.method != METHOD:
             return f"method {challenge.method!r} is not {METHOD!r}"
-        if challenge.intent != "charge":
+        if challenge.intent != intent:
             return f"intent {challenge.intent!r} is not supported"
         ledger = (request.methodDetails or {}).get("ledger")
         if not isinstance(ledger, str) or not ledger:

@@ -169,3 +169,18 @@ class PgPaymentStore(PgStoreBase):
     async def approval_used(self, jti: str) -> bool:
         pool = await self.pool()
         return await pool.fetchval("SELECT 1 FROM approvals_used WHERE jti=$1", jti) is not None
+
+    async def settled_between(self, since: datetime, until: datetime):
+        """Payments that settled (settled, delivered or refunded) and may have settled in [since,
+        until): as :meth:`mpp.store.SqlitePaymentStore.settled_between`."""
+        from ..models import format_rfc3339
+        from ..store import SettledPayment
+
+        pool = await self.pool()
+        rows = await pool.fetch(
+            "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure, "
+            "created_at, updated_at FROM payments WHERE state IN ('settled', 'delivered', 'refunded') "
+            "AND created_at <= $1 AND updated_at >= $2 ORDER BY created_at, challenge_id",
+            stamp(until), stamp(since),
+        )
+        return [SettledPayment(PaymentRecord(*row[:10]), format_rfc3339(row[10]), format_rfc3339(row[11])) for row in rows]

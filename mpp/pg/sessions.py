@@ -402,3 +402,16 @@ class PgSessionStore(PgStoreBase):
             now,
         )
         return [r[0] for r in rows]
+
+    async def closed_between(self, since: datetime, until: datetime):
+        """Sessions closed in [since, until] (to the second), as
+        :meth:`mpp.session_store.SqliteSessionStore.closed_between`."""
+        from ..session_store import ClosedSession
+
+        pool = await self.pool()
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS}, closed_at FROM sessions WHERE status='closed' AND closed_at >= $1 AND closed_at <= $2 "
+            "ORDER BY closed_at, id",
+            stamp(since), stamp(until),
+        )
+        return [ClosedSession(_state(tuple(row)[:-1]), format_rfc3339(row[-1]), await self.usage(row[0])) for row in rows]

@@ -1,0 +1,159 @@
+"""The `pricing` conformance profile against our own seller, served from a price list as `mpp seller
+serve` serves it (seller.toml `price_list`), paying with the `mpp init` wallet; and teeth: the
+same seller with its grant checks or its seat accounting broken fails the checks written for them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from mpp.aio.serve import HEADER_LIMITS, build_seller_app
+from mpp.config import load_seller_config
+from mpp_conformance.framework import Verdict, checks_for, run_checks
+
+PRICES = """\
+version = "conf-1"
+currency = "usd"
+
+[[routes]]
+method = "GET"
+path = "/feed"
+
+  [[routes.offers]]
+  model = "transaction"
+  amount = 20
+
+  [[routes.offers]]
+  model = "seat"
+  plan = "daily"
+  amount = 400
+  period_unit = "day"
+  covers = ["GET /feed/extra"]
+
+[[routes]]
+method = "GET"
+path = "/feed/extra"
+
+  [[routes.offers]]
+  model = "transaction"
+  amount = 5
+
+[[routes]]
+method = "POST"
+path = "/jobs"
+
+  [[routes.offers]]
+  model = "task"
+  amount = 300
+  follow_ups = ["GET /jobs/{task}", "GET /jobs/{task}/result"]
+  grant_ttl = 600
+  refund = "full"
+"""
+
+PRICING_IDS = {"pricing.offers-name-their-price-list", "pricing.discovery-lists-the-offers", "pricing.follow-up-needs-a-grant",
+               "pricing.forged-grant-refused", "pricing.task-bought-once", "pricing.seat-once-per-period"}
+
+
+def _pricing_checks():
+    return [c for c in checks_for("pricing") if c.profile == "pricing"]
+
+
+def _report(results) -> str:
+    return "\n".join(f"{r.check_id}: {r.verdict.value}: {r.message}" for r in results)
+
+
+def _listed_home(home: Path) -> Path:
+    (home / "prices.toml").write_text(PRICES)
+    config = home / "seller.toml"
+    config.write_text(config.read_text().replace('audit_log = ', 'price_list = "prices.toml"\naudit_log = ', 1))
+    assert 'price_list = "prices.toml"' in config.read_text()
+    return home
+
+
+async def _run(home: Path, path: str, method: str, break_seller=None):
+    app, seller = build_seller_app(load_seller_config(home / "seller.toml"))
+    if break_seller is not None:
+        break_seller(seller)
+    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
+    await server.start_server()
+    try:
+        return await run_checks(_pricing_checks(), str(server.make_url(path)),
+                                {"method": method, "data": None, "pay_with": f"ledger:{home}/agent"})
+    finally:
+        await server.close()
+
+
+def test_the_profile_registers_its_checks():
+    assert {c.id for c in _pricing_checks()} == PRICING_IDS
+    assert all(c.requirements and all(r.startswith("PRICE-") for r in c.requirements) for c in _pricing_checks())
+
+
+async def test_task_route_passes(home: Path):
+    """PRICE-MODEL-03, PRICE-MODEL-04, PRICE-TASK-01..03, PRICE-GRANT-01..04: a task route of our seller
+    passes every pricing check that applies; the seat check says it does not apply."""
+    results = await _run(_listed_home(home), "/jobs", "POST")
+    verdicts = {r.check_id: r.verdict for r in results}
+    assert verdicts["pricing.seat-once-per-period"] is Verdict.SKIP, _report(results)
+    assert all(v is Verdict.PASS for cid, v in verdicts.items() if cid != "pricing.seat-once-per-period"), _report(results)
+
+
+async def test_seat_route_passes(home: Path):
+    """PRICE-SEAT-01, PRICE-SEAT-03, PRICE-SEAT-05, PRICE-SEAT-06: a seat route passes; the task checks do not apply."""
+    results = await _run(_listed_home(home), "/feed", "GET")
+    verdicts = {r.check_id: r.verdict for r in results}
+    task_checks = {"pricing.follow-up-needs-a-grant", "pricing.forged-grant-refused", "pricing.task-bought-once"}
+    assert all(verdicts[c] is Verdict.SKIP for c in task_checks), _report(results)
+    assert all(v is Verdict.PASS for cid, v in verdicts.items() if cid not in task_checks), _report(results)
+
+
+async def test_without_a_price_list_the_profile_skips(home: Path):
+    """A route priced inline (no price list) has no pricing member: every pricing check skips, none fails."""
+    app, _ = build_seller_app(load_seller_config(home / "seller.toml"))
+    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
+    await server.start_server()
+    try:
+        results = await run_checks(_pricing_checks(), str(server.make_url("/weather")),
+                                   {"method": "GET", "data": None, "pay_with": f"ledger:{home}/agent"})
+    finally:
+        await server.close()
+    assert {r.verdict for r in results} == {Verdict.SKIP}, _report(results)
+
+
+def _accept_any_grant(token, keys, *, realm, agent, now, task_id=None, route=None):
+    """A broken seller's grant check: reads the claims and trusts them, signature, agent, task and route unchecked."""
+    import jwt
+
+    from mpp.pricing import Grant
+
+    c = jwt.decode(token, options={"verify_signature": False})
+    return Grant(c["jti"], c["kind"], c["sub"], c["aud"], datetime.fromtimestamp(c["iat"], timezone.utc),
+                 datetime.fromtimestamp(c["exp"], timezone.utc), tuple(c.get("routes", ())), c.get("priceList", ""),
+                 c.get("challengeId", ""), c.get("task"), c.get("subscriptionId"), c.get("plan"), c.get("period"), token)
+
+
+@pytest.mark.parametrize("fault, path, method, expected", [
+    ("grants-unchecked", "/jobs", "POST", {"pricing.forged-grant-refused", "pricing.task-bought-once"}),
+    ("seat-paid-twice", "/feed", "GET", {"pricing.seat-once-per-period"}),
+])
+async def test_a_broken_seller_fails_the_check_for_its_fault(home: Path, monkeypatch, fault: str, path: str, method: str,
+                                                              expected: set[str]):
+    """Teeth: a seller that trusts any grant's claims, or that never finds a seat period already
+    paid, fails exactly the checks written for that."""
+    import mpp.aio.seller as seller_module
+
+    if fault == "grants-unchecked":
+        monkeypatch.setattr(seller_module, "verify_grant", _accept_any_grant)
+
+    def breaker(seller):
+        if fault == "seat-paid-twice":
+            async def never_paid(subscription_id, period, challenge_id):
+                return None
+
+            monkeypatch.setattr(seller.pricing_store, "reserve_seat", never_paid)
+
+    results = await _run(_listed_home(home), path, method, break_seller=breaker)
+    failed = {r.check_id for r in results if r.verdict is Verdict.FAIL}
+    assert failed == expected, f"fault {fault}: expected {sorted(expected)} to fail, got:\n{_report(results)}"
