@@ -75,6 +75,10 @@ class PricingStore(Protocol):
         """Move the task to ``state`` if it is in one of the states that may precede it; True
         for exactly one caller."""
 
+    async def refunds_owed(self) -> list[TaskRecord]:
+        """Tasks that failed under the refund rule ``full`` and are not refunded yet (a refund
+        interrupted by a crash, or by a rail that failed): the seller completes them."""
+
     async def reserve_seat(self, subscription_id: str, period: int, challenge_id: str) -> str | None:
         """Record the period as paid by this challenge. None if recorded now, else the challenge
         id that holds it (this same one, for a replayed credential)."""
@@ -111,6 +115,12 @@ class SqlitePricingStore:
             "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
             "WHERE task_id=?", (task_id,)).fetchone()
         return TaskRecord(*row) if row else None
+
+    async def refunds_owed(self) -> list[TaskRecord]:
+        rows = self._conn.execute(
+            "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
+            "WHERE state='failed' AND refund='full' ORDER BY updated_at, task_id").fetchall()
+        return [TaskRecord(*row) for row in rows]
 
     async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
         before = TASK_MOVES[state]

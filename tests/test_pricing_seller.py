@@ -406,6 +406,29 @@ async def test_failed_task_is_refunded_once_when_the_rule_is_full(world: World):
     assert status == 200 and body["state"] == "refunded" and body["refund"] == receipt["reference"]
 
 
+async def test_a_refund_interrupted_by_a_crash_is_completed_at_the_next_start(world: World, tmp_path: Path):
+    """PRICE-TASK-04: the task moved to failed and the process died before the refund; the next
+    seller process on the same stores completes the refund at start-up, once."""
+    task, _, receipt = await buy_task(world, world.A)
+    assert await world.seller.pricing_store.move_task(task, "failed", detail="crashed right after")  # no refund yet
+    assert world.ledger.balance(ACCOUNT) == FUNDS - 500
+    again = Seller(realm=REALM, secret=b"s" * 32, receipt_key=world.seller.receipt_key,
+                   rails=[EmbeddedLedgerRail(world.ledger, recipient="acct:seller")],
+                   store=SqlitePaymentStore(str(tmp_path / "payments.db")), trusted_principals={world.P.did},
+                   pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
+                   price_list=load_price_list(PRICES_V1, source="prices.toml"))
+    server = TestServer(build_app(again), host="127.0.0.1")
+    await server.start_server()  # start-up completes the owed refund
+    try:
+        assert world.ledger.balance(ACCOUNT) == FUNDS and world.ledger.balance("acct:seller") == 0
+        assert (await again.task(task)).state == "refunded"
+        assert (await again.store.get(receipt["challengeId"])).state == "refunded"
+        assert await again.refund_owed_tasks() == 0 and await world.seller.refund_owed_tasks() == 0
+        assert len([t for t in world.ledger.transfers() if t.kind == "refund"]) == 1
+    finally:
+        await server.close()
+
+
 async def test_task_failures_after_delivery_or_under_refund_none_refund_nothing(world: World):
     """PRICE-TASK-04: refund "none" never refunds; a delivered task's failure is no failure."""
     task, _, _ = await buy_task(world, world.A, "?fail=1", path="/batch")
@@ -579,7 +602,9 @@ async def test_task_states_move_forward_once(pricing_location: str):
         moves = await asyncio.gather(*(s.move_task("t1", "failed", detail="x") for s in [one, two] * 4))
         assert moves.count(True) == 1
         assert not await one.move_task("t1", "succeeded")
+        assert [r.task_id for r in await two.refunds_owed()] == ["t1"]  # failed under "full", not refunded yet
         assert await two.move_task("t1", "refunded") and not await one.move_task("t1", "refunded")
+        assert await one.refunds_owed() == []
         record = await one.get_task("t1")
         assert (record.state, record.refund, record.reference, record.method, record.settled_at, record.detail) == (
             "refunded", "full", "tr_1", "ledger", "2031-01-02T03:04:05Z", "x")

@@ -299,6 +299,7 @@ class Seller:
             app.router.add_post(SESSION_PATH, self.sessions.endpoint)
             app.cleanup_ctx.append(self.sessions.sweeper)
         app.on_startup.append(self._check_metered_routes)
+        app.on_startup.append(self._startup_refunds)
 
         async def _close_store(app: web.Application):
             yield
@@ -717,6 +718,30 @@ class Seller:
         if record.refund == "full":
             await self._refund_task(record)
         return True
+
+    async def refund_owed_tasks(self) -> int:
+        """Complete the refunds of failed tasks that a crash (or a failing rail) interrupted
+        (PRICE-TASK-04): each through the rail, idempotent by its settlement. Run at start-up;
+        returns how many were completed."""
+        if self.pricing_store is None:
+            return 0
+        done = 0
+        for record in await self.pricing_store.refunds_owed():
+            try:
+                await self._refund_task(record)
+                done += 1
+            except Exception:  # noqa: BLE001 - one refund failing must not keep the others (or the seller) down
+                log.exception("refund of failed task %s could not be completed; it is retried at the next start", record.task_id)
+        return done
+
+    async def _startup_refunds(self, app: web.Application) -> None:
+        if self.pricing_store is not None:
+            opener = getattr(self.pricing_store, "open", None)
+            if opener is not None:
+                await opener()
+            done = await self.refund_owed_tasks()
+            if done:
+                log.warning("completed %d interrupted task refund(s)", done)
 
     async def _refund_task(self, record: TaskRecord) -> None:
         """Through the rail, keyed by the settlement (idempotent), then the records; only the

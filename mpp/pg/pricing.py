@@ -62,14 +62,13 @@ class PgPricingStore(PgStoreBase):
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         pool = await self.pool()
-        row = await pool.fetchrow(
-            "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
-            "WHERE task_id=$1", task_id)
-        if row is None:
-            return None
-        values = list(row)
-        values[7] = values[7].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return TaskRecord(*values)
+        row = await pool.fetchrow(_SELECT_TASK + "WHERE task_id=$1", task_id)
+        return _task(row) if row is not None else None
+
+    async def refunds_owed(self) -> list[TaskRecord]:
+        pool = await self.pool()
+        rows = await pool.fetch(_SELECT_TASK + "WHERE state='failed' AND refund='full' ORDER BY updated_at, task_id")
+        return [_task(row) for row in rows]
 
     async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
         pool = await self.pool()
@@ -97,3 +96,12 @@ class PgPricingStore(PgStoreBase):
         pool = await self.pool()
         await pool.execute("DELETE FROM seat_periods WHERE subscription_id=$1 AND period=$2 AND challenge_id=$3",
                            subscription_id, period, challenge_id)
+
+
+_SELECT_TASK = "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
+
+
+def _task(row) -> TaskRecord:
+    values = list(row)
+    values[7] = values[7].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return TaskRecord(*values)
