@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +28,7 @@ def connect(url_or_path: str, schema: str) -> sqlite3.Connection:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: we issue BEGIN ourselves, so a transaction is exactly what we wrote.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
@@ -35,6 +36,23 @@ def connect(url_or_path: str, schema: str) -> sqlite3.Connection:
         for statement in _statements(schema):
             conn.execute(statement)
     return conn
+
+
+def _wal(conn: sqlite3.Connection, *, timeout: float = 10.0) -> None:
+    """Switch to WAL. Several processes opening a new file at once (the workers of `mpp seller
+    serve --workers N`) race for the switch, and SQLite answers the losers "database is locked"
+    at once, without its busy handler: retry until the winner is done."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _statements(schema: str) -> list[str]:

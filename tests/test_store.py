@@ -41,3 +41,29 @@ def test_claim_across_processes_has_one_winner(tmp_path: Path):
     for p in procs:
         p.join(30)
     assert sorted(results.get(timeout=5) for _ in procs) == [False] * 7 + [True]
+
+
+def _open_at_once(path: str, barrier) -> str:
+    from mpp._sqlite import connect
+
+    barrier.wait()
+    try:
+        connect(path, "CREATE TABLE IF NOT EXISTS t (a INTEGER)").close()
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        return repr(exc)
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path):
+    """The workers of `mpp seller serve --workers N` open their stores at the same moment; the
+    switch of a new file to WAL must not fail "database is locked" for the ones that lose the race
+    (it did, now and then, and a worker died at start)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        for attempt in range(8):
+            barrier = manager.Barrier(4)
+            with ctx.Pool(4) as pool:
+                results = pool.starmap(_open_at_once, [(str(tmp_path / f"new-{attempt}.db"), barrier)] * 4)
+            assert results == ["ok"] * 4, results

@@ -48,7 +48,8 @@ def _tag(index: int):
     return tag
 
 
-async def _child(make_app: Callable[[], web.Application], sock: socket.socket, index: int, runner_kwargs: dict) -> None:
+async def _child(make_app: Callable[[], web.Application], sock: socket.socket, index: int, runner_kwargs: dict,
+                 ready_fd: int | None = None) -> None:
     app = make_app()
     app.middlewares.insert(0, _tag(index))
     runner = web.AppRunner(app, access_log=None, **runner_kwargs)
@@ -60,6 +61,9 @@ async def _child(make_app: Callable[[], web.Application], sock: socket.socket, i
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     on_reload_signal(app)
+    if ready_fd is not None:  # serving, and SIGHUP now reloads: tell the parent
+        os.write(ready_fd, b".")
+        os.close(ready_fd)
     await stop.wait()
     await runner.cleanup()
 
@@ -80,15 +84,17 @@ def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, w
     if workers < 1:
         raise ValueError("workers must be at least 1")
     children: dict[int, int] = {}
+    ready_r, ready_w = os.pipe()  # each child writes one byte once it serves: "ready" means every worker is
     for index in range(workers):
         pid = os.fork()
         if pid == 0:  # the child: its own event loop and connections, then exit without parent cleanup
             code = 0
             try:
+                os.close(ready_r)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the child's loop handles it (a reload)
-                asyncio.run(_child(make_app, sock, index, runner_kwargs or {}))
+                asyncio.run(_child(make_app, sock, index, runner_kwargs or {}, ready_w))
             except BaseException as exc:  # noqa: BLE001 - reported, then the parent sees the status
                 print(f"mpp: worker {index} failed: {exc}", file=sys.stderr, flush=True)
                 code = 1
@@ -118,7 +124,15 @@ def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, w
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward_reload)
-    if on_ready is not None:
+    os.close(ready_w)
+    started = 0
+    with os.fdopen(ready_r, "rb", buffering=0) as ready:
+        while started < workers:
+            byte = ready.read(1)  # b"" once every child has either reported or died
+            if not byte:
+                break
+            started += 1
+    if on_ready is not None and started == workers:
         on_ready()
     status = 0
     while children:
