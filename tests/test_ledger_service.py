@@ -550,10 +550,11 @@ class Remote:
 
 async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger: Any, agent: mpp.SigningKey,
                                                tmp_path: Path, other: Remote | None = None) -> None:
-    """Agent A (root mandate, budget 1000) and sub-agent B (a delegated mandate) buy concurrently
-    from two sellers, the first on ``service``, the second on ``other`` (default: the same service):
-    20 purchases of 100, each under the 500 ceiling, twice the budget together; then check what
-    ``ledger`` (either engine, read through its async interface) settled."""
+    """Agent A (root mandate, budget 1000) and sub-agent B (a delegated mandate) buy from two
+    sellers, the first on ``service``, the second on ``other`` (default: the same service): one
+    purchase at each, then 18 at once, 20 purchases of 100 in all, each under the 500 ceiling,
+    twice the budget together; then check what ``ledger`` (either engine, read through its async
+    interface) settled."""
     P, A, B = service.principal, agent, mpp.SigningKey.generate()
     root = mandate(P, A, scope=["GET /thing"], ceiling=500, budget_amount=BUDGET, approval_threshold=None)
     sub = mandate(A, B, principal=P.did, scope=["GET /thing"], ceiling=500, budget_amount=BUDGET, approval_threshold=None,
@@ -566,8 +567,11 @@ async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger
     try:
         async with aiohttp.ClientSession() as http:
             buyers = [client(http, A, [root]), client(http, B, [root, sub])]
-            jobs = [buyers[i % 2].request("GET", str((s1 if (i // 2) % 2 else s2).make_url("/thing"))) for i in range(20)]
-            results = await asyncio.gather(*jobs, return_exceptions=True)
+            # one purchase at each seller first (so both are seen to sell), then the other 18 at once
+            results = [await buyers[0].request("GET", str(s1.make_url("/thing"))),
+                       await buyers[1].request("GET", str(s2.make_url("/thing")))]
+            jobs = [buyers[i % 2].request("GET", str((s1 if (i // 2) % 2 else s2).make_url("/thing"))) for i in range(18)]
+            results += await asyncio.gather(*jobs, return_exceptions=True)
     finally:
         await s1.close()
         await s2.close()
