@@ -140,6 +140,16 @@ def _serve_workers(config, args: argparse.Namespace) -> int:
     return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS, on_ready=ready)
 
 
+class _Stopping:
+    """Something to ``close()`` that is stopped (a ledger service client)."""
+
+    def __init__(self, rail) -> None:
+        self.rail = rail
+
+    async def close(self) -> None:
+        await self.rail.stop()
+
+
 def cmd_seller_usage(args: argparse.Namespace) -> int:
     """`mpp seller usage` (spec/pricing.md §8): the seller's purchases of a window from its payment
     and session stores, checked against the ledger's transfers to its payee (PRICE-USAGE-02)."""
@@ -178,14 +188,22 @@ def cmd_seller_usage(args: argparse.Namespace) -> int:
                 stores.append(await opener(location) if present(location) else None)
                 opened.append(stores[-1])
             records = await read_usage(*stores, since=since, until=until)
-            transfers = None
             if config.ledger is not None:
                 location = config.locate(config.ledger)
                 if not present(location):
                     raise FileNotFoundError(f"no ledger at {location} (the seller configuration's ledger)")
                 ledger = await open_ledger(location)
                 opened.append(ledger)
-                transfers = await ledger_transfers(ledger, config.recipient, since=since, until=until)
+            else:  # a ledger service: it lists this seller's own transfers (LEDGER-SVC-11)
+                from .aio.rails import HttpLedgerRail
+                from .keys import SigningKey
+
+                assert config.ledger_url is not None and config.ledger_key is not None
+                ledger = HttpLedgerRail(config.ledger_url, key=SigningKey.load(config.resolve(config.ledger_key)),
+                                        recipient=config.recipient, reconcile_interval=0, attempts=2)
+                await ledger.start()
+                opened.append(_Stopping(ledger))
+            transfers = await ledger_transfers(ledger, config.recipient, since=since, until=until)
             return records, transfers
         finally:
             for store in opened:
@@ -194,17 +212,15 @@ def cmd_seller_usage(args: argparse.Namespace) -> int:
 
     records, transfers = asyncio.run(run())
     report = build_report(records, since=since, until=until, by=args.by)
-    problems = reconcile(report, records, transfers, config.recipient) if transfers is not None else []
+    problems = reconcile(report, records, transfers, config.recipient)
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.csv:
         sys.stdout.write(format_csv(report))
     else:
         sys.stdout.write(format_table(report))
-        if transfers is not None and not problems:
+        if not problems:
             print(f"equal to the ledger's transfers to {config.recipient} in the window")
-    if transfers is None:
-        _err("not checked against the ledger: the seller uses a ledger service (ledger_url), which lists no transfers")
     for problem in problems:
         _err(problem)
     return EXIT_HTTP if problems else EXIT_OK

@@ -439,6 +439,44 @@ async def test_no_answer_is_a_503_and_the_charge_is_voided(service: Service, tmp
     assert service.ledger.total() == 0 and service.ledger.check() == []
 
 
+async def test_a_seller_lists_its_own_transfers_and_its_sales_reconcile(service: Service, tmp_path: Path):
+    """LEDGER-SVC-11, LEDGER-SVC-03, PRICE-USAGE-02: a seller on the service lists the transfers to
+    and from its payee in a window (its charge, and a refund), and its sales records reconcile
+    with them; another account's listing is refused 403; a bad window is a 400 problem."""
+    from datetime import datetime, timedelta, timezone
+
+    from mpp.usage import build_report, ledger_transfers, read_usage, reconcile
+
+    store = str(tmp_path / "p.db")
+    app, seller, rail = http_seller(service, PAYEE, store, routes={"/thing": PRICE, "/broken": PRICE})
+    server = await start(app)
+    token = mandate(service.principal, service.agent, scope=["GET /thing", "GET /broken"], approval_threshold=None)
+    since = datetime.now(timezone.utc).replace(microsecond=0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            buyer = client(http, service.agent, [token])
+            paid = await buyer.request("GET", str(server.make_url("/thing")))
+            with pytest.raises(mpp.OutcomeUnknown):  # paid, the handler failed (500), refunded
+                await buyer.request("GET", str(server.make_url("/broken")))
+        until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
+        listed = await rail.transfers_between(since, until)
+        assert [(t.kind, t.amount) for t in listed] == [("charge", PRICE), ("charge", PRICE), ("refund", PRICE)]
+        assert paid.receipt.reference in {t.id for t in listed}
+        assert await rail.transfers_between(until, until + timedelta(hours=1)) == []
+        records = await read_usage(seller.store, None, since=since, until=until)
+        report = build_report(records, since=since, until=until)
+        assert reconcile(report, records, await ledger_transfers(rail, PAYEE, since=since, until=until), PAYEE) == []
+        assert report["totals"]["usd"]["net"] == str(PRICE)
+    finally:
+        await server.close()
+    status, doc, _ = await service.call("GET", f"/v1/accounts/{PAYEE2}/transfers?since=2020-01-01T00:00:00Z&until=2030-01-01T00:00:00Z")
+    assert_problem(status, doc, 403, "Forbidden")
+    for query in ("", "?since=2020-01-01T00:00:00Z", "?since=yesterday&until=2030-01-01T00:00:00Z",
+                  "?since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z"):
+        status, doc, _ = await service.call("GET", f"/v1/accounts/{PAYEE}/transfers{query}")
+        assert_problem(status, doc, 400, "InvalidRequest")
+
+
 async def test_an_in_doubt_charge_is_voided_after_a_seller_restart(service: Service, tmp_path: Path):
     """LEDGER-SVC-10: the answer to a transfer is lost and the seller stops before the ledger
     answers again; the in-doubt transfer is in the journal beside its payment records, and the
@@ -791,6 +829,10 @@ def test_cli_ledger_serve_and_a_seller_pointed_at_it(home: Path):
         result = run("fetch", "--wallet", str(home / "agent"), seller.url + "/weather")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["paid"]["payer"] == "acct:buyer"
+        # LEDGER-SVC-11, PRICE-USAGE-02: the sales export reconciles with the service's listing
+        usage = run("seller", "usage", "--config", str(config), "--since", "1h", "--json")
+        assert usage.returncode == 0, usage.stderr
+        assert json.loads(usage.stdout)["totals"]["usd"]["net"] == "25"
     finally:
         if seller is not None:
             err = stop_seller(seller)

@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterator, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -29,6 +29,7 @@ from ..ledger import (
     SessionHold,
     SessionNotOpen,
     SqliteLedger,
+    Transfer,
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
@@ -39,6 +40,7 @@ from ..ledger.api import LEDGER_ERRORS, AsyncLedger, as_async_ledger
 from ..ledger.signing import sign_request
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
+from ..models import format_rfc3339
 from ..seller_core import Verified
 from ..session_core import SessionClosed, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
@@ -396,6 +398,23 @@ class HttpLedgerRail(LedgerSellerMethod):
             if not isinstance(revoked, list):
                 raise TypeError("'revoked' is not a list")
             return {j for j in revoked if isinstance(j, str)}
+
+    async def transfers_between(self, since: datetime, until: datetime) -> list[Transfer]:
+        """The transfers of [since, until) to or from this seller's payee account (LEDGER-SVC-11)."""
+        query = f"since={quote(format_rfc3339(since), safe='')}&until={quote(format_rfc3339(until), safe='')}"
+        with self._reachable("transfer listing"):
+            doc = await self._call("GET", f"/v1/accounts/{quote(self.recipient, safe='')}/transfers?{query}")
+            listed = doc["transfers"]
+            if not isinstance(listed, list):
+                raise TypeError("'transfers' is not a list")
+            return [Transfer(id=str(t["id"]), payer=str(t["payer"]), payee=str(t["payee"]), amount=int(t["amount"]),
+                             currency=str(t["currency"]), kind=str(t["kind"]), created_at=str(t["createdAt"]),
+                             signer=t.get("signer")) for t in listed]
+
+    async def transfers(self) -> list[Transfer]:
+        """The transfers of the last 10 years to or from the payee: what mpp.usage reads of a ledger."""
+        now = datetime.now(timezone.utc)
+        return await self.transfers_between(now.replace(year=now.year - 10), now + timedelta(seconds=1))
 
     # -- in-doubt charges --------------------------------------------------------------------
 

@@ -75,9 +75,6 @@ class AsyncSqliteLedgerStore(AsyncSqliteLedger):
     async def mandate_spent(self, jti: str, period: str) -> int:
         return self.sync.mandate_spent(jti, period)
 
-    async def transfers(self) -> list[Transfer]:
-        return self.sync.transfers()
-
     async def sessions(self) -> list[SessionHold]:
         return self.sync.sessions()
 

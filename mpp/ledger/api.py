@@ -46,6 +46,7 @@ class AsyncLedger(Protocol):
     async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold: ...
     async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose: ...
     async def session(self, session_id: str) -> SessionHold | None: ...
+    async def transfers(self) -> list[Transfer]: ...
 
 
 class AsyncSqliteLedger:
@@ -97,6 +98,9 @@ class AsyncSqliteLedger:
 
     async def session(self, session_id: str) -> SessionHold | None:
         return self.sync.session(session_id)
+
+    async def transfers(self) -> list[Transfer]:
+        return self.sync.transfers()
 
 
 def as_async_ledger(ledger: SqliteLedger | AsyncLedger) -> AsyncLedger:

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..errors import ParseError
 from ..keys import SignatureInvalid, public_key_from_did, verify_signature
 from ..methods.ledger import authorization_message
-from ..models import ChargeRequest
+from ..models import ChargeRequest, parse_rfc3339
 from ..session_core import SessionTerms, Voucher
 from .api import AsyncLedger, as_async_ledger
 from .core import (
@@ -46,6 +46,7 @@ log = logging.getLogger("mpp.ledger.service")
 
 PROBLEM_BASE = "urn:mpp:ledger:"
 MAX_BODY = 256 * 1024
+MAX_LISTED = 10_000  # transfers one listing may return
 
 # HTTP status per error name: the ledger's refusals (mpp.ledger.core) and the service's own.
 ERROR_STATUS: dict[str, int] = {
@@ -345,6 +346,30 @@ class LedgerService:
         self._own(payee, account_id, "read")
         return {"account": account_json(await self.ledger.account(account_id))}
 
+    async def account_transfers(self, doc: dict[str, Any] | None, request: web.Request, seller: str,
+                                payee: str) -> dict[str, Any]:
+        """LEDGER-SVC-11: the transfers of [since, until) that credited or debited the seller's own
+        account, oldest first (what `mpp seller usage` reconciles its records with)."""
+        account_id = _path_id(request)
+        self._own(payee, account_id, "list the transfers of")
+        window = []
+        for name in ("since", "until"):
+            text = request.query.get(name)
+            if text is None:
+                raise _bad(f"query parameter {name!r} (RFC 3339) is required")
+            try:
+                window.append(parse_rfc3339(text))
+            except (ParseError, ValueError):
+                raise _bad(f"{name!r} is not an RFC 3339 date-time") from None
+        since, until = window
+        if since >= until:
+            raise _bad("'since' must be before 'until'")
+        listed = [t for t in await self.ledger.transfers()
+                  if account_id in (t.payer, t.payee) and since <= parse_rfc3339(t.created_at) < until]
+        if len(listed) > MAX_LISTED:
+            raise _bad(f"more than {MAX_LISTED} transfers in that window: ask for a shorter one")
+        return {"transfers": [transfer_json(t) for t in listed]}
+
     # -- plumbing -------------------------------------------------------------------------
 
     def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True):
@@ -427,4 +452,5 @@ def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW,
     app.router.add_post("/v1/sessions/{id}/top-up", s(service.top_up))
     app.router.add_post("/v1/sessions/{id}/close", s(service.close_session))
     app.router.add_get("/v1/accounts/{id}", s(service.account, body=False))
+    app.router.add_get("/v1/accounts/{id}/transfers", s(service.account_transfers, body=False))
     return app
