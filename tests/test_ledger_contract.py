@@ -10,6 +10,7 @@ loop, keep balances and budgets whole), and, at the end, by real processes.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 import multiprocessing
 import os
 import random
@@ -165,6 +166,14 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     assert [t.kind for t in await ledger.transfers()] == ["fund", "fund", "charge", "refund"]
     with pytest.raises(UnknownAccount):
         await ledger.refund("nope")
+    # LEDGER-SVC-11: an account's transfers in a window, oldest first, to the second as stamped
+    stamped = datetime.fromisoformat(made.created_at.replace("Z", "+00:00"))
+    later = stamped + timedelta(minutes=5)
+    assert [t.id for t in await ledger.transfers_of(PAYEE, stamped, later)] == ["c1", "refund:c1"]
+    assert await ledger.transfers_of(PAYER, stamped - timedelta(days=1), later) == [
+        t for t in await ledger.transfers() if PAYER in (t.payer, t.payee)]
+    assert "c1" not in [t.id for t in await ledger.transfers_of(PAYEE, stamped + timedelta(microseconds=1), later)]
+    assert await ledger.transfers_of(PAYEE, stamped - timedelta(minutes=5), stamped) == []  # until is exclusive
 
     # accounts: idempotent creation, one currency each, holding names reserved, unknown ones refused
     assert await ledger.create_account(PAYEE, "usd") == Account(PAYEE, "usd", 0, "asset")

@@ -75,5 +75,7 @@ CREATE TABLE IF NOT EXISTS postings (
     transfer_id TEXT NOT NULL REFERENCES transfers(id),
     account_id TEXT NOT NULL REFERENCES accounts(id),
     amount INTEGER NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS transfers_by_payer ON transfers (payer, created_at);
+CREATE INDEX IF NOT EXISTS transfers_by_payee ON transfers (payee, created_at)
 """

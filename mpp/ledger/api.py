@@ -7,6 +7,7 @@ method of the same name; see there.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from ..session_core import SessionTerms, Voucher
@@ -47,6 +48,7 @@ class AsyncLedger(Protocol):
     async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose: ...
     async def session(self, session_id: str) -> SessionHold | None: ...
     async def transfers(self) -> list[Transfer]: ...
+    async def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]: ...
 
 
 class AsyncSqliteLedger:
@@ -101,6 +103,9 @@ class AsyncSqliteLedger:
 
     async def transfers(self) -> list[Transfer]:
         return self.sync.transfers()
+
+    async def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]:
+        return self.sync.transfers_of(account_id, since, until)
 
 
 def as_async_ledger(ledger: SqliteLedger | AsyncLedger) -> AsyncLedger:

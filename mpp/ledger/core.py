@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from ..errors import MPPError
 
@@ -127,3 +128,10 @@ class CaptureRefused(LedgerError):
 class AuthorizationInvalid(LedgerError):
     """The agent's signed authorization does not verify for this transfer (a ledger service checks
     it itself, LEDGER-16), or does not match the terms it is presented with."""
+
+
+def second_ceiling(when: datetime) -> datetime:
+    """``when`` rounded up to a whole second: transfers are stamped to the second, so a stamp S is at
+    or after ``when`` exactly when S is at or after this."""
+    whole = when.replace(microsecond=0)
+    return whole if whole == when else whole + timedelta(seconds=1)

@@ -364,8 +364,7 @@ class LedgerService:
         since, until = window
         if since >= until:
             raise _bad("'since' must be before 'until'")
-        listed = [t for t in await self.ledger.transfers()
-                  if account_id in (t.payer, t.payee) and since <= parse_rfc3339(t.created_at) < until]
+        listed = await self.ledger.transfers_of(account_id, since, until)
         if len(listed) > MAX_LISTED:
             raise _bad(f"more than {MAX_LISTED} transfers in that window: ask for a shorter one")
         return {"transfers": [transfer_json(t) for t in listed]}

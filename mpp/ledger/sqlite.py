@@ -30,6 +30,7 @@ from .core import (
     UnknownSession,
     holding_account,
     issuance_account,
+    second_ceiling,
 )
 
 __all__ = ["SqliteLedger"]
@@ -479,6 +480,14 @@ class SqliteLedger:
 
     def transfers(self) -> list[Transfer]:
         return [Transfer(*r) for r in self._conn.execute(_SELECT_TRANSFER + " ORDER BY rowid")]
+
+    def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]:
+        """The transfers to or from ``account_id`` made in [since, until) (to the second, as they are
+        stamped), oldest first."""
+        lo, hi = format_rfc3339(second_ceiling(since)), format_rfc3339(second_ceiling(until))
+        return [Transfer(*r) for r in self._conn.execute(
+            _SELECT_TRANSFER + " WHERE (payer = ? OR payee = ?) AND created_at >= ? AND created_at < ? ORDER BY rowid",
+            (account_id, account_id, lo, hi))]
 
     def check(self) -> list[str]:
         """Invariants: each transfer's postings sum to zero; each balance equals its postings; each

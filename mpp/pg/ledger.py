@@ -37,6 +37,7 @@ import asyncpg
 from ..errors import PaymentProblem
 from ..ledger.core import (
     Account,
+    second_ceiling,
     BudgetExhausted,
     CapSignatureInvalid,
     CaptureRefused,
@@ -114,6 +115,8 @@ CREATE TABLE IF NOT EXISTS ledger_mandate_spend (
     PRIMARY KEY (transfer_id, jti)
 );
 CREATE INDEX IF NOT EXISTS ledger_mandate_spend_by_link ON ledger_mandate_spend (jti, period);
+CREATE INDEX IF NOT EXISTS ledger_transfers_by_payer ON ledger_transfers (payer, created_at);
+CREATE INDEX IF NOT EXISTS ledger_transfers_by_payee ON ledger_transfers (payee, created_at);
 CREATE INDEX IF NOT EXISTS ledger_mandate_spend_by_session ON ledger_mandate_spend (session_id) WHERE session_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS ledger_mandate_totals (
     jti TEXT NOT NULL,
@@ -829,6 +832,13 @@ class PgLedger(PgStoreBase):
     async def transfers(self) -> list[Transfer]:
         pool = await self.pool()
         return [_transfer(r) for r in await pool.fetch(_SELECT_TRANSFER + " ORDER BY seq")]
+
+    async def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]:
+        """The transfers to or from ``account_id`` made in [since, until) (stamped to the second), oldest first."""
+        pool = await self.pool()
+        rows = await pool.fetch(_SELECT_TRANSFER + " WHERE (payer = $1 OR payee = $1) AND created_at >= $2 AND created_at < $3 "
+                                "ORDER BY seq", account_id, second_ceiling(since), second_ceiling(until))
+        return [_transfer(r) for r in rows]
 
     async def check(self) -> list[str]:
         """Invariants: each transfer's postings sum to zero; each balance equals its postings; each
