@@ -70,8 +70,14 @@ def new_ledger(location: str, principal: str) -> SqliteLedger:
     return ledger
 
 
+# Every mandate of a run shares one validity window unless a test overrides it: a chain issued
+# across a second boundary would otherwise give the child a later `exp` than its parent, which
+# is a widening (IDENT-DLG-02) and fails the chain now and then.
+MANDATE_TIME = now()
+
+
 def mandate(issuer: mpp.SigningKey, subject: mpp.SigningKey | str, **overrides: Any) -> str:
-    t = now()
+    t = MANDATE_TIME
     claims: dict[str, Any] = dict(
         audience=[REALM], scope=DEFAULT_SCOPE, currency="usd", ceiling=500, budget_amount=5000, budget_period="total",
         approval_threshold=200, max_depth=2, not_before=t - timedelta(minutes=5), expires=t + timedelta(days=1),

@@ -298,10 +298,14 @@ def buyer(http: aiohttp.ClientSession, key: mpp.SigningKey | None = None, *, pla
                          identity=identity, sessions=sessions, plan=plan or OfferPlan(), **kwargs)
 
 
+MANDATE_TIME = datetime.now(timezone.utc)
+
+
 def mandate(issuer: mpp.SigningKey, subject: mpp.SigningKey, principal: str | None = None, depth: int = 2,
             **extra: Any) -> str:
-    """A mandate for ``subject`` with extra claims (``models``, ``max_unit_price``) signed in."""
-    t = now()
+    """A mandate for ``subject`` with extra claims (``models``, ``max_unit_price``) signed in. All
+    share one validity window (a chain issued across a second boundary must not widen)."""
+    t = MANDATE_TIME
     token = I.issue_mandate(issuer, subject=subject.did, principal=principal, audience=[REALM], currency="usd",
                             ceiling=10_000, budget_amount=100_000, max_depth=depth, not_before=t - timedelta(minutes=1),
                             expires=t + timedelta(days=1))
