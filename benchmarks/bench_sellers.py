@@ -41,33 +41,16 @@ BODY = {"ok": True, "item": "forecast", "sky": "clear"}
 # -- stores by URL: the one place a PostgreSQL row needs to reach ---------------------------
 
 
-def _postgres(url: str) -> bool:
-    return url.startswith(("postgresql:", "postgres:"))
-
-
 def open_payment_store(url: str) -> Any:
-    """The seller's payment store at ``url``: through mpp.stores (SQLite or PostgreSQL) where
-    this tree has it, else SQLite only. A store that opens asynchronously is opened on startup."""
-    try:
-        from mpp.stores import payment_store_for
-    except ImportError:
-        if _postgres(url):
-            raise SystemExit("bench_sellers: no PostgreSQL payment store in this tree (mpp.stores)") from None
-        from mpp.store import SqlitePaymentStore
+    """The seller's payment store at ``url`` (mpp.stores: SQLite or PostgreSQL); a PostgreSQL one opens on startup."""
+    from mpp.stores import payment_store_for
 
-        return SqlitePaymentStore(url)
     return payment_store_for(url)
 
 
 def open_session_store(url: str) -> Any:
-    try:
-        from mpp.stores import session_store_for
-    except ImportError:
-        if _postgres(url):
-            raise SystemExit("bench_sellers: no PostgreSQL session store in this tree (mpp.stores)") from None
-        from mpp.session_store import SqliteSessionStore
+    from mpp.stores import session_store_for
 
-        return SqliteSessionStore(url)
     return session_store_for(url)
 
 
@@ -91,12 +74,6 @@ async def _fund(ledger: Any, kit: dict[str, Any]) -> None:
     await ledger.authorize_key(PAYER, kit["agent"])
     await ledger.set_owner(PAYER, kit["principal"])
     await ledger.fund(PAYER, FUNDS)
-
-
-async def _ensure_open(store: Any) -> None:
-    opener = getattr(store, "open", None)  # PostgreSQL stores make their pool here
-    if opener is not None:
-        await opener()
 
 
 # -- the trivial test method ----------------------------------------------------------------
@@ -181,10 +158,12 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
     seller = Seller(realm=REALM, secret=secret, receipt_key=receipt_key, rails=rails, store=payment_store,
                     trusted_principals={kit["principal"]}, session_store=session_store)
 
+    from mpp.stores import ensure_open
+
     async def open_stores(app: web.Application) -> None:
         for opened in (payment_store, session_store):
             if opened is not None:
-                await _ensure_open(opened)
+                await ensure_open(opened)  # PostgreSQL stores make their pool here
 
     app.on_startup.append(open_stores)
     if kind == "session":

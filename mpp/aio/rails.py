@@ -68,6 +68,23 @@ class PaymentRail(SellerMethod, Protocol):
         """Give the money back (the seller could not deliver). Idempotent."""
 
 
+@contextmanager
+def _charge_problems() -> Iterator[None]:
+    """The ledger's refusals of a charge as the problems a buyer sees, whichever way the ledger is reached."""
+    try:
+        yield
+    except MandateRevokedError as exc:
+        raise MandateRevoked("a mandate in the chain has been revoked") from exc
+    except BudgetExhausted as exc:
+        raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
+    except InsufficientFunds as exc:
+        raise PaymentInsufficient("payer account balance is too low for this charge") from exc
+    except (UnauthorizedSigner, UnknownAccount, AuthorizationInvalid) as exc:
+        raise VerificationFailed("signer may not spend from that account") from exc
+    except TransferConflict as exc:
+        raise InvalidChallenge("challenge id was already settled on other terms") from exc
+
+
 class EmbeddedLedgerRail(LedgerSellerMethod):
     """The ``ledger`` method settled by this process on the ledger's own database: a SqliteLedger
     (each call inline, one short transaction) or any AsyncLedger, e.g. :class:`mpp.pg.PgLedger`
@@ -91,7 +108,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
         auth: LedgerAuthorization = verified.proof
-        try:
+        with _charge_problems():
             transfer = await self._ledger.transfer(
                 verified.challenge_id,
                 payer=auth.account,
@@ -101,16 +118,6 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
                 signer=auth.signer,
                 mandate=mandate,
             )
-        except MandateRevokedError as exc:
-            raise MandateRevoked("a mandate in the chain has been revoked") from exc
-        except BudgetExhausted as exc:
-            raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
-        except InsufficientFunds as exc:
-            raise PaymentInsufficient("payer account balance is too low for this charge") from exc
-        except (UnauthorizedSigner, UnknownAccount) as exc:
-            raise VerificationFailed("signer may not spend from that account") from exc
-        except TransferConflict as exc:
-            raise InvalidChallenge("challenge id was already settled on other terms") from exc
         settled = datetime.strptime(transfer.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         return Settlement(reference=transfer.id, settled_at=settled, payer=auth.account)
 
@@ -360,20 +367,11 @@ class HttpLedgerRail(LedgerSellerMethod):
         if mandate is not None:
             body["mandate"] = {"tokens": list(mandate.tokens), "realm": mandate.realm}
         try:
-            doc = await self._call("POST", "/v1/transfers", body)
+            with _charge_problems():
+                doc = await self._call("POST", "/v1/transfers", body)
             transfer = doc["transfer"]
             reference, created = str(transfer["id"]), str(transfer["createdAt"])
             settled = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        except MandateRevokedError as exc:
-            raise MandateRevoked("a mandate in the chain has been revoked") from exc
-        except BudgetExhausted as exc:
-            raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
-        except InsufficientFunds as exc:
-            raise PaymentInsufficient("payer account balance is too low for this charge") from exc
-        except (UnauthorizedSigner, UnknownAccount, AuthorizationInvalid) as exc:
-            raise VerificationFailed("signer may not spend from that account") from exc
-        except TransferConflict as exc:
-            raise InvalidChallenge("challenge id was already settled on other terms") from exc
         except (_NoAnswer, KeyError, TypeError, ValueError) as exc:
             # The transfer may or may not have been made: make sure it does not stand.
             await self.void_later(verified.challenge_id, "settle got no usable answer")
