@@ -71,8 +71,8 @@ async def _fund(ledger: Any, kit: dict[str, Any]) -> None:
             await ledger.create_account(account, "usd")
         except LedgerError:
             pass
-    await ledger.authorize_key(PAYER, kit["agent"])
-    await ledger.set_owner(PAYER, kit["principal"])
+    await ledger.allow(PAYER, kit["agent"], "owner")
+    await ledger.allow(PAYER, kit["principal"], "owner")
     await ledger.fund(PAYER, FUNDS)
 
 
@@ -109,6 +109,9 @@ class TrivialRail:
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         return set()
+
+    async def precheck(self, verified: Any, chain: tuple[str, ...] | None) -> None:
+        return None  # a test method: no payer is known to be refused before settlement
 
     async def refund(self, settlement: Any) -> None:
         return None

@@ -420,11 +420,18 @@ def cmd_ledger_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_fund(args: argparse.Namespace) -> int:
+    from .ledger import UnknownAccount
+
     async def work(ledger):
         transfer = await ledger.fund(args.account, args.amount)
         return transfer, await ledger.balance(args.account)
 
-    transfer, balance = _on_ledger(args, work)
+    try:
+        transfer, balance = _on_ledger(args, work)
+    except UnknownAccount:
+        _err(f"no account {args.account!r} at this ledger: create it first with "
+             f"`mpp ledger account create {args.account} --owner DID{' --ledger ' + args.ledger if args.ledger else ''}`")
+        return EXIT_USAGE
     print(f"funded {args.account} with {args.amount} {transfer.currency} (transfer {transfer.id}); balance {balance}")
     return EXIT_OK
 
@@ -735,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a seat (a recurring payment per period); refused by default")
     s.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser("ledger", help="inspect or fund the embedded ledger, or serve it to sellers over HTTP")
+    s = sub.add_parser("ledger", help="inspect or fund the ledger, manage who may spend from its accounts, or serve it over HTTP")
     lsub = s.add_subparsers(dest="ledger_command", required=True, metavar="SUBCOMMAND")
     for name, func, helptext in (
         ("balance", cmd_ledger_balance, "print balances and their total (always 0)"),
@@ -764,6 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--port", type=int, default=None, help="port (default 8403; 0 picks a free one)")
     t.add_argument("--currency", default="usd", help="currency of payee accounts created here (default usd)")
     t.set_defaults(func=cmd_ledger_serve)
+    from .cli_ledger import add_account_commands
+
+    add_account_commands(lsub)
     t = lsub.add_parser("key", help="make a seller's key for a ledger service (if PATH does not exist) and print its DID")
     t.add_argument("path", metavar="PATH", help="the key file (PEM), e.g. seller/ledger.key")
     t.set_defaults(func=cmd_ledger_key)

@@ -84,6 +84,13 @@ def cmd_agent_init(args: argparse.Namespace) -> int:
     (path / "wallet.json").write_text(json.dumps(wallet, indent=2) + "\n")
     print(f"agent {key.did}")
     print(f"  wallet: {path} (pays from {args.account}{', under the mandate in mandate.json' if chain else ''})")
+    if args.ledger:
+        from .cli_ledger import enrol
+
+        enrol(args.ledger, args.owner_key, args.account, key.did, "agent")  # LEDGER-ACCT-02
+        print(f"  enrolled at {args.ledger} as a mandate-bound agent of {args.account}")
+    else:
+        print(f"  not enrolled at a ledger yet: `mpp ledger allow {args.account} {key.did} --as agent --ledger LEDGER`")
     return 0
 
 
@@ -272,6 +279,9 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mandate", help="mandate chain for this agent's DID to put in its (existing) wallet")
     t.add_argument("--max-amount", type=_nonneg, default=1000, help="per-purchase limit (default 1000)")
     t.add_argument("--currency", default="usd")
+    t.add_argument("--ledger", help="also enrol the agent's DID as a mandate-bound agent of --account at this ledger "
+                                    "(SQLite file, postgresql:// URL, or http(s):// URL of a ledger service)")
+    t.add_argument("--owner-key", metavar="KEY.pem", help="with an http(s) --ledger: the key of one of the account's owners")
     t.set_defaults(func=cmd_agent_init)
 
     s = sub.add_parser("mandate", help="issue, show and revoke mandates")

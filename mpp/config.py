@@ -354,9 +354,9 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
     ledger = SqliteLedger(str(home / "ledger.db"))
     try:
         ledger.create_account(SELLER_ACCOUNT, "usd")
-        ledger.create_account(BUYER_ACCOUNT, "usd")
-        ledger.authorize_key(BUYER_ACCOUNT, agent.did)  # for sellers that do not know the identity extension
-        ledger.set_owner(BUYER_ACCOUNT, principal.did)  # mandates of this principal may spend from it
+        # LEDGER-ACCT-01: the principal owns the account; its agent spends from it only under the mandate
+        ledger.create_account(BUYER_ACCOUNT, "usd", owner=principal.did)
+        ledger.allow(BUYER_ACCOUNT, agent.did, "agent")
         ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
     finally:
         ledger.close()

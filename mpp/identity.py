@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "IdentityProblem",
     "IdentityRequired",
+    "MandateRequired",
     "MandateInvalid",
     "MandateUntrusted",
     "MandateExpired",
@@ -104,6 +105,7 @@ def _problem(slug: str, title: str, status: int = 402) -> type[IdentityProblem]:
 
 
 IdentityRequired = _problem("identity-required", "Identity Required")
+MandateRequired = _problem("mandate-required", "Mandate Required")
 MandateInvalid = _problem("mandate-invalid", "Mandate Invalid")
 MandateUntrusted = _problem("mandate-untrusted", "Mandate Issuer Not Trusted")
 MandateExpired = _problem("mandate-expired", "Mandate Expired")
@@ -124,7 +126,7 @@ CurrencyNotAllowed = _problem("currency-not-allowed", "Currency Not Allowed By M
 IDENTITY_PROBLEMS: dict[str, type[IdentityProblem]] = {
     cls.slug: cls
     for cls in (
-        IdentityRequired, MandateInvalid, MandateUntrusted, MandateExpired, MandateNotYetValid, MandateAudience,
+        IdentityRequired, MandateRequired, MandateInvalid, MandateUntrusted, MandateExpired, MandateNotYetValid, MandateAudience,
         MandateRevoked, DelegationInvalid, DelegationTooDeep, IdentityMismatch, ProofInvalid, ApprovalRequired,
         ApprovalInvalid, OutOfScope, OverCeiling, BudgetExceeded, CurrencyNotAllowed,
     )
@@ -295,6 +297,11 @@ class MandateChain:
     @property
     def agent(self) -> str:
         return self.leaf.sub
+
+    @property
+    def dids(self) -> tuple[str, ...]:
+        """The principal, then every link's subject: the leaf's subject (the agent) last."""
+        return (self.principal, *(link.sub for link in self.links))
 
     @property
     def jtis(self) -> tuple[str, ...]:

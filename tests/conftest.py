@@ -19,9 +19,32 @@ REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"mpp seller ready on (http://\S+)")
 
 
+def owning_home(path: Path) -> Path:
+    """`mpp init` output (seller.toml, agent/ wallet, funded ledger.db) whose agent key is also an
+    owner of acct:buyer, so that it may pay on its own signature: what the tests of the bare
+    Payment scheme (no identity extension) pay with. `mpp init` itself enrols the agent as
+    mandate-bound only (LEDGER-ACCT-01); the tests of that use :func:`mpp_init_home`."""
+    from mpp.config import BUYER_ACCOUNT
+    from mpp.ledger import SqliteLedger
+
+    init_home(path)
+    ledger = SqliteLedger(str(path / "ledger.db"))
+    try:
+        ledger.allow(BUYER_ACCOUNT, load_wallet(path / "agent").key.did, "owner")
+    finally:
+        ledger.close()
+    return path
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """`mpp init` output: seller.toml, agent/ wallet, funded ledger.db."""
+    """An `mpp init` home whose agent may also pay bare (see owning_home)."""
+    return owning_home(tmp_path / "home")
+
+
+@pytest.fixture
+def mpp_init_home(tmp_path: Path) -> Path:
+    """Exactly what `mpp init` makes: the principal owns acct:buyer, the agent is mandate-bound."""
     init_home(tmp_path / "home")
     return tmp_path / "home"
 

@@ -776,9 +776,9 @@ async def real_world(tmp_path, *, payer: str = "acct:buyer", agent: mpp.SigningK
     ledger.create_account(PAYEE, "usd")
     ledger.create_account(payer, "usd")
     if principal is not None:
-        ledger.set_owner(payer, principal)
+        ledger.allow(payer, principal, "owner")
     if agent is not None:
-        ledger.authorize_key(payer, agent.did)
+        ledger.allow(payer, agent.did, "owner")
     ledger.fund(payer, FUNDS)
     seller = Seller(realm=E2E_REALM, secret=b"e" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(str(tmp_path / "payments.db")),
@@ -843,7 +843,7 @@ def e2e_buyer(http, key: mpp.SigningKey | None = None, *, account: str = "acct:b
 
 async def authorized_buyer(world: RealWorld, http, **kwargs: Any) -> PaymentClient:
     key = mpp.SigningKey.generate()
-    world.ledger.authorize_key("acct:buyer", key.did)
+    world.ledger.allow("acct:buyer", key.did, "owner")
     return e2e_buyer(http, key, **kwargs)
 
 
@@ -904,7 +904,7 @@ async def test_e2e_top_up_when_the_cap_is_reached(tmp_path, http):
     w = await real_world(tmp_path, suggested_cap=30)
     try:
         events: list = []
-        w.ledger.authorize_key("acct:buyer", (key := mpp.SigningKey.generate()).did)
+        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         async with e2e_buyer(http, key, sessions=SessionPolicy(max_cap=100), events=events) as client:
             for _ in range(8):
                 r = await client.request("GET", w.url("/gen?tokens=5000"))
@@ -926,7 +926,7 @@ async def test_e2e_cap_reached_without_top_up_opens_a_new_session(tmp_path, http
     # SESSION-BUY-03
     w = await real_world(tmp_path, suggested_cap=30)
     try:
-        w.ledger.authorize_key("acct:buyer", (key := mpp.SigningKey.generate()).did)
+        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         async with e2e_buyer(http, key, sessions=SessionPolicy(max_cap=30, allow_top_up=False)) as client:
             for _ in range(5):
                 assert (await client.request("GET", w.url("/gen?tokens=5000"))).status == 200
@@ -978,7 +978,7 @@ async def test_e2e_seller_idle_close_then_a_new_session(tmp_path, http):
     w = await real_world(tmp_path, idle_timeout=1)
     try:
         events: list = []
-        w.ledger.authorize_key("acct:buyer", (key := mpp.SigningKey.generate()).did)
+        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         client = e2e_buyer(http, key, sessions=SessionPolicy(max_cap=100), events=events)
         first = await client.request("GET", w.url("/gen"))
         for _ in range(40):

@@ -13,6 +13,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,6 +25,12 @@ from mpp.cli import main
 from mpp.keys import SigningKey, did_from_public_key
 
 IDENT = mpp.EXTENSION_PROBLEM_BASE
+
+
+@pytest.fixture
+def home(mpp_init_home: Path) -> Path:
+    """Here the home is exactly what `mpp init` makes: the agent is mandate-bound."""
+    return mpp_init_home
 
 
 def mpp_cli(*args: object, real: bool = False, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -368,8 +376,10 @@ def test_revoke_then_fetch_is_refused(served):
     problem = refusal(mpp_cli("fetch", "--wallet", home / "agent", url, real=True))
     assert problem["type"] == IDENT + "mandate-revoked"
     assert len(charges(home)) == 2
-    # the free-of-identity route is still sold without the mandate
-    assert mpp_cli("fetch", "--wallet", home / "agent", "--no-identity", served.url + "/weather").returncode == 0
+    # LEDGER-ACCT-03: the agent's key does not step around its revoked mandate by paying bare
+    bare = refusal(mpp_cli("fetch", "--wallet", home / "agent", "--no-identity", served.url + "/weather", real=True))
+    assert bare["type"] == IDENT + "mandate-required"
+    assert len(charges(home)) == 2
     missing = mpp_cli("mandate", "revoke", home / "agent" / "mandate.json", "--key", home / "principal" / "principal.key",
                       "--ledger", home / "nowhere.db")
     assert "no ledger" in one_line_error(missing, code=2)

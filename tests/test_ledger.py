@@ -10,18 +10,21 @@ import pytest
 from mpp.ledger import InsufficientFunds, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
 
 
+AGENT = "did:key:z6MkfyRairR3MJjseC3WuNxxKZ4THNiXrMjjzot7bahmwSNM"  # fixed: spawned processes import this module again
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> SqliteLedger:
     led = SqliteLedger(str(tmp_path / "ledger.db"))
     led.create_account("acct:buyer", "usd")
     led.create_account("acct:seller", "usd")
-    led.authorize_key("acct:buyer", "did:key:zAgent")
+    led.allow("acct:buyer", AGENT, "owner")
     led.fund("acct:buyer", 1_000)
     yield led
     led.close()
 
 
-def pay(ledger: SqliteLedger, tid: str, amount: int = 100, signer: str | None = "did:key:zAgent"):
+def pay(ledger: SqliteLedger, tid: str, amount: int = 100, signer: str | None = AGENT):
     return ledger.transfer(tid, payer="acct:buyer", payee="acct:seller", amount=amount, currency="usd", signer=signer)
 
 
@@ -57,7 +60,7 @@ def test_unauthorized_signer_and_unknown_accounts(ledger):
     with pytest.raises(UnknownAccount):
         ledger.transfer("c2", payer="acct:nobody", payee="acct:seller", amount=1, currency="usd", signer=None)
     with pytest.raises(UnknownAccount):
-        ledger.transfer("c3", payer="acct:buyer", payee="acct:seller", amount=1, currency="eur", signer="did:key:zAgent")
+        ledger.transfer("c3", payer="acct:buyer", payee="acct:seller", amount=1, currency="eur", signer=AGENT)
     assert ledger.balance("acct:buyer") == 1_000
 
 

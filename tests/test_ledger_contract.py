@@ -96,8 +96,8 @@ async def ledger(ledgers: Ledgers, agent: mpp.SigningKey, principal: mpp.Signing
     led = await ledgers.open()
     for acct in (PAYER, PAYEE, OTHER):
         await led.create_account(acct, "usd")
-    await led.authorize_key(PAYER, agent.did)
-    await led.set_owner(PAYER, principal.did)
+    await led.allow(PAYER, agent.did, "owner")
+    await led.allow(PAYER, principal.did, "owner")
     await led.fund(PAYER, FUNDS)
     await led.fund(OTHER, FUNDS)
     yield led
@@ -146,7 +146,7 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     value enters from the issuance account; a refund moves the amount back once."""
     assert await ledger.account(PAYER) == Account(PAYER, "usd", FUNDS, "asset")
     assert await ledger.account("issuance:usd") == Account("issuance:usd", "usd", -2 * FUNDS, "issuance")
-    assert await ledger.owner(PAYER) == principal.did and await ledger.owner(PAYEE) is None
+    assert await ledger.members(PAYER) == {agent.did: "owner", principal.did: "owner"} and await ledger.members(PAYEE) == {}
     funded = [t for t in await ledger.transfers() if t.kind == "fund"]
     assert [(t.payer, t.payee, t.amount) for t in funded] == [("issuance:usd", PAYER, FUNDS), ("issuance:usd", OTHER, FUNDS)]
 
@@ -179,11 +179,11 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     assert await ledger.create_account(PAYEE, "usd") == Account(PAYEE, "usd", 0, "asset")
     with pytest.raises(TransferConflict):
         await ledger.create_account(PAYEE, "eur")
-    for call in (ledger.create_account(HOLDS, "usd"), ledger.fund(HOLDS, 1), ledger.authorize_key(HOLDS, agent.did)):
+    for call in (ledger.create_account(HOLDS, "usd"), ledger.fund(HOLDS, 1), ledger.allow(HOLDS, agent.did, "owner")):
         with pytest.raises(ValueError):
             await call
-    for call in (ledger.fund("acct:nobody", 1), ledger.authorize_key("acct:nobody", agent.did),
-                 ledger.set_owner("acct:nobody", principal.did), ledger.account("acct:nobody"), ledger.balance("acct:nobody")):
+    for call in (ledger.fund("acct:nobody", 1), ledger.allow("acct:nobody", agent.did, "owner"),
+                 ledger.allow("acct:nobody", principal.did, "owner"), ledger.account("acct:nobody"), ledger.balance("acct:nobody")):
         with pytest.raises(UnknownAccount):
             await call
     assert [a.id for a in await ledger.accounts()] == sorted([PAYER, PAYEE, OTHER, "issuance:usd"])
@@ -551,7 +551,7 @@ async def test_concurrent_purchases_under_one_mandate_stay_within_budget(ledgers
     exactly the budget is settled."""
     second = await ledgers.open()
     await second.create_account("acct:buyer2", "usd")
-    await second.set_owner("acct:buyer2", principal.did)
+    await second.allow("acct:buyer2", principal.did, "owner")
     await second.fund("acct:buyer2", FUNDS)
     agent = mpp.SigningKey.generate()
     token = mandate(principal, agent, budget_amount=BUDGET)
@@ -636,14 +636,14 @@ async def test_processes_never_overdraw_never_overspend_and_transfer_once(locati
     led = await ledgers.open()
     for acct in (PAYER, PAYEE):
         await led.create_account(acct, "usd")
-    await led.authorize_key(PAYER, agent.did)
+    await led.allow(PAYER, agent.did, "owner")
     await led.fund(PAYER, PROCESS_FUNDS)
     buyer = mpp.SigningKey.generate()
     token = mandate(principal, buyer, budget_amount=BUDGET)
     for k in range(SHOPS):
         await led.create_account(f"acct:m{k}", "usd")
         await led.create_account(f"acct:shop{k}", "usd")
-        await led.set_owner(f"acct:m{k}", principal.did)
+        await led.allow(f"acct:m{k}", principal.did, "owner")
         await led.fund(f"acct:m{k}", BUDGET)
 
     ids = [f"t{i}" for i in range(IDS)]

@@ -117,7 +117,7 @@ async def service(tmp_path: Path):
     principal, agent = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
     ledger.create_account(PAYEE2, "usd")
-    ledger.authorize_key(PLAIN_PAYER, agent.did)
+    ledger.allow(PLAIN_PAYER, agent.did, "owner")
     keys = {PAYEE: mpp.SigningKey.generate(), PAYEE2: mpp.SigningKey.generate()}
     fault: dict[str, Any] = {}
     app = ledger_app(ledger, sellers={k.did: payee for payee, k in keys.items()})
@@ -663,7 +663,7 @@ async def new_pg_ledger(url: str, principal: str) -> PgLedger:
     ledger = await PgLedger.connect(url, max_size=4)
     for account in (PAYEE, PAYER, PLAIN_PAYER):
         await ledger.create_account(account, "usd")
-    await ledger.set_owner(PAYER, principal)
+    await ledger.allow(PAYER, principal, "owner")
     await ledger.fund(PAYER, FUNDS)
     await ledger.fund(PLAIN_PAYER, FUNDS)
     return ledger

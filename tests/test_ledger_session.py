@@ -53,8 +53,8 @@ def ledger(tmp_path: Path, agent: mpp.SigningKey, principal: mpp.SigningKey) -> 
     led = SqliteLedger(str(tmp_path / "ledger.db"))
     for acct in (PAYER, PAYEE, OTHER):
         led.create_account(acct, "usd")
-    led.authorize_key(PAYER, agent.did)
-    led.set_owner(PAYER, principal.did)
+    led.allow(PAYER, agent.did, "owner")
+    led.allow(PAYER, principal.did, "owner")
     led.fund(PAYER, FUNDS)
     led.fund(OTHER, FUNDS)
     yield led
@@ -117,7 +117,7 @@ def test_open_is_idempotent_and_a_conflicting_open_is_refused(ledger, agent):
     with pytest.raises(TransferConflict):
         open_(ledger, agent, 1_000, terms=terms_for(ledger, unit_price=3))  # other terms, same id
     other = mpp.SigningKey.generate()
-    ledger.authorize_key(PAYER, other.did)
+    ledger.allow(PAYER, other.did, "owner")
     with pytest.raises(TransferConflict):
         open_(ledger, other, 1_000)  # another signer
     assert [t.id for t in ledger.transfers() if t.kind == "hold"] == ["hold:sess1"]
@@ -431,7 +431,7 @@ def test_no_key_may_spend_from_the_holding_account(ledger, agent):
     # SESSION-LEDGER-06
     open_(ledger, agent, 1_000)
     with pytest.raises(ValueError):
-        ledger.authorize_key(HOLDS, agent.did)
+        ledger.allow(HOLDS, agent.did, "owner")
     with pytest.raises(ValueError):
         ledger.fund(HOLDS, 5)
     with pytest.raises(ValueError):

@@ -63,7 +63,7 @@ def _ledger_on_postgres(home: Path, url: str) -> None:
     wallet = load_wallet(home / "agent")
     sqlite = SqliteLedger(str(home / "ledger.db"))
     try:
-        owner, funds = sqlite.owner(wallet.account), sqlite.balance(wallet.account)
+        members, funds = sqlite.members(wallet.account), sqlite.balance(wallet.account)
         accounts = [(a.id, a.currency) for a in sqlite.accounts() if a.kind == "asset"]
     finally:
         sqlite.close()
@@ -73,8 +73,8 @@ def _ledger_on_postgres(home: Path, url: str) -> None:
         try:
             for account, currency in accounts:
                 await ledger.create_account(account, currency)
-            await ledger.authorize_key(wallet.account, wallet.key.did)
-            await ledger.set_owner(wallet.account, owner)
+            for did, role in members.items():
+                await ledger.allow(wallet.account, did, role)
             await ledger.fund(wallet.account, funds)
         finally:
             await ledger.close()

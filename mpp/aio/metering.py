@@ -262,8 +262,11 @@ class SessionDesk:
                                       required=str(call.request.max_request_cost), authorized="0", spent="0", cap=str(p.cap))
         identity, mandate = None, None
         wants_identity = (metered is not None and metered.require_identity) or call.credential.extra_member("identity") is not None
+        chain = None
         if wants_identity:
-            identity, mandate = await self._check_identity(call, now)
+            identity, mandate, chain = await self._check_identity(call, now)
+        # LEDGER-ACCT-05: a payer the ledger would refuse is told so before anything is recorded
+        await self.seller._rails[call.credential.challenge.method].check_payer(p.account, p.signer, chain)
         state, created = await self.store.create(
             call.terms, payer=p.account, signer=p.signer, unit_type=call.request.unitType, cap=p.cap,
             idle_timeout=call.request.idle_timeout, identity=identity, now=now)
@@ -282,7 +285,7 @@ class SessionDesk:
             raise SessionClosed(f"session is {state.status}; open a new one")
         return state
 
-    async def _check_identity(self, call: SessionCall, now: datetime) -> tuple[dict[str, Any], MandateCharge]:
+    async def _check_identity(self, call: SessionCall, now: datetime) -> tuple[dict[str, Any], MandateCharge, tuple[str, ...]]:
         """The mandate chain and proof over the opening challenge (SESSION-ID-01).
 
         Scope, currency, ceiling and approval threshold are judged per request, on the most one
@@ -311,7 +314,7 @@ class SessionDesk:
         identity = {"agent": chain.agent, "principal": chain.principal, "mandate": chain.leaf.jti, "chain": list(chain.jtis),
                     "decision": decision.decision, "charged": charged,
                     "links": [[link.key, periods[link.key], link.budget_amount] for link in chain.links]}
-        return identity, MandateCharge(tuple(chain.tokens), seller.realm)
+        return identity, MandateCharge(tuple(chain.tokens), seller.realm), chain.dids
 
     # -- serving -------------------------------------------------------------
 

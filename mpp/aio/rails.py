@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterator, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
-from yarl import URL
 
 from ..doubt import DoubtJournal, MemoryDoubtJournal
 from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
-from ..identity import BudgetExceeded, MandateRevoked
+from ..identity import BudgetExceeded, MandateRequired, MandateRevoked
 from ..keys import SigningKey
 from ..ledger import (
     AuthorizationInvalid,
@@ -24,6 +23,7 @@ from ..ledger import (
     CapSignatureInvalid,
     InsufficientFunds,
     MandateCharge,
+    MandateRequired as MandateRequiredError,
     MandateRevokedError,
     SessionClose,
     SessionHold,
@@ -36,8 +36,8 @@ from ..ledger import (
     UnknownSession,
     LedgerError,
 )
-from ..ledger.api import LEDGER_ERRORS, AsyncLedger, as_async_ledger
-from ..ledger.signing import sign_request
+from ..ledger.api import AsyncLedger, as_async_ledger
+from .ledger_client import ServiceRefused, answer, send_signed, split_service_url
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
 from ..models import format_rfc3339
@@ -47,6 +47,8 @@ from ..session_core import SessionClosed, SessionTerms, SessionUnknown, Voucher,
 __all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail", "HttpLedgerRail", "LedgerUnavailable"]
 
 log = logging.getLogger("mpp.rails")
+
+_ALLOWED_MAX = 4096  # spend-check answers an HttpLedgerRail keeps
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ class PaymentRail(SellerMethod, Protocol):
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         """Which of these mandate ids the rail knows to be revoked."""
 
+    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        """Before the challenge is consumed: raise a PaymentProblem if the rail already knows that
+        settlement would be refused for who is paying (the payer and signer of ``verified``, bare
+        or under a verified mandate chain of these DIDs, principal first), so that the buyer can
+        put it right and retry the same challenge."""
+
     async def refund(self, settlement: Settlement) -> None:
         """Give the money back (the seller could not deliver). Idempotent."""
 
@@ -73,6 +81,8 @@ def _charge_problems() -> Iterator[None]:
     """The ledger's refusals of a charge as the problems a buyer sees, whichever way the ledger is reached."""
     try:
         yield
+    except MandateRequiredError as exc:
+        raise MandateRequired(f"the ledger refuses: {exc}") from exc
     except MandateRevokedError as exc:
         raise MandateRevoked("a mandate in the chain has been revoked") from exc
     except BudgetExhausted as exc:
@@ -80,7 +90,7 @@ def _charge_problems() -> Iterator[None]:
     except InsufficientFunds as exc:
         raise PaymentInsufficient("payer account balance is too low for this charge") from exc
     except (UnauthorizedSigner, UnknownAccount, AuthorizationInvalid) as exc:
-        raise VerificationFailed("signer may not spend from that account") from exc
+        raise VerificationFailed(f"signer may not spend from that account: {exc}") from exc
     except TransferConflict as exc:
         raise InvalidChallenge("challenge id was already settled on other terms") from exc
 
@@ -127,6 +137,15 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         return await self._ledger.revoked(jtis)
 
+    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        auth: LedgerAuthorization = verified.proof
+        await self.check_payer(auth.account, auth.signer, chain)
+
+    async def check_payer(self, payer: str, signer: str, chain: tuple[str, ...] | None) -> None:
+        """LEDGER-ACCT-05: may ``signer`` spend from ``payer`` (bare, or under a chain of these DIDs)?"""
+        with _charge_problems():
+            await self._ledger.spend_check(payer, signer=signer, chain=chain)
+
     # -- the session intent: hold at open, capture and release at close ------------------
 
     async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
@@ -153,6 +172,8 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         """The ledger's session refusals as the problems a buyer sees (as settle() maps charges)."""
         try:
             yield
+        except MandateRequiredError as exc:
+            raise MandateRequired(f"the ledger refuses: {exc}") from exc
         except MandateRevokedError as exc:
             raise MandateRevoked("a mandate in the chain has been revoked") from exc
         except BudgetExhausted as exc:
@@ -160,7 +181,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         except InsufficientFunds as exc:
             raise PaymentInsufficient("payer account balance is too low for this cap") from exc
         except (UnauthorizedSigner, UnknownAccount) as exc:
-            raise VerificationFailed("signer may not spend from that account") from exc
+            raise VerificationFailed(f"signer may not spend from that account: {exc}") from exc
         except CapSignatureInvalid as exc:
             raise VoucherInvalid("cap signature does not verify for the session's signer") from exc
         except TransferConflict as exc:
@@ -188,11 +209,6 @@ class _NoAnswer(Exception):
     """No usable answer from the ledger service after every attempt: the outcome is unknown."""
 
 
-class _ServiceRefused(Exception):
-    """The service refused the seller's own request (its key, its payee, its request): a seller
-    configuration fault, with nothing moved."""
-
-
 class HttpLedgerRail(LedgerSellerMethod):
     """The ``ledger`` method settled at a ledger service over HTTP (``mpp ledger serve``).
 
@@ -211,14 +227,11 @@ class HttpLedgerRail(LedgerSellerMethod):
 
     def __init__(self, url: str, *, key: SigningKey, recipient: str, ledger_id: str | None = None,
                  session: Any = None, timeout: float = 10.0, attempts: int = 3, backoff: float = 0.1,
-                 reconcile_interval: float = 2.0, journal: DoubtJournal | None = None) -> None:
+                 reconcile_interval: float = 2.0, journal: DoubtJournal | None = None,
+                 spend_check_ttl: float = 10.0) -> None:
         super().__init__(recipient=recipient, ledger_id=ledger_id or "")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise ValueError(f"ledger URL must be http(s)://host[:port][/prefix], got {url!r}")
+        self._origin, self._prefix = split_service_url(url)
         self.url = url.rstrip("/")
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._prefix = parts.path.rstrip("/")
         self.key = key
         self.timeout = timeout
         self.attempts = max(1, attempts)
@@ -229,6 +242,8 @@ class HttpLedgerRail(LedgerSellerMethod):
         self._reconciler: asyncio.Task | None = None
         self.pending: dict[str, str] = {}  # in-doubt transfer id -> why: void once the ledger answers
         self.journal: DoubtJournal = journal if journal is not None else MemoryDoubtJournal()
+        self.spend_check_ttl = spend_check_ttl
+        self._allowed: dict[tuple[str, str, tuple[str, ...] | None], float] = {}  # spend checks passed, until when
 
     def __repr__(self) -> str:
         return f"HttpLedgerRail(url={self.url!r}, recipient={self.recipient!r}, seller={self.key.did!r})"
@@ -303,20 +318,14 @@ class HttpLedgerRail(LedgerSellerMethod):
                     attempts: int | None = None) -> dict[str, Any]:
         if self._session is None or not self.ledger_id:
             await self.start()
-        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        target = self._prefix + path
-        url = URL(self._origin + target, encoded=True)
         last = "no attempt"
         for attempt in range(attempts or self.attempts):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            headers = {"Authorization": sign_request(self.key, ledger_id=self.ledger_id, method=method, target=target, body=data),
-                       "Content-Type": "application/json"}
             try:
-                async with self._session.request(method, url, data=data, headers=headers,
-                                                 timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                status, raw = await send_signed(self._session, origin=self._origin, prefix=self._prefix, key=self.key,
+                                                ledger_id=self.ledger_id, method=method, path=path, body=body,
+                                                timeout=self.timeout)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 last = f"{type(exc).__name__}"
                 continue
@@ -324,19 +333,9 @@ class HttpLedgerRail(LedgerSellerMethod):
                 last = f"HTTP {status}"
                 continue
             try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict):
-                last = f"HTTP {status} without a JSON object"
-                continue
-            if status >= 400:
-                name, detail = str(doc.get("error", "")), str(doc.get("detail", ""))
-                error = LEDGER_ERRORS.get(name)
-                if error is not None:
-                    raise error(detail)
-                raise _ServiceRefused(f"{name or status}: {detail}")
-            return doc
+                return answer(status, raw)
+            except ValueError as exc:
+                last = str(exc)
         raise _NoAnswer(f"no answer from the ledger service at {self.url} after {attempts or self.attempts} attempt(s): {last}")
 
     @staticmethod
@@ -347,7 +346,7 @@ class HttpLedgerRail(LedgerSellerMethod):
         except _NoAnswer as exc:
             log.warning("ledger unavailable during %s: %s", what, exc)
             raise LedgerUnavailable(f"the ledger did not answer ({what}); try again later") from exc
-        except _ServiceRefused as exc:
+        except ServiceRefused as exc:
             log.error("ledger service refused this seller's %s request: %s", what, exc)
             raise LedgerUnavailable(f"the ledger refused this seller's request ({what}); nothing was moved") from exc
         except (KeyError, TypeError, ValueError) as exc:  # a 2xx answer that is not what the service sends
@@ -377,7 +376,7 @@ class HttpLedgerRail(LedgerSellerMethod):
             await self.void_later(verified.challenge_id, "settle got no usable answer")
             with self._reachable("settle"):
                 raise exc
-        except _ServiceRefused as exc:
+        except ServiceRefused as exc:
             with self._reachable("settle"):
                 raise exc
         return Settlement(reference=reference, settled_at=settled, payer=auth.account)
@@ -385,9 +384,30 @@ class HttpLedgerRail(LedgerSellerMethod):
     async def refund(self, settlement: Settlement) -> None:
         try:
             await self._call("POST", "/v1/refunds", {"transfer": settlement.reference})
-        except (_NoAnswer, _ServiceRefused) as exc:
+        except (_NoAnswer, ServiceRefused) as exc:
             # Refunding and voiding a made charge are the same: it is given back once the ledger answers.
             await self.void_later(settlement.reference, f"refund got no answer: {exc}")
+
+    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        auth: LedgerAuthorization = verified.proof
+        await self.check_payer(auth.account, auth.signer, chain)
+
+    async def check_payer(self, payer: str, signer: str, chain: tuple[str, ...] | None) -> None:
+        """LEDGER-ACCT-05, asked of the service (LEDGER-SVC-12). An answer that allows is kept for
+        ``spend_check_ttl`` seconds: the transfer is checked again at the ledger in any case, so a
+        stale answer can only let a doomed settlement through, never a forbidden one."""
+        key = (payer, signer, chain)
+        now = time.monotonic()
+        if self._allowed.get(key, 0.0) > now:
+            return
+        with self._reachable("spend check"), _charge_problems():
+            await self._call("POST", "/v1/spend-check", {"payer": payer, "signer": signer,
+                                                         "chain": list(chain) if chain is not None else None})
+        if len(self._allowed) >= _ALLOWED_MAX:
+            self._allowed = {k: t for k, t in self._allowed.items() if t > now}
+            if len(self._allowed) >= _ALLOWED_MAX:
+                self._allowed.clear()
+        self._allowed[key] = now + self.spend_check_ttl
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         with self._reachable("revocation check"):
@@ -432,7 +452,7 @@ class HttpLedgerRail(LedgerSellerMethod):
                 doc = await self._call("POST", f"/v1/transfers/{quote(tid, safe='')}/void", None, attempts=1)
             except _NoAnswer:
                 break  # still unreachable: try again next round
-            except (LedgerError, _ServiceRefused) as exc:
+            except (LedgerError, ServiceRefused) as exc:
                 log.error("the ledger refused to void in-doubt transfer %s: %s", tid, exc)
                 await self._resolved(tid)
             else:

@@ -389,6 +389,8 @@ class Seller:
             identity = None
             if require_identity or verified.credential.extra_member("identity") is not None:
                 identity = await self._check_identity(verified, price, now)
+            # LEDGER-ACCT-05: a payer the rail would refuse is told so before the challenge is consumed
+            await self._rails[challenge.method].precheck(verified, identity.chain.dids if identity else None)
         except PaymentProblem as problem:
             await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
                               challengeId=verified.challenge_id if verified else None, realm=self.realm,

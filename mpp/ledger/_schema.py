@@ -7,9 +7,10 @@ CREATE TABLE IF NOT EXISTS accounts (
     balance INTEGER NOT NULL,
     CHECK (kind = 'issuance' OR balance >= 0)
 );
-CREATE TABLE IF NOT EXISTS account_keys (
+CREATE TABLE IF NOT EXISTS account_members (
     account_id TEXT NOT NULL REFERENCES accounts(id),
     did TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('owner', 'agent', 'denied')),
     PRIMARY KEY (account_id, did)
 );
 CREATE TABLE IF NOT EXISTS transfers (
@@ -21,10 +22,6 @@ CREATE TABLE IF NOT EXISTS transfers (
     kind TEXT NOT NULL,
     created_at TEXT NOT NULL,
     signer TEXT
-);
-CREATE TABLE IF NOT EXISTS account_owners (
-    account_id TEXT PRIMARY KEY REFERENCES accounts(id),
-    principal TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revocations (
     jti TEXT PRIMARY KEY,

@@ -1,6 +1,6 @@
 """The whole ledger behind one async interface, whatever the engine: what the ledger service needs
 (:class:`mpp.ledger.api.AsyncLedger`) plus the administration and inspection the operator, the
-CLI and the tests need (accounts, owners, keys, funding, revocation, balances, invariants).
+CLI and the tests need (accounts and their members, funding, revocation, balances, invariants).
 
 :class:`mpp.pg.PgLedger` implements it natively; :class:`AsyncSqliteLedgerStore` wraps a
 SqliteLedger. Choose one by URL with :func:`mpp.stores.ledger_for`.
@@ -21,10 +21,6 @@ __all__ = ["AsyncLedgerStore", "AsyncSqliteLedgerStore"]
 class AsyncLedgerStore(AsyncLedger, Protocol):
     """Every SqliteLedger operation, as a coroutine, with the same meaning and refusals."""
 
-    async def create_account(self, account_id: str, currency: str) -> Account: ...
-    async def set_owner(self, account_id: str, principal: str) -> None: ...
-    async def owner(self, account_id: str) -> str | None: ...
-    async def authorize_key(self, account_id: str, did: str) -> None: ...
     async def balance(self, account_id: str) -> int: ...
     async def accounts(self) -> list[Account]: ...
     async def total(self) -> int: ...
@@ -44,18 +40,6 @@ class AsyncSqliteLedgerStore(AsyncSqliteLedger):
     def at(cls, location: str) -> "AsyncSqliteLedgerStore":
         """A ledger of its own on ``location`` (a path or ``sqlite:`` URL), closed with the wrapper."""
         return cls(SqliteLedger(location), owned=True)
-
-    async def create_account(self, account_id: str, currency: str) -> Account:
-        return self.sync.create_account(account_id, currency)
-
-    async def set_owner(self, account_id: str, principal: str) -> None:
-        self.sync.set_owner(account_id, principal)
-
-    async def owner(self, account_id: str) -> str | None:
-        return self.sync.owner(account_id)
-
-    async def authorize_key(self, account_id: str, did: str) -> None:
-        self.sync.authorize_key(account_id, did)
 
     async def balance(self, account_id: str) -> int:
         return self.sync.balance(account_id)

@@ -41,6 +41,11 @@ class AsyncLedger(Protocol):
     async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
     async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]: ...
     async def account(self, account_id: str) -> Account: ...
+    async def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account: ...
+    async def allow(self, account_id: str, did: str, role: str) -> None: ...
+    async def deny(self, account_id: str, did: str) -> None: ...
+    async def members(self, account_id: str) -> dict[str, str]: ...
+    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None: ...
 
     async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
                            mandate: MandateCharge | None = None) -> SessionHold: ...
@@ -87,6 +92,21 @@ class AsyncSqliteLedger:
 
     async def account(self, account_id: str) -> Account:
         return self.sync.account(account_id)
+
+    async def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account:
+        return self.sync.create_account(account_id, currency, owner=owner)
+
+    async def allow(self, account_id: str, did: str, role: str) -> None:
+        self.sync.allow(account_id, did, role)
+
+    async def deny(self, account_id: str, did: str) -> None:
+        self.sync.deny(account_id, did)
+
+    async def members(self, account_id: str) -> dict[str, str]:
+        return self.sync.members(account_id)
+
+    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None:
+        self.sync.spend_check(payer, signer=signer, chain=chain)
 
     async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
                            mandate: MandateCharge | None = None) -> SessionHold:

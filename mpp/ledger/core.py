@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import MPPError
+from ..keys import public_key_from_did
 
-__all__ = ["MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
+__all__ = ["ROLES", "check_spender", "check_member", "keeps_an_owner", "verified_links", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
            "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused",
            "AuthorizationInvalid"]
 
@@ -58,12 +60,79 @@ class UnauthorizedSigner(LedgerError):
     """The key that signed the authorization may not spend from the payer account."""
 
 
+class MandateRequired(UnauthorizedSigner):
+    """The key is enrolled as one of the payer account's agents: it spends only under a mandate
+    chain rooted in one of the account's owners, never on its own signature (LEDGER-ACCT-03)."""
+
+
 class MandateRevokedError(LedgerError):
     """A link of the mandate chain has been revoked."""
 
 
 class BudgetExhausted(LedgerError):
     """The transfer would take a mandate past its budget for the period."""
+
+
+# What a DID may do with an account (LEDGER-ACCT-01): an owner spends on its own signature and
+# roots mandate chains that spend from it; an agent spends only under such a chain; a denied DID
+# spends nothing, whatever chain it appears in.
+ROLES = ("owner", "agent", "denied")
+
+
+def check_spender(roles: Mapping[str, str], *, signer: str | None, chain: Sequence[str] | None) -> None:
+    """May ``signer`` spend from an account whose members have ``roles`` (role by DID; DIDs not
+    in it are strangers)? ``chain`` is None for a bare authorization, else the DIDs of a verified
+    mandate chain: its principal first, every link's subject after it, the leaf (the signer) last.
+    Raises MandateRequired or UnauthorizedSigner; returns nothing when the spend is allowed."""
+    if chain is None:
+        if signer is None:
+            return  # an operator's transfer, made through the ledger's own API, not by a peer
+        role = roles.get(signer)
+        if role == "owner":
+            return
+        if role == "agent":
+            raise MandateRequired("this key is one of the account's agents: it spends only under a mandate "
+                                  "chain rooted in one of the account's owners")
+        raise UnauthorizedSigner("signer may not spend from the payer account")
+    if any(roles.get(did) == "denied" for did in chain):
+        raise UnauthorizedSigner("a key in the mandate chain is denied on the payer account")
+    if not chain or roles.get(chain[0]) != "owner":
+        raise UnauthorizedSigner("the mandate chain's principal does not own the payer account")
+
+
+def check_member(did: str, role: str) -> None:
+    """ValueError unless ``role`` is one of ROLES and ``did`` an Ed25519 did:key."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    public_key_from_did(did)  # ParseError, a ValueError, names what is wrong with it
+
+
+def keeps_an_owner(account_id: str, owners: set[str], did: str, role: str) -> None:
+    """ValueError if giving ``did`` ``role`` would leave an owned account with no owner: nobody
+    could then enrol anyone over the service, nor root a mandate that spends from it."""
+    if role != "owner" and owners == {did}:
+        raise ValueError(f"{did} is the only owner of {account_id!r}: make another DID an owner first")
+
+
+def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateCharge",
+                   now: datetime | None = None) -> tuple[tuple[str, ...], list[tuple[str, str, int]]]:
+    """Verify a mandate chain as a ledger does (IDENT-BUD-06): the payer account's owners are the
+    only trusted roots, and the leaf's subject must be the payment's signer. Returns the chain's
+    DIDs (principal first) and (link key, period, budget) per link; UnauthorizedSigner otherwise."""
+    from ..errors import PaymentProblem
+    from ..identity import period_key, verify_chain
+
+    trusted = set(owners)
+    if not trusted:
+        raise UnauthorizedSigner("the payer account has no owner; mandates cannot spend from it")
+    now = now or datetime.now(timezone.utc)
+    try:
+        chain = verify_chain(list(mandate.tokens), trusted_principals=trusted, realm=mandate.realm, now=now, max_depth=15)
+    except PaymentProblem as exc:
+        raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
+    if signer is not None and chain.agent != signer:
+        raise UnauthorizedSigner("the payment signer is not the mandate's subject")
+    return chain.dids, [(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .core import (
     Account,
     AuthorizationInvalid,
     LedgerError,
+    ROLES,
     MandateCharge,
     SessionClose,
     SessionHold,
@@ -58,6 +59,7 @@ ERROR_STATUS: dict[str, int] = {
     "PayloadTooLarge": 413,
     "AuthorizationInvalid": 403,
     "UnauthorizedSigner": 403,
+    "MandateRequired": 403,
     "MandateRevokedError": 403,
     "BudgetExhausted": 403,
     "UnknownAccount": 404,
@@ -219,8 +221,12 @@ class LedgerService:
 
     # -- authentication ------------------------------------------------------------------
 
-    async def authenticate(self, request: web.Request, body: bytes) -> tuple[str, str]:
-        """The seller's DID and registered payee, or ServiceError("Unauthenticated")."""
+    async def authenticate(self, request: web.Request, body: bytes, *, owner_of: str | None = None) -> tuple[str, str]:
+        """The signer's DID and, for a seller, its registered payee; ServiceError otherwise.
+
+        With ``owner_of`` the signer must be an owner of that account (LEDGER-SVC-13) instead of a
+        registered seller. Whoever is neither is refused before anything is recorded: a stranger's
+        request leaves no nonce behind."""
         header = request.headers.get("Authorization")
         if header is None:
             raise ServiceError("Unauthenticated", f"requests must be signed ({SCHEME} authorization)")
@@ -228,7 +234,7 @@ class LedgerService:
             signed = parse_authorization(header)
         except ParseError as exc:
             raise ServiceError("Unauthenticated", f"malformed authorization: {exc}") from None
-        payee = self.sellers.get(signed.keyid)
+        payee = self.sellers.get(signed.keyid) if owner_of is None else ""
         if payee is None:
             raise ServiceError("Unauthenticated", "the signing key is not registered with this ledger")
         now = self.clock()
@@ -238,6 +244,13 @@ class LedgerService:
             verify_request(signed, ledger_id=self.ledger_id, method=request.method, target=request.raw_path, body=body)
         except SignatureInvalid:
             raise ServiceError("Unauthenticated", "the request signature does not verify") from None
+        if owner_of is not None:
+            try:
+                role = (await self.ledger.members(owner_of)).get(signed.keyid)
+            except UnknownAccount:
+                role = None  # the same answer as for a non-owner: account ids are not told to strangers
+            if role != "owner":
+                raise ServiceError("Forbidden", "only an owner of the account may change or list its members")
         expires = now + 2 * self.window  # the timestamp is acceptable until at most ts + window <= now + 2 * window
         if not await self.nonces.first_use(signed.keyid, signed.nonce, now=now, expires=expires):
             raise ServiceError("Unauthenticated", "this nonce was already used (a replayed request)")
@@ -341,6 +354,36 @@ class LedgerService:
         log.info("session close id=%s captured=%s released=%s seller=%s", sid, closed.captured, closed.released, seller)
         return {"close": close_json(closed)}
 
+    async def spend_check(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """LEDGER-SVC-12: would the ledger let ``signer`` spend from ``payer``, bare (``chain`` null)
+        or under a verified chain of these DIDs? 200 if so, the ledger's refusal otherwise."""
+        payer = _text(doc, "payer", max_len=128)
+        signer = _did(doc, "signer")
+        raw = doc.get("chain")
+        chain = None
+        if raw is not None:
+            if (not isinstance(raw, list) or not 2 <= len(raw) <= 17
+                    or not all(isinstance(d, str) and 0 < len(d) <= 128 for d in raw)):
+                raise _bad("'chain' must be null or a list of 2 to 17 DIDs, the principal first")
+            chain = tuple(raw)
+        await self.ledger.spend_check(payer, signer=signer, chain=chain)  # type: ignore[arg-type]
+        return {"payer": payer, "signer": signer, "allowed": True}
+
+    async def members(self, doc: dict[str, Any] | None, request: web.Request, owner: str, payee: str) -> dict[str, Any]:
+        """LEDGER-SVC-13: the account's members, to one of its owners."""
+        return {"account": _path_id(request), "members": await self.ledger.members(_path_id(request))}
+
+    async def set_member(self, doc: dict[str, Any], request: web.Request, owner: str, payee: str) -> dict[str, Any]:
+        """LEDGER-SVC-13: one of the account's owners enrols a DID as owner or agent, or denies it."""
+        account_id = _path_id(request)
+        did = _did(doc, "did")
+        role = _text(doc, "role", max_len=16)
+        if role not in ROLES:
+            raise _bad(f"'role' must be one of {', '.join(ROLES)}")
+        await self.ledger.allow(account_id, did, role)  # type: ignore[arg-type]
+        log.info("member account=%s did=%s role=%s by=%s", account_id, did, role, owner)
+        return {"account": account_id, "members": await self.ledger.members(account_id)}
+
     async def account(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
         account_id = _path_id(request)
         self._own(payee, account_id, "read")
@@ -371,12 +414,13 @@ class LedgerService:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True):
-        """Wrap a handler: read the body, authenticate, parse the JSON object, answer JSON."""
+    def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True, by_owner: bool = False):
+        """Wrap a handler: read the body, authenticate (a registered seller, or with ``by_owner``
+        an owner of the account in the path), parse the JSON object, answer JSON."""
 
         async def wrapped(request: web.Request) -> web.Response:
             raw = await request.read()
-            seller, payee = await self.authenticate(request, raw)
+            seller, payee = await self.authenticate(request, raw, owner_of=_path_id(request) if by_owner else None)
             doc = None
             if body:
                 try:
@@ -452,4 +496,7 @@ def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW,
     app.router.add_post("/v1/sessions/{id}/close", s(service.close_session))
     app.router.add_get("/v1/accounts/{id}", s(service.account, body=False))
     app.router.add_get("/v1/accounts/{id}/transfers", s(service.account_transfers, body=False))
+    app.router.add_post("/v1/spend-check", s(service.spend_check))
+    app.router.add_get("/v1/accounts/{id}/members", s(service.members, body=False, by_owner=True))
+    app.router.add_post("/v1/accounts/{id}/members", s(service.set_member, by_owner=True))
     return app

@@ -28,9 +28,13 @@ from .core import (
     UnauthorizedSigner,
     UnknownAccount,
     UnknownSession,
+    check_member,
+    check_spender,
+    keeps_an_owner as _keeps_an_owner,
     holding_account,
     issuance_account,
     second_ceiling,
+    verified_links,
 )
 
 __all__ = ["SqliteLedger"]
@@ -56,6 +60,7 @@ class SqliteLedger:
                 c.execute("INSERT INTO mandate_totals(jti, period, spent) "
                           "SELECT jti, period, SUM(amount) FROM mandate_spend GROUP BY jti, period")
                 c.execute("INSERT INTO meta(key, value) VALUES ('mandate_totals', '1')")
+            _migrate_members(c)
 
     def close(self) -> None:
         self._conn.close()
@@ -66,10 +71,16 @@ class SqliteLedger:
 
     # -- accounts ----------------------------------------------------------
 
-    def create_account(self, account_id: str, currency: str) -> Account:
+    def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account:
+        """An asset account (the same call again is a no-op); with ``owner``, that DID is made one of its owners."""
         _not_holding(account_id)
+        if owner is not None:
+            check_member(owner, "owner")
         with immediate(self._conn) as c:
             self._ensure_account(c, account_id, currency, "asset")
+            if owner is not None:
+                c.execute("INSERT OR REPLACE INTO account_members(account_id, did, role) VALUES (?, ?, 'owner')",
+                          (account_id, owner))
         return self.account(account_id)
 
     @staticmethod
@@ -80,17 +91,39 @@ class SqliteLedger:
         elif row[0] != currency or row[1] != kind:
             raise TransferConflict(f"account {account_id!r} exists with currency {row[0]!r}, kind {row[1]!r}")
 
-    def set_owner(self, account_id: str, principal: str) -> None:
-        """The principal whose mandates may spend from this account."""
+    def allow(self, account_id: str, did: str, role: str) -> None:
+        """Enrol ``did`` on the account as an ``owner`` or a mandate-bound ``agent`` (LEDGER-ACCT-02),
+        replacing whatever role it had; ``denied`` is what :meth:`deny` records."""
+        check_member(did, role)
         _not_holding(account_id)
         with immediate(self._conn) as c:
             if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
                 raise UnknownAccount(f"no account {account_id!r}")
-            c.execute("INSERT OR REPLACE INTO account_owners(account_id, principal) VALUES (?, ?)", (account_id, principal))
+            owners = {r[0] for r in c.execute("SELECT did FROM account_members WHERE account_id=? AND role='owner'", (account_id,))}
+            _keeps_an_owner(account_id, owners, did, role)
+            c.execute("INSERT OR REPLACE INTO account_members(account_id, did, role) VALUES (?, ?, ?)", (account_id, did, role))
 
-    def owner(self, account_id: str) -> str | None:
-        row = self._conn.execute("SELECT principal FROM account_owners WHERE account_id=?", (account_id,)).fetchone()
-        return row[0] if row else None
+    def deny(self, account_id: str, did: str) -> None:
+        """``did`` spends nothing from the account from now on, directly or in any mandate chain."""
+        self.allow(account_id, did, "denied")
+
+    def members(self, account_id: str) -> dict[str, str]:
+        """Role by DID of everyone enrolled on the account."""
+        self.account(account_id)  # UnknownAccount
+        return dict(self._conn.execute("SELECT did, role FROM account_members WHERE account_id=? ORDER BY did", (account_id,)))
+
+    def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None:
+        """Would the ledger let ``signer`` spend from ``payer`` (bare, or under a chain of these
+        DIDs, principal first)? What a seller asks before it consumes a challenge (LEDGER-ACCT-05);
+        the transfer itself checks again, with the chain's signatures."""
+        self.account(payer)  # UnknownAccount
+        check_spender(self._roles(self._conn, payer, chain or (signer,)), signer=signer, chain=chain)
+
+    @staticmethod
+    def _roles(c: sqlite3.Connection, account_id: str, dids: tuple[str, ...] | list[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(dids))
+        return dict(c.execute(f"SELECT did, role FROM account_members WHERE account_id=? AND did IN ({marks})",
+                              (account_id, *dids)))
 
     # -- revocation ----------------------------------------------------------
 
@@ -127,13 +160,6 @@ class SqliteLedger:
         c.executemany("INSERT INTO mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
                       "ON CONFLICT (jti, period) DO UPDATE SET spent = spent + excluded.spent",
                       [(jti, period, amount) for _, jti, period, amount in rows])
-
-    def authorize_key(self, account_id: str, did: str) -> None:
-        _not_holding(account_id)
-        with immediate(self._conn) as c:
-            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
-                raise UnknownAccount(f"no account {account_id!r}")
-            c.execute("INSERT OR IGNORE INTO account_keys(account_id, did) VALUES (?, ?)", (account_id, did))
 
     def account(self, account_id: str) -> Account:
         row = self._conn.execute("SELECT id, currency, balance, kind FROM accounts WHERE id=?", (account_id,)).fetchone()
@@ -213,16 +239,18 @@ class SqliteLedger:
 
     def _authorized_links(self, c: sqlite3.Connection, payer: str, signer: str | None,
                           mandate: MandateCharge | None) -> list[tuple[str, str, int]]:
-        """May ``signer`` spend from ``payer``? Through a verified, unrevoked mandate chain (its
-        links are returned) or, without one, as a key authorized for the account."""
-        links = self._verified_links(c, payer, signer, mandate) if mandate is not None else []
-        if links:
-            keys = [key for key, _, _ in links]
-            marks = ",".join("?" * len(keys))
-            if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", keys).fetchone() is not None:
-                raise MandateRevokedError("a mandate in the chain has been revoked")
-        if signer is not None and not links and not self._may_spend(c, payer, signer):
-            raise UnauthorizedSigner("signer may not spend from the payer account")
+        """May ``signer`` spend from ``payer``? Through a verified, unrevoked mandate chain rooted in
+        an owner (its links are returned) or, without one, as an owner of the account (LEDGER-ACCT-03)."""
+        if mandate is None:
+            check_spender(self._roles(c, payer, (signer,)) if signer else {}, signer=signer, chain=None)
+            return []
+        owners = [r[0] for r in c.execute("SELECT did FROM account_members WHERE account_id=? AND role='owner'", (payer,))]
+        dids, links = verified_links(owners, signer, mandate)
+        check_spender(self._roles(c, payer, dids), signer=signer, chain=dids)
+        keys = [key for key, _, _ in links]
+        marks = ",".join("?" * len(keys))
+        if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({marks})", keys).fetchone() is not None:
+            raise MandateRevokedError("a mandate in the chain has been revoked")
         return links
 
     @classmethod
@@ -233,28 +261,6 @@ class SqliteLedger:
             if spent + amount > budget:
                 raise BudgetExhausted(f"mandate {jti} has {budget - spent} left of {budget} for {period}")
         cls._count_spend(c, [(transfer_id, jti, period, amount) for jti, period, _ in links])
-
-    @staticmethod
-    def _may_spend(c: sqlite3.Connection, payer: str, signer: str) -> bool:
-        return c.execute("SELECT 1 FROM account_keys WHERE account_id=? AND did=?", (payer, signer)).fetchone() is not None
-
-    @staticmethod
-    def _verified_links(c: sqlite3.Connection, payer: str, signer: str | None, mandate: MandateCharge) -> list[tuple[str, str, int]]:
-        """Verify the chain here too: the payer account's owner is the only trusted root, and the
-        leaf's subject must be the one who signed the payment. Returns (key, period, budget) per link."""
-        from ..identity import period_key, verify_chain
-
-        row = c.execute("SELECT principal FROM account_owners WHERE account_id=?", (payer,)).fetchone()
-        if row is None:
-            raise UnauthorizedSigner("the payer account has no owning principal; mandates cannot spend from it")
-        now = datetime.now(timezone.utc)
-        try:
-            chain = verify_chain(list(mandate.tokens), trusted_principals={row[0]}, realm=mandate.realm, now=now, max_depth=15)
-        except PaymentProblem as exc:
-            raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
-        if signer is not None and chain.agent != signer:
-            raise UnauthorizedSigner("the payment signer is not the mandate's subject")
-        return [(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
     def refund(self, transfer_id: str) -> Transfer:
         """Reverse a charge once (``refund:<id>``), e.g. when the seller could not deliver."""
@@ -537,6 +543,25 @@ class SqliteLedger:
 _SELECT_TRANSFER = "SELECT id, payer, payee, amount, currency, kind, created_at, signer FROM transfers"
 _SELECT_SESSION = "SELECT id, payer, payee, currency, signer, cap, captured, released, status, opened_at FROM sessions"
 _SESSION_KINDS = ("hold", "capture", "release")
+
+
+def _migrate_members(c: sqlite3.Connection) -> None:
+    """A ledger made before accounts had members: its owner becomes an owner, and a key listed
+    beside an owner becomes a mandate-bound agent (that is what `mpp init` listed it for); a key on
+    an account with no owner keeps spending on its own signature, as an owner."""
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "account_owners" in tables:
+        c.execute("INSERT OR IGNORE INTO account_members(account_id, did, role) "
+                  "SELECT account_id, principal, 'owner' FROM account_owners")
+    if "account_keys" in tables:
+        owned = "account_owners" in tables
+        c.execute("INSERT OR IGNORE INTO account_members(account_id, did, role) SELECT k.account_id, k.did, "
+                  + ("CASE WHEN EXISTS (SELECT 1 FROM account_owners o WHERE o.account_id = k.account_id) "
+                     "THEN 'agent' ELSE 'owner' END" if owned else "'owner'")
+                  + " FROM account_keys k")
+    for table in ("account_keys", "account_owners"):
+        if table in tables:
+            c.execute(f"DROP TABLE {table}")
 
 
 def _is_holding(account_id: str) -> bool:

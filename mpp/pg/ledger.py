@@ -52,8 +52,12 @@ from ..ledger.core import (
     UnauthorizedSigner,
     UnknownAccount,
     UnknownSession,
+    check_member,
+    check_spender,
+    keeps_an_owner,
     holding_account,
     issuance_account,
+    verified_links,
 )
 from ..models import format_rfc3339
 from ..session_core import SessionTerms, Voucher, VoucherInvalid, verify_cap, verify_voucher
@@ -74,15 +78,27 @@ CREATE TABLE IF NOT EXISTS ledger_accounts (
     balance BIGINT NOT NULL,
     CHECK (kind = 'issuance' OR balance >= 0)
 );
-CREATE TABLE IF NOT EXISTS ledger_account_keys (
+CREATE TABLE IF NOT EXISTS ledger_account_members (
     account_id TEXT NOT NULL REFERENCES ledger_accounts(id),
     did TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('owner', 'agent', 'denied')),
     PRIMARY KEY (account_id, did)
 );
-CREATE TABLE IF NOT EXISTS ledger_account_owners (
-    account_id TEXT PRIMARY KEY REFERENCES ledger_accounts(id),
-    principal TEXT NOT NULL
-);
+-- A ledger made before accounts had members (see mpp.ledger.sqlite._migrate_members).
+DO $$ BEGIN
+    IF to_regclass('ledger_account_owners') IS NOT NULL THEN
+        INSERT INTO ledger_account_members(account_id, did, role)
+            SELECT account_id, principal, 'owner' FROM ledger_account_owners ON CONFLICT DO NOTHING;
+    END IF;
+    IF to_regclass('ledger_account_keys') IS NOT NULL THEN
+        INSERT INTO ledger_account_members(account_id, did, role)
+            SELECT k.account_id, k.did, CASE WHEN EXISTS (SELECT 1 FROM ledger_account_members m
+                WHERE m.account_id = k.account_id AND m.role = 'owner') THEN 'agent' ELSE 'owner' END
+            FROM ledger_account_keys k ON CONFLICT DO NOTHING;
+        DROP TABLE ledger_account_keys;
+    END IF;
+    DROP TABLE IF EXISTS ledger_account_owners;
+END $$;
 CREATE TABLE IF NOT EXISTS ledger_transfers (
     seq BIGINT GENERATED ALWAYS AS IDENTITY,
     id TEXT PRIMARY KEY,
@@ -249,35 +265,23 @@ def _check_amount(amount: int) -> None:
         raise ValueError("amount must be a positive integer in base units")
 
 
-def _verified_links(owner: str | None, signer: str | None, mandate: MandateCharge) -> Links:
-    """Verify the chain: the payer account's owner is the only trusted root, and the leaf's
-    subject must be the one who signed the payment. (key, period, budget) per link."""
-    from ..identity import period_key, verify_chain
-
-    if owner is None:
-        raise UnauthorizedSigner("the payer account has no owning principal; mandates cannot spend from it")
-    now = datetime.now(timezone.utc)
-    try:
-        chain = verify_chain(list(mandate.tokens), trusted_principals={owner}, realm=mandate.realm, now=now, max_depth=15)
-    except PaymentProblem as exc:
-        raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
-    if signer is not None and chain.agent != signer:
-        raise UnauthorizedSigner("the payment signer is not the mandate's subject")
-    return [(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
-
-
 class _Verified:
     """A mandate chain verified before the transaction (signature checks hold no locks), for
-    the owner the payer account had then; the transaction uses it only if the owner is unchanged."""
+    the owners the payer account had then; the transaction uses it only if they are unchanged."""
 
-    def __init__(self, owner: str | None, links: Links | None, error: UnauthorizedSigner | None) -> None:
-        self.owner, self.links, self.error = owner, links, error
+    def __init__(self, owners: list[str], result: tuple[tuple[str, ...], Links] | None,
+                 error: UnauthorizedSigner | None) -> None:
+        self.owners, self._result, self.error = owners, result, error
 
-    def result(self) -> Links:
+    def result(self) -> tuple[tuple[str, ...], Links]:
         if self.error is not None:
             raise self.error
-        assert self.links is not None
-        return self.links
+        assert self._result is not None
+        return self._result
+
+
+_OWNERS = "SELECT did FROM ledger_account_members WHERE account_id=$1 AND role='owner' ORDER BY did"
+_ROLES = "SELECT did, role FROM ledger_account_members WHERE account_id=$1 AND did = ANY($2::text[])"
 
 
 class PgLedger(PgStoreBase):
@@ -324,11 +328,16 @@ class PgLedger(PgStoreBase):
 
     # -- accounts ----------------------------------------------------------
 
-    async def create_account(self, account_id: str, currency: str) -> Account:
+    async def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account:
         _not_holding(account_id)
+        if owner is not None:
+            check_member(owner, "owner")
 
         async def work(conn: asyncpg.Connection) -> None:
             await self._ensure_account(conn, account_id, currency, "asset")
+            if owner is not None:
+                await conn.execute("INSERT INTO ledger_account_members(account_id, did, role) VALUES ($1, $2, 'owner') "
+                                   "ON CONFLICT (account_id, did) DO UPDATE SET role='owner'", account_id, owner)
 
         await self._atomic(work)
         return await self.account(account_id)
@@ -345,33 +354,37 @@ class PgLedger(PgStoreBase):
         if (row[0], row[1]) != (currency, kind):
             raise TransferConflict(f"account {account_id!r} exists with currency {row[0]!r}, kind {row[1]!r}")
 
-    async def set_owner(self, account_id: str, principal: str) -> None:
-        """The principal whose mandates may spend from this account."""
+    async def allow(self, account_id: str, did: str, role: str) -> None:
+        """Enrol ``did`` as an ``owner`` or a mandate-bound ``agent``, replacing its role (LEDGER-ACCT-02)."""
+        check_member(did, role)
         _not_holding(account_id)
 
         async def work(conn: asyncpg.Connection) -> None:
-            # The account's row lock orders this against transfers, which read the owner under it.
+            # The account's row lock orders this against transfers, which read the members under it.
             if await conn.fetchval("SELECT 1 FROM ledger_accounts WHERE id=$1 FOR NO KEY UPDATE", account_id) is None:
                 raise UnknownAccount(f"no account {account_id!r}")
-            await conn.execute("INSERT INTO ledger_account_owners(account_id, principal) VALUES ($1, $2) "
-                               "ON CONFLICT (account_id) DO UPDATE SET principal=excluded.principal", account_id, principal)
+            keeps_an_owner(account_id, {r[0] for r in await conn.fetch(_OWNERS, account_id)}, did, role)
+            await conn.execute("INSERT INTO ledger_account_members(account_id, did, role) VALUES ($1, $2, $3) "
+                               "ON CONFLICT (account_id, did) DO UPDATE SET role=excluded.role", account_id, did, role)
 
         await self._atomic(work)
 
-    async def owner(self, account_id: str) -> str | None:
+    async def deny(self, account_id: str, did: str) -> None:
+        """``did`` spends nothing from the account from now on, directly or in any mandate chain."""
+        await self.allow(account_id, did, "denied")
+
+    async def members(self, account_id: str) -> dict[str, str]:
+        await self.account(account_id)  # UnknownAccount
         pool = await self.pool()
-        return await pool.fetchval("SELECT principal FROM ledger_account_owners WHERE account_id=$1", account_id)
+        return {r[0]: r[1] for r in await pool.fetch(
+            "SELECT did, role FROM ledger_account_members WHERE account_id=$1 ORDER BY did", account_id)}
 
-    async def authorize_key(self, account_id: str, did: str) -> None:
-        _not_holding(account_id)
-
-        async def work(conn: asyncpg.Connection) -> None:
-            if await conn.fetchval("SELECT 1 FROM ledger_accounts WHERE id=$1 FOR NO KEY UPDATE", account_id) is None:
-                raise UnknownAccount(f"no account {account_id!r}")
-            await conn.execute("INSERT INTO ledger_account_keys(account_id, did) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                               account_id, did)
-
-        await self._atomic(work)
+    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None:
+        """See SqliteLedger.spend_check."""
+        await self.account(payer)  # UnknownAccount
+        pool = await self.pool()
+        roles = {r[0]: r[1] for r in await pool.fetch(_ROLES, payer, list(chain or (signer,)))}
+        check_spender(roles, signer=signer, chain=chain)
 
     async def account(self, account_id: str) -> Account:
         pool = await self.pool()
@@ -546,31 +559,31 @@ class PgLedger(PgStoreBase):
     async def _preverify(self, payer: str, signer: str | None, mandate: MandateCharge | None) -> _Verified | None:
         if mandate is None:
             return None
-        owner = await self.owner(payer)
+        pool = await self.pool()
+        owners = [r[0] for r in await pool.fetch(_OWNERS, payer)]
         try:
-            return _Verified(owner, _verified_links(owner, signer, mandate), None)
+            return _Verified(owners, verified_links(owners, signer, mandate), None)
         except UnauthorizedSigner as exc:
-            return _Verified(owner, None, exc)
+            return _Verified(owners, None, exc)
 
     async def _authorized_links(self, conn: asyncpg.Connection, payer: str, signer: str | None, mandate: MandateCharge | None,
                                 verified: _Verified | None) -> Links:
         """May ``signer`` spend from ``payer`` (whose row this transaction has locked)? Through a
-        verified, unrevoked mandate chain (its links are returned) or, without one, as a key
-        authorized for the account."""
-        links: Links = []
-        if mandate is not None:
-            owner = await conn.fetchval("SELECT principal FROM ledger_account_owners WHERE account_id=$1", payer)
-            if verified is not None and verified.owner == owner:
-                links = verified.result()
-            else:  # the owner changed since: verify again, for the owner as it is now
-                links = _verified_links(owner, signer, mandate)
-        if links:
-            keys = [key for key, _, _ in links]
-            if await conn.fetchval("SELECT 1 FROM ledger_revocations WHERE jti = ANY($1::text[]) LIMIT 1", keys) is not None:
-                raise MandateRevokedError("a mandate in the chain has been revoked")
-        if signer is not None and not links and not await conn.fetchval(
-                "SELECT 1 FROM ledger_account_keys WHERE account_id=$1 AND did=$2", payer, signer):
-            raise UnauthorizedSigner("signer may not spend from the payer account")
+        verified, unrevoked mandate chain rooted in an owner (its links are returned) or, without
+        one, as an owner of the account (LEDGER-ACCT-03)."""
+        if mandate is None:
+            roles = {r[0]: r[1] for r in await conn.fetch(_ROLES, payer, [signer])} if signer else {}
+            check_spender(roles, signer=signer, chain=None)
+            return []
+        owners = [r[0] for r in await conn.fetch(_OWNERS, payer)]
+        if verified is not None and verified.owners == owners:
+            dids, links = verified.result()
+        else:  # the owners changed since: verify again, for the owners as they are now
+            dids, links = verified_links(owners, signer, mandate)
+        check_spender({r[0]: r[1] for r in await conn.fetch(_ROLES, payer, list(dids))}, signer=signer, chain=dids)
+        keys = [key for key, _, _ in links]
+        if await conn.fetchval("SELECT 1 FROM ledger_revocations WHERE jti = ANY($1::text[]) LIMIT 1", keys) is not None:
+            raise MandateRevokedError("a mandate in the chain has been revoked")
         return links
 
     @staticmethod

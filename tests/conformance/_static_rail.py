@@ -63,6 +63,9 @@ class StaticTestRail:
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
         return set()
 
+    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        return None  # a test method: no payer is known to be refused before settlement
+
     async def refund(self, settlement: Settlement) -> None:
         self.refunded.append(settlement.reference)
 

@@ -1,0 +1,117 @@
+"""Signed requests to a ledger service over HTTP (spec/methods/ledger.md §7), and the owner's side
+of it: an account's owner enrols and denies DIDs on its account (LEDGER-SVC-13).
+
+The seller's rail (mpp.aio.rails.HttpLedgerRail) sends its requests with :func:`send_signed` too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from ..keys import SigningKey
+from ..ledger.api import LEDGER_ERRORS
+from ..ledger.core import LedgerError
+from ..ledger.signing import sign_request
+
+__all__ = ["send_signed", "answer", "split_service_url", "ServiceRefused", "LedgerClient"]
+
+
+class ServiceRefused(LedgerError):
+    """The service refused the request itself (its signature, its signer's rights, its form)."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error = error
+
+
+def split_service_url(url: str) -> tuple[str, str]:
+    """``http(s)://host[:port][/prefix]`` as (origin, prefix); ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"ledger URL must be http(s)://host[:port][/prefix], got {url!r}")
+    return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
+async def send_signed(session: aiohttp.ClientSession, *, origin: str, prefix: str, key: SigningKey, ledger_id: str,
+                      method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, bytes]:
+    """Send one request signed with ``key``; the status and the raw body. Network errors propagate."""
+    data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+    target = prefix + path
+    headers = {"Authorization": sign_request(key, ledger_id=ledger_id, method=method, target=target, body=data),
+               "Content-Type": "application/json"}
+    async with session.request(method, URL(origin + target, encoded=True), data=data, headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        return resp.status, await resp.read()
+
+
+def answer(status: int, raw: bytes) -> dict[str, Any]:
+    """A 2xx JSON object as it is; a refusal as the ledger error it names (ServiceRefused for the
+    service's own); ValueError for an answer the service does not send."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ValueError(f"HTTP {status} without a JSON object")
+    if status >= 400:
+        name, detail = str(doc.get("error", "")), str(doc.get("detail", ""))
+        error = LEDGER_ERRORS.get(name)
+        if error is not None:
+            raise error(detail)
+        raise ServiceRefused(name or f"HTTP {status}", detail)
+    return doc
+
+
+class LedgerClient:
+    """An account owner's calls to a ledger service, each signed with the owner's key.
+
+        async with LedgerClient("http://127.0.0.1:8403", key) as ledger:
+            await ledger.allow("acct:buyer", agent_did, "agent")
+    """
+
+    def __init__(self, url: str, key: SigningKey, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self._origin, self._prefix = split_service_url(url)
+        self.key = key
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self.ledger_id = ""
+
+    async def __aenter__(self) -> "LedgerClient":
+        self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(self._origin + self._prefix + "/v1/info",
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                self.ledger_id = str(answer(resp.status, await resp.read()).get("ledger") or "")
+            if not self.ledger_id:
+                raise ValueError(f"{self.url} did not say its ledger id")
+        except BaseException:
+            await self._session.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self._session is not None, "use LedgerClient in `async with`"
+        status, raw = await send_signed(self._session, origin=self._origin, prefix=self._prefix, key=self.key,
+                                        ledger_id=self.ledger_id, method=method, path=path, body=body, timeout=self.timeout)
+        return answer(status, raw)
+
+    async def members(self, account_id: str) -> dict[str, str]:
+        doc = await self._call("GET", f"/v1/accounts/{quote(account_id, safe='')}/members")
+        return {str(k): str(v) for k, v in doc["members"].items()}
+
+    async def allow(self, account_id: str, did: str, role: str) -> None:
+        await self._call("POST", f"/v1/accounts/{quote(account_id, safe='')}/members", {"did": did, "role": role})
+
+    async def deny(self, account_id: str, did: str) -> None:
+        await self.allow(account_id, did, "denied")
