@@ -593,13 +593,11 @@ async def test_seller_serves_from_postgres(tmp_path: Path, pg_url: str):
     import aiohttp
     import asyncpg
 
-    from conftest import start_seller, stop_seller
+    from conftest import owning_home, start_seller, stop_seller
     from mpp.aio import PaymentClient, SessionPolicy
-    from mpp.config import init_home
     from mpp.methods.ledger import LedgerBuyerMethod
 
-    init_home(tmp_path / "home")
-    home = tmp_path / "home"
+    home = owning_home(tmp_path / "home")  # the test pays bare (no identity)
     toml = home / "seller.toml"
     toml.write_text(toml.read_text().replace('store = "seller/payments.db"', f'store = "{pg_url}"'))
     seller = start_seller(home)

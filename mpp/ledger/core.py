@@ -129,6 +129,8 @@ def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateC
     try:
         chain = verify_chain(list(mandate.tokens), trusted_principals=trusted, realm=mandate.realm, now=now, max_depth=15)
     except PaymentProblem as exc:
+        if exc.slug == "mandate-untrusted":  # the seller's words; here the trusted set is the owners
+            raise UnauthorizedSigner("the mandate chain's principal does not own the payer account") from None
         raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
     if signer is not None and chain.agent != signer:
         raise UnauthorizedSigner("the payment signer is not the mandate's subject")
