@@ -8,6 +8,7 @@ before signing, and the ledger's balances must still sum to what they summed to 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -41,11 +42,13 @@ async def _run(home: Path) -> None:
     import aiohttp
     from aiohttp import web
 
+    from .aio.agent import AgentIdentity
     from .aio.buyer import PaymentClient
     from .aio.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from .config import init_home, load_seller_config, load_wallet
     from .demo_pricing import pricing_part, write_price_list
-    from .errors import QuoteRejected
+    from .errors import PaymentFailed, QuoteRejected
+    from .stores import budget_store_for
     from .headers import parse_challenges
     from .methods.ledger import LedgerBuyerMethod
 
@@ -55,7 +58,8 @@ async def _run(home: Path) -> None:
     config = load_seller_config(info["seller_config"])
     wallet = load_wallet(info["wallet"])
     print(f"   agent {wallet.key.did}")
-    print(f"   pays from {wallet.account}, at most {wallet.policy.max_amount} per purchase")
+    print(f"   pays from {wallet.account}, at most {wallet.policy.max_amount} per purchase, under the principal's mandate"
+          f" (the principal owns the account; the agent is enrolled as mandate-bound)")
 
     app, seller = build_seller_app(config)
     wire: list[str] = []  # every request the seller receives, for counting round trips
@@ -77,9 +81,12 @@ async def _run(home: Path) -> None:
     print(f"2. seller on {base} (realm {config.realm}), embedded ledger {ledger.ledger_id}")
     before = _balances(ledger)
     _print_balances("balances before", before)
+    budget = budget_store_for(wallet.budget_path)
+    identity = AgentIdentity(wallet.key, wallet.mandates, budget)  # the agent buys under its mandate chain
     try:
         async with aiohttp.ClientSession() as session:
-            client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy)
+            client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy,
+                                   identity=identity)
 
             print("3. an unpaid request")
             async with session.get(f"{base}/weather") as resp:
@@ -126,11 +133,34 @@ async def _run(home: Path) -> None:
             else:
                 raise DemoFailure("the buyer paid a quote over its limit")
 
+            print("7. the agent's key without its mandate")
+            bare = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)],
+                                 dataclasses.replace(wallet.policy, max_amount=6_000))
+            held = ledger.balance(wallet.account)
+            try:
+                await bare.request("GET", f"{base}/premium-report")
+            except PaymentFailed as exc:
+                print(f"   a bare signature for 5000 (no mandate, wallet limit lifted): HTTP {exc.status} {exc.problem.get('type')}")
+                _check(exc.status == 402 and str(exc.problem.get("type")).endswith(":mandate-required")
+                       and ledger.balance(wallet.account) == held,
+                       "refused before the challenge was consumed: an agent key spends only under its mandate")
+            else:
+                raise DemoFailure("the agent's bare key paid outside its mandate")
+            try:
+                await PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)],
+                                    dataclasses.replace(wallet.policy, max_amount=6_000),
+                                    identity=identity).request("GET", f"{base}/premium-report")
+            except QuoteRejected as exc:
+                print(f"   the same with its mandate: refused before signing ({exc.detail})")
+                _check(exc.rule == "ceiling", "the mandate's ceiling holds whichever way the agent tries")
+            else:
+                raise DemoFailure("the agent paid above its mandate's ceiling")
+
             paid_total += await _identity_part(session, base, home, info, config, wallet, app)
 
-            paid_total += await _session_part(session, base, wallet, ledger, wire)
+            paid_total += await _session_part(session, base, wallet, ledger, wire, identity)
 
-            paid_total += await pricing_part(session, base, home, wallet, ledger, seller, _check)
+            paid_total += await pricing_part(session, base, home, wallet, ledger, seller, _check, identity)
 
         after = _balances(ledger)
         print("11. balances")
@@ -141,9 +171,10 @@ async def _run(home: Path) -> None:
         _check(ledger.check() == [], "every transfer is two postings summing to zero")
     finally:
         await runner.cleanup()
+        await budget.close()
 
 
-async def _session_part(session, base: str, wallet, ledger, wire: list[str]) -> int:
+async def _session_part(session, base: str, wallet, ledger, wire: list[str], identity) -> int:
     """Metered usage: one session, many requests, one stream with in-band vouchers, one close."""
     from .aio.buyer import PaymentClient
     from .aio.sessions import SessionPolicy
@@ -154,7 +185,7 @@ async def _session_part(session, base: str, wallet, ledger, wire: list[str]) -> 
     units = [500 + (n * 737) % 3500 for n in range(calls)]  # what each call "uses": 500 to 3999 tokens
     buyer_before = ledger.balance(wallet.account)
     client = PaymentClient(session, [LedgerBuyerMethod(key=wallet.key, account=wallet.account)], wallet.policy,
-                           sessions=SessionPolicy(max_cap=400))
+                           sessions=SessionPolicy(max_cap=400), identity=identity)
     wire.clear()
     charged: list[int] = []
     async with client:

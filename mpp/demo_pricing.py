@@ -9,7 +9,7 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 PRICE_LIST = "prices.toml"
 
@@ -92,7 +92,8 @@ def write_price_list(home: Path) -> Path:
     return path
 
 
-async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, check: Callable[[bool, str], None]) -> int:
+async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, check: Callable[[bool, str], None],
+                       identity: Any = None) -> int:
     """Returns what the buyer paid in this part."""
     from .aio.buyer import PaymentClient
     from .aio.serve import reload_price_list
@@ -117,7 +118,7 @@ async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, c
         print(f"   {route:<15} 402 with {len(offers)} offer(s): {shown}")
 
     # -- one route switched from per-request to per-token while the seller runs ----------------
-    client = PaymentClient(session, method, wallet.policy)
+    client = PaymentClient(session, method, wallet.policy, identity=identity)
     first = await client.request("GET", f"{base}/translate?text=hello")
     claims = first.claims or {}
     print(f"   GET /translate -> {first.status}, receipt: {claims.get('amount')} usd, model {claims.get('model')}, "
@@ -152,7 +153,7 @@ async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, c
                                                      for intent, p in offers))
     check(any(intent == "session" and p.get("model") == "unit" and p.get("priceList") == "demo-2" for intent, p in offers),
           "the route is now offered per token (a session), from demo-2")
-    metered = PaymentClient(session, method, wallet.policy, sessions=SessionPolicy(max_cap=200))
+    metered = PaymentClient(session, method, wallet.policy, sessions=SessionPolicy(max_cap=200), identity=identity)
     async with metered:
         tokens = [120, 480, 75, 900]
         answers = [await metered.request("GET", f"{base}/translate?units={n}") for n in tokens]
@@ -183,7 +184,7 @@ async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, c
 
     # -- a seat for the day ------------------------------------------------------------------------
     subscriber = PaymentClient(session, method, dataclasses.replace(wallet.policy, allow_recurring=True),
-                               plan=OfferPlan(planned_requests=12))
+                               plan=OfferPlan(planned_requests=12), identity=identity)
     reads = [await subscriber.request("GET", f"{base}/news" if n % 2 == 0 else f"{base}/news/latest") for n in range(6)]
     seat = reads[0].claims or {}
     print(f"   GET /news with 12 reads planned: the buyer chose the seat ({seat.get('amount')} usd for the day, "

@@ -491,3 +491,11 @@ def test_ledger_account_commands_and_their_errors(tmp_path: Path):
     assert "acct:nope" in error_line(mpp_cli("ledger", "allow", "acct:nope", agent, "--as", "agent", "--ledger", led))
     assert "--as" in error_line(mpp_cli("ledger", "allow", "acct:team", agent, "--ledger", led))
     assert "operator" in error_line(mpp_cli("ledger", "account", "create", "acct:x", "--ledger", "http://127.0.0.1:9"))
+
+
+def test_demo_shows_a_refused_bare_key_purchase():
+    """Issue 12, AC5: `mpp demo` passes and shows the agent's bare key refused (LEDGER-ACCT-03)."""
+    result = mpp_cli("demo", timeout=240)
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("demo passed"), result.stdout[-2000:] + result.stderr
+    part = result.stdout.partition("7. the agent's key without its mandate")[2].partition("\n8. ")[0]
+    assert "HTTP 402 urn:mpp:problem:mandate-required" in part and "ok: refused before the challenge was consumed" in part
