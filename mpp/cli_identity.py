@@ -29,23 +29,20 @@ def _nonneg(text: str) -> int:
     return value
 
 
-def _new_key_dir(directory: str, filename: str) -> tuple[Path, "object"]:
-    from .config import ConfigError
+def _new_key_dir(directory: str, filename: str, force: bool) -> tuple[Path, "object"]:
     from .keys import SigningKey
 
     path = Path(directory)
-    if (path / filename).exists():
-        raise ConfigError(f"{path / filename} exists already; refusing to overwrite a key")
     path.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    key.save(path / filename)
+    key.save(path / filename, force=force)  # refuses a link, and an existing key without --force
     return path, key
 
 
 def cmd_principal_init(args: argparse.Namespace) -> int:
     from .receipts import jwks_document
 
-    path, key = _new_key_dir(args.dir, "principal.key")
+    path, key = _new_key_dir(args.dir, "principal.key", args.force)
     (path / "jwks.json").write_text(json.dumps(jwks_document([key]), indent=2) + "\n")
     print(f"principal {key.did}")
     print(f"  key  : {path / 'principal.key'} (keep it private)")
@@ -75,7 +72,7 @@ def cmd_agent_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: no agent key yet, so no mandate can name it: run `mpp agent init {path}` first, "
                           f"issue a mandate for the DID it prints, then `mpp agent init {path} --mandate FILE` to attach it")
     else:
-        path, key = _new_key_dir(args.dir, "agent.key")
+        path, key = _new_key_dir(args.dir, "agent.key", args.force)
         wallet = {"key": "agent.key", "account": args.account, "did": key.did, "max_amount": args.max_amount,
                   "currencies": [args.currency], "budget": "budget.db", "audit": "audit.db"}
     if chain is not None:
@@ -262,6 +259,7 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     ps = s.add_subparsers(dest="principal_command", required=True, metavar="SUBCOMMAND")
     t = ps.add_parser("init", help="create a principal key (did:key) and its JWKS")
     t.add_argument("dir", metavar="DIR")
+    t.add_argument("--force", action="store_true", help="replace an existing principal key (and its JWKS)")
     t.set_defaults(func=cmd_principal_init)
 
     s = sub.add_parser("agent", help="agent identities")
@@ -272,6 +270,7 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mandate", help="mandate chain for this agent's DID to put in its (existing) wallet")
     t.add_argument("--max-amount", type=_nonneg, default=1000, help="per-purchase limit (default 1000)")
     t.add_argument("--currency", default="usd")
+    t.add_argument("--force", action="store_true", help="replace an existing agent key (and its wallet)")
     t.set_defaults(func=cmd_agent_init)
 
     s = sub.add_parser("mandate", help="issue, show and revoke mandates")
