@@ -766,7 +766,7 @@ class PaymentClient:
         if self.identity is not None and session.budget_links is not None:
             await self.identity.settle(session.id, captured)
         await self._event("session-close", sessionId=session.id, realm=session.realm, captured=str(captured),
-                          released=str(claims.get("released")), cap=str(session.cap), settlementRef=claims.get("settlementRef"))
+                          released=str(claims.get("released")), cap=str(session.cap), reference=claims.get("settlementRef"))
         return claims
 
     async def close_sessions(self) -> list[dict[str, Any]]:
