@@ -55,11 +55,12 @@ def _err(msg: str) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from .config import init_home
 
-    info = init_home(args.dir, funding=args.funding, realm=args.realm, max_amount=args.max_amount)
+    info = init_home(args.dir, funding=args.funding, realm=args.realm, max_amount=args.max_amount, force=args.force)
     print(f"initialised {args.dir}")
     print(f"  seller config : {info['seller_config']}")
     print(f"  agent wallet  : {info['wallet']}  ({info['agent_did']})")
-    print(f"  ledger        : {info['ledger']}  (acct:buyer funded with {args.funding})")
+    funded = f"acct:buyer funded with {args.funding}" if info["funded"] else "kept, with its balances"
+    print(f"  ledger        : {info['ledger']}  ({funded})")
     return EXIT_OK
 
 
@@ -550,12 +551,12 @@ def cmd_ledger_key(args: argparse.Namespace) -> int:
     from .keys import SigningKey
 
     path = Path(args.path)
-    if path.exists():
-        key = SigningKey.load(path)
+    if path.exists() and not args.force:
+        key = SigningKey.load(path)  # an existing key is shown, never replaced (IDENT-KEY-07)
     else:
         key = SigningKey.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        key.save(path)
+        key.save(path, force=args.force)
     print(key.did)
     return EXIT_OK
 
@@ -684,10 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", help="create an agent key, a funded payer account and a seller configuration")
-    s.add_argument("dir", metavar="DIR", help="directory to create (must not be initialised yet)")
+    s.add_argument("dir", metavar="DIR", help="directory to create (must not be initialised yet, unless --force)")
     s.add_argument("--funding", type=_pos_int, default=100_000, help="initial balance of acct:buyer in base units (default 100000)")
     s.add_argument("--realm", default="mpp.local", help="the seller's realm (default mpp.local)")
     s.add_argument("--max-amount", type=_nonneg_int, default=1_000, help="the wallet's per-purchase limit (default 1000)")
+    s.add_argument("--force", action="store_true", help="re-initialise DIR: replace its keys, secret, mandate and configuration")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("seller", help="run a seller, or export its usage and revenue")
@@ -776,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_account_commands(lsub)
     t = lsub.add_parser("key", help="make a seller's key for a ledger service (if PATH does not exist) and print its DID")
     t.add_argument("path", metavar="PATH", help="the key file (PEM), e.g. seller/ledger.key")
+    t.add_argument("--force", action="store_true", help="replace the key at PATH with a new one")
     t.set_defaults(func=cmd_ledger_key)
 
     s = sub.add_parser("audit", help="read and check the identity audit log")

@@ -29,23 +29,20 @@ def _nonneg(text: str) -> int:
     return value
 
 
-def _new_key_dir(directory: str, filename: str) -> tuple[Path, "object"]:
-    from .config import ConfigError
+def _new_key_dir(directory: str, filename: str, force: bool) -> tuple[Path, "object"]:
     from .keys import SigningKey
 
     path = Path(directory)
-    if (path / filename).exists():
-        raise ConfigError(f"{path / filename} exists already; refusing to overwrite a key")
     path.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    key.save(path / filename)
+    key.save(path / filename, force=force)  # refuses a link, and an existing key without --force
     return path, key
 
 
 def cmd_principal_init(args: argparse.Namespace) -> int:
     from .receipts import jwks_document
 
-    path, key = _new_key_dir(args.dir, "principal.key")
+    path, key = _new_key_dir(args.dir, "principal.key", args.force)
     (path / "jwks.json").write_text(json.dumps(jwks_document([key]), indent=2) + "\n")
     print(f"principal {key.did}")
     print(f"  key  : {path / 'principal.key'} (keep it private)")
@@ -58,6 +55,12 @@ def cmd_agent_init(args: argparse.Namespace) -> int:
     from .keys import SigningKey
 
     path = Path(args.dir)
+    if args.ledger:
+        from .cli_ledger import is_service
+
+        if is_service(args.ledger) and not args.owner_key:  # refused before any key is made
+            raise ConfigError("enrolling at a ledger service takes an owner's signature: pass --owner-key with the "
+                              f"key of one of {args.account}'s owners")
     chain = load_chain(args.mandate) if args.mandate else None
     if chain is not None and (path / "agent.key").exists():
         # A mandate names its agent's DID, so it is issued after the key exists: attach it.
@@ -75,7 +78,7 @@ def cmd_agent_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: no agent key yet, so no mandate can name it: run `mpp agent init {path}` first, "
                           f"issue a mandate for the DID it prints, then `mpp agent init {path} --mandate FILE` to attach it")
     else:
-        path, key = _new_key_dir(args.dir, "agent.key")
+        path, key = _new_key_dir(args.dir, "agent.key", args.force)
         wallet = {"key": "agent.key", "account": args.account, "did": key.did, "max_amount": args.max_amount,
                   "currencies": [args.currency], "budget": "budget.db", "audit": "audit.db"}
     if chain is not None:
@@ -87,7 +90,11 @@ def cmd_agent_init(args: argparse.Namespace) -> int:
     if args.ledger:
         from .cli_ledger import enrol
 
-        enrol(args.ledger, args.owner_key, args.account, key.did, "agent")  # LEDGER-ACCT-02
+        try:
+            enrol(args.ledger, args.owner_key, args.account, key.did, "agent")  # LEDGER-ACCT-01
+        except Exception as exc:
+            raise ConfigError(f"the agent's key and wallet are made, but it was not enrolled at {args.ledger}: {exc} "
+                              f"(enrol it with `mpp ledger allow {args.account} {key.did} --as agent --ledger ...`)") from exc
         print(f"  enrolled at {args.ledger} as a mandate-bound agent of {args.account}")
     else:
         print(f"  not enrolled at a ledger yet: `mpp ledger allow {args.account} {key.did} --as agent --ledger LEDGER`")
@@ -269,6 +276,7 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     ps = s.add_subparsers(dest="principal_command", required=True, metavar="SUBCOMMAND")
     t = ps.add_parser("init", help="create a principal key (did:key) and its JWKS")
     t.add_argument("dir", metavar="DIR")
+    t.add_argument("--force", action="store_true", help="replace an existing principal key (and its JWKS)")
     t.set_defaults(func=cmd_principal_init)
 
     s = sub.add_parser("agent", help="agent identities")
@@ -282,6 +290,7 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ledger", help="also enrol the agent's DID as a mandate-bound agent of --account at this ledger "
                                     "(SQLite file, postgresql:// URL, or http(s):// URL of a ledger service)")
     t.add_argument("--owner-key", metavar="KEY.pem", help="with an http(s) --ledger: the key of one of the account's owners")
+    t.add_argument("--force", action="store_true", help="replace an existing agent key (and its wallet)")
     t.set_defaults(func=cmd_agent_init)
 
     s = sub.add_parser("mandate", help="issue, show and revoke mandates")

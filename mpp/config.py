@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .buyer_core import BuyerPolicy
 from .identity import issue_mandate
-from .keys import SigningKey, public_key_from_did
+from .keys import SecretFileRefused, SigningKey, public_key_from_did, write_secret
 from .receipts import jwks_document
 from .ledger import SqliteLedger
 from .seller_core import CURRENCY, Metered, Price
@@ -324,18 +324,31 @@ def _toml_value(v: Any) -> str:
     raise TypeError(type(v))
 
 
-def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, realm: str = "mpp.local", max_amount: int = 1_000) -> dict[str, str]:
-    """Create an agent key, a funded payer account and a seller configuration under ``directory``."""
+HOME_SECRETS = ("principal/principal.key", "agent/agent.key", "seller/receipt.key", "seller/hmac.secret")
+
+
+def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, realm: str = "mpp.local", max_amount: int = 1_000,
+              force: bool = False) -> dict[str, Any]:
+    """Create an agent key, a funded payer account and a seller configuration under ``directory``.
+
+    A home that is initialised already, or holds any of its keys or secret, is left untouched
+    unless ``force``: then new keys and a new secret replace the old ones (IDENT-KEY-07)."""
     home = Path(directory)
-    if (home / "seller.toml").exists() or (home / "agent" / "wallet.json").exists():
-        raise ConfigError(f"{home}: already initialised (remove it or pick another directory)")
+    links = [name for name in HOME_SECRETS if (home / name).is_symlink()]
+    if links:  # refused before anything is written, so a planted link never leaves half a home
+        raise SecretFileRefused(f"{home}: refusing to write a key or secret through a symbolic link: {', '.join(links)}")
+    if not force:
+        found = [name for name in ("seller.toml", "agent/wallet.json", *HOME_SECRETS) if os.path.lexists(home / name)]
+        if found:
+            raise ConfigError(f"{home}: already initialised ({', '.join(found)} exist); nothing was changed "
+                              f"(pass --force to replace its keys and secret, or pick another directory)")
     for sub in ("agent", "seller", "principal"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     principal = SigningKey.generate()
-    principal.save(home / "principal" / "principal.key")
+    principal.save(home / "principal" / "principal.key", force=force)
     (home / "principal" / "jwks.json").write_text(json.dumps(jwks_document([principal]), indent=2) + "\n")
     agent = SigningKey.generate()
-    agent.save(home / "agent" / "agent.key")
+    agent.save(home / "agent" / "agent.key", force=force)
     now = datetime.now(timezone.utc)
     root = issue_mandate(
         principal, subject=agent.did, audience=[realm], scope=["*"], currency="usd", ceiling=max_amount,
@@ -347,17 +360,17 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         json.dumps({"key": "agent.key", "account": BUYER_ACCOUNT, "did": agent.did, "max_amount": max_amount, "currencies": ["usd"],
                     "mandates": "mandate.json", "budget": "budget.db", "audit": "audit.db"}, indent=2) + "\n"
     )
-    SigningKey.generate().save(home / "seller" / "receipt.key")
-    fd = os.open(home / "seller" / "hmac.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
+    SigningKey.generate().save(home / "seller" / "receipt.key", force=force)
+    write_secret(home / "seller" / "hmac.secret", (secrets.token_hex(32) + "\n").encode("ascii"), force=force)
     ledger = SqliteLedger(str(home / "ledger.db"))
     try:
+        funded = any(a.id == BUYER_ACCOUNT for a in ledger.accounts())  # re-initialised (--force): keep its balances
         ledger.create_account(SELLER_ACCOUNT, "usd")
         # LEDGER-ACCT-01: the principal owns the account; its agent spends from it only under the mandate
         ledger.create_account(BUYER_ACCOUNT, "usd", owner=principal.did)
         ledger.allow(BUYER_ACCOUNT, agent.did, "agent")
-        ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
+        if not funded:
+            ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
     finally:
         ledger.close()
     lines = [
@@ -379,4 +392,5 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         lines.append("")
     (home / "seller.toml").write_text("\n".join(lines))
     return {"seller_config": str(home / "seller.toml"), "wallet": str(home / "agent"), "ledger": str(home / "ledger.db"),
-            "agent_did": agent.did, "principal_did": principal.did, "principal_key": str(home / "principal" / "principal.key")}
+            "agent_did": agent.did, "principal_did": principal.did, "principal_key": str(home / "principal" / "principal.key"),
+            "funded": not funded}

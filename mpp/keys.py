@@ -5,9 +5,11 @@ A ``did:key`` for Ed25519 is ``did:key:z`` + base58btc(0xed 0x01 || 32-byte publ
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
-
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ._wire import b64url_decode, b64url_encode
 from .errors import ParseError
 
-__all__ = ["SigningKey", "did_from_public_key", "public_key_from_did", "verify_signature", "public_jwk", "SignatureInvalid"]
+__all__ = ["SigningKey", "did_from_public_key", "public_key_from_did", "verify_signature", "public_jwk", "SignatureInvalid",
+           "write_secret", "SecretFileRefused"]
 
 _ED25519_MULTICODEC = b"\xed\x01"
 
@@ -67,6 +70,81 @@ def public_jwk(public_key: Ed25519PublicKey, kid: str) -> dict[str, Any]:
     return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
 
 
+class SecretFileRefused(ValueError):
+    """A private key or secret was not written: its path is a symbolic link, or a file is there
+    and overwriting was not asked for. Nothing was changed."""
+
+
+def _refuse_existing(path: Path) -> SecretFileRefused:
+    return SecretFileRefused(f"{path} exists already; refusing to overwrite a key or secret (pass --force to replace it)")
+
+
+def write_secret(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> None:
+    """Write a private key or secret file (IDENT-KEY-07): mode 0600, all or nothing, never
+    through a symbolic link, and over an existing file only with ``force``.
+
+    The bytes go to a fresh temporary file in the same directory (O_EXCL|O_NOFOLLOW, so nobody
+    else's file or link is opened), are fsynced, and only then take the final name: a crash or
+    error leaves either the old file or the new one, never a partial file, and no temporary file.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise SecretFileRefused(f"{path} is a symbolic link; refusing to write a key or secret through it")
+    if not force and os.path.lexists(path):
+        raise _refuse_existing(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, path)  # replaces a file or link that is there; never writes through a link
+        else:
+            _link_new(tmp, path)
+        _fsync_directory(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if nothing has it: link() never replaces, so a file
+    made meanwhile by another process (or a link planted meanwhile) wins, and we refuse."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _refuse_existing(path) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        # A file system without hard links: check, then rename (a narrow race instead of none).
+        if os.path.lexists(path):
+            raise _refuse_existing(path) from None
+        os.replace(tmp, path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the new name durable; skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class SigningKey:
     """An Ed25519 private key with its DID. ``repr`` never shows key material."""
 
@@ -95,15 +173,12 @@ class SigningKey:
             raise ValueError(f"{path}: not an Ed25519 private key")
         return cls(key)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write PKCS#8 PEM, readable by the owner only."""
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
+        """Write PKCS#8 PEM through :func:`write_secret` (owner only; an existing file only with ``force``)."""
         pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path = Path(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
+        write_secret(path, pem, force=force)
 
     def sign(self, message: bytes) -> str:
         return b64url_encode(self._key.sign(message))

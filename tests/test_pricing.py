@@ -13,6 +13,7 @@ from mpp import Price, SigningKey
 from mpp.seller_core import Metered
 from mpp._wire import b64url_decode, b64url_encode
 from mpp.pricing import (
+    SeenGrantProofs,
     GrantAgent,
     GrantAudience,
     GrantExpired,
@@ -480,9 +481,65 @@ def test_grant_proof_binds_the_request_and_the_agent(keys):
     forged = stolen.replace(thief.did, agent.did)  # names the agent, signed by another key
     with pytest.raises(GrantProofInvalid):
         verify_grant_proof(forged, grant=grant, method="GET", path="/jobs/job-1", query="wait=1", now=T0)
-    for bad in ("", "agent=x; t=1; sig=y", value.replace("; ", ","), value + "; extra=1"):
+    no_nonce = f"agent={proof.agent}; t={proof.t}; sig={proof.sig}"  # the form before nonces
+    for bad in ("", "agent=x; t=1; sig=y", value.replace("; ", ","), value + "; extra=1", no_nonce,
+                value.replace(f"nonce={proof.nonce}", f"nonce={proof.nonce[:21]}")):
         with pytest.raises(GrantProofInvalid):
             parse_grant_proof(bad)
+    tampered = value.replace(f"nonce={proof.nonce}", "nonce=" + ("A" if proof.nonce[0] != "A" else "B") + proof.nonce[1:])
+    with pytest.raises(GrantProofInvalid):  # the nonce is signed
+        verify_grant_proof(tampered, grant=grant, method="GET", path="/jobs/job-1", query="wait=1", now=T0)
+
+
+def test_alike_requests_in_one_second_get_different_proofs(keys):
+    """PRICE-GRANT-05: the same request signed twice at the same instant gives two proofs (a new
+    nonce each), both valid."""
+    seller, agent = keys
+    grant = verify_grant(_task_grant(seller, agent), [seller], realm=REALM, agent=agent.did, now=T0)
+    a, b = (sign_grant_proof(agent, grant_id=grant.jti, method="GET", path="/jobs/job-1", now=T0) for _ in range(2))
+    assert a != b and parse_grant_proof(a).nonce != parse_grant_proof(b).nonce
+    for value in (a, b):
+        verify_grant_proof(value, grant=grant, method="GET", path="/jobs/job-1", now=T0)
+
+
+def test_seen_proofs_refuse_a_replay_until_the_window_ends(keys):
+    """PRICE-GRANT-06: an accepted proof is refused again, until t + window; another proof of the
+    same request at the same instant is admitted; expired entries are dropped."""
+    seller, agent = keys
+    grant = verify_grant(_task_grant(seller, agent), [seller], realm=REALM, agent=agent.did, now=T0)
+    seen = SeenGrantProofs()
+    first, second = (parse_grant_proof(sign_grant_proof(agent, grant_id=grant.jti, method="GET", path="/jobs/job-1", now=T0))
+                     for _ in range(2))
+    seen.admit(grant, first, T0)
+    seen.admit(grant, second, T0)
+    for later in (0, 1, 60):
+        with pytest.raises(GrantProofInvalid, match="already been used"):
+            seen.admit(grant, first, T0 + timedelta(seconds=later))
+    other = verify_grant(_task_grant(seller, agent, task="job-2"), [seller], realm=REALM, agent=agent.did, now=T0)
+    seen.admit(other, first, T0)  # the same nonce under another grant is another proof
+    later = parse_grant_proof(sign_grant_proof(agent, grant_id=grant.jti, method="GET", path="/jobs/job-1",
+                                               now=T0 + timedelta(seconds=61)))
+    seen.admit(grant, later, T0 + timedelta(seconds=61))  # past the window of the first three: forgotten
+    assert len(seen) == 1
+
+
+def test_seen_proofs_are_bounded(keys):
+    """PRICE-GRANT-06: the record never holds more than its capacity; when full it forgets the
+    proof whose window ends first, and still refuses the replay of every proof it holds."""
+    seller, agent = keys
+    grant = verify_grant(_task_grant(seller, agent), [seller], realm=REALM, agent=agent.did, now=T0)
+    seen = SeenGrantProofs(capacity=3)
+    proofs = [parse_grant_proof(sign_grant_proof(agent, grant_id=grant.jti, method="GET", path="/jobs/job-1",
+                                                 now=T0 + timedelta(seconds=i))) for i in range(5)]
+    for p in proofs:
+        seen.admit(grant, p, T0 + timedelta(seconds=4))
+        assert len(seen) <= 3
+    for p in proofs[2:]:
+        with pytest.raises(GrantProofInvalid):
+            seen.admit(grant, p, T0 + timedelta(seconds=4))
+    seen.admit(grant, proofs[0], T0 + timedelta(seconds=4))  # the earliest window went first
+    with pytest.raises(ValueError):
+        SeenGrantProofs(capacity=0)
 
 
 # -- mandates and the buyer's choice --------------------------------------------------------------

@@ -185,7 +185,7 @@ class FakeSeller:
         grant = P.verify_grant(request.headers[P.GRANT_HEADER], [self.receipt_key], realm=self.realm, agent=proof.agent,
                                now=now(), task_id=task_id, route=(method, path))
         P.verify_grant_proof(proof, grant=grant, method=method, path=path, query=query, body=body, now=now())
-        seen = (grant.jti, proof.t, proof.sig)
+        seen = (grant.jti, proof.nonce)  # PRICE-GRANT-06
         if seen in self.proofs_seen:
             raise P.GrantProofInvalid("proof replayed")
         self.proofs_seen.add(seen)
@@ -342,7 +342,7 @@ async def test_many_requests_pick_the_seat_and_its_grant_covers_the_rest(seller,
     first = await client.request("GET", seller.url("/weather"))
     assert first.paid and first.claims["plan"] == "weather-pro"
     assert seller.signed == [("subscription", "seat")]
-    for _ in range(3):  # alike, in the same second: each proof still differs (PRICE-GRANT-03)
+    for _ in range(3):  # alike, in the same second: each proof has its own nonce (PRICE-GRANT-05)
         again = await client.request("GET", seller.url("/weather"))
         assert again.status == 200 and not again.paid and again.grant is not None
     covered = await client.request("GET", seller.url("/forecast"))

@@ -378,19 +378,32 @@ async def test_task_grant_refused_for_another_task_agent_seller_expiry_and_proof
     assert await slug("GET", f"/jobs/{task}", grant, world.A) == "grant-expired"
 
 
-async def test_replayed_grant_proof_is_refused(world: World):
-    """PRICE-GRANT-03 (SHOULD): a proof of an unsafe request (here a cancellation) accepted once is
-    not accepted again within the window. Safe requests are exempt: Ed25519 signatures are
-    deterministic, so the same GET in the same second carries the same proof, and repeating it
-    changes nothing."""
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_replayed_grant_proof_is_refused(world: World, method: str):
+    """PRICE-GRANT-06: a proof accepted once is refused when sent again within its window, for a
+    safe request (a status poll) as for an unsafe one (a cancellation)."""
     task, grant, _ = await buy_task(world, world.A)
-    proof = sign_grant_proof(world.A, grant_id=claims_of(grant)["jti"], method="DELETE", path=f"/jobs/{task}",
+    proof = sign_grant_proof(world.A, grant_id=claims_of(grant)["jti"], method=method, path=f"/jobs/{task}",
                              now=datetime.now(timezone.utc))
     headers = {GRANT_HEADER: grant, GRANT_PROOF_HEADER: proof}
-    async with world.session.delete(world.url(f"/jobs/{task}"), headers=headers) as resp:
+    async with world.session.request(method, world.url(f"/jobs/{task}"), headers=headers) as resp:
         assert resp.status == 200
-    async with world.session.delete(world.url(f"/jobs/{task}"), headers=headers) as resp:
+    async with world.session.request(method, world.url(f"/jobs/{task}"), headers=headers) as resp:
         assert resp.status == 403 and (await resp.json())["type"] == "urn:mpp:problem:grant-proof-invalid"
+
+
+async def test_two_honest_polls_in_one_second_are_both_served(world: World):
+    """PRICE-GRANT-05, PRICE-GRANT-06: two alike GETs signed at the same instant (same t) carry two
+    nonces, so neither looks like a replay of the other; then both are spent."""
+    task, grant, _ = await buy_task(world, world.A)
+    at = datetime.now(timezone.utc)
+    proofs = [sign_grant_proof(world.A, grant_id=claims_of(grant)["jti"], method="GET", path=f"/jobs/{task}", now=at)
+              for _ in range(2)]
+    statuses = []
+    for proof in proofs + proofs:
+        async with world.session.get(world.url(f"/jobs/{task}"), headers={GRANT_HEADER: grant, GRANT_PROOF_HEADER: proof}) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 200, 403, 403]
 
 
 async def test_failed_task_is_refunded_once_when_the_rule_is_full(world: World):

@@ -104,11 +104,17 @@ def _follow_up(member: dict[str, Any], task: str) -> str:
     return follow_ups[0].replace("{task}", task)
 
 
-async def _with_grant(ctx: CheckContext, route: str, grant: str, key: SigningKey) -> Response:
+def _grant_request(ctx: CheckContext, route: str, grant: str, key: SigningKey) -> tuple[str, str, dict[str, str]]:
+    """Method, URL and header fields of a follow-up request with the grant and a fresh proof."""
     method, url, path = _route_url(ctx, route)
     jti = _unverified_claims(grant).get("jti", "")
     proof = sign_grant_proof(key, grant_id=jti, method=method, path=path, now=datetime.now(timezone.utc))
-    return await ctx.request(method, url, headers={GRANT_HEADER: grant, GRANT_PROOF_HEADER: proof})
+    return method, url, {GRANT_HEADER: grant, GRANT_PROOF_HEADER: proof}
+
+
+async def _with_grant(ctx: CheckContext, route: str, grant: str, key: SigningKey) -> Response:
+    method, url, headers = _grant_request(ctx, route, grant, key)
+    return await ctx.request(method, url, headers=headers)
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
@@ -253,9 +259,9 @@ async def forged_grant_refused(ctx: CheckContext) -> str:
 
 
 @register("pricing.task-bought-once", "a task is charged once; its grant serves the follow-ups free, to the paying "
-          "agent and for that task only", "pricing",
+          "agent and for that task only, each proof once", "pricing",
           ["PRICE-TASK-01", "PRICE-TASK-02", "PRICE-TASK-03", "PRICE-GRANT-01", "PRICE-GRANT-02", "PRICE-GRANT-03",
-           "PRICE-GRANT-04"])
+           "PRICE-GRANT-04", "PRICE-GRANT-06"])
 async def task_bought_once(ctx: CheckContext) -> str:
     payer = _ledger_payer(ctx)
     _, priced = await _quote(ctx)
@@ -276,11 +282,17 @@ async def task_bought_once(ctx: CheckContext) -> str:
     route = _follow_up(member, task)
     if route not in (claims.get("routes") or []):
         fail(f"the task grant does not cover {route} (PRICE-TASK-02)")
-    served = await _with_grant(ctx, route, token, payer.key)
+    method, url, headers = _grant_request(ctx, route, token, payer.key)
+    served = await ctx.request(method, url, headers=headers)
     if not 200 <= served.status < 300:
         fail(f"{route} with the task grant: {describe(served)}; it must be served free (PRICE-GRANT-04)")
     if "Payment-Receipt" in served.headers:
         fail(f"{route} with the task grant carries a Payment-Receipt: a follow-up is not a purchase (PRICE-GRANT-04)")
+    replayed = await ctx.request(method, url, headers=headers)
+    _extension_problem(replayed, ("grant-proof-invalid",), 403, f"{route}: the same grant proof sent again (PRICE-GRANT-06)")
+    again = await _with_grant(ctx, route, token, payer.key)
+    if not 200 <= again.status < 300:
+        fail(f"{route} with the task grant and a new proof: {describe(again)}; it must be served (PRICE-GRANT-03)")
     stranger = SigningKey.generate()
     other_agent = await _with_grant(ctx, route, token, stranger)
     _extension_problem(other_agent, ("grant-agent", "grant-proof-invalid"), 403, f"{route}: the grant with another agent's proof")

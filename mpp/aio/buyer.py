@@ -18,7 +18,6 @@ fresh proof, on the later requests they cover instead of paying again (PRICE-GRA
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -63,7 +62,6 @@ from ..models import Challenge, ChargeRequest, Credential, PaymentReceipt
 from ..pricing import (
     GRANT_HEADER,
     GRANT_PROOF_HEADER,
-    PROOF_WINDOW,
     SUBSCRIPTION_ID_HEADER,
     Grant,
     MandateRestrictions,
@@ -147,8 +145,6 @@ class PaymentClient:
     # origin -> plan -> (routes, subscription id): named in Subscription-Id when a seat is renewed
     _subscriptions: dict[tuple[str, str, int], dict[str, tuple[tuple[str, ...], str]]] = field(
         default_factory=dict, init=False, repr=False)
-    # (jti, resource, body hash) -> the last proof time used: never the same proof twice (PRICE-GRANT-03)
-    _proof_times: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.sessions is not None:
@@ -401,8 +397,6 @@ class PaymentClient:
 
     def _drop_grant(self, url: str, grant: Grant) -> None:
         self._grants.get(origin_of(url), {}).pop(grant.jti, None)
-        for key in [k for k in self._proof_times if k[0] == grant.jti]:
-            del self._proof_times[key]
 
     async def _keep_grant(self, token: Any, realm: str, url: str) -> Grant | None:
         """Verify a grant the seller gave us (its receipt key, our DID, its realm) and keep it for its origin."""
@@ -441,17 +435,9 @@ class PaymentClient:
             return None
         u = URL(url)
         body = data or b""
-        t = int(self.clock().timestamp())
-        # Two requests alike in one second would carry the same proof, which a seller may refuse as
-        # a replay: each proof of a grant and request gets a later t, within the seller's window.
-        slot = (grant.jti, f"{method.upper()} {u.raw_path_qs}", hashlib.sha256(body).hexdigest())
-        t = max(t, self._proof_times.get(slot, t - 1) + 1)
-        ahead = t - int(self.clock().timestamp())
-        if ahead > PROOF_WINDOW // 2:
-            await asyncio.sleep(ahead - PROOF_WINDOW // 2)
-        self._proof_times[slot] = t
+        # A fresh nonce in every proof: two alike requests in one second are two proofs (PRICE-GRANT-05).
         proof = sign_grant_proof(key, grant_id=grant.jti, method=method, path=u.raw_path, query=u.raw_query_string,
-                                 body=body, now=datetime.fromtimestamp(t, timezone.utc))
+                                 body=body, now=self.clock())
         hdrs = {"Accept-Payment": self.accept_payment, **(headers or {}), GRANT_HEADER: grant.token, GRANT_PROOF_HEADER: proof}
         # Only to the origin that issued it: no redirects with a grant.
         resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
@@ -766,7 +752,7 @@ class PaymentClient:
         if self.identity is not None and session.budget_links is not None:
             await self.identity.settle(session.id, captured)
         await self._event("session-close", sessionId=session.id, realm=session.realm, captured=str(captured),
-                          released=str(claims.get("released")), cap=str(session.cap), settlementRef=claims.get("settlementRef"))
+                          released=str(claims.get("released")), cap=str(session.cap), reference=claims.get("settlementRef"))
         return claims
 
     async def close_sessions(self) -> list[dict[str, Any]]:

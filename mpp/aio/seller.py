@@ -25,7 +25,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
@@ -71,6 +70,7 @@ from ..pricing import (
     Route,
     SeatAlreadyPaid,
     SeatOffer,
+    SeenGrantProofs,
     TaskOffer,
     UnitOffer,
     check_offer_allowed,
@@ -206,7 +206,7 @@ class Seller:
         self._route_prices: dict[int, Price | Metered] = {}
         self.sessions = SessionDesk(self, self.session_store, sweep_interval=self.session_sweep_interval) if self.session_store else None
         self._lists: list[PriceList] = []  # every list served since start: their follow-ups stay guarded (PRICE-VER-03)
-        self._proofs_seen: dict[tuple[str, int, str], float] = {}  # grant proofs accepted, until they age out
+        self._proofs_seen = SeenGrantProofs()  # grant proofs accepted, until they age out (PRICE-GRANT-06)
         if self.price_list is not None:
             self._check_list(self.price_list)
             self._lists.append(self.price_list)
@@ -642,16 +642,7 @@ class Seller:
         if proof is None:
             raise GrantProofInvalid("Payment-Grant-Proof is missing or malformed")
         verify_grant_proof(proof, grant=grant, method=info.method, path=info.path, query=info.query, body=info.body, now=now)
-        if info.method in ("GET", "HEAD"):
-            # Ed25519 is deterministic: the same safe request in the same second has the same proof,
-            # and repeating it changes nothing, so only unsafe methods are held to one use.
-            return grant
-        seen_key = (grant.jti, proof.t, proof.sig)
-        clock = time.monotonic()
-        self._proofs_seen = {k: v for k, v in self._proofs_seen.items() if v > clock} if len(self._proofs_seen) > 4096 else self._proofs_seen
-        if self._proofs_seen.get(seen_key, 0) > clock:
-            raise GrantProofInvalid("this proof has already been used")  # PRICE-GRANT-03 (SHOULD; per process)
-        self._proofs_seen[seen_key] = clock + 125  # the window either way, and a little
+        self._proofs_seen.admit(grant, proof, now)  # every method: each proof carries its own nonce
         return grant
 
     async def _reserve_seat(self, verified: Verified, terms: QuotedTerms, now: datetime) -> tuple[str, int, datetime, datetime]:

@@ -137,17 +137,21 @@ def _accept_any_grant(token, keys, *, realm, agent, now, task_id=None, route=Non
 @pytest.mark.parametrize("fault, path, method, expected", [
     ("grants-unchecked", "/jobs", "POST", {"pricing.forged-grant-refused", "pricing.task-bought-once"}),
     ("seat-paid-twice", "/feed", "GET", {"pricing.seat-once-per-period"}),
+    ("proofs-replayable", "/jobs", "POST", {"pricing.task-bought-once"}),
 ])
 async def test_a_broken_seller_fails_the_check_for_its_fault(home: Path, monkeypatch, fault: str, path: str, method: str,
                                                               expected: set[str]):
-    """Teeth: a seller that trusts any grant's claims, or that never finds a seat period already
-    paid, fails exactly the checks written for that."""
+    """Teeth: a seller that trusts any grant's claims, that never finds a seat period already
+    paid, or that forgets the grant proofs it accepted (PRICE-GRANT-06), fails exactly the checks
+    written for that."""
     import mpp.aio.seller as seller_module
 
     if fault == "grants-unchecked":
         monkeypatch.setattr(seller_module, "verify_grant", _accept_any_grant)
 
     def breaker(seller):
+        if fault == "proofs-replayable":
+            monkeypatch.setattr(seller._proofs_seen, "admit", lambda grant, proof, now: None)
         if fault == "seat-paid-twice":
             async def never_paid(subscription_id, period, challenge_id):
                 return None
