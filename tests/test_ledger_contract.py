@@ -677,3 +677,13 @@ async def test_processes_never_overdraw_never_overspend_and_transfer_once(locati
     assert await led.mandate_spent(link_key(token), "total") == BUDGET
     assert sum([await led.balance(f"acct:shop{k}") for k in range(SHOPS)]) == BUDGET
     assert await led.total() == 0 and await led.check() == []
+
+
+async def test_funding_is_idempotent_by_reference(ledger):
+    """LEDGER-03: a funding repeated under its reference is the first one; other terms are refused
+    (on SQLite this used to escape as a database integrity error)."""
+    first = await ledger.fund(OTHER, 7, reference="fund-once")
+    assert await ledger.fund(OTHER, 7, reference="fund-once") == first
+    with pytest.raises(TransferConflict):
+        await ledger.fund(OTHER, 8, reference="fund-once")
+    assert await ledger.balance(OTHER) == FUNDS + 7

@@ -180,7 +180,8 @@ class SqliteLedger:
     # -- moving value ------------------------------------------------------
 
     def fund(self, account_id: str, amount: int, *, reference: str | None = None) -> Transfer:
-        """Credit ``account_id`` from its currency's issuance account (prepaid credit)."""
+        """Credit ``account_id`` from its currency's issuance account (prepaid credit). The same
+        reference again returns the first funding; with other terms it raises TransferConflict."""
         _check_amount(amount)
         _not_holding(account_id)
         reference = reference or "fund-" + secrets.token_hex(8)
@@ -190,6 +191,11 @@ class SqliteLedger:
                 raise UnknownAccount(f"no account {account_id!r}")
             source = issuance_account(row[0])
             self._ensure_account(c, source, row[0], "issuance")
+            existing = self._get(c, reference)
+            if existing is not None:  # the same reference again: the first funding (as PgLedger.fund)
+                if (existing.payer, existing.payee, existing.amount, existing.kind) != (source, account_id, amount, "fund"):
+                    raise TransferConflict(f"transfer {reference!r} exists with other terms")
+                return existing
             return self._post(c, reference, source, account_id, amount, row[0], "fund", None)
 
     def transfer(
