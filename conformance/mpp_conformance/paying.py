@@ -7,7 +7,9 @@
     used: the suite pays whatever the target quotes (it is testing the target, not the wallet),
     except that it refuses any amount above ``max_amount`` base units (``--max-amount``,
     default 10 000) so that a mis-priced target cannot drain the wallet. Only ``ledger``/``charge``
-    challenges naming a ledger (``methodDetails.ledger``) are paid.
+    challenges naming a ledger (``methodDetails.ledger``) are paid. The key pays bare, so the
+    target's ledger must list it as an owner of the wallet's account (ledger.md LEDGER-ACCT-03):
+    ``mpp init`` enrols its agent as mandate-bound, whose bare signature pays nothing.
 
 ``static:JSON`` or ``static:@FILE``
     For a target whose test method accepts a fixed payload. The suite echoes the challenge
