@@ -107,7 +107,8 @@ path = "/jobs"
 INIT_ROUTES = [("GET", "/weather"), ("GET", "/quote"), ("POST", "/summarize"), ("GET", "/premium-report"),
                ("GET", "/agent-report"), ("GET", "/complete"), ("GET", "/stream")]
 LISTED_ROUTES = [("GET", "/weather"), ("GET", "/forecast"), ("GET", "/complete"), ("POST", "/jobs")]
-GRANTED_ROUTES = [("GET", "/jobs/t_unknowntask01"), ("GET", "/jobs/t_unknowntask01/result")]
+# follow-ups of a task, and a seat-covered route (a Payment-Grant header takes it to the grant path)
+GRANTED_ROUTES = [("GET", "/jobs/t_unknowntask01"), ("GET", "/jobs/t_unknowntask01/result"), ("GET", "/forecast")]
 
 
 def listed_home(home: Path) -> Path:
