@@ -47,8 +47,8 @@ EXTENSION_PROBLEM_BASE = "urn:mpp:problem:"
 
 
 # CORE-ERR-12: bounds on what is copied from a request into a problem, a log line or an audit entry.
-TOKEN_MAX = 64  # a token: method, intent, action, model, algorithm, id
-RESOURCE_MAX = 256  # a resource (method, path and query), a path, an audit entry's value
+TOKEN_MAX = 64  # a token: method, intent, action, model, algorithm, mandate id
+RESOURCE_MAX = 256  # a resource (method, path and query), a path, a task id, an audit entry's value
 DETAIL_MAX = 512  # a problem's whole detail
 ELLIPSIS = "\u2026"  # marks a value that was shortened
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, format (bidi overrides), surrogates, separators

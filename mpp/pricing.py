@@ -1060,7 +1060,7 @@ def verify_grant(
     if claims.sub != agent:
         raise GrantAgent("grant belongs to another agent")
     if task_id is not None and (claims.kind != "task" or claims.task != task_id):
-        raise GrantTask("grant is not for this task", task=task_id)
+        raise GrantTask("grant is not for this task", task=clip(task_id, RESOURCE_MAX))  # the path's: CORE-ERR-12
     grant = Grant(claims.jti, claims.kind, claims.sub, claims.aud,
                   datetime.fromtimestamp(claims.iat, timezone.utc), datetime.fromtimestamp(claims.exp, timezone.utc),
                   tuple(claims.routes), claims.priceList, claims.challengeId, claims.task, claims.subscriptionId,
