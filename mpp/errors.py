@@ -6,9 +6,15 @@ answers over HTTP) are distinct branches, as in h11.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, ClassVar
 
 __all__ = [
+    "TOKEN_MAX",
+    "RESOURCE_MAX",
+    "DETAIL_MAX",
+    "ELLIPSIS",
+    "clip",
     "PROBLEM_BASE",
     "EXTENSION_PROBLEM_BASE",
     "MPPError",
@@ -40,6 +46,31 @@ PROBLEM_BASE = "https://paymentauth.org/problems/"
 EXTENSION_PROBLEM_BASE = "urn:mpp:problem:"
 
 
+# CORE-ERR-12: bounds on what is copied from a request into a problem, a log line or an audit entry.
+TOKEN_MAX = 64  # a token: method, intent, action, model, algorithm, mandate id
+RESOURCE_MAX = 256  # a resource (method, path and query), a path, a task id, an audit entry's value
+DETAIL_MAX = 512  # a problem's whole detail
+ELLIPSIS = "\u2026"  # marks a value that was shortened
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, format (bidi overrides), surrogates, separators
+
+
+def clip(value: object, limit: int = TOKEN_MAX) -> str:
+    """``value`` as text safe to copy: control and format characters removed, at most ``limit``
+    characters, the last one ELLIPSIS when it was shortened (CORE-ERR-12). Whatever a stranger
+    sends, what we write about it stays short and cannot forge lines or reorder text."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and text.isprintable():  # the common case; isprintable rejects every category removed
+        return text
+    kept: list[str] = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNPRINTABLE:
+            continue
+        kept.append(ch)
+        if len(kept) > limit:
+            return "".join(kept[:limit - 1]) + ELLIPSIS
+    return "".join(kept)
+
+
 class MPPError(Exception):
     """Base of every error this library raises on purpose."""
 
@@ -63,8 +94,9 @@ class PaymentProblem(MPPError):
     title: ClassVar[str] = "Payment Required"
 
     def __init__(self, detail: str = "", **extensions: Any) -> None:
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
+        detail = clip(detail, DETAIL_MAX) if detail else self.title  # whatever a caller interpolated (CORE-ERR-12)
+        super().__init__(detail)
+        self.detail = detail
         self.extensions = extensions
 
     @property

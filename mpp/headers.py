@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ._wire import b64url_encode, decode_json_b64
-from .errors import FormatError, ParseError
+from .errors import DETAIL_MAX, FormatError, ParseError, clip
 from .models import Challenge, Credential, PaymentReceipt
 
 __all__ = [
@@ -150,7 +150,7 @@ def _build_challenge(raw: _RawChallenge) -> Challenge:
     seen: set[str] = set()
     for name, value in raw.params:
         if name in seen:
-            raise ParseError(f"duplicate parameter {name!r}")
+            raise ParseError(f"duplicate parameter {clip(name)!r}")
         seen.add(name)
         if value is None:
             if name in _CHALLENGE_PARAMS:
@@ -210,7 +210,7 @@ def parse_challenges(values: str | Iterable[str], *, skip_invalid: bool = False)
                     raise
                 errors.append(str(exc))
     if not found:
-        raise ParseError("no valid Payment challenge" + (f" ({'; '.join(errors)})" if errors else ""))
+        raise ParseError("no valid Payment challenge" + (f" ({clip('; '.join(errors), DETAIL_MAX)})" if errors else ""))
     return found
 
 

@@ -23,7 +23,7 @@ from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, Invali
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._wire import b64url_decode, b64url_encode, canonical_json
-from .errors import ExtensionProblem, ParseError
+from .errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
 from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 from .models import Challenge, ChargeRequest, Credential
 
@@ -403,7 +403,7 @@ def _checked_claims(token: str, typ: str, problem: type[IdentityProblem]) -> dic
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise problem("JWS header and payload must be JSON objects")
     if header.get("alg") not in _ALGORITHMS:
-        raise problem(f"algorithm {header.get('alg')!r} is refused; only EdDSA is accepted")
+        raise problem(f"algorithm {clip(header.get('alg'))!r} is refused; only EdDSA is accepted")
     if header.get("typ") != typ:
         raise problem(f"typ must be {typ!r}")
     if "crit" in header:
@@ -581,7 +581,7 @@ def verify_chain(
                 raise DelegationInvalid(f"link {i} repeats a jti of the chain")
         _check_times({"exp": link.exp, "nbf": link.nbf, "iat": link.iat}, now, leeway, MandateExpired, MandateNotYetValid)
         if link.aud != ("*",) and realm not in link.aud:
-            raise MandateAudience(f"mandate {link.jti} is not for realm {realm!r}")
+            raise MandateAudience(f"mandate {clip(link.jti)} is not for realm {realm!r}")
         if i > 0:
             if links[-1].max_depth == 0:
                 raise DelegationTooDeep(f"link {i} follows a mandate that allows no further delegation")
@@ -775,12 +775,12 @@ def evaluate_policy(
     if request.currency != leaf.currency:
         raise CurrencyNotAllowed(f"mandate allows {leaf.currency!r}, quote is in {request.currency!r}", rule="currency", **base)
     if not any(p == "*" or (canonical and scope_matches(p, resource)) for p in leaf.scope):
-        raise OutOfScope(f"{resource} is outside the mandate's scope", rule="scope", **base)
+        raise OutOfScope(f"{clip(resource, RESOURCE_MAX)} is outside the mandate's scope", rule="scope", **base)
     if amount > leaf.ceiling:
         raise OverCeiling(f"amount {amount} is above the mandate's ceiling {leaf.ceiling}", rule="ceiling", **base)
     for link in chain.links:
         if spent.get(link.key, 0) + amount > link.budget_amount:
-            raise BudgetExceeded(f"budget of mandate {link.jti} ({link.budget_amount} per {link.budget_period}) would be exceeded",
+            raise BudgetExceeded(f"budget of mandate {clip(link.jti)} ({link.budget_amount} per {link.budget_period}) would be exceeded",
                                  rule="budget", **base)
     rule = None
     if leaf.approval_threshold is not None and amount > leaf.approval_threshold:

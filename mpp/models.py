@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ._wire import decode_json_b64, encode_json_b64
-from .errors import ParseError
+from .errors import ParseError, clip
 
 __all__ = ["Challenge", "Credential", "PaymentReceipt", "ChargeRequest", "parse_rfc3339", "format_rfc3339"]
 
@@ -19,13 +19,13 @@ _ECHO_FIELDS = ("id", "realm", "method", "intent", "request", "description", "di
 def parse_rfc3339(value: str) -> datetime:
     """An RFC 3339 date-time with an explicit offset, as an aware datetime."""
     if not isinstance(value, str) or len(value) < 20 or value[10] not in "Tt":
-        raise ParseError(f"not an RFC 3339 date-time: {value!r}")
+        raise ParseError(f"not an RFC 3339 date-time: {clip(value)!r}")
     try:
         dt = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError as exc:
-        raise ParseError(f"not an RFC 3339 date-time: {value!r}") from exc
+        raise ParseError(f"not an RFC 3339 date-time: {clip(value)!r}") from exc
     if dt.tzinfo is None:
-        raise ParseError(f"RFC 3339 date-time without offset: {value!r}")
+        raise ParseError(f"RFC 3339 date-time without offset: {clip(value)!r}")
     return dt
 
 

@@ -25,7 +25,7 @@ from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._wire import b64url_encode, canonical_json
-from .errors import ExtensionProblem, ParseError
+from .errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
 from .keys import SigningKey, SignatureInvalid, public_key_from_did, verify_signature
 from .seller_core import CURRENCY, MAX_AMOUNT, Metered, Price, resource_of
 from .session_core import cost_of
@@ -1063,13 +1063,13 @@ def verify_grant(
     if claims.sub != agent:
         raise GrantAgent("grant belongs to another agent")
     if task_id is not None and (claims.kind != "task" or claims.task != task_id):
-        raise GrantTask("grant is not for this task", task=task_id)
+        raise GrantTask("grant is not for this task", task=clip(task_id, RESOURCE_MAX))  # the path's: CORE-ERR-12
     grant = Grant(claims.jti, claims.kind, claims.sub, claims.aud,
                   datetime.fromtimestamp(claims.iat, timezone.utc), datetime.fromtimestamp(claims.exp, timezone.utc),
                   tuple(claims.routes), claims.priceList, claims.challengeId, claims.task, claims.subscriptionId,
                   claims.plan, claims.period, token)
     if route is not None and not grant.covers(*route):
-        raise GrantRoute(f"{route[0].upper()} {route[1]} is not covered by this grant")
+        raise GrantRoute(f"{clip(f'{route[0].upper()} {route[1]}', RESOURCE_MAX)} is not covered by this grant")
     return grant
 
 
@@ -1244,7 +1244,7 @@ def quoted_offer(request: Mapping[str, Any], intent: str) -> QuotedOffer:
     default = {"session": "unit", "subscription": "seat"}.get(intent, "transaction")
     model = pricing.get("model", default)
     if model not in MODELS:
-        raise ParseError(f"unknown pricing model {model!r}")
+        raise ParseError(f"unknown pricing model {clip(model)!r}")
     amount = request.get("amount")
     if not isinstance(amount, str) or not re.fullmatch(r"0|[1-9][0-9]{0,18}", amount):
         raise ParseError("request amount is not a decimal string")

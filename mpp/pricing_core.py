@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from .digest import content_digest
-from .errors import InvalidChallenge
+from .errors import InvalidChallenge, clip
 from .models import Challenge
 from .pricing import (
     DEFAULT_ANCHOR,
@@ -161,7 +161,7 @@ def quoted_terms(challenge: Challenge, request: Mapping[str, Any], route: str) -
         return QuotedTerms(default, None, None, None, {})
     model = pricing.get("model", default)
     if model not in MODELS:
-        raise InvalidChallenge(f"quoted pricing model {model!r} is unknown")
+        raise InvalidChallenge(f"quoted pricing model {clip(model)!r} is unknown")
     common = dict(id=str(pricing.get("offer")), route=route, price_list=str(pricing.get("priceList")),
                   amount=int(request["amount"]), currency=str(request["currency"]),
                   description=request.get("description"))

@@ -15,12 +15,14 @@ from typing import Any, Iterable, Mapping, Sequence
 from .challenge import ChallengeIssuer
 from .digest import content_digest, verify_content_digest
 from .errors import (
+    RESOURCE_MAX,
     InvalidChallenge,
     MalformedCredential,
     MethodUnsupported,
     ParseError,
     PaymentProblem,
     VerificationFailed,
+    clip,
 )
 from .headers import format_challenge, parse_accept_payment, parse_credential
 from .methods import SellerMethod
@@ -237,6 +239,20 @@ class SellerCore:
             raise MalformedCredential("more than one Payment credential in the request")
         return found[0] if found else None
 
+    def minted_id(self, info: RequestInfo, now: datetime) -> str | None:
+        """The id of the challenge the request's credential echoes when this seller minted it (its
+        HMAC verifies, expired or not); ``None`` for anything else: unpaid, malformed, unknown or
+        tampered. Only the former may be written down (CORE-ONCE-09); it is asked on refusal only."""
+        try:
+            header = self.payment_credential(info)
+            if header is None:
+                return None
+            challenge = parse_credential(header).challenge
+            self.issuer.verify(challenge, now=now, check_expiry=False)
+        except (ParseError, PaymentProblem):
+            return None
+        return challenge.id
+
     def verify(self, header: str, info: RequestInfo, now: datetime) -> Verified:
         """Every check that needs no state. Raises the PaymentProblem the spec names."""
         try:
@@ -246,9 +262,9 @@ class SellerCore:
         challenge = credential.challenge
         method = self.methods.get(challenge.method)
         if method is None:
-            raise MethodUnsupported(f"payment method {challenge.method!r} is not accepted here")
+            raise MethodUnsupported(f"payment method {clip(challenge.method)!r} is not accepted here")
         if challenge.intent not in (INTENT, SUBSCRIPTION_INTENT):  # a seat pays like a charge (PRICE-SEAT-01)
-            raise InvalidChallenge(f"intent {challenge.intent!r} is not offered for this credential")
+            raise InvalidChallenge(f"intent {clip(challenge.intent)!r} is not offered for this credential")
         self.issuer.verify(challenge, now=now)  # InvalidChallenge / PaymentExpired
         _check_binding(challenge, info)
         try:
@@ -268,7 +284,7 @@ class SellerCore:
         challenge = credential.challenge
         method = self.methods.get(challenge.method)
         if method is None or not hasattr(method, "session_request_for"):
-            raise MethodUnsupported(f"payment method {challenge.method!r} offers no sessions here")
+            raise MethodUnsupported(f"payment method {clip(challenge.method)!r} offers no sessions here")
         payload = parse_session_payload(credential.payload)
         opening = payload.action == "open"
         self.issuer.verify(challenge, now=now, check_expiry=opening)
@@ -295,7 +311,9 @@ class SellerCore:
 
     @staticmethod
     def problem_body(problem: PaymentProblem, challenges: Sequence[Challenge], instance: str) -> dict[str, Any]:
-        return problem.to_problem(instance=instance, challenge_id=challenges[0].id if challenges else None)
+        # instance is optional, and a shortened path would name another resource: a long one is left out (CORE-ERR-12)
+        return problem.to_problem(instance=instance if len(instance) <= RESOURCE_MAX else None,
+                                  challenge_id=challenges[0].id if challenges else None)
 
     def receipt_claims(self, verified: Verified, *, reference: str, settled_at: datetime, account: str | None) -> dict[str, Any]:
         c = verified.credential.challenge

@@ -315,6 +315,48 @@ async def large_credential(ctx: CheckContext) -> str:
     return f"{len(large_value)}-byte credential parsed and refused as {slug}, as its short twin was"
 
 
+# A long echoed value strewn with control and format characters (C0 and C1 controls, DEL, a bidi
+# override, line and paragraph separators, a BOM); the credential stays below 4 KB (CORE-CRED-05).
+_ECHO_PROBE = ("probe\x00\x07\x1b[2J\n\r\x7f\x85\u202e\u2028\u2029\ufeff" + "x" * 40) * 15
+_DETAIL_MAX = 512
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _unprintable(value: Any) -> set[str]:
+    """The code points of CORE-ERR-12's removed categories in every string of a JSON value."""
+    import unicodedata
+
+    if isinstance(value, str):
+        return {f"U+{ord(ch):04X}" for ch in value if unicodedata.category(ch) in _UNPRINTABLE}
+    if isinstance(value, dict):
+        value = list(value.values())
+    return set().union(*map(_unprintable, value)) if isinstance(value, list) else set()
+
+
+@register("core.bounded-echo", "a long intent or method full of control characters is not copied whole into the problem",
+          "core", ["CORE-ERR-12"])
+async def bounded_echo(ctx: CheckContext) -> str:
+    _, real = await first_challenge(ctx)
+    sizes = []
+    for member in ("intent", "method"):
+        what = f"credential echoing a {len(_ECHO_PROBE)}-character {member} with control characters"
+        resp = await send(ctx, credential_header(real, **{member: _ECHO_PROBE}))
+        no_5xx(resp, what)
+        if not 400 <= resp.status < 500:
+            fail(f"{what}: answered HTTP {resp.status}; it must be refused with a 4xx")
+        doc = problem(resp, None, what)
+        detail = doc.get("detail")
+        if not isinstance(detail, str):
+            fail(f"{what}: the problem document has no detail string (CORE-ERR-01)")
+        if len(detail) > _DETAIL_MAX:
+            fail(f"{what}: the problem detail has {len(detail)} characters; at most {_DETAIL_MAX} (CORE-ERR-12)")
+        found = _unprintable(doc)
+        if found:
+            fail(f"{what}: the problem document contains control character(s) {', '.join(sorted(found))} (CORE-ERR-12)")
+        sizes.append(f"{member}: {len(detail)}-character detail")
+    return "; ".join(sizes) + ", no control characters"
+
+
 _BAD_CREDENTIALS = ("garbage", "random id", "altered amount", "unsupported method", "probe payload on an intact challenge")
 
 

@@ -45,7 +45,9 @@ from ..buyer_core import (
     verify_receipt,
 )
 from ..errors import (
+    DETAIL_MAX,
     EXTENSION_PROBLEM_BASE,
+    RESOURCE_MAX,
     BuyerError,
     NoPayableChallenge,
     OutcomeUnknown,
@@ -53,6 +55,7 @@ from ..errors import (
     PaymentFailed,
     QuoteRejected,
     ReceiptInvalid,
+    clip,
 )
 from ..headers import format_accept_payment, format_credential, parse_challenges
 from ..identity import identity_member
@@ -407,7 +410,7 @@ class PaymentClient:
             jwks = await self._seller_jwks(url)
             grant = verify_grant(token, jwks, realm=realm, agent=payer, now=self.clock())
         except (PricingProblem, ReceiptInvalid, ValueError) as exc:
-            log.warning("not keeping a grant from %s: %s", realm, exc)
+            log.warning("not keeping a grant from %s: %s", clip(realm, RESOURCE_MAX), clip(exc, DETAIL_MAX))  # the seller's words (CORE-ERR-12)
             return None
         origin = origin_of(url)
         self._grants.setdefault(origin, {})[grant.jti] = grant
@@ -444,7 +447,7 @@ class PaymentClient:
         served = await _capture(resp, keep_open)
         if served.status == 403 and str(_problem_of(served).get("type", "")).startswith(_GRANT_PROBLEMS):
             self._drop_grant(url, grant)
-            log.info("seller refused grant %s: %s", grant.jti, _problem_of(served).get("type"))
+            log.info("seller refused grant %s: %s", grant.jti, clip(_problem_of(served).get("type"), RESOURCE_MAX))
             return None
         if served.status != 402:
             served.grant = grant.jti
@@ -709,7 +712,7 @@ class PaymentClient:
         try:
             await self._close_session(session)
         except (BuyerError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("closing session %s failed: %s", session.id, exc)
+            log.warning("closing session %s failed: %s", clip(session.id), clip(exc, DETAIL_MAX))
 
     async def _post_session(self, session: OpenSession, authorization: str) -> PaidResponse:
         # A final receipt lists every usage line, in its Payment-Receipt header too: it can
@@ -769,7 +772,7 @@ class PaymentClient:
             try:
                 claims = await self._close_session(session)
             except (BuyerError, aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("closing session %s failed: %s", session.id, exc)
+                log.warning("closing session %s failed: %s", clip(session.id), clip(exc, DETAIL_MAX))
                 errors.append(exc)
                 continue
             if claims is not None:

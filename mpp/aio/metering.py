@@ -414,6 +414,7 @@ class SessionDesk:
         info = RequestInfo(method=request.method, path=request.rel_url.raw_path, query=request.rel_url.raw_query_string,
                            body=await request.read(), authorization=tuple(request.headers.getall("Authorization", ())))
         now = seller.clock()
+        call = None
         try:
             header = seller.core.payment_credential(info)
             if header is not None and _action_of(header) == "open":
@@ -444,7 +445,7 @@ class SessionDesk:
                     "cap": str(state.cap)}
             return web.json_response(body, headers={"Cache-Control": "no-store"})
         except PaymentProblem as problem:
-            await seller._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail)
+            await seller._refused(problem, info, now, call.session_id if call else None)
             return seller._problem(problem, None, info, now)
 
     async def close(self, session_id: str, *, by: str) -> SessionState:

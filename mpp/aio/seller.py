@@ -35,6 +35,7 @@ from multidict import CIMultiDict
 from ..audit import AsyncAuditLog, AsyncSqliteAuditLog, AuditLog
 from ..challenge import ChallengeIssuer
 from ..errors import (
+    RESOURCE_MAX,
     BadRequest,
     InvalidChallenge,
     MalformedCredential,
@@ -44,6 +45,7 @@ from ..errors import (
     PaymentProblem,
     PaymentRequired,
     RequestInProgress,
+    clip,
 )
 from ..headers import format_receipt, parse_credential
 from ..identity import (
@@ -332,6 +334,7 @@ class Seller:
                            authorization=tuple(request.headers.getall("Authorization", ())),
                            subscription=_subscription_header(request))
         now = self.clock()
+        call = None
         try:
             call = self._session_call(info, now)
             if call is not None:
@@ -341,7 +344,7 @@ class Seller:
                     raise VoucherInvalid("the session is in another currency than this route")
                 return await self.sessions.serve(request, handler, call, metered, info)
         except PaymentProblem as problem:
-            await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail, intent="session")
+            await self._refused(problem, info, now, call.session_id if call else None, intent="session")
             return self._problem(problem, route or metered, info, now)
         request[METER_KEY] = ChargeMeter(metered, info.resource)
         return await self._charge(request, handler, metered, info, now, route)
@@ -392,9 +395,8 @@ class Seller:
             # LEDGER-ACCT-05: a payer the rail would refuse is told so before the challenge is consumed
             await self._rails[challenge.method].precheck(verified, identity.chain.dids if identity else None)
         except PaymentProblem as problem:
-            await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
-                              challengeId=verified.challenge_id if verified else None, realm=self.realm,
-                              agent=verified.credential.source if verified else None)
+            await self._refused(problem, info, now, verified.challenge_id if verified else None,
+                                agent=verified.credential.source if verified else None)
             return self._problem(problem, route or price, info, now)
         return await self._settle_and_serve(request, handler, verified, price, info, now, identity, route, terms)
 
@@ -437,8 +439,21 @@ class Seller:
         return IdentityContext(chain, decision, charge, approval, periods)
 
     async def _audit(self, kind: str, **data: Any) -> None:
-        if self.audit is not None:
-            await self.audit.append(kind, {k: v for k, v in data.items() if v is not None})
+        if self.audit is not None:  # text may come from the request: bounded, no controls (CORE-ERR-12, IDENT-AUD-08)
+            await self.audit.append(kind, {k: clip(v, RESOURCE_MAX) if isinstance(v, str) else v
+                                           for k, v in data.items() if v is not None})
+
+    async def _refused(self, problem: PaymentProblem, info: RequestInfo, now: datetime, minted: str | None = None,
+                       **data: Any) -> None:
+        """Note a refused request. Only a credential echoing a challenge this seller minted is
+        audited (at most one entry per refusal of a challenge we issued); anything else is a
+        stranger's and writes nothing (CORE-ONCE-09, IDENT-AUD-08), only a bounded debug line."""
+        minted = minted or self.core.minted_id(info, now)
+        log.log(logging.INFO if minted else logging.DEBUG, "refused %s: %s challenge=%s",
+                clip(info.resource, RESOURCE_MAX), problem.slug, minted or "none of ours")
+        if minted is not None:
+            await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
+                              challengeId=minted, realm=self.realm, **data)
 
     async def _settle_and_serve(
         self,
@@ -619,8 +634,8 @@ class Seller:
         now = self.clock()
         try:
             grant = self._verify_grant(request, info, now, task_id)
-        except PricingProblem as problem:
-            await self._audit("refusal", problem=problem.slug, resource=info.resource, realm=self.realm)
+        except PricingProblem as problem:  # no challenge here, so nothing of ours: nothing written (CORE-ONCE-09)
+            log.debug("refused %s: %s", clip(info.resource, RESOURCE_MAX), problem.slug)
             return self._problem(problem, None, info, now)
         request[GRANT_KEY] = grant
         if task_id is not None:
@@ -630,7 +645,7 @@ class Seller:
     def _verify_grant(self, request: web.Request, info: RequestInfo, now: datetime, task_id: str | None) -> Any:
         token = request.headers.get(GRANT_HEADER)
         if token is None:
-            raise GrantRequired("this route is served only with a task grant", route=f"{info.method} {info.path}")
+            raise GrantRequired("this route is served only with a task grant", route=clip(f"{info.method} {info.path}", RESOURCE_MAX))
         proof = None
         try:
             proof = parse_grant_proof(request.headers.get(GRANT_PROOF_HEADER, ""))

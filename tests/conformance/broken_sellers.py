@@ -148,6 +148,22 @@ def _skips_route_binding(app: web.Application, seller: Seller) -> None:
     seller.core.verify = verify_anywhere
 
 
+def _echoes_unbounded(app: web.Application, seller: Seller) -> None:
+    """Every problem's detail ends with the credential's echoed method and intent, whole, control
+    characters and all (as a seller formatting them into its message would)."""
+    answer = seller._problem
+
+    def problem(problem, price, info, now):
+        try:
+            challenge = parse_credential(seller.core.payment_credential(info) or "").challenge
+        except Exception:  # noqa: BLE001 - no credential, or not one: nothing to echo
+            return answer(problem, price, info, now)
+        problem.detail = f"{problem.detail} (method {challenge.method}, intent {challenge.intent})"
+        return answer(problem, price, info, now)
+
+    seller._problem = problem
+
+
 VARIANTS: dict[str, Breaker] = {
     BASELINE: _baseline,
     "accepts-replays": _accepts_replays,
@@ -156,6 +172,7 @@ VARIANTS: dict[str, Breaker] = {
     "receipt-on-error": _receipt_on_error,
     "500-on-garbage": _500_on_garbage,
     "skips-route-binding": _skips_route_binding,
+    "echoes-unbounded": _echoes_unbounded,
 }
 
 

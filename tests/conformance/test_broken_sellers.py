@@ -54,7 +54,7 @@ KNOWN_CHECKS = {
     "core.challenge-well-formed", "core.fresh-id-per-402", "core.garbage-credential", "core.unknown-challenge-id",
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
-    "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
+    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
     "core.discovery-openapi",
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
@@ -106,6 +106,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.unsupported-method": _UNPAID_402 + " (its own 400 still carries it)",
         "core.accept-payment": "its 402s, with and without Accept-Payment, lack Cache-Control: no-store",
         "core.large-credential": _UNPAID_402,
+        "core.bounded-echo": _UNPAID_402,
         "core.no-receipt-on-errors": _UNPAID_402,
         "core.no-5xx": _UNPAID_402,
         "core.challenge-parameters": _UNPAID_402,
@@ -158,6 +159,12 @@ EXPECTED: dict[str, dict[str, str]] = {
         "full.other-method": "a credential for GET is accepted (200) on POST (CORE-BIND-02); GET target only",
         # Passes: core sends no credential whose resource differs from the request's.
     },
+    "echoes-unbounded": {
+        "core.bounded-echo": "an 885-character intent and method, control characters and all, are copied whole "
+                             "into the problem's detail (CORE-ERR-12)",
+        # Passes: every other check echoes short printable values (the fuzzed ones are judged only
+        # on their status and problem shape), so the details it reads stay clean.
+    },
 }
 
 # What every failure message of a variant must say: the failure is the injected fault's doing.
@@ -168,6 +175,7 @@ SYMPTOM = {
     "receipt-on-error": r"a Payment-Receipt on an error response",
     "500-on-garbage": r"the target answered 500",
     "skips-route-binding": r"the target accepted it \(HTTP 200",
+    "echoes-unbounded": r"the problem (detail has \d+ characters|document contains control character)",
 }
 
 

@@ -24,7 +24,7 @@ CORE_IDS = {
     "core.challenge-well-formed", "core.fresh-id-per-402", "core.garbage-credential", "core.unknown-challenge-id",
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
-    "core.no-receipt-on-errors", "core.no-5xx",
+    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx",
 }
 # A Payment credential as our probes build it: base64url of '{"challenge"' (or of any JSON object).
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
@@ -152,7 +152,7 @@ def _small_header_limit(app: web.Application) -> None:
 
 
 def _no_id_check(seller) -> None:
-    seller.core.issuer.verify = lambda challenge, *, now: None
+    seller.core.issuer.verify = lambda challenge, *, now, check_expiry=True: None
 
 
 def _expiry_before_id(seller) -> None:
@@ -160,14 +160,14 @@ def _expiry_before_id(seller) -> None:
 
     original = seller.core.issuer.verify
 
-    def verify(challenge, *, now):
+    def verify(challenge, *, now, check_expiry=True):
         try:
-            expired = challenge.is_expired(now)
+            expired = check_expiry and challenge.is_expired(now)
         except ParseError:
             expired = False  # unreadable: left to the id check
         if expired:
             raise PaymentExpired("challenge has expired")
-        original(challenge, now=now)
+        original(challenge, now=now, check_expiry=check_expiry)
     seller.core.issuer.verify = verify
 
 
