@@ -32,6 +32,7 @@ from mpp.aio.metering import SESSION_PATH
 from mpp.aio.serve import HEADER_LIMITS, build_seller_app
 from mpp.buyer_core import Quote
 from mpp.config import load_seller_config, load_wallet
+from mpp.identity import identity_member
 from mpp.errors import DETAIL_MAX, ELLIPSIS, RESOURCE_MAX, PaymentRequired, clip
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.models import ChargeRequest
@@ -174,7 +175,12 @@ def garbage(rng: random.Random, real: mpp.Challenge, did: str) -> list[str]:
     def cred(payload: dict | None = None, **changes: str) -> str:
         return "Payment " + token({"challenge": {**echo, **changes}, "payload": payload or {"type": "probe"}})
 
-    family = rng.randrange(13)
+    family = rng.randrange(15)
+    if family == 13:  # a challenge we minted, echoed as it was, with a payload that is not one
+        return [cred(rng.choice([{}, {"type": "ledger"}, {"signature": "x" * 86, "account": junk(rng, 300)}]))]
+    if family == 14:  # a challenge we minted, paid by a key of the stranger's own (the ledger knows it not)
+        key = mpp.SigningKey.generate()
+        return [mpp.sign_quote(Quote(real, ChargeRequest.from_challenge(real), LedgerBuyerMethod(key=key, account="acct:buyer")))]
     if family == 0:
         return ["Payment " + "".join(rng.choice(B64) for _ in range(rng.randrange(1, 3000)))]
     if family == 1:
@@ -351,28 +357,26 @@ def mandate_with_alg(alg: str) -> str:
     return f"{token({'alg': alg, 'typ': 'mandate+jwt'})}.{token({})}.AAAA"
 
 
-async def test_refusals_of_our_own_challenges_are_audited_bounded(served_seller, caplog):
-    """CORE-ERR-12, IDENT-AUD-08: a credential for a challenge we minted (for a 5 KB query) but
-    refused (a bad signature; a mandate whose alg is 6 KB of junk) is audited, one entry per
-    refusal, every value at most 256 characters and free of control characters; so are the log
-    lines. A stranger's request beside them adds no entry."""
+async def test_refusals_of_our_own_challenges_are_audited_only_for_who_shows_itself(served_seller, caplog):
+    """CORE-ONCE-09, IDENT-AUD-08, CORE-ERR-12: a credential for a challenge we minted (for a 5 KB
+    query) from a requester who has not shown who it is (a key the ledger does not know; a mandate
+    whose alg is 6 KB of junk) writes nothing; a refusal of an agent whose mandate chain verified
+    (over its ceiling) is audited, once, every value at most 256 characters and free of control
+    characters; so are the log lines."""
     base, seller, home = served_seller
     rng = random.Random(34)
     query = "q=" + "".join(rng.choices(B64, k=5_000))
     wallet = load_wallet(home / "agent")
     caplog.set_level(logging.DEBUG, logger="mpp")
     async with client() as http:
-        async def quote(path: str) -> Quote:
+        async def quote(path: str, key: mpp.SigningKey = wallet.key) -> Quote:
             _, _, challenges = await send(http, f"{base}{path}?{query}", "GET")
             challenge = next(c for c in parse_challenges(challenges) if c.intent == "charge")
-            return Quote(challenge, ChargeRequest.from_challenge(challenge),
-                         LedgerBuyerMethod(key=wallet.key, account=wallet.account))
+            return Quote(challenge, ChargeRequest.from_challenge(challenge), LedgerBuyerMethod(key=key, account=wallet.account))
 
         first = len(await seller.audit.entries())
-        forged = await quote("/weather")
-        other = mpp.SigningKey.generate()  # signs for an account it may not spend from
-        bad_signature = mpp.sign_quote(Quote(forged.challenge, forged.request, LedgerBuyerMethod(key=other, account=wallet.account)))
-        status, doc, _ = await send(http, f"{base}/weather?{query}", "GET", [("Authorization", bad_signature)])
+        forged = await quote("/weather", mpp.SigningKey.generate())  # signs for an account it may not spend from
+        status, doc, _ = await send(http, f"{base}/weather?{query}", "GET", [("Authorization", mpp.sign_quote(forged))])
         assert status == 402 and doc["type"].endswith("verification-failed"), doc
 
         mandated = await quote("/agent-report")
@@ -382,15 +386,17 @@ async def test_refusals_of_our_own_challenges_are_audited_bounded(served_seller,
         assert status == 402 and doc["type"].endswith("mandate-invalid"), doc
         assert_clean(doc["detail"], DETAIL_MAX, "detail")
         assert "algorithm" in doc["detail"] and ELLIPSIS in doc["detail"]
+        assert len(await seller.audit.entries()) == first  # strangers, over our own challenges: nothing
 
-        stranger = "Payment " + token({"challenge": {**forged.challenge.echo(), "id": "B" * 43}, "payload": {}})
-        status, _, _ = await send(http, f"{base}/weather?{query}", "GET", [("Authorization", stranger)])
-        assert status == 402
+        pricey = await quote("/premium-report")  # 5000: above the wallet mandate's ceiling of 1000
+        member = identity_member(wallet.mandates, wallet.key, pricey.challenge, pricey.request)
+        status, doc, _ = await send(http, f"{base}/premium-report?{query}", "GET",
+                                    [("Authorization", mpp.sign_quote(pricey, {"identity": member}))])
+        assert status == 403 and doc["type"].endswith("over-ceiling"), doc
 
     entries = (await seller.audit.entries())[first:]
     refusals = [e for e in entries if e.kind == "refusal"]
-    assert [e.data["challengeId"] for e in refusals] == [forged.challenge.id, mandated.challenge.id]
-    assert [e.data["problem"] for e in refusals] == ["verification-failed", "mandate-invalid"]
+    assert [(e.data["challengeId"], e.data["problem"]) for e in refusals] == [(pricey.challenge.id, "over-ceiling")]
     for entry in entries:
         for name, value in entry.data.items():
             if isinstance(value, str):

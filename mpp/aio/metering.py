@@ -39,6 +39,7 @@ from multidict import CIMultiDict
 from ..errors import BadRequest, PaymentProblem, RequestInProgress
 from ..errors import ParseError
 from ..headers import format_receipt, parse_credential
+from .attribution import mark_attributed, start_request
 from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
 from ..pricing import check_offer_allowed, quoted_offer
 from ..ledger import MandateCharge
@@ -239,6 +240,7 @@ class SessionDesk:
             state = await self._state_for(call)
         if p.voucher is not None:  # every signature before anything changes (SESSION-ERR-03)
             verify_voucher(state.signer, state.terms, p.voucher)
+            mark_attributed()  # the session's own key signed this request
         if p.action == "topUp":
             assert p.cap is not None and p.cap_signature is not None
             verify_cap(state.signer, state.terms, account=state.payer, cap=p.cap, signature=p.cap_signature)
@@ -267,6 +269,7 @@ class SessionDesk:
             identity, mandate, chain = await self._check_identity(call, now)
         # LEDGER-ACCT-05: a payer the ledger would refuse is told so before anything is recorded
         await self.seller._rails[call.credential.challenge.method].check_payer(p.account, p.signer, chain)
+        mark_attributed()
         state, created = await self.store.create(
             call.terms, payer=p.account, signer=p.signer, unit_type=call.request.unitType, cap=p.cap,
             idle_timeout=call.request.idle_timeout, identity=identity, now=now)
@@ -295,6 +298,7 @@ class SessionDesk:
                               trusted_principals=seller.trusted_principals, realm=seller.realm, now=now,
                               max_depth=seller.max_chain_depth)
         chain = vid.chain
+        mark_attributed()
         rail = seller._rails[call.credential.challenge.method]
         if await rail.revoked(chain.keys):
             raise MandateRevoked("a mandate in the chain has been revoked")
@@ -410,6 +414,7 @@ class SessionDesk:
     # -- the session endpoint: in-band vouchers and close ------------------------
 
     async def endpoint(self, request: web.Request) -> web.StreamResponse:
+        start_request()
         seller = self.seller
         info = RequestInfo(method=request.method, path=request.rel_url.raw_path, query=request.rel_url.raw_query_string,
                            body=await request.read(), authorization=tuple(request.headers.getall("Authorization", ())))
@@ -430,6 +435,7 @@ class SessionDesk:
                     raise VoucherInvalid("the session was opened by another key or on other terms")
                 assert call.payload.close_signature is not None
                 verify_close(state.signer, state.terms, call.payload.close_signature)
+                mark_attributed()
                 if call.payload.voucher is not None and state.status == "open":
                     verify_voucher(state.signer, state.terms, call.payload.voucher)
                     await self.store.advance(state.session_id, call.payload.voucher, now)

@@ -96,6 +96,7 @@ from ..session_core import INTENT as SESSION_INTENT
 from ..session_core import VoucherInvalid
 from ..session_store import SessionStore
 from ..store import PaymentStore, StateError, StoredResponse
+from .attribution import attributed, mark_attributed, start_request
 from .metering import METER_KEY, SESSION_PATH, ChargeMeter, SessionDesk, meter_of
 from .rails import PaymentRail, Settlement
 from .._wire import b64url_decode
@@ -351,6 +352,7 @@ class Seller:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        start_request()
         plist = self.price_list
         if plist is not None and request.match_info.http_exception is None:
             path = request.rel_url.raw_path
@@ -394,6 +396,7 @@ class Seller:
                 identity = await self._check_identity(verified, price, now)
             # LEDGER-ACCT-05: a payer the rail would refuse is told so before the challenge is consumed
             await self._rails[challenge.method].precheck(verified, identity.chain.dids if identity else None)
+            mark_attributed()
         except PaymentProblem as problem:
             await self._refused(problem, info, now, verified.challenge_id if verified else None,
                                 agent=verified.credential.source if verified else None)
@@ -414,6 +417,7 @@ class Seller:
             max_depth=self.max_chain_depth,
         )
         chain = vid.chain
+        mark_attributed()  # a chain rooted in a principal we trust: what is refused from here on is audited
         if await rail.revoked(chain.keys):
             raise MandateRevoked("a mandate in the chain has been revoked")
         periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
@@ -445,13 +449,14 @@ class Seller:
 
     async def _refused(self, problem: PaymentProblem, info: RequestInfo, now: datetime, minted: str | None = None,
                        **data: Any) -> None:
-        """Note a refused request. Only a credential echoing a challenge this seller minted is
-        audited (at most one entry per refusal of a challenge we issued); anything else is a
-        stranger's and writes nothing (CORE-ONCE-09, IDENT-AUD-08), only a bounded debug line."""
+        """Note a refused request. Only a credential echoing a challenge this seller minted, from a
+        requester who has shown who it is (mpp.aio.attribution), is audited; anything else is a
+        stranger's and writes nothing (CORE-ONCE-09, IDENT-AUD-08), only a bounded log line."""
         minted = minted or self.core.minted_id(info, now)
-        log.log(logging.INFO if minted else logging.DEBUG, "refused %s: %s challenge=%s",
+        audited = minted is not None and attributed()
+        log.log(logging.INFO if audited else logging.DEBUG, "refused %s: %s challenge=%s",
                 clip(info.resource, RESOURCE_MAX), problem.slug, minted or "none of ours")
-        if minted is not None:
+        if audited:
             await self._audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
                               challengeId=minted, realm=self.realm, **data)
 

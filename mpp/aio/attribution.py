@@ -1,0 +1,30 @@
+"""Whether the request being handled is attributable: whether it has shown, by a signature this
+seller checked, whose it is (a mandate chain rooted in a trusted principal, a payer the ledger
+accepts, a session's own key). Only an attributable request's refusal is audited: anyone can
+fetch challenges, so a refusal of a stranger's credential, even over a challenge we minted,
+writes nothing (CORE-ONCE-09, IDENT-AUD-08).
+
+The flag lives in a context variable; each entry point clears it first (requests on one
+connection are handled one after another in one task), and the checks that establish who is
+asking set it.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+__all__ = ["attributed", "mark_attributed", "start_request"]
+
+_ATTRIBUTED: ContextVar[bool] = ContextVar("mpp_attributed", default=False)
+
+
+def start_request() -> None:
+    _ATTRIBUTED.set(False)
+
+
+def mark_attributed() -> None:
+    _ATTRIBUTED.set(True)
+
+
+def attributed() -> bool:
+    return _ATTRIBUTED.get()
