@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -73,6 +74,9 @@ async def test_charge_and_session_flows_write_only_spec_kinds(tmp_path: Path):
     ledger.create_account("acct:buyer", "usd")
     ledger.allow("acct:buyer", agent.did, "owner")
     ledger.fund("acct:buyer", 10_000)
+    poor = mpp.SigningKey.generate()  # may spend from an account too poor for the purchase
+    ledger.create_account("acct:poor", "usd", owner=poor.did)
+    ledger.fund("acct:poor", 1)
     seller_log, buyer_log = AuditLog(str(tmp_path / "seller-audit.db")), AuditLog(str(tmp_path / "buyer-audit.db"))
     seller = Seller(realm="audit.test", secret=b"k" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],
@@ -99,8 +103,9 @@ async def test_charge_and_session_flows_write_only_spec_kinds(tmp_path: Path):
             charge = PaymentClient(http, [LedgerBuyerMethod(key=agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=100),
                                    on_event=buyer_log.append)
             assert (await charge.request("GET", str(server.make_url("/paid")))).status == 200
-            async with http.get(server.make_url("/paid"), headers={"Authorization": "Payment bm90IGEgY3JlZGVudGlhbA"}) as resp:
-                assert resp.status == 402  # a malformed credential: the seller records a refusal
+            short = PaymentClient(http, [LedgerBuyerMethod(key=poor, account="acct:poor")], mpp.BuyerPolicy(max_amount=100))
+            with pytest.raises(mpp.PaymentFailed):  # a payer the ledger knows, refused at settlement: a refusal entry
+                await short.request("GET", str(server.make_url("/paid")))
             session = PaymentClient(http, [LedgerBuyerMethod(key=agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=100),
                                     on_event=buyer_log.append, sessions=SessionPolicy(max_cap=40))
             for _ in range(12):
