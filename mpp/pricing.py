@@ -23,7 +23,7 @@ from jwt import PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._wire import b64url_encode, canonical_json
+from ._wire import b64url_encode, canonical_json, decode_jws
 from .errors import ExtensionProblem, ParseError
 from .keys import SigningKey, SignatureInvalid, public_key_from_did, verify_signature
 from .seller_core import CURRENCY, MAX_AMOUNT, Metered, Price, resource_of
@@ -1038,8 +1038,8 @@ def verify_grant(
     """
     by_kid = _verification_keys(keys)
     try:
-        header = jwt.get_unverified_header(token)
-    except InvalidTokenError:
+        header, _, _ = decode_jws(token)  # strictly, before pyjwt's lenient reading (CORE-CRED-07)
+    except ParseError:
         raise GrantInvalid("grant is not a JWS") from None
     if header.get("alg") not in _ALGORITHMS or header.get("typ") != GRANT_TYP:
         raise GrantInvalid("grant must be an EdDSA JWS of type mpp-grant+jwt")

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from mpp import Challenge, b64url_decode, b64url_encode, canonical_json, format_credential, format_rfc3339, parse_rfc3339
+from mpp._wire import loads_strict
 from mpp.models import Credential
 
 from .expect import PROBLEM_BASE, fail, fresh_challenges, no_5xx, no_receipt, problem, status
@@ -58,7 +59,7 @@ async def challenge_well_formed(ctx: CheckContext) -> str:
         if c.method != c.method.lower():
             fail(f"challenge {c.id[:12]}...: method {c.method!r} is not lowercase")
         raw = b64url_decode(c.request)
-        if raw != canonical_json(json.loads(raw)):
+        if raw != canonical_json(loads_strict(raw, "request")):
             fail(f"challenge {c.id[:12]}...: request is not RFC 8785 canonical JSON")
         if c.expires is None:
             fail(f"challenge {c.id[:12]}...: no expires")
@@ -227,7 +228,7 @@ async def unsupported_method(ctx: CheckContext) -> str:
 
 def _problem_slug(resp: Response) -> str | None:
     try:
-        kind = json.loads(resp.body).get("type")
+        kind = resp.json().get("type")
     except (ValueError, AttributeError):
         return None
     return kind[len(PROBLEM_BASE):] if isinstance(kind, str) and kind.startswith(PROBLEM_BASE) else kind

@@ -14,8 +14,9 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from .._wire import loads_strict
 from ..doubt import DoubtJournal, MemoryDoubtJournal
-from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
+from ..errors import ExtensionProblem, InvalidChallenge, ParseError, PaymentInsufficient, VerificationFailed
 from ..identity import BudgetExceeded, MandateRevoked
 from ..keys import SigningKey
 from ..ledger import (
@@ -288,7 +289,7 @@ class HttpLedgerRail(LedgerSellerMethod):
             try:
                 async with self._session.get(self._origin + self._prefix + "/v1/info",
                                              timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                    doc = await resp.json(content_type=None)
+                    doc = loads_strict(await resp.read(), "ledger service answer")
                     ledger = doc.get("ledger") if resp.status == 200 and isinstance(doc, dict) else None
                     if isinstance(ledger, str) and ledger:
                         return ledger
@@ -324,8 +325,8 @@ class HttpLedgerRail(LedgerSellerMethod):
                 last = f"HTTP {status}"
                 continue
             try:
-                doc = json.loads(raw)
-            except ValueError:
+                doc = loads_strict(raw, "ledger service answer")
+            except ParseError:
                 doc = None
             if not isinstance(doc, dict):
                 last = f"HTTP {status} without a JSON object"
