@@ -91,6 +91,23 @@ async def garbage_credential(ctx: CheckContext) -> str:
     return "garbage, non-JSON and truncated credentials refused"
 
 
+@register("core.strict-json", "credentials that are not strict JSON (NaN, a repeated member, deep nesting) are malformed", "core",
+          ["CORE-CRED-07", "CORE-ERR-03", "CORE-ERR-10"])
+async def strict_json(ctx: CheckContext) -> str:
+    # A real echo and a probe payload: a lenient parser reads each of these as a credential and
+    # refuses it later, for another reason (verification-failed, say), which this check tells apart.
+    _, real = await first_challenge(ctx)
+    head = '{"challenge":' + json.dumps(real.echo(), separators=(",", ":")) + ',"payload":{"type":"conformance-probe"'
+    for label, raw in (("NaN", head + ',"n":NaN}}'), ("Infinity", head + ',"n":-Infinity}}'),
+                       ("repeated member", head + '},"payload":{"type":"conformance-probe"}}'),
+                       ("nesting 40 deep", head + ',"deep":' + "[" * 40 + "]" * 40 + "}}")):
+        resp = await send(ctx, "Payment " + b64url_encode(raw.encode()))
+        status(resp, 402, f"{label} credential")
+        problem(resp, "malformed-credential", f"{label} credential")
+        fresh_challenges(resp, f"{label} credential")
+    return "NaN, -Infinity, a repeated member and 40-deep nesting refused as malformed"
+
+
 # -- refusals ---------------------------------------------------------------
 #
 # Every probe below echoes a *real* challenge of the target (so it works against any seller,
