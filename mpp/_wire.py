@@ -120,7 +120,10 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
             text.encode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
         if "\\u" in text:  # a \uD800-style escape yields a lone surrogate, which is not text:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")  # refuse it here, not deep inside
+            try:  # refuse it here, not deep inside
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ParseError("a lone surrogate is not text") from None
     except ParseError as exc:
         raise ParseError(f"{what} is not strict JSON: {exc}") from None
     except RecursionError:  # nesting past the interpreter's limit, before our own bound is looked at

@@ -1043,7 +1043,8 @@ def verify_grant(
         raise GrantInvalid("grant is not a JWS") from None
     if header.get("alg") not in _ALGORITHMS or header.get("typ") != GRANT_TYP:
         raise GrantInvalid("grant must be an EdDSA JWS of type mpp-grant+jwt")
-    key = by_kid.get(header.get("kid"))
+    kid = header.get("kid")
+    key = by_kid.get(kid) if isinstance(kid, str) else None  # a list or object here is no key id (nor hashable)
     if key is None:
         raise GrantInvalid("grant is not signed by a key of this seller")
     try:
