@@ -11,10 +11,10 @@ from typing import Any
 
 import rfc8785
 
-from .errors import ParseError
+from .errors import FormatError, ParseError
 
 __all__ = ["b64url_encode", "b64url_decode", "canonical_json", "encode_json_b64", "decode_json_b64", "loads_strict",
-           "MAX_JSON_DEPTH", "decode_jws"]
+           "MAX_JSON_DEPTH", "decode_jws", "dumps_wire"]
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -133,6 +133,18 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
     if not _depth_within(value, max_depth):
         raise ParseError(f"{what} nests deeper than {max_depth} levels")
     return value
+
+
+def dumps_wire(value: Any, what: str) -> bytes:
+    """Compact UTF-8 JSON for the wire, only of what ``loads_strict`` reads back: no NaN or
+    infinity, no deeper than the bound. Raises FormatError, so we never send what a strict
+    peer (ourselves included) refuses."""
+    if not _depth_within(value, MAX_JSON_DEPTH):
+        raise FormatError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError) as exc:  # ValueError: NaN or infinity; UnicodeError: a lone surrogate
+        raise FormatError(f"{what} cannot be put on the wire: {exc}") from None
 
 
 def decode_json_b64(text: str, what: str) -> dict[str, Any]:
