@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import json
 import re
 import secrets
 import tomllib
@@ -706,6 +707,10 @@ def _rfc3339(t: datetime) -> str:
 def load_price_list(text: str, *, source: str) -> PriceList:
     """Parse and validate a price list (PRICE-LIST-01 to -03); raise PriceListError naming source:LINE."""
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a file read with errors="surrogateescape": bytes that are not UTF-8
+        raise PriceListError(source, [(text.count("\n", 0, exc.start) + 1, "not UTF-8 text")]) from None
+    try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
@@ -726,7 +731,10 @@ def load_price_list(text: str, *, source: str) -> PriceList:
     routes = _build(doc, locate, errors)
     if errors:
         raise PriceListError(source, _dedupe(errors))
-    fingerprint = hashlib.sha256(canonical_json(doc.model_dump(mode="json"))).hexdigest()
+    # Not RFC 8785: amounts up to 2**63 - 1 are valid here but past what JCS can write; sorted
+    # keys make it as deterministic, and the fingerprint never leaves the process.
+    content = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    fingerprint = hashlib.sha256(content.encode("utf-8")).hexdigest()
     return PriceList(doc.version, tuple(routes), source, fingerprint, locate.top.keys.get("version", 1))
 
 
@@ -905,6 +913,11 @@ class SeatRecords:
 # -- grants (PRICE-GRANT-*) ----------------------------------------------------------------
 
 
+# The last second datetime can hold (9999-12-31T23:59:59Z): a later iat or exp, even correctly
+# signed (a seller's own key, as its buyer sees it), is no time and must not overflow.
+_MAX_EPOCH = 253402300799
+
+
 class _GrantClaims(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -912,8 +925,8 @@ class _GrantClaims(BaseModel):
     aud: str = Field(min_length=1)
     sub: str
     jti: str
-    iat: int = Field(ge=0)
-    exp: int = Field(ge=0)
+    iat: int = Field(ge=0, le=_MAX_EPOCH)
+    exp: int = Field(ge=0, le=_MAX_EPOCH)
     kind: Literal["task", "seat"]
     routes: list[str] = Field(min_length=1, max_length=64)
     priceList: str

@@ -523,3 +523,49 @@ def test_ledger_authorization_round_trips(ts, nonce):
     value = sign_request(key, ledger_id="ledger-1", method="POST", target="/v1/transfers", body=b"{}", now=ts, nonce=nonce)
     parsed = parse_authorization(value)
     assert (parsed.keyid, parsed.ts, parsed.nonce) == (key.did, ts, nonce) and isinstance(parsed, SignedRequest)
+
+
+# -- what the properties found, as fixed cases -----------------------------------------------
+
+
+def test_a_grant_whose_times_overflow_a_datetime_is_grant_invalid():
+    """PRICE-GRANT-02: a grant signed by the seller's key with exp past year 9999 (what a hostile
+    seller can hand its buyer) is grant-invalid; it was an OverflowError out of verify_grant."""
+    v = valid()
+    head, body, _ = v["grant"].split(".")
+    header, claims = json.loads(b64url_decode(head)), json.loads(b64url_decode(body))
+    for name, value in (("exp", 2**62), ("iat", 2**62), ("exp", 253402300800)):
+        try:
+            verify_grant(_signed(v["seller"], header, {**claims, name: value}), [v["seller"]], realm="api.test",
+                         agent=v["agent"].did, now=NOW)
+            raise AssertionError("verified")
+        except PricingProblem as problem:
+            assert problem.slug == "grant-invalid", problem
+
+
+def test_price_lists_with_amounts_past_2_53_load():
+    """PRICE-LIST-01: amounts up to 2**63 - 1 are valid (money is integers); loading one raised
+    ParseError from the fingerprint's RFC 8785 encoder, which cannot write them."""
+    plist = load_price_list(PRICES_V1.replace("amount = 25", f"amount = {2**63 - 1}"), source="prices.toml")
+    assert plist.fingerprint != load_price_list(PRICES_V1, source="prices.toml").fingerprint
+
+
+def test_a_price_list_that_is_not_utf8_names_its_line():
+    """PRICE-LIST-03: text read with surrogateescape (bytes that are not UTF-8) is refused as
+    prices.toml:LINE, not with a ParseError from deep inside."""
+    lines = PRICES_V1.splitlines()
+    lines[3] += " # caf\udce9"
+    try:
+        load_price_list("\n".join(lines), source="prices.toml")
+        raise AssertionError("loaded")
+    except PriceListError as exc:
+        assert str(exc) == "prices.toml:4: not UTF-8 text"
+
+
+def test_a_receipt_keeps_unknown_members_that_are_null():
+    """CORE-RCPT-04: unknown members are ignored, not rewritten: {"x": null} survives a round trip
+    (it was dropped with our own unset members)."""
+    receipt = mpp.PaymentReceipt.from_json({"status": "success", "method": "m", "timestamp": "2026-01-01T00:00:00Z",
+                                            "reference": "r", "x": None})
+    assert mpp.parse_receipt(mpp.format_receipt(receipt)).model_extra == {"x": None}
+    assert "challengeId" not in receipt.to_json() and "receipt" not in receipt.to_json()

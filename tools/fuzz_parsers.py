@@ -144,31 +144,61 @@ def _accept_payment(text: str) -> None:
     parse_accept_payment(text)  # None when malformed: never raises
 
 
-# (parser, a valid value to splice into)
+def _b64(text: str) -> str:
+    return mpp.b64url_encode(text.encode("utf-8", "surrogatepass"))
+
+
+def _decoded(token: str) -> str:
+    """A compact JWS as 'header JSON' LF 'payload JSON', what the fuzzer edits before `_signed` wraps it."""
+    head, body, _ = token.split(".")
+    return mpp.b64url_decode(head).decode() + "\n" + mpp.b64url_decode(body).decode()
+
+
+def _signed(key: mpp.SigningKey):
+    """Past base64url and the signature: the edited header and payload, signed by the right key,
+    so that the claim checks behind them are fuzzed too."""
+    def wrap(text: str) -> str:
+        header, _, payload = text.partition("\n")
+        signing_input = f"{_b64(header)}.{_b64(payload)}"
+        return f"{signing_input}.{key.sign(signing_input.encode('ascii'))}"
+    return wrap
+
+
+def _raw(text: str) -> str:
+    return text
+
+
+RECEIPT = mpp.format_receipt(mpp.PaymentReceipt(status="success", method="ledger", timestamp="2026-06-01T12:00:00Z",
+                                                reference="r1", challengeId=CHALLENGE.id, receipt=GRANT))
+
+# (parser, a valid value to splice into, what wraps the edited value before it is parsed)
 TARGETS = [
-    (_challenges, mpp.format_challenge(CHALLENGE)),
-    (_credential, CREDENTIAL),
-    (_receipt, mpp.format_receipt(mpp.PaymentReceipt(status="success", method="ledger", timestamp="2026-06-01T12:00:00Z",
-                                                    reference="r1", challengeId=CHALLENGE.id, receipt=GRANT))),
-    (_json, mpp.b64url_decode(CREDENTIAL.split(" ", 1)[1]).decode()),
-    (_tokens, MANDATE),
-    (_tokens, APPROVAL),
-    (_grant, GRANT),
-    (_ledger_authorization, sign_request(SELLER, ledger_id="ledger-1", method="POST", target="/v1/transfers", body=b"{}")),
-    (_price_list, PRICES),
-    (_accept_payment, "ledger/charge;q=0.5, */*;q=0.1"),
+    (_challenges, mpp.format_challenge(CHALLENGE), _raw),
+    (_credential, CREDENTIAL, _raw),
+    (_credential, mpp.b64url_decode(CREDENTIAL.split(" ", 1)[1]).decode(), lambda text: "Payment " + _b64(text)),
+    (_receipt, RECEIPT, _raw),
+    (_receipt, mpp.b64url_decode(RECEIPT).decode(), _b64),
+    (_json, mpp.b64url_decode(CREDENTIAL.split(" ", 1)[1]).decode(), _raw),
+    (_tokens, MANDATE, _raw),
+    (_tokens, _decoded(MANDATE), _signed(PRINCIPAL)),
+    (_tokens, _decoded(APPROVAL), _signed(PRINCIPAL)),
+    (_grant, GRANT, _raw),
+    (_grant, _decoded(GRANT), _signed(SELLER)),
+    (_ledger_authorization, sign_request(SELLER, ledger_id="ledger-1", method="POST", target="/v1/transfers", body=b"{}"), _raw),
+    (_price_list, PRICES, _raw),
+    (_accept_payment, "ledger/charge;q=0.5, */*;q=0.1", _raw),
 ]
 
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    parse, valid = TARGETS[fdp.ConsumeIntInRange(0, len(TARGETS) - 1)]
+    parse, valid, wrap = TARGETS[fdp.ConsumeIntInRange(0, len(TARGETS) - 1)]
     if fdp.ConsumeBool():  # splice the rest into the valid value, between two cut points
         a, b = sorted((fdp.ConsumeIntInRange(0, len(valid)), fdp.ConsumeIntInRange(0, len(valid))))
         text = valid[:a] + fdp.ConsumeUnicodeNoSurrogates(fdp.remaining_bytes()) + valid[b:]
     else:
         text = fdp.ConsumeUnicode(fdp.remaining_bytes())  # may hold lone surrogates, as surrogateescape'd headers do
-    parse(text)
+    parse(wrap(text))
 
 
 def main() -> None:
