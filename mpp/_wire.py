@@ -69,9 +69,10 @@ def encode_json_b64(value: dict[str, Any]) -> str:
     return b64url_encode(canonical_json(value))
 
 
-# Our documents nest a handful of levels (a credential's identity member holds the deepest: about
-# six); 32 leaves room for extensions and stops a peer's deep nesting long before the recursion limit.
+# Our documents nest a few levels (credential, identity, mandates: three); 32 leaves room for
+# extensions and stops a peer's deep nesting long before the interpreter's recursion limit.
 MAX_JSON_DEPTH = 32
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
         if text is data:
             text.encode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
-        if "\\u" in text:  # a \uD800-style escape yields a lone surrogate, which is not text:
+        if _SURROGATE_ESCAPE.search(text):  # a lone \uD800-style escape yields a lone surrogate, not text:
             try:  # refuse it here, not deep inside
                 json.dumps(value, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
@@ -130,7 +131,8 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
         raise ParseError(f"{what} nests deeper than {max_depth} levels") from None
     except ValueError as exc:  # also UnicodeError, and integers past Python's digit limit
         raise ParseError(f"{what} is not UTF-8 JSON") from exc
-    if not _depth_within(value, max_depth):
+    # Fewer brackets than the bound cannot nest past it: the walk is for the rare text with many.
+    if text.count("[") + text.count("{") > max_depth and not _depth_within(value, max_depth):
         raise ParseError(f"{what} nests deeper than {max_depth} levels")
     return value
 
@@ -143,7 +145,7 @@ def dumps_wire(value: Any, what: str) -> bytes:
         raise FormatError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (ValueError, TypeError) as exc:  # ValueError: NaN or infinity; UnicodeError: a lone surrogate
+    except (ValueError, TypeError) as exc:  # NaN or infinity; a lone surrogate (UnicodeError); not JSON data (TypeError)
         raise FormatError(f"{what} cannot be put on the wire: {exc}") from None
 
 
