@@ -118,8 +118,9 @@ field_bytes = st.binary(max_size=400).map(lambda b: bytes(c for c in b if c == 9
 class SellerWorld:
     server: Background
     credential: str  # a valid credential for GET /weather (one challenge; it may be spent once)
-    grant: str  # a valid task grant for GET /jobs/t1, with its proof
+    grant: str  # a valid task grant for GET /jobs/t1, with its proof (valid for a few minutes)
     proof: str
+    agent: mpp.SigningKey
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def seller_world(tmp_path_factory: pytest.TempPathFactory):
                                       "iat": int(now.timestamp()), "exp": int(now.timestamp()) + 3600,
                                       "routes": ["GET /jobs/t1"], "priceList": "v1", "challengeId": challenge.id, "task": "t1"})
     proof = sign_grant_proof(agent, grant_id="grt_" + "A" * 22, method="GET", path="/jobs/t1", now=now)
-    yield SellerWorld(server, credential, grant, proof)
+    yield SellerWorld(server, credential, grant, proof, agent)
     server.close()
 
 
@@ -271,8 +272,10 @@ def test_ledger_service_never_answers_a_signed_body_with_a_5xx(ledger_world, end
 
 def test_the_valid_values_the_properties_mutate_are_accepted(seller_world):
     """The starting points are real: the seller serves the valid grant, and takes the valid credential."""
+    proof = sign_grant_proof(seller_world.agent, grant_id="grt_" + "A" * 22, method="GET", path="/jobs/t1",
+                             now=datetime.now(timezone.utc))
     status, _, body = seller_world.server.request("GET", "/jobs/t1", [(GRANT_HEADER, seller_world.grant.encode()),
-                                                                      (GRANT_PROOF_HEADER, seller_world.proof.encode())])
+                                                                      (GRANT_PROOF_HEADER, proof.encode())])
     assert status == 200, body
     status, _, body = seller_world.server.request("GET", "/weather", [("Authorization", seller_world.credential.encode())])
     assert status in (200, 402), body  # 402 invalid-challenge once a property has spent it
