@@ -11,21 +11,20 @@ The HTTP properties are in tests/test_properties_http.py.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 
-from hypothesis import assume, example, given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import mpp
 from mpp import identity as I
-from mpp._wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, decode_json_b64, loads_strict
+from mpp._wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, loads_strict
 from mpp.errors import FormatError, ParseError, PaymentProblem
 from mpp.headers import parse_accept_payment
 from mpp.ledger.signing import SignedRequest, parse_authorization, sign_request
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
 from mpp.pricing import (
-    GRANT_TYP,
     PriceListError,
     PricingProblem,
     issue_grant,
