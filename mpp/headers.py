@@ -12,12 +12,11 @@ input (long runs of backslashes, unclosed quotes) costs linear time.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ._wire import b64url_encode, decode_json_b64
+from ._wire import b64url_encode, decode_json_b64, dumps_wire
 from .errors import DETAIL_MAX, FormatError, ParseError, clip
 from .models import Challenge, Credential, PaymentReceipt
 
@@ -247,7 +246,7 @@ def parse_credential(value: str) -> Credential:
 
 
 def format_credential(credential: Credential) -> str:
-    return "Payment " + b64url_encode(json.dumps(credential.to_json(), separators=(",", ":"), ensure_ascii=False).encode())
+    return "Payment " + b64url_encode(dumps_wire(credential.to_json(), "credential"))
 
 
 def parse_receipt(value: str) -> PaymentReceipt:
@@ -258,7 +257,7 @@ def parse_receipt(value: str) -> PaymentReceipt:
 
 
 def format_receipt(receipt: PaymentReceipt) -> str:
-    return b64url_encode(json.dumps(receipt.to_json(), separators=(",", ":"), ensure_ascii=False).encode())
+    return b64url_encode(dumps_wire(receipt.to_json(), "receipt"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import jwt
 from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, InvalidTokenError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._wire import b64url_decode, b64url_encode, canonical_json
+from ._wire import b64url_encode, canonical_json, decode_jws
 from .errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
 from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 from .models import Challenge, ChargeRequest, Credential
@@ -378,13 +377,6 @@ def issue_mandate(
     return jwt.encode(claims, issuer.private_key, algorithm="EdDSA", headers={"typ": MANDATE_TYP, "kid": issuer.did})
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate member name")
-    return dict(pairs)
-
-
 def _checked_claims(token: str, typ: str, problem: type[IdentityProblem]) -> dict[str, Any]:
     """Structure, header rules and the Ed25519 signature under the key of ``iss``.
 
@@ -393,15 +385,10 @@ def _checked_claims(token: str, typ: str, problem: type[IdentityProblem]) -> dic
     """
     if not isinstance(token, str) or len(token) > 16384 or token.count(".") != 2:
         raise problem("not a compact JWS")
-    parts = token.split(".")
     try:
-        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_no_duplicates)
-        payload = json.loads(b64url_decode(parts[1]), object_pairs_hook=_no_duplicates)
-        signature = b64url_decode(parts[2])
-    except (ParseError, ValueError, UnicodeDecodeError, RecursionError):
-        raise problem("not a well-formed JWS (base64url JSON objects, no repeated member names)") from None
-    if not isinstance(header, dict) or not isinstance(payload, dict):
-        raise problem("JWS header and payload must be JSON objects")
+        header, payload, signature = decode_jws(token)
+    except ParseError as exc:
+        raise problem(f"not a well-formed JWS (base64url strict JSON objects): {exc}") from None
     if header.get("alg") not in _ALGORITHMS:
         raise problem(f"algorithm {clip(header.get('alg'))!r} is refused; only EdDSA is accepted")
     if header.get("typ") != typ:

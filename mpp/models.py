@@ -148,7 +148,11 @@ class PaymentReceipt(BaseModel):
             raise ParseError(f"receipt fields have the wrong types: {exc.error_count()} errors") from exc
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        doc = self.model_dump()
+        for name in ("challengeId", "receipt"):  # ours are absent when unset; members we do not know keep their nulls
+            if doc[name] is None:
+                del doc[name]
+        return doc
 
 
 class ChargeRequest(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import heapq
+import json
 import re
 import secrets
 import tomllib
@@ -24,7 +25,7 @@ from jwt import PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._wire import b64url_encode, canonical_json
+from ._wire import b64url_encode, canonical_json, decode_jws
 from .errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
 from .keys import SigningKey, SignatureInvalid, public_key_from_did, verify_signature
 from .seller_core import CURRENCY, MAX_AMOUNT, Metered, Price, resource_of
@@ -709,6 +710,10 @@ def _rfc3339(t: datetime) -> str:
 def load_price_list(text: str, *, source: str) -> PriceList:
     """Parse and validate a price list (PRICE-LIST-01 to -03); raise PriceListError naming source:LINE."""
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a file read with errors="surrogateescape": bytes that are not UTF-8
+        raise PriceListError(source, [(text.count("\n", 0, exc.start) + 1, "not UTF-8 text")]) from None
+    try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
@@ -729,7 +734,10 @@ def load_price_list(text: str, *, source: str) -> PriceList:
     routes = _build(doc, locate, errors)
     if errors:
         raise PriceListError(source, _dedupe(errors))
-    fingerprint = hashlib.sha256(canonical_json(doc.model_dump(mode="json"))).hexdigest()
+    # Not RFC 8785: amounts up to 2**63 - 1 are valid here but past what JCS can write; sorted
+    # keys make it as deterministic, and the fingerprint never leaves the process.
+    content = json.dumps(doc.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    fingerprint = hashlib.sha256(content.encode("utf-8")).hexdigest()
     return PriceList(doc.version, tuple(routes), source, fingerprint, locate.top.keys.get("version", 1))
 
 
@@ -908,6 +916,11 @@ class SeatRecords:
 # -- grants (PRICE-GRANT-*) ----------------------------------------------------------------
 
 
+# The last second datetime can hold (9999-12-31T23:59:59Z): a later iat or exp, even correctly
+# signed (a seller's own key, as its buyer sees it), is no time and must not overflow.
+_MAX_EPOCH = 253402300799
+
+
 class _GrantClaims(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -915,8 +928,8 @@ class _GrantClaims(BaseModel):
     aud: str = Field(min_length=1)
     sub: str
     jti: str
-    iat: int = Field(ge=0)
-    exp: int = Field(ge=0)
+    iat: int = Field(ge=0, le=_MAX_EPOCH)
+    exp: int = Field(ge=0, le=_MAX_EPOCH)
     kind: Literal["task", "seat"]
     routes: list[str] = Field(min_length=1, max_length=64)
     priceList: str
@@ -1041,12 +1054,13 @@ def verify_grant(
     """
     by_kid = _verification_keys(keys)
     try:
-        header = jwt.get_unverified_header(token)
-    except InvalidTokenError:
+        header, _, _ = decode_jws(token)  # strictly, before pyjwt's lenient reading (CORE-CRED-07)
+    except ParseError:
         raise GrantInvalid("grant is not a JWS") from None
     if header.get("alg") not in _ALGORITHMS or header.get("typ") != GRANT_TYP:
         raise GrantInvalid("grant must be an EdDSA JWS of type mpp-grant+jwt")
-    key = by_kid.get(header.get("kid"))
+    kid = header.get("kid")
+    key = by_kid.get(kid) if isinstance(kid, str) else None  # a list or object here is no key id (nor hashable)
     if key is None:
         raise GrantInvalid("grant is not signed by a key of this seller")
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -10,7 +9,8 @@ import jwt
 from jwt import PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
 
-from .errors import ReceiptInvalid
+from ._wire import decode_jws
+from .errors import ParseError, ReceiptInvalid
 from .keys import SigningKey
 
 __all__ = ["sign_receipt", "verify_receipt_jws", "jwks_document"]
@@ -45,9 +45,9 @@ def verify_receipt_jws(
     except (PyJWKSetError, PyJWKError, KeyError, TypeError, ValueError) as exc:
         raise ReceiptInvalid(f"seller JWKS is unusable: {exc}") from exc
     try:
-        header = jwt.get_unverified_header(token)
-    except InvalidTokenError as exc:
-        raise ReceiptInvalid("receipt is not a JWS") from exc
+        header, _, _ = decode_jws(token)  # strictly, before pyjwt's lenient reading (CORE-CRED-07)
+    except ParseError as exc:
+        raise ReceiptInvalid(f"receipt is not a JWS: {exc}") from None
     if header.get("alg") not in _ALGORITHMS:
         raise ReceiptInvalid(f"receipt algorithm {header.get('alg')!r} is not EdDSA")
     kid = header.get("kid")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
-from ._wire import b64url_decode
+from ._wire import decode_jws
+from .errors import ParseError
 from .headers import parse_receipt
 from .ledger.core import Transfer
 from .models import parse_rfc3339
@@ -103,13 +103,10 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 def _claims(jws: str | None) -> dict[str, Any]:
     """The claims of a receipt JWS this seller signed and kept in its own records (not verified
     again: the store is the seller's own); {} when there is none or it does not decode."""
-    if not jws or not isinstance(jws, str) or jws.count(".") != 2:
-        return {}
     try:
-        claims = json.loads(b64url_decode(jws.split(".")[1]))
-    except (ValueError, UnicodeDecodeError):
+        return decode_jws(jws)[1] if jws else {}
+    except ParseError:
         return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 def _receipt(header: str | None) -> tuple[datetime | None, dict[str, Any]]:

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mpp.config import init_home, load_seller_config, load_wallet, read_secret
+
+# Property tests (tests/test_properties*.py) run a fixed, reproducible budget inside `make test`;
+# HYPOTHESIS_PROFILE=long explores more, with fresh randomness each run.
+settings.register_profile("mpp", max_examples=150, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mpp"))
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"mpp seller ready on (http://\S+)")

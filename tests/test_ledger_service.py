@@ -316,6 +316,21 @@ async def test_bad_input_is_a_4xx_problem_never_a_5xx(service: Service, body: by
     assert_problem(status, doc, 413, "PayloadTooLarge")
 
 
+async def test_bodies_that_are_not_strict_json_are_invalid_requests(service: Service):
+    """CORE-CRED-07, LEDGER-SVC-07: a correctly signed transfer whose body also holds NaN,
+    Infinity, a repeated member or 33-deep nesting is refused 400 InvalidRequest and moves
+    nothing; the same transfer as a seller sends it is made."""
+    body = json.dumps(service.transfer_body("t-strict"))
+    for extra in (',"x":NaN', ',"x":Infinity', ',"x":-Infinity', ',"x":1e400', ',"amount":"100"',
+                  ',"x":' + "[" * 32 + "]" * 32, ',"x":' + "[" * 5000 + "]" * 5000):
+        status, doc, _ = await service.call("POST", "/v1/transfers", (body[:-1] + extra + "}").encode())
+        assert_problem(status, doc, 400, "InvalidRequest")
+    assert service.charges() == []
+    status, doc, _ = await service.call("POST", "/v1/transfers", body.encode())
+    assert status == 200, doc
+    assert [t.id for t in service.charges()] == ["t-strict"]
+
+
 async def test_nothing_secret_reaches_the_logs(service: Service, caplog: pytest.LogCaptureFixture):
     """LEDGER-SVC-08: a transfer under a mandate and a refused one are logged by ids only: no
     signature, mandate token or Authorization value in the service's log."""

@@ -645,6 +645,45 @@ def _is_problem(reply: Reply) -> bool:
             and isinstance(doc.get("title"), str) and isinstance(doc.get("detail"), str))
 
 
+# A member added to a valid, signed credential's JSON text; a lenient parser ignores it (an
+# unknown member) and pays, a strict one refuses the whole credential.
+NOT_STRICT_JSON = {
+    "NaN": ',"x":NaN',
+    "Infinity": ',"x":Infinity',
+    "-Infinity": ',"x":-Infinity',
+    "overflowing number": ',"x":1e400',
+    "repeated member": ',"payload":{"type":"repeated"}',
+    "nesting 33 deep": ',"x":' + "[" * 32 + "]" * 32,
+    "nesting 5000 deep": ',"x":' + "[" * 5000 + "]" * 5000,
+    "escaped lone surrogate": ',"x":"\\ud800"',
+}
+
+
+async def test_credentials_that_are_not_strict_json_are_malformed(served, session):
+    """CORE-CRED-07, CORE-ERR-03: a correctly signed credential whose JSON text also holds NaN,
+    Infinity, a repeated member, 33-deep nesting or an escaped lone surrogate is answered 402
+    malformed-credential with a fresh challenge, and pays nothing; the same credential as sent
+    by the buyer pays."""
+    for label, extra in NOT_STRICT_JSON.items():
+        challenge = await quote(session, served, "GET", "/weather")
+        text = mpp.b64url_decode(sign(challenge, served.wallet.key).split(" ", 1)[1]).decode()
+        if label == "repeated member":  # the real payload last: a last-wins parser would pay
+            doc = json.loads(text)
+            text = '{"payload":{"type":"repeated"},' + json.dumps(doc)[1:]
+        else:
+            text = text[:-1] + extra + "}"
+        reply = await call(session, served, "GET", "/weather", authorization="Payment " + mpp.b64url_encode(text.encode()))
+        assert_problem(reply, 402, "malformed-credential")
+        assert "strict JSON" in reply.json()["detail"] or "deeper" in reply.json()["detail"], (label, reply.json())
+    assert charges(served) == []
+    challenge = await quote(session, served, "GET", "/weather")
+    text = mpp.b64url_decode(sign(challenge, served.wallet.key).split(" ", 1)[1]).decode()
+    nested = text[:-1] + ',"x":' + "[" * 31 + "]" * 31 + "}"  # 32 deep with the credential object: allowed
+    reply = await call(session, served, "GET", "/weather", authorization="Payment " + mpp.b64url_encode(nested.encode()))
+    assert reply.status == 200, reply.body
+    assert len(charges(served)) == 1
+
+
 # -- 8. discovery ----------------------------------------------------------------------
 
 

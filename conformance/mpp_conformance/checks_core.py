@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from mpp import Challenge, b64url_decode, b64url_encode, canonical_json, format_credential, format_rfc3339, parse_rfc3339
+from mpp._wire import loads_strict
 from mpp.models import Credential
 
 from .expect import PROBLEM_BASE, fail, fresh_challenges, no_5xx, no_receipt, problem, status
@@ -58,7 +59,7 @@ async def challenge_well_formed(ctx: CheckContext) -> str:
         if c.method != c.method.lower():
             fail(f"challenge {c.id[:12]}...: method {c.method!r} is not lowercase")
         raw = b64url_decode(c.request)
-        if raw != canonical_json(json.loads(raw)):
+        if raw != canonical_json(loads_strict(raw, "request")):
             fail(f"challenge {c.id[:12]}...: request is not RFC 8785 canonical JSON")
         if c.expires is None:
             fail(f"challenge {c.id[:12]}...: no expires")
@@ -88,6 +89,23 @@ async def garbage_credential(ctx: CheckContext) -> str:
         fresh_challenges(resp, f"{label} credential")
         no_receipt(resp, f"{label} credential")
     return "garbage, non-JSON and truncated credentials refused"
+
+
+@register("core.strict-json", "credentials that are not strict JSON (NaN, a repeated member, deep nesting) are malformed", "core",
+          ["CORE-CRED-07", "CORE-ERR-03", "CORE-ERR-10"])
+async def strict_json(ctx: CheckContext) -> str:
+    # A real echo and a probe payload: a lenient parser reads each of these as a credential and
+    # refuses it later, for another reason (verification-failed, say), which this check tells apart.
+    _, real = await first_challenge(ctx)
+    head = '{"challenge":' + json.dumps(real.echo(), separators=(",", ":")) + ',"payload":{"type":"conformance-probe"'
+    for label, raw in (("NaN", head + ',"n":NaN}}'), ("Infinity", head + ',"n":-Infinity}}'),
+                       ("repeated member", head + '},"payload":{"type":"conformance-probe"}}'),
+                       ("nesting 40 deep", head + ',"deep":' + "[" * 40 + "]" * 40 + "}}")):
+        resp = await send(ctx, "Payment " + b64url_encode(raw.encode()))
+        status(resp, 402, f"{label} credential")
+        problem(resp, "malformed-credential", f"{label} credential")
+        fresh_challenges(resp, f"{label} credential")
+    return "NaN, -Infinity, a repeated member and 40-deep nesting refused as malformed"
 
 
 # -- refusals ---------------------------------------------------------------
@@ -227,7 +245,7 @@ async def unsupported_method(ctx: CheckContext) -> str:
 
 def _problem_slug(resp: Response) -> str | None:
     try:
-        kind = json.loads(resp.body).get("type")
+        kind = resp.json().get("type")
     except (ValueError, AttributeError):
         return None
     return kind[len(PROBLEM_BASE):] if isinstance(kind, str) and kind.startswith(PROBLEM_BASE) else kind

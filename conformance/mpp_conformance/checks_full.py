@@ -88,7 +88,7 @@ async def send(ctx: CheckContext, paid: Paid, *, method: str | None = None, url:
 def _detail(resp: Response, paid: Paid) -> str:
     """The problem's ``detail``, short, for a message; a copy of the credential is cut out."""
     try:
-        doc = json.loads(resp.body)
+        doc = resp.json()
     except ValueError:
         return ""
     detail = doc.get("detail") if isinstance(doc, dict) else None

@@ -214,7 +214,7 @@ def _problem_type(resp: Response) -> str | None:
     if "application/problem+json" not in resp.headers.get("Content-Type", ""):
         return None
     try:
-        doc = json.loads(resp.body)
+        doc = resp.json()
     except ValueError:
         return None
     return doc.get("type") if isinstance(doc, dict) and isinstance(doc.get("type"), str) else None

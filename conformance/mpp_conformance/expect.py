@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mpp import ParseError, parse_challenges
@@ -35,9 +34,9 @@ def problem(resp: Response, slug: str | None, what: str, *, base: str = PROBLEM_
     if "application/problem+json" not in ctype:
         fail(f"{what}: Content-Type is {ctype!r}, not application/problem+json")
     try:
-        doc = json.loads(resp.body)
-    except ValueError:
-        fail(f"{what}: the problem document is not JSON")
+        doc = resp.json()
+    except ValueError as exc:
+        fail(f"{what}: the problem document is not strict JSON ({exc})")
     if not isinstance(doc, dict) or not isinstance(doc.get("type"), str) or not isinstance(doc.get("title"), str) \
             or doc.get("status") != resp.status:
         fail(f"{what}: the problem document lacks type/title/status matching the response")
@@ -70,7 +69,7 @@ def no_receipt(resp: Response, what: str) -> None:
 def problem_slug(resp: Response) -> str | None:
     """The problem type of ``resp`` (the slug when it is under PROBLEM_BASE), or None."""
     try:
-        doc = json.loads(resp.body)
+        doc = resp.json()
     except ValueError:
         return None
     kind = doc.get("type") if isinstance(doc, dict) else None

@@ -103,9 +103,10 @@ class Response:
         self.body = body
 
     def json(self) -> Any:
-        import json
+        """The body as strict JSON (CORE-CRED-07); ParseError, a ValueError, otherwise."""
+        from mpp._wire import loads_strict
 
-        return json.loads(self.body)
+        return loads_strict(self.body, "the response body")
 
     @property
     def text(self) -> str:

@@ -18,7 +18,6 @@ fresh proof, on the later requests they cover instead of paying again (PRICE-GRA
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from multidict import CIMultiDictProxy
 
 from yarl import URL
 
+from .._wire import loads_strict
 from ..buyer_core import (
     SUBSCRIPTION_INTENT,
     BuyerPolicy,
@@ -815,7 +815,7 @@ class PaymentClient:
             async with self.session.get(jwks_url, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise ReceiptInvalid(f"seller JWKS answered HTTP {resp.status}")
-                jwks = await resp.json(content_type=None)
+                jwks = loads_strict(await resp.read(), "seller JWKS")
         except (aiohttp.ClientError, ValueError) as exc:
             raise ReceiptInvalid(f"could not fetch the seller's JWKS: {exc}") from exc
         if not isinstance(jwks, dict):
@@ -926,10 +926,11 @@ def _close_stream(paid: PaidResponse) -> None:
         paid.stream = None
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    """A JSON object the seller sent (problem document, payment event), strictly; {} otherwise."""
     try:
-        doc = json.loads(text)
-    except ValueError:
+        doc = loads_strict(text, "seller's document")
+    except ParseError:
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -958,8 +959,4 @@ def _send_once():
 
 
 def _problem_of(resp: PaidResponse) -> dict[str, Any]:
-    try:
-        doc = json.loads(resp.body)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return _json_object(resp.body)

@@ -6,13 +6,14 @@ The seller's rail (mpp.aio.rails.HttpLedgerRail) sends its requests with :func:`
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
+from .._wire import dumps_wire, loads_strict
+from ..errors import ParseError
 from ..keys import SigningKey
 from ..ledger.api import LEDGER_ERRORS
 from ..ledger.core import LedgerError
@@ -40,7 +41,7 @@ def split_service_url(url: str) -> tuple[str, str]:
 async def send_signed(session: aiohttp.ClientSession, *, origin: str, prefix: str, key: SigningKey, ledger_id: str,
                       method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, bytes]:
     """Send one request signed with ``key``; the status and the raw body. Network errors propagate."""
-    data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+    data = b"" if body is None else dumps_wire(body, "ledger service request")
     target = prefix + path
     headers = {"Authorization": sign_request(key, ledger_id=ledger_id, method=method, target=target, body=data),
                "Content-Type": "application/json"}
@@ -53,8 +54,8 @@ def answer(status: int, raw: bytes) -> dict[str, Any]:
     """A 2xx JSON object as it is; a refusal as the ledger error it names (ServiceRefused for the
     service's own); ValueError for an answer the service does not send."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = loads_strict(raw, "ledger service answer")  # CORE-CRED-07
+    except ParseError:
         doc = None
     if not isinstance(doc, dict):
         raise ValueError(f"HTTP {status} without a JSON object")

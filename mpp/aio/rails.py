@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .._wire import loads_strict
 from ..doubt import DoubtJournal, MemoryDoubtJournal
 from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
 from ..identity import BudgetExceeded, MandateRequired, MandateRevoked
@@ -303,7 +304,7 @@ class HttpLedgerRail(LedgerSellerMethod):
             try:
                 async with self._session.get(self._origin + self._prefix + "/v1/info",
                                              timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                    doc = await resp.json(content_type=None)
+                    doc = loads_strict(await resp.read(), "ledger service answer")
                     ledger = doc.get("ledger") if resp.status == 200 and isinstance(doc, dict) else None
                     if isinstance(ledger, str) and ledger:
                         return ledger

@@ -99,7 +99,7 @@ from ..store import PaymentStore, StateError, StoredResponse
 from .attribution import attributed, mark_attributed, start_request
 from .metering import METER_KEY, SESSION_PATH, ChargeMeter, SessionDesk, meter_of
 from .rails import PaymentRail, Settlement
-from .._wire import b64url_decode
+from .._wire import decode_jws
 
 __all__ = ["Seller", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
@@ -899,9 +899,8 @@ def _unverified_sub(token: str) -> str:
     """The ``sub`` a grant claims, before it is verified: only to order the checks of
     PRICE-GRANT-02 when the proof that names the agent is missing."""
     try:
-        claims = json.loads(b64url_decode(token.split(".")[1]))
-        return str(claims.get("sub", "")) if isinstance(claims, dict) else ""
-    except (IndexError, ValueError, UnicodeDecodeError):
+        return str(decode_jws(token)[1].get("sub", ""))
+    except ParseError:
         return ""
 
 

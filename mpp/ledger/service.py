@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from .._wire import loads_strict
 from ..errors import ParseError
 from ..keys import SignatureInvalid, public_key_from_did, verify_signature
 from ..methods.ledger import authorization_message
@@ -424,9 +425,9 @@ class LedgerService:
             doc = None
             if body:
                 try:
-                    doc = json.loads(raw)
-                except (ValueError, RecursionError):
-                    raise _bad("the body must be a JSON object") from None
+                    doc = loads_strict(raw, "the body")
+                except ParseError as exc:
+                    raise _bad(f"the body must be a JSON object: {exc}") from None
                 if not isinstance(doc, dict):
                     raise _bad("the body must be a JSON object")
             return _json(await handler(doc, request, seller, payee))

@@ -55,7 +55,7 @@ KNOWN_CHECKS = {
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
     "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
-    "core.discovery-openapi",
+    "core.discovery-openapi", "core.strict-json",
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
 }
@@ -82,6 +82,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.expired-echo": "a past echoed expires must be refused as invalid-challenge or payment-expired",
         "core.two-credentials": "two Payment credentials must be refused as malformed-credential",
         "core.unsupported-method": "an unknown method must get 400 method-unsupported, not 402 payment-required",
+        "core.strict-json": "credentials that are not strict JSON must be refused as malformed-credential",
         "full.replay": "the replay must be refused as invalid-challenge",
         "full.concurrent-replay": "the losing submissions must be refused as invalid-challenge",
         "full.other-route": "a credential for another route must be refused as invalid-challenge",
@@ -111,6 +112,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.no-5xx": _UNPAID_402,
         "core.challenge-parameters": _UNPAID_402,
         "core.discovery-openapi": _UNPAID_402 + " (to compare with x-payment-info)",
+        "core.strict-json": _UNPAID_402,
         "full.paid-success": _UNPAID_402,
         "full.replay": _UNPAID_402,
         "full.concurrent-replay": _UNPAID_402,
@@ -145,13 +147,15 @@ EXPECTED: dict[str, dict[str, str]] = {
         "full.changed-body": "the refusal of a changed body carries a Payment-Receipt; POST target only",
         "full.ledger-payload": "the refusals of bad payloads carry a Payment-Receipt",
         # Passes: fresh-id-per-402, accept-payment, challenge-parameters, discovery-openapi (they read
-        # only the challenges of a 402), discovery-jwks, and the paid 2xx checks.
+        # only the challenges of a 402), strict-json (it judges the problem type and the fresh
+        # challenge), discovery-jwks, and the paid 2xx checks.
     },
     "500-on-garbage": {
         "core.garbage-credential": "its garbage, non-JSON and truncated-JSON credentials get 500, not 402 (CORE-ERR-11)",
         "core.no-receipt-on-errors": "its first probe is a garbage credential, which gets 500",
         "core.no-5xx": "the fuzz families that are not base64url JSON get 500 (CORE-ERR-11)",
-        # Passes: every other check sends only well-formed base64url JSON credentials.
+        # Passes: every other check sends only base64url JSON credentials (strict-json's too, as
+        # Python's lenient json reads them).
     },
     "skips-route-binding": {
         "full.other-route": "a credential for one route is accepted (200) on another priced route (CORE-BIND-02)",

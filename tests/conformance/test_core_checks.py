@@ -24,7 +24,7 @@ CORE_IDS = {
     "core.challenge-well-formed", "core.fresh-id-per-402", "core.garbage-credential", "core.unknown-challenge-id",
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
-    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx",
+    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.strict-json",
 }
 # A Payment credential as our probes build it: base64url of '{"challenge"' (or of any JSON object).
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
@@ -171,6 +171,27 @@ def _expiry_before_id(seller) -> None:
     seller.core.issuer.verify = verify
 
 
+def _lax_json(seller) -> None:
+    """CORE-CRED-07: a seller reading credentials with Python's default json, which takes NaN, a
+    repeated member (the last wins) and any nesting; the probe is then refused later, as a payment
+    that does not verify, which is what such a seller answers."""
+    from mpp import b64url_decode
+    from mpp.errors import MalformedCredential, VerificationFailed
+
+    original = seller.core.verify
+
+    def verify(header, info, now):
+        try:
+            json.loads(b64url_decode(header.split(" ", 1)[1].strip()))
+        except (ValueError, IndexError, RecursionError):
+            return original(header, info, now)
+        try:
+            return original(header, info, now)
+        except MalformedCredential:
+            raise VerificationFailed("the payment proof does not verify") from None
+    seller.core.verify = verify
+
+
 def _offers_probe_method_back(app: web.Application) -> None:
     @web.middleware
     async def fault(request, handler):  # a malformed Accept-Payment gets no challenge for our method
@@ -196,6 +217,7 @@ FAULTS = {
         "core.expired-echo"}),
     "expiry-before-id": (None, _expiry_before_id, set()),  # allowed by core.expired-echo, which says so
     "malformed-accept-payment-narrowed": (_offers_probe_method_back, None, {"core.accept-payment"}),
+    "lax-json": (None, _lax_json, {"core.strict-json"}),
 }
 
 
