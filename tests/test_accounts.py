@@ -225,6 +225,26 @@ async def test_library_without_identity_cannot_spend(world):
     assert world.ledger.balance(PAYER) == FUNDS and world.charges() == []
 
 
+async def test_a_mandated_buyer_presents_its_chain_and_signs_nothing_outside_it(world, tmp_path: Path):
+    """IDENT-POP-09: the buyer with a mandate presents it on a route that does not require one (the
+    receipt names agent and principal), and at a seller outside the mandate's audience it refuses
+    before signing: nothing is sent, nothing moves."""
+    from mpp.aio.agent import AgentIdentity
+
+    def buyer(chain: list[str]) -> PaymentClient:
+        return PaymentClient(world.session, [LedgerBuyerMethod(key=world.A, account=PAYER)], POLICY,
+                             identity=AgentIdentity(world.A, chain))
+
+    paid_ = await buyer([_mandate(world)]).request("GET", world.url("/small"))
+    assert paid_.status == 200 and (paid_.claims["agent"], paid_.claims["principal"]) == (world.A.did, world.P.did)
+    elsewhere = [mandate(world.P, world.A, audience=["other.example"], scope=["GET /*"])]
+    before = world.snapshot()
+    with pytest.raises(mpp.QuoteRejected) as caught:
+        await buyer(elsewhere).request("GET", world.url("/small"))
+    assert caught.value.rule == "mandate" and "does not cover this seller" in caught.value.detail
+    assert world.snapshot() == before
+
+
 async def test_strangers_and_unowned_roots_are_told_before_the_challenge_is_consumed(world):
     """LEDGER-ACCT-05: a key the account does not know, and a chain whose principal the seller trusts
     but the ledger does not list as an owner, are refused before the challenge is consumed; once
@@ -275,8 +295,9 @@ async def service(tmp_path: Path):
 
 
 async def test_service_refuses_a_bare_agent_authorization(service):
-    """LEDGER-ACCT-03 at a ledger service: a seller settling the agent's bare authorization gets
-    403 MandateRequired and nothing moves (LEDGER-16 passes: the signature itself is genuine)."""
+    """LEDGER-ACCT-03, IDENT-POP-10 at a ledger service: a seller settling the agent's authorization
+    without its chain (as a seller that ignores the extension would) gets 403 MandateRequired and
+    nothing moves (LEDGER-16 passes: the signature itself is genuine)."""
     status, doc, _ = await service.call("POST", "/v1/transfers", service.transfer_body("bare-1", amount=5000, payer=PAYER))
     assert_problem(status, doc, 403, "MandateRequired")
     assert service.charges() == [] and service.ledger.balance(PAYER) == FUNDS
