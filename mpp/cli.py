@@ -524,7 +524,7 @@ def cmd_ledger_serve(args: argparse.Namespace) -> int:
             await nonces.close()
             await ledger.close()
             raise
-        app = ledger_app(ledger, sellers=sellers, close_ledger=True, nonces=nonces)
+        app = ledger_app(ledger, sellers=sellers, close_ledger=True, nonces=nonces, open_accounts=args.open_accounts)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -772,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     t.add_argument("--port", type=int, default=None, help="port (default 8403; 0 picks a free one)")
     t.add_argument("--currency", default="usd", help="currency of payee accounts created here (default usd)")
+    t.add_argument("--open-accounts", action="store_true",
+                   help="let any key create an account over the service, owned by that key (default: only the operator "
+                        "creates accounts, with `mpp ledger account create`)")
     t.set_defaults(func=cmd_ledger_serve)
     from .cli_ledger import add_account_commands
 

@@ -60,8 +60,17 @@ def _print_members(account: str, members: dict[str, str], as_json: bool) -> None
 
 def cmd_account_create(args: argparse.Namespace) -> int:
     if is_service(args.ledger):
-        raise ValueError("accounts are created by the ledger's operator, on its database: pass --ledger FILE or "
-                         "postgresql:// URL (a ledger service enrols members of existing accounts only)")
+        if args.owner is not None:
+            raise ValueError("over a ledger service the account's owner is the key that signs for it (--key), not --owner")
+
+        async def made(client):
+            account = await client.create_account(args.account, args.currency)
+            return account, await client.members(args.account)
+
+        account, members = on_members(args.ledger, args.key, made)
+        print(f"account {account['id']} ({account['currency']}) balance {account['balance']}")
+        _print_members(account["id"], members, False)
+        return 0
     if args.owner is None:
         print("note: an account without an owner can be spent from by no one until `mpp ledger allow "
               f"{args.account} DID --as owner` names one")
@@ -113,14 +122,15 @@ EPILOG = """An account's members say who may spend from it (spec/methods/ledger.
   denied  spends nothing, directly or anywhere in a mandate chain
 On a ledger file or postgresql:// URL these act with the operator's access. On a ledger
 service (--ledger http://...) allow, deny and members are signed with --key, which must be
-the key of one of the account's owners; accounts are created by the operator only.
+the key of one of the account's owners; an account is created there only where the service
+was started with --open-accounts, owned by the --key that asks for it.
 """
 
 
 def add_account_commands(lsub: Any) -> None:
     """The account and membership subcommands of `mpp ledger`."""
     raw = argparse.RawDescriptionHelpFormatter
-    t = lsub.add_parser("account", help="create an account (operator)", epilog=EPILOG, formatter_class=raw)
+    t = lsub.add_parser("account", help="create an account", epilog=EPILOG, formatter_class=raw)
     asub = t.add_subparsers(dest="account_command", required=True, metavar="SUBCOMMAND")
     c = asub.add_parser("create", help="create an asset account, optionally with its first owner", epilog=EPILOG,
                         formatter_class=raw)
@@ -128,6 +138,8 @@ def add_account_commands(lsub: Any) -> None:
     c.add_argument("--owner", metavar="DID", help="the principal's did:key that owns it")
     c.add_argument("--currency", default="usd", help="currency of the account (default usd)")
     c.add_argument("--ledger", help=LEDGER_HELP)
+    c.add_argument("--key", metavar="KEY.pem", help="with an http(s) --ledger: the key that signs for the account and owns "
+                                                    "it (where the service opens account creation: --open-accounts)")
     c.set_defaults(func=cmd_account_create)
 
     for name, func, helptext in (

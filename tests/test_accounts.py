@@ -3,6 +3,7 @@ the mandate, by any route; enrolment from the command line and over the ledger s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ import mpp
 from mpp.aio import HttpLedgerRail, PaymentClient, Seller
 from mpp.aio.seller import SELLER_KEY
 from mpp.config import BUYER_ACCOUNT, init_home, load_wallet
-from mpp.ledger import MandateRequired, SqliteLedger, UnauthorizedSigner, UnknownAccount
+from mpp.ledger import MandateRequired, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
 from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore
 from mpp.ledger.service import ledger_app
 from mpp.methods.ledger import LedgerBuyerMethod
@@ -124,6 +125,17 @@ async def test_roles_and_the_last_owner(ledger):
     assert await ledger.members(PAYER) == {P.did: "denied", A.did: "owner"}
     created = await ledger.create_account("acct:new", "usd", owner=P.did)
     assert created.balance == 0 and await ledger.members("acct:new") == {P.did: "owner"}
+
+
+async def test_exclusive_creation_has_one_winner(ledger):
+    """LEDGER-SVC-14: two exclusive creations of one account race; one makes it and owns it, the
+    other is refused and owns nothing."""
+    keys = [mpp.SigningKey.generate() for _ in range(4)]
+    results = await asyncio.gather(*(ledger.create_account("acct:race", "usd", owner=k.did, exclusive=True) for k in keys),
+                                   return_exceptions=True)
+    made = [k for k, r in zip(keys, results) if not isinstance(r, BaseException)]
+    assert len(made) == 1 and all(isinstance(r, TransferConflict) for r in results if isinstance(r, BaseException))
+    assert await ledger.members("acct:race") == {made[0].did: "owner"}
 
 
 def test_sqlite_ledger_of_an_earlier_version_is_migrated(tmp_path: Path):
@@ -355,6 +367,42 @@ async def test_service_members_are_changed_only_by_an_owner(service):
     assert service.ledger.members(PAYER)[P.did] == "owner"
 
 
+@pytest.mark.parametrize("open_accounts", [False, True])
+async def test_accounts_created_over_the_service_only_where_it_is_open(tmp_path: Path, open_accounts: bool):
+    """LEDGER-SVC-14: closed by default (403, no nonce recorded); where open, the key that signs owns
+    the new account alone, and an id that exists is refused with its members untouched."""
+    from mpp.ledger.nonces import MemoryNonces
+
+    principal = mpp.SigningKey.generate()
+    ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
+    nonces = MemoryNonces()
+    server = TestServer(ledger_app(ledger, sellers={}, nonces=nonces, open_accounts=open_accounts), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            svc = Service(ledger, server, http, {}, principal, principal)
+            newcomer = mpp.SigningKey.generate()
+            status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": "acct:new", "currency": "usd"}, key=newcomer)
+            if not open_accounts:
+                assert_problem(status, doc, 403, "Forbidden")
+                assert nonces._seen == {} and [a.id for a in ledger.accounts() if a.id == "acct:new"] == []
+                return
+            assert status == 200 and doc["members"] == {newcomer.did: "owner"} and doc["account"]["balance"] == "0", doc
+            status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": PAYER, "currency": "usd"}, key=newcomer)
+            assert_problem(status, doc, 409, "TransferConflict")
+            assert ledger.members(PAYER) == {principal.did: "owner"}
+            status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": "holds:usd", "currency": "usd"}, key=newcomer)
+            assert_problem(status, doc, 400, "InvalidRequest")
+            # the command line does the same (in a thread: the service runs on this event loop)
+            newcomer.save(tmp_path / "newcomer.key")
+            made = await asyncio.to_thread(ok, "ledger", "account", "create", "acct:cli", "--ledger", svc.url,
+                                           "--key", tmp_path / "newcomer.key")
+            assert "acct:cli" in made.stdout and ledger.members("acct:cli") == {newcomer.did: "owner"}
+    finally:
+        await server.close()
+        ledger.close()
+
+
 async def test_seller_on_the_service_tells_the_buyer_before_consuming(service, tmp_path: Path):
     """LEDGER-ACCT-05 through LEDGER-SVC-12: a seller on the service answers a bare agent credential
     402 mandate-required without consuming the challenge; the same challenge then pays with the mandate."""
@@ -486,6 +534,8 @@ def test_fresh_principal_enrolled_over_the_ledger_service_buys(mpp_init_home: Pa
                            "--key", home / "seller" / "ledger.key")
         assert "Forbidden" in error_line(refused_)
         assert "--key" in error_line(mpp_cli("ledger", "members", BUYER_ACCOUNT, "--ledger", url))
+        closed = mpp_cli("ledger", "account", "create", "acct:mine", "--ledger", url, "--key", home / "principal" / "principal.key")
+        assert "Forbidden" in error_line(closed) and "--open-accounts" not in closed.stdout
         p_did, a_did, wallet = _new_principal_and_agent(home, url, home / "principal" / "principal.key")
         _buys_identity_route(home, wallet, p_did, a_did)
     finally:
@@ -511,7 +561,7 @@ def test_ledger_account_commands_and_their_errors(tmp_path: Path):
     assert "did:key" in error_line(mpp_cli("ledger", "allow", "acct:team", "did:web:x", "--as", "agent", "--ledger", led))
     assert "acct:nope" in error_line(mpp_cli("ledger", "allow", "acct:nope", agent, "--as", "agent", "--ledger", led))
     assert "--as" in error_line(mpp_cli("ledger", "allow", "acct:team", agent, "--ledger", led))
-    assert "operator" in error_line(mpp_cli("ledger", "account", "create", "acct:x", "--ledger", "http://127.0.0.1:9"))
+    assert "--key" in error_line(mpp_cli("ledger", "account", "create", "acct:x", "--owner", owner, "--ledger", "http://127.0.0.1:9"))
 
 
 def test_demo_shows_a_refused_bare_key_purchase():

@@ -107,6 +107,10 @@ class LedgerClient:
                                         ledger_id=self.ledger_id, method=method, path=path, body=body, timeout=self.timeout)
         return answer(status, raw)
 
+    async def create_account(self, account_id: str, currency: str) -> dict[str, Any]:
+        """An account owned by this client's key (LEDGER-SVC-14: where the service allows it)."""
+        return (await self._call("POST", "/v1/accounts", {"id": account_id, "currency": currency}))["account"]
+
     async def members(self, account_id: str) -> dict[str, str]:
         doc = await self._call("GET", f"/v1/accounts/{quote(account_id, safe='')}/members")
         return {str(k): str(v) for k, v in doc["members"].items()}

@@ -205,7 +205,8 @@ class LedgerService:
     """The handlers, the sellers' keys and payees, and the nonces seen within the window."""
 
     def __init__(self, ledger: Any, sellers: Mapping[str, str], *, window: int = WINDOW,
-                 clock: Callable[[], float] = time.time, nonces: NonceStore | None = None) -> None:
+                 clock: Callable[[], float] = time.time, nonces: NonceStore | None = None,
+                 open_accounts: bool = False) -> None:
         for did, payee in sellers.items():
             public_key_from_did(did)  # ParseError names a bad entry
             if not isinstance(payee, str) or not payee:
@@ -215,6 +216,7 @@ class LedgerService:
         self.window = window
         self.clock = clock
         self.nonces: NonceStore = nonces if nonces is not None else MemoryNonces()
+        self.open_accounts = open_accounts  # LEDGER-SVC-14: anyone may create an account it then owns
 
     @property
     def ledger_id(self) -> str:
@@ -222,11 +224,13 @@ class LedgerService:
 
     # -- authentication ------------------------------------------------------------------
 
-    async def authenticate(self, request: web.Request, body: bytes, *, owner_of: str | None = None) -> tuple[str, str]:
+    async def authenticate(self, request: web.Request, body: bytes, *, owner_of: str | None = None,
+                           anyone: bool = False) -> tuple[str, str]:
         """The signer's DID and, for a seller, its registered payee; ServiceError otherwise.
 
         With ``owner_of`` the signer must be an owner of that account (LEDGER-SVC-13) instead of a
-        registered seller. Whoever is neither is refused before anything is recorded: a stranger's
+        registered seller; with ``anyone``, any key, where the service opens account creation to
+        all (LEDGER-SVC-14). Whoever may not is refused before anything is recorded: a stranger's
         request leaves no nonce behind."""
         header = request.headers.get("Authorization")
         if header is None:
@@ -235,7 +239,10 @@ class LedgerService:
             signed = parse_authorization(header)
         except ParseError as exc:
             raise ServiceError("Unauthenticated", f"malformed authorization: {exc}") from None
-        payee = self.sellers.get(signed.keyid) if owner_of is None else ""
+        if anyone and not self.open_accounts:
+            raise ServiceError("Forbidden", "this ledger service does not create accounts: its operator does "
+                                            "(`mpp ledger account create`)")
+        payee = self.sellers.get(signed.keyid) if owner_of is None and not anyone else ""
         if payee is None:
             raise ServiceError("Unauthenticated", "the signing key is not registered with this ledger")
         now = self.clock()
@@ -370,6 +377,14 @@ class LedgerService:
         await self.ledger.spend_check(payer, signer=signer, chain=chain)  # type: ignore[arg-type]
         return {"payer": payer, "signer": signer, "allowed": True}
 
+    async def create_account(self, doc: dict[str, Any], request: web.Request, signer: str, payee: str) -> dict[str, Any]:
+        """LEDGER-SVC-14: an account made over the service, owned by the key that signed for it."""
+        account_id = _text(doc, "id", max_len=128)
+        currency = _text(doc, "currency", max_len=32)
+        account = await self.ledger.create_account(account_id, currency, owner=signer, exclusive=True)  # type: ignore[arg-type]
+        log.info("account created id=%s currency=%s owner=%s", account.id, account.currency, signer)
+        return {"account": account_json(account), "members": await self.ledger.members(account.id)}
+
     async def members(self, doc: dict[str, Any] | None, request: web.Request, owner: str, payee: str) -> dict[str, Any]:
         """LEDGER-SVC-13: the account's members, to one of its owners."""
         return {"account": _path_id(request), "members": await self.ledger.members(_path_id(request))}
@@ -415,13 +430,15 @@ class LedgerService:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True, by_owner: bool = False):
+    def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True, by_owner: bool = False,
+               by_anyone: bool = False):
         """Wrap a handler: read the body, authenticate (a registered seller, or with ``by_owner``
         an owner of the account in the path), parse the JSON object, answer JSON."""
 
         async def wrapped(request: web.Request) -> web.Response:
             raw = await request.read()
-            seller, payee = await self.authenticate(request, raw, owner_of=_path_id(request) if by_owner else None)
+            seller, payee = await self.authenticate(request, raw, owner_of=_path_id(request) if by_owner else None,
+                                                    anyone=by_anyone)
             doc = None
             if body:
                 try:
@@ -466,12 +483,13 @@ SERVICE_KEY = web.AppKey("mpp_ledger_service", LedgerService)
 
 
 def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW, clock: Callable[[], float] = time.time,
-               close_ledger: bool = False, nonces: NonceStore | None = None) -> web.Application:
+               close_ledger: bool = False, nonces: NonceStore | None = None, open_accounts: bool = False) -> web.Application:
     """The ledger service for ``ledger`` (a SqliteLedger or an AsyncLedger); ``sellers`` maps each
     seller's did:key to the one payee account it may credit. ``nonces`` keeps the accepted request
     nonces (default: in this process only; see mpp.ledger.nonces). With ``close_ledger`` the app
-    closes the ledger (and the nonce store) at cleanup."""
-    service = LedgerService(ledger, sellers, window=window, clock=clock, nonces=nonces)
+    closes the ledger (and the nonce store) at cleanup. With ``open_accounts`` any key may create
+    an account over the service and own it (LEDGER-SVC-14); by default only the operator does."""
+    service = LedgerService(ledger, sellers, window=window, clock=clock, nonces=nonces, open_accounts=open_accounts)
     app = web.Application(middlewares=[_problems], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
 
@@ -498,6 +516,7 @@ def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW,
     app.router.add_get("/v1/accounts/{id}", s(service.account, body=False))
     app.router.add_get("/v1/accounts/{id}/transfers", s(service.account_transfers, body=False))
     app.router.add_post("/v1/spend-check", s(service.spend_check))
+    app.router.add_post("/v1/accounts", s(service.create_account, by_anyone=True))
     app.router.add_get("/v1/accounts/{id}/members", s(service.members, body=False, by_owner=True))
     app.router.add_post("/v1/accounts/{id}/members", s(service.set_member, by_owner=True))
     return app

@@ -71,12 +71,15 @@ class SqliteLedger:
 
     # -- accounts ----------------------------------------------------------
 
-    def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account:
-        """An asset account (the same call again is a no-op); with ``owner``, that DID is made one of its owners."""
+    def create_account(self, account_id: str, currency: str, *, owner: str | None = None, exclusive: bool = False) -> Account:
+        """An asset account (the same call again is a no-op, or with ``exclusive`` a TransferConflict);
+        with ``owner``, that DID is made one of its owners."""
         _not_holding(account_id)
         if owner is not None:
             check_member(owner, "owner")
         with immediate(self._conn) as c:
+            if exclusive and c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is not None:
+                raise TransferConflict(f"account {account_id!r} exists already")
             self._ensure_account(c, account_id, currency, "asset")
             if owner is not None:
                 c.execute("INSERT OR REPLACE INTO account_members(account_id, did, role) VALUES (?, ?, 'owner')",

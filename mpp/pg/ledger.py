@@ -328,12 +328,17 @@ class PgLedger(PgStoreBase):
 
     # -- accounts ----------------------------------------------------------
 
-    async def create_account(self, account_id: str, currency: str, *, owner: str | None = None) -> Account:
+    async def create_account(self, account_id: str, currency: str, *, owner: str | None = None, exclusive: bool = False) -> Account:
         _not_holding(account_id)
         if owner is not None:
             check_member(owner, "owner")
 
         async def work(conn: asyncpg.Connection) -> None:
+            if exclusive:  # made by this transaction, or refused: two creators never both become its owners
+                made = await conn.fetchval("INSERT INTO ledger_accounts(id, currency, kind, balance) VALUES ($1, $2, 'asset', 0) "
+                                           "ON CONFLICT (id) DO NOTHING RETURNING 1", account_id, currency)
+                if made is None:
+                    raise TransferConflict(f"account {account_id!r} exists already")
             await self._ensure_account(conn, account_id, currency, "asset")
             if owner is not None:
                 await conn.execute("INSERT INTO ledger_account_members(account_id, did, role) VALUES ($1, $2, 'owner') "
