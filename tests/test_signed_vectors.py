@@ -218,6 +218,8 @@ def run_grant(s: dict[str, Any]) -> None:
     claims = expected["claims"]
     assert (grant.jti, grant.kind, grant.agent, grant.realm, list(grant.routes)) == (
         claims["jti"], claims["kind"], claims["sub"], claims["aud"], claims["routes"])
+    if grant.kind == "seat":  # the subscription id of pricing.md §3.2, from realm, plan and agent
+        assert pricing.subscription_id(grant.realm, claims["plan"], grant.agent) == claims["subscriptionId"]
     proof = pricing.parse_grant_proof(inp["proof"])
     message = pricing.grant_proof_message(agent=proof.agent, grant_id=grant.jti, method=req["method"], path=req["path"],
                                           query=req["query"], body=body, t=proof.t, nonce=proof.nonce)
