@@ -636,6 +636,12 @@ def signed(message: bytes, key: SigningKey) -> dict[str, Any]:
     return {"valid": True, "signedText": message.decode("utf-8"), "signedHex": message.hex(), "signature": key.sign(message)}
 
 
+def flipped(signature: str) -> str:
+    """The signature with one bit of its first byte flipped."""
+    raw = b64url_decode(signature)
+    return b64url(bytes([raw[0] ^ 1]) + raw[1:])
+
+
 def ledger_challenge(issued: int, *, amount: str = "250", intent: str = "charge", resource: str = "GET /v1/search?q=mpp",
                      request: dict[str, Any] | None = None) -> dict[str, str]:
     """A ledger challenge as wire parameters, its request naming the ledger (LEDGER-04)."""
@@ -706,6 +712,8 @@ def ledger_authorization_scenarios() -> list[dict[str, Any]]:
         ["LEDGER-06"], LCH, payload(A.sign(charge_bytes(LCH, realm="shop.example.org"))), bad)
     add("amount_as_number_signed", ["error", "binding"], "The bytes signed carry amount as a JSON number 250, not \"250\".",
         ["LEDGER-06"], LCH, payload(A.sign(charge_bytes(LCH).replace(b'"amount":"250"', b'"amount":250'))), bad)
+    add("signature_bit_flipped", ["error", "tamper"], "One bit of the signature flipped.", ["LEDGER-08"], LCH,
+        payload(flipped(sig)), bad)
     add("signature_63_bytes", ["error", "signature"], "The signature cut to 63 bytes.",
         ["LEDGER-05", "LEDGER-08"], LCH, payload(b64url(b64url_decode(sig)[:63])), bad)
     add("signer_not_did_key", ["error", "signer"], "signer is a did:web.", ["LEDGER-07"], LCH,
@@ -783,6 +791,8 @@ def session_message_scenarios() -> list[dict[str, Any]]:
             ["SESSION-VOUCHER-05"], "voucher", v3, bad, signature=voucher3["signature"], terms=TERMS | {member: value})
     add("voucher_cumulative_raised", ["error", "tamper"], "cumulative raised to 400 after signing; signature kept.",
         ["SESSION-VOUCHER-05"], "voucher", {"cumulative": "400", "sequence": 3}, bad, signature=voucher3["signature"])
+    add("voucher_signature_bit_flipped", ["error", "tamper"], "One bit of the voucher's signature flipped.",
+        ["SESSION-VOUCHER-05"], "voucher", v3, bad, signature=flipped(voucher3["signature"]))
     add("voucher_by_another_key", ["error", "signer"], "The right bytes signed by the stranger, checked for the agent.",
         ["SESSION-VOUCHER-05"], "voucher", v3, bad, signature=M.sign(session_bytes("voucher", **v3)))
     add("voucher_sequence_as_string", ["error", "json"], "The agent signed sequence as the string \"3\".",
@@ -885,6 +895,8 @@ def ledger_request_scenarios() -> list[dict[str, Any]]:
         SPEC_VOID, S, sig_bad, authorization=ledger_auth(S, SPEC_VOID["ts"] + 1, SPEC_VOID["nonce"], S.sign(void_msg)))
     add("nonce_changed", ["error", "tamper"], "nonce in the field is not the one signed.", ["LEDGER-SVC-01", "LEDGER-SVC-02"],
         SPEC_VOID, S, sig_bad, authorization=ledger_auth(S, SPEC_VOID["ts"], "mD3yX2v0b1Qk9cT8aL5nWh", S.sign(void_msg)))
+    add("sig_bit_flipped", ["error", "tamper"], "One bit of sig flipped.", ["LEDGER-SVC-01"], SPEC_VOID, S, sig_bad,
+        authorization=ledger_auth(S, SPEC_VOID["ts"], SPEC_VOID["nonce"], flipped(S.sign(void_msg))))
     add("without_domain", ["error", "domain"], "The six lines signed without the mpp-ledger-request-v1 line.",
         ["LEDGER-SVC-01"], SPEC_VOID, S, sig_bad, authorization=ledger_auth(
             S, SPEC_VOID["ts"], SPEC_VOID["nonce"], S.sign(void_msg[len(REQUEST_DOMAIN):])))
@@ -948,6 +960,9 @@ def receipt_scenarios() -> list[dict[str, Any]]:
     good = jws(S, receipt_header(), RECEIPT_CLAIMS)
     add("amount_tampered", ["error", "tamper"], "amount raised to 2500 after signing.", ["CORE-BUY-04"],
         retamper(good, amount="2500"), bad)
+    h, p_, s_ = good.split(".")
+    add("signature_bit_flipped", ["error", "tamper"], "One bit of the signature flipped.", ["CORE-BUY-04"],
+        f"{h}.{p_}.{flipped(s_)}", bad)
     add("signed_by_another_key", ["error", "key"], "The header names the seller's kid; the stranger's key signed.",
         ["CHARGE-06", "CORE-BUY-04"], jws(M, receipt_header(), RECEIPT_CLAIMS), bad)
     add("kid_not_in_jwks", ["error", "key"], "Signed by a key the JWKS does not publish.", ["CHARGE-06", "CORE-BUY-04"],
@@ -1064,6 +1079,9 @@ def revocation_scenarios() -> list[dict[str, Any]]:
         "root's issuer.", ["IDENT-REV-01"], root_token, revocation(M, rc, name="reuse", mandateIssuer=M.did), bad)
     add("mandate_issuer_missing", ["error", "claims"], "No mandateIssuer claim.", ["IDENT-REV-05"], root_token,
         revocation(P, rc, name="noissuer", mandateIssuer=None), bad)
+    genuine = revocation(P, rc, name="flip")
+    add("signature_bit_flipped", ["error", "tamper"], "One bit of the signature flipped.", ["IDENT-REV-05"], root_token,
+        genuine.rsplit(".", 1)[0] + "." + flipped(genuine.rsplit(".", 1)[1]), bad)
     add("signed_by_another_key", ["error", "key"], "iss and kid say principal; the stranger's key signed.",
         ["IDENT-REV-05"], root_token, jws(M, header(REVOCATION_TYP, P.did), payload_of(revocation(P, rc, name="forged"))), bad)
     add("tampered_mandate_claim", ["error", "tamper"], "A genuine revocation of the sub-mandate re-encoded to name the "
@@ -1144,6 +1162,10 @@ def audit_scenarios() -> list[dict[str, Any]]:
     add("rewritten_against_anchor", ["error", "anchor"], "Entry 2 edited and every later hash and the head recomputed: "
         "only a head recorded elsewhere shows it.", ["IDENT-AUD-05"], rewritten, head_of(rewritten), broken(3),
         anchor={"seq": 3, "hash": log[2]["hash"]})
+    digit = [dict(e) for e in log]
+    digit[2]["hash"] = ("1" if digit[2]["hash"][0] == "0" else "0") + digit[2]["hash"][1:]
+    add("hash_digit_changed", ["error", "tamper"], "One hex digit of entry 3's hash changed.", ["IDENT-AUD-04"], digit,
+        head_of(log), broken(3))
     add("entry_deleted", ["error", "delete"], "Entry 3 removed.", ["IDENT-AUD-03", "IDENT-AUD-04"], log[:2] + log[3:],
         head_of(log), broken(4))
     add("truncated", ["error", "delete"], "The last entry removed; the head still records it.", ["IDENT-AUD-05"], log[:4],
@@ -1274,6 +1296,8 @@ def grant_scenarios() -> list[dict[str, Any]]:
     good = f"agent={A.did}; t={NOW}; nonce={GRANT_NONCE}; sig=" + A.sign(grant_proof_bytes(
         agent=A.did, grant_id=GRANT_SEAT_CLAIMS["jti"], resource="GET /v1/search?q=mpp&page=2", body=b"", t=NOW,
         nonce=GRANT_NONCE))
+    add("proof_sig_bit_flipped", ["error", "tamper"], "One bit of the proof's sig flipped.", ["PRICE-GRANT-03"], seat,
+        search, gp, proof=good.rsplit("sig=", 1)[0] + "sig=" + flipped(good.rsplit("sig=", 1)[1]))
     add("proof_nonce_changed", ["error", "tamper"], "The field's nonce is not the one signed.", ["PRICE-GRANT-03"], seat,
         search, gp, proof=good.replace(GRANT_NONCE, GRANT_NONCE[:-1] + ("A" if GRANT_NONCE[-1] != "A" else "B")))
     add("proof_without_nonce", ["error", "parse"], "The proof of before PRICE-GRANT-05 (no nonce).", ["PRICE-GRANT-03"],
