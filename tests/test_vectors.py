@@ -1,6 +1,7 @@
-"""Data-driven vectors: every scenario of every file in spec/vectors/ is one test case.
+"""Data-driven vectors: every scenario of the hand-written files in spec/vectors/ is one test case (the
+files tools/gen_vectors.py writes run in test_identity_vectors.py and test_signed_vectors.py).
 
-The data (inputs, expected outputs, expected error classes) lives in the JSON files; this module
+The data (inputs, expected outputs, expected error labels of spec/README.md) lives in the JSON files; this module
 only knows how to run each kind of scenario. Upstream scenarios come from the cross-SDK vectors
 (tempoxyz/mpp-tools conformance/vectors); the files name their source.
 
