@@ -59,6 +59,7 @@ CAP_DOMAIN = b"mpp-ledger-session-cap-v1\n"
 VOUCHER_DOMAIN = b"mpp-ledger-session-voucher-v1\n"
 CLOSE_DOMAIN = b"mpp-ledger-session-close-v1\n"
 MAX_AMOUNT = 2**63 - 1
+MAX_SEQUENCE = 2**53 - 1  # a JSON integer in the signed bytes: RFC 8785 writes no larger one exactly (SESSION-REQ-07)
 _UINT = re.compile(r"0|[1-9][0-9]{0,18}")
 _POSITIVE = re.compile(r"[1-9][0-9]{0,18}")
 _MAX_ID = 128
@@ -352,8 +353,8 @@ def parse_session_payload(payload: Mapping[str, Any]) -> SessionPayload:
         except ValueError as exc:
             raise VoucherInvalid(str(exc)) from None
         sequence = raw.get("sequence")
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 < sequence <= MAX_AMOUNT:
-            raise VoucherInvalid("voucher.sequence must be a positive integer")
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 < sequence <= MAX_SEQUENCE:
+            raise VoucherInvalid("voucher.sequence must be an integer from 1 to 2^53 - 1")
         voucher = Voucher(cumulative, sequence, _text(raw, "signature"))
     if action == "close":
         close_sig = _text(payload, "closeSignature")

@@ -293,7 +293,8 @@ async def test_session_receipts_under_a_mandate_match_the_identity_schema(tmp_pa
 
 def test_signed_message_prefixes_are_the_ones_identity_md_lists():
     """IDENT-KEY-05, SESSION-REQ-08, PRICE-GRANT-03: every session message starts with its own domain
-    line, and IDENT-KEY-05 lists exactly the prefixes the code signs with (the grant proof too)."""
+    line, and IDENT-KEY-05 lists exactly the prefixes the code signs with (the grant proof and the ledger
+    service's requests too)."""
     request = SessionRequest.model_validate({"amount": "2", "currency": "usd", "recipient": "acct:seller", "unitType": "token",
                                              "methodDetails": {"ledger": "l", "per": "1000", "maxUnits": "10",
                                                                "suggestedCap": "50", "idleTimeout": "60"}})
@@ -307,7 +308,9 @@ def test_signed_message_prefixes_are_the_ones_identity_md_lists():
     text = next(line for line in (ROOT / "spec" / "identity.md").read_text(encoding="utf-8").splitlines()
                 if line.startswith("- **[IDENT-KEY-05]**"))
     listed = set(re.findall(r"`(mpp-[a-z-]+-v\d+)` \+ LF", text))
-    domains = (PROOF_DOMAIN, SIGNING_DOMAIN, CAP_DOMAIN, VOUCHER_DOMAIN, CLOSE_DOMAIN, GRANT_PROOF_DOMAIN)
+    from mpp.ledger.signing import DOMAIN as LEDGER_REQUEST_DOMAIN  # an account owner's key signs members requests
+
+    domains = (PROOF_DOMAIN, SIGNING_DOMAIN, CAP_DOMAIN, VOUCHER_DOMAIN, CLOSE_DOMAIN, GRANT_PROOF_DOMAIN, LEDGER_REQUEST_DOMAIN)
     in_code = {d.rstrip(b"\n").decode() for d in domains}
     assert listed == in_code
     assert len({d.split(b"\n")[0] for d in domains}) == len(domains)

@@ -176,3 +176,20 @@ def test_untestable_names_the_tests_that_cite_each_requirement():
             if rid not in ID.findall((ROOT / name).read_text(encoding="utf-8")):
                 wrong.setdefault(rid, []).append(name)
     assert not wrong, f"spec/untestable.json names tests that do not cite the requirement: {wrong}"
+
+
+def test_signed_vectors_match_the_schemas():
+    """CHARGE-07, IDENT-RCPT-01, LEDGER-05: the claims of every accepted receipt JWS of
+    spec/vectors/receipt-jws.json validate against receipt-claims (and identity-receipt-claims when
+    they carry the identity claims), and every accepted ledger payload against ledger-payload."""
+    receipts = _vector_scenarios("receipt-jws")
+    for name, s in receipts.items():
+        if s["expected"].get("valid"):
+            claims = s["expected"]["claims"]
+            for schema in ("receipt-claims",) + (("identity-receipt-claims",) if "agent" in claims else ()):
+                errors = [e.message for e in _validator(schema).iter_errors(claims)]
+                assert errors == [], (name, schema, errors)
+    for name, s in _vector_scenarios("ledger-authorization").items():
+        if s["expected"].get("valid"):
+            errors = [e.message for e in _validator("ledger-payload").iter_errors(s["input"]["payload"])]
+            assert errors == [], (name, errors)
