@@ -176,3 +176,39 @@ def test_untestable_names_the_tests_that_cite_each_requirement():
             if rid not in ID.findall((ROOT / name).read_text(encoding="utf-8")):
                 wrong.setdefault(rid, []).append(name)
     assert not wrong, f"spec/untestable.json names tests that do not cite the requirement: {wrong}"
+
+
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_mpp_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checked_requirements_carry_a_provenance_marker():
+    """Every requirement a conformance check cites, and every requirement of core.md, ends with a
+    provenance marker (spec/README.md): the draft's section and keyword, or "extension"."""
+    index = _tool("spec_index")
+    checked = {rid for chk in _tool("coverage_table").load_checks() for rid in chk.requirements}
+    assert checked, "no conformance check cites a requirement"
+    bullets = index.scan()
+    missing = sorted(r["id"] for r in bullets
+                     if (r["id"] in checked or r["doc"] == "spec/core.md") and index.provenance(r["text"]) is None)
+    assert not missing, f"requirements without a provenance marker: {missing}"
+    assert checked <= {r["id"] for r in bullets}
+
+
+def test_provenance_markers_are_parsed_and_do_not_set_the_level():
+    """The marker quotes the draft's keyword; the level is the requirement's own (CORE-NEG-02 is a
+    SHOULD although CORE-CHAL-02's marker names a SHOULD and a MUST)."""
+    index = _tool("spec_index")
+    assert index.provenance("A seller MUST x. (draft §5.1.1 MUST; draft §5.1.2 SHOULD)") == [
+        "draft §5.1.1 MUST", "draft §5.1.2 SHOULD"]
+    assert index.provenance("A buyer SHOULD y. (extension)") == ["extension"]
+    assert index.provenance("A buyer SHOULD y (CORE-BUY-01).") is None
+    assert index._level(index.without_provenance("A server SHOULD z. (draft §7.4 MUST)")) == "SHOULD"
+    levels = {r["id"]: r["level"] for r in json.loads((ROOT / "spec" / "requirements.json").read_text())}
+    assert levels["CORE-NEG-02"] == "SHOULD" and levels["CORE-ID-05"] == "MUST"
