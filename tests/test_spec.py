@@ -212,3 +212,13 @@ def test_provenance_markers_are_parsed_and_do_not_set_the_level():
     assert index._level(index.without_provenance("A server SHOULD z. (draft §7.4 MUST)")) == "SHOULD"
     levels = {r["id"]: r["level"] for r in json.loads((ROOT / "spec" / "requirements.json").read_text())}
     assert levels["CORE-NEG-02"] == "SHOULD" and levels["CORE-ID-05"] == "MUST"
+
+
+def test_the_implementing_guide_names_every_vector_file():
+    """spec/README.md's "Implementing MPP" guide names every file of spec/vectors/ (a new file is
+    added to the guide's table, where its piece is built)."""
+    readme = (ROOT / "spec" / "README.md").read_text(encoding="utf-8")
+    guide = readme.split("## Implementing MPP", 1)[1].split("\n## ", 1)[0]
+    table = guide.split("> **To complete**", 1)[0]
+    missing = sorted(p.name for p in (ROOT / "spec" / "vectors").glob("*.json") if f"`{p.name}`" not in table)
+    assert not missing, f"vector files the Implementing MPP guide does not name: {missing}"
