@@ -3,6 +3,7 @@ read and written exactly as the appendix says."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -57,7 +58,7 @@ def test_our_key_files_are_pkcs8_pem_of_the_ed25519_seed(home: Path):
         assert isinstance(key, Ed25519PrivateKey)
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         assert bytes.fromhex("06032b6570") in der  # OID 1.3.101.112 (id-Ed25519)
-        assert der == __import__("base64").b64decode(b"".join(data.splitlines()[1:-1]))
+        assert der == base64.b64decode(b"".join(data.splitlines()[1:-1]))
 
 
 @pytest.mark.parametrize("kind", ["encrypted", "p256", "not-pem"])
