@@ -167,6 +167,8 @@ class SigningKey:
         data = Path(path).read_bytes()
         try:
             key = serialization.load_pem_private_key(data, password=None)
+        except TypeError as exc:  # an encrypted key (FILE-KEY-01: key files are not encrypted)
+            raise ValueError(f"{path}: an encrypted private key; MPP key files are unencrypted PKCS#8 PEM") from exc
         except ValueError as exc:
             raise ValueError(f"{path}: not a PEM private key") from exc
         if not isinstance(key, Ed25519PrivateKey):

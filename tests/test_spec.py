@@ -21,7 +21,7 @@ from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
 from _identity_support import World, claims_of, credential, mandate, new_ledger, seller_app
 
 ROOT = Path(__file__).resolve().parent.parent
-ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-(?:[A-Z]+-)?\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2}|SESSION-[A-Z]+-\d{2}|PRICE-[A-Z]+-\d{2})\b")
+ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-(?:[A-Z]+-)?\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2}|SESSION-[A-Z]+-\d{2}|PRICE-[A-Z]+-\d{2}|FILE-[A-Z]+-\d{2})\b")
 
 
 def spec_ids() -> set[str]:
@@ -193,3 +193,49 @@ def test_signed_vectors_match_the_schemas():
         if s["expected"].get("valid"):
             errors = [e.message for e in _validator("ledger-payload").iter_errors(s["input"]["payload"])]
             assert errors == [], (name, errors)
+
+
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_mpp_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checked_requirements_carry_a_provenance_marker():
+    """Every requirement a conformance check cites, and every requirement of core.md, ends with a
+    provenance marker (spec/README.md): the draft's section and keyword, or "extension"."""
+    index = _tool("spec_index")
+    checked = {rid for chk in _tool("coverage_table").load_checks() for rid in chk.requirements}
+    assert checked, "no conformance check cites a requirement"
+    bullets = index.scan()
+    missing = sorted(r["id"] for r in bullets
+                     if (r["id"] in checked or r["doc"] == "spec/core.md") and index.provenance(r["text"]) is None)
+    assert not missing, f"requirements without a provenance marker: {missing}"
+    assert checked <= {r["id"] for r in bullets}
+
+
+def test_provenance_markers_are_parsed_and_do_not_set_the_level():
+    """The marker quotes the draft's keyword; the level is the requirement's own (CORE-NEG-02 is a
+    SHOULD although CORE-CHAL-02's marker names a SHOULD and a MUST)."""
+    index = _tool("spec_index")
+    assert index.provenance("A seller MUST x. (draft §5.1.1 MUST; draft §5.1.2 SHOULD)") == [
+        "draft §5.1.1 MUST", "draft §5.1.2 SHOULD"]
+    assert index.provenance("A buyer SHOULD y. (extension)") == ["extension"]
+    assert index.provenance("A buyer SHOULD y (CORE-BUY-01).") is None
+    assert index._level(index.without_provenance("A server SHOULD z. (draft §7.4 MUST)")) == "SHOULD"
+    levels = {r["id"]: r["level"] for r in json.loads((ROOT / "spec" / "requirements.json").read_text())}
+    assert levels["CORE-NEG-02"] == "SHOULD" and levels["CORE-ID-05"] == "MUST"
+
+
+def test_the_implementing_guide_names_every_vector_file():
+    """spec/README.md's "Implementing MPP" guide names every file of spec/vectors/ (a new file is
+    added to the guide's table, where its piece is built)."""
+    readme = (ROOT / "spec" / "README.md").read_text(encoding="utf-8")
+    guide = readme.split("## Implementing MPP", 1)[1].split("\n## ", 1)[0]
+    table = guide.split("Which conformance profile when", 1)[0]
+    missing = sorted(p.name for p in (ROOT / "spec" / "vectors").glob("*.json") if f"`{p.name}`" not in table)
+    assert not missing, f"vector files the Implementing MPP guide does not name: {missing}"

@@ -3,7 +3,9 @@
     python tools/spec_index.py          # exit 1 and list differences if the index is stale
     python tools/spec_index.py --write  # rewrite it (summaries of known ids are kept)
 
-A requirement is a bullet starting with **[ID]**; its level is the strongest BCP 14 keyword in it.
+A requirement is a bullet starting with **[ID]**; its level is the strongest BCP 14 keyword in it,
+not counting the provenance marker at its end (spec/README.md, "Provenance markers"), which
+quotes the keyword of the draft the requirement comes from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ SPEC = ROOT / "spec"
 INDEX = SPEC / "requirements.json"
 BULLET = re.compile(r"^- \*\*\[([A-Z]+(?:-[A-Z]+)?-\d{2})\]\*\*\s*(.*)$")
 DOC_ORDER = ["core.md", "methods/ledger.md", "intents/charge.md", "identity.md"]
+# "(draft §5.1.2 SHOULD; extension)": where a requirement comes from, as the last words of its bullet.
+SOURCE = r"(?:extension|vectors|(?:draft|charge|discovery|RFC9110) §(?:[A-Z]|\d+)(?:\.\d+)* (?:MUST NOT|MUST|SHOULD NOT|SHOULD|MAY|ABNF|prose))"
+PROVENANCE = re.compile(rf"\(({SOURCE}(?:; {SOURCE})*)\)$")
+
+
+def provenance(text: str) -> list[str] | None:
+    """The sources a bullet's provenance marker names, or None when it has none."""
+    m = PROVENANCE.search(text.rstrip())
+    return m.group(1).split("; ") if m else None
+
+
+def without_provenance(text: str) -> str:
+    return PROVENANCE.sub("", text.rstrip()).rstrip()
 
 
 def _level(text: str) -> str:
@@ -50,7 +65,7 @@ def scan() -> list[dict[str, str]]:
                     text.append(lines[i].strip())
                     i += 1
                 full = " ".join(text)
-                reqs.append({"id": m.group(1), "level": _level(full), "doc": str(doc.relative_to(ROOT)), "text": full})
+                reqs.append({"id": m.group(1), "level": _level(without_provenance(full)), "doc": str(doc.relative_to(ROOT)), "text": full})
                 continue
             i += 1
     return reqs
@@ -62,7 +77,7 @@ def build() -> list[dict[str, str]]:
         old = {r["id"]: r.get("summary", "") for r in json.loads(INDEX.read_text(encoding="utf-8"))}
     out = []
     for r in scan():
-        summary = old.get(r["id"]) or r["text"].split(". ")[0][:200]
+        summary = old.get(r["id"]) or without_provenance(r["text"]).split(". ")[0][:200]
         out.append({"id": r["id"], "level": r["level"], "doc": r["doc"], "summary": summary})
     return out
 
