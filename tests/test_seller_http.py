@@ -506,6 +506,36 @@ async def test_bad_idempotency_key_is_400(served, session):
     assert (await call(session, served, "GET", "/weather", authorization=credential)).status == 200
 
 
+@pytest.mark.parametrize("keys", [["order 42"], ["caf\u00e9-1"], ["k" * 256], ["retry-1", "retry-2"]],
+                         ids=["space", "non-ascii", "too-long", "two-fields"])
+async def test_idempotency_key_outside_visible_ascii_is_400_bad_request(served, session, keys):
+    """CORE-ONCE-06: a space or a non-ASCII character outside an RFC 8941 string, more than 255
+    characters, or two Idempotency-Key fields: 400 bad-request (its full type), nothing settled."""
+    challenge = await quote(session, served, "GET", "/weather")
+    credential = sign(challenge, served.wallet.key)
+    hdrs: CIMultiDict[str] = CIMultiDict([("Authorization", credential)] + [("Idempotency-Key", k) for k in keys])
+    async with session.get(served.url + "/weather", headers=hdrs) as resp:
+        reply = Reply(resp.status, resp.headers, await resp.read())
+    doc = assert_problem(reply, 400, "bad-request")
+    assert doc["type"] == "https://paymentauth.org/problems/bad-request"
+    assert charges(served) == []
+    assert (await call(session, served, "GET", "/weather", authorization=credential)).status == 200
+
+
+async def test_idempotency_key_as_rfc8941_string_with_a_space_replays(served, session):
+    """CORE-ONCE-06: the sf-string form of draft-ietf-httpapi-idempotency-key-header, a space inside
+    the quotes, is a key like any other: the retry replays the original, charged once."""
+    challenge = await quote(session, served, "GET", "/weather")
+    credential = sign(challenge, served.wallet.key)
+    key = {"Idempotency-Key": '"order 42"'}
+    first = await call(session, served, "GET", "/weather", authorization=credential, headers=key)
+    again = await call(session, served, "GET", "/weather", authorization=credential, headers=key)
+    assert first.status == again.status == 200
+    assert again.headers["Payment-Receipt"] == first.headers["Payment-Receipt"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len(charges(served)) == 1
+
+
 # -- 7. fuzzing ----------------------------------------------------------------------
 
 _B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
