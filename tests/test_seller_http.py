@@ -386,6 +386,23 @@ async def test_malformed_credentials_refused(served, session):
     assert (await call(session, served, "GET", "/weather", authorization=valid)).status == 200
 
 
+async def test_method_is_judged_before_the_challenge_id(served, session):
+    """CORE-ERR-13, CORE-ERR-08: a credential naming a method the seller does not accept gets 400
+    method-unsupported although its id, expiry, resource and intent would each be refused too
+    (no seller can have minted an id for a method it never offered); a malformed credential is
+    still malformed-credential first, whatever method it names."""
+    challenge = await quote(session, served, "GET", "/weather")
+    stranger = rebuild(challenge, method="tempo", id="A" * 43, intent="charge-v9", expires="2000-01-01T00:00:00Z",
+                       opaque=mpp.b64url_encode(mpp.canonical_json({"nonce": "n", "resource": "GET /elsewhere"})))
+    value = mpp.format_credential(mpp.Credential(challenge=stranger, payload={"type": "transaction"}))
+    reply = await call(session, served, "GET", "/weather", authorization=value)
+    assert_problem(reply, 400, "method-unsupported", used_id=challenge.id)
+    no_payload = mpp.b64url_encode(json.dumps({"challenge": stranger.echo()}).encode())
+    reply = await call(session, served, "GET", "/weather", authorization="Payment " + no_payload)
+    assert_problem(reply, 402, "malformed-credential", used_id=challenge.id)
+    assert charges(served) == []
+
+
 async def test_unsupported_method_gets_400_with_challenge(served, session):
     """CORE-ERR-08, CORE-ERR-10: a credential naming method "tempo" is 400 method-unsupported,
     with fresh challenges and no-store."""
