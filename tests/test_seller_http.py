@@ -753,6 +753,25 @@ async def test_openapi_lists_priced_operations(served, session):
     assert mpp.ChargeRequest.from_challenge(challenge).amount == doc["paths"]["/weather"]["get"]["x-payment-info"]["offers"][0]["amount"]
 
 
+async def test_openapi_payment_info_sits_on_the_operation_object_only(served, session):
+    """CORE-DISC-02: x-payment-info is a member of each priced Operation Object (paths.<path>.<method>),
+    never of a Path Item or of the document root, and the document is application/json."""
+    reply = await call(session, served, "GET", "/openapi.json")
+    assert reply.headers["Content-Type"].startswith("application/json")
+    doc = reply.json()
+    assert "x-payment-info" not in doc
+    operations = 0
+    for path, item in doc["paths"].items():
+        assert "x-payment-info" not in item, path
+        for method, operation in item.items():
+            assert method in {"get", "put", "post", "delete", "options", "head", "patch", "trace"}, (path, method)
+            if "x-payment-info" in operation:
+                operations += 1
+                assert isinstance(operation["x-payment-info"]["offers"], list) and "402" in operation["responses"]
+    assert operations >= len(PRICES)
+    assert all("x-payment-info" in doc["paths"][path][method.lower()] for method, path in PRICES)
+
+
 async def test_jwks_publishes_ed25519_key(served, session):
     """CORE-DISC-01: /.well-known/jwks.json is a JWKS with the Ed25519 receipt key."""
     reply = await call(session, served, "GET", "/.well-known/jwks.json")

@@ -614,7 +614,10 @@ async def discovery_openapi(ctx: CheckContext) -> str:
     info = op.get("x-payment-info")
     offers = info.get("offers") if isinstance(info, dict) and "offers" in info else [info] if isinstance(info, dict) else None
     if not offers:
-        fail(f"{method.upper()} {path} has no x-payment-info")
+        elsewhere = " (it sits on the Path Item; it belongs on the Operation Object)" if "x-payment-info" in (
+            (doc.get("paths") or {}).get(path) or {}) else ""
+        fail(f"{method.upper()} {path} has no x-payment-info on its operation object "
+             f"(paths.{path}.{method}; CORE-DISC-02){elsewhere}")
     if "402" not in (op.get("responses") or {}):
         fail(f"{method.upper()} {path} declares no 402 response")
     _, challenge = await first_challenge(ctx)

@@ -205,6 +205,9 @@ class Seller:
         self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
         self.secret = b""  # held by the issuer only, so it is never printed with the seller
         self._rails = {rail.name: rail for rail in self.rails}
+        for rail in self.rails:
+            if hasattr(rail, "check_realm"):
+                rail.check_realm(self.realm)
         self.core = SellerCore(self.issuer, self._rails)
         self._route_prices: dict[int, Price | Metered] = {}
         self.sessions = SessionDesk(self, self.session_store, sweep_interval=self.session_sweep_interval) if self.session_store else None
