@@ -87,6 +87,7 @@ class FakeSessionSeller:
         self.counted: list[str] = []  # every request but the JWKS: "<METHOD> <path> <action or ->"
         self.actions: list[tuple[str, int | None, int | None]] = []  # (action, cumulative, cap) of each credential
         self.identities: list[Any] = []  # verified identity chains of opens
+        self.session_posts: list[tuple[str | None, bytes]] = []  # (Content-Type, body) of each session-endpoint request
         # knobs
         self.hold_back = 0  # pretend this much is reserved by someone else's request in flight
         self.hold_back_times = 0  # ... for this many requests
@@ -316,6 +317,7 @@ class FakeSessionSeller:
         assert credential is not None
         payload = parse_session_payload(credential.payload)
         self.count(request, payload.action)
+        self.session_posts.append((request.headers.get("Content-Type"), await request.read()))
         if payload.action == "close":
             s = self.sessions.get(payload.session_id)
             if s is None:
@@ -412,6 +414,16 @@ async def test_hundred_calls_are_102_requests(seller, http):
     assert seller.counted[-1] == f"POST {SESSION_PATH} close"
     s = next(iter(seller.sessions.values()))
     assert s.closed and s.spent == 200 and s.highest >= 200
+
+
+async def test_close_is_posted_with_an_empty_body_and_no_content_type(seller, http):
+    """SESSION-CLOSE-07: the buyer's close goes to the session endpoint as POST with the credential
+    in Authorization, an empty body and no Content-Type."""
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    await client.request("GET", seller.url("/gen?units=10"))
+    await client.close_sessions()
+    assert seller.counted[-1] == f"POST {SESSION_PATH} close"
+    assert seller.session_posts == [(None, b"")]
 
 
 async def test_close_sessions_returns_verified_final_receipts(seller, http):

@@ -361,6 +361,29 @@ async def test_session_endpoint_problems_carry_no_challenge(world):
     assert status in (400, 402) and "WWW-Authenticate" not in headers
 
 
+async def test_session_endpoint_ignores_body_content_type_and_query(world):
+    """SESSION-CLOSE-07: a voucher and a close POSTed to the session endpoint with a body, a content
+    type and a query are judged on the credential alone; the answers are application/json; the
+    endpoint takes POST only."""
+    s, _, _ = await open_session(world, cap=300, first=20)
+    junk = [("application/json", b'{"action": "open", "cap": "999999"}'), ("text/plain", b"close please"),
+            ("application/octet-stream", bytes(range(256)))]
+    for content_type, body in junk[:2]:
+        headers = {"Authorization": s.voucher_credential(s.voucher(30)), "Content-Type": content_type}
+        async with world.http.post(world.url("/.well-known/mpp-session?action=open"), data=body, headers=headers) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json", await resp.text()
+            assert (await resp.json())["authorized"] == "30"
+    content_type, body = junk[2]
+    headers = {"Authorization": s.close_credential(), "Content-Type": content_type}
+    async with world.http.post(world.url("/.well-known/mpp-session?x=1"), data=body, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json", await resp.text()
+        doc = await resp.json()
+        assert doc["sessionId"] == s.id and doc["receipt"] == resp.headers["Payment-Receipt"]
+    assert (await state(world, s.id)).cap == 300
+    async with world.http.get(world.url("/.well-known/mpp-session"), headers={"Authorization": s.close_credential()}) as resp:
+        assert resp.status == 405
+
+
 async def test_route_in_another_currency_refuses_the_session(world):
     """SESSION-VOUCHER-07: a session in usd cannot pay a route priced in eur."""
     s, _, _ = await open_session(world, cap=300, first=50)
