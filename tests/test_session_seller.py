@@ -351,6 +351,24 @@ async def test_open_gets_every_core_check(world):
     assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
 
 
+async def test_session_credential_id_is_judged_before_its_payload(world):
+    """CORE-ERR-13, SESSION-VOUCHER-09: a session credential with a forged id and a malformed payload
+    is an invalid challenge, on a priced route and at the session endpoint; with an unknown method,
+    method-unsupported comes first of all."""
+    from mpp.headers import format_credential
+    from mpp.models import Credential
+
+    challenge, _ = await quote(world, "/complete?tokens=1000")
+    forged = challenge.model_copy(update={"id": "A" * 43})
+    junk = {"type": "session", "action": "teleport"}
+    for path, method in (("/complete?tokens=1000", "GET"), ("/.well-known/mpp-session", "POST")):
+        status, doc, _ = await send(world, path, format_credential(Credential(challenge=forged, payload=junk)), method=method)
+        assert status == 402 and problem_type(doc).endswith("/invalid-challenge"), (path, doc)
+    tempo = forged.model_copy(update={"method": "tempo"})
+    status, doc, _ = await send(world, "/complete?tokens=1000", format_credential(Credential(challenge=tempo, payload=junk)))
+    assert status == 400 and problem_type(doc).endswith("/method-unsupported"), doc
+
+
 async def test_session_endpoint_problems_carry_no_challenge(world):
     """SESSION-ERR-02: the session endpoint prices nothing."""
     s, _, _ = await open_session(world, cap=300, first=20)
