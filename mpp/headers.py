@@ -4,7 +4,8 @@
   with other schemes, in one field value or several);
 - ``Authorization: Payment <base64url JSON>`` (the credential);
 - ``Payment-Receipt: <base64url JSON>``;
-- ``Accept-Payment: method/intent;q=...`` (the client's preferences).
+- ``Accept-Payment: method/intent;q=...`` (the client's preferences);
+- ``Idempotency-Key`` (CORE-ONCE-06), which the seller checks before it keeps a response.
 
 The auth-param scanner is a single left-to-right pass with no backtracking, so hostile
 input (long runs of backslashes, unclosed quotes) costs linear time.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ._wire import b64url_encode, decode_json_b64, dumps_wire
-from .errors import DETAIL_MAX, FormatError, ParseError, clip
+from .errors import DETAIL_MAX, BadRequest, FormatError, ParseError, clip
 from .models import Challenge, Credential, PaymentReceipt
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "parse_accept_payment",
     "format_accept_payment",
     "AcceptRange",
+    "idempotency_key",
+    "IDEMPOTENCY_KEY_MAX",
 ]
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -275,6 +278,30 @@ class AcceptRange:
 
 
 _RANGE = re.compile(r"\s*([a-z0-9:*-]+)/([A-Za-z0-9*-]+)\s*(?:;\s*q\s*=\s*([01](?:\.[0-9]{0,3})?))?\s*")
+
+
+IDEMPOTENCY_KEY_MAX = 255
+# CORE-ONCE-06: visible ASCII (a bare key, as most clients send one), or an RFC 8941 sf-string,
+# the form draft-ietf-httpapi-idempotency-key-header gives the field, whose content may hold spaces.
+_IDEMPOTENCY_KEY = re.compile(r'[\x21-\x7e]+|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"')
+
+
+def idempotency_key(values: Iterable[str]) -> str | None:
+    """The request's Idempotency-Key, compared as sent (no unquoting), or ``None`` without one.
+
+    Raises ``BadRequest`` for more than one field, or a value that is not 1 to 255 characters of
+    visible ASCII (0x21-0x7E) nor an sf-string (space allowed inside the quotes): a space, a
+    control or a non-ASCII character such as "\u00e9" is refused, never normalised."""
+    found = list(values)
+    if not found:
+        return None
+    if len(found) > 1:
+        raise BadRequest("more than one Idempotency-Key field")
+    key = found[0]
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise BadRequest(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters of visible ASCII "
+                         "(0x21-0x7E), or an RFC 8941 string")
+    return key
 
 
 def parse_accept_payment(value: str | None) -> list[AcceptRange] | None:

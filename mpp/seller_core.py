@@ -20,6 +20,7 @@ from .errors import (
     MalformedCredential,
     MethodUnsupported,
     ParseError,
+    PaymentExpired,
     PaymentProblem,
     VerificationFailed,
     clip,
@@ -285,9 +286,12 @@ class SellerCore:
         method = self.methods.get(challenge.method)
         if method is None or not hasattr(method, "session_request_for"):
             raise MethodUnsupported(f"payment method {clip(challenge.method)!r} offers no sessions here")
+        # The id binding before the payload (CORE-ERR-13, SESSION-VOUCHER-09); the expiry counts for an open only.
+        self.issuer.verify(challenge, now=now, check_expiry=False)
         payload = parse_session_payload(credential.payload)
         opening = payload.action == "open"
-        self.issuer.verify(challenge, now=now, check_expiry=opening)
+        if opening and challenge.is_expired(now):
+            raise PaymentExpired("challenge has expired")
         if payload.session_id != challenge.id:
             raise VoucherInvalid("the credential's sessionId is not the id of the challenge it echoes")
         if credential.source is not None and credential.source != payload.signer:

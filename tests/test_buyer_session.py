@@ -87,11 +87,14 @@ class FakeSessionSeller:
         self.counted: list[str] = []  # every request but the JWKS: "<METHOD> <path> <action or ->"
         self.actions: list[tuple[str, int | None, int | None]] = []  # (action, cumulative, cap) of each credential
         self.identities: list[Any] = []  # verified identity chains of opens
+        self.session_posts: list[tuple[str | None, bytes]] = []  # (Content-Type, body) of each session-endpoint request
         # knobs
         self.hold_back = 0  # pretend this much is reserved by someone else's request in flight
         self.hold_back_times = 0  # ... for this many requests
         self.fail_5xx_once = False
         self.lie_spent = 0  # add this to the spent a receipt claims
+        self.lie_amount = 0  # add this to the amount a request's receipt claims
+        self.tamper_final: Any = None  # called with the final receipt's claims before they are signed
         self.charge = LedgerSellerMethod(recipient=PAYEE, ledger_id=LEDGER)
         self.server: TestServer | None = None
 
@@ -122,6 +125,11 @@ class FakeSessionSeller:
 
     def cost(self, units: int) -> int:
         return cost_of(units, self.unit_price, self.per)
+
+    def line(self, resource: str, units: int, amount: int) -> dict[str, Any]:
+        """One request's usage line (the real seller sums a route's requests into one line)."""
+        return {"resource": resource, "unitType": "token", "unitPrice": str(self.unit_price), "per": str(self.per),
+                "units": units, "amount": str(amount), "requests": 1}
 
     # challenges and problems
 
@@ -158,11 +166,18 @@ class FakeSessionSeller:
             "challengeId": s.terms.session_id, "method": "ledger", "intent": "session", "reference": s.terms.session_id,
             "amount": str(amount), "units": units, "unitType": "token", "currency": "usd", "recipient": PAYEE,
             "resource": resource, "authorized": str(s.highest), "spent": str(spent), "remaining": str(s.highest - spent),
-            "cap": str(s.cap),
+            "cap": str(s.cap), "unitPrice": str(self.unit_price), "per": str(self.per),
         }
-        if final:
+        if final:  # the claims of session.md §9's final receipt (SESSION-RCPT-03)
+            for name in ("resource", "unitType", "unitPrice", "per"):
+                del claims[name]
             claims |= {"final": True, "captured": str(spent), "released": str(s.cap - spent), "settlementRef": "set_" + s.terms.session_id[:8],
-                       "lines": s.lines, "totals": {"units": sum(line["units"] for line in s.lines), "amount": str(spent)}}
+                       "lines": s.lines, "requests": sum(line["requests"] for line in s.lines), "remaining": "0",
+                       "closedBy": "buyer"}
+            if self.tamper_final is not None:
+                self.tamper_final(claims)
+        else:
+            claims["amount"] = str(amount + self.lie_amount)
         return mpp.format_receipt(mpp.PaymentReceipt(status="success", method="ledger", timestamp=mpp.format_rfc3339(now()),
                                                      reference=s.terms.session_id, challengeId=s.terms.session_id,
                                                      receipt=mpp.sign_receipt(self.receipt_key, claims)))
@@ -271,7 +286,7 @@ class FakeSessionSeller:
             units = int(request.query.get("units", self.max_units))
             cost = self.cost(units)
             s.spent += cost
-            s.lines.append({"resource": f"GET {request.path}", "unitType": "token", "units": units, "amount": str(cost)})
+            s.lines.append(self.line(f"GET {request.path}", units, cost))
         finally:
             s.reserved -= need
         receipt = self.receipt(s, amount=cost, units=units, resource=f"GET {request.path_qs}")
@@ -290,9 +305,9 @@ class FakeSessionSeller:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await resp.prepare(request)
         units = int(request.query.get("units", "100"))
-        total = 0
+        total, sent = 0, 0
         for i in range(int(request.query.get("chunks", "5"))):
-            cost = self.cost(units)
+            cost = self.cost(sent + units) - self.cost(sent)
             while s.highest - s.spent < cost:
                 s.voucher_arrived.clear()
                 doc = {"sessionId": s.terms.session_id, "required": str(s.spent + cost), "authorized": str(s.highest),
@@ -305,9 +320,10 @@ class FakeSessionSeller:
                     return resp
             s.spent += cost
             total += cost
+            sent += units
             await resp.write(f"data: chunk {i}\n\n".encode())
-        s.lines.append({"resource": "GET /stream", "unitType": "token", "units": units, "amount": str(total)})
-        receipt = self.receipt(s, amount=total, units=units, resource=f"GET {request.path_qs}")
+        s.lines.append(self.line("GET /stream", sent, total))
+        receipt = self.receipt(s, amount=total, units=sent, resource=f"GET {request.path_qs}")
         await resp.write(f"event: payment-receipt\ndata: {json.dumps({'receipt': receipt})}\n\n".encode())
         return resp
 
@@ -316,6 +332,7 @@ class FakeSessionSeller:
         assert credential is not None
         payload = parse_session_payload(credential.payload)
         self.count(request, payload.action)
+        self.session_posts.append((request.headers.get("Content-Type"), await request.read()))
         if payload.action == "close":
             s = self.sessions.get(payload.session_id)
             if s is None:
@@ -412,6 +429,85 @@ async def test_hundred_calls_are_102_requests(seller, http):
     assert seller.counted[-1] == f"POST {SESSION_PATH} close"
     s = next(iter(seller.sessions.values()))
     assert s.closed and s.spent == 200 and s.highest >= 200
+
+
+async def test_close_is_posted_with_an_empty_body_and_no_content_type(seller, http):
+    """SESSION-CLOSE-07: the buyer's close goes to the session endpoint as POST with the credential
+    in Authorization, an empty body and no Content-Type."""
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    await client.request("GET", seller.url("/gen?units=10"))
+    await client.close_sessions()
+    assert seller.counted[-1] == f"POST {SESSION_PATH} close"
+    assert seller.session_posts == [(None, b"")]
+
+
+async def test_final_receipt_charges_each_request_rounded_up_not_the_cost_of_all_units(seller, http):
+    """SESSION-BUY-07, SESSION-RCPT-03: 4100 and 3700 units at 2 per 1000 cost 9 + 8 = 17, while
+    cost(7800) = 16: the final receipt's amount is captured, the sum of the requests' amounts, and
+    the buyer accepts it; each line stays within cost(units) and cost(units) + requests - 1."""
+    seller.max_units, seller.suggested_cap = 5000, 100
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    for units in (4100, 3700):
+        r = await client.request("GET", seller.url(f"/gen?units={units}"))
+        assert r.claims["amount"] == str(cost_of(units, 2, 1000))
+    [final] = await client.close_sessions()
+    assert (final["amount"], final["captured"], final["units"], final["requests"]) == ("17", "17", 7800, 2)
+    assert cost_of(7800, 2, 1000) == 16
+
+
+async def test_request_receipt_whose_amount_is_not_the_cost_of_its_units_is_refused(seller, http):
+    """SESSION-BUY-05: a per-request receipt charging more than cost(units) at its own unitPrice and per."""
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    await client.request("GET", seller.url("/gen?units=1000"))
+    seller.lie_amount = 1
+    with pytest.raises(mpp.ReceiptInvalid, match="not their cost"):
+        await client.request("GET", seller.url("/gen?units=1000"))
+
+
+def _set(**members: Any):
+    def tamper(claims: dict[str, Any]) -> None:
+        claims.update(members)
+    return tamper
+
+
+def _line_amount(amount: str):
+    def tamper(claims: dict[str, Any]) -> None:
+        claims["lines"][0]["amount"] = amount
+    return tamper
+
+
+@pytest.mark.parametrize("tamper, why", [
+    (_set(released="0"), "released"),  # captured + released is not the cap
+    (_set(amount="999"), "differ"),  # amount is captured
+    (_set(units=1), "add up"),  # units is the sum of the lines'
+    (_set(requests=9), "add up"),  # so is requests
+    (_line_amount("1"), "outside"),  # below cost(units) of its line
+    (_line_amount("9"), "outside"),  # above cost(units) + requests - 1
+    (_set(final=False), "not final"),
+], ids=["released", "amount", "units", "requests", "line-below", "line-above", "not-final"])
+async def test_final_receipt_that_does_not_add_up_is_refused(seller, http, tamper, why):
+    """SESSION-BUY-07: a final receipt whose captured, released, cap, units, requests or lines do not
+    agree, or whose line charges outside what per-request rounding allows, is not verified."""
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    await client.request("GET", seller.url("/gen?units=1000"))
+    seller.tamper_final = tamper
+    with pytest.raises(mpp.ReceiptInvalid, match=why):
+        await client.close_sessions()
+
+
+async def test_final_receipt_spending_less_than_an_earlier_receipt_said_is_refused(seller, http):
+    """SESSION-BUY-07: close waits for every request, so the final spent is at least the spent of
+    every receipt the buyer verified before it."""
+    client = buyer(http, sessions=SessionPolicy(max_cap=100))
+    await client.request("GET", seller.url("/gen?units=1000"))
+    await client.request("GET", seller.url("/gen?units=1000"))
+
+    def undercount(claims: dict[str, Any]) -> None:
+        claims.update(spent="2", captured="2", amount="2", released=str(int(claims["cap"]) - 2), units=1000, requests=1,
+                      lines=claims["lines"][:1])
+    seller.tamper_final = undercount
+    with pytest.raises(mpp.ReceiptInvalid, match="earlier receipt"):
+        await client.close_sessions()
 
 
 async def test_close_sessions_returns_verified_final_receipts(seller, http):

@@ -903,6 +903,30 @@ def test_receipt_without_jws_is_invalid():
         mpp.verify_receipt(header, quote, JWKS, NOW)
 
 
+def _receipt_wire(**members: Any) -> str:
+    doc = {"status": "success", "method": "ledger", "timestamp": "2026-01-29T12:00:03Z", "reference": "tx_1", **members}
+    return mpp.b64url_encode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("members", [{"challengeId": 5}, {"challengeId": ["ch"]}, {"receipt": 5}, {"receipt": {}},
+                                     {"reference": ""}, {"method": 1}, {"challengeId": True}])
+def test_receipt_member_of_the_wrong_type_is_malformed(members):
+    """CORE-RCPT-05: challengeId and receipt, when present, are strings (or null); the draft's four are non-empty strings."""
+    with pytest.raises(mpp.ParseError):
+        mpp.parse_receipt(_receipt_wire(**members))
+
+
+def test_receipt_field_value_whitespace_is_sp_and_htab_around_it_only():
+    """CORE-RCPT-05: SP and HTAB around the value are skipped; a null challengeId is absent; a line
+    feed around the value, or a space inside it, is refused."""
+    wire = _receipt_wire(challengeId=None, receipt=None)
+    parsed = mpp.parse_receipt(" \t" + wire + "\t ")
+    assert parsed.challengeId is None and parsed.receipt is None and parsed.reference == "tx_1"
+    for bad in (wire + "\n", "\n" + wire, wire[:20] + " " + wire[20:], "\u00a0" + wire):
+        with pytest.raises(mpp.ParseError):
+            mpp.parse_receipt(bad)
+
+
 def test_receipt_verifies_against_a_jwks_with_several_keys():
     """CORE-DISC-01: a JWKS with an earlier key and the current one verifies receipts of either."""
     quote, _, _, claims = _settle()

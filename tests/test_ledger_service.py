@@ -85,13 +85,13 @@ class Service:
             return resp.status, doc, resp.headers
 
     def transfer_body(self, tid: str, *, amount: int = PRICE, payee: str = PAYEE, payer: str = PLAIN_PAYER,
-                      agent: mpp.SigningKey | None = None, signed_amount: int | None = None) -> dict[str, Any]:
+                      agent: mpp.SigningKey | None = None, signed_amount: int | None = None, realm: str = REALM) -> dict[str, Any]:
         """A transfer as a seller sends it: the agent's authorization over exactly this charge."""
         agent = agent or self.agent
         request = ChargeRequest(amount=str(signed_amount or amount), currency="usd", recipient=payee,
                                 methodDetails={"ledger": self.ledger.ledger_id})
-        signature = agent.sign(authorization_message(challenge_id=tid, realm=REALM, request=request, account=payer))
-        return {"id": tid, "realm": REALM, "payer": payer, "payee": payee, "amount": str(amount), "currency": "usd",
+        signature = agent.sign(authorization_message(challenge_id=tid, realm=realm, request=request, account=payer))
+        return {"id": tid, "realm": realm, "payer": payer, "payee": payee, "amount": str(amount), "currency": "usd",
                 "signer": agent.did, "signature": signature}
 
     def charges(self) -> list:
@@ -263,6 +263,22 @@ async def test_the_service_verifies_the_agents_authorization_itself(service: Ser
     status, doc, _ = await service.call("POST", "/v1/transfers", elsewhere)
     assert_problem(status, doc, 403, "AuthorizationInvalid")
     assert service.charges() == []
+
+
+async def test_realm_and_ids_are_at_most_255_printable_characters(service: Service, tmp_path: Path):
+    """LEDGER-SVC-15: a realm of 255 characters settles; one of 256, or with a control character,
+    is refused 400 InvalidRequest with nothing moved, as is a transfer id of 256; and a seller on
+    the service refuses to start with a realm the service would refuse."""
+    status, doc, _ = await service.call("POST", "/v1/transfers", service.transfer_body("t-realm", realm="r" * 255))
+    assert status == 200, doc
+    for tid, realm in (("t-long", "r" * 256), ("t-ctl", "api\x00.test"), ("t" * 256, REALM)):
+        status, doc, _ = await service.call("POST", "/v1/transfers", service.transfer_body(tid, realm=realm))
+        assert_problem(status, doc, 400, "InvalidRequest")
+    assert [t.id for t in service.charges()] == ["t-realm"]
+    rail = HttpLedgerRail(service.url, key=service.keys[PAYEE], recipient=PAYEE, reconcile_interval=0)
+    with pytest.raises(ValueError, match="255"):
+        Seller(realm="r" * 256, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(), rails=[rail],
+               store=SqlitePaymentStore(str(tmp_path / "p.db")))
 
 
 async def test_a_transfer_is_idempotent_by_id(service: Service):

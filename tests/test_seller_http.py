@@ -386,6 +386,23 @@ async def test_malformed_credentials_refused(served, session):
     assert (await call(session, served, "GET", "/weather", authorization=valid)).status == 200
 
 
+async def test_method_is_judged_before_the_challenge_id(served, session):
+    """CORE-ERR-13, CORE-ERR-08: a credential naming a method the seller does not accept gets 400
+    method-unsupported although its id, expiry, resource and intent would each be refused too
+    (no seller can have minted an id for a method it never offered); a malformed credential is
+    still malformed-credential first, whatever method it names."""
+    challenge = await quote(session, served, "GET", "/weather")
+    stranger = rebuild(challenge, method="tempo", id="A" * 43, intent="charge-v9", expires="2000-01-01T00:00:00Z",
+                       opaque=mpp.b64url_encode(mpp.canonical_json({"nonce": "n", "resource": "GET /elsewhere"})))
+    value = mpp.format_credential(mpp.Credential(challenge=stranger, payload={"type": "transaction"}))
+    reply = await call(session, served, "GET", "/weather", authorization=value)
+    assert_problem(reply, 400, "method-unsupported", used_id=challenge.id)
+    no_payload = mpp.b64url_encode(json.dumps({"challenge": stranger.echo()}).encode())
+    reply = await call(session, served, "GET", "/weather", authorization="Payment " + no_payload)
+    assert_problem(reply, 402, "malformed-credential", used_id=challenge.id)
+    assert charges(served) == []
+
+
 async def test_unsupported_method_gets_400_with_challenge(served, session):
     """CORE-ERR-08, CORE-ERR-10: a credential naming method "tempo" is 400 method-unsupported,
     with fresh challenges and no-store."""
@@ -504,6 +521,36 @@ async def test_bad_idempotency_key_is_400(served, session):
     assert "Payment-Receipt" not in reply.headers
     assert charges(served) == []
     assert (await call(session, served, "GET", "/weather", authorization=credential)).status == 200
+
+
+@pytest.mark.parametrize("keys", [["order 42"], ["caf\u00e9-1"], ["k" * 256], ["retry-1", "retry-2"]],
+                         ids=["space", "non-ascii", "too-long", "two-fields"])
+async def test_idempotency_key_outside_visible_ascii_is_400_bad_request(served, session, keys):
+    """CORE-ONCE-06: a space or a non-ASCII character outside an RFC 8941 string, more than 255
+    characters, or two Idempotency-Key fields: 400 bad-request (its full type), nothing settled."""
+    challenge = await quote(session, served, "GET", "/weather")
+    credential = sign(challenge, served.wallet.key)
+    hdrs: CIMultiDict[str] = CIMultiDict([("Authorization", credential)] + [("Idempotency-Key", k) for k in keys])
+    async with session.get(served.url + "/weather", headers=hdrs) as resp:
+        reply = Reply(resp.status, resp.headers, await resp.read())
+    doc = assert_problem(reply, 400, "bad-request")
+    assert doc["type"] == "https://paymentauth.org/problems/bad-request"
+    assert charges(served) == []
+    assert (await call(session, served, "GET", "/weather", authorization=credential)).status == 200
+
+
+async def test_idempotency_key_as_rfc8941_string_with_a_space_replays(served, session):
+    """CORE-ONCE-06: the sf-string form of draft-ietf-httpapi-idempotency-key-header, a space inside
+    the quotes, is a key like any other: the retry replays the original, charged once."""
+    challenge = await quote(session, served, "GET", "/weather")
+    credential = sign(challenge, served.wallet.key)
+    key = {"Idempotency-Key": '"order 42"'}
+    first = await call(session, served, "GET", "/weather", authorization=credential, headers=key)
+    again = await call(session, served, "GET", "/weather", authorization=credential, headers=key)
+    assert first.status == again.status == 200
+    assert again.headers["Payment-Receipt"] == first.headers["Payment-Receipt"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len(charges(served)) == 1
 
 
 # -- 7. fuzzing ----------------------------------------------------------------------
@@ -704,6 +751,25 @@ async def test_openapi_lists_priced_operations(served, session):
         assert "402" in operation["responses"]
     challenge = await quote(session, served, "GET", "/weather")
     assert mpp.ChargeRequest.from_challenge(challenge).amount == doc["paths"]["/weather"]["get"]["x-payment-info"]["offers"][0]["amount"]
+
+
+async def test_openapi_payment_info_sits_on_the_operation_object_only(served, session):
+    """CORE-DISC-02: x-payment-info is a member of each priced Operation Object (paths.<path>.<method>),
+    never of a Path Item or of the document root, and the document is application/json."""
+    reply = await call(session, served, "GET", "/openapi.json")
+    assert reply.headers["Content-Type"].startswith("application/json")
+    doc = reply.json()
+    assert "x-payment-info" not in doc
+    operations = 0
+    for path, item in doc["paths"].items():
+        assert "x-payment-info" not in item, path
+        for method, operation in item.items():
+            assert method in {"get", "put", "post", "delete", "options", "head", "patch", "trace"}, (path, method)
+            if "x-payment-info" in operation:
+                operations += 1
+                assert isinstance(operation["x-payment-info"]["offers"], list) and "402" in operation["responses"]
+    assert operations >= len(PRICES)
+    assert all("x-payment-info" in doc["paths"][path][method.lower()] for method, path in PRICES)
 
 
 async def test_jwks_publishes_ed25519_key(served, session):

@@ -351,6 +351,24 @@ async def test_open_gets_every_core_check(world):
     assert status == 402 and problem_type(doc) == "urn:mpp:problem:session-voucher-invalid"
 
 
+async def test_session_credential_id_is_judged_before_its_payload(world):
+    """CORE-ERR-13, SESSION-VOUCHER-09: a session credential with a forged id and a malformed payload
+    is an invalid challenge, on a priced route and at the session endpoint; with an unknown method,
+    method-unsupported comes first of all."""
+    from mpp.headers import format_credential
+    from mpp.models import Credential
+
+    challenge, _ = await quote(world, "/complete?tokens=1000")
+    forged = challenge.model_copy(update={"id": "A" * 43})
+    junk = {"type": "session", "action": "teleport"}
+    for path, method in (("/complete?tokens=1000", "GET"), ("/.well-known/mpp-session", "POST")):
+        status, doc, _ = await send(world, path, format_credential(Credential(challenge=forged, payload=junk)), method=method)
+        assert status == 402 and problem_type(doc).endswith("/invalid-challenge"), (path, doc)
+    tempo = forged.model_copy(update={"method": "tempo"})
+    status, doc, _ = await send(world, "/complete?tokens=1000", format_credential(Credential(challenge=tempo, payload=junk)))
+    assert status == 400 and problem_type(doc).endswith("/method-unsupported"), doc
+
+
 async def test_session_endpoint_problems_carry_no_challenge(world):
     """SESSION-ERR-02: the session endpoint prices nothing."""
     s, _, _ = await open_session(world, cap=300, first=20)
@@ -359,6 +377,29 @@ async def test_session_endpoint_problems_carry_no_challenge(world):
     assert "WWW-Authenticate" not in headers and "challengeId" not in doc
     status, doc, headers = await send(world, "/.well-known/mpp-session", "Payment garbage", method="POST")
     assert status in (400, 402) and "WWW-Authenticate" not in headers
+
+
+async def test_session_endpoint_ignores_body_content_type_and_query(world):
+    """SESSION-CLOSE-07: a voucher and a close POSTed to the session endpoint with a body, a content
+    type and a query are judged on the credential alone; the answers are application/json; the
+    endpoint takes POST only."""
+    s, _, _ = await open_session(world, cap=300, first=20)
+    junk = [("application/json", b'{"action": "open", "cap": "999999"}'), ("text/plain", b"close please"),
+            ("application/octet-stream", bytes(range(256)))]
+    for content_type, body in junk[:2]:
+        headers = {"Authorization": s.voucher_credential(s.voucher(30)), "Content-Type": content_type}
+        async with world.http.post(world.url("/.well-known/mpp-session?action=open"), data=body, headers=headers) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json", await resp.text()
+            assert (await resp.json())["authorized"] == "30"
+    content_type, body = junk[2]
+    headers = {"Authorization": s.close_credential(), "Content-Type": content_type}
+    async with world.http.post(world.url("/.well-known/mpp-session?x=1"), data=body, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json", await resp.text()
+        doc = await resp.json()
+        assert doc["sessionId"] == s.id and doc["receipt"] == resp.headers["Payment-Receipt"]
+    assert (await state(world, s.id)).cap == 300
+    async with world.http.get(world.url("/.well-known/mpp-session"), headers={"Authorization": s.close_credential()}) as resp:
+        assert resp.status == 405
 
 
 async def test_route_in_another_currency_refuses_the_session(world):

@@ -228,15 +228,18 @@ async def two_credentials(ctx: CheckContext) -> str:
 
 
 @register("core.unsupported-method", "a credential naming an unknown method gets 400 method-unsupported", "core",
-          ["CORE-ERR-01", "CORE-ERR-08", "CORE-ERR-10", "CORE-RCPT-02"])
+          ["CORE-ERR-01", "CORE-ERR-08", "CORE-ERR-10", "CORE-ERR-13", "CORE-RCPT-02"])
 async def unsupported_method(ctx: CheckContext) -> str:
+    # The echoed id no longer verifies once the method is changed: CORE-ERR-13 has the seller judge
+    # the method before the id, so 400 is the answer, and invalid-challenge means the id came first.
     _, real = await first_challenge(ctx)
     resp = await send(ctx, credential_header(real, method=PROBE_METHOD))
     what = f"credential naming method {PROBE_METHOD!r}"
     if resp.status == 402:
         slug = _problem_slug(resp)
         fail(f"{what}: answered 402 ({slug or 'no problem document'}); this profile requires 400 method-unsupported "
-             "with fresh challenges for the accepted methods (CORE-ERR-08), not the draft's 402 with a fresh challenge")
+             "with fresh challenges for the accepted methods (CORE-ERR-08), judged before the challenge id "
+             "(CORE-ERR-13), not the draft's 402 with a fresh challenge")
     _, fresh = _refusal(resp, what, ("method-unsupported",), expected_status=400, not_ids={real.id})
     if any(c.method == PROBE_METHOD for c in fresh):
         fail(f"{what}: the fresh challenges offer the unsupported method itself")
@@ -611,7 +614,10 @@ async def discovery_openapi(ctx: CheckContext) -> str:
     info = op.get("x-payment-info")
     offers = info.get("offers") if isinstance(info, dict) and "offers" in info else [info] if isinstance(info, dict) else None
     if not offers:
-        fail(f"{method.upper()} {path} has no x-payment-info")
+        elsewhere = " (it sits on the Path Item; it belongs on the Operation Object)" if "x-payment-info" in (
+            (doc.get("paths") or {}).get(path) or {}) else ""
+        fail(f"{method.upper()} {path} has no x-payment-info on its operation object "
+             f"(paths.{path}.{method}; CORE-DISC-02){elsewhere}")
     if "402" not in (op.get("responses") or {}):
         fail(f"{method.upper()} {path} declares no 402 response")
     _, challenge = await first_challenge(ctx)

@@ -500,14 +500,16 @@ class PaymentClient:
         return approval or None
 
     async def _send(self, method: str, url: str, authorization: str, data: bytes | None, headers: Mapping[str, str] | None,
-                    challenge_id: str, keep_open: bool = False, **limits: int) -> PaidResponse:
+                    challenge_id: str, keep_open: bool = False, skip_auto_headers: tuple[str, ...] = (),
+                    **limits: int) -> PaidResponse:
         """Send a credential once: no redirects, no silent resend; no usable answer is OutcomeUnknown."""
         hdrs = {**(headers or {}), "Authorization": authorization}
         try:
             # The credential goes only to the URL that issued the challenge, once: no redirects,
             # and no silent resend by aiohttp's retry of idempotent requests on a dropped connection.
             resp = await self.session.request(
-                method, url, data=data, headers=hdrs, allow_redirects=False, middlewares=(_send_once(),), **limits
+                method, url, data=data, headers=hdrs, allow_redirects=False, middlewares=(_send_once(),),
+                skip_auto_headers=skip_auto_headers, **limits
             )
             paid = await _capture(resp, keep_open)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -717,8 +719,11 @@ class PaymentClient:
     async def _post_session(self, session: OpenSession, authorization: str) -> PaidResponse:
         # A final receipt lists every usage line, in its Payment-Receipt header too: it can
         # outgrow aiohttp's 8 KiB default for one header field.
+        # SESSION-CLOSE-07: the credential and nothing else: an empty body, and no Content-Type (which
+        # aiohttp would otherwise add to a POST as application/octet-stream).
         return await self._send("POST", session.session_url, authorization, None, {"Accept-Payment": self.accept_payment},
-                                session.id, max_field_size=FINAL_RECEIPT_LIMIT, max_line_size=FINAL_RECEIPT_LIMIT)
+                                session.id, skip_auto_headers=("Content-Type",),
+                                max_field_size=FINAL_RECEIPT_LIMIT, max_line_size=FINAL_RECEIPT_LIMIT)
 
     async def _close_session(self, session: OpenSession) -> dict[str, Any] | None:
         """POST close with the latest voucher; verify the final receipt; settle our budget."""

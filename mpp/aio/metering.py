@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 
 from ..errors import BadRequest, PaymentProblem, RequestInProgress
 from ..errors import ParseError
-from ..headers import format_receipt, parse_credential
+from ..headers import format_receipt, idempotency_key, parse_credential
 from .attribution import mark_attributed, start_request
 from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
 from ..pricing import check_offer_allowed, quoted_offer
@@ -330,10 +330,8 @@ class SessionDesk:
         if metered.stream:
             return await self._serve_stream(request, handler, meter)
         sid = state.session_id
-        key = request.headers.get("Idempotency-Key")
+        key = idempotency_key(request.headers.getall("Idempotency-Key", ()))
         if key is not None:
-            if not key or len(key) > 255 or not key.isprintable():
-                raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
             status, stored = await self.store.claim_key(sid, key, call.resource)
             if status == "done":
                 assert stored is not None

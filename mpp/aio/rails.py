@@ -38,6 +38,7 @@ from ..ledger import (
     LedgerError,
 )
 from ..ledger.api import AsyncLedger, as_async_ledger
+from ..ledger.signing import TEXT_MAX, printable_text
 from .ledger_client import ServiceRefused, answer, send_signed, split_service_url
 from ..methods import SellerMethod
 from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
@@ -245,6 +246,13 @@ class HttpLedgerRail(LedgerSellerMethod):
         self.journal: DoubtJournal = journal if journal is not None else MemoryDoubtJournal()
         self.spend_check_ttl = spend_check_ttl
         self._allowed: dict[tuple[str, str, tuple[str, ...] | None], float] = {}  # spend checks passed, until when
+
+    @staticmethod
+    def check_realm(realm: str) -> None:
+        """The service refuses a transfer or an open whose realm it cannot take (LEDGER-SVC-15):
+        a seller on it refuses to start with one, rather than answer every payment 503."""
+        if not printable_text(realm):
+            raise ValueError(f"a seller on a ledger service needs a realm of 1 to {TEXT_MAX} printable characters")
 
     def __repr__(self) -> str:
         return f"HttpLedgerRail(url={self.url!r}, recipient={self.recipient!r}, seller={self.key.did!r})"

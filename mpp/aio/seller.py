@@ -47,7 +47,7 @@ from ..errors import (
     RequestInProgress,
     clip,
 )
-from ..headers import format_receipt, parse_credential
+from ..headers import format_receipt, idempotency_key, parse_credential
 from ..identity import (
     DEFAULT_MAX_DEPTH,
     ApprovalInvalid,
@@ -205,6 +205,9 @@ class Seller:
         self.issuer = ChallengeIssuer(self.secret, self.realm, ttl=self.challenge_ttl)
         self.secret = b""  # held by the issuer only, so it is never printed with the seller
         self._rails = {rail.name: rail for rail in self.rails}
+        for rail in self.rails:
+            if hasattr(rail, "check_realm"):
+                rail.check_realm(self.realm)
         self.core = SellerCore(self.issuer, self._rails)
         self._route_prices: dict[int, Price | Metered] = {}
         self.sessions = SessionDesk(self, self.session_store, sweep_interval=self.session_sweep_interval) if self.session_store else None
@@ -474,9 +477,10 @@ class Seller:
     ) -> web.StreamResponse:
         cid = verified.challenge_id
         quoting = route or price
-        idem = request.headers.get("Idempotency-Key")
-        if idem is not None and (not idem or len(idem) > 255 or not idem.isprintable()):
-            return self._problem(BadRequest("Idempotency-Key must be 1 to 255 printable characters"), quoting, info, now)
+        try:
+            idem = idempotency_key(request.headers.getall("Idempotency-Key", ()))
+        except BadRequest as problem:
+            return self._problem(problem, quoting, info, now)
         seat = None
         if terms is not None and terms.model == "seat":
             try:

@@ -39,7 +39,7 @@ from .core import (
     UnknownSession,
 )
 from .nonces import MemoryNonces, NonceStore
-from .signing import SCHEME, WINDOW, parse_authorization, verify_request
+from .signing import SCHEME, TEXT_MAX, WINDOW, parse_authorization, printable_text, verify_request
 
 __all__ = ["ledger_app", "LedgerService", "SERVICE_KEY", "ERROR_STATUS", "PROBLEM_BASE",
            "transfer_json", "hold_json", "close_json"]
@@ -127,11 +127,11 @@ def _bad(detail: str) -> ServiceError:
     return ServiceError("InvalidRequest", detail)
 
 
-def _text(doc: Mapping[str, Any], name: str, *, max_len: int = 255, required: bool = True) -> str | None:
+def _text(doc: Mapping[str, Any], name: str, *, max_len: int = TEXT_MAX, required: bool = True) -> str | None:
     value = doc.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > max_len or not value.isprintable():
+    if not printable_text(value, max_len):
         raise _bad(f"{name!r} must be a non-empty printable string of at most {max_len} characters")
     return value
 
@@ -155,8 +155,8 @@ def _did(doc: Mapping[str, Any], name: str) -> str:
 
 def _path_id(request: web.Request) -> str:
     value = request.match_info["id"]
-    if not value or len(value) > 255 or not value.isprintable():
-        raise _bad("the id in the path must be 1 to 255 printable characters")
+    if not printable_text(value):
+        raise _bad(f"the id in the path must be 1 to {TEXT_MAX} printable characters")
     return value
 
 

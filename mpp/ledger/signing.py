@@ -21,12 +21,20 @@ from .._wire import b64url_encode
 from ..errors import ParseError
 from ..keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 
-__all__ = ["SCHEME", "DOMAIN", "WINDOW", "SignedRequest", "body_digest", "signed_bytes", "sign_request",
+__all__ = ["SCHEME", "DOMAIN", "WINDOW", "TEXT_MAX", "printable_text", "SignedRequest", "body_digest", "signed_bytes", "sign_request",
            "parse_authorization", "verify_request"]
 
 SCHEME = "MPP-Ledger"
 DOMAIN = b"mpp-ledger-request-v1\n"
 WINDOW = 60  # seconds a request's timestamp may be away from the ledger's clock, either way
+# LEDGER-SVC-15: the longest id, realm, session id or ledger id the service takes (a path's {id} too).
+TEXT_MAX = 255
+
+
+def printable_text(value: object, max_len: int = TEXT_MAX) -> bool:
+    """A string the service takes (LEDGER-SVC-15): 1 to ``max_len`` characters, none of them a
+    control, format, surrogate, private-use, unassigned or separator character but SPACE."""
+    return isinstance(value, str) and 0 < len(value) <= max_len and value.isprintable()
 
 _PARAM = re.compile(r'\s*([a-z]+)="([^"\\\x00-\x1f\x7f]*)"\s*(,|$)')
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
