@@ -570,3 +570,34 @@ def test_demo_shows_a_refused_bare_key_purchase():
     assert result.returncode == 0 and result.stdout.rstrip().endswith("demo passed"), result.stdout[-2000:] + result.stderr
     part = result.stdout.partition("7. the agent's key without its mandate")[2].partition("\n8. ")[0]
     assert "HTTP 402 urn:mpp:problem:mandate-required" in part and "ok: refused before the challenge was consumed" in part
+
+
+async def test_a_rail_written_before_precheck_still_sells(tmp_path: Path):
+    """LEDGER-ACCT-05 asks the ledger rails; a payment rail of the plug-in interface written before
+    `precheck` existed is not asked, and still sells (no 5xx, CORE-ERR-11)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "conformance"))
+    from _static_rail import STATIC_PAYLOAD, StaticTestRail, static_seller_app
+
+    class OlderRail:
+        def __init__(self) -> None:
+            self._rail = StaticTestRail()
+
+        def __getattr__(self, name: str):
+            if name == "precheck":
+                raise AttributeError(name)
+            return getattr(self._rail, name)
+
+    app, _ = static_seller_app(str(tmp_path / "store.db"), rail=OlderRail())  # type: ignore[arg-type]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/thing")) as resp:
+                challenge = mpp.parse_challenges(resp.headers.getall("WWW-Authenticate"))[0]
+            credential = mpp.format_credential(mpp.Credential(challenge=challenge, payload=dict(STATIC_PAYLOAD)))
+            async with http.get(server.make_url("/thing"), headers={"Authorization": credential}) as resp:
+                assert resp.status == 200 and resp.headers.get("Payment-Receipt")
+    finally:
+        await server.close()

@@ -398,7 +398,9 @@ class Seller:
             if require_identity or verified.credential.extra_member("identity") is not None:
                 identity = await self._check_identity(verified, price, now)
             # LEDGER-ACCT-05: a payer the rail would refuse is told so before the challenge is consumed
-            await self._rails[challenge.method].precheck(verified, identity.chain.dids if identity else None)
+            precheck = getattr(self._rails[challenge.method], "precheck", None)  # a rail written before it had one: none
+            if precheck is not None:
+                await precheck(verified, identity.chain.dids if identity else None)
             mark_attributed()
         except PaymentProblem as problem:
             await self._refused(problem, info, now, verified.challenge_id if verified else None,
