@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -520,6 +521,11 @@ def cmd_ledger_serve(args: argparse.Namespace) -> int:
                 except UnknownAccount:
                     await ledger.create_account(account, args.currency)
                     print(f"created payee account {account} ({args.currency}) for {did}", flush=True)
+                    continue
+                owners = sorted(d for d, role in (await ledger.members(account)).items() if role == "owner")
+                if owners:  # whoever owns a payee account can spend what its seller earns
+                    print(f"warning: payee account {account} of {did} has owners who can spend its revenue: "
+                          f"{', '.join(owners)}", file=sys.stderr, flush=True)
         except BaseException:
             await nonces.close()
             await ledger.close()
@@ -820,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, MPPError, FileNotFoundError, ValueError, OSError, PyJWTError) as exc:
         _err(str(exc))
+        return EXIT_USAGE
+    except sqlite3.Error as exc:  # --ledger, --log ... naming a file that is not such a database
+        _err(f"SQLite: {exc} (is that file one of ours?)")
         return EXIT_USAGE
     except Exception as exc:
         if type(exc).__module__.split(".")[0] != "asyncpg":

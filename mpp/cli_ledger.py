@@ -71,10 +71,6 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         print(f"account {account['id']} ({account['currency']}) balance {account['balance']}")
         _print_members(account["id"], members, False)
         return 0
-    if args.owner is None:
-        print("note: an account without an owner can be spent from by no one until `mpp ledger allow "
-              f"{args.account} DID --as owner` names one")
-
     async def work(ledger):
         account = await ledger.create_account(args.account, args.currency, owner=args.owner)
         return account, await ledger.members(args.account)
@@ -82,6 +78,8 @@ def cmd_account_create(args: argparse.Namespace) -> int:
     account, members = on_members(args.ledger, None, work)
     print(f"account {account.id} ({account.currency}) balance {account.balance}")
     _print_members(account.id, members, False)
+    if args.owner is None:
+        print(f"note: nobody can spend from it until `mpp ledger allow {args.account} DID --as owner` names an owner")
     return 0
 
 

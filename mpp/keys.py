@@ -9,6 +9,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,13 @@ def did_from_public_key(public_key: Ed25519PublicKey) -> str:
     return "did:key:z" + base58.b58encode(_ED25519_MULTICODEC + raw).decode("ascii")
 
 
+_DID_KEY = re.compile(r"did:key:z[1-9A-HJ-NP-Za-km-z]+")
+
+
 def public_key_from_did(did: str) -> Ed25519PublicKey:
-    if not isinstance(did, str) or not did.startswith("did:key:z") or len(did) > 128:
+    # LEDGER-07: exactly the base58btc alphabet after the prefix (the decoder would skip whitespace,
+    # so "did:key:z... " would name the same key under another spelling)
+    if not isinstance(did, str) or len(did) > 128 or _DID_KEY.fullmatch(did) is None:
         raise ParseError("not an Ed25519 did:key")
     return _public_key(did)
 

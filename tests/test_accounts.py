@@ -20,7 +20,7 @@ import mpp
 from mpp.aio import HttpLedgerRail, PaymentClient, Seller
 from mpp.aio.seller import SELLER_KEY
 from mpp.config import BUYER_ACCOUNT, init_home, load_wallet
-from mpp.ledger import MandateRequired, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
+from mpp.ledger import MandateRequired, OverMandate, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
 from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore
 from mpp.ledger.service import ledger_app
 from mpp.methods.ledger import LedgerBuyerMethod
@@ -315,6 +315,16 @@ async def test_service_refuses_a_bare_agent_authorization(service):
     assert service.charges() == [] and service.ledger.balance(PAYER) == FUNDS
 
 
+async def test_service_refuses_a_charge_above_the_chains_ceiling(service):
+    """LEDGER-ACCT-07 at a ledger service: a registered seller posting the agent's genuine
+    authorization for 5000 with its chain (ceiling 500) gets 403 OverMandate; nothing moves."""
+    body = service.transfer_body("over-1", amount=5000, payer=PAYER)
+    body["mandate"] = {"tokens": [mandate(service.principal, service.agent)], "realm": REALM}
+    status, doc, _ = await service.call("POST", "/v1/transfers", body)
+    assert_problem(status, doc, 403, "OverMandate")
+    assert service.charges() == [] and service.ledger.balance(PAYER) == FUNDS
+
+
 async def test_service_spend_check(service):
     """LEDGER-SVC-12: allowed, mandate-required, a stranger, an unowned root, an unknown account;
     nothing is recorded by any of them."""
@@ -328,6 +338,7 @@ async def test_service_spend_check(service):
         ({"payer": PAYER, "signer": A.did, "chain": [A.did, A.did]}, 403, "UnauthorizedSigner"),
         ({"payer": "acct:nobody", "signer": A.did, "chain": None}, 404, "UnknownAccount"),
         ({"payer": PAYER, "signer": A.did, "chain": "nope"}, 400, "InvalidRequest"),
+        ({"payer": PAYER, "signer": A.did, "chain": [P.did, P.did]}, 403, "UnauthorizedSigner"),  # the signer is the leaf
     ]
     for body, status, error in cases:
         got, doc, _ = await service.call("POST", "/v1/spend-check", body)
@@ -336,6 +347,7 @@ async def test_service_spend_check(service):
         else:
             assert_problem(got, doc, status, error)
     assert service.ledger.transfers() == transfers
+    assert service.fault["nonces"]._seen == {}  # read-only: not even a nonce is kept (a seller asks about strangers)
 
 
 async def test_service_members_are_changed_only_by_an_owner(service):
@@ -370,13 +382,16 @@ async def test_service_members_are_changed_only_by_an_owner(service):
 @pytest.mark.parametrize("open_accounts", [False, True])
 async def test_accounts_created_over_the_service_only_where_it_is_open(tmp_path: Path, open_accounts: bool):
     """LEDGER-SVC-14: closed by default (403, no nonce recorded); where open, the key that signs owns
-    the new account alone, and an id that exists is refused with its members untouched."""
+    the new account alone; an id that exists is refused with its members untouched, and so are a
+    registered seller's payee account and the ledger's reserved ids."""
     from mpp.ledger.nonces import MemoryNonces
 
     principal = mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
     nonces = MemoryNonces()
-    server = TestServer(ledger_app(ledger, sellers={}, nonces=nonces, open_accounts=open_accounts), host="127.0.0.1")
+    later = mpp.SigningKey.generate()  # a seller whose payee account does not exist yet
+    server = TestServer(ledger_app(ledger, sellers={later.did: "acct:later"}, nonces=nonces, open_accounts=open_accounts),
+                        host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
@@ -391,8 +406,11 @@ async def test_accounts_created_over_the_service_only_where_it_is_open(tmp_path:
             status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": PAYER, "currency": "usd"}, key=newcomer)
             assert_problem(status, doc, 409, "TransferConflict")
             assert ledger.members(PAYER) == {principal.did: "owner"}
-            status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": "holds:usd", "currency": "usd"}, key=newcomer)
-            assert_problem(status, doc, 400, "InvalidRequest")
+            status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": "acct:later", "currency": "usd"}, key=newcomer)
+            assert_problem(status, doc, 403, "Forbidden")  # nobody squats a seller's payee account
+            for reserved in ("holds:usd", "issuance:eur"):
+                status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": reserved, "currency": "eur"}, key=newcomer)
+                assert_problem(status, doc, 400, "InvalidRequest")
             # the command line does the same (in a thread: the service runs on this event loop)
             newcomer.save(tmp_path / "newcomer.key")
             made = await asyncio.to_thread(ok, "ledger", "account", "create", "acct:cli", "--ledger", svc.url,
@@ -561,6 +579,9 @@ def test_ledger_account_commands_and_their_errors(tmp_path: Path):
     assert "did:key" in error_line(mpp_cli("ledger", "allow", "acct:team", "did:web:x", "--as", "agent", "--ledger", led))
     assert "acct:nope" in error_line(mpp_cli("ledger", "allow", "acct:nope", agent, "--as", "agent", "--ledger", led))
     assert "--as" in error_line(mpp_cli("ledger", "allow", "acct:team", agent, "--ledger", led))
+    not_a_ledger = tmp_path / "notes.txt"
+    not_a_ledger.write_text("not a database\n" * 100)
+    assert "SQLite" in error_line(mpp_cli("ledger", "members", "acct:team", "--ledger", not_a_ledger))
     assert "--key" in error_line(mpp_cli("ledger", "account", "create", "acct:x", "--owner", owner, "--ledger", "http://127.0.0.1:9"))
 
 
@@ -601,3 +622,41 @@ async def test_a_rail_written_before_precheck_still_sells(tmp_path: Path):
                 assert resp.status == 200 and resp.headers.get("Payment-Receipt")
     finally:
         await server.close()
+
+
+async def test_the_ledger_holds_the_mandates_ceiling_and_currency(ledger):
+    """LEDGER-ACCT-07: whatever a seller checked, a charge above a link's ceiling, or in another
+    currency than the mandate's, is refused by the ledger itself, nothing moved."""
+    P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
+    await ledger.allow(PAYER, P.did, "owner")
+    await ledger.allow(PAYER, A.did, "agent")
+    chain = [mandate(P, A)]  # ceiling 500, usd
+    with pytest.raises(OverMandate, match="ceiling") as caught:
+        await _pay(ledger, "over", A, chain, amount=501)
+    assert caught.value.rule == "ceiling"
+    await ledger.create_account("acct:eur", "eur", owner=P.did)
+    await ledger.create_account("acct:seller-eur", "eur")
+    await ledger.fund("acct:eur", 1_000)
+    with pytest.raises(OverMandate) as caught:
+        await ledger.transfer("eur-1", payer="acct:eur", payee="acct:seller-eur", amount=100, currency="eur", signer=A.did,
+                              mandate=mpp.ledger.MandateCharge(tuple(chain), REALM))
+    assert caught.value.rule == "currency"
+    await _pay(ledger, "at-ceiling", A, chain, amount=500)
+    assert await ledger.balance(PAYER) == FUNDS - 500 and await ledger.balance("acct:eur") == 1_000
+
+
+async def test_member_and_account_ids_have_one_spelling(ledger):
+    """LEDGER-ACCT-01: a DID spelt with whitespace is refused (base58 decoders skip it, so it would be
+    a second name for one key); the ledger's own accounts take no members; account ids and
+    currencies are checked."""
+    A = mpp.SigningKey.generate()
+    for alias in (A.did + " ", A.did + "\n", "\t" + A.did):
+        with pytest.raises(ValueError):
+            await ledger.allow(PAYER, alias, "agent")
+    await ledger.fund(PAYER, 1)  # makes issuance:usd
+    with pytest.raises(ValueError, match="own issuance account"):
+        await ledger.allow("issuance:usd", A.did, "owner")
+    for bad_id, currency in (("", "usd"), ("acct:\x01x", "usd"), (" acct:x", "usd"), ("issuance:eur", "eur"),
+                             ("holds:usd", "usd"), ("acct:x", ""), ("acct:x", "USD")):
+        with pytest.raises(ValueError):
+            await ledger.create_account(bad_id, currency)

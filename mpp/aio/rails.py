@@ -16,7 +16,7 @@ import aiohttp
 from .._wire import loads_strict
 from ..doubt import DoubtJournal, MemoryDoubtJournal
 from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
-from ..identity import BudgetExceeded, MandateRequired, MandateRevoked
+from ..identity import BudgetExceeded, CurrencyNotAllowed, MandateRequired, MandateRevoked, OverCeiling
 from ..keys import SigningKey
 from ..ledger import (
     AuthorizationInvalid,
@@ -25,6 +25,7 @@ from ..ledger import (
     InsufficientFunds,
     MandateCharge,
     MandateRequired as MandateRequiredError,
+    OverMandate,
     MandateRevokedError,
     SessionClose,
     SessionHold,
@@ -85,6 +86,9 @@ def _charge_problems() -> Iterator[None]:
         yield
     except MandateRequiredError as exc:
         raise MandateRequired(f"the ledger refuses: {exc}") from exc
+    except OverMandate as exc:
+        problem = CurrencyNotAllowed if exc.rule == "currency" else OverCeiling
+        raise problem(f"the ledger refuses: {exc}", rule=exc.rule) from exc
     except MandateRevokedError as exc:
         raise MandateRevoked("a mandate in the chain has been revoked") from exc
     except BudgetExhausted as exc:
@@ -176,6 +180,8 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
             yield
         except MandateRequiredError as exc:
             raise MandateRequired(f"the ledger refuses: {exc}") from exc
+        except OverMandate as exc:
+            raise CurrencyNotAllowed(f"the ledger refuses: {exc}", rule=exc.rule) from exc
         except MandateRevokedError as exc:
             raise MandateRevoked("a mandate in the chain has been revoked") from exc
         except BudgetExhausted as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
@@ -9,7 +10,7 @@ from typing import Iterable, Mapping, Sequence
 from ..errors import MPPError
 from ..keys import public_key_from_did
 
-__all__ = ["ROLES", "check_spender", "check_member", "keeps_an_owner", "verified_links", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
+__all__ = ["ROLES", "check_spender", "check_member", "check_account_id", "RESERVED_PREFIXES", "keeps_an_owner", "verified_links", "OverMandate", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
            "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused",
            "AuthorizationInvalid"]
 
@@ -65,6 +66,15 @@ class MandateRequired(UnauthorizedSigner):
     chain rooted in one of the account's owners, never on its own signature (LEDGER-ACCT-03)."""
 
 
+class OverMandate(LedgerError):
+    """The transfer is outside what the mandate chain itself allows: an amount above a link's
+    ceiling, or a currency other than the mandate's (LEDGER-ACCT-07). ``rule`` says which."""
+
+    def __init__(self, detail: str = "", rule: str = "ceiling") -> None:
+        super().__init__(detail)
+        self.rule = rule if rule in ("ceiling", "currency") else "ceiling"
+
+
 class MandateRevokedError(LedgerError):
     """A link of the mandate chain has been revoked."""
 
@@ -98,6 +108,8 @@ def check_spender(roles: Mapping[str, str], *, signer: str | None, chain: Sequen
         raise UnauthorizedSigner("a key in the mandate chain is denied on the payer account")
     if not chain or roles.get(chain[0]) != "owner":
         raise UnauthorizedSigner("the mandate chain's principal does not own the payer account")
+    if signer is not None and chain[-1] != signer:
+        raise UnauthorizedSigner("the payment signer is not the mandate chain's last subject")
 
 
 def check_member(did: str, role: str) -> None:
@@ -107,6 +119,22 @@ def check_member(did: str, role: str) -> None:
     public_key_from_did(did)  # ParseError, a ValueError, names what is wrong with it
 
 
+_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
+RESERVED_PREFIXES = ("issuance:", "holds:")  # the ledger's own accounts (issuance_account, holding_account)
+
+
+def check_account_id(account_id: str, currency: str) -> None:
+    """ValueError unless ``account_id`` is 1 to 128 printable characters, without surrounding
+    spaces, outside the ledger's reserved names, and ``currency`` a lowercase currency code."""
+    if (not isinstance(account_id, str) or not 0 < len(account_id) <= 128 or not account_id.isprintable()
+            or account_id != account_id.strip()):
+        raise ValueError("an account id is 1 to 128 printable characters, without surrounding spaces")
+    if account_id.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"{account_id!r}: ids beginning {' or '.join(RESERVED_PREFIXES)} are the ledger's own accounts")
+    if not isinstance(currency, str) or _CURRENCY.fullmatch(currency) is None:
+        raise ValueError(f"currency must be a lowercase code (a letter, then up to 31 letters or digits), not {currency!r}")
+
+
 def keeps_an_owner(account_id: str, owners: set[str], did: str, role: str) -> None:
     """ValueError if giving ``did`` ``role`` would leave an owned account with no owner: nobody
     could then enrol anyone over the service, nor root a mandate that spends from it."""
@@ -114,11 +142,14 @@ def keeps_an_owner(account_id: str, owners: set[str], did: str, role: str) -> No
         raise ValueError(f"{did} is the only owner of {account_id!r}: make another DID an owner first")
 
 
-def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateCharge",
-                   now: datetime | None = None) -> tuple[tuple[str, ...], list[tuple[str, str, int]]]:
+def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateCharge", *, currency: str,
+                   amount: int | None, now: datetime | None = None) -> tuple[tuple[str, ...], list[tuple[str, str, int]]]:
     """Verify a mandate chain as a ledger does (IDENT-BUD-06): the payer account's owners are the
-    only trusted roots, and the leaf's subject must be the payment's signer. Returns the chain's
-    DIDs (principal first) and (link key, period, budget) per link; UnauthorizedSigner otherwise."""
+    only trusted roots, and the leaf's subject must be the payment's signer; the transfer is in the
+    mandate's currency and, for a charge of ``amount``, within every link's ceiling (LEDGER-ACCT-07;
+    a session's hold is not one purchase, so its cap is bounded by the budgets only). Returns the
+    chain's DIDs (principal first) and (link key, period, budget) per link; UnauthorizedSigner or
+    OverMandate otherwise."""
     from ..errors import PaymentProblem
     from ..identity import period_key, verify_chain
 
@@ -134,6 +165,11 @@ def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateC
         raise UnauthorizedSigner(f"mandate chain refused by the ledger: {exc.slug}: {exc.detail}") from None
     if signer is not None and chain.agent != signer:
         raise UnauthorizedSigner("the payment signer is not the mandate's subject")
+    for link in chain.links:
+        if link.currency != currency:
+            raise OverMandate(f"the mandate is for {link.currency!r}, not {currency!r}", rule="currency")
+        if amount is not None and amount > link.ceiling:
+            raise OverMandate(f"amount {amount} is above the mandate's ceiling {link.ceiling}")
     return chain.dids, [(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
 

@@ -61,6 +61,7 @@ ERROR_STATUS: dict[str, int] = {
     "AuthorizationInvalid": 403,
     "UnauthorizedSigner": 403,
     "MandateRequired": 403,
+    "OverMandate": 403,
     "MandateRevokedError": 403,
     "BudgetExhausted": 403,
     "UnknownAccount": 404,
@@ -225,7 +226,7 @@ class LedgerService:
     # -- authentication ------------------------------------------------------------------
 
     async def authenticate(self, request: web.Request, body: bytes, *, owner_of: str | None = None,
-                           anyone: bool = False) -> tuple[str, str]:
+                           anyone: bool = False, record_nonce: bool = True) -> tuple[str, str]:
         """The signer's DID and, for a seller, its registered payee; ServiceError otherwise.
 
         With ``owner_of`` the signer must be an owner of that account (LEDGER-SVC-13) instead of a
@@ -260,7 +261,7 @@ class LedgerService:
             if role != "owner":
                 raise ServiceError("Forbidden", "only an owner of the account may change or list its members")
         expires = now + 2 * self.window  # the timestamp is acceptable until at most ts + window <= now + 2 * window
-        if not await self.nonces.first_use(signed.keyid, signed.nonce, now=now, expires=expires):
+        if record_nonce and not await self.nonces.first_use(signed.keyid, signed.nonce, now=now, expires=expires):
             raise ServiceError("Unauthenticated", "this nonce was already used (a replayed request)")
         return signed.keyid, payee
 
@@ -381,6 +382,8 @@ class LedgerService:
         """LEDGER-SVC-14: an account made over the service, owned by the key that signed for it."""
         account_id = _text(doc, "id", max_len=128)
         currency = _text(doc, "currency", max_len=32)
+        if account_id in self.sellers.values():  # a payee's revenue must never be spendable by whoever asked first
+            raise ServiceError("Forbidden", "that id is a registered seller's payee account")
         account = await self.ledger.create_account(account_id, currency, owner=signer, exclusive=True)  # type: ignore[arg-type]
         log.info("account created id=%s currency=%s owner=%s", account.id, account.currency, signer)
         return {"account": account_json(account), "members": await self.ledger.members(account.id)}
@@ -431,14 +434,14 @@ class LedgerService:
     # -- plumbing -------------------------------------------------------------------------
 
     def signed(self, handler: Callable[..., Awaitable[dict[str, Any]]], *, body: bool = True, by_owner: bool = False,
-               by_anyone: bool = False):
+               by_anyone: bool = False, read_only: bool = False):
         """Wrap a handler: read the body, authenticate (a registered seller, or with ``by_owner``
         an owner of the account in the path), parse the JSON object, answer JSON."""
 
         async def wrapped(request: web.Request) -> web.Response:
             raw = await request.read()
             seller, payee = await self.authenticate(request, raw, owner_of=_path_id(request) if by_owner else None,
-                                                    anyone=by_anyone)
+                                                    anyone=by_anyone, record_nonce=not read_only)
             doc = None
             if body:
                 try:
@@ -515,7 +518,8 @@ def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW,
     app.router.add_post("/v1/sessions/{id}/close", s(service.close_session))
     app.router.add_get("/v1/accounts/{id}", s(service.account, body=False))
     app.router.add_get("/v1/accounts/{id}/transfers", s(service.account_transfers, body=False))
-    app.router.add_post("/v1/spend-check", s(service.spend_check))
+    # read-only: a replay gets the same answer, so its nonce is not kept (a seller asks it for strangers too)
+    app.router.add_post("/v1/spend-check", s(service.spend_check, read_only=True))
     app.router.add_post("/v1/accounts", s(service.create_account, by_anyone=True))
     app.router.add_get("/v1/accounts/{id}/members", s(service.members, body=False, by_owner=True))
     app.router.add_post("/v1/accounts/{id}/members", s(service.set_member, by_owner=True))

@@ -28,6 +28,7 @@ from .core import (
     UnauthorizedSigner,
     UnknownAccount,
     UnknownSession,
+    check_account_id,
     check_member,
     check_spender,
     keeps_an_owner as _keeps_an_owner,
@@ -74,7 +75,7 @@ class SqliteLedger:
     def create_account(self, account_id: str, currency: str, *, owner: str | None = None, exclusive: bool = False) -> Account:
         """An asset account (the same call again is a no-op, or with ``exclusive`` a TransferConflict);
         with ``owner``, that DID is made one of its owners."""
-        _not_holding(account_id)
+        check_account_id(account_id, currency)
         if owner is not None:
             check_member(owner, "owner")
         with immediate(self._conn) as c:
@@ -100,8 +101,11 @@ class SqliteLedger:
         check_member(did, role)
         _not_holding(account_id)
         with immediate(self._conn) as c:
-            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+            kind = c.execute("SELECT kind FROM accounts WHERE id=?", (account_id,)).fetchone()
+            if kind is None:
                 raise UnknownAccount(f"no account {account_id!r}")
+            if kind[0] != "asset":
+                raise ValueError(f"{account_id!r} is the ledger's own {kind[0]} account: nobody spends from it")
             owners = {r[0] for r in c.execute("SELECT did FROM account_members WHERE account_id=? AND role='owner'", (account_id,))}
             _keeps_an_owner(account_id, owners, did, role)
             c.execute("INSERT OR REPLACE INTO account_members(account_id, did, role) VALUES (?, ?, ?)", (account_id, did, role))
@@ -240,21 +244,21 @@ class SqliteLedger:
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
                 if _is_holding(acct):
                     raise UnauthorizedSigner("only session operations move value into or out of a holding account")
-            links = self._authorized_links(c, payer, signer, mandate)
+            links = self._authorized_links(c, payer, signer, mandate, currency=currency, amount=amount)
             if accounts[payer][3] == "asset" and accounts[payer][2] < amount:
                 raise InsufficientFunds(f"balance {accounts[payer][2]} is below {amount}")
             self._spend_budgets(c, links, transfer_id, amount)
             return self._post(c, transfer_id, payer, payee, amount, currency, "charge", signer)
 
-    def _authorized_links(self, c: sqlite3.Connection, payer: str, signer: str | None,
-                          mandate: MandateCharge | None) -> list[tuple[str, str, int]]:
+    def _authorized_links(self, c: sqlite3.Connection, payer: str, signer: str | None, mandate: MandateCharge | None,
+                          *, currency: str, amount: int | None) -> list[tuple[str, str, int]]:
         """May ``signer`` spend from ``payer``? Through a verified, unrevoked mandate chain rooted in
         an owner (its links are returned) or, without one, as an owner of the account (LEDGER-ACCT-03)."""
         if mandate is None:
             check_spender(self._roles(c, payer, (signer,)) if signer else {}, signer=signer, chain=None)
             return []
         owners = [r[0] for r in c.execute("SELECT did FROM account_members WHERE account_id=? AND role='owner'", (payer,))]
-        dids, links = verified_links(owners, signer, mandate)
+        dids, links = verified_links(owners, signer, mandate, currency=currency, amount=amount)
         check_spender(self._roles(c, payer, dids), signer=signer, chain=dids)
         keys = [key for key, _, _ in links]
         marks = ",".join("?" * len(keys))
@@ -349,7 +353,7 @@ class SqliteLedger:
             holds = holding_account(currency)
             if payer == payee or _is_holding(payer) or _is_holding(payee):
                 raise UnknownAccount("a session's payer and payee must differ, and neither may be the holding account")
-            links = self._authorized_links(c, payer, signer, mandate)
+            links = self._authorized_links(c, payer, signer, mandate, currency=currency, amount=None)
             if accounts[payer][2] < cap:
                 raise InsufficientFunds(f"balance {accounts[payer][2]} is below the cap {cap}")
             hold_id = "hold:" + sid
@@ -383,7 +387,7 @@ class SqliteLedger:
                 return self._session(c, session_id)
             increase = cap - current
             mandate = MandateCharge(tuple(json.loads(tokens)), realm) if tokens is not None else None
-            links = self._authorized_links(c, payer, signer, mandate)
+            links = self._authorized_links(c, payer, signer, mandate, currency=currency, amount=None)
             balance = c.execute("SELECT balance FROM accounts WHERE id=?", (payer,)).fetchone()[0]
             if balance < increase:
                 raise InsufficientFunds(f"balance {balance} is below the increase {increase}")

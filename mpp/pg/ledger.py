@@ -53,6 +53,8 @@ from ..ledger.core import (
     UnknownAccount,
     UnknownSession,
     check_member,
+    OverMandate,
+    check_account_id,
     check_spender,
     keeps_an_owner,
     holding_account,
@@ -270,7 +272,7 @@ class _Verified:
     the owners the payer account had then; the transaction uses it only if they are unchanged."""
 
     def __init__(self, owners: list[str], result: tuple[tuple[str, ...], Links] | None,
-                 error: UnauthorizedSigner | None) -> None:
+                 error: UnauthorizedSigner | OverMandate | None) -> None:
         self.owners, self._result, self.error = owners, result, error
 
     def result(self) -> tuple[tuple[str, ...], Links]:
@@ -329,7 +331,7 @@ class PgLedger(PgStoreBase):
     # -- accounts ----------------------------------------------------------
 
     async def create_account(self, account_id: str, currency: str, *, owner: str | None = None, exclusive: bool = False) -> Account:
-        _not_holding(account_id)
+        check_account_id(account_id, currency)
         if owner is not None:
             check_member(owner, "owner")
 
@@ -366,8 +368,11 @@ class PgLedger(PgStoreBase):
 
         async def work(conn: asyncpg.Connection) -> None:
             # The account's row lock orders this against transfers, which read the members under it.
-            if await conn.fetchval("SELECT 1 FROM ledger_accounts WHERE id=$1 FOR NO KEY UPDATE", account_id) is None:
+            kind = await conn.fetchval("SELECT kind FROM ledger_accounts WHERE id=$1 FOR NO KEY UPDATE", account_id)
+            if kind is None:
                 raise UnknownAccount(f"no account {account_id!r}")
+            if kind != "asset":
+                raise ValueError(f"{account_id!r} is the ledger's own {kind} account: nobody spends from it")
             keeps_an_owner(account_id, {r[0] for r in await conn.fetch(_OWNERS, account_id)}, did, role)
             await conn.execute("INSERT INTO ledger_account_members(account_id, did, role) VALUES ($1, $2, $3) "
                                "ON CONFLICT (account_id, did) DO UPDATE SET role=excluded.role", account_id, did, role)
@@ -477,7 +482,7 @@ class PgLedger(PgStoreBase):
         through any number of processes cannot take a mandate past its budget.
         """
         _check_amount(amount)
-        verified = await self._preverify(payer, signer, mandate)
+        verified = await self._preverify(payer, signer, mandate, currency=currency, amount=amount)
 
         async def work(conn: asyncpg.Connection) -> Transfer:
             await _advisory(conn, [_lock_key("transfer", transfer_id)])
@@ -504,7 +509,7 @@ class PgLedger(PgStoreBase):
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
                 if _is_holding(acct):
                     raise UnauthorizedSigner("only session operations move value into or out of a holding account")
-            links = await self._authorized_links(conn, payer, signer, mandate, verified)
+            links = await self._authorized_links(conn, payer, signer, mandate, verified, currency=currency, amount=amount)
             balance = accounts[payer]["balance"]
             if accounts[payer]["kind"] == "asset" and balance < amount:
                 raise InsufficientFunds(f"balance {balance} is below {amount}")
@@ -561,18 +566,19 @@ class PgLedger(PgStoreBase):
 
     # -- authorization and budgets (inside a transaction) -------------------
 
-    async def _preverify(self, payer: str, signer: str | None, mandate: MandateCharge | None) -> _Verified | None:
+    async def _preverify(self, payer: str, signer: str | None, mandate: MandateCharge | None, *, currency: str,
+                         amount: int | None) -> _Verified | None:
         if mandate is None:
             return None
         pool = await self.pool()
         owners = [r[0] for r in await pool.fetch(_OWNERS, payer)]
         try:
-            return _Verified(owners, verified_links(owners, signer, mandate), None)
-        except UnauthorizedSigner as exc:
+            return _Verified(owners, verified_links(owners, signer, mandate, currency=currency, amount=amount), None)
+        except (UnauthorizedSigner, OverMandate) as exc:
             return _Verified(owners, None, exc)
 
     async def _authorized_links(self, conn: asyncpg.Connection, payer: str, signer: str | None, mandate: MandateCharge | None,
-                                verified: _Verified | None) -> Links:
+                                verified: _Verified | None, *, currency: str, amount: int | None) -> Links:
         """May ``signer`` spend from ``payer`` (whose row this transaction has locked)? Through a
         verified, unrevoked mandate chain rooted in an owner (its links are returned) or, without
         one, as an owner of the account (LEDGER-ACCT-03)."""
@@ -584,7 +590,7 @@ class PgLedger(PgStoreBase):
         if verified is not None and verified.owners == owners:
             dids, links = verified.result()
         else:  # the owners changed since: verify again, for the owners as they are now
-            dids, links = verified_links(owners, signer, mandate)
+            dids, links = verified_links(owners, signer, mandate, currency=currency, amount=amount)
         check_spender({r[0]: r[1] for r in await conn.fetch(_ROLES, payer, list(dids))}, signer=signer, chain=dids)
         keys = [key for key, _, _ in links]
         if await conn.fetchval("SELECT 1 FROM ledger_revocations WHERE jti = ANY($1::text[]) LIMIT 1", keys) is not None:
@@ -648,7 +654,7 @@ class PgLedger(PgStoreBase):
         tokens = _dumps(list(mandate.tokens)) if mandate is not None else None
         realm = mandate.realm if mandate is not None else None
         ledger_id = (await self.open()).ledger_id
-        verified = await self._preverify(payer, signer, mandate)
+        verified = await self._preverify(payer, signer, mandate, currency=terms.currency, amount=None)
 
         async def work(conn: asyncpg.Connection) -> SessionHold:
             await _advisory(conn, [_lock_key("session", sid)])
@@ -670,7 +676,7 @@ class PgLedger(PgStoreBase):
                     raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
             if payer == payee or _is_holding(payer) or _is_holding(payee):
                 raise UnknownAccount("a session's payer and payee must differ, and neither may be the holding account")
-            links = await self._authorized_links(conn, payer, signer, mandate, verified)
+            links = await self._authorized_links(conn, payer, signer, mandate, verified, currency=currency, amount=None)
             balance = accounts[payer]["balance"]
             if balance < cap:
                 raise InsufficientFunds(f"balance {balance} is below the cap {cap}")
@@ -709,7 +715,7 @@ class PgLedger(PgStoreBase):
         self._verify_cap(signer, SessionTerms.from_json(json.loads(terms_json)), payer, cap, cap_signature)
         mandate = MandateCharge(tuple(json.loads(tokens)), realm) if tokens is not None else None
         holds = holding_account(currency)
-        verified = await self._preverify(payer, signer, mandate)
+        verified = await self._preverify(payer, signer, mandate, currency=currency, amount=None)
 
         async def work(conn: asyncpg.Connection) -> SessionHold:
             current, status = await conn.fetchrow("SELECT cap, status FROM ledger_sessions WHERE id=$1 FOR NO KEY UPDATE",
@@ -720,7 +726,7 @@ class PgLedger(PgStoreBase):
                 return await self._session(conn, session_id)  # type: ignore[return-value]
             increase = cap - current
             accounts = await self._lock_accounts(conn, [payer, holds])
-            links = await self._authorized_links(conn, payer, signer, mandate, verified)
+            links = await self._authorized_links(conn, payer, signer, mandate, verified, currency=currency, amount=None)
             balance = accounts[payer]["balance"]
             if balance < increase:
                 raise InsufficientFunds(f"balance {balance} is below the increase {increase}")
