@@ -257,7 +257,7 @@ async def test_mandate_chain_spends_within_its_budget(ledger, principal):
     """IDENT-style spending through the ledger: the payer's owner is the only trusted root, the
     chain's agent must sign, and each link's budget binds; a refund gives the budget back."""
     agent = mpp.SigningKey.generate()  # no key of the account: it spends only through the mandate
-    token = mandate(principal, agent, budget_amount=1_000)
+    token = mandate(principal, agent, budget_amount=1_000, ceiling=1_000)
     key = link_key(token)
     with pytest.raises(UnauthorizedSigner):
         await pay(ledger, "m0", signer=agent.did)
@@ -480,8 +480,8 @@ async def test_budget_running_totals_agree_with_the_transfers(location, ledgers,
     equals what the transfers say each link has spent (and check() compares it with the spend rows);
     a ledger written before the totals existed gets them counted from its rows when it is opened."""
     sub_agent = mpp.SigningKey.generate()
-    root = mandate(principal, agent, budget_amount=5_000)
-    sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=3_000)
+    root = mandate(principal, agent, budget_amount=5_000, ceiling=5_000)
+    sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=3_000, ceiling=3_000)
     direct, chain = charge_of(root), charge_of(root, sub)
     charges = {"c1": (120, direct), "c2": (230, chain), "c3": (340, chain), "c4": (450, direct), "c5": (60, chain)}
     for tid, (amount, through) in charges.items():
