@@ -115,6 +115,7 @@ from mpp.models import Challenge, ChargeRequest, PaymentReceipt, format_rfc3339
 from mpp.receipts import jwks_document, sign_receipt
 
 from .framework import Exchange, Result, Verdict, _text, redact
+from .usage import UsageError
 
 __all__ = ["BUYER_CHECKS", "BuyerCheck", "AdversarialSeller", "run_buyer_checks", "PLACEHOLDER"]
 
@@ -525,9 +526,9 @@ async def run_buyer_checks(cmd: str, *, progress: Callable[[Result, int, int], N
     Returns one Result per check, in order, never raising for what the buyer does.
     """
     if PLACEHOLDER not in cmd:
-        raise SystemExit(f"mpp-conformance: --cmd must contain {PLACEHOLDER}, where the suite puts the resource URL")
+        raise UsageError(f"mpp-conformance: --cmd must contain {PLACEHOLDER}, where the suite puts the resource URL")
     if timeout <= 0:
-        raise SystemExit("mpp-conformance: --timeout must be positive")
+        raise UsageError("mpp-conformance: --timeout must be positive")
     checks = [c for c in BUYER_CHECKS if only is None or c is BASELINE or c.id in only]
     results: list[Result] = []
     baseline_failed: str | None = None

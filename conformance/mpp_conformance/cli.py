@@ -10,6 +10,7 @@ from typing import Sequence
 
 from .framework import Result, Verdict, checks_for, run_checks
 from .reports import ConsoleProgress, meta_for, summary, to_html, to_json, to_junit
+from .usage import UsageError
 
 __all__ = ["main"]
 
@@ -28,34 +29,36 @@ def _finish(results: list[Result]) -> int:
 
 
 def cmd_seller(args: argparse.Namespace) -> int:
-    from .discover import discover_targets
+    from .discover import check_target, discover_targets
 
     options = {"method": args.method, "data": args.data.encode() if args.data is not None else None,
                "pay_with": args.pay_with, "concurrency": args.concurrency,
                "identity_keys": args.identity_keys, "account": args.account,
                "other_url": args.other_url, "max_amount": args.max_amount}
     if args.profile == "full" and not args.pay_with:
-        raise SystemExit("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON)")
+        raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON; see --help)")
     if args.pay_with:
         from .paying import payer_from_spec
 
         try:
             payer_from_spec(args.pay_with, max_amount=args.max_amount)
         except ValueError as exc:
-            raise SystemExit(f"mpp-conformance: {exc}")
+            raise UsageError(f"mpp-conformance: {exc}")
     if args.identity_keys:
         from .principal import load_keys
 
         try:
             load_keys(args.identity_keys)
         except (OSError, ValueError) as exc:
-            raise SystemExit(f"mpp-conformance: --identity-keys: {exc}")
+            raise UsageError(f"mpp-conformance: --identity-keys: {exc}")
     targets = asyncio.run(discover_targets(args.discover)) if args.discover else [(args.url, args.method, None)]
     if not targets:
-        raise SystemExit(f"mpp-conformance: {args.discover}/openapi.json lists no priced operation (x-payment-info)")
+        raise UsageError(f"mpp-conformance: {args.discover}/openapi.json lists no priced operation (x-payment-info)")
     results: list[Result] = []
     for url, method, data in targets:
         opts = dict(options, method=method or options["method"], data=data if data is not None else options["data"])
+        # A dead or unpriced target would turn every check into the same error: stop with one line.
+        asyncio.run(check_target(url, opts["method"].upper(), opts["data"]))
         print(f"== {opts['method']} {url} (profile {args.profile})")
         results += asyncio.run(run_checks(checks_for(args.profile), url, opts, ConsoleProgress()))
     _write_reports(args, results, meta_for("seller", args.url or args.discover, args.profile))
@@ -73,7 +76,10 @@ def cmd_buyer(args: argparse.Namespace) -> int:
 def _cmd_principal(args: argparse.Namespace) -> int:
     from .principal import cmd_principal
 
-    return cmd_principal(args)
+    try:
+        return cmd_principal(args)
+    except (OSError, ValueError) as exc:  # an unwritable DIR, or a key file that is not one
+        raise UsageError(f"mpp-conformance principal: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,11 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.mode == "seller" and not (args.url or args.discover):
-        print("mpp-conformance: give a priced URL or --discover BASE", file=sys.stderr)
-        return 2
     try:
+        if args.mode == "seller" and not (args.url or args.discover):
+            raise UsageError("mpp-conformance: give a priced URL or --discover BASE")
+        if args.mode == "seller" and args.url and args.discover:
+            raise UsageError("mpp-conformance: give a priced URL or --discover BASE, not both")
         return args.func(args) if hasattr(args, "func") else (cmd_seller(args) if args.mode == "seller" else cmd_buyer(args))
+    except UsageError as exc:
+        # Printed here, then re-raised: its code (2) is the exit status, and callers of main() that
+        # expect a SystemExit with the message (the pytest plugin, tests) still get one.
+        print(exc, file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         return 130
 
