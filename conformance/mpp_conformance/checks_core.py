@@ -13,6 +13,7 @@ import aiohttp
 
 from mpp import Challenge, b64url_decode, b64url_encode, canonical_json, format_credential, format_rfc3339, parse_rfc3339
 from mpp._wire import loads_strict
+from mpp.errors import EXTENSION_PROBLEM_BASE
 from mpp.models import Credential
 
 from .expect import PROBLEM_BASE, fail, fresh_challenges, no_5xx, no_receipt, problem, status
@@ -324,11 +325,14 @@ async def large_credential(ctx: CheckContext) -> str:
     what = f"well-formed credential of {len(large_value)} bytes"
     status(large, 402, what)
     doc = problem(large, None, what)
-    if not doc["type"].startswith(PROBLEM_BASE):
-        fail(f"{what}: problem type {doc['type']!r} is not a payment problem ({PROBLEM_BASE}...)")
+    # A probe answering a session challenge may earn a problem of the session extension
+    # (urn:mpp:problem:session-..., spec/intents/session.md): a payment problem of that intent.
+    bases = (PROBLEM_BASE,) if b.intent == "charge" else (PROBLEM_BASE, EXTENSION_PROBLEM_BASE)
+    if not doc["type"].startswith(bases):
+        fail(f"{what}: problem type {doc['type']!r} is not a payment problem ({' or '.join(bases)}...)")
     fresh_challenges(large, what, not_ids={b.id})
     no_receipt(large, what)
-    slug = doc["type"][len(PROBLEM_BASE):]
+    slug = _problem_slug(large)
     small_slug = _problem_slug(small) if small.status == 402 else None
     if small_slug is not None and small_slug != slug:
         fail(f"the same credential answered {small_slug} when short but {slug} at {len(large_value)} bytes: "

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mpp import Challenge, ParseError, PaymentReceipt, parse_credential, parse_receipt
+from mpp.errors import EXTENSION_PROBLEM_BASE
 
-from .expect import describe, fail, fresh_challenges, no_5xx, refused, status
+from .expect import describe, fail, fresh_challenges, no_5xx, problem_slug, refused, status
 from .framework import CheckContext, Response, Skip, register
 from .paying import DEFAULT_MAX_AMOUNT, CannotPay, Payer, payer_from_spec
 
-__all__ = ["payer_for", "Paid", "OTHER_QUERY"]
+__all__ = ["payer_for", "Paid", "OTHER_QUERY", "skip_if_payer_limited"]
 
 BODY_METHODS = ("POST", "PUT", "PATCH")
 OTHER_QUERY = "mpp_conformance"
@@ -100,10 +101,40 @@ def _detail(resp: Response, paid: Paid) -> str:
     return f" ({detail[:160]})"
 
 
+# Refusals of a genuine credential that are the payer's limitation, not the target's fault: the
+# suite pays bare (no identity extension), so a route or a ledger that asks for a mandate chain
+# cannot be paid by it. Such a check is skipped with the way out, never failed.
+_PAYER_LIMITS = {
+    "identity-required": "the route requires the identity extension (a mandate chain and a proof), which the "
+                         "suite's payer does not send; the identity profile checks such routes (--profile identity)",
+    "mandate-required": "the target's ledger lets the payer's key spend only under a mandate chain, which the "
+                        "suite's payer does not send; make the key an owner of its account at the target "
+                        "(mpp ledger allow {account} {signer} --as owner --ledger ...) to run this check",
+}
+
+
+def skip_if_payer_limited(resp: Response, paid: Paid, what: str) -> None:
+    """Skip (never fail) when ``resp`` refuses ``paid`` for what the payer cannot give."""
+    slug = problem_slug(resp) if resp.status >= 400 else None
+    if not slug or not slug.startswith(EXTENSION_PROBLEM_BASE):
+        return
+    why = _PAYER_LIMITS.get(slug[len(EXTENSION_PROBLEM_BASE):])
+    if why is None:
+        return
+    try:
+        payload = parse_credential(paid.authorization).payload
+    except (ParseError, ValueError):  # the pricing checks pass no authorization
+        payload = {}
+    names = {"account": payload.get("account") or "ACCOUNT", "signer": payload.get("signer") or "DID"}
+    raise Skip(f"not paid ({what}: {describe(resp)}): the payer's limitation, not the target's fault: "
+               + why.format(**{k: str(v) for k, v in names.items()}))
+
+
 def paid_ok(resp: Response, paid: Paid, what: str) -> PaymentReceipt:
     """``resp`` is the success of a payment: a 2xx with one Payment-Receipt for this challenge,
     cacheable only privately (CORE-RCPT-01, CORE-RCPT-03)."""
     no_5xx(resp, what)
+    skip_if_payer_limited(resp, paid, what)
     if not 200 <= resp.status < 300:
         fail(f"{what}: the target refused a fresh credential for its own {paid.label}: {describe(resp)}{_detail(resp, paid)}")
     values = resp.headers.getall("Payment-Receipt", [])
@@ -161,6 +192,7 @@ async def replay(ctx: CheckContext) -> str:
     first = await send(ctx, paid)
     # Only acceptance matters for the first use: the receipt's own conformance is full.paid-success's.
     no_5xx(first, "first use of the credential")
+    skip_if_payer_limited(first, paid, "first use of the credential")
     if not 200 <= first.status < 300:
         fail(f"first use of the credential: the target refused a fresh credential for its own {paid.label}: {describe(first)}")
     resp = await send(ctx, paid)
@@ -185,6 +217,7 @@ async def concurrent_replay(ctx: CheckContext) -> str:
         fail(f"{len(wins)} of {n} concurrent submissions of one credential succeeded ({tally}); "
              f"{len(refs)} distinct receipt reference(s): a challenge id paid for more than one request (CORE-ONCE-02)")
     if not wins:
+        skip_if_payer_limited(responses[0], paid, f"{n} concurrent submissions of one credential")
         fail(f"none of {n} concurrent submissions of one fresh credential succeeded ({tally}); "
              "exactly one must proceed to settlement (CORE-ONCE-02)")
     paid_ok(wins[0], paid, "the one successful concurrent submission")
@@ -359,7 +392,18 @@ async def signed_receipt(ctx: CheckContext) -> str:
         payload = credential.payload
         if claims.get("account") != payload.get("account") or claims.get("sub") != payload.get("signer"):
             fail("the ledger receipt's account or sub is not the payer account and signer of the credential (LEDGER-17)")
-    return f"receipt signed by kid {receipt.receipt.split('.')[0][:12]}..., {len(claims)} claims, terms as quoted"
+    return f"receipt signed by kid {_jws_kid(receipt.receipt)!r}, {len(claims)} claims, terms as quoted"
+
+
+def _jws_kid(jws: str) -> str | None:
+    """The ``kid`` of a JWS's protected header (already verified, so it decodes)."""
+    from mpp._wire import b64url_decode
+
+    try:
+        header = json.loads(b64url_decode(jws.split(".", 1)[0]))
+    except ValueError:
+        return None
+    return header.get("kid") if isinstance(header, dict) else None
 
 
 @register("full.ledger-payload", "the ledger method refuses a payload that is not the agent's signature over this quote", "full",
