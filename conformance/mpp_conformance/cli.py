@@ -82,16 +82,41 @@ def _cmd_principal(args: argparse.Namespace) -> int:
         raise UsageError(f"mpp-conformance principal: {exc}") from None
 
 
+# Shown by `mpp-conformance seller --help`: the one question the options cannot answer alone is how
+# to pay a seller that does not take our `ledger` method.
+_SELLER_EPILOG = """\
+Paying (profiles full and pricing):
+  --pay-with ledger:WALLET_DIR
+      pays challenges of MPP's `ledger` method with the key of an `mpp init` wallet, bare (no
+      mandate): the target's ledger must list that key as an owner of its account
+      (mpp ledger allow acct:buyer DID --as owner --ledger ...).
+  --pay-with 'static:{"token": "test"}'   (or static:@payload.json)
+      for a seller whose methods are not `ledger`: answers the target's challenge with that fixed
+      payload, for a test method of the target that accepts it. To answer one method only, wrap it:
+      'static:{"payload": {"token": "test"}, "method": "test", "source": "did:key:..."}'.
+  Otherwise (a real rail the suite cannot sign for): give the target a test method that accepts a
+  fixed payload and use static:, or run the core profile, which pays nothing.
+  Checks whose payment the payer cannot make (another method, a session-only offer, a route that
+  requires the identity extension, a ledger that wants a mandate) are skipped with the reason.
+
+Exit status: 0 no check failed (skips allowed), 1 a check failed or errored, 2 bad usage or a
+target that cannot be checked (unreachable, or not priced: no 402 with a Payment challenge).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpp-conformance", description="Check a Payment-scheme seller or buyer against the MPP spec.")
+    p = argparse.ArgumentParser(prog="mpp-conformance", description="Check a Payment-scheme seller or buyer against the MPP spec. "
+                                "`mpp-conformance seller --help` says how to pay a seller (--pay-with).")
     sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
-    s = sub.add_parser("seller", help="probe a seller over HTTP")
+    s = sub.add_parser("seller", help="probe a seller over HTTP", epilog=_SELLER_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("url", nargs="?", metavar="URL", help="a priced resource")
     s.add_argument("--discover", metavar="BASE", help="read BASE/openapi.json and probe every priced operation")
     s.add_argument("--profile", choices=["core", "full", "identity", "pricing"], default="core",
                    help="core (no payment), full (pays), identity (mandate attacks), pricing (a price-list route: "
                         "offers, task and seat grants; pays with --pay-with ledger:DIR)")
-    s.add_argument("--pay-with", metavar="SPEC", help="ledger:WALLET_DIR (our ledger method) or static:JSON (a fixed payload)")
+    s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method) or "
+                   "static:JSON / static:@FILE (a fixed payload, for any other method); see 'Paying' below")
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
     s.add_argument("--data", help="request body for URL")
     s.add_argument("--concurrency", type=int, default=20, help="parallel submissions in the concurrent replay check (default 20)")
