@@ -31,7 +31,7 @@ from mpp.pricing import (
     sign_grant_proof,
 )
 
-from .checks_full import Paid, paid_ok, payer_for
+from .checks_full import Paid, paid_ok, payer_for, skip_if_payer_limited
 from .expect import describe, fail, fresh_challenges, no_receipt, problem, status
 from .framework import CheckContext, Response, Skip, register
 from .paying import CannotPay, LedgerPayer
@@ -161,7 +161,10 @@ async def _buy(ctx: CheckContext, payer: LedgerPayer, challenge: Challenge) -> R
         authorization = payer.authorize_seat(challenge) if challenge.intent == "subscription" else payer.authorize(challenge)
     except CannotPay as exc:
         raise Skip(f"not paid: {exc}") from None
-    return await ctx.request(_method(ctx), ctx.target, headers={"Authorization": authorization}, data=ctx.options.get("data"))
+    resp = await ctx.request(_method(ctx), ctx.target, headers={"Authorization": authorization}, data=ctx.options.get("data"))
+    # Every purchase, first or second: a refusal for what the payer cannot give is a skip, not the target's failure.
+    skip_if_payer_limited(resp, Paid(challenge, authorization), f"{challenge.intent} purchase")
+    return resp
 
 
 # -- checks that pay nothing ----------------------------------------------------------------

@@ -161,3 +161,15 @@ async def test_a_broken_seller_fails_the_check_for_its_fault(home: Path, monkeyp
     results = await _run(_listed_home(home), path, method, break_seller=breaker)
     failed = {r.check_id for r in results if r.verdict is Verdict.FAIL}
     assert failed == expected, f"fault {fault}: expected {sorted(expected)} to fail, got:\n{_report(results)}"
+
+
+@pytest.mark.parametrize("path, method, paying", [("/jobs", "POST", "pricing.task-bought-once"),
+                                                  ("/feed", "GET", "pricing.seat-once-per-period")])
+async def test_a_mandate_bound_payer_skips_the_purchases(mpp_init_home: Path, path: str, method: str, paying: str):
+    """The `mpp init` agent pays only under a mandate: the seller refuses its bare purchase
+    mandate-required, the payer's limitation, so the paying check skips with the way out, never fails."""
+    results = await _run(_listed_home(mpp_init_home), path, method)
+    verdicts = {r.check_id: r.verdict for r in results}
+    assert not {Verdict.FAIL, Verdict.ERROR} & set(verdicts.values()), _report(results)
+    message = next(r.message for r in results if r.check_id == paying)
+    assert verdicts[paying] is Verdict.SKIP and "mandate-required" in message and "--as owner" in message, _report(results)
