@@ -18,7 +18,10 @@ __all__ = ["main"]
 def _write_reports(args: argparse.Namespace, results: list[Result], meta: dict) -> None:
     for path, render in ((args.json, to_json), (args.junit, to_junit), (args.html, to_html)):
         if path:
-            Path(path).write_text(render(results, meta), encoding="utf-8")
+            try:
+                Path(path).write_text(render(results, meta), encoding="utf-8")
+            except OSError as exc:  # a report path the user named that cannot be written: their usage
+                raise UsageError(f"mpp-conformance: cannot write {path}: {exc.strerror or exc}") from None
             print(f"wrote {path}")
 
 
@@ -54,11 +57,14 @@ def cmd_seller(args: argparse.Namespace) -> int:
     targets = asyncio.run(discover_targets(args.discover)) if args.discover else [(args.url, args.method, None)]
     if not targets:
         raise UsageError(f"mpp-conformance: {args.discover}/openapi.json lists no priced operation (x-payment-info)")
-    results: list[Result] = []
-    for url, method, data in targets:
-        opts = dict(options, method=method or options["method"], data=data if data is not None else options["data"])
-        # A dead or unpriced target would turn every check into the same error: stop with one line.
+    runs = [(url, dict(options, method=method or options["method"], data=data if data is not None else options["data"]))
+            for url, method, data in targets]
+    # A dead or unpriced target would turn every check into the same error: stop with one line, and
+    # before any check runs (with --discover, before the first route's checks).
+    for url, opts in runs:
         asyncio.run(check_target(url, opts["method"].upper(), opts["data"]))
+    results: list[Result] = []
+    for url, opts in runs:
         print(f"== {opts['method']} {url} (profile {args.profile})")
         results += asyncio.run(run_checks(checks_for(args.profile), url, opts, ConsoleProgress()))
     _write_reports(args, results, meta_for("seller", args.url or args.discover, args.profile))

@@ -59,9 +59,12 @@ def test_usage_errors_exit_2_with_one_line(args, needle):
     _one_line_usage_error(_run(*args), needle)
 
 
-def test_a_clean_run_exits_0(served):
+def test_a_clean_run_exits_0_and_an_unwritable_report_2(served):
     clean = _run("seller", served.url + "/weather")
     assert clean.returncode == 0, clean.stdout[-2000:]
+    unwritable = _run("seller", served.url + "/weather", "--json", "/nonexistent/dir/report.json")
+    assert unwritable.returncode == 2 and "cannot write /nonexistent/dir/report.json" in unwritable.stderr, unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
 
 
 async def test_a_failing_target_exits_1():
@@ -101,6 +104,32 @@ def test_discover_on_a_dead_port_stops_at_once():
 
 def test_an_unpriced_url_stops_at_once(served):
     _one_line_usage_error(_run("seller", served.url + "/openapi.json"), "not priced", "HTTP 200")
+
+
+async def test_discover_stops_before_any_check_when_a_listed_route_is_not_priced():
+    async def openapi(request: web.Request) -> web.Response:
+        op = {"get": {"x-payment-info": {"offers": []}}}
+        return web.json_response({"openapi": "3.1.0", "paths": {"/priced": op, "/free": op}})
+
+    async def priced(request: web.Request) -> web.Response:
+        return web.Response(status=402, headers={"WWW-Authenticate": 'Payment id="x"', "Cache-Control": "no-store"})
+
+    async def free(request: web.Request) -> web.Response:
+        return web.Response(text="free")
+
+    app = web.Application()
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/priced", priced)
+    app.router.add_get("/free", free)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        proc = await asyncio.create_subprocess_exec(CLI, "seller", "--discover", str(server.make_url("")).rstrip("/"),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await server.close()
+    _one_line_usage_error(subprocess.CompletedProcess([], proc.returncode, out.decode(), err.decode()), "/free is not priced")
 
 
 # -- 3. --help says how to pay -------------------------------------------------------------------
