@@ -1,4 +1,5 @@
-"""No report shows a credential the suite sent, even when the target copies it into its answers.
+"""No report shows a credential the suite sent, even when the target copies it into its answers
+(framework.SentCredentials scrubs evidence as it is recorded and messages as results are made).
 
 The leaking seller (broken_sellers "leaks-credential") puts every credential it refuses into its
 problem documents; the CLI runs the full profile against it and writes every report. The credentials
@@ -11,11 +12,12 @@ import asyncio
 import contextlib
 import io
 import json
+import secrets
 from pathlib import Path
 
 from broken_sellers import prepare_home, serving
 from mpp_conformance.cli import main
-from mpp_conformance.framework import MIN_FRAGMENT, REDACTED
+from mpp_conformance.framework import MIN_FRAGMENT, REDACTED, Check, CheckContext, CheckFailed, SentCredentials, run_checks
 
 
 def _fragments(value: str) -> set[str]:
@@ -50,3 +52,27 @@ async def test_reports_never_show_a_sent_credential(home: Path, tmp_path: Path):
         assert not leaked, f"{where} shows {len(leaked)} fragment(s) of sent credentials, e.g. {leaked[0][:40]}..."
         if where != "console":  # the leaked copies were there to redact, and were
             assert REDACTED in text, where
+
+
+def test_sent_credentials_redact_fragments_of_24_characters_and_more():
+    token = secrets.token_urlsafe(60)
+    sent = SentCredentials()
+    sent.add("Payment " + token)
+    assert sent.scrub(f"x {token} y") == f"x {REDACTED} y"
+    assert sent.scrub(f"<{token[10:10 + MIN_FRAGMENT]}>") == f"<{REDACTED}>"
+    short = token[10:10 + MIN_FRAGMENT - 1]  # shorter than a fragment: chance, not the credential
+    assert sent.scrub(short) == short
+
+
+async def test_a_failure_message_quoting_a_sent_credential_is_redacted(home: Path):
+    value = "Payment " + secrets.token_urlsafe(60)
+
+    async def quoting(ctx: CheckContext) -> str:
+        await ctx.request("GET", ctx.target, headers={"Authorization": value})
+        raise CheckFailed(f"refused {value}")  # a careless check: the runner still redacts it
+
+    async with serving(home, "baseline") as server:
+        [result] = await run_checks([Check("core.quoting", "quotes", "core", ("CORE-CRED-06",), quoting)],
+                                    str(server.make_url("/weather")), {})
+    assert result.message == f"refused Payment {REDACTED}"
+    assert value.split()[1] not in json.dumps(result.to_json())
