@@ -631,3 +631,29 @@ async def discovery_openapi(ctx: CheckContext) -> str:
     if not matching:
         fail(f"no x-payment-info offer agrees with the 402 ({challenge.method}/{challenge.intent}, {request.get('amount')} {request.get('currency')})")
     return f"{len(offers)} offer(s), one matching the 402"
+
+
+# -- credentials sent back ------------------------------------------------------
+
+@register("core.no-credential-leak", "no response carries back a credential the suite sent", "core", ["CORE-CRED-06"],
+          last=True)
+async def no_credential_leak(ctx: CheckContext) -> str:
+    # Runs after every other check of the run (full ones included, so paid credentials count too):
+    # ctx.request has compared each of their responses with every credential sent before it. Its own
+    # probes (one refusal of each kind, the payload with a signature) make it meaningful alone too.
+    values = ["Payment " + "conformance-probe-not-base64!" * 2]
+    try:
+        _, real = await first_challenge(ctx)
+    except CheckFailed:  # a malformed 402 is other checks' finding; the run's responses still count
+        real = None
+    if real is not None:
+        signed = {"type": "conformance-probe", "signature": _random_id()}
+        values += [credential_header(real, id=_random_id()), credential_header(real, method=PROBE_METHOD),
+                   credential_header(real, payload=signed)]
+    for value in values:
+        await send(ctx, value)
+    if ctx.sent.leaks:
+        shown = "; ".join(ctx.sent.leaks[:5])
+        fail(f"{len(ctx.sent.leaks)} response(s) carry back a credential the suite sent, which a seller must never "
+             f"copy into a problem document or any answer (CORE-CRED-06): {shown}" + (" ..." if len(ctx.sent.leaks) > 5 else ""))
+    return "no response of the run carried back any credential the suite sent"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import traceback
@@ -12,7 +13,8 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import aiohttp
 
-__all__ = ["Verdict", "Exchange", "Result", "Check", "CheckContext", "register", "checks_for", "run_checks", "CheckFailed", "redact"]
+__all__ = ["Verdict", "Exchange", "Result", "Check", "CheckContext", "register", "checks_for", "run_checks", "CheckFailed", "redact",
+           "SentCredentials", "REDACTED"]
 
 
 class Verdict(str, Enum):
@@ -59,10 +61,109 @@ def redact(name: str, value: str) -> str:
     return value
 
 
-def _text(body: bytes | str | None) -> str:
+REDACTED = "[credential redacted]"
+MIN_FRAGMENT = 24  # characters of a credential token that count as the credential (CORE-CRED-06)
+LEAK_MIN = 2 * MIN_FRAGMENT  # characters of one run of fragments that fail core.no-credential-leak
+_CREDENTIAL_HEADERS = {"authorization", "payment-authorization"}
+
+
+class SentCredentials:
+    """Every credential the suite sent in one run, as the set of its MIN_FRAGMENT-character
+    fragments (of the token, and of the decoded payload's signature): what a seller must never
+    send back (CORE-CRED-06) and what no report may show. Tokens shorter than MIN_FRAGMENT are
+    ignored: too short to be secret, and short enough to occur by chance.
+
+    A credential echoes its challenge, and base64url of equal text lines up one time in three, so
+    fragments that encode only the echoed challenge (which the seller wrote: its id comes back in
+    the receipt, its description inside ``request``) are public, as is any fragment already seen
+    in a response: neither is counted nor redacted."""
+
+    def __init__(self) -> None:
+        self._fragments: set[str] = set()
+        self._public: set[str] = set()
+        self.leaks: list[str] = []  # where a target sent one back, described without the value
+
+    def add(self, value: str) -> None:
+        token = value.strip(" \t").partition(" ")[2].strip(" \t") or value.strip(" \t")
+        echoed, signature = _echo_fragments(token)
+        self._fragments.update((_grams(token) - echoed | _grams(signature)) - self._public)
+
+    def seen(self, text: str) -> None:
+        """``text`` came from the target: what of it is no sent credential is public."""
+        spans = self.spans(text)
+        bounds = [0] + [b for span in spans for b in span] + [len(text)]
+        for start, end in zip(bounds[::2], bounds[1::2]):
+            self._public.update(_grams(text[start:end]) - self._fragments)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """The merged spans of ``text`` covered by fragments of a sent credential."""
+        spans: list[tuple[int, int]] = []
+        if not self._fragments:
+            return spans
+        for i in range(len(text) - MIN_FRAGMENT + 1):
+            if text[i:i + MIN_FRAGMENT] in self._fragments:
+                if spans and i <= spans[-1][1]:
+                    spans[-1] = (spans[-1][0], i + MIN_FRAGMENT)
+                else:
+                    spans.append((i, i + MIN_FRAGMENT))
+        return spans
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every fragment of a sent credential replaced by REDACTED."""
+        for start, end in reversed(self.spans(text)):
+            text = text[:start] + REDACTED + text[end:]
+        return text
+
+
+def _grams(text: str) -> set[str]:
+    return {text[i:i + MIN_FRAGMENT] for i in range(len(text) - MIN_FRAGMENT + 1)}
+
+
+_ECHO_START = re.compile(r'\{\s*"(?:id|realm|method|intent|request)"\s*:')
+_NOT_B64URL = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _echo_fragments(token: str) -> tuple[set[str], str]:
+    """The fragments of ``token`` that encode only echoed challenges (every JSON object opening with
+    a challenge member, wherever a probe put it), and the payload's ``signature`` (or ""). Probes
+    that cut, pad, split or re-alphabet a token still echo: their token is mended before decoding."""
+    from mpp import b64url_decode
+
+    clean = re.sub(r"[\s=]", "", token).replace("+", "-").replace("/", "_")
+    bad = _NOT_B64URL.search(clean)
+    clean = clean[:bad.start()] if bad else clean
+    clean = clean[:len(clean) - len(clean) % 4]
+    try:
+        raw = b64url_decode(clean)
+    except Exception:  # noqa: BLE001 - nothing decodable, nothing echoed
+        return set(), ""
+    text = raw.decode("latin-1")  # one character per byte: offsets are byte offsets
+    spans, decoder, end = [], json.JSONDecoder(), 0
+    for m in _ECHO_START.finditer(text):
+        if m.start() < end:
+            continue  # inside an echo already found
+        try:
+            end = decoder.raw_decode(text, m.start())[1]
+        except (ValueError, RecursionError):
+            continue
+        spans.append((m.start(), end))
+    # Fragment j encodes bytes 6j//8 to (6j+143)//8; it is public when all of them lie in one echo.
+    public = {clean[j:j + MIN_FRAGMENT] for j in range(len(clean) - MIN_FRAGMENT + 1)
+              if any(a <= 6 * j // 8 and (6 * j + 143) // 8 < b for a, b in spans)}
+    try:
+        payload = json.loads(raw).get("payload")
+    except (ValueError, AttributeError, RecursionError):
+        payload = None
+    signature = payload.get("signature") if isinstance(payload, dict) else None
+    return public, signature if isinstance(signature, str) else ""
+
+
+def _text(body: bytes | str | None, sent: SentCredentials | None = None) -> str:
     if body is None:
         return ""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    if sent is not None:  # before truncation, so no cut-off fragment of a credential survives
+        text = sent.scrub(text)
     return text if len(text) <= _MAX_BODY else text[:_MAX_BODY] + f"... [{len(text) - _MAX_BODY} more chars]"
 
 
@@ -121,12 +222,17 @@ class CheckContext:
     session: aiohttp.ClientSession
     options: dict[str, Any]
     exchanges: list[Exchange] = field(default_factory=list)
+    sent: SentCredentials = field(default_factory=SentCredentials)  # shared by every check of a run
+    check_id: str = ""
 
     async def request(self, method: str, url: str, *, headers: Iterable[tuple[str, str]] | dict[str, str] | None = None,
                       data: bytes | None = None, timeout: float = 15.0) -> Response:
         """Send one request (no redirects followed) and record it, redacted, as evidence."""
         hdrs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
-        ex = Exchange(method, url, [(k, redact(k, v)) for k, v in hdrs], _text(data))
+        for k, v in hdrs:
+            if k.lower() in _CREDENTIAL_HEADERS:
+                self.sent.add(v)
+        ex = Exchange(method, url, [(k, self.sent.scrub(redact(k, v))) for k, v in hdrs], _text(data, self.sent))
         self.exchanges.append(ex)
         from multidict import CIMultiDict
 
@@ -135,12 +241,25 @@ class CheckContext:
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 body = await resp.read()
                 ex.status = resp.status
-                ex.response_headers = [(k, redact(k, v)) for k, v in resp.headers.items()]
-                ex.response_body = _text(body)
+                self._look_for_leaks(method, url, resp.status, resp.headers.items(), body)
+                ex.response_headers = [(k, self.sent.scrub(redact(k, v))) for k, v in resp.headers.items()]
+                ex.response_body = _text(body, self.sent)
                 return Response(resp.status, resp.headers, body)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            ex.error = f"{type(exc).__name__}: {exc}"
+            ex.error = self.sent.scrub(f"{type(exc).__name__}: {exc}")
             raise
+
+    def _look_for_leaks(self, method: str, url: str, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
+        """Note (by place and size, never by value) every sent credential this response carries."""
+        where = [(f"header {k}", v) for k, v in headers] + [("body", body.decode("utf-8", errors="replace"))]
+        for place, text in where:
+            # A lone fragment can still be chance: a payload's text lined up with the same text in a
+            # receipt (a timestamp's first 18 bytes). A copied credential covers far more.
+            covered = sum(end - start for start, end in self.sent.spans(text) if end - start >= LEAK_MIN)
+            if covered:
+                self.sent.leaks.append(f"{self.check_id or 'a check'}: {method} {url} -> HTTP {status}, {place}: "
+                                       f"{covered} characters of a credential the suite sent")
+            self.sent.seen(text)
 
 
 CheckFn = Callable[[CheckContext], Awaitable[str | None]]
@@ -153,13 +272,15 @@ class Check:
     profile: str  # "core", "full", "identity", "pricing", "buyer"
     requirements: tuple[str, ...]
     fn: CheckFn
+    last: bool = False  # runs after every other check of the run (it judges what they saw)
 
 
 _REGISTRY: dict[str, Check] = {}
 _ID = re.compile(r"[a-z]+(\.[a-z0-9-]+)+")
 
 
-def register(check_id: str, title: str, profile: str, requirements: Iterable[str]) -> Callable[[CheckFn], CheckFn]:
+def register(check_id: str, title: str, profile: str, requirements: Iterable[str], *,
+             last: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Decorator: a check returns a short note on success, raises CheckFailed on a departure, or
     raises Skip(reason) when it does not apply to the target."""
     if _ID.fullmatch(check_id) is None:
@@ -168,7 +289,7 @@ def register(check_id: str, title: str, profile: str, requirements: Iterable[str
     def add(fn: CheckFn) -> CheckFn:
         if check_id in _REGISTRY:
             raise ValueError(f"duplicate check id {check_id!r}")
-        _REGISTRY[check_id] = Check(check_id, title, profile, tuple(requirements), fn)
+        _REGISTRY[check_id] = Check(check_id, title, profile, tuple(requirements), fn, last)
         return fn
 
     return add
@@ -202,10 +323,12 @@ async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
                      progress: Callable[[Result, int, int], None] | None = None) -> list[Result]:
     """Run checks one after another (each gets its own evidence), never stopping at a failure."""
     results: list[Result] = []
+    sent = SentCredentials()
+    checks = sorted(checks, key=lambda c: c.last)  # stable: the order given, `last` ones at the end
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for n, chk in enumerate(checks, 1):
-            ctx = CheckContext(target, session, options)
+            ctx = CheckContext(target, session, options, sent=sent, check_id=chk.id)
             start = time.perf_counter()
             try:
                 note = await chk.fn(ctx)
@@ -218,7 +341,8 @@ async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
                 verdict, message = Verdict.ERROR, f"could not talk to the target: {type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - a check bug is reported, never fatal to the run
                 verdict, message = Verdict.ERROR, f"check crashed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            result = Result(chk.id, chk.title, chk.profile, list(chk.requirements), verdict, message,
+            # Evidence was scrubbed as recorded; the message may quote a response, so it is scrubbed too.
+            result = Result(chk.id, chk.title, chk.profile, list(chk.requirements), verdict, sent.scrub(message),
                             (time.perf_counter() - start) * 1000, ctx.exchanges, target)
             results.append(result)
             if progress is not None:

@@ -164,6 +164,27 @@ def _echoes_unbounded(app: web.Application, seller: Seller) -> None:
     seller._problem = problem
 
 
+def _leaks_credential(app: web.Application, seller: Seller) -> None:
+    """Every problem document answering a request with a credential copies that credential, whole,
+    into a member of its own (as a seller "helpfully" echoing what it refused would); the detail is
+    left alone, so only the leak is wrong."""
+    answer = seller._problem
+
+    def problem(problem, price, info, now):
+        response = answer(problem, price, info, now)
+        try:
+            credential = seller.core.payment_credential(info)
+        except Exception:  # noqa: BLE001 - several credentials: the seller refuses them as before
+            credential = None
+        if credential:
+            doc = json.loads(response.body)
+            doc["credential"] = credential
+            response.body = json.dumps(doc).encode()
+        return response
+
+    seller._problem = problem
+
+
 VARIANTS: dict[str, Breaker] = {
     BASELINE: _baseline,
     "accepts-replays": _accepts_replays,
@@ -173,6 +194,7 @@ VARIANTS: dict[str, Breaker] = {
     "500-on-garbage": _500_on_garbage,
     "skips-route-binding": _skips_route_binding,
     "echoes-unbounded": _echoes_unbounded,
+    "leaks-credential": _leaks_credential,
 }
 
 
@@ -184,9 +206,18 @@ def build(home: Path, variant: str) -> tuple[web.Application, Seller]:
 
 
 @asynccontextmanager
-async def serving(home: Path, variant: str) -> AsyncIterator[TestServer]:
-    """The variant served in-process on 127.0.0.1 (an ephemeral port), with the CLI's header limits."""
+async def serving(home: Path, variant: str,
+                  observe: Callable[[web.Request], None] | None = None) -> AsyncIterator[TestServer]:
+    """The variant served in-process on 127.0.0.1 (an ephemeral port), with the CLI's header limits;
+    ``observe`` sees every request first (a test's record of what the suite sent)."""
     app, _ = build(home, variant)
+    if observe is not None:
+        @web.middleware
+        async def spy(request: web.Request, handler):
+            observe(request)
+            return await handler(request)
+
+        app.middlewares.insert(0, spy)
     server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
     await server.start_server()
     try:

@@ -55,7 +55,7 @@ KNOWN_CHECKS = {
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
     "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
-    "core.discovery-openapi", "core.strict-json",
+    "core.discovery-openapi", "core.strict-json", "core.no-credential-leak",
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
 }
@@ -169,6 +169,11 @@ EXPECTED: dict[str, dict[str, str]] = {
         # Passes: every other check echoes short printable values (the fuzzed ones are judged only
         # on their status and problem shape), so the details it reads stay clean.
     },
+    "leaks-credential": {
+        "core.no-credential-leak": "its problem documents copy the credential they refuse (CORE-CRED-06)",
+        # Passes: every other check reads the problem's type, detail and challenges, never a member
+        # it does not know; the copied token is printable base64url, so bounded-echo stays clean.
+    },
 }
 
 # What every failure message of a variant must say: the failure is the injected fault's doing.
@@ -180,6 +185,7 @@ SYMPTOM = {
     "500-on-garbage": r"the target answered 500",
     "skips-route-binding": r"the target accepted it \(HTTP 200",
     "echoes-unbounded": r"the problem (detail has \d+ characters|document contains control character)",
+    "leaks-credential": r"carry back a credential the suite sent",
 }
 
 
