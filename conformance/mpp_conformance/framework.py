@@ -255,7 +255,10 @@ class CheckContext:
         for place, text in where:
             # A lone fragment can still be chance: a payload's text lined up with the same text in a
             # receipt (a timestamp's first 18 bytes). A copied credential covers far more.
-            covered = sum(end - start for start, end in self.sent.spans(text) if end - start >= LEAK_MIN)
+            # Only refusals are judged (the draft forbids revealing credentials in errors): a 2xx's
+            # receipt encodes what the credential also echoes (ids, amounts), and base64url of shared
+            # text lines up by chance at one offset in three.
+            covered = status >= 400 and sum(end - start for start, end in self.sent.spans(text) if end - start >= LEAK_MIN)
             if covered:
                 self.sent.leaks.append(f"{self.check_id or 'a check'}: {method} {url} -> HTTP {status}, {place}: "
                                        f"{covered} characters of a credential the suite sent")
