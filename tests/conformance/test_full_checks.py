@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from _static_rail import STATIC_PAYLOAD, static_seller_app
+from broken_sellers import short_lived_challenges
 from conftest import start_seller, stop_seller
 from mpp import parse_credential
 from mpp.aio.serve import HEADER_LIMITS, build_seller_app
@@ -33,6 +34,13 @@ FULL_IDS = {
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
 BODY = b"Agents buy from services; every purchase is signed."
 WEATHER, SUMMARIZE = 25, 250  # prices of the `mpp init` routes
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The shared home with challenges of CHALLENGE_TTL seconds, so core.expired-challenge runs, and quickly."""
+    short_lived_challenges(home)
+    return home
 
 
 def _full():
@@ -79,8 +87,9 @@ async def test_full_profile_on_get(served):
     notes = {r.check_id: r.message for r in results}
     assert "405" in notes["full.other-method"]  # the path has no POST: nothing to pay for there
     assert "19" in notes["full.concurrent-replay"]
-    # Paid exactly once in paid-success, replay and concurrent-replay; the refused credentials cost nothing.
-    assert served.ledger().balance("acct:buyer") == balance - 5 * WEATHER  # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay
+    # Paid exactly once in paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, and after
+    # the refusals of other-route and other-query (the genuine credential); the refused credentials cost nothing.
+    assert served.ledger().balance("acct:buyer") == balance - 7 * WEATHER
     assert elapsed < 5, f"the full checks took {elapsed:.1f} s against a local seller"
 
 
@@ -91,8 +100,9 @@ async def test_full_profile_on_post_with_body(served):
     verdicts = _verdicts(results)
     assert all(verdicts[i] is Verdict.PASS for i in FULL_IDS - {"full.other-method"}), _report(results)
     assert verdicts["full.other-method"] is Verdict.SKIP, _report(results)
-    # paid-success, replay, concurrent-replay, idempotency-retry: one charge each, none for the retry
-    assert served.ledger().balance("acct:buyer") == balance - 6 * SUMMARIZE  # the idempotent retry charges nothing
+    # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, idempotency-retry, and other-route,
+    # other-query and changed-body after their refusals: one charge each, none for the idempotent retry
+    assert served.ledger().balance("acct:buyer") == balance - 9 * SUMMARIZE
 
 
 def _add_route(home: Path, method: str, path: str, amount: int) -> None:
