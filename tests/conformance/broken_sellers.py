@@ -226,11 +226,13 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
             await seller._rails[challenge.method].settle(verified, None)
 
     async def charge_settling_first(request, handler, price, info, now, route=None):
-        header = seller.core.payment_credential(info)
-        if header is not None:
-            try:
+        header = None
+        try:
+            header = seller.core.payment_credential(info)
+            if header is not None:
                 seller.core.verify(header, info, now)
-            except PaymentProblem:
+        except PaymentProblem:
+            if header is not None:  # None: not one readable credential, nothing to settle
                 await settle_unbound(header, now)
         return await charge(request, handler, price, info, now, route)
 
@@ -281,8 +283,8 @@ def build(home: Path, variant: str) -> tuple[web.Application, Seller]:
 async def serving(home: Path, variant: str) -> AsyncIterator[TestServer]:
     """The variant served in-process on 127.0.0.1 (an ephemeral port), with the CLI's header limits."""
     app, _ = build(home, variant)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)  # TestServer() itself drops runner options such as these
     try:
         yield server
     finally:
