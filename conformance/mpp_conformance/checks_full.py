@@ -143,17 +143,17 @@ async def pay_once(ctx: CheckContext, payer: Payer, what: str = "paid request") 
     return paid, resp, paid_ok(resp, paid, what)
 
 
-async def still_pays(ctx: CheckContext, paid: Paid, refusal: str) -> PaymentReceipt:
+async def still_pays(ctx: CheckContext, paid: Paid, refusal: str) -> None:
     """CORE-ONCE-04: a refused request has no side effect, so ``paid``'s credential, sent after
     ``refusal`` to the very request it was issued for, still pays. A seller that claims or settles a
-    challenge before checking its binding has used it up by then (and moved money for a refusal)."""
+    challenge before checking its binding has used it up by then (and moved money for a refusal).
+    Only acceptance is judged: the receipt's own conformance is full.paid-success's."""
     resp = await send(ctx, paid)
     what = f"the genuine credential, sent as issued after {refusal} was refused"
     no_5xx(resp, what)
     if not 200 <= resp.status < 300:
         fail(f"{what}: {describe(resp)}{_detail(resp, paid)}; the refused request used up the challenge (and may "
              "have moved money): a refusal must have no side effect (CORE-ONCE-04)")
-    return paid_ok(resp, paid, what)
 
 
 # -- the checks -------------------------------------------------------------

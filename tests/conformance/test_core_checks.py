@@ -219,13 +219,14 @@ FAULTS = {
     "receipt-on-errors": (_receipt_on_errors, None, {
         "core.challenge-well-formed", "core.garbage-credential", "core.unknown-challenge-id", "core.tampered-request",
         "core.tampered-expires", "core.tampered-realm", "core.expired-echo", "core.two-credentials",
-        "core.unsupported-method", "core.large-credential", "core.no-receipt-on-errors", "core.no-5xx"}),
+        "core.unsupported-method", "core.large-credential", "core.no-receipt-on-errors", "core.no-5xx",
+        "core.expired-challenge"}),
     "draft-402-for-unknown-method": (_draft_402_for_unknown_method, None, {"core.unsupported-method"}),
-    "5xx-on-big-credentials": (_crash_on_big_credentials, None, {"core.no-5xx"}),
+    "5xx-on-big-credentials": (_crash_on_big_credentials, None, {"core.no-5xx", "core.oversized-credential"}),
     "4k-header-limit": (_small_header_limit, None, {"core.large-credential", "core.no-5xx"}),
     "no-id-check": (None, _no_id_check, {
         "core.unknown-challenge-id", "core.tampered-request", "core.tampered-expires", "core.tampered-realm",
-        "core.expired-echo"}),
+        "core.expired-echo", "core.expired-challenge"}),  # no id check means no expiry check either
     "expiry-before-id": (None, _expiry_before_id, set()),  # allowed by core.expired-echo, which says so
     "malformed-accept-payment-narrowed": (_offers_probe_method_back, None, {"core.accept-payment"}),
     "lax-json": (None, _lax_json, {"core.strict-json"}),
@@ -240,8 +241,8 @@ async def test_each_check_catches_its_fault(home: Path, fault: str):
         break_app(app)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks(checks_for("core"), str(server.make_url("/weather")), _options())
     finally:
@@ -266,8 +267,8 @@ async def test_reports_never_hold_a_sent_credential(home: Path):
         received.extend(request.headers.getall("Authorization", []))
         return await handler(request)
     app.middlewares.insert(0, record)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     url = str(server.make_url("/weather"))
     try:
         results = await run_checks(checks_for("core"), url, _options())

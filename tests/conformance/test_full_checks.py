@@ -328,7 +328,9 @@ FAULTS = {
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
         "full.paid-success", "full.replay", "full.concurrent-replay", "full.changed-body", "full.idempotency-retry",
-        "full.signed-receipt", "full.ledger-payload"}),
+        "full.signed-receipt", "full.ledger-payload",
+        # the genuine credential these send after their refusal cannot pay either (CORE-ONCE-04's probe)
+        "full.other-route", "full.other-query", "full.other-method"}),
     "replay-unmarked": (_replay_unmarked, None, POST, {"full.idempotency-retry"}),
     "replay-charges-again": (_replay_charges_again, None, POST, {"full.idempotency-retry"}),
 }
@@ -347,8 +349,8 @@ async def test_each_check_catches_its_fault(home: Path, fault: str, monkeypatch)
         break_app(app)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     path, other = ("/weather", "/quote") if method == "GET" else ("/summarize", "POST " + str(server.make_url("/weather")))
     try:
         results = await run_checks(_full(), str(server.make_url(path)),
