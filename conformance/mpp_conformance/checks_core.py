@@ -224,7 +224,8 @@ async def expired_challenge(ctx: CheckContext) -> str:
     With --pay-with the credential is the payer's real payment, which a seller ignoring expiry
     settles; without it, a probe payload, which a seller judging in CORE-ERR-13's order refuses as
     payment-expired before it looks at the payload. The target's TTL is read from its challenge."""
-    limit = float(ctx.options.get("expiry_wait") or DEFAULT_EXPIRY_WAIT)
+    wait = ctx.options.get("expiry_wait")
+    limit = DEFAULT_EXPIRY_WAIT if wait is None else float(wait)  # 0 is a choice: check only expired-on-arrival targets
     if ctx.options.get("pay_with"):
         from .checks_full import fresh_credential
 
