@@ -283,3 +283,11 @@ async def test_reports_never_hold_a_sent_credential(home: Path):
         text = render(results, meta)
         leaked = [t for t in tokens if t in text]
         assert not leaked, f"{render.__name__}: {len(leaked)} credential(s) appear in the report"
+
+
+async def test_expiry_check_skips_naming_the_ttl_when_it_exceeds_the_wait(served):
+    """core.expired-challenge waits at most --expiry-wait; a longer-lived challenge is a skip that says how long it lives."""
+    [check] = [c for c in checks_for("core") if c.id == "core.expired-challenge"]
+    [result] = await run_checks([check], served.url + "/weather", {**_options(), "expiry_wait": 0.5})
+    assert result.verdict is Verdict.SKIP, result.message
+    assert re.search(r"challenges live \d s .*longer than --expiry-wait 0.5 s", result.message), result.message
