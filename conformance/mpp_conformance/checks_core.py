@@ -16,10 +16,10 @@ from mpp._wire import loads_strict
 from mpp.errors import EXTENSION_PROBLEM_BASE
 from mpp.models import Credential
 
-from .expect import PROBLEM_BASE, fail, fresh_challenges, no_5xx, no_receipt, problem, status
-from .framework import CheckContext, CheckFailed, Response, register
+from .expect import PROBLEM_BASE, describe, fail, fresh_challenges, no_5xx, no_receipt, problem, refused, status
+from .framework import CheckContext, CheckFailed, Response, Skip, register
 
-__all__ = ["unpaid", "first_challenge", "credential_header"]
+__all__ = ["unpaid", "first_challenge", "credential_header", "DEFAULT_EXPIRY_WAIT"]
 
 
 async def unpaid(ctx: CheckContext, headers: dict[str, str] | None = None) -> Response:
@@ -213,6 +213,42 @@ async def expired_echo(ctx: CheckContext) -> str:
             "(CORE-BIND-07 wants invalid-challenge; see core.tampered-expires)")
 
 
+DEFAULT_EXPIRY_WAIT = 15.0  # seconds core.expired-challenge waits at most (--expiry-wait)
+_EXPIRY_MARGIN = 0.5  # seconds past expires before sending: room for the target's clock lagging ours
+
+
+@register("core.expired-challenge", "a genuine credential sent after its challenge expired gets 402 payment-expired", "core",
+          ["CORE-BIND-06", "CORE-ERR-05", "CORE-ERR-10", "CORE-RCPT-02"])
+async def expired_challenge(ctx: CheckContext) -> str:
+    """Unlike core.expired-echo, nothing echoed is altered (an altered ``expires`` breaks the id
+    binding, so that only re-tests tampering): the id binding holds and time alone has passed.
+    With --pay-with the credential is the payer's real payment, which a seller ignoring expiry
+    settles; without it, a probe payload, which a seller judging in CORE-ERR-13's order refuses as
+    payment-expired before it looks at the payload. The target's TTL is read from its challenge."""
+    wait = ctx.options.get("expiry_wait")
+    limit = DEFAULT_EXPIRY_WAIT if wait is None else float(wait)  # 0 is a choice: check only expired-on-arrival targets
+    if ctx.options.get("pay_with"):
+        from .checks_full import fresh_credential
+
+        paid = await fresh_credential(ctx)
+        challenge, value, kind = paid.challenge, paid.authorization, "the payer's credential"
+    else:
+        _, challenge = await first_challenge(ctx)
+        value, kind = credential_header(challenge), "a probe credential"
+    try:
+        ttl = (parse_rfc3339(challenge.expires or "") - datetime.now(timezone.utc)).total_seconds()
+    except ValueError:
+        raise Skip("the challenge has no readable expires to wait for (core.challenge-well-formed reports it)") from None
+    if ttl > limit:
+        raise Skip(f"the target's challenges live {ttl:.0f} s (expires minus now), longer than --expiry-wait {limit:g} s: "
+                   f"give --expiry-wait {int(ttl) + 1} or shorten the target's challenge lifetime to check expiry")
+    await asyncio.sleep(max(ttl, 0.0) + _EXPIRY_MARGIN)
+    resp = await send(ctx, value)
+    refused(resp, f"{kind}, sent {_EXPIRY_MARGIN:g} s after its challenge expired", ("payment-expired",),
+            not_ids={challenge.id}, accepted="a credential for an expired challenge was taken (CORE-BIND-06)")
+    return f"waited {max(ttl, 0.0) + _EXPIRY_MARGIN:.1f} s (challenge TTL {ttl:.1f} s); {kind} refused as payment-expired"
+
+
 @register("core.two-credentials", "two Authorization: Payment fields get 402 malformed-credential", "core",
           ["CORE-CRED-04", "CORE-ERR-03", "CORE-ERR-10", "CORE-RCPT-02"])
 async def two_credentials(ctx: CheckContext) -> str:
@@ -338,6 +374,34 @@ async def large_credential(ctx: CheckContext) -> str:
         fail(f"the same credential answered {small_slug} when short but {slug} at {len(large_value)} bytes: "
              "its size changed how it was parsed")
     return f"{len(large_value)}-byte credential parsed and refused as {slug}, as its short twin was"
+
+
+# core.oversized-credential's sizes (characters of the Authorization value): past the 4 KB every
+# seller must read (CORE-CRED-05), up to just under 32 KB, the field limit a seller configured for
+# large credentials (mandate chains) typically has (`mpp seller serve`: 32 KiB), so that such a
+# seller reads each one through and any 5xx is its payment layer's, not a header-limit refusal.
+OVERSIZED = (8 * 1024, 16 * 1024, 24 * 1024, 32 * 1024 - 256)
+
+
+@register("core.oversized-credential", "well-formed credentials of 8 to 32 KB get a 4xx (431 is fine), never a 5xx", "core",
+          ["CORE-ERR-11"])
+async def oversized_credential(ctx: CheckContext) -> str:
+    # One challenge serves every size: the probe payload is refused, so the challenge is never used up.
+    _, real = await first_challenge(ctx)
+    answers = []
+    for size in OVERSIZED:
+        value = _sized_credential(real, size)
+        what = f"well-formed credential of {len(value)} bytes"
+        try:
+            resp = await send(ctx, value)
+        except aiohttp.ClientError as exc:
+            fail(f"{what}: no HTTP answer ({type(exc).__name__}); a credential too large to read must be "
+                 "refused with a 4xx such as 431, not a dropped connection (CORE-ERR-11)")
+        no_5xx(resp, what)
+        if not 400 <= resp.status < 500:
+            fail(f"{what}: answered {describe(resp)}; a probe credential must be refused with a 4xx")
+        answers.append(f"{len(value)} bytes: {resp.status}")
+    return "; ".join(answers)
 
 
 # A long echoed value strewn with control and format characters (C0 and C1 controls, DEL, a bidi

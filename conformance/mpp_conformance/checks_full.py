@@ -8,8 +8,9 @@ Options read: ``pay_with`` (the payer spec), ``max_amount`` (ledger payer cap, d
 (a second priced URL of the target, ``URL`` or ``METHOD URL``; without it full.other-route
 skips), plus the target's ``method`` and ``data`` as in every profile.
 
-Cost: full.paid-success, full.replay, full.concurrent-replay and full.idempotency-retry each
-pay once when the target behaves; the other checks pay nothing (their credential is refused).
+Cost: every check pays once when the target behaves (the binding checks, full.other-route,
+full.other-query, full.other-method and full.changed-body, pay with the genuine credential after
+its refusal, to show the refusal had no side effect), full.ledger-payload twice at most.
 Messages name credentials by what they are for, never by value (CORE-CRED-06).
 """
 
@@ -173,6 +174,20 @@ async def pay_once(ctx: CheckContext, payer: Payer, what: str = "paid request") 
     return paid, resp, paid_ok(resp, paid, what)
 
 
+async def still_pays(ctx: CheckContext, paid: Paid, refusal: str) -> None:
+    """CORE-ONCE-04: a refused request has no side effect, so ``paid``'s credential, sent after
+    ``refusal`` to the very request it was issued for, still pays. A seller that claims or settles a
+    challenge before checking its binding has used it up by then (and moved money for a refusal).
+    Only acceptance is judged: the receipt's own conformance is full.paid-success's."""
+    resp = await send(ctx, paid)
+    what = f"the genuine credential, sent as issued after {refusal} was refused"
+    no_5xx(resp, what)
+    skip_if_payer_limited(resp, paid, what)  # a payer that could never have paid here proves nothing
+    if not 200 <= resp.status < 300:
+        fail(f"{what}: {describe(resp)}{_detail(resp, paid)}; the refused request used up the challenge (and may "
+             "have moved money): a refusal must have no side effect (CORE-ONCE-04)")
+
+
 # -- the checks -------------------------------------------------------------
 
 @register("full.paid-success", "a fresh credential pays: 2xx, a Payment-Receipt for it, cacheable only privately", "full",
@@ -242,8 +257,8 @@ def _other_target(ctx: CheckContext) -> tuple[str, str]:
     return method, url
 
 
-@register("full.other-route", "a credential for one route is refused on another priced route", "full",
-          ["CORE-BIND-02", "CORE-ERR-04", "CHARGE-01", "CORE-RCPT-02"])
+@register("full.other-route", "a credential for one route is refused on another priced route, and then still pays on its own", "full",
+          ["CORE-BIND-02", "CORE-ERR-04", "CHARGE-01", "CORE-RCPT-02", "CORE-ONCE-04"])
 async def other_route(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     method, url = _other_target(ctx)
@@ -262,7 +277,8 @@ async def other_route(ctx: CheckContext) -> str:
     where = f"{method} {urlsplit(url).path}"
     refused(resp, f"the credential for {_method(ctx)} {urlsplit(ctx.target).path} sent to {where}", ("invalid-challenge",),
             not_ids={paid.challenge.id}, accepted="a challenge paid for a route it was not issued for (CORE-BIND-02)")
-    return f"a credential for the target refused on {where} as invalid-challenge"
+    await still_pays(ctx, paid, f"its use on {where}")
+    return f"a credential for the target refused on {where} as invalid-challenge, then paid on the target"
 
 
 def _with_query(url: str) -> tuple[str, str]:
@@ -274,8 +290,8 @@ def _with_query(url: str) -> tuple[str, str]:
     return base + ("&" if "?" in base else "?") + param + hash_ + fragment, param
 
 
-@register("full.other-query", "a credential is refused when the query is changed", "full",
-          ["CORE-BIND-02", "CORE-BIND-01", "CORE-ERR-04", "CORE-RCPT-02"])
+@register("full.other-query", "a credential is refused when the query is changed, and then still pays with the query it was issued for", "full",
+          ["CORE-BIND-02", "CORE-BIND-01", "CORE-ERR-04", "CORE-RCPT-02", "CORE-ONCE-04"])
 async def other_query(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
@@ -283,11 +299,12 @@ async def other_query(ctx: CheckContext) -> str:
     resp = await send(ctx, paid, url=url)
     refused(resp, f"the credential sent with {added!r} added to the query", ("invalid-challenge",),
             not_ids={paid.challenge.id}, accepted="the seller does not bind the query (CORE-BIND-02)")
-    return f"refused as invalid-challenge with {added!r} added"
+    await still_pays(ctx, paid, f"its use with {added!r} added to the query")
+    return f"refused as invalid-challenge with {added!r} added, then paid without it"
 
 
-@register("full.other-method", "a credential for one HTTP method is refused on another", "full",
-          ["CORE-BIND-02", "CORE-ERR-04", "CORE-RCPT-02"])
+@register("full.other-method", "a credential for one HTTP method is refused on another, and then still pays on its own", "full",
+          ["CORE-BIND-02", "CORE-ERR-04", "CORE-RCPT-02", "CORE-ONCE-04"])
 async def other_method(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     mine = _method(ctx)
@@ -303,11 +320,12 @@ async def other_method(ctx: CheckContext) -> str:
     resp = await send(ctx, paid, method=other, data=body)
     refused(resp, f"the credential for {mine} sent with {other}", ("invalid-challenge",), not_ids={paid.challenge.id},
             accepted=f"a challenge issued for {mine} paid for {other} (CORE-BIND-02)")
-    return f"a credential for {mine} refused on {other} as invalid-challenge"
+    await still_pays(ctx, paid, f"its use with {other}")
+    return f"a credential for {mine} refused on {other} as invalid-challenge, then paid on {mine}"
 
 
-@register("full.changed-body", "a credential bound to one body is refused with another", "full",
-          ["CORE-BIND-03", "CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02"])
+@register("full.changed-body", "a credential bound to one body is refused with another, and then still pays with its own", "full",
+          ["CORE-BIND-03", "CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02", "CORE-ONCE-04"])
 async def changed_body(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     mine, body = _method(ctx), _data(ctx) or b""
@@ -321,7 +339,8 @@ async def changed_body(ctx: CheckContext) -> str:
     resp = await send(ctx, paid, data=other)
     refused(resp, "the credential sent with a changed body", ("verification-failed",), not_ids={paid.challenge.id},
             accepted="a credential for one body paid for another (CORE-BIND-04)")
-    return "a changed body refused as verification-failed"
+    await still_pays(ctx, paid, "its use with a changed body")
+    return "a changed body refused as verification-failed, then the original body paid"
 
 
 @register("full.idempotency-retry", "a retry with the same credential and Idempotency-Key replays the response", "full",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .checks_core import DEFAULT_EXPIRY_WAIT
 from .framework import Result, Verdict, checks_for, run_checks
 from .reports import ConsoleProgress, meta_for, summary, to_html, to_json, to_junit
 from .usage import UsageError
@@ -37,7 +38,7 @@ def cmd_seller(args: argparse.Namespace) -> int:
     options = {"method": args.method, "data": args.data.encode() if args.data is not None else None,
                "pay_with": args.pay_with, "concurrency": args.concurrency,
                "identity_keys": args.identity_keys, "account": args.account,
-               "other_url": args.other_url, "max_amount": args.max_amount}
+               "other_url": args.other_url, "max_amount": args.max_amount, "expiry_wait": args.expiry_wait}
     if args.profile == "full" and not args.pay_with:
         raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON; see --help)")
     if args.pay_with:
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the full profile's route-binding check")
     s.add_argument("--max-amount", type=int, default=10_000, metavar="N",
                    help="the most (base units) the ledger payer pays for one request (default 10000)")
+    s.add_argument("--expiry-wait", type=float, default=DEFAULT_EXPIRY_WAIT, metavar="SECONDS",
+                   help="the longest the expiry check waits for a challenge to expire (default %(default)g); "
+                        "a target whose challenges live longer has that check skipped")
     s.add_argument("--identity-keys", metavar="DIR", help="the suite's principal and agent keys (`mpp-conformance principal DIR`); "
                    "without them the identity checks that need a trusted principal skip")
     s.add_argument("--account", default="acct:buyer", help="payer account named in the identity checks' ledger payloads (default acct:buyer)")

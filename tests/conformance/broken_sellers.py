@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -30,14 +31,29 @@ from mpp.aio.serve import HEADER_LIMITS, build_seller_app
 from mpp.config import load_seller_config
 from mpp.errors import PaymentRequired
 
-__all__ = ["VARIANTS", "BASELINE", "prepare_home", "build", "serving"]
+__all__ = ["VARIANTS", "BASELINE", "CHALLENGE_TTL", "short_lived_challenges", "prepare_home", "build", "serving"]
 
 BASELINE = "baseline"
 Breaker = Callable[[web.Application, Seller], None]
 
 
+# Challenges live this long on every test target, so that core.expired-challenge waits seconds, not
+# the default five minutes; long enough that a check sends its credential well before expiry.
+CHALLENGE_TTL = 3
+
+
+def short_lived_challenges(home: Path) -> None:
+    """Set the home's ``challenge_ttl`` to CHALLENGE_TTL seconds (`mpp init` writes 300); idempotent."""
+    config = home / "seller.toml"
+    text, n = re.subn(r"(?m)^challenge_ttl = \d+$", f"challenge_ttl = {CHALLENGE_TTL}", config.read_text(encoding="utf-8"))
+    assert n == 1, "the mpp init config no longer sets challenge_ttl"
+    config.write_text(text, encoding="utf-8")
+
+
 def prepare_home(home: Path) -> None:
-    """Price ``POST /weather`` too (the `mpp init` config prices only GET there)."""
+    """Price ``POST /weather`` too (the `mpp init` config prices only GET there), and shorten the
+    challenge lifetime to CHALLENGE_TTL seconds."""
+    short_lived_challenges(home)
     with (home / "seller.toml").open("a", encoding="utf-8") as fh:
         fh.write('\n[[routes]]\nmethod = "POST"\npath = "/weather"\namount = 30\ncurrency = "usd"\n'
                  'description = "Weather, posted"\nresponse = { "city" = "Porto" }\n')
@@ -128,6 +144,15 @@ def _500_on_garbage(app: web.Application, seller: Seller) -> None:
     app.middlewares.insert(0, fault)
 
 
+def _claimed_resource(header: str) -> str | None:
+    """The resource (``METHOD target``) the credential's challenge was issued for, if it names one."""
+    try:
+        claimed = (parse_credential(header).challenge.opaque_json or {}).get("resource")
+    except Exception:  # noqa: BLE001 - not a credential: the real verify refuses it as before
+        return None
+    return claimed if isinstance(claimed, str) and " " in claimed else None
+
+
 def _skips_route_binding(app: web.Application, seller: Seller) -> None:
     """``SellerCore.verify`` no longer compares the challenge's resource with the request's: it is
     handed the resource the credential was issued for, so a credential for one route, query or HTTP
@@ -135,11 +160,8 @@ def _skips_route_binding(app: web.Application, seller: Seller) -> None:
     verify = seller.core.verify
 
     def verify_anywhere(header, info, now):
-        try:
-            claimed = (parse_credential(header).challenge.opaque_json or {}).get("resource")
-        except Exception:  # noqa: BLE001 - not a credential: the real verify refuses it as before
-            claimed = None
-        if isinstance(claimed, str) and " " in claimed:
+        claimed = _claimed_resource(header)
+        if claimed is not None:
             method, _, target = claimed.partition(" ")
             path, _, query = target.partition("?")
             info = dataclasses.replace(info, method=method, path=path, query=query)
@@ -185,6 +207,77 @@ def _leaks_credential(app: web.Application, seller: Seller) -> None:
     seller._problem = problem
 
 
+def _accepts_expired(app: web.Application, seller: Seller) -> None:
+    """The challenge issuer still checks the id binding (the HMAC) but never ``expires``: a credential
+    for a challenge past its expiry is taken, and paid, as a fresh one."""
+    verify = seller.core.issuer.verify
+
+    def verify_ignoring_expiry(challenge, *, now, check_expiry=True):
+        return verify(challenge, now=now, check_expiry=False)
+
+    seller.core.issuer.verify = verify_ignoring_expiry
+
+
+def _settles_before_binding(app: web.Application, seller: Seller) -> None:
+    """A credential whose challenge and payload verify is claimed and settled *before* the seller
+    checks that it was issued for this request (route, query, HTTP method, body digest); the request
+    is then refused as before. So a refused request moves the money, and the genuine credential,
+    sent afterwards where it belongs, is refused as already used."""
+    from mpp.errors import PaymentProblem
+    from mpp.models import ChargeRequest
+    from mpp.seller_core import Verified
+
+    charge = seller._charge
+
+    async def settle_unbound(header: str, now) -> None:
+        """Every offline check of SellerCore.verify but the binding, then the claim and the settlement."""
+        claimed = _claimed_resource(header)
+        try:
+            credential = parse_credential(header)
+            challenge = credential.challenge
+            seller.core.issuer.verify(challenge, now=now)
+            charge_request = ChargeRequest.from_challenge(challenge)
+            proof = seller.core.methods[challenge.method].verify(credential, charge_request)
+        except (PaymentProblem, ParseError, KeyError):
+            return  # refused for more than its binding: the real _charge answers as before
+        if claimed is None:
+            return
+        verified = Verified(credential=credential, request=charge_request, proof=proof, resource=claimed)
+        if await seller.store.claim(verified.challenge_id, resource=claimed, idempotency_key=None):
+            await seller._rails[challenge.method].settle(verified, None)
+
+    async def charge_settling_first(request, handler, price, info, now, route=None):
+        header = None
+        try:
+            header = seller.core.payment_credential(info)
+            if header is not None:
+                seller.core.verify(header, info, now)
+        except PaymentProblem:
+            if header is not None:  # None: not one readable credential, nothing to settle
+                await settle_unbound(header, now)
+        return await charge(request, handler, price, info, now, route)
+
+    seller._charge = charge_settling_first
+
+
+# The largest credential the 500-on-large-credential seller survives: above the 4 KB the spec asks
+# for (CORE-CRED-05), below the 32 KB header fields the CLI's aiohttp accepts (HEADER_LIMITS).
+LARGE_CREDENTIAL_LIMIT = 20_000
+
+
+def _500_on_large_credential(app: web.Application, seller: Seller) -> None:
+    """A middleware in front of the seller's answers HTTP 500 to an ``Authorization`` value longer than
+    LARGE_CREDENTIAL_LIMIT characters (as a seller with a fixed-size buffer whose overflow escapes would)."""
+
+    @web.middleware
+    async def fault(request: web.Request, handler):
+        if any(len(value) > LARGE_CREDENTIAL_LIMIT for value in request.headers.getall("Authorization", ())):
+            return web.Response(status=500, text="500 Internal Server Error")
+        return await handler(request)
+
+    app.middlewares.insert(0, fault)
+
+
 VARIANTS: dict[str, Breaker] = {
     BASELINE: _baseline,
     "accepts-replays": _accepts_replays,
@@ -195,6 +288,9 @@ VARIANTS: dict[str, Breaker] = {
     "skips-route-binding": _skips_route_binding,
     "echoes-unbounded": _echoes_unbounded,
     "leaks-credential": _leaks_credential,
+    "accepts-expired": _accepts_expired,
+    "settles-before-binding": _settles_before_binding,
+    "500-on-large-credential": _500_on_large_credential,
 }
 
 
@@ -220,6 +316,8 @@ async def serving(home: Path, variant: str,
         app.middlewares.insert(0, spy)
     server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
     await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)  # TestServer() itself drops runner options such as these
     try:
         yield server
     finally:

@@ -55,7 +55,7 @@ KNOWN_CHECKS = {
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
     "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
-    "core.discovery-openapi", "core.strict-json", "core.no-credential-leak",
+    "core.discovery-openapi", "core.strict-json", "core.no-credential-leak", "core.expired-challenge", "core.oversized-credential",
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
 }
@@ -83,6 +83,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.two-credentials": "two Payment credentials must be refused as malformed-credential",
         "core.unsupported-method": "an unknown method must get 400 method-unsupported, not 402 payment-required",
         "core.strict-json": "credentials that are not strict JSON must be refused as malformed-credential",
+        "core.expired-challenge": "a credential for an expired challenge must be refused as payment-expired",
         "full.replay": "the replay must be refused as invalid-challenge",
         "full.concurrent-replay": "the losing submissions must be refused as invalid-challenge",
         "full.other-route": "a credential for another route must be refused as invalid-challenge",
@@ -113,6 +114,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.challenge-parameters": _UNPAID_402,
         "core.discovery-openapi": _UNPAID_402 + " (to compare with x-payment-info)",
         "core.strict-json": _UNPAID_402,
+        "core.expired-challenge": _UNPAID_402,
+        "core.oversized-credential": _UNPAID_402,
         "full.paid-success": _UNPAID_402,
         "full.replay": _UNPAID_402,
         "full.concurrent-replay": _UNPAID_402,
@@ -134,6 +137,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.tampered-expires": "the invalid-challenge 402 carries a Payment-Receipt",
         "core.tampered-realm": "the invalid-challenge 402 carries a Payment-Receipt",
         "core.expired-echo": "the refusal 402 carries a Payment-Receipt",
+        "core.expired-challenge": "the payment-expired 402 carries a Payment-Receipt",
         "core.two-credentials": "the malformed-credential 402 carries a Payment-Receipt",
         "core.unsupported-method": "the 400 method-unsupported carries a Payment-Receipt",
         "core.large-credential": "the refusal of the 4 KB credential carries a Payment-Receipt",
@@ -174,6 +178,26 @@ EXPECTED: dict[str, dict[str, str]] = {
         # Passes: every other check reads the problem's type, detail and challenges, never a member
         # it does not know; the copied token is printable base64url, so bounded-echo stays clean.
     },
+    "accepts-expired": {
+        "core.expired-challenge": "the payer's credential, sent after its challenge expired, is paid (200), not refused "
+                                  "402 payment-expired (CORE-BIND-06, CORE-ERR-05)",
+        # Passes: core.expired-echo and core.tampered-expires alter expires, which breaks the id binding
+        # the seller still checks; every other check sends its credential before expiry.
+    },
+    "settles-before-binding": {
+        "full.other-route": "the credential refused on the other route was settled there, so on its own route it is "
+                            "refused as used (CORE-ONCE-04)",
+        "full.other-query": "the credential refused with another query was settled, so without it it is refused as used",
+        "full.other-method": "the credential refused on POST was settled, so on GET it is refused as used; GET target only",
+        "full.changed-body": "the credential refused with a changed body was settled, so with its own body it is refused "
+                             "as used; POST target only",
+        # Passes: the refusals themselves are as the spec shapes them; every other refused credential
+        # fails a check before the binding (id, expiry, payload), where this seller settles nothing.
+    },
+    "500-on-large-credential": {
+        "core.oversized-credential": "a 24 KB credential gets 500, not a 4xx (CORE-ERR-11)",
+        # Passes: every other check sends credentials below 8 KB.
+    },
 }
 
 # What every failure message of a variant must say: the failure is the injected fault's doing.
@@ -186,6 +210,9 @@ SYMPTOM = {
     "skips-route-binding": r"the target accepted it \(HTTP 200",
     "echoes-unbounded": r"the problem (detail has \d+ characters|document contains control character)",
     "leaks-credential": r"carry back a credential the suite sent",
+    "accepts-expired": r"sent 0\.5 s after its challenge expired: the target accepted it \(HTTP 200",
+    "settles-before-binding": r"the genuine credential, sent as issued after .* was refused: HTTP 402 invalid-challenge",
+    "500-on-large-credential": r"credential of \d+ bytes: the target answered 500",
 }
 
 

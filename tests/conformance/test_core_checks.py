@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from broken_sellers import CHALLENGE_TTL, short_lived_challenges
 from mpp.aio.serve import HEADER_LIMITS, build_seller_app
 from mpp.config import load_seller_config
 from mpp_conformance.framework import Verdict, checks_for, run_checks
@@ -24,10 +25,18 @@ CORE_IDS = {
     "core.challenge-well-formed", "core.fresh-id-per-402", "core.garbage-credential", "core.unknown-challenge-id",
     "core.tampered-request", "core.tampered-expires", "core.tampered-realm", "core.expired-echo",
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
-    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.strict-json",
+    "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.strict-json", "core.expired-challenge",
+    "core.oversized-credential",
 }
 # A Payment credential as our probes build it: base64url of '{"challenge"' (or of any JSON object).
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The shared home with challenges of CHALLENGE_TTL seconds, so core.expired-challenge runs, and quickly."""
+    short_lived_challenges(home)
+    return home
 
 
 def _options(method: str = "GET", data: bytes | None = None) -> dict:
@@ -58,9 +67,11 @@ async def test_core_profile_passes_on_get(served):
     elapsed = time.perf_counter() - start
     assert {r.check_id for r in results} >= CORE_IDS
     assert all(r.verdict is Verdict.PASS for r in results), _failures(results)
-    assert elapsed < 5, f"the core profile took {elapsed:.1f} s against a local seller"
+    # the expiry check waits out one challenge (CHALLENGE_TTL seconds at most, and a margin)
+    assert elapsed < 5 + CHALLENGE_TTL + 1, f"the core profile took {elapsed:.1f} s against a local seller"
     notes = {r.check_id: r.message for r in results}
     assert "invalid-challenge" in notes["core.expired-echo"]  # our seller checks the id binding first (CORE-BIND-07)
+    assert "payment-expired" in notes["core.expired-challenge"], notes["core.expired-challenge"]
 
 
 async def test_core_profile_passes_on_post_with_body(served):
@@ -208,13 +219,14 @@ FAULTS = {
     "receipt-on-errors": (_receipt_on_errors, None, {
         "core.challenge-well-formed", "core.garbage-credential", "core.unknown-challenge-id", "core.tampered-request",
         "core.tampered-expires", "core.tampered-realm", "core.expired-echo", "core.two-credentials",
-        "core.unsupported-method", "core.large-credential", "core.no-receipt-on-errors", "core.no-5xx"}),
+        "core.unsupported-method", "core.large-credential", "core.no-receipt-on-errors", "core.no-5xx",
+        "core.expired-challenge"}),
     "draft-402-for-unknown-method": (_draft_402_for_unknown_method, None, {"core.unsupported-method"}),
-    "5xx-on-big-credentials": (_crash_on_big_credentials, None, {"core.no-5xx"}),
+    "5xx-on-big-credentials": (_crash_on_big_credentials, None, {"core.no-5xx", "core.oversized-credential"}),
     "4k-header-limit": (_small_header_limit, None, {"core.large-credential", "core.no-5xx"}),
     "no-id-check": (None, _no_id_check, {
         "core.unknown-challenge-id", "core.tampered-request", "core.tampered-expires", "core.tampered-realm",
-        "core.expired-echo"}),
+        "core.expired-echo", "core.expired-challenge"}),  # no id check means no expiry check either
     "expiry-before-id": (None, _expiry_before_id, set()),  # allowed by core.expired-echo, which says so
     "malformed-accept-payment-narrowed": (_offers_probe_method_back, None, {"core.accept-payment"}),
     "lax-json": (None, _lax_json, {"core.strict-json"}),
@@ -229,8 +241,8 @@ async def test_each_check_catches_its_fault(home: Path, fault: str):
         break_app(app)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks(checks_for("core"), str(server.make_url("/weather")), _options())
     finally:
@@ -255,8 +267,8 @@ async def test_reports_never_hold_a_sent_credential(home: Path):
         received.extend(request.headers.getall("Authorization", []))
         return await handler(request)
     app.middlewares.insert(0, record)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     url = str(server.make_url("/weather"))
     try:
         results = await run_checks(checks_for("core"), url, _options())
@@ -271,3 +283,11 @@ async def test_reports_never_hold_a_sent_credential(home: Path):
         text = render(results, meta)
         leaked = [t for t in tokens if t in text]
         assert not leaked, f"{render.__name__}: {len(leaked)} credential(s) appear in the report"
+
+
+async def test_expiry_check_skips_naming_the_ttl_when_it_exceeds_the_wait(served):
+    """core.expired-challenge waits at most --expiry-wait; a longer-lived challenge is a skip that says how long it lives."""
+    [check] = [c for c in checks_for("core") if c.id == "core.expired-challenge"]
+    [result] = await run_checks([check], served.url + "/weather", {**_options(), "expiry_wait": 0.5})
+    assert result.verdict is Verdict.SKIP, result.message
+    assert re.search(r"challenges live \d s .*longer than --expiry-wait 0.5 s", result.message), result.message

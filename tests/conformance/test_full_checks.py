@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from _static_rail import STATIC_PAYLOAD, static_seller_app
+from broken_sellers import short_lived_challenges
 from conftest import start_seller, stop_seller
 from mpp import parse_credential
 from mpp.aio.serve import HEADER_LIMITS, build_seller_app
@@ -33,6 +34,13 @@ FULL_IDS = {
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
 BODY = b"Agents buy from services; every purchase is signed."
 WEATHER, SUMMARIZE = 25, 250  # prices of the `mpp init` routes
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The shared home with challenges of CHALLENGE_TTL seconds, so core.expired-challenge runs, and quickly."""
+    short_lived_challenges(home)
+    return home
 
 
 def _full():
@@ -79,8 +87,9 @@ async def test_full_profile_on_get(served):
     notes = {r.check_id: r.message for r in results}
     assert "405" in notes["full.other-method"]  # the path has no POST: nothing to pay for there
     assert "19" in notes["full.concurrent-replay"]
-    # Paid exactly once in paid-success, replay and concurrent-replay; the refused credentials cost nothing.
-    assert served.ledger().balance("acct:buyer") == balance - 5 * WEATHER  # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay
+    # Paid exactly once in paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, and after
+    # the refusals of other-route and other-query (the genuine credential); the refused credentials cost nothing.
+    assert served.ledger().balance("acct:buyer") == balance - 7 * WEATHER
     assert elapsed < 5, f"the full checks took {elapsed:.1f} s against a local seller"
 
 
@@ -91,8 +100,9 @@ async def test_full_profile_on_post_with_body(served):
     verdicts = _verdicts(results)
     assert all(verdicts[i] is Verdict.PASS for i in FULL_IDS - {"full.other-method"}), _report(results)
     assert verdicts["full.other-method"] is Verdict.SKIP, _report(results)
-    # paid-success, replay, concurrent-replay, idempotency-retry: one charge each, none for the retry
-    assert served.ledger().balance("acct:buyer") == balance - 6 * SUMMARIZE  # the idempotent retry charges nothing
+    # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, idempotency-retry, and other-route,
+    # other-query and changed-body after their refusals: one charge each, none for the idempotent retry
+    assert served.ledger().balance("acct:buyer") == balance - 9 * SUMMARIZE
 
 
 def _add_route(home: Path, method: str, path: str, amount: int) -> None:
@@ -318,7 +328,9 @@ FAULTS = {
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
         "full.paid-success", "full.replay", "full.concurrent-replay", "full.changed-body", "full.idempotency-retry",
-        "full.signed-receipt", "full.ledger-payload"}),
+        "full.signed-receipt", "full.ledger-payload",
+        # the genuine credential these send after their refusal cannot pay either (CORE-ONCE-04's probe)
+        "full.other-route", "full.other-query", "full.other-method"}),
     "replay-unmarked": (_replay_unmarked, None, POST, {"full.idempotency-retry"}),
     "replay-charges-again": (_replay_charges_again, None, POST, {"full.idempotency-retry"}),
 }
@@ -337,8 +349,8 @@ async def test_each_check_catches_its_fault(home: Path, fault: str, monkeypatch)
         break_app(app)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     path, other = ("/weather", "/quote") if method == "GET" else ("/summarize", "POST " + str(server.make_url("/weather")))
     try:
         results = await run_checks(_full(), str(server.make_url(path)),

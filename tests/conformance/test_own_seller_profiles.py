@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from broken_sellers import short_lived_challenges
 from conftest import start_seller, stop_seller
+
+
+@pytest.fixture
+def home(home: Path) -> Path:
+    """The shared home with challenges of CHALLENGE_TTL seconds, so core.expired-challenge runs, and quickly."""
+    short_lived_challenges(home)
+    return home
 
 
 @pytest.fixture

@@ -77,8 +77,8 @@ async def _run(home: Path, path: str, method: str, break_seller=None):
     app, seller = build_seller_app(load_seller_config(home / "seller.toml"))
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     try:
         return await run_checks(_pricing_checks(), str(server.make_url(path)),
                                 {"method": method, "data": None, "pay_with": f"ledger:{home}/agent"})
@@ -112,8 +112,8 @@ async def test_seat_route_passes(home: Path):
 async def test_without_a_price_list_the_profile_skips(home: Path):
     """A route priced inline (no price list) has no pricing member: every pricing check skips, none fails."""
     app, _ = build_seller_app(load_seller_config(home / "seller.toml"))
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks(_pricing_checks(), str(server.make_url("/weather")),
                                    {"method": "GET", "data": None, "pay_with": f"ledger:{home}/agent"})
