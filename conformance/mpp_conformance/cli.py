@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .checks_core import DEFAULT_EXPIRY_WAIT
-from .framework import Result, Verdict, checks_for, run_checks
+from .framework import PROFILES, Result, Verdict, checks_for, run_checks
 from .reports import ConsoleProgress, meta_for, summary, to_html, to_json, to_junit
 from .usage import UsageError
 
@@ -28,7 +28,8 @@ def _write_reports(args: argparse.Namespace, results: list[Result], meta: dict) 
 
 def _finish(results: list[Result]) -> int:
     counts = summary(results)
-    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped, {counts['error']} errors")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings (SHOULD), {counts['skip']} skipped, "
+          f"{counts['error']} errors")
     return 0 if not any(r.verdict in (Verdict.FAIL, Verdict.ERROR) for r in results) else 1
 
 
@@ -111,17 +112,39 @@ target that cannot be checked (unreachable, or not priced: no 402 with a Payment
 """
 
 
+def _profile_listing() -> str:
+    """The checks of each profile, with their level: the last part of `seller --help`."""
+    import textwrap
+
+    from .framework import all_checks
+
+    groups: dict[str, list] = {}
+    for chk in all_checks():
+        groups.setdefault(chk.profile, []).append(chk)
+    lines = ["", "Checks (level: MUST and SHOULD cite a draft; EXT is MPP's own profile and cites its spec ids):"]
+    for profile in PROFILES:
+        ids = [f"{c.id} [{'EXT' if c.level == 'extension' else c.level}]" for c in checks_for(profile)]
+        lines.append(f"  --profile {profile} ({len(ids)} checks):")
+        if profile not in ("draft", "core"):  # core and the group's own checks
+            ids = ["core"] + [f"{c.id} [{'EXT' if c.level == 'extension' else c.level}]" for c in groups.get(profile, [])]
+        lines += textwrap.wrap(", ".join(ids), width=100, initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpp-conformance", description="Check a Payment-scheme seller or buyer against the MPP spec. "
                                 "`mpp-conformance seller --help` says how to pay a seller (--pay-with).")
     sub = p.add_subparsers(dest="mode", required=True, metavar="MODE")
-    s = sub.add_parser("seller", help="probe a seller over HTTP", epilog=_SELLER_EPILOG,
+    s = sub.add_parser("seller", help="probe a seller over HTTP", epilog=_SELLER_EPILOG + _profile_listing(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("url", nargs="?", metavar="URL", help="a priced resource")
     s.add_argument("--discover", metavar="BASE", help="read BASE/openapi.json and probe every priced operation")
-    s.add_argument("--profile", choices=["core", "full", "identity", "pricing"], default="core",
-                   help="core (no payment), full (pays), identity (mandate attacks), pricing (a price-list route: "
-                        "offers, task and seat grants; pays with --pay-with ledger:DIR)")
+    s.add_argument("--profile", choices=list(PROFILES), default="core",
+                   help="draft (only what the published drafts require: MUST fails, SHOULD warns; pays when --pay-with "
+                        "is given), core (MPP's profile, no payment: the draft's MUSTs and MPP's stricter extensions), "
+                        "full (core + the paying checks), identity (mandate attacks), pricing (a price-list route: offers, "
+                        "task and seat grants), session (the session intent); the checks of each are listed below")
     s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method) or "
                    "static:JSON / static:@FILE (a fixed payload, for any other method); see 'Paying' below")
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")

@@ -14,14 +14,40 @@ from typing import Any, Awaitable, Callable, Iterable
 import aiohttp
 
 __all__ = ["Verdict", "Exchange", "Result", "Check", "CheckContext", "register", "checks_for", "run_checks", "CheckFailed", "redact",
-           "SentCredentials", "REDACTED"]
+           "SentCredentials", "REDACTED", "DRAFTS", "PROFILES", "level_of", "cited"]
 
 
 class Verdict(str, Enum):
     PASS = "pass"
     FAIL = "fail"
+    WARN = "warn"  # a SHOULD-level check found a departure: reported, never a failure of the run
     SKIP = "skip"  # the check could not apply to this target (say why)
     ERROR = "error"  # the check itself could not run (network, target down)
+
+
+# The published documents a check may cite, by the short name spec/README.md's provenance markers
+# use ("draft §5.1.1 MUST"), and the revision the suite was written against.
+DRAFTS = {"draft": "draft-httpauth-payment-02", "charge": "draft-payment-intent-charge-00",
+          "discovery": "draft-payment-discovery-01", "RFC9110": "RFC 9110"}
+_KEYWORD = r"(?:MUST NOT|MUST|SHOULD NOT|SHOULD|ABNF|prose)"
+_SOURCE = re.compile(rf"(draft|charge|discovery|RFC9110) §((?:[A-Z]|\d+)(?:\.\d+)*) ({_KEYWORD})")
+
+
+def level_of(draft: str | None) -> str:
+    """A check's level from what it cites: ``extension`` (cites no draft: MPP's own profile),
+    ``SHOULD`` (every source it cites is a SHOULD or SHOULD NOT) or ``MUST`` (grammar, prose
+    stated as fact, MUST and MUST NOT)."""
+    if draft is None:
+        return "extension"
+    keywords = [m.group(3) for m in map(_SOURCE.fullmatch, draft.split("; ")) if m]
+    return "SHOULD" if keywords and all(k.startswith("SHOULD") for k in keywords) else "MUST"
+
+
+def cited(draft: str | None) -> str:
+    """``draft`` with each document's short name spelled out: what reports show."""
+    if draft is None:
+        return "extension"
+    return "; ".join(_SOURCE.sub(lambda m: f"{DRAFTS[m.group(1)]} §{m.group(2)} {m.group(3)}", src) for src in draft.split("; "))
 
 
 class CheckFailed(AssertionError):
@@ -178,12 +204,20 @@ class Result:
     duration_ms: float
     exchanges: list[Exchange] = field(default_factory=list)
     target: str = ""
+    level: str = "extension"  # MUST, SHOULD (a departure is a warning) or extension (MPP's profile)
+    draft: str | None = None  # the draft section(s) and keyword(s) the check tests, short form
+
+    @property
+    def cites(self) -> str:
+        return cited(self.draft)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.check_id,
             "title": self.title,
             "profile": self.profile,
+            "level": self.level,
+            "cites": self.cites,
             "requirements": self.requirements,
             "verdict": self.verdict.value,
             "message": self.message,
@@ -272,10 +306,15 @@ CheckFn = Callable[[CheckContext], Awaitable[str | None]]
 class Check:
     id: str
     title: str
-    profile: str  # "core", "full", "identity", "pricing", "buyer"
+    profile: str  # the group it belongs to: "core", "full", "identity", "pricing", "session", ...
     requirements: tuple[str, ...]
     fn: CheckFn
     last: bool = False  # runs after every other check of the run (it judges what they saw)
+    draft: str | None = None  # "draft §5.1.1 MUST; draft §11.10 MUST": what of the drafts it tests
+
+    @property
+    def level(self) -> str:
+        return level_of(self.draft)
 
 
 _REGISTRY: dict[str, Check] = {}
@@ -283,16 +322,23 @@ _ID = re.compile(r"[a-z]+(\.[a-z0-9-]+)+")
 
 
 def register(check_id: str, title: str, profile: str, requirements: Iterable[str], *,
-             last: bool = False) -> Callable[[CheckFn], CheckFn]:
+             draft: str | None = None, last: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Decorator: a check returns a short note on success, raises CheckFailed on a departure, or
-    raises Skip(reason) when it does not apply to the target."""
+    raises Skip(reason) when it does not apply to the target.
+
+    ``draft`` names what of the published drafts the check tests, as spec/README.md's provenance
+    markers do: ``"draft §5.1.1 MUST"``, several joined by ``"; "``. A check with ``draft`` judges
+    only that (it is in the ``draft`` profile; a SHOULD-level one warns instead of failing); a
+    check without it tests MPP's own profile (level ``extension``) and cites its spec ids."""
     if _ID.fullmatch(check_id) is None:
         raise ValueError(f"bad check id {check_id!r}")
+    if draft is not None and not all(_SOURCE.fullmatch(src) for src in draft.split("; ")):
+        raise ValueError(f"check {check_id}: bad draft citation {draft!r} (e.g. 'draft §5.1.1 MUST')")
 
     def add(fn: CheckFn) -> CheckFn:
         if check_id in _REGISTRY:
             raise ValueError(f"duplicate check id {check_id!r}")
-        _REGISTRY[check_id] = Check(check_id, title, profile, tuple(requirements), fn, last)
+        _REGISTRY[check_id] = Check(check_id, title, profile, tuple(requirements), fn, last, draft)
         return fn
 
     return add
@@ -302,9 +348,12 @@ class Skip(Exception):
     """The check does not apply to this target; the message says why."""
 
 
+CHECK_MODULES = ("checks_full", "checks_discovery", "checks_session", "checks_identity", "checks_pricing")
+
+
 def all_checks() -> list[Check]:
     from . import checks_core  # noqa: F401 - registration by import
-    for name in ("checks_full", "checks_identity", "checks_pricing"):
+    for name in CHECK_MODULES:
         try:
             __import__(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
@@ -313,13 +362,16 @@ def all_checks() -> list[Check]:
     return list(_REGISTRY.values())
 
 
-PROFILE_INCLUDES = {"core": ("core",), "full": ("core", "full"), "identity": ("core", "identity"),
-                    "pricing": ("core", "pricing")}
+# What each profile runs: the groups of checks it includes. `draft` is the exception: every check
+# of its groups that cites a draft (MUST and SHOULD levels), none that tests MPP's own profile.
+PROFILE_INCLUDES = {"draft": ("core", "full"), "core": ("core",), "full": ("core", "full"),
+                    "identity": ("core", "identity"), "pricing": ("core", "pricing"), "session": ("core", "session")}
+PROFILES = tuple(PROFILE_INCLUDES)
 
 
 def checks_for(profile: str) -> list[Check]:
     wanted = PROFILE_INCLUDES.get(profile, (profile,))
-    return [c for c in all_checks() if c.profile in wanted]
+    return [c for c in all_checks() if c.profile in wanted and (profile != "draft" or c.draft is not None)]
 
 
 async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
@@ -336,8 +388,8 @@ async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
             try:
                 note = await chk.fn(ctx)
                 verdict, message = Verdict.PASS, note or "as the spec requires"
-            except CheckFailed as exc:
-                verdict, message = Verdict.FAIL, str(exc)
+            except CheckFailed as exc:  # a SHOULD not followed is worth knowing, not a failure
+                verdict, message = (Verdict.WARN if chk.level == "SHOULD" else Verdict.FAIL), str(exc)
             except Skip as exc:
                 verdict, message = Verdict.SKIP, str(exc)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -346,7 +398,7 @@ async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
                 verdict, message = Verdict.ERROR, f"check crashed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             # Evidence was scrubbed as recorded; the message may quote a response, so it is scrubbed too.
             result = Result(chk.id, chk.title, chk.profile, list(chk.requirements), verdict, sent.scrub(message),
-                            (time.perf_counter() - start) * 1000, ctx.exchanges, target)
+                            (time.perf_counter() - start) * 1000, ctx.exchanges, target, chk.level, chk.draft)
             results.append(result)
             if progress is not None:
                 progress(result, n, len(checks))
