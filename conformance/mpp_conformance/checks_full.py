@@ -41,7 +41,7 @@ def payer_for(ctx: CheckContext) -> Payer:
     """The payer ``--pay-with`` names; without one the check does not apply (skip)."""
     spec = ctx.options.get("pay_with")
     if not spec:
-        raise Skip("no --pay-with: the full profile pays the target (ledger:WALLET_DIR or static:JSON)")
+        raise Skip("no --pay-with: this check pays the target (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM)")
     max_amount = ctx.options.get("max_amount")
     return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount))
 
@@ -131,9 +131,37 @@ def skip_if_payer_limited(resp: Response, paid: Paid, what: str) -> None:
                + why.format(**{k: str(v) for k, v in names.items()}))
 
 
+def accepted(resp: Response, paid: Paid, what: str) -> PaymentReceipt | None:
+    """``resp`` is the success of a payment as the draft has it: a 2xx; its receipt, when it has one
+    (a SHOULD, §5.3), one base64url JSON object with status "success" (§5.3.1) on a response
+    cacheable only privately (§11.10). MPP's own receipt members are paid_ok's."""
+    no_5xx(resp, what)
+    skip_if_payer_limited(resp, paid, what)
+    if not 200 <= resp.status < 300:
+        fail(f"{what}: the target refused a fresh credential for its own {paid.label}: {describe(resp)}{_detail(resp, paid)}")
+    values = resp.headers.getall("Payment-Receipt", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        fail(f"{what}: HTTP {resp.status} with {len(values)} Payment-Receipt fields")
+    try:
+        receipt = parse_receipt(values[0])
+    except ParseError as exc:
+        fail(f"{what}: the Payment-Receipt does not parse as the draft's receipt: {exc}")
+    if receipt.status != "success":
+        fail(f"{what}: the receipt's status is {receipt.status!r}, not \"success\" (draft §5.3.1)")
+    directives = {d.strip().split("=")[0].lower() for d in ",".join(resp.headers.getall("Cache-Control", [])).split(",") if d.strip()}
+    if "public" in directives:
+        fail(f"{what}: a response with a receipt is marked Cache-Control public (draft §11.10)")
+    if not directives & {"private", "no-store"}:
+        fail(f"{what}: a response with a receipt lacks Cache-Control private "
+             f"(got {resp.headers.get('Cache-Control')!r}; draft §11.10 MUST)")
+    return receipt
+
+
 def paid_ok(resp: Response, paid: Paid, what: str) -> PaymentReceipt:
-    """``resp`` is the success of a payment: a 2xx with one Payment-Receipt for this challenge,
-    cacheable only privately (CORE-RCPT-01, CORE-RCPT-03)."""
+    """``resp`` is the success of a payment as MPP's profile has it: a 2xx with one Payment-Receipt
+    for this challenge (``challengeId``, a signed JWS), cacheable only privately (CORE-RCPT-01, CORE-RCPT-03)."""
     no_5xx(resp, what)
     skip_if_payer_limited(resp, paid, what)
     if not 200 <= resp.status < 300:
@@ -190,17 +218,36 @@ async def still_pays(ctx: CheckContext, paid: Paid, refusal: str) -> None:
 
 # -- the checks -------------------------------------------------------------
 
-@register("full.paid-success", "a fresh credential pays: 2xx, a Payment-Receipt for it, cacheable only privately", "full",
-          ["CORE-RCPT-01", "CORE-RCPT-03", "CHARGE-01"])
+@register("full.paid-success", "a fresh credential pays: 2xx; a receipt, if any, says success and is cacheable only privately",
+          "full", ["CORE-RCPT-03", "CHARGE-01"], draft="charge §7.1 MUST; draft §5.3.1 MUST; draft §11.10 MUST")
 async def paid_success(ctx: CheckContext) -> str:
-    payer = payer_for(ctx)
-    paid, resp, receipt = await pay_once(ctx, payer)
+    paid = await fresh_credential(ctx)
+    resp = await send(ctx, paid)
+    receipt = accepted(resp, paid, "paid request")
+    if receipt is None:
+        return f"HTTP {resp.status}, no Payment-Receipt (a SHOULD: draft.receipt)"
     return (f"HTTP {resp.status}, {receipt.method} receipt reference {receipt.reference[:24]}, "
             f"Cache-Control {resp.headers.get('Cache-Control')!r}")
 
 
-@register("full.replay", "the same credential sent again is refused as invalid-challenge", "full",
-          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"])
+@register("draft.receipt", "a paid 2xx carries a Payment-Receipt", "draft", ["CORE-RCPT-01"], draft="draft §5.3 SHOULD")
+async def has_receipt(ctx: CheckContext) -> str:
+    paid = await fresh_credential(ctx)
+    resp = await send(ctx, paid)
+    if accepted(resp, paid, "paid request") is None:
+        fail(f"paid request: HTTP {resp.status} without a Payment-Receipt (servers SHOULD include one)")
+    return "the paid response carries a Payment-Receipt"
+
+
+@register("full.receipt-fields", "the receipt names the paid challenge (challengeId) and carries the signed receipt JWS", "full",
+          ["CORE-RCPT-01", "CORE-RCPT-03"])
+async def receipt_fields(ctx: CheckContext) -> str:
+    paid, resp, receipt = await pay_once(ctx, payer_for(ctx))
+    return f"challengeId {str(receipt.challengeId)[:12]}..., a {len(receipt.receipt or '')}-character JWS"
+
+
+@register("full.replay", "the same credential sent again is refused (invalid-challenge)", "full",
+          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"], draft="draft §11.3 MUST; charge §6.2 MUST; draft §4.2 MUST")
 async def replay(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
@@ -211,13 +258,13 @@ async def replay(ctx: CheckContext) -> str:
     if not 200 <= first.status < 300:
         fail(f"first use of the credential: the target refused a fresh credential for its own {paid.label}: {describe(first)}")
     resp = await send(ctx, paid)
-    refused(resp, "the same credential again", ("invalid-challenge",), not_ids={paid.challenge.id},
-            accepted="a challenge id was consumed twice (CORE-ONCE-01)")
-    return "paid once, the replay refused as invalid-challenge with a fresh challenge"
+    slug = refused(resp, "the same credential again", ("invalid-challenge",), not_ids={paid.challenge.id},
+                   accepted="a challenge id was consumed twice (CORE-ONCE-01)")
+    return f"paid once, the replay refused ({slug or 'no problem document'}) with a fresh challenge"
 
 
 @register("full.concurrent-replay", "the same credential sent many times at once succeeds at most once", "full",
-          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04", "CORE-RCPT-02"])
+          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04", "CORE-RCPT-02"], draft="draft §11.5 MUST; draft §11.3 MUST")
 async def concurrent_replay(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     n = max(2, int(ctx.options.get("concurrency") or 20))
@@ -235,7 +282,7 @@ async def concurrent_replay(ctx: CheckContext) -> str:
         skip_if_payer_limited(responses[0], paid, f"{n} concurrent submissions of one credential")
         fail(f"none of {n} concurrent submissions of one fresh credential succeeded ({tally}); "
              "exactly one must proceed to settlement (CORE-ONCE-02)")
-    paid_ok(wins[0], paid, "the one successful concurrent submission")
+    accepted(wins[0], paid, "the one successful concurrent submission")
     for r in responses:
         if r is not wins[0]:
             refused(r, f"a losing one of {n} concurrent submissions", ("invalid-challenge",), not_ids={paid.challenge.id})
@@ -325,22 +372,48 @@ async def other_method(ctx: CheckContext) -> str:
 
 
 @register("full.changed-body", "a credential bound to one body is refused with another, and then still pays with its own", "full",
-          ["CORE-BIND-03", "CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02", "CORE-ONCE-04"])
+          ["CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02", "CORE-ONCE-04"], draft="draft §5.1.3 MUST; draft §11.4 MUST NOT")
 async def changed_body(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     mine, body = _method(ctx), _data(ctx) or b""
     if mine not in BODY_METHODS and not body:
         raise Skip(f"{mine} target without a body: there is no body to change")
     paid = await fresh_credential(ctx, payer)
-    if paid.challenge.digest is None:
-        fail(f"the challenge for a {mine} request with a {len(body)}-byte body carries no digest, so the body "
-             "is not bound to the payment (CORE-BIND-03)")
+    if paid.challenge.digest is None:  # whether it must is core.body-digest's question
+        raise Skip(f"the challenge for a {mine} request with a {len(body)}-byte body carries no digest: no body "
+                   "binding to test (core.body-digest and draft.body-digest judge its absence)")
     other = body + b"\n[changed by mpp-conformance]"
     resp = await send(ctx, paid, data=other)
-    refused(resp, "the credential sent with a changed body", ("verification-failed",), not_ids={paid.challenge.id},
-            accepted="a credential for one body paid for another (CORE-BIND-04)")
+    # verification-failed is MPP's type (CORE-ERR-06); the draft names none for a digest mismatch.
+    slug = refused(resp, "the credential sent with a changed body", ("verification-failed", "invalid-challenge", "invalid-payload"),
+                   not_ids={paid.challenge.id}, accepted="a credential for one body paid for another (CORE-BIND-04)")
     await still_pays(ctx, paid, "its use with a changed body")
-    return "a changed body refused as verification-failed, then the original body paid"
+    return f"a changed body refused ({slug or 'no problem document'}), then the original body paid"
+
+
+async def _body_digest(ctx: CheckContext) -> str:
+    import base64
+    import hashlib
+
+    mine, body = _method(ctx), _data(ctx) or b""
+    if mine not in BODY_METHODS and not body:
+        raise Skip(f"{mine} target without a body: nothing to digest")
+    resp = await ctx.request(mine, ctx.target, data=body)
+    status(resp, 402, "unpaid request")
+    challenges = fresh_challenges(resp, "unpaid request")
+    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    for c in challenges:
+        if c.digest is None:
+            fail(f"the {c.method}/{c.intent} challenge for a {mine} request with a {len(body)}-byte body carries no digest")
+        if c.digest != expected:
+            fail(f"the {c.method}/{c.intent} challenge's digest {c.digest[:60]!r} is not the request body's sha-256 ({expected})")
+    return f"{len(challenges)} challenge(s) bind the {len(body)}-byte body ({expected[:20]}...)"
+
+
+register("core.body-digest", "a challenge for a request with a body carries the body's digest", "core",
+         ["CORE-BIND-03"])(_body_digest)
+register("draft.body-digest", "a challenge for a request with a body carries the body's digest", "draft",
+         ["CORE-BIND-03"], draft="draft §5.1.3 SHOULD")(_body_digest)
 
 
 @register("full.idempotency-retry", "a retry with the same credential and Idempotency-Key replays the response", "full",

@@ -91,22 +91,28 @@ def describe(resp: Response) -> str:
     return " ".join(parts)
 
 
-def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int = 402,
-            not_ids: set[str] = frozenset(), accepted: str = "") -> str:
-    """``resp`` refuses a credential as the spec shapes a refusal: ``expected_status``, a problem
-    document of one of ``slugs``, fresh challenges (no id of ``not_ids``) with no-store, and no
-    receipt. A 2xx fails with ``accepted`` appended (what accepting it means). Returns the slug."""
+def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int | tuple[int, ...] = 402,
+            not_ids: set[str] = frozenset(), accepted: str = "") -> str | None:
+    """``resp`` refuses a credential as the draft shapes a refusal (§4.2, §5.3.1, §11.10):
+    ``expected_status``, fresh challenges (no id of ``not_ids``) with no-store on a 402, and no
+    receipt; a problem document, when there is one, of one of ``slugs``. Whether there must be a
+    problem document (a SHOULD of the draft, a MUST of MPP's profile) is core.problem-documents'
+    question, asked once, not every refusal's. A 2xx fails with ``accepted`` appended (what
+    accepting it means). Returns the slug, or None without a problem document."""
     if 200 <= resp.status < 300:
         fail(f"{what}: the target accepted it ({describe(resp)})" + (f"; {accepted}" if accepted else ""))
     status(resp, expected_status, what)
-    doc = problem(resp, None, what)
-    allowed = [PROBLEM_BASE + s for s in slugs]
-    if doc["type"] not in allowed:
-        fail(f"{what}: problem type is {doc['type']!r}, expected {' or '.join(map(repr, allowed))}")
-    if expected_status == 402 or "method-unsupported" in slugs:
+    slug = None
+    if "application/problem+json" in resp.headers.get("Content-Type", ""):
+        doc = problem(resp, None, what)
+        allowed = [PROBLEM_BASE + s for s in slugs]
+        if doc["type"] not in allowed:
+            fail(f"{what}: problem type is {doc['type']!r}, expected {' or '.join(map(repr, allowed))}")
+        slug = doc["type"][len(PROBLEM_BASE):]
+    if resp.status == 402 or "method-unsupported" in slugs:
         fresh_challenges(resp, what, not_ids=not_ids)
     no_receipt(resp, what)
-    return doc["type"][len(PROBLEM_BASE):]
+    return slug
 
 
 __all__ += ["problem_slug", "describe", "refused"]

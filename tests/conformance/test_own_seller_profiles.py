@@ -34,14 +34,16 @@ def trusted_seller(home: Path, tmp_path: Path):
         assert "Traceback" not in stop_seller(seller)
 
 
-@pytest.mark.parametrize("profile", ["core", "full", "identity"])
+@pytest.mark.parametrize("profile", ["draft", "core", "full", "identity"])
 def test_our_seller_passes_each_profile_with_reports(trusted_seller, tmp_path: Path, profile: str):
-    """CORE-CHAL-01, CORE-ONCE-01, IDENT-ERR-01: core, full and identity all pass against `mpp seller serve`;
-    the JSON, JUnit and HTML reports are written and readable."""
+    """CORE-CHAL-01, CORE-ONCE-01, IDENT-ERR-01: draft (paying), core, full and identity all pass against
+    `mpp seller serve`, with no warning either; the JSON, JUnit and HTML reports are written and readable
+    and show every result's level."""
     seller, keys = trusted_seller
     url = seller.url + ("/agent-report" if profile == "identity" else "/weather")
     extra = {
         "core": [],
+        "draft": ["--pay-with", f"ledger:{seller.home / 'agent'}", "--other-url", seller.url + "/quote"],
         "full": ["--pay-with", f"ledger:{seller.home / 'agent'}", "--other-url", seller.url + "/quote"],
         "identity": ["--identity-keys", str(keys)],
     }[profile]
@@ -55,12 +57,28 @@ def test_our_seller_passes_each_profile_with_reports(trusted_seller, tmp_path: P
     doc = json.loads(reports["json"].read_text())
     verdicts = {r["id"]: r["verdict"] for r in doc["results"]}
     assert doc["summary"]["fail"] == 0 and doc["summary"]["error"] == 0, verdicts
-    assert any(cid.startswith(profile) for cid in verdicts) and all(r["requirements"] for r in doc["results"])
+    # Our one departure from a SHOULD of the draft, on purpose (spec/core.md, Draft revision and
+    # differences, row 5): two credentials get 402 malformed-credential, not 400. A warning, not a failure.
+    assert {cid for cid, v in verdicts.items() if v == "warn"} == ({"draft.two-credentials"} if profile == "draft" else set())
+    levels = {r["id"]: r["level"] for r in doc["results"]}
+    assert set(levels.values()) <= {"MUST", "SHOULD", "extension"}
+    if profile == "draft":  # only what the drafts require, each result naming the draft it tests
+        assert "extension" not in levels.values() and "SHOULD" in levels.values(), levels
+        assert all(r["cites"].startswith(("draft-", "RFC")) for r in doc["results"]), doc["results"][0]["cites"]
+    else:
+        assert {"MUST", "extension"} <= set(levels.values()), levels
+    assert any(cid.startswith("core." if profile == "draft" else profile) for cid in verdicts)
+    assert all(r["requirements"] for r in doc["results"])
     skipped = {cid for cid, v in verdicts.items() if v == "skip"}
-    allowed_skips = {"full.other-method", "full.changed-body", "full.idempotency-retry", "identity.revoked"}
+    allowed_skips = {"full.other-method", "full.changed-body", "full.idempotency-retry", "identity.revoked",
+                     "core.body-digest", "draft.body-digest"}
     assert skipped <= allowed_skips, skipped  # GET targets: no body, no second method on these paths
     suite = ET.parse(reports["xml"]).getroot().find("testsuite")
     assert int(suite.get("tests")) == len(doc["results"]) and suite.get("failures") == "0"
+    levels_in_xml = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}["level"]
+                     for case in suite.iter("testcase")}
+    assert levels_in_xml == {r["id"]: r["level"] for r in doc["results"]}
     page = reports["html"].read_text()
+    assert page.count("data-level=") == len(doc["results"])
     assert page.startswith("<!doctype html>") and "id='summary'" in page and page.count("<details class='check'") == len(doc["results"])
     assert "Payment eyJ" not in page and "Payment eyJ" not in reports["json"].read_text()
