@@ -53,7 +53,7 @@ async def challenge_well_formed(ctx: CheckContext) -> str:
     # expires a SHOULD (draft.expires), MPP's own members are core.problem-documents'.
     resp = await unpaid(ctx)
     status(resp, 402, "unpaid request")
-    challenges = fresh_challenges(resp, "unpaid request")
+    challenges = fresh_challenges(resp, "unpaid request", no_store=True)
     now = datetime.now(timezone.utc)
     for c in challenges:
         if c.method != c.method.lower():
@@ -114,6 +114,8 @@ async def problem_documents(ctx: CheckContext) -> str:
 async def problem_details(ctx: CheckContext) -> str:
     for what, kind, _ in _PROBLEM_PROBES[:2]:
         resp, _ = await _problem_probe(ctx, kind)
+        if resp.status >= 500:  # the 5xx is the finding (core.no-5xx and the refusal checks), not its body
+            raise Skip(f"{what}: HTTP {resp.status}, not a payment problem to describe")
         ctype = resp.headers.get("Content-Type", "")
         if "application/problem+json" not in ctype:
             fail(f"{what}: HTTP {resp.status} with Content-Type {ctype!r}, not a problem document (draft §8.1 SHOULD)")
@@ -139,7 +141,9 @@ async def garbage_credential(ctx: CheckContext) -> str:
     # Labels, not values, in messages: a credential never reaches a report.
     for label, value in (("garbage", "Payment !!!not-base64!!!"), ("non-JSON", "Payment " + "QUJD" * 3),
                          ("truncated JSON", "Payment eyJjaGFsbGVuZ2UiOnsiaWQiOiJ4")):
-        refused(await send(ctx, value), f"{label} credential", ("malformed-credential",))
+        resp = await send(ctx, value)
+        refused(resp, f"{label} credential", ("malformed-credential",))
+        fresh_challenges(resp, f"{label} credential", no_store=True)
     return "garbage, non-JSON and truncated credentials refused"
 
 
@@ -172,7 +176,7 @@ PROBE_METHOD = "conformanceprobe"
 def _refusal(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int = 402,
              not_ids: set[str] = frozenset()) -> str | None:
     """A refusal as the draft shapes it (expect.refused): the status, fresh challenges (new ids)
-    with no-store, no receipt, and a problem document, if any, of one of ``slugs``."""
+    and a problem document, if any, of one of ``slugs``."""
     return refused(resp, what, slugs, expected_status=expected_status, not_ids=not_ids)
 
 
