@@ -768,7 +768,7 @@ async def run_buyer_checks(cmd: str, *, progress: Callable[[Result, int, int], N
                         f"({PLACEHOLDER} and {BODY_PLACEHOLDER}) to bind a digest to")
             elif check is PLAIN_HTTP and not seller.plain_origin:
                 skip = f"no plain-http origin on an address that is not loopback: {seller.plain_missing}"
-            elif check is PLAIN_HTTP:
+            elif check is PLAIN_HTTP and baseline_failed is None:
                 why = await _reachable(seller.plain_origin + JWKS_PATH)
                 if why is not None:
                     skip = f"the suite cannot reach its own plain-http origin {seller.plain_origin} ({why})"
