@@ -29,14 +29,21 @@ This is what another implementation must provide to be checked; nothing else is 
   wallet from ``mpp init`` (``max_amount`` 1000, ``currencies`` ["usd"]) whose ``wallet.json``
   also lists ``"recipients": ["acct:seller"]``.
 * Plain ``http`` to 127.0.0.1: a buyer that refuses plain http everywhere cannot be checked
-  (CORE-BUY-07 allows loopback for exactly this reason).
+  (CORE-BUY-07 allows loopback for exactly this reason). Only ``buyer.plain-http`` gives it a URL
+  on another address of the machine (see below), where it must not pay.
+* ``--post-cmd`` (optional) is a second template, with ``{url}`` and ``{body}``: the same buyer
+  sending ``POST`` with that body (shell-quoted JSON) and paying as above, used by
+  ``buyer.body-digest`` only; without it that check reports SKIP. For this repository's buyer:
+  ``mpp fetch --wallet WALLET --no-identity --data {body} {url}``.
 
 The seller
 ==========
 
 Two aiohttp servers on 127.0.0.1 with random ports: the *seller origin* (whose URL the buyer is
 given) and *another origin* (a different port, so a different origin), used only by the redirect
-check. Both serve the suite's receipt key at ``/.well-known/jwks.json``. Challenges are built with
+check; and a third, the *plain-http origin*, on an address of the machine that is not loopback
+(``--plain-http-address``, or the one ``non_loopback_address`` finds; never 0.0.0.0), used only by
+``buyer.plain-http``, which is skipped, with the reason, when there is none. All serve the suite's receipt key at ``/.well-known/jwks.json``. Challenges are built with
 mpp's own wire code: ``ChallengeIssuer`` (a fresh 32-byte secret per run, realm
 ``mpp-conformance.buyer``), method ``ledger``, intent ``charge``, a 5-minute expiry, an ``opaque``
 nonce (so every 402 carries a new challenge id) and the request
@@ -51,7 +58,12 @@ as payment, and answered as the check's scenario says
 (normally ``200`` with a ``Payment-Receipt`` whose JWS is signed by the key in the JWKS, claims as
 mpp's seller writes them: iss = realm, challengeId, amount, currency, recipient, reference...).
 A credential that does not parse, or echoes a challenge this run did not issue, gets a 400 or a
-402 and, in the baseline, fails it.
+402 and, in the baseline, fails it; so does one whose request body does not match the ``digest``
+of the challenge it echoes.
+
+Levels: a check citing a MUST of draft-httpauth-payment-02 (``draft``, short form as in
+``framework.level_of``) has level ``MUST``; the others test MPP's own profile (``extension``). A
+check citing only SHOULDs would warn instead of failing; there is none yet.
 
 The checks (profile ``buyer``)
 ==============================
@@ -60,15 +72,15 @@ The checks (profile ``buyer``)
     A normal purchase: 402, then 200 with a valid signed receipt. The buyer must exit 0 having
     sent exactly one well-formed credential. If it does not, every other check reports ERROR
     "baseline failed" without running: a buyer that cannot pay at all "refuses" everything.
-``buyer.expired-challenge`` (CORE-BUY-01)
+``buyer.expired-challenge`` (CORE-BUY-01; draft §5.1.2 MUST NOT)
     The challenge expired five minutes ago. No credential may arrive.
-``buyer.over-limit`` (CORE-BUY-01)
+``buyer.over-limit`` (CORE-BUY-01; draft §11.6 MUST)
     The amount is 5000, over the limit of 1000. No credential may arrive.
-``buyer.wrong-recipient`` (CORE-BUY-01)
+``buyer.wrong-recipient`` (CORE-BUY-01; draft §11.6 MUST)
     The recipient is ``acct:mallory``. No credential may arrive.
-``buyer.wrong-currency`` (CORE-BUY-01)
+``buyer.wrong-currency`` (CORE-BUY-01; draft §11.6 MUST)
     The currency is ``eur``. No credential may arrive.
-``buyer.foreign-credential-field`` (CORE-BUY-08)
+``buyer.foreign-credential-field`` (CORE-BUY-08; draft §5.2 MUST NOT)
     The challenge's ``header`` parameter selects ``Payment-Credential`` (bound into its id). This
     profile sends credentials only in ``Authorization``, so no credential may arrive, in either field.
 ``buyer.cross-origin-redirect`` (CORE-BUY-02, CORE-BUY-03)
@@ -84,10 +96,34 @@ The checks (profile ``buyer``)
     The one retry CORE-BUY-05 allows, the byte-identical credential sent again with an
     ``Idempotency-Key``, is not counted as a second payment.
 
+``buyer.large-challenge`` (CORE-CRED-05; draft §9.4 MUST)
+    The ``WWW-Authenticate`` value is 4608 bytes (at least 4096, under the 8 KB servers should
+    keep to), padded by a long ``description``; the request is the baseline's. It must be paid,
+    once, and the buyer exit 0.
+``buyer.unknown-parameters`` (CORE-CHAL-07, CORE-CRED-03; draft §5.1.2 MUST, §9.3 MUST)
+    Unknown lowercase parameters before and after the known ones (``x-trace`` with a token value of
+    every tchar punctuation, ``hint`` quoted with a comma and an escaped quote, ``priority``,
+    ``x-vendor-ext``). It must be paid once and the echo must verify (unknown members in the echo
+    are ignored).
+``buyer.echo-id-opaque`` (CORE-CRED-03; draft §5.1.1 MUST, §5.1.2 MUST)
+    The id is a 63-character stored one (the draft leaves the binding to the seller) and ``opaque``
+    holds non-ASCII text (JCS, so re-serialising changes its bytes). It must be paid once with both
+    echoed byte for byte; the message names a dropped, cut or re-encoded value.
+``buyer.body-digest`` (CORE-BUY-10; draft §5.1.2 MUST)
+    Run with ``--post-cmd``. The 402 to the POST carries ``digest`` of the body received; the
+    paid request must carry a body of that digest (one with another body fails). A first request
+    without a body is ERROR: nothing could be bound.
+``buyer.description-not-relied-on`` (CORE-BUY-06, CORE-BUY-01; draft §11.6 MUST NOT)
+    ``description`` claims 10 usd; ``request`` asks 5000, over the limit. No credential may arrive.
+``buyer.plain-http`` (CORE-BUY-07; draft §11.2 MUST NOT)
+    The URL is ``http://ADDRESS:PORT/...`` on the plain-http origin; an otherwise acceptable
+    challenge. No credential may arrive (a buyer that makes no request there passes too).
+
 The checks run one after another, the baseline first, each with its own evidence: every request
 the buyer made to either origin (credentials redacted) and the command's exit status and output.
-``run_buyer_checks(cmd, progress=..., timeout=..., only=[ids])`` is the entry point
-(``only`` selects checks; the baseline always runs).
+``run_buyer_checks(cmd, progress=..., timeout=..., only=[ids], post_cmd=..., plain_host=...)`` is the
+entry point (``only`` selects checks; the baseline always runs). Messages say what the buyer did
+(counts, sizes, lengths), never a credential's value.
 """
 
 from __future__ import annotations
@@ -419,7 +455,7 @@ class AdversarialSeller:
             if check == BODY_DIGEST.id:
                 run.bodies.append(body)
             return self._challenge_response(run, "payment-required", "this resource costs money", body)
-        return self._answer_credential(run, payments[0], request.path, body)
+        return self._answer_credential(run, payments[0], request.path, body, request.method)
 
     def _challenge_response(self, run: _Run, slug: str, detail: str, body: bytes = b"") -> web.Response:
         change = _REFUSALS.get(run.check.id, ({}, ""))[0]
@@ -456,7 +492,7 @@ class AdversarialSeller:
         run.field_sizes.append(len(field_value.encode()))
         return _problem(402, slug, detail, {"WWW-Authenticate": field_value})
 
-    def _answer_credential(self, run: _Run, value: str, path: str, body: bytes = b"") -> web.Response:
+    def _answer_credential(self, run: _Run, value: str, path: str, body: bytes = b"", method: str = "GET") -> web.Response:
         try:
             credential = parse_credential(value)
         except ParseError as exc:
@@ -473,9 +509,9 @@ class AdversarialSeller:
         if run.check.id == NO_DOUBLE_PAY.id:
             return web.Response(status=503, text="service unavailable (conformance: outcome unknown to the buyer)",
                                 headers={"Cache-Control": "no-store"})
-        return self._paid(run, issued, credential.source, path, bad_signature=run.check.id == BAD_RECEIPT.id)
+        return self._paid(run, issued, credential.source, f"{method} {path}", bad_signature=run.check.id == BAD_RECEIPT.id)
 
-    def _paid(self, run: _Run, challenge: Challenge, source: str | None, path: str, *, bad_signature: bool) -> web.Response:
+    def _paid(self, run: _Run, challenge: Challenge, source: str | None, resource: str, *, bad_signature: bool) -> web.Response:
         request = ChargeRequest.from_challenge(challenge)
         now = datetime.now(timezone.utc)
         reference = "conformance-" + secrets.token_hex(8)
@@ -483,7 +519,7 @@ class AdversarialSeller:
             "iss": self.issuer.realm, "sub": source or "anonymous", "iat": int(now.timestamp()), "jti": challenge.id,
             "challengeId": challenge.id, "method": challenge.method, "intent": challenge.intent,
             "amount": request.amount, "currency": request.currency, "recipient": request.recipient,
-            "resource": f"GET {path}", "reference": reference, "settledAt": format_rfc3339(now),
+            "resource": resource, "reference": reference, "settledAt": format_rfc3339(now),
         }
         if bad_signature:  # the kid of the published key, the signature of another one
             jws = jwt.encode(claims, self.rogue.private_key, algorithm="EdDSA", headers={"kid": self.key.kid, "typ": "mpp-receipt+jwt"})
