@@ -52,9 +52,10 @@ nonce (so every 402 carries a new challenge id) and the request
 
 The suite does not verify ledger signatures: it is testing the buyer's *decisions*, not its
 payment method. Every request carrying ``Authorization: Payment ...`` (or a ``Payment-Credential``
-field) to either origin, on any path, counts as a credential sent (well-formed or not). A
-credential that parses and echoes, unaltered, a challenge issued in the same check is accepted
-as payment, and answered as the check's scenario says
+field) to any origin, on any path, counts as a credential sent (well-formed or not). A
+credential that parses and echoes a challenge issued in the same check, every parameter the id
+binds unaltered (``description`` is not bound, unknown members are ignored), is accepted as
+payment, and answered as the check's scenario says
 (normally ``200`` with a ``Payment-Receipt`` whose JWS is signed by the key in the JWKS, claims as
 mpp's seller writes them: iss = realm, challengeId, amount, currency, recipient, reference...).
 A credential that does not parse, or echoes a challenge this run did not issue, gets a 400 or a
@@ -250,6 +251,11 @@ _REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
                      f"amount 5000 in request, over its limit of {MAX_AMOUNT}, under a description that claims 10"),
     PLAIN_HTTP.id: ({}, "a challenge received over plain http from a host that is not loopback"),
 }
+
+
+# What the challenge id binds (draft §5.1.2.1): an echo must carry these unchanged. ``description`` is not
+# bound (display only) and unknown members are ignored, so neither decides whether a credential pays.
+_BOUND = ("realm", "method", "intent", "request", "expires", "digest", "opaque", "header")
 
 
 @dataclass
@@ -499,8 +505,10 @@ class AdversarialSeller:
             run.notes.append(f"a credential did not parse: {exc}")
             return _problem(400, "malformed-credential", f"credential does not parse: {exc}")
         issued = run.issued.get(credential.challenge.id)
-        if issued is None or credential.challenge.echo() != issued.echo():
-            run.notes.append("a credential echoed a challenge this seller did not issue in this check, or altered it")
+        altered = [] if issued is None else [name for name in _BOUND if getattr(credential.challenge, name) != getattr(issued, name)]
+        if issued is None or altered:
+            run.notes.append("a credential echoed an id this seller did not issue in this check" if issued is None
+                             else "a credential altered the echoed " + ", ".join(altered))
             return self._challenge_response(run, "invalid-challenge", "credential echoes no challenge issued here", body)
         if issued.digest is not None and content_digest(body) != issued.digest:
             run.notes.append(f"a credential came with a body ({len(body)} bytes) whose digest is not the challenge's")
@@ -739,8 +747,8 @@ def _judge_paid(check: BuyerCheck, run: _Run, outcome: _Outcome) -> tuple[Verdic
     problems = _echo_problems(run) if check is ECHO_ID_OPAQUE else _digest_problems(run) if check is BODY_DIGEST else []
     if n == 0:
         problems.append("sent no credential")
-    elif not problems:
-        problems += run.notes  # what the seller found wrong (an echo that does not verify), when the check's own rule found nothing
+    elif not problems:  # what the seller found wrong (an echo that does not verify), when the check's own rule found nothing
+        problems += [f"sent a credential the seller refused ({note})" for note in run.notes]
     if n > 1:
         problems.append(f"sent {_plural(n, 'credential')} instead of exactly one")
     if problems:
@@ -793,7 +801,8 @@ async def run_buyer_checks(cmd: str, *, progress: Callable[[Result, int, int], N
     checks = [c for c in BUYER_CHECKS if only is None or c is BASELINE or c.id in only]
     results: list[Result] = []
     baseline_failed: str | None = None
-    async with AdversarialSeller(plain_host) as seller:
+    # The plain-http origin listens on a real interface: only while its check is selected.
+    async with AdversarialSeller(plain_host if PLAIN_HTTP in checks else "") as seller:
         for n, check in enumerate(checks, 1):
             start = time.perf_counter()
             run = _Run(check, plain_origin=seller.plain_origin)
