@@ -76,7 +76,8 @@ def cmd_seller(args: argparse.Namespace) -> int:
 def cmd_buyer(args: argparse.Namespace) -> int:
     from .buyer import run_buyer_checks
 
-    results = asyncio.run(run_buyer_checks(args.cmd, progress=ConsoleProgress(), timeout=args.timeout))
+    results = asyncio.run(run_buyer_checks(args.cmd, progress=ConsoleProgress(), timeout=args.timeout, post_cmd=args.post_cmd,
+                                           plain_host=args.plain_http_address))
     _write_reports(args, results, meta_for("buyer", args.cmd, "buyer"))
     return _finish(results)
 
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("buyer", help="run an adversarial seller on loopback and drive a buyer command against it")
     b.add_argument("--cmd", required=True, help="buyer command; {url} is replaced by the resource URL (see the README)")
     b.add_argument("--timeout", type=float, default=30.0, help="seconds per buyer invocation")
+    b.add_argument("--post-cmd", metavar="CMD", help="buyer command that POSTs {body} to {url}, for buyer.body-digest "
+                   "(skipped without it), e.g. \"mpp fetch --wallet W --no-identity --data {body} {url}\"")
+    b.add_argument("--plain-http-address", metavar="ADDR", help="an address of this machine that is not loopback, where "
+                   "buyer.plain-http serves plain http (default: found automatically; '' skips that check)")
     k = sub.add_parser("principal", help="create the suite's principal and agent keys for the identity profile")
     k.add_argument("dir", metavar="DIR", help="directory for principal.key, agent.key, other-agent.key, untrusted.key (kept if present)")
     k.set_defaults(func=_cmd_principal)
