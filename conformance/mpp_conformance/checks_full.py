@@ -28,7 +28,7 @@ from mpp.errors import EXTENSION_PROBLEM_BASE
 
 from .expect import describe, fail, fresh_challenges, no_5xx, problem_slug, refused, status
 from .framework import CheckContext, Response, Skip, register
-from .paying import DEFAULT_MAX_AMOUNT, CannotPay, Payer, payer_from_spec
+from .paying import DEFAULT_MAX_AMOUNT, DEFAULT_PAY_TIMEOUT, CannotPay, Payer, payer_from_spec
 
 __all__ = ["payer_for", "Paid", "OTHER_QUERY", "skip_if_payer_limited"]
 
@@ -41,9 +41,10 @@ def payer_for(ctx: CheckContext) -> Payer:
     """The payer ``--pay-with`` names; without one the check does not apply (skip)."""
     spec = ctx.options.get("pay_with")
     if not spec:
-        raise Skip("no --pay-with: the full profile pays the target (ledger:WALLET_DIR or static:JSON)")
-    max_amount = ctx.options.get("max_amount")
-    return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount))
+        raise Skip("no --pay-with: the full profile pays the target (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM)")
+    max_amount, timeout = ctx.options.get("max_amount"), ctx.options.get("pay_timeout")
+    return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount),
+                           timeout=DEFAULT_PAY_TIMEOUT if timeout is None else float(timeout))
 
 
 def _method(ctx: CheckContext) -> str:
@@ -72,9 +73,10 @@ async def fresh_credential(ctx: CheckContext, payer: Payer | None = None) -> Pai
     resp = await ctx.request(_method(ctx), ctx.target, data=_data(ctx))
     status(resp, 402, "unpaid request")
     challenges = fresh_challenges(resp, "unpaid request")
+    request = {"url": ctx.target, "http_method": _method(ctx)}
     try:
-        challenge = payer.choose(challenges)
-        return Paid(challenge, payer.authorize(challenge))
+        challenge = payer.choose(challenges, **request)
+        return Paid(challenge, payer.authorize(challenge, **request))
     except CannotPay as exc:
         raise Skip(f"not paid: {exc}") from None
 
