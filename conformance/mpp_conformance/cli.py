@@ -40,7 +40,7 @@ def cmd_seller(args: argparse.Namespace) -> int:
                "pay_with": args.pay_with, "concurrency": args.concurrency,
                "identity_keys": args.identity_keys, "account": args.account,
                "other_url": args.other_url, "max_amount": args.max_amount, "expiry_wait": args.expiry_wait,
-               "pay_timeout": args.pay_timeout}
+               "pay_timeout": args.pay_timeout, "payer_ledger": args.payer_ledger}
     if args.profile == "full" and not args.pay_with:
         raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM; see --help)")
     if args.pay_with:
@@ -99,6 +99,10 @@ Paying (profiles full and pricing):
       pays challenges of MPP's `ledger` method with the key of an `mpp init` wallet, bare (no
       mandate): the target's ledger must list that key as an owner of its account
       (mpp ledger allow acct:buyer DID --as owner --ledger ...).
+      Refusals must move no money: around each check's refused credentials the suite reads the
+      payer's balance at the ledger the challenge names (--payer-ledger, or the ledger.db beside an
+      `mpp init` wallet) and fails a check whose refusal moved it, naming the amount; when it
+      cannot read it, the check's message says so and nothing is compared.
   --pay-with 'static:{"token": "test"}'   (or static:@payload.json)
       for a seller whose methods are not `ledger`: answers the target's challenge with that fixed
       payload, for a test method of the target that accepts it. To answer one method only, wrap it:
@@ -159,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method), "
                    "static:JSON / static:@FILE (a fixed payload, for any other method) or cmd:PROGRAM (a program of "
                    "yours answers each challenge); see 'Paying' below")
+    s.add_argument("--payer-ledger", metavar="LOCATION",
+                   help="with --pay-with ledger: where the suite reads the payer's balance, to check that refusals move no "
+                        "money: the ledger's SQLite file (read-only) or its service's http(s) URL (default: the ledger "
+                        "beside an `mpp init` wallet, or wallet.json's 'ledger'); unreadable, the comparison is skipped")
     s.add_argument("--pay-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="the longest a cmd: payer program may take to answer one challenge (default %(default)g)")
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
