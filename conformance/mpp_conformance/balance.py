@@ -7,10 +7,11 @@ Where the balance is read. A ``ledger`` challenge names its ledger by id
 (``request.methodDetails.ledger``); the suite reads the payer account's balance from the first
 of these that *is* that ledger (its own id equal to the one the challenge names):
 
-- ``--payer-ledger LOCATION`` (option ``payer_ledger``): a SQLite ledger file, opened read-only
-  (the suite runs on the ledger's machine), or a ledger service's ``http(s)://`` URL, asked
-  ``GET /v1/accounts/{account}`` signed with the wallet's key (spec/methods/ledger.md §7; a
-  service lets an owner of the account read it);
+- ``--payer-ledger LOCATION`` (option ``payer_ledger``), and then that one alone: a SQLite ledger
+  file, opened read-only (the suite runs on the ledger's machine), or a ledger service's
+  ``http(s)://`` URL, asked ``GET /v1/accounts/{account}`` signed with the wallet's key
+  (spec/methods/ledger.md §7). Our service answers that only to a seller about its own payee
+  account (LEDGER-SVC-03), so for a buyer's key it is a note, not a comparison;
 - ``methodDetails.ledger`` itself, when it is an ``http(s)://`` URL or the path of a file;
 - the wallet's ``wallet.json`` member ``ledger`` (a path relative to WALLET_DIR, or a URL);
 - ``WALLET_DIR/../ledger.db``, where ``mpp init HOME`` puts the ledger of the wallet ``HOME/agent``.
@@ -100,10 +101,10 @@ def _ledger_named(challenge: Any) -> str | None:
 
 def _candidates(ctx: CheckContext, payer: Any, ledger_id: str) -> list[tuple[str, str]]:
     """(location, where it came from), in the order tried."""
-    out: list[tuple[str, str]] = []
     given = ctx.options.get("payer_ledger")
-    if given:
-        out.append((str(given), "--payer-ledger"))
+    if given:  # named: that one alone
+        return [(str(given), "--payer-ledger")]
+    out: list[tuple[str, str]] = []
     if ledger_id.startswith(("http://", "https://")) or Path(ledger_id).is_file():
         out.append((ledger_id, "the challenge's methodDetails.ledger"))
     wallet = Path(payer.directory)

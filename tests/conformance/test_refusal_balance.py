@@ -77,3 +77,45 @@ async def test_an_unreadable_balance_is_a_note_never_a_failure(home: Path, tmp_p
     results = await _run(home, "settles-before-binding", wallet, payer_ledger=str(home / "ledger.db"))
     assert results["full.other-query"].verdict is Verdict.FAIL
     assert "balance moved by -25 usd" in results["full.other-query"].message
+
+
+async def test_a_ledger_service_is_read_with_the_wallets_key_where_it_lets_it(home: Path):
+    """--payer-ledger http(s)://...: the signed GET /v1/accounts/{id} with the wallet's key. Our service
+    answers it only to a seller for its own payee account (LEDGER-SVC-03), so for a buyer's key it
+    refuses, and that is a note naming the refusal; where the key may read it, the balance is compared."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from mpp import Challenge, b64url_encode, canonical_json
+    from mpp.ledger import SqliteLedger
+    from mpp.ledger.service import ledger_app
+    from mpp_conformance.balance import read_balance
+    from mpp_conformance.framework import CheckContext
+    from mpp_conformance.paying import LedgerPayer
+
+    payer = LedgerPayer(str(home / "agent"))
+    ledger = SqliteLedger(str(home / "ledger.db"))
+    request = {"amount": "25", "currency": "usd", "recipient": "acct:seller", "methodDetails": {"ledger": ledger.ledger_id}}
+    challenge = Challenge(id="x", realm="r", method="ledger", intent="charge", request=b64url_encode(canonical_json(request)))
+    try:
+        for sellers, readable in (({}, False), ({payer.key.did: "acct:buyer"}, True)):
+            server = TestServer(ledger_app(ledger, sellers=sellers), host="127.0.0.1")
+            await server.start_server()
+            try:
+                async with aiohttp.ClientSession() as session:
+                    ctx = CheckContext("http://127.0.0.1:9/x", session, {"payer_ledger": str(server.make_url(""))})
+                    watch = await read_balance(ctx, payer, challenge)
+                    if not readable:
+                        assert watch.before is None and watch.why_not is not None
+                        assert "did not let the payer's key read 'acct:buyer'" in watch.why_not, watch.why_not
+                        assert "Unauthenticated" in watch.why_not
+                        continue
+                    assert watch.why_not is None and watch.before == ledger.balance("acct:buyer") and watch.currency == "usd"
+                    await watch.unmoved("nothing")
+                    ledger.fund("acct:buyer", 3)
+                    with pytest.raises(AssertionError, match=r"nothing: the payer's balance moved by \+3 usd"):
+                        await watch.unmoved("nothing")
+            finally:
+                await server.close()
+    finally:
+        ledger.close()
