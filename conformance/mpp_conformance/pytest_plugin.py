@@ -88,6 +88,13 @@ def _unusable(config: pytest.Config) -> str | None:
                 payer_from_spec(options["pay_with"], max_amount=options["max_amount"], timeout=options["pay_timeout"])
             except ValueError as exc:
                 return f"mpp-conformance: {exc}"
+        if options["identity_keys"]:
+            from .principal import load_keys
+
+            try:
+                load_keys(options["identity_keys"])
+            except (OSError, ValueError) as exc:
+                return f"mpp-conformance: --mpp-identity-keys: {exc}"
         asyncio.run(check_target(config.getoption("--mpp-seller"), options["method"], options["data"]))
     except UsageError as exc:  # a SystemExit: caught by name, so that it never ends the user's session
         return str(exc)
