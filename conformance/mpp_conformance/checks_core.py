@@ -287,6 +287,7 @@ async def expired_challenge(ctx: CheckContext) -> str:
     else:
         _, challenge = await first_challenge(ctx)
         value, kind = credential_header(challenge), "a probe credential"
+    balance = None
     try:
         ttl = (parse_rfc3339(challenge.expires or "") - datetime.now(timezone.utc)).total_seconds()
     except ValueError:
@@ -294,12 +295,20 @@ async def expired_challenge(ctx: CheckContext) -> str:
     if ttl > limit:
         raise Skip(f"the target's challenges live {ttl:.0f} s (expires minus now), longer than --expiry-wait {limit:g} s: "
                    f"give --expiry-wait {int(ttl) + 1} or shorten the target's challenge lifetime to check expiry")
+    if ctx.options.get("pay_with"):
+        from .balance import watch_balance
+        from .checks_full import payer_for
+
+        balance = await watch_balance(ctx, payer_for(ctx), challenge)
     await asyncio.sleep(max(ttl, 0.0) + _EXPIRY_MARGIN)
     resp = await send(ctx, value)
     # payment-expired is -02's type; -00 (and our older peers) said invalid-challenge for an expired id.
     refused(resp, f"{kind}, sent {_EXPIRY_MARGIN:g} s after its challenge expired", ("payment-expired", "invalid-challenge"),
             not_ids={challenge.id}, accepted="a credential for an expired challenge was taken (CORE-BIND-06)")
-    return f"waited {max(ttl, 0.0) + _EXPIRY_MARGIN:.1f} s (challenge TTL {ttl:.1f} s); {kind} refused as payment-expired"
+    if balance is not None:
+        await balance.unmoved(f"{kind}, refused after its challenge expired")
+    return (f"waited {max(ttl, 0.0) + _EXPIRY_MARGIN:.1f} s (challenge TTL {ttl:.1f} s); {kind} refused as payment-expired"
+            + (balance.note if balance is not None else ""))
 
 
 @register("draft.two-credentials", "two Authorization: Payment fields get 400 (Bad Request)", "draft",

@@ -142,12 +142,12 @@ EXPECTED: dict[str, dict[str, str]] = {
         # the seller still checks; every other check sends its credential before expiry.
     },
     "settles-before-binding": {
-        "full.other-route": "the credential refused on the other route was settled there, so on its own route it is "
-                            "refused as used (CORE-ONCE-04)",
-        "full.other-query": "the credential refused with another query was settled, so without it it is refused as used",
-        "full.other-method": "the credential refused on POST was settled, so on GET it is refused as used; GET target only",
-        "full.changed-body": "the credential refused with a changed body was settled, so with its own body it is refused "
-                             "as used; POST target only",
+        "full.other-route": "the credential refused on the other route was settled there: the payer's balance moved on "
+                            "a refusal (CORE-ONCE-04)",
+        "full.other-query": "the credential refused with another query was settled: the payer's balance moved",
+        "full.other-method": "the credential refused on POST was settled: the payer's balance moved; GET target only",
+        "full.changed-body": "the credential refused with a changed body was settled: the payer's balance moved; "
+                             "POST target only",
         # Passes: the refusals themselves are as the spec shapes them; every other refused credential
         # fails a check before the binding (id, expiry, payload), where this seller settles nothing.
     },
@@ -168,7 +168,9 @@ SYMPTOM = {
     "echoes-unbounded": r"the problem (detail has \d+ characters|document contains control character)",
     "leaks-credential": r"carry back a credential the suite sent",
     "accepts-expired": r"sent 0\.5 s after its challenge expired: the target accepted it \(HTTP 200",
-    "settles-before-binding": r"the genuine credential, sent as issued after .* was refused: HTTP 402 invalid-challenge",
+    # the ledger `mpp init` put beside the wallet is read around each refusal (mpp_conformance.balance)
+    "settles-before-binding": r"refused .*: the payer's balance moved by -\d+ usd \(acct:buyer at ledger ledger-\w+: "
+                              r"\d+ before, \d+ after\) though the request was refused",
     "500-on-large-credential": r"credential of \d+ bytes: the target answered 500",
 }
 
