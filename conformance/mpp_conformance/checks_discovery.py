@@ -5,7 +5,8 @@ credential members, plain HTTP).
 Discovery (draft-payment-discovery-01) is OPTIONAL: a target whose ``GET /openapi.json`` is 404 skips
 every discovery check here. When it is offered, these checks ask only what that draft requires:
 
-* core.discovery-document: where and how it is served, and its required top-level fields (§4.1, §4.2);
+* core.discovery-document: where and how it is served, its required top-level fields, and the shape of
+  ``x-service-info`` when present (§4.1, §4.2, §4.3);
 * core.discovery-payment-info: the shape of every ``x-payment-info`` (§4.4, §4.4.1);
 * core.discovery-402-declared: every payable operation declares a 402 response (§4.5);
 * core.discovery-payable-operation: the operation the target answers with a 402 is in the document,
@@ -355,8 +356,8 @@ def _op(doc: dict[str, Any], template: str, method: str) -> dict[str, Any] | Non
 
 
 @register("core.discovery-document", "openapi.json, when offered, is served as application/json (over HTTPS) with "
-          "openapi, info.title, info.version and paths", "core", ["CORE-DISC-04"],
-          draft="discovery §4 MUST; discovery §4.1 MUST; discovery §4.2 MUST")
+          "openapi, info.title, info.version and paths, and any x-service-info in the draft's shape", "core", ["CORE-DISC-04"],
+          draft="discovery §4 MUST; discovery §4.1 MUST; discovery §4.2 MUST; discovery §4.3.1 MUST; discovery §4.3.2 MUST")
 async def discovery_document(ctx: CheckContext) -> str:
     resp, doc = await _discovery(ctx)
     parts = urlsplit(ctx.target)
@@ -379,8 +380,34 @@ async def discovery_document(ctx: CheckContext) -> str:
         missing.append("paths (at least one path with an operation)")
     if missing:
         fail(f"the discovery document lacks {', '.join(missing)} (discovery §4.2)")
+    problems = service_info_problems(doc["x-service-info"]) if "x-service-info" in doc else []
+    if problems:
+        fail(f"x-service-info: {'; '.join(problems[:5])} (discovery §4.3.1, §4.3.2)")
     transport = "https" if parts.scheme == "https" else f"loopback {parts.scheme} (HTTPS not judged)"
     return f"OpenAPI {doc['openapi']}, {info['title']!r} version {info['version']!r}, {len(doc['paths'])} path(s), over {transport}"
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*")
+
+
+def service_info_problems(info: Any) -> list[str]:
+    """What of draft-payment-discovery §4.3 an ``x-service-info`` value breaks: ``categories``, when
+    present, an array of strings (§4.3.1); ``docs``, when present, an object whose links are URIs
+    (RFC 3986; §4.3.2). Members the draft does not name are not judged."""
+    if not isinstance(info, dict):
+        return [f"it is a JSON {type(info).__name__}, not an object"]
+    problems = []
+    categories = info.get("categories")
+    if "categories" in info and (not isinstance(categories, list) or not all(isinstance(c, str) for c in categories)):
+        problems.append("categories is not an array of strings")
+    docs = info.get("docs")
+    if "docs" in info and not isinstance(docs, dict):
+        problems.append("docs is not an object")
+    elif isinstance(docs, dict):
+        for name in ("apiReference", "homepage", "llms"):
+            if name in docs and (not isinstance(docs[name], str) or _URI.fullmatch(docs[name]) is None):
+                problems.append(f"docs.{name} {str(docs[name])[:80]!r} is not a URI")
+    return problems
 
 
 def offer_problems(info: Any) -> list[str]:

@@ -28,7 +28,8 @@ NEW_CHECKS = {
     "core.opaque-string-map": "draft §5.1.2 MUST",
     "core.unknown-fields-ignored": "draft §9.2.1 MUST",
     "core.no-plaintext-challenges": "draft §11.2 MUST NOT",
-    "core.discovery-document": "discovery §4 MUST; discovery §4.1 MUST; discovery §4.2 MUST",
+    "core.discovery-document": "discovery §4 MUST; discovery §4.1 MUST; discovery §4.2 MUST; discovery §4.3.1 MUST; "
+                               "discovery §4.3.2 MUST",
     "core.discovery-payment-info": "discovery §4.4 MUST; discovery §4.4.1 MUST; discovery §4.4.1 MUST NOT",
     "core.discovery-402-declared": "discovery §4.5 MUST",
     "core.discovery-payable-operation": "discovery §4 MUST; discovery §4.4 MUST",
@@ -102,6 +103,24 @@ def test_opaque_judgment(value: str, why: str | None):
 def test_offer_judgment(info, problem: str | None):
     """CORE-DISC-06: one offer or offers[1..], each with intent, method and amount (digits or null)."""
     got = disc.offer_problems(info)
+    assert got == [] if problem is None else any(problem in p for p in got), got
+
+
+@pytest.mark.parametrize("info, problem", [
+    ({}, None),
+    ({"categories": ["compute", "data"], "docs": {"homepage": "https://api.example.com/docs",
+                                                  "llms": "https://api.example.com/llms.txt?v=1#top"}, "x-more": 1}, None),
+    ({"categories": "compute"}, "categories is not an array of strings"),
+    ({"categories": ["compute", 3]}, "categories is not an array of strings"),
+    ({"docs": ["https://x.example"]}, "docs is not an object"),
+    ({"docs": {"homepage": "not a uri"}}, "docs.homepage 'not a uri' is not a URI"),
+    ({"docs": {"apiReference": "/relative/only"}}, "docs.apiReference '/relative/only' is not a URI"),
+    ({"docs": {"llms": "https://x.example/%zz"}}, "is not a URI"),
+    ("compute", "not an object"),
+])
+def test_service_info_judgment(info, problem: str | None):
+    """CORE-DISC-04: x-service-info, when present: categories an array of strings, docs an object of URIs."""
+    got = disc.service_info_problems(info)
     assert got == [] if problem is None else any(problem in p for p in got), got
 
 
@@ -204,6 +223,18 @@ async def test_plain_http_to_a_network_host_fails(home: Path):
             await disc.no_plaintext_challenges(ctx)
         ctx.target = "https://seller.example/weather"
         assert "TLS" in await disc.no_plaintext_challenges(ctx)
+
+
+async def test_discovery_document_judges_x_service_info(home: Path):
+    """CORE-DISC-04: a document whose x-service-info has categories as one string fails; a well-formed one passes."""
+    def categories(value):
+        return lambda app, seller: _rewrite_openapi(app, lambda doc: doc.update({"x-service-info": {"categories": value}}))
+
+    async with _context(home, tweak=categories("compute")) as ctx:
+        with pytest.raises(CheckFailed, match=r"x-service-info: categories is not an array of strings"):
+            await disc.discovery_document(ctx)
+    async with _context(home, tweak=categories(["compute"])) as ctx:
+        assert "OpenAPI 3.1.0" in await disc.discovery_document(ctx)
 
 
 async def test_every_discovery_check_skips_when_openapi_json_is_404(home: Path):
