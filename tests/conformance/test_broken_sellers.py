@@ -43,9 +43,11 @@ SKIPPED = {
         "full.changed-body",  # a GET without a body: no body to change
         "core.body-digest",  # nor one to digest
         "full.idempotency-retry",  # Idempotency-Key retries are checked on POST/PUT/PATCH targets
+        "core.no-plaintext-challenges",  # plain http on loopback: a local target cannot show it
     },
     "POST /summarize": {
         "full.other-method",  # GET /summarize is not routed (405): no second method to pay for
+        "core.no-plaintext-challenges",  # plain http on loopback: a local target cannot show it
     },
 }
 
@@ -57,6 +59,8 @@ KNOWN_CHECKS = {
     "core.two-credentials", "core.unsupported-method", "core.accept-payment", "core.large-credential",
     "core.bounded-echo", "core.no-receipt-on-errors", "core.no-5xx", "core.challenge-parameters", "core.discovery-jwks",
     "core.discovery-openapi", "core.strict-json", "core.no-credential-leak", "core.expired-challenge", "core.oversized-credential",
+    "core.parameter-names-lowercase", "core.opaque-string-map", "core.unknown-fields-ignored", "core.no-plaintext-challenges",
+    "core.discovery-document", "core.discovery-payment-info", "core.discovery-402-declared", "core.discovery-payable-operation",
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
     "core.body-digest", "core.charge-request", "core.charge-terms", "core.problem-documents", "core.unknown-method-refused",
@@ -155,6 +159,32 @@ EXPECTED: dict[str, dict[str, str]] = {
         "core.oversized-credential": "a 24 KB credential gets 500, not a 4xx (CORE-ERR-11)",
         # Passes: every other check sends credentials below 8 KB.
     },
+    "uppercase-custom-parameter": {
+        "core.parameter-names-lowercase": "every challenge carries the custom parameter Trace-Id, not lowercase (CORE-CHAL-12)",
+        # Passes: every other check reads challenges through mpp's parser, which folds names to lowercase
+        # and ignores the unknown parameter, as a buyer must.
+    },
+    "opaque-not-string-map": {
+        "core.opaque-string-map": "every opaque holds a number (\"attempt\": 1), not only strings (CORE-CHAL-13)",
+        # Passes: the opaque is still base64url JCS JSON bound by the id, so the seller, the payer and
+        # every other check read it as before.
+    },
+    "refuses-unknown-members": {
+        "core.unknown-fields-ignored": "a probe with unknown members gets malformed-credential, its twin without them "
+                                       "verification-failed (CORE-CRED-02)",
+        # Passes: no other check sends a member the draft does not define outside payload (the 4 KB
+        # padding of core.large-credential sits inside payload).
+    },
+    "openapi-without-version": {
+        "core.discovery-document": "/openapi.json lacks info.version (CORE-DISC-04)",
+        # Passes: core.discovery-openapi, the other discovery checks read paths and offers only.
+    },
+    "openapi-zero-padded-amounts": {
+        "core.discovery-payment-info": "every offer's amount has leading zeros (\"0025\"; CORE-DISC-06)",
+        "core.discovery-openapi": "no offer's amount equals the 402's any more (CORE-DISC-03)",
+        # Passes: discovery-document, discovery-402-declared and discovery-payable-operation (shape and
+        # presence are untouched); every check that pays reads the 402, not discovery.
+    },
 }
 
 # What every failure message of a variant must say: the failure is the injected fault's doing.
@@ -172,6 +202,11 @@ SYMPTOM = {
     "settles-before-binding": r"refused .*: the payer's balance moved by -\d+ usd \(acct:buyer at ledger ledger-\w+: "
                               r"\d+ before, \d+ after\) though the request was refused",
     "500-on-large-credential": r"credential of \d+ bytes: the target answered 500",
+    "uppercase-custom-parameter": r"'Trace-Id' \(challenge 1\) not lowercase",
+    "opaque-not-string-map": r"not a flat string-to-string map: member 'attempt' is int",
+    "refuses-unknown-members": r"got HTTP 402 malformed-credential, its twin without them HTTP 402 verification-failed",
+    "openapi-without-version": r"lacks info\.version",
+    "openapi-zero-padded-amounts": r"amount '00\d+' has leading zeros|no x-payment-info offer agrees with the 402",
 }
 
 
