@@ -40,7 +40,7 @@ from typing import Any, Protocol, Sequence
 from mpp import ChargeRequest, Credential, ParseError, format_credential
 from mpp.models import Challenge
 
-__all__ = ["DEFAULT_MAX_AMOUNT", "CannotPay", "Payer", "LedgerPayer", "StaticPayer", "payer_from_spec"]
+__all__ = ["DEFAULT_MAX_AMOUNT", "CannotPay", "Payer", "LedgerPayer", "StaticPayer", "payer_from_spec", "SuiteSession"]
 
 DEFAULT_MAX_AMOUNT = 10_000
 _WRAPPER_KEYS = {"payload", "source", "method"}
@@ -128,6 +128,94 @@ class LedgerPayer:
             raise CannotPay(f"{challenge.method}/{challenge.intent}: {why}")
         payload, source = self._method.payload(challenge, request)
         return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
+
+    def session(self, challenge: Challenge, *, cap: int) -> "SuiteSession":
+        """A session to open on ``challenge`` (a ``ledger``/``session`` challenge), holding ``cap``
+        base units of the wallet's account, signed with its agent key (spec/intents/session.md §3).
+        CannotPay when the challenge is no session this payer can open or ``cap`` is above
+        ``max_amount``."""
+        return SuiteSession.of(challenge, self.key, self.account, cap=cap, max_amount=self.max_amount)
+
+
+@dataclass
+class SuiteSession:
+    """One session the suite opens (profile `session`): the opening challenge, its terms, and the
+    vouchers signed so far. Every credential is built explicitly, so a check can send exactly the
+    voucher (or the forgery) it means to. Nothing here is sent: checks send the credentials."""
+
+    challenge: Challenge
+    request: Any  # mpp.session_core.SessionRequest
+    terms: Any  # mpp.session_core.SessionTerms
+    key: Any  # mpp.SigningKey: the session's signer
+    account: str
+    cap: int
+    sequence: int = 0  # the highest voucher sequence signed
+
+    @classmethod
+    def of(cls, challenge: Challenge, key: Any, account: str, *, cap: int, max_amount: int = DEFAULT_MAX_AMOUNT) -> "SuiteSession":
+        from mpp.session_core import SessionRequest, SessionTerms
+
+        label = f"{challenge.method}/{challenge.intent}"
+        if (challenge.method, challenge.intent) != ("ledger", "session"):
+            raise CannotPay(f"{label}: not a ledger/session challenge")
+        if challenge.header is not None:
+            raise CannotPay(f"{label}: credential field {challenge.header!r} is not Authorization")
+        try:
+            request = SessionRequest.from_challenge(challenge)
+        except ParseError as exc:
+            raise CannotPay(f"{label}: {exc}") from None
+        if cap > max_amount:
+            raise CannotPay(f"{label}: a session cap of {cap} {request.currency} (a few requests at cost(maxUnits) "
+                            f"{request.max_request_cost}) exceeds --max-amount {max_amount}; raise --max-amount to let the suite open it")
+        return cls(challenge, request, SessionTerms.of(challenge, request), key, account, cap)
+
+    @property
+    def id(self) -> str:
+        return self.challenge.id
+
+    @property
+    def max_cost(self) -> int:
+        """cost(maxUnits): what the seller reserves for one request (SESSION-USE-01)."""
+        return self.request.max_request_cost
+
+    def cost(self, units: int) -> int:
+        from mpp.session_core import cost_of
+
+        return cost_of(units, self.request.unit_price, self.request.per)
+
+    def voucher(self, cumulative: int, sequence: int | None = None, *, key: Any = None) -> Any:
+        from mpp.session_core import sign_voucher
+
+        if sequence is None:
+            self.sequence += 1
+            sequence = self.sequence
+        else:
+            self.sequence = max(self.sequence, sequence)
+        return sign_voucher(key or self.key, self.terms, cumulative, sequence)
+
+    def _credential(self, payload: Any, source: str | None = None) -> str:
+        return format_credential(Credential(challenge=self.challenge, payload=payload.as_json(), source=source or payload.signer))
+
+    def open_credential(self, cumulative: int, *, cap: int | None = None, session_id: str | None = None) -> str:
+        from mpp.session_core import SessionPayload, sign_cap
+
+        cap = self.cap if cap is None else cap
+        payload = SessionPayload("open", session_id or self.id, self.key.did, account=self.account, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def voucher_credential(self, cumulative: int, sequence: int | None = None, *, key: Any = None, signer: str | None = None) -> str:
+        from mpp.session_core import SessionPayload
+
+        voucher = self.voucher(cumulative, sequence, key=key)
+        return self._credential(SessionPayload("voucher", self.id, signer or self.key.did, voucher=voucher))
+
+    def close_credential(self) -> str:
+        from mpp.session_core import SessionPayload, sign_close
+
+        return self._credential(SessionPayload("close", self.id, self.key.did, close_signature=sign_close(self.key, self.terms)))
 
 
 @dataclass
