@@ -350,7 +350,7 @@ async def voucher_over_cap(ctx: CheckContext) -> str:
         opened = await open_session(ctx, s, 2 * s.max_cost)
         resp = await send(ctx, s.voucher_credential(s.cap + 1))
         session_refused(resp, f"a voucher for cap + 1 ({s.cap + 1})", "session-cap-exceeded",
-                        accepted="the seller may now take more than the ledger holds (SESSION-VOUCHER-04)")
+                        accepted="a voucher above the cap must be refused session-cap-exceeded, changing nothing (SESSION-VOUCHER-04)")
         after = served(await send(ctx, s.voucher_credential(2 * s.max_cost, 1)), s, "a stale voucher after the refusal")
         if after["authorized"] != opened["authorized"]:
             fail(f"after the refused voucher authorized is {after['authorized']}, was {opened['authorized']}: "
@@ -368,7 +368,11 @@ async def stale_voucher(ctx: CheckContext) -> str:
         opened = await open_session(ctx, s, 3 * s.max_cost)
         resp = await send(ctx, s.voucher_credential(s.max_cost))  # lower cumulative, higher sequence
         if resp.status == 402 and slug_of(resp) == "session-insufficient":
-            raise Skip(f"the open's request spent {opened['spent']}, so a lower voucher no longer covers one more request")
+            if int(opened["spent"]) + s.max_cost <= 3 * s.max_cost:
+                fail(f"a lower voucher ({s.max_cost}) was refused session-insufficient, yet the {3 * s.max_cost} accepted before "
+                     f"covers this request (spent {opened['spent']} + cost(maxUnits) {s.max_cost}): a stale voucher must "
+                     "change nothing and not be refused (SESSION-VOUCHER-02)")
+            raise Skip(f"the open's request spent {opened['spent']}, so the value accepted no longer covers one more request")
         after = served(resp, s, f"a lower voucher ({s.max_cost}, below the {3 * s.max_cost} accepted)")
         if int(after["authorized"]) != 3 * s.max_cost:
             fail(f"after a lower voucher authorized is {after['authorized']}, not the {3 * s.max_cost} accepted before: "
@@ -472,15 +476,20 @@ async def concurrent_use(ctx: CheckContext) -> str:
         credential = s.voucher_credential(authorized, 1)  # stale: authorized stays 2 M throughout
         responses = await asyncio.gather(*(send(ctx, credential) for _ in range(n)))
         spent, ok = int(opened["spent"]), 0
+        charged = _charged(opened, "the open")
         for i, resp in enumerate(responses, 1):
             what = f"concurrent request {i} of {n}"
             no_5xx(resp, what)
             if 200 <= resp.status < 300:
                 receipt = served(resp, s, what)
                 spent = max(spent, int(receipt["spent"]))
+                charged += _charged(receipt, what)
                 ok += 1
             elif not (resp.status == 402 and slug_of(resp) == "session-insufficient"):
                 fail(f"{what}: {describe(resp)}; a request the session cannot cover is refused session-insufficient (SESSION-USE-03)")
+        if charged > authorized:
+            fail(f"{ok + 1} requests served under the session, their receipts charging {charged} in all, above the {authorized} "
+                 "authorized: concurrent requests spent past the accepted voucher (SESSION-USE-02)")
         close = await post_endpoint(ctx, s.close_credential())
         if close.status == 200:
             final = receipt_object(close, "close after the concurrent requests")
@@ -489,6 +498,19 @@ async def concurrent_use(ctx: CheckContext) -> str:
         return f"{ok} of {n} concurrent requests served, spent at most {spent} of {authorized} authorized"
     finally:
         await close_quietly(ctx, s)
+
+
+def _charged(receipt: dict[str, Any], what: str) -> int:
+    """The ``amount`` a per-request receipt's JWS says the request was charged (read, not verified:
+    session.request-receipt-signed judges the signature)."""
+    try:
+        claims = json.loads(b64url_decode(str(receipt.get("receipt", "")).split(".")[1]))
+        amount = claims["amount"]
+    except (IndexError, KeyError, TypeError, ValueError, ParseError):
+        fail(f"{what}: the receipt's JWS has no readable 'amount' claim (SESSION-RCPT-02)")
+    if not isinstance(amount, str) or _DECIMAL.fullmatch(amount) is None:
+        fail(f"{what}: the receipt's 'amount' claim is {amount!r}, not a decimal string (SESSION-RCPT-02)")
+    return int(amount)
 
 
 @register("session.close-final-receipt", "close at the session endpoint answers 200 with the final receipt (header and JSON "
