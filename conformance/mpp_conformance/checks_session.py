@@ -260,7 +260,7 @@ async def charge_fallback(ctx: CheckContext) -> str:
 
 
 @register("session.open-serves", "an open on the session challenge is served with a session receipt, and so is a later "
-          "voucher sent without a 402 first", "session", ["SESSION-REQ-01", "SESSION-OPEN-03", "SESSION-RCPT-01", "SESSION-VOUCHER-01"])
+          "voucher sent without a 402 first", "session", ["SESSION-REQ-01", "SESSION-REQ-08", "SESSION-OPEN-03", "SESSION-RCPT-01", "SESSION-VOUCHER-01"])
 async def open_serves(ctx: CheckContext) -> str:
     s = await new_session(ctx)
     try:
@@ -274,7 +274,7 @@ async def open_serves(ctx: CheckContext) -> str:
 
 
 @register("session.request-receipt-signed", "a per-request session receipt's JWS verifies and carries the session's claims",
-          "session", ["SESSION-RCPT-02"])
+          "session", ["SESSION-RCPT-02", "SESSION-REQ-03"])
 async def request_receipt_signed(ctx: CheckContext) -> str:
     s = await new_session(ctx)
     try:
@@ -603,5 +603,159 @@ async def endpoint_refuses_open(ctx: CheckContext) -> str:
         if resp.headers.getall("WWW-Authenticate", []) or "challengeId" in doc:
             fail(f"{what}: the problem carries a challenge or challengeId; the session endpoint prices nothing (SESSION-ERR-02)")
         return "refused session-voucher-invalid, with no challenge"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.malformed-payload", "a session payload with an ill-formed member is refused (session-voucher-invalid); "
+          "an unknown member is ignored", "session", ["SESSION-REQ-07", "SESSION-ERR-01"])
+async def malformed_payload(ctx: CheckContext) -> str:
+    s = await new_session(ctx)
+    try:
+        await open_session(ctx, s, 3 * s.max_cost)
+
+        def voucher_payload(**changes: Any) -> dict[str, Any]:
+            from mpp.session_core import SessionPayload
+
+            doc = SessionPayload("voucher", s.id, s.key.did, voucher=s.voucher(2 * s.max_cost)).as_json()
+            voucher = doc["voucher"]
+            for name, value in changes.items():
+                if name.startswith("voucher."):
+                    voucher[name[8:]] = value
+                else:
+                    doc[name] = value
+            return doc
+
+        probes = (("a payload of type 'charge'", voucher_payload(type="charge")),
+                  ("a payload with action 'spend'", voucher_payload(action="spend")),
+                  ("a voucher with sequence 0", voucher_payload(**{"voucher.sequence": 0})),
+                  ("a voucher with sequence \"5\" (a string)", voucher_payload(**{"voucher.sequence": "5"})),
+                  ("a voucher with cumulative \"016\" (a leading zero)", voucher_payload(**{"voucher.cumulative": "016"})),
+                  ("a voucher with cumulative 16 (a number)", voucher_payload(**{"voucher.cumulative": 16})),
+                  ("a signer that is not an Ed25519 did:key", voucher_payload(signer="did:web:example.com")),
+                  ("a voucher action without its voucher", {k: v for k, v in voucher_payload().items() if k != "voucher"}))
+        for what, payload in probes:
+            session_refused(await send(ctx, s.raw_credential(payload)), what, "session-voucher-invalid",
+                            accepted="an ill-formed session payload was taken (SESSION-REQ-07)")
+        extra = voucher_payload(mppConformance="an unknown member")
+        served(await send(ctx, s.raw_credential(extra)), s, "a genuine voucher payload with an unknown member")
+        return f"{len(probes)} ill-formed payloads refused session-voucher-invalid; an unknown member ignored"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.close-on-route", "a close sent to a priced route instead of the session endpoint is refused "
+          "(session-voucher-invalid) and leaves the session open", "session", ["SESSION-CLOSE-01", "SESSION-ERR-03"])
+async def close_on_route(ctx: CheckContext) -> str:
+    s = await new_session(ctx)
+    try:
+        await open_session(ctx, s, 2 * s.max_cost)
+        session_refused(await send(ctx, s.close_credential()), "a close sent to the priced route", "session-voucher-invalid",
+                        accepted="a close is sent to the session endpoint (SESSION-CLOSE-01)")
+        after = await send(ctx, s.voucher_credential(2 * s.max_cost, 1))
+        if after.status == 402 and slug_of(after) == "session-closed":
+            fail("after the refused close on the route the session is closed: a refused credential must leave the session "
+                 "as it was (SESSION-ERR-03)")
+        served(after, s, "a voucher after the refused close")
+        return "refused session-voucher-invalid; the session still served a voucher"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.check-order", "a credential failing several checks is answered by the first in the spec's order "
+          "(signature before cap, cap before sequence)", "session", ["SESSION-VOUCHER-09"])
+async def check_order(ctx: CheckContext) -> str:
+    s = await new_session(ctx)
+    try:
+        await open_session(ctx, s, s.max_cost)
+        thief = SigningKey.generate()
+        # Only the order is judged here: a seller that never refuses one of the two faults is
+        # session.voucher-other-key's or session.voucher-over-cap's finding, and the order cannot be seen.
+        probes = (("a voucher above the cap, signed by another key", s.voucher_credential(s.cap + 1, key=thief),
+                   "session-voucher-invalid", "session-cap-exceeded", "signatures (step 4) before the cap (step 5)"),
+                  ("a voucher above the cap with a sequence already used", s.voucher_credential(s.cap + 1, 1),
+                   "session-cap-exceeded", "session-voucher-invalid", "the cap (step 5) before the voucher's order (step 6)"))
+        for what, credential, first, later, order in probes:
+            resp = await send(ctx, credential)
+            no_5xx(resp, what)
+            slug = slug_of(resp) if resp.status >= 400 else None
+            if slug == later:
+                fail(f"{what}: refused {later}; the seller must judge {order} and answer {first} (SESSION-VOUCHER-09)")
+            if slug != first:
+                raise Skip(f"{what}: {describe(resp)}, neither {first} nor {later}: the order cannot be judged "
+                           "(session.voucher-over-cap and session.voucher-other-key judge each fault)")
+            session_refused(resp, what, first, accepted="")
+        return "signatures judged before the cap (session-voucher-invalid), the cap before the sequence (session-cap-exceeded)"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.idempotency-retry", "a retry of a session request with the same credential and Idempotency-Key gets "
+          "the original response and receipt and is not charged again", "session", ["SESSION-USE-06"])
+async def idempotency_retry(ctx: CheckContext) -> str:
+    import secrets
+
+    s = await new_session(ctx)
+    try:
+        await open_session(ctx, s, 3 * s.max_cost)
+        credential, key = s.voucher_credential(3 * s.max_cost, 1), "mpp-conformance-" + secrets.token_hex(8)
+        headers = [("Authorization", credential), ("Idempotency-Key", key)]
+        first = await ctx.request(_method(ctx), ctx.target, headers=headers, data=_data(ctx))
+        original = served(first, s, "a session request with an Idempotency-Key")
+        again = await ctx.request(_method(ctx), ctx.target, headers=headers, data=_data(ctx))
+        no_5xx(again, "the retry with the same credential and Idempotency-Key")
+        if (again.status, again.body, again.headers.get("Payment-Receipt")) != (first.status, first.body, first.headers.get("Payment-Receipt")):
+            fail(f"the retry with the same credential and Idempotency-Key: {describe(again)}, not the original response and "
+                 "receipt (SESSION-USE-06, CORE-ONCE-06)")
+        third = served(await send(ctx, credential), s, "a request after the retry")
+        expected = int(original["spent"]) + _charged(third, "a request after the retry")
+        if int(third["spent"]) != expected:
+            fail(f"after the retry the session's spent is {third['spent']}, expected {expected} (the original's spent plus this "
+                 "request's charge): the retry was charged again (SESSION-USE-06)")
+        return "the retry got the original response and receipt and was not charged"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.top-up", "a topUp raises the cap once held, and the voucher it carries may then exceed the old cap",
+          "session", ["SESSION-VOUCHER-08"])
+async def top_up(ctx: CheckContext) -> str:
+    s = await new_session(ctx, cap_factor=2)
+    try:
+        await open_session(ctx, s, s.max_cost)
+        new_cap = 4 * s.max_cost
+        try:
+            credential = s.topup_credential(new_cap, 3 * s.max_cost)
+        except CannotPay as exc:
+            raise Skip(f"not paid: {exc}") from None
+        receipt = served(await send(ctx, credential), s, f"a topUp from cap {s.cap} to {new_cap} with a voucher for {3 * s.max_cost}")
+        if int(receipt["authorized"]) != 3 * s.max_cost:
+            fail(f"after the topUp authorized is {receipt['authorized']}, not the {3 * s.max_cost} its voucher carries (SESSION-VOUCHER-08)")
+        s.cap = new_cap
+        return f"cap raised to {new_cap}; a voucher for {3 * s.max_cost}, above the old cap, accepted"
+    finally:
+        await close_quietly(ctx, s)
+
+
+@register("session.endpoint-http", "the session endpoint ignores a body sent with a close, and answers another HTTP method 405",
+          "session", ["SESSION-CLOSE-07"])
+async def endpoint_http(ctx: CheckContext) -> str:
+    s = await new_session(ctx)
+    try:
+        resp = await ctx.request("GET", endpoint(ctx))
+        no_5xx(resp, f"GET {SESSION_PATH}")
+        if resp.status != 405:
+            fail(f"GET {SESSION_PATH}: HTTP {resp.status}; another method than POST on the session endpoint is answered 405 "
+                 "(SESSION-CLOSE-07)")
+        await open_session(ctx, s, s.max_cost)
+        body = b'{"mppConformance": "a body the session endpoint must ignore"}'
+        close = await ctx.request("POST", endpoint(ctx) + "?mpp_conformance=1", data=body,
+                                  headers=[("Authorization", s.close_credential()), ("Content-Type", "application/json")])
+        no_5xx(close, "a close with a JSON body and a query")
+        if close.status != 200:
+            fail(f"a close with a JSON body and a query: {describe(close)}{_detail(close)}; the seller must ignore both (SESSION-CLOSE-07)")
+        if "application/json" not in close.headers.get("Content-Type", ""):
+            fail(f"a close: Content-Type {close.headers.get('Content-Type')!r}, not application/json (SESSION-CLOSE-07)")
+        return f"GET {SESSION_PATH} answered 405; a close with a body and a query answered 200"
     finally:
         await close_quietly(ctx, s)

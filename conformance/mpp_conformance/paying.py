@@ -151,6 +151,7 @@ class SuiteSession:
     account: str
     cap: int
     sequence: int = 0  # the highest voucher sequence signed
+    max_amount: int = DEFAULT_MAX_AMOUNT  # the most a cap (top-ups included) may hold
 
     @classmethod
     def of(cls, challenge: Challenge, key: Any, account: str, *, cap: int, max_amount: int = DEFAULT_MAX_AMOUNT) -> "SuiteSession":
@@ -168,7 +169,7 @@ class SuiteSession:
         if cap > max_amount:
             raise CannotPay(f"{label}: a session cap of {cap} {request.currency} (a few requests at cost(maxUnits) "
                             f"{request.max_request_cost}) exceeds --max-amount {max_amount}; raise --max-amount to let the suite open it")
-        return cls(challenge, request, SessionTerms.of(challenge, request), key, account, cap)
+        return cls(challenge, request, SessionTerms.of(challenge, request), key, account, cap, max_amount=max_amount)
 
     @property
     def id(self) -> str:
@@ -211,6 +212,21 @@ class SuiteSession:
 
         voucher = self.voucher(cumulative, sequence, key=key)
         return self._credential(SessionPayload("voucher", self.id, signer or self.key.did, voucher=voucher))
+
+    def topup_credential(self, cap: int, cumulative: int) -> str:
+        """A ``topUp`` to the new total ``cap`` with a voucher; CannotPay above ``max_amount``."""
+        from mpp.session_core import SessionPayload, sign_cap
+
+        if cap > self.max_amount:
+            raise CannotPay(f"a top-up to a cap of {cap} exceeds --max-amount {self.max_amount}; raise --max-amount to let the suite send it")
+        payload = SessionPayload("topUp", self.id, self.key.did, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def raw_credential(self, payload: dict[str, Any], source: str | None = None) -> str:
+        """A credential echoing the opening challenge with ``payload`` exactly as given (malformed ones too)."""
+        return format_credential(Credential(challenge=self.challenge, payload=payload, source=source or self.key.did))
 
     def close_credential(self) -> str:
         from mpp.session_core import SessionPayload, sign_close
