@@ -10,6 +10,9 @@
     challenges naming a ledger (``methodDetails.ledger``) are paid. The key pays bare, so the
     target's ledger must list it as an owner of the wallet's account (ledger.md LEDGER-ACCT-03):
     ``mpp init`` enrols its agent as mandate-bound, whose bare signature pays nothing.
+    For the ``session`` profile the same key and account open ``ledger``/``session`` sessions
+    (``LedgerPayer.session``: a ``SuiteSession`` signs the cap, the vouchers and the close, per
+    spec/intents/session.md §3); a cap above ``max_amount`` is refused the same way.
 
 ``static:JSON`` or ``static:@FILE``
     For a target whose test method accepts a fixed payload. The suite echoes the challenge
