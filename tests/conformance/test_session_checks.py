@@ -137,7 +137,7 @@ def _racy_reservations(seller) -> None:
         state = await store.get(session_id)
         if state is None or state.spent + store._held(store._conn, session_id, now) + amount > state.authorized:
             return await reserve(session_id, request_id, amount, now)  # refused as the real seller refuses it
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.25)  # wide enough that requests sent together overlap even on a loaded machine
         with immediate(store._conn) as c:
             c.execute("INSERT INTO session_holds(session_id, request_id, amount, owner, created_at) VALUES (?, ?, ?, ?, ?)",
                       (session_id, request_id, amount, store.instance, now.isoformat()))
