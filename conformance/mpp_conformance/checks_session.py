@@ -669,6 +669,11 @@ async def check_order(ctx: CheckContext) -> str:
     try:
         await open_session(ctx, s, s.max_cost)
         thief = SigningKey.generate()
+        forged = await send(ctx, s.voucher_credential(s.cap, key=thief))
+        no_5xx(forged, "a voucher within the cap, signed by another key")
+        if 200 <= forged.status < 300:
+            raise Skip("the target took a voucher signed by another key, so which check comes first cannot be seen "
+                       "(session.voucher-other-key judges that)")
         # Only the order is judged here: a seller that never refuses one of the two faults is
         # session.voucher-other-key's or session.voucher-over-cap's finding, and the order cannot be seen.
         probes = (("a voucher above the cap, signed by another key", s.voucher_credential(s.cap + 1, key=thief),
