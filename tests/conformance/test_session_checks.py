@@ -1,8 +1,10 @@
 """The `session` conformance profile against our own seller (the `mpp init` home's session-priced
 ``GET /complete``, served as `mpp seller serve` serves it), paying with the home's wallet; and
-teeth: the same seller broken in one way (a voucher above the cap taken, a stale voucher taken as
-the new value, a replayed sequence taken, vouchers served after close, reservations checked on a
-snapshot) fails the check written for that fault and no other."""
+teeth: the same seller broken in one way (BREAKERS: a voucher above the cap let through, a stale
+voucher taken as the new value, a replayed sequence taken, vouchers served after close,
+reservations checked on a snapshot, the cap judged before the signature, later vouchers taken
+unsigned) fails the check written for that fault and no other (a check that cannot judge its own
+question against such a seller skips, saying which check judges the fault)."""
 
 from __future__ import annotations
 
