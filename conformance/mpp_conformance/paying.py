@@ -10,6 +10,9 @@
     challenges naming a ledger (``methodDetails.ledger``) are paid. The key pays bare, so the
     target's ledger must list it as an owner of the wallet's account (ledger.md LEDGER-ACCT-03):
     ``mpp init`` enrols its agent as mandate-bound, whose bare signature pays nothing.
+    For the ``session`` profile the same key and account open ``ledger``/``session`` sessions
+    (``LedgerPayer.session``: a ``SuiteSession`` signs the cap, the vouchers and the close, per
+    spec/intents/session.md §3); a cap above ``max_amount`` is refused the same way.
 
 ``static:JSON`` or ``static:@FILE``
     For a target whose test method accepts a fixed payload. The suite echoes the challenge
@@ -66,7 +69,7 @@ from mpp.models import Challenge
 from .framework import CheckError
 
 __all__ = ["DEFAULT_MAX_AMOUNT", "DEFAULT_PAY_TIMEOUT", "DECLINE_EXIT", "CannotPay", "PayerFailed", "Payer", "LedgerPayer",
-           "StaticPayer", "CommandPayer", "payer_from_spec"]
+           "StaticPayer", "CommandPayer", "payer_from_spec", "SuiteSession"]
 
 DEFAULT_MAX_AMOUNT = 10_000
 DEFAULT_PAY_TIMEOUT = 30.0  # seconds a cmd: program has to answer one challenge
@@ -163,6 +166,110 @@ class LedgerPayer:
             raise CannotPay(f"{challenge.method}/{challenge.intent}: {why}")
         payload, source = self._method.payload(challenge, request)
         return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
+
+    def session(self, challenge: Challenge, *, cap: int) -> "SuiteSession":
+        """A session to open on ``challenge`` (a ``ledger``/``session`` challenge), holding ``cap``
+        base units of the wallet's account, signed with its agent key (spec/intents/session.md §3).
+        CannotPay when the challenge is no session this payer can open or ``cap`` is above
+        ``max_amount``."""
+        return SuiteSession.of(challenge, self.key, self.account, cap=cap, max_amount=self.max_amount)
+
+
+@dataclass
+class SuiteSession:
+    """One session the suite opens (profile `session`): the opening challenge, its terms, and the
+    vouchers signed so far. Every credential is built explicitly, so a check can send exactly the
+    voucher (or the forgery) it means to. Nothing here is sent: checks send the credentials."""
+
+    challenge: Challenge
+    request: Any  # mpp.session_core.SessionRequest
+    terms: Any  # mpp.session_core.SessionTerms
+    key: Any  # mpp.SigningKey: the session's signer
+    account: str
+    cap: int
+    sequence: int = 0  # the highest voucher sequence signed
+    max_amount: int = DEFAULT_MAX_AMOUNT  # the most a cap (top-ups included) may hold
+
+    @classmethod
+    def of(cls, challenge: Challenge, key: Any, account: str, *, cap: int, max_amount: int = DEFAULT_MAX_AMOUNT) -> "SuiteSession":
+        from mpp.session_core import SessionRequest, SessionTerms
+
+        label = f"{challenge.method}/{challenge.intent}"
+        if (challenge.method, challenge.intent) != ("ledger", "session"):
+            raise CannotPay(f"{label}: not a ledger/session challenge")
+        if challenge.header is not None:
+            raise CannotPay(f"{label}: credential field {challenge.header!r} is not Authorization")
+        try:
+            request = SessionRequest.from_challenge(challenge)
+        except ParseError as exc:
+            raise CannotPay(f"{label}: {exc}") from None
+        if cap > max_amount:
+            raise CannotPay(f"{label}: a session cap of {cap} {request.currency} (a few requests at cost(maxUnits) "
+                            f"{request.max_request_cost}) exceeds --max-amount {max_amount}; raise --max-amount to let the suite open it")
+        return cls(challenge, request, SessionTerms.of(challenge, request), key, account, cap, max_amount=max_amount)
+
+    @property
+    def id(self) -> str:
+        return self.challenge.id
+
+    @property
+    def max_cost(self) -> int:
+        """cost(maxUnits): what the seller reserves for one request (SESSION-USE-01)."""
+        return self.request.max_request_cost
+
+    def cost(self, units: int) -> int:
+        from mpp.session_core import cost_of
+
+        return cost_of(units, self.request.unit_price, self.request.per)
+
+    def voucher(self, cumulative: int, sequence: int | None = None, *, key: Any = None) -> Any:
+        from mpp.session_core import sign_voucher
+
+        if sequence is None:
+            self.sequence += 1
+            sequence = self.sequence
+        else:
+            self.sequence = max(self.sequence, sequence)
+        return sign_voucher(key or self.key, self.terms, cumulative, sequence)
+
+    def _credential(self, payload: Any, source: str | None = None) -> str:
+        return format_credential(Credential(challenge=self.challenge, payload=payload.as_json(), source=source or payload.signer))
+
+    def open_credential(self, cumulative: int, *, cap: int | None = None, session_id: str | None = None) -> str:
+        from mpp.session_core import SessionPayload, sign_cap
+
+        cap = self.cap if cap is None else cap
+        payload = SessionPayload("open", session_id or self.id, self.key.did, account=self.account, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def voucher_credential(self, cumulative: int, sequence: int | None = None, *, key: Any = None, signer: str | None = None) -> str:
+        from mpp.session_core import SessionPayload
+
+        voucher = self.voucher(cumulative, sequence, key=key)
+        return self._credential(SessionPayload("voucher", self.id, signer or self.key.did, voucher=voucher))
+
+    def topup_credential(self, cap: int, cumulative: int) -> str:
+        """A ``topUp`` to the new total ``cap`` with a voucher; CannotPay above ``max_amount``."""
+        from mpp.session_core import SessionPayload, sign_cap
+
+        if cap > self.max_amount:
+            raise CannotPay(f"a top-up to a cap of {cap} exceeds --max-amount {self.max_amount}; raise --max-amount to let the suite send it")
+        payload = SessionPayload("topUp", self.id, self.key.did, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def raw_credential(self, payload: dict[str, Any], source: str | None = None) -> str:
+        """A credential echoing the opening challenge with ``payload`` exactly as given (malformed ones too)."""
+        return format_credential(Credential(challenge=self.challenge, payload=payload, source=source or self.key.did))
+
+    def close_credential(self) -> str:
+        from mpp.session_core import SessionPayload, sign_close
+
+        return self._credential(SessionPayload("close", self.id, self.key.did, close_signature=sign_close(self.key, self.terms)))
 
 
 @dataclass
