@@ -520,8 +520,7 @@ def _headline(name: str, counts: Counter[tuple[str, str]]) -> str:
         return sum(c for (v, lv), c in counts.items() if v == verdict and (level is None or lv == level))
 
     parts = [f"{n('pass')} pass"]
-    fails = [f"{n('fail', lv)} {lv if lv != 'extension' else 'extension'}" for lv in ("MUST", "SHOULD", "extension")
-             if n("fail", lv)]
+    fails = [f"{n('fail', lv)} {lv}" for lv in ("MUST", "SHOULD", "extension") if n("fail", lv)]
     parts.append(f"{n('fail')} fail" + (f" ({', '.join(fails)})" if fails else ""))
     if n("warn") or name == "draft":
         parts.append(f"{n('warn')} warn (SHOULD)")
