@@ -27,7 +27,7 @@ def run_py():
     sys.modules.pop(spec.name, None)
 
 
-def _res(cid: str, level: str, verdict: str, message: str, cites: str = "extension", reqs=("CORE-X-01",)):
+def _res(cid: str, level: str, verdict: str, message: str, cites: str = "extension", reqs=("CORE-ERR-04",)):
     return {"id": cid, "title": cid, "profile": cid.split(".")[0], "level": level, "cites": cites,
             "requirements": list(reqs), "verdict": verdict, "message": message, "durationMs": 1,
             "target": "http://127.0.0.1:1/paid", "evidence": []}
@@ -85,14 +85,14 @@ def test_render_separates_draft_departures_from_profile_departures(run_py, tmp_p
     assert "`core.no-5xx` (draft §4.2 MUST; charge §7.1 MUST; draft GET, draft POST, core GET)" in must
     assert "`draft.two-credentials` (draft §B.4 SHOULD; draft GET, draft POST): HTTP 402" in should
     assert "core.discovery-jwks" not in drafts
-    assert "`core.discovery-jwks` (CORE-X-01; core GET): GET /.well-known/jwks.json" in profile_only
+    assert "`core.discovery-jwks` (CORE-ERR-04; core GET): GET /.well-known/jwks.json" in profile_only
     assert "core.no-5xx" not in profile_only and "two-credentials" not in profile_only
 
     table = section.split("### Checks", 1)[1]
     assert "| check | level | cites | draft GET | draft POST | core GET |" in table
     assert "| `core.no-5xx` | MUST | draft §4.2 MUST; charge §7.1 MUST | **FAIL** | **FAIL** | **FAIL** |" in table
     assert "| `draft.two-credentials` | SHOULD | draft §B.4 SHOULD | *warn* | *warn* | — |" in table
-    assert "| `core.discovery-jwks` | extension | CORE-X-01 | — | — | **FAIL** |" in table
+    assert "| `core.discovery-jwks` | extension | CORE-ERR-04 | — | — | **FAIL** |" in table
     assert "`core.expired-challenge` (challenges live 300 s)" in section  # skipped everywhere: said why
 
 
