@@ -6,7 +6,7 @@ reading of draft-httpauth-payment-02 ("the draft" below), draft-payment-intent-c
 charge draft") and draft-payment-discovery-01. What they do is what those documents ask, and where
 a document leaves a choice, the two take different sides of it (see ``LETTER_A`` and ``LETTER_B``).
 Nothing of MPP's own profile is here: no ``challengeId`` in problem documents or receipts, no
-signed receipts and no ``/.well-known/jwks.json``, no identity extension, no Idempotency-Key.
+signed receipts and no ``/.well-known/jwks.json``, no identity extension, no ``Idempotent-Replayed``.
 
 Each serves two priced routes: ``GET /letter`` (read a letter) and ``POST /letters`` (write one: a
 side effect, done only once paid, counted in ``app[DELIVERIES]``). Both sell the ``charge`` intent
@@ -43,6 +43,35 @@ Common to both, each from the draft:
   quotes the start of the oversized field, which for an Authorization field is the credential).
 
 Not followed: §11.2 (TLS; these serve plain HTTP on loopback, as tests do).
+
+Where the documents leave a choice, the two differ (each side is one the text allows):
+
+========================  =====================================  =====================================
+choice                    letter-a                               letter-b
+========================  =====================================  =====================================
+payment method            ``example``                            ``sample``
+``expires``               fractional seconds,                    whole seconds, ``...T18:00:04Z``,
+                          ``...T18:00:00.123Z``, 3.5 s ahead     3 to 4 s ahead (§5.1.2: an RFC 3339
+                                                                 date-time; time-secfrac is optional)
+``recipient`` in request  present (``acct_letter_a``)            absent (charge draft §5.1.2: OPTIONAL)
+per-challenge nonce       ``request.methodDetails.nonce`` (the   ``opaque`` = JCS of a flat string map
+(so every id is unique)   draft's own "signed" example does)     ``{"nonce", "order"}`` (§5.1.2; bound
+                                                                 as slot 6 of the id)
+two Payment credentials   400 ``bad-request``, no challenge      402 ``malformed-credential`` with a
+                          (§B.4: servers SHOULD answer 400)      fresh challenge (the SHOULD not taken:
+                                                                 a 402 lets the client retry at once)
+unknown method            400 ``method-unsupported`` (§8.2),     402 ``invalid-challenge``: the echoed
+                          with a fresh challenge naming the      method is in the id's binding, which
+                          method it takes                        no longer verifies (§4.2, §5.1.2.1)
+discovery                 ``GET /openapi.json`` (discovery-01:   none: ``/openapi.json`` is 404
+                          OpenAPI 3.1, ``x-payment-info`` with   (discovery is OPTIONAL)
+                          ``offers`` on each priced operation,
+                          a 402 response declared)
+Idempotency-Key (§11.4)   a paid POST retried with the same      not read (a SHOULD): every reuse of
+                          key and credential gets the original   a used id is ``invalid-challenge``
+                          response (status, body, receipt),
+                          with no second delivery
+========================  =====================================  =====================================
 """
 
 from __future__ import annotations
@@ -109,6 +138,7 @@ class Choices:
     discovery: bool  # discovery draft: OPTIONAL
     two_credentials_400: bool  # §B.4 SHOULD 400; else 402 malformed-credential
     unknown_method_400: bool  # §8.2 method-unsupported 400; else the broken binding's 402 invalid-challenge
+    idempotency: bool  # §11.4 SHOULD: a POST retried with its Idempotency-Key and credential gets the original response
     prices: dict[tuple[str, str], str] = field(default_factory=dict)  # (HTTP method, path) -> amount, base units
     currency: str = "usd"
 
@@ -116,10 +146,12 @@ class Choices:
 LETTER_A = Choices(
     name="letter-a", realm="letter-a.example", method="example", recipient="acct_letter_a",
     fractional_expires=True, ttl=3.5, opaque=False, discovery=True, two_credentials_400=True, unknown_method_400=True,
+    idempotency=True,
     prices={("GET", "/letter"): "100", ("POST", "/letters"): "250"})
 LETTER_B = Choices(
     name="letter-b", realm="letter-b.example", method="sample", recipient=None,
     fractional_expires=False, ttl=4.0, opaque=True, discovery=False, two_credentials_400=False, unknown_method_400=False,
+    idempotency=False,
     prices={("GET", "/letter"): "5", ("POST", "/letters"): "7"})
 FIXTURES = {c.name: c for c in (LETTER_A, LETTER_B)}
 
@@ -266,6 +298,8 @@ class Seller:
         self.secret = secret or secrets.token_bytes(32)
         self.used: dict[str, float] = {}  # consumed challenge id -> its expiry (purged once past)
         self.deliveries: list[tuple[str, str, str]] = []
+        # challenge id -> (Idempotency-Key, body digest, the original response's status, headers, body)
+        self.responses: dict[str, tuple[str, str | None, int, dict[str, str], bytes]] = {}
 
     # challenges ---------------------------------------------------------------------------------
 
@@ -342,8 +376,6 @@ class Seller:
         now = time.time()
         if expires is None or now >= expires:
             return self.answer(402, "payment-expired", request, route, body)
-        if echoed["id"] in self.used:
-            return self.answer(402, "invalid-challenge", request, route, body)  # already used (§11.3)
         if body is not None and echoed.get("digest") != body_digest(body):
             return self.answer(402, "verification-failed", request, route, body)  # §5.1.3
         payload = credential["payload"]
@@ -351,11 +383,16 @@ class Seller:
             return self.answer(402, "invalid-payload", request, route, body)
         if not hmac.compare_digest(payload["token"].encode("utf-8", "surrogatepass"), TOKEN.encode()):
             return self.answer(402, "verification-failed", request, route, body)
-        # Consume: check and insert in one synchronous step (no await since the check above), so of
-        # concurrent submissions of one credential exactly one gets here first (§11.5).
+        # Consume: check and insert in one synchronous step (no await since the body was read), so of
+        # concurrent submissions of one credential exactly one gets past here (§11.5).
         if echoed["id"] in self.used:
-            return self.answer(402, "invalid-challenge", request, route, body)
-        self.used = {k: v for k, v in self.used.items() if v > now} if len(self.used) > 1000 else self.used
+            kept = self.responses.get(echoed["id"])
+            if kept is not None and kept[0] == request.headers.get("Idempotency-Key"):
+                return web.Response(status=kept[2], headers=kept[3], body=kept[4])  # a retry: the original (§11.4)
+            return self.answer(402, "invalid-challenge", request, route, body)  # already used (§11.3)
+        if len(self.used) > 1000:
+            self.used = {k: v for k, v in self.used.items() if v > now}
+            self.responses = {k: v for k, v in self.responses.items() if k in self.used}
         self.used[echoed["id"]] = expires
         reference = f"{self.c.name}-{secrets.token_hex(8)}"
         self.deliveries.append((route[0], route[1], reference))
@@ -363,7 +400,12 @@ class Seller:
                    "reference": reference}
         content = {"letter": "Dear agent, thank you for paying." if route[0] == "GET" else "Your letter is written.",
                    "bytes": len(raw)}
-        return web.json_response(content, headers={"Payment-Receipt": b64url_json(receipt), "Cache-Control": "private"})
+        headers = {"Payment-Receipt": b64url_json(receipt), "Cache-Control": "private", "Content-Type": "application/json"}
+        payload_bytes = json.dumps(content).encode()
+        key = request.headers.get("Idempotency-Key")
+        if self.c.idempotency and key is not None and route[0] in ("POST", "PUT", "PATCH", "DELETE"):
+            self.responses[echoed["id"]] = (key, echoed.get("digest"), 200, headers, payload_bytes)  # digest: bound already
+        return web.Response(status=200, headers=headers, body=payload_bytes)
 
     # discovery ---------------------------------------------------------------------------------
 
