@@ -161,7 +161,7 @@ def accepted(resp: Response, paid: Paid, what: str) -> PaymentReceipt | None:
 
 def paid_ok(resp: Response, paid: Paid, what: str) -> PaymentReceipt:
     """``resp`` is the success of a payment as MPP's profile has it: a 2xx with one Payment-Receipt
-    for this challenge (``challengeId``, a signed JWS), cacheable only privately (CORE-RCPT-01, CORE-RCPT-03)."""
+    for this challenge (``challengeId``, a signed JWS; CORE-RCPT-01)."""
     no_5xx(resp, what)
     skip_if_payer_limited(resp, paid, what)
     if not 200 <= resp.status < 300:
@@ -180,13 +180,7 @@ def paid_ok(resp: Response, paid: Paid, what: str) -> PaymentReceipt:
         fail(f"{what}: the receipt names method {receipt.method!r}, the paid challenge {paid.challenge.method!r} (CORE-RCPT-01)")
     if not receipt.receipt:
         fail(f"{what}: the receipt carries no signed receipt JWS (CORE-RCPT-01)")
-    directives = {d.strip().split("=")[0].lower() for d in ",".join(resp.headers.getall("Cache-Control", [])).split(",") if d.strip()}
-    if "public" in directives:
-        fail(f"{what}: a response with a receipt is marked Cache-Control public (CORE-RCPT-03)")
-    if not directives & {"private", "no-store"}:
-        fail(f"{what}: a response with a receipt lacks Cache-Control private or no-store "
-             f"(got {resp.headers.get('Cache-Control')!r}; CORE-RCPT-03)")
-    return receipt
+    return receipt  # its Cache-Control is the draft's rule: full.paid-success judges it
 
 
 def _reference(resp: Response) -> str | None:
@@ -240,14 +234,14 @@ async def has_receipt(ctx: CheckContext) -> str:
 
 
 @register("full.receipt-fields", "the receipt names the paid challenge (challengeId) and carries the signed receipt JWS", "full",
-          ["CORE-RCPT-01", "CORE-RCPT-03"])
+          ["CORE-RCPT-01"])
 async def receipt_fields(ctx: CheckContext) -> str:
     paid, resp, receipt = await pay_once(ctx, payer_for(ctx))
     return f"challengeId {str(receipt.challengeId)[:12]}..., a {len(receipt.receipt or '')}-character JWS"
 
 
 @register("full.replay", "the same credential sent again is refused (invalid-challenge)", "full",
-          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10", "CORE-RCPT-02"], draft="draft §11.3 MUST; charge §6.2 MUST; draft §4.2 MUST")
+          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10"], draft="draft §11.3 MUST; charge §6.2 MUST; draft §4.2 MUST")
 async def replay(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
@@ -264,7 +258,7 @@ async def replay(ctx: CheckContext) -> str:
 
 
 @register("full.concurrent-replay", "the same credential sent many times at once succeeds at most once", "full",
-          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04", "CORE-RCPT-02"], draft="draft §11.5 MUST; draft §11.3 MUST")
+          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04"], draft="draft §11.5 MUST; draft §11.3 MUST")
 async def concurrent_replay(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     n = max(2, int(ctx.options.get("concurrency") or 20))
@@ -282,7 +276,6 @@ async def concurrent_replay(ctx: CheckContext) -> str:
         skip_if_payer_limited(responses[0], paid, f"{n} concurrent submissions of one credential")
         fail(f"none of {n} concurrent submissions of one fresh credential succeeded ({tally}); "
              "exactly one must proceed to settlement (CORE-ONCE-02)")
-    accepted(wins[0], paid, "the one successful concurrent submission")
     for r in responses:
         if r is not wins[0]:
             refused(r, f"a losing one of {n} concurrent submissions", ("invalid-challenge",), not_ids={paid.challenge.id})
@@ -305,7 +298,7 @@ def _other_target(ctx: CheckContext) -> tuple[str, str]:
 
 
 @register("full.other-route", "a credential for one route is refused on another priced route, and then still pays on its own", "full",
-          ["CORE-BIND-02", "CORE-ERR-04", "CHARGE-01", "CORE-RCPT-02", "CORE-ONCE-04"])
+          ["CORE-BIND-02", "CORE-ERR-04", "CHARGE-01", "CORE-ONCE-04"])
 async def other_route(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     method, url = _other_target(ctx)
@@ -338,7 +331,7 @@ def _with_query(url: str) -> tuple[str, str]:
 
 
 @register("full.other-query", "a credential is refused when the query is changed, and then still pays with the query it was issued for", "full",
-          ["CORE-BIND-02", "CORE-BIND-01", "CORE-ERR-04", "CORE-RCPT-02", "CORE-ONCE-04"])
+          ["CORE-BIND-02", "CORE-BIND-01", "CORE-ERR-04", "CORE-ONCE-04"])
 async def other_query(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
@@ -351,7 +344,7 @@ async def other_query(ctx: CheckContext) -> str:
 
 
 @register("full.other-method", "a credential for one HTTP method is refused on another, and then still pays on its own", "full",
-          ["CORE-BIND-02", "CORE-ERR-04", "CORE-RCPT-02", "CORE-ONCE-04"])
+          ["CORE-BIND-02", "CORE-ERR-04", "CORE-ONCE-04"])
 async def other_method(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     mine = _method(ctx)
@@ -372,7 +365,7 @@ async def other_method(ctx: CheckContext) -> str:
 
 
 @register("full.changed-body", "a credential bound to one body is refused with another, and then still pays with its own", "full",
-          ["CORE-BIND-04", "CORE-ERR-06", "CORE-RCPT-02", "CORE-ONCE-04"], draft="draft §5.1.3 MUST; draft §11.4 MUST NOT")
+          ["CORE-BIND-04", "CORE-ERR-06", "CORE-ONCE-04"], draft="draft §5.1.3 MUST; draft §11.4 MUST NOT")
 async def changed_body(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     mine, body = _method(ctx), _data(ctx) or b""

@@ -93,9 +93,10 @@ def describe(resp: Response) -> str:
 
 def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int | tuple[int, ...] = 402,
             not_ids: set[str] = frozenset(), accepted: str = "") -> str | None:
-    """``resp`` refuses a credential as the draft shapes a refusal (§4.2, §5.3.1, §11.10):
-    ``expected_status``, fresh challenges (no id of ``not_ids``) with no-store on a 402, and no
-    receipt; a problem document, when there is one, of one of ``slugs``. Whether there must be a
+    """``resp`` refuses a credential as the draft shapes a refusal (§4.2, §11.10):
+    ``expected_status``, fresh challenges (no id of ``not_ids``) with no-store on a 402; a problem
+    document, when there is one, of one of ``slugs``. A receipt on a refusal (§5.3.1) is
+    core.no-receipt-on-errors' finding, made once. Whether there must be a
     problem document (a SHOULD of the draft, a MUST of MPP's profile) is core.problem-documents'
     question, asked once, not every refusal's. A 2xx fails with ``accepted`` appended (what
     accepting it means). Returns the slug, or None without a problem document."""
@@ -111,7 +112,6 @@ def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_statu
         slug = doc["type"][len(PROBLEM_BASE):]
     if resp.status == 402 or "method-unsupported" in slugs:
         fresh_challenges(resp, what, not_ids=not_ids)
-    no_receipt(resp, what)
     return slug
 
 

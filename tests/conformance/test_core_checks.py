@@ -47,8 +47,16 @@ def _requirement_ids() -> set[str]:
     return {r["id"] for r in json.loads((Path(__file__).resolve().parents[2] / "spec" / "requirements.json").read_text())}
 
 
+# Checks that do not apply to a GET target without a body: they skip, saying so.
+NOT_ON_GET = {"core.body-digest"}
+
+
+def _ok(r) -> bool:
+    return r.verdict is Verdict.PASS or (r.verdict is Verdict.SKIP and r.check_id in NOT_ON_GET)
+
+
 def _failures(results) -> str:
-    return "\n".join(f"{r.check_id}: {r.verdict.value}: {r.message}" for r in results if r.verdict is not Verdict.PASS)
+    return "\n".join(f"{r.check_id}: {r.verdict.value}: {r.message}" for r in results if not _ok(r))
 
 
 def test_core_checks_registered_with_real_requirement_ids():
@@ -66,7 +74,7 @@ async def test_core_profile_passes_on_get(served):
     results = await run_checks(checks_for("core"), served.url + "/weather", _options())
     elapsed = time.perf_counter() - start
     assert {r.check_id for r in results} >= CORE_IDS
-    assert all(r.verdict is Verdict.PASS for r in results), _failures(results)
+    assert all(_ok(r) for r in results), _failures(results)
     # the expiry check waits out one challenge (CHALLENGE_TTL seconds at most, and a margin)
     assert elapsed < 5 + CHALLENGE_TTL + 1, f"the core profile took {elapsed:.1f} s against a local seller"
     notes = {r.check_id: r.message for r in results}
@@ -77,7 +85,7 @@ async def test_core_profile_passes_on_get(served):
 async def test_core_profile_passes_on_post_with_body(served):
     results = await run_checks(checks_for("core"), served.url + "/summarize",
                                _options("POST", b"Agents buy from services; every purchase is signed."))
-    assert all(r.verdict is Verdict.PASS for r in results), _failures(results)
+    assert all(_ok(r) for r in results), _failures(results)
 
 
 def test_cli_writes_three_reports_without_credentials(served, tmp_path: Path):
@@ -94,9 +102,9 @@ def test_cli_writes_three_reports_without_credentials(served, tmp_path: Path):
     ids = [r["id"] for r in report["results"]]
     assert sorted(ids) == sorted({c.id for c in checks_for("core")}), ids  # one result per check
     for r in report["results"]:
-        assert r["verdict"] == "pass", r
+        assert r["verdict"] == "pass" or (r["verdict"] == "skip" and r["id"] in NOT_ON_GET), r
         assert r["requirements"], r["id"]
-        assert r["evidence"], r["id"]
+        assert r["evidence"] or r["verdict"] == "skip", r["id"]
         for ex in r["evidence"]:
             for name, value in ex["request"]["headers"]:
                 if name.lower() == "authorization":
@@ -216,16 +224,12 @@ def _offers_probe_method_back(app: web.Application) -> None:
 
 FAULTS = {
     "first-authorization-only": (_only_first_authorization, None, {"core.two-credentials"}),
-    "receipt-on-errors": (_receipt_on_errors, None, {
-        "core.challenge-well-formed", "core.garbage-credential", "core.unknown-challenge-id", "core.tampered-request",
-        "core.tampered-expires", "core.tampered-realm", "core.expired-echo", "core.two-credentials",
-        "core.unsupported-method", "core.large-credential", "core.no-receipt-on-errors", "core.no-5xx",
-        "core.expired-challenge"}),
+    "receipt-on-errors": (_receipt_on_errors, None, {"core.no-receipt-on-errors"}),  # one result per cause
     "draft-402-for-unknown-method": (_draft_402_for_unknown_method, None, {"core.unsupported-method"}),
     "5xx-on-big-credentials": (_crash_on_big_credentials, None, {"core.no-5xx", "core.oversized-credential"}),
-    "4k-header-limit": (_small_header_limit, None, {"core.large-credential", "core.no-5xx"}),
+    "4k-header-limit": (_small_header_limit, None, {"core.large-credential"}),  # 431 is a 4xx: no-5xx is content
     "no-id-check": (None, _no_id_check, {
-        "core.unknown-challenge-id", "core.tampered-request", "core.tampered-expires", "core.tampered-realm",
+        "core.problem-documents", "core.unknown-challenge-id", "core.tampered-request", "core.tampered-expires", "core.tampered-realm",
         "core.expired-echo", "core.expired-challenge"}),  # no id check means no expiry check either
     "expiry-before-id": (None, _expiry_before_id, set()),  # allowed by core.expired-echo, which says so
     "malformed-accept-payment-narrowed": (_offers_probe_method_back, None, {"core.accept-payment"}),
@@ -274,7 +278,7 @@ async def test_reports_never_hold_a_sent_credential(home: Path):
         results = await run_checks(checks_for("core"), url, _options())
     finally:
         await server.close()
-    assert all(r.verdict is Verdict.PASS for r in results), _failures(results)
+    assert all(_ok(r) for r in results), _failures(results)
     tokens = {v.split(" ", 1)[1].strip() for v in received if " " in v.strip()}
     tokens = {t for t in tokens if len(t) >= 12}
     assert len(tokens) > 100

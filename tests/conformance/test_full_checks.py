@@ -30,6 +30,7 @@ from mpp_conformance.paying import CannotPay, LedgerPayer, StaticPayer, payer_fr
 FULL_IDS = {
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
+    "full.receipt-fields", "core.body-digest",
 }
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
 BODY = b"Agents buy from services; every purchase is signed."
@@ -44,7 +45,9 @@ def home(home: Path) -> Path:
 
 
 def _full():
-    return [c for c in checks_for("full") if c.profile == "full"]
+    """The paying checks, and core.body-digest (whether a body is bound at all: full.changed-body
+    tests the binding only where there is one)."""
+    return [c for c in checks_for("full") if c.profile == "full" or c.id == "core.body-digest"]
 
 
 def _options(pay_with: str | None, method: str = "GET", data: bytes | None = None, **more) -> dict:
@@ -81,7 +84,7 @@ async def test_full_profile_on_get(served):
                                _options(f"ledger:{served.home}/agent", other_url=served.url + "/quote"))
     elapsed = time.perf_counter() - start
     verdicts = _verdicts(results)
-    skipped = {"full.other-method", "full.changed-body", "full.idempotency-retry"}
+    skipped = {"full.other-method", "full.changed-body", "full.idempotency-retry", "core.body-digest"}
     assert all(verdicts[i] is Verdict.PASS for i in FULL_IDS - skipped), _report(results)
     assert all(verdicts[i] is Verdict.SKIP for i in skipped), _report(results)
     notes = {r.check_id: r.message for r in results}
@@ -89,7 +92,7 @@ async def test_full_profile_on_get(served):
     assert "19" in notes["full.concurrent-replay"]
     # Paid exactly once in paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, and after
     # the refusals of other-route and other-query (the genuine credential); the refused credentials cost nothing.
-    assert served.ledger().balance("acct:buyer") == balance - 7 * WEATHER
+    assert served.ledger().balance("acct:buyer") == balance - 8 * WEATHER  # and once in receipt-fields
     assert elapsed < 5, f"the full checks took {elapsed:.1f} s against a local seller"
 
 
@@ -102,7 +105,7 @@ async def test_full_profile_on_post_with_body(served):
     assert verdicts["full.other-method"] is Verdict.SKIP, _report(results)
     # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, idempotency-retry, and other-route,
     # other-query and changed-body after their refusals: one charge each, none for the idempotent retry
-    assert served.ledger().balance("acct:buyer") == balance - 9 * SUMMARIZE
+    assert served.ledger().balance("acct:buyer") == balance - 10 * SUMMARIZE  # and once in receipt-fields
 
 
 def _add_route(home: Path, method: str, path: str, amount: int) -> None:
@@ -135,7 +138,7 @@ async def test_quote_above_max_amount_is_not_paid(served):
 
 
 async def test_without_pay_with_the_full_checks_skip(served):
-    results = await run_checks(_full(), served.url + "/weather", _options(None))
+    results = await run_checks([c for c in _full() if c.profile == "full"], served.url + "/weather", _options(None))
     assert all(r.verdict is Verdict.SKIP and "--pay-with" in r.message for r in results), _report(results)
 
 
@@ -323,12 +326,11 @@ FAULTS = {
     "no-route-binding": (None, _no_route_binding, GET, {"full.other-route", "full.other-query", "full.other-method"}),
     "query-dropped": (_query_dropped, None, GET, {"full.other-query"}),
     "challenge-reusable": (None, _claim_always, GET, {"full.replay", "full.concurrent-replay"}),
-    "public-receipts": (_public_receipts, None, GET, {"full.paid-success", "full.concurrent-replay",
-                                                      "full.signed-receipt", "full.ledger-payload"}),
+    "public-receipts": (_public_receipts, None, GET, {"full.paid-success"}),  # one result per cause
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
-        "full.paid-success", "full.replay", "full.concurrent-replay", "full.changed-body", "full.idempotency-retry",
-        "full.signed-receipt", "full.ledger-payload",
+        "core.body-digest", "full.paid-success", "full.replay", "full.concurrent-replay", "full.idempotency-retry",
+        "full.signed-receipt", "full.ledger-payload", "full.receipt-fields",
         # the genuine credential these send after their refusal cannot pay either (CORE-ONCE-04's probe)
         "full.other-route", "full.other-query", "full.other-method"}),
     "replay-unmarked": (_replay_unmarked, None, POST, {"full.idempotency-retry"}),
@@ -363,7 +365,8 @@ async def test_each_check_catches_its_fault(home: Path, fault: str, monkeypatch)
     assert failed == expected, f"fault {fault}: expected {sorted(expected)} to fail, got:\n{_report(results)}"
     messages = {r.check_id: r.message for r in results}
     if fault == "no-digest-issued":
-        assert "CORE-BIND-03" in messages["full.changed-body"]
+        assert "carries no digest" in messages["core.body-digest"]
+        assert "core.body-digest" in messages["full.changed-body"]  # a skip that names the check about it
     if fault in ("no-route-binding", "query-dropped"):
         assert "the target accepted it (HTTP 200" in messages["full.other-query"]
     if fault == "challenge-reusable":

@@ -76,6 +76,10 @@ async def _check_fail(ctx: CheckContext) -> str:
     raise CheckFailed(f"a forged credential got {resp.status} verification-failed, expected invalid-challenge")
 
 
+async def _check_warn(ctx: CheckContext) -> str:
+    raise CheckFailed("two credentials got 402, the draft says 400 SHOULD")
+
+
 async def _check_skip(ctx: CheckContext) -> str:
     raise Skip("the target offers no POST route")
 
@@ -87,10 +91,11 @@ async def _check_error(ctx: CheckContext) -> str:
 CHECKS = [
     Check("demo.pass", "unpaid request gets a challenge", "core", ("CORE-CHAL-01",), _check_pass),
     Check("demo.fail", "forged credential gets invalid-challenge", "core", ("CORE-ERR-04", "CORE-BIND-07"), _check_fail),
+    Check("demo.warn", "two credentials get 400", "draft", ("CORE-CRED-04",), _check_warn, draft="draft §B.4 SHOULD"),
     Check("demo.skip", "body digest is bound", "core", ("CORE-BIND-03",), _check_skip),
     Check("demo.error", "a check that crashes", "full", ("CORE-ERR-11",), _check_error),
 ]
-VERDICTS = {"demo.pass": "pass", "demo.fail": "fail", "demo.skip": "skip", "demo.error": "error"}
+VERDICTS = {"demo.pass": "pass", "demo.fail": "fail", "demo.warn": "warn", "demo.skip": "skip", "demo.error": "error"}
 META = {"mode": "seller", "target": "", "profile": "core", "version": "test", "started": "2026-01-01T00:00:00Z"}
 
 
@@ -190,7 +195,7 @@ async def test_html_report_renders_in_headless_chromium(results, tmp_path):
     dom.feed(dom_text)
 
     counts = {row[0]: row[1] for row in dom.summary_rows if len(row) == 2 and row[0] != "verdict"}
-    assert counts == {"pass": "1", "fail": "1", "skip": "1", "error": "1"}, f"summary table: {dom.summary_rows}"
+    assert counts == {"pass": "1", "fail": "1", "warn": "1", "skip": "1", "error": "1"}, f"summary table: {dom.summary_rows}"
 
     checks = [d for d in dom.details if "check" in d["class"].split()]
     assert [d["id"] for d in checks] == [c.id for c in CHECKS], f"details elements: {checks}"
@@ -203,6 +208,9 @@ async def test_html_report_renders_in_headless_chromium(results, tmp_path):
     assert "HTTP 402" in by_id["demo.fail"]["text"], "the deciding response is not in the failing check's evidence"
     assert "Authorization: Payment [redacted" in by_id["demo.fail"]["text"]
     assert "(no HTTP exchange)" in by_id["demo.skip"]["text"]
+    # every result shows its level; a SHOULD's departure is a warning naming the draft section it cites
+    assert "extension" in by_id["demo.fail"]["summary"] and "SHOULD" in by_id["demo.warn"]["summary"]
+    assert "draft-httpauth-payment-02 §B.4 SHOULD" in by_id["demo.warn"]["text"]
 
 
 async def test_html_report_screenshot(results, tmp_path):
