@@ -416,7 +416,12 @@ class Seller:
                 "summary": "Read a letter" if method == "GET" else "Write a letter",
                 "x-payment-info": {"offers": [{"intent": "charge", "method": self.c.method, "amount": amount,
                                                 "currency": self.c.currency}]},
-                "responses": {"200": {"description": "The letter"}, "402": {"description": "Payment Required"}},
+                "responses": {
+                    "200": {"description": "The letter", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["letter"],
+                        "properties": {"letter": {"type": "string"}, "bytes": {"type": "integer"}}}}}},
+                    "402": {"description": "Payment Required"},
+                },
             }
             if method == "POST":
                 op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
@@ -447,3 +452,23 @@ async def serving(name: str) -> AsyncIterator[tuple[TestServer, web.Application]
         yield server, app
     finally:
         await server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one fixture for a manual run of the suite:
+
+        python tests/conformance/draft_sellers.py letter-a --port 8402
+        mpp-conformance seller http://127.0.0.1:8402/letter --profile draft \\
+            --pay-with 'static:{"token": "letter"}' --other-url 'POST http://127.0.0.1:8402/letters' --expiry-wait 4
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="serve a draft-only seller fixture on loopback")
+    parser.add_argument("name", choices=sorted(FIXTURES))
+    parser.add_argument("--port", type=int, default=8402)
+    args = parser.parse_args(argv)
+    web.run_app(build_app(FIXTURES[args.name]), host="127.0.0.1", port=args.port, **HEADER_LIMITS)
+
+
+if __name__ == "__main__":
+    main()
