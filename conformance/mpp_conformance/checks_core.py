@@ -53,7 +53,7 @@ async def challenge_well_formed(ctx: CheckContext) -> str:
     # expires a SHOULD (draft.expires), MPP's own members are core.problem-documents'.
     resp = await unpaid(ctx)
     status(resp, 402, "unpaid request")
-    challenges = fresh_challenges(resp, "unpaid request")
+    challenges = fresh_challenges(resp, "unpaid request", no_store=True)
     now = datetime.now(timezone.utc)
     for c in challenges:
         if c.method != c.method.lower():
@@ -114,6 +114,8 @@ async def problem_documents(ctx: CheckContext) -> str:
 async def problem_details(ctx: CheckContext) -> str:
     for what, kind, _ in _PROBLEM_PROBES[:2]:
         resp, _ = await _problem_probe(ctx, kind)
+        if resp.status >= 500:  # the 5xx is the finding (core.no-5xx and the refusal checks), not its body
+            raise Skip(f"{what}: HTTP {resp.status}, not a payment problem to describe")
         ctype = resp.headers.get("Content-Type", "")
         if "application/problem+json" not in ctype:
             fail(f"{what}: HTTP {resp.status} with Content-Type {ctype!r}, not a problem document (draft §8.1 SHOULD)")
@@ -139,7 +141,9 @@ async def garbage_credential(ctx: CheckContext) -> str:
     # Labels, not values, in messages: a credential never reaches a report.
     for label, value in (("garbage", "Payment !!!not-base64!!!"), ("non-JSON", "Payment " + "QUJD" * 3),
                          ("truncated JSON", "Payment eyJjaGFsbGVuZ2UiOnsiaWQiOiJ4")):
-        refused(await send(ctx, value), f"{label} credential", ("malformed-credential",))
+        resp = await send(ctx, value)
+        refused(resp, f"{label} credential", ("malformed-credential",))
+        fresh_challenges(resp, f"{label} credential", no_store=True)
     return "garbage, non-JSON and truncated credentials refused"
 
 
@@ -172,7 +176,7 @@ PROBE_METHOD = "conformanceprobe"
 def _refusal(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int = 402,
              not_ids: set[str] = frozenset()) -> str | None:
     """A refusal as the draft shapes it (expect.refused): the status, fresh challenges (new ids)
-    with no-store, no receipt, and a problem document, if any, of one of ``slugs``."""
+    and a problem document, if any, of one of ``slugs``."""
     return refused(resp, what, slugs, expected_status=expected_status, not_ids=not_ids)
 
 
@@ -283,6 +287,7 @@ async def expired_challenge(ctx: CheckContext) -> str:
     else:
         _, challenge = await first_challenge(ctx)
         value, kind = credential_header(challenge), "a probe credential"
+    balance = None
     try:
         ttl = (parse_rfc3339(challenge.expires or "") - datetime.now(timezone.utc)).total_seconds()
     except ValueError:
@@ -290,12 +295,20 @@ async def expired_challenge(ctx: CheckContext) -> str:
     if ttl > limit:
         raise Skip(f"the target's challenges live {ttl:.0f} s (expires minus now), longer than --expiry-wait {limit:g} s: "
                    f"give --expiry-wait {int(ttl) + 1} or shorten the target's challenge lifetime to check expiry")
+    if ctx.options.get("pay_with"):
+        from .balance import watch_balance
+        from .checks_full import payer_for
+
+        balance = await watch_balance(ctx, payer_for(ctx), challenge)
     await asyncio.sleep(max(ttl, 0.0) + _EXPIRY_MARGIN)
     resp = await send(ctx, value)
     # payment-expired is -02's type; -00 (and our older peers) said invalid-challenge for an expired id.
     refused(resp, f"{kind}, sent {_EXPIRY_MARGIN:g} s after its challenge expired", ("payment-expired", "invalid-challenge"),
             not_ids={challenge.id}, accepted="a credential for an expired challenge was taken (CORE-BIND-06)")
-    return f"waited {max(ttl, 0.0) + _EXPIRY_MARGIN:.1f} s (challenge TTL {ttl:.1f} s); {kind} refused as payment-expired"
+    if balance is not None:
+        await balance.unmoved(f"{kind}, refused after its challenge expired")
+    return (f"waited {max(ttl, 0.0) + _EXPIRY_MARGIN:.1f} s (challenge TTL {ttl:.1f} s); {kind} refused as payment-expired"
+            + (balance.note if balance is not None else ""))
 
 
 @register("draft.two-credentials", "two Authorization: Payment fields get 400 (Bad Request)", "draft",

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 from mpp import Challenge, ParseError, PaymentReceipt, parse_credential, parse_receipt
 from mpp.errors import EXTENSION_PROBLEM_BASE
 
+from .balance import watch_balance
 from .expect import describe, fail, fresh_challenges, no_5xx, problem_slug, refused, status
 from .framework import CheckContext, Response, Skip, register
-from .paying import DEFAULT_MAX_AMOUNT, CannotPay, Payer, payer_from_spec
+from .paying import DEFAULT_MAX_AMOUNT, DEFAULT_PAY_TIMEOUT, CannotPay, Payer, payer_from_spec
 
 __all__ = ["payer_for", "Paid", "OTHER_QUERY", "skip_if_payer_limited"]
 
@@ -42,8 +43,9 @@ def payer_for(ctx: CheckContext) -> Payer:
     spec = ctx.options.get("pay_with")
     if not spec:
         raise Skip("no --pay-with: this check pays the target (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM)")
-    max_amount = ctx.options.get("max_amount")
-    return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount))
+    max_amount, timeout = ctx.options.get("max_amount"), ctx.options.get("pay_timeout")
+    return payer_from_spec(spec, max_amount=DEFAULT_MAX_AMOUNT if max_amount is None else int(max_amount),
+                           timeout=DEFAULT_PAY_TIMEOUT if timeout is None else float(timeout))
 
 
 def _method(ctx: CheckContext) -> str:
@@ -72,9 +74,10 @@ async def fresh_credential(ctx: CheckContext, payer: Payer | None = None) -> Pai
     resp = await ctx.request(_method(ctx), ctx.target, data=_data(ctx))
     status(resp, 402, "unpaid request")
     challenges = fresh_challenges(resp, "unpaid request")
+    request = {"url": ctx.target, "http_method": _method(ctx)}
     try:
-        challenge = payer.choose(challenges)
-        return Paid(challenge, payer.authorize(challenge))
+        challenge = payer.choose(challenges, **request)
+        return Paid(challenge, payer.authorize(challenge, **request))
     except CannotPay as exc:
         raise Skip(f"not paid: {exc}") from None
 
@@ -313,12 +316,14 @@ async def other_route(ctx: CheckContext) -> str:
     if paid.challenge.method not in offered:
         raise Skip(f"the other URL does not offer method {paid.challenge.method!r} (it offers {', '.join(sorted(offered))}); "
                    "give a route priced in the same method")
+    balance = await watch_balance(ctx, payer, paid.challenge)
     resp = await send(ctx, paid, method=method, url=url, data=body)
     where = f"{method} {urlsplit(url).path}"
     refused(resp, f"the credential for {_method(ctx)} {urlsplit(ctx.target).path} sent to {where}", ("invalid-challenge",),
             not_ids={paid.challenge.id}, accepted="a challenge paid for a route it was not issued for (CORE-BIND-02)")
+    await balance.unmoved(f"the credential for {_method(ctx)} {urlsplit(ctx.target).path} refused on {where}")
     await still_pays(ctx, paid, f"its use on {where}")
-    return f"a credential for the target refused on {where} as invalid-challenge, then paid on the target"
+    return f"a credential for the target refused on {where} as invalid-challenge, then paid on the target" + balance.note
 
 
 def _with_query(url: str) -> tuple[str, str]:
@@ -336,11 +341,13 @@ async def other_query(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
     url, added = _with_query(ctx.target)
+    balance = await watch_balance(ctx, payer, paid.challenge)
     resp = await send(ctx, paid, url=url)
     refused(resp, f"the credential sent with {added!r} added to the query", ("invalid-challenge",),
             not_ids={paid.challenge.id}, accepted="the seller does not bind the query (CORE-BIND-02)")
+    await balance.unmoved(f"the credential refused with {added!r} added to the query")
     await still_pays(ctx, paid, f"its use with {added!r} added to the query")
-    return f"refused as invalid-challenge with {added!r} added, then paid without it"
+    return f"refused as invalid-challenge with {added!r} added, then paid without it" + balance.note
 
 
 @register("full.other-method", "a credential for one HTTP method is refused on another, and then still pays on its own", "full",
@@ -357,11 +364,13 @@ async def other_method(ctx: CheckContext) -> str:
     if probe.status != 402:
         raise Skip(f"an unpaid {other} to the target got {describe(probe)}, not 402: {other} on this path is not priced")
     paid = await fresh_credential(ctx, payer)
+    balance = await watch_balance(ctx, payer, paid.challenge)
     resp = await send(ctx, paid, method=other, data=body)
     refused(resp, f"the credential for {mine} sent with {other}", ("invalid-challenge",), not_ids={paid.challenge.id},
             accepted=f"a challenge issued for {mine} paid for {other} (CORE-BIND-02)")
+    await balance.unmoved(f"the credential for {mine} refused on {other}")
     await still_pays(ctx, paid, f"its use with {other}")
-    return f"a credential for {mine} refused on {other} as invalid-challenge, then paid on {mine}"
+    return f"a credential for {mine} refused on {other} as invalid-challenge, then paid on {mine}" + balance.note
 
 
 @register("full.changed-body", "a credential bound to one body is refused with another, and then still pays with its own", "full",
@@ -376,12 +385,14 @@ async def changed_body(ctx: CheckContext) -> str:
         raise Skip(f"the challenge for a {mine} request with a {len(body)}-byte body carries no digest: no body "
                    "binding to test (core.body-digest and draft.body-digest judge its absence)")
     other = body + b"\n[changed by mpp-conformance]"
+    balance = await watch_balance(ctx, payer, paid.challenge)
     resp = await send(ctx, paid, data=other)
     # verification-failed is MPP's type (CORE-ERR-06); the draft names none for a digest mismatch.
     slug = refused(resp, "the credential sent with a changed body", ("verification-failed", "invalid-challenge", "invalid-payload"),
                    not_ids={paid.challenge.id}, accepted="a credential for one body paid for another (CORE-BIND-04)")
+    await balance.unmoved("the credential refused with a changed body")
     await still_pays(ctx, paid, "its use with a changed body")
-    return f"a changed body refused ({slug or 'no problem document'}), then the original body paid"
+    return f"a changed body refused ({slug or 'no problem document'}), then the original body paid" + balance.note
 
 
 async def _body_digest(ctx: CheckContext) -> str:
@@ -524,6 +535,7 @@ async def ledger_payload(ctx: CheckContext) -> str:
         "signature missing": {k: v for k, v in payload.items() if k != "signature"},
         "signature over another account": dict(payload, account=payload["account"] + "-other"),
     }
+    balance = await watch_balance(ctx, payer, paid.challenge)
     for label, altered in variants.items():
         source = credential.source if "signer" not in altered or altered["signer"] == payload["signer"] else altered["signer"]
         value = format_credential(credential.model_copy(update={"payload": altered, "source": source}))
@@ -532,6 +544,7 @@ async def ledger_payload(ctx: CheckContext) -> str:
     mismatched = format_credential(credential.model_copy(update={"source": stranger.did}))
     resp = await ctx.request(_method(ctx), ctx.target, headers=[("Authorization", mismatched)], data=_data(ctx))
     refused(resp, "source not the payload's signer", ("verification-failed",), not_ids={paid.challenge.id})
+    await balance.unmoved(f"the {len(variants) + 1} altered payloads refused")
     resp = await send(ctx, paid)
     receipt = paid_ok(resp, paid, "the untouched credential after the refusals")
     if receipt.reference != paid.challenge.id:
@@ -539,6 +552,7 @@ async def ledger_payload(ctx: CheckContext) -> str:
     # A well-signed authorization by a key the payer account does not authorize passes every offline
     # check, so it is refused at settlement (and uses its challenge up): give it a challenge of its own.
     other = await fresh_credential(ctx, payer)
+    await balance.again()  # after the genuine payment
     other_credential = parse_credential(other.authorization)
     message = authorization_message(challenge_id=other.challenge.id, realm=other.challenge.realm,
                                     request=ChargeRequest.model_validate(other.challenge.request_json), account=payload["account"])
@@ -546,4 +560,5 @@ async def ledger_payload(ctx: CheckContext) -> str:
     value = format_credential(other_credential.model_copy(update={"payload": forged, "source": stranger.did}))
     resp = await ctx.request(_method(ctx), ctx.target, headers=[("Authorization", value)], data=_data(ctx))
     refused(resp, "a key the payer account does not authorize", ("verification-failed",), not_ids={other.challenge.id})
-    return f"{len(variants) + 2} altered payloads refused as verification-failed; the genuine one paid"
+    await balance.unmoved("the authorization by a key the payer account does not authorize, refused")
+    return f"{len(variants) + 2} altered payloads refused as verification-failed; the genuine one paid" + balance.note

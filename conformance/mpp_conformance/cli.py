@@ -39,14 +39,15 @@ def cmd_seller(args: argparse.Namespace) -> int:
     options = {"method": args.method, "data": args.data.encode() if args.data is not None else None,
                "pay_with": args.pay_with, "concurrency": args.concurrency,
                "identity_keys": args.identity_keys, "account": args.account,
-               "other_url": args.other_url, "max_amount": args.max_amount, "expiry_wait": args.expiry_wait}
+               "other_url": args.other_url, "max_amount": args.max_amount, "expiry_wait": args.expiry_wait,
+               "pay_timeout": args.pay_timeout, "payer_ledger": args.payer_ledger}
     if args.profile == "full" and not args.pay_with:
-        raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR or static:JSON; see --help)")
+        raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM; see --help)")
     if args.pay_with:
         from .paying import payer_from_spec
 
         try:
-            payer_from_spec(args.pay_with, max_amount=args.max_amount)
+            payer_from_spec(args.pay_with, max_amount=args.max_amount, timeout=args.pay_timeout)
         except ValueError as exc:
             raise UsageError(f"mpp-conformance: {exc}")
     if args.identity_keys:
@@ -76,7 +77,8 @@ def cmd_seller(args: argparse.Namespace) -> int:
 def cmd_buyer(args: argparse.Namespace) -> int:
     from .buyer import run_buyer_checks
 
-    results = asyncio.run(run_buyer_checks(args.cmd, progress=ConsoleProgress(), timeout=args.timeout))
+    results = asyncio.run(run_buyer_checks(args.cmd, progress=ConsoleProgress(), timeout=args.timeout, post_cmd=args.post_cmd,
+                                           plain_host=args.plain_http_address))
     _write_reports(args, results, meta_for("buyer", args.cmd, "buyer"))
     return _finish(results)
 
@@ -98,10 +100,24 @@ Paying (profiles full and pricing):
       pays challenges of MPP's `ledger` method with the key of an `mpp init` wallet, bare (no
       mandate): the target's ledger must list that key as an owner of its account
       (mpp ledger allow acct:buyer DID --as owner --ledger ...).
+      Refusals must move no money: around each check's refused credentials the suite reads the
+      payer's balance at the ledger the challenge names (--payer-ledger, or the ledger.db beside an
+      `mpp init` wallet) and fails a check whose refusal moved it, naming the amount; when it
+      cannot read it, the check's message says so and nothing is compared.
   --pay-with 'static:{"token": "test"}'   (or static:@payload.json)
       for a seller whose methods are not `ledger`: answers the target's challenge with that fixed
       payload, for a test method of the target that accepts it. To answer one method only, wrap it:
       'static:{"payload": {"token": "test"}, "method": "test", "source": "did:key:..."}'.
+  --pay-with 'cmd:PROGRAM [ARG...]'
+      any other method, signed by a program of yours: PROGRAM (split like a shell command line,
+      run without a shell) runs once per challenge. Its stdin: one JSON object, the challenge as
+      sent (id, realm, method, intent, request, expires, digest, opaque, description), request
+      decoded as requestJson, and the url and httpMethod being paid. Its stdout: the credential's
+      payload, one JSON object (or {"payload": {...}, "source": "did:..."}); the suite builds the
+      credential around it. Exit 0 answers; exit 3 declines: it is asked about the target's next
+      challenge, and a check whose challenges it all declines is skipped. Any other exit status,
+      output that is not a JSON object, or no answer within --pay-timeout seconds (default 30; it
+      is then killed) is the check's ERROR, naming the program, its status and its stderr.
   Otherwise (a real rail the suite cannot sign for): give the target a test method that accepts a
   fixed payload and use static:, or run the core profile, which pays nothing.
   Checks whose payment the payer cannot make (another method, a session-only offer, a route that
@@ -145,8 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "is given), core (MPP's profile, no payment: the draft's MUSTs and MPP's stricter extensions), "
                         "full (core + the paying checks), identity (mandate attacks), pricing (a price-list route: offers, "
                         "task and seat grants), session (the session intent); the checks of each are listed below")
-    s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method) or "
-                   "static:JSON / static:@FILE (a fixed payload, for any other method); see 'Paying' below")
+    s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method), "
+                   "static:JSON / static:@FILE (a fixed payload, for any other method) or cmd:PROGRAM (a program of "
+                   "yours answers each challenge); see 'Paying' below")
+    s.add_argument("--payer-ledger", metavar="LOCATION",
+                   help="with --pay-with ledger: where the suite reads the payer's balance, to check that refusals move no "
+                        "money: the ledger's SQLite file (read-only) or its service's http(s) URL (default: the ledger "
+                        "beside an `mpp init` wallet, or wallet.json's 'ledger'); unreadable, the comparison is skipped")
+    s.add_argument("--pay-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="the longest a cmd: payer program may take to answer one challenge (default %(default)g)")
     s.add_argument("--method", default="GET", help="HTTP method of URL (default GET)")
     s.add_argument("--data", help="request body for URL")
     s.add_argument("--concurrency", type=int, default=20, help="parallel submissions in the concurrent replay check (default 20)")
@@ -163,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("buyer", help="run an adversarial seller on loopback and drive a buyer command against it")
     b.add_argument("--cmd", required=True, help="buyer command; {url} is replaced by the resource URL (see the README)")
     b.add_argument("--timeout", type=float, default=30.0, help="seconds per buyer invocation")
+    b.add_argument("--post-cmd", metavar="CMD", help="buyer command that POSTs {body} to {url}, for buyer.body-digest "
+                   "(skipped without it), e.g. \"mpp fetch --wallet W --no-identity --data {body} {url}\"")
+    b.add_argument("--plain-http-address", metavar="ADDR", help="an address of this machine that is not loopback, where "
+                   "buyer.plain-http serves plain http (default: found automatically; '' skips that check)")
     k = sub.add_parser("principal", help="create the suite's principal and agent keys for the identity profile")
     k.add_argument("dir", metavar="DIR", help="directory for principal.key, agent.key, other-agent.key, untrusted.key (kept if present)")
     k.set_defaults(func=_cmd_principal)

@@ -45,13 +45,16 @@ def problem(resp: Response, slug: str | None, what: str, *, base: str = PROBLEM_
     return doc
 
 
-def fresh_challenges(resp: Response, what: str, *, not_ids: set[str] = frozenset()) -> list:
+def fresh_challenges(resp: Response, what: str, *, not_ids: set[str] = frozenset(), no_store: bool = False) -> list:
+    """The Payment challenges of a 402, new ids only. ``no_store``: also hold it to Cache-Control:
+    no-store (draft §11.10), which core.challenge-well-formed (the unpaid 402) and
+    core.garbage-credential (refusals) ask, so a seller that omits it fails those two, not every check."""
     values = resp.headers.getall("WWW-Authenticate", [])
     try:
         challenges = parse_challenges(values)
     except ParseError as exc:
         fail(f"{what}: no parseable Payment challenge in WWW-Authenticate ({exc})")
-    if "no-store" not in resp.headers.get("Cache-Control", ""):
+    if no_store and "no-store" not in resp.headers.get("Cache-Control", ""):
         fail(f"{what}: a 402 must carry Cache-Control: no-store (got {resp.headers.get('Cache-Control')!r})")
     reused = [c.id for c in challenges if c.id in not_ids]
     if reused:
@@ -94,7 +97,7 @@ def describe(resp: Response) -> str:
 def refused(resp: Response, what: str, slugs: tuple[str, ...], *, expected_status: int | tuple[int, ...] = 402,
             not_ids: set[str] = frozenset(), accepted: str = "") -> str | None:
     """``resp`` refuses a credential as the draft shapes a refusal (§4.2, §11.10):
-    ``expected_status``, fresh challenges (no id of ``not_ids``) with no-store on a 402; a problem
+    ``expected_status``, fresh challenges (no id of ``not_ids``) on a 402; a problem
     document, when there is one, of one of ``slugs``. A receipt on a refusal (§5.3.1) is
     core.no-receipt-on-errors' finding, made once. Whether there must be a
     problem document (a SHOULD of the draft, a MUST of MPP's profile) is core.problem-documents'

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Iterable
 import aiohttp
 
 __all__ = ["Verdict", "Exchange", "Result", "Check", "CheckContext", "register", "checks_for", "run_checks", "CheckFailed", "redact",
-           "SentCredentials", "REDACTED", "DRAFTS", "PROFILES", "level_of", "cited"]
+           "SentCredentials", "REDACTED", "CheckError", "DRAFTS", "PROFILES", "level_of", "cited"]
 
 
 class Verdict(str, Enum):
@@ -52,6 +52,11 @@ def cited(draft: str | None) -> str:
 
 class CheckFailed(AssertionError):
     """Raised by a check when the target departs from the spec."""
+
+
+class CheckError(Exception):
+    """The check could not run for a reason outside the target (a payer program that failed, say):
+    reported as the check's ERROR with this message alone, no traceback."""
 
 
 @dataclass
@@ -394,6 +399,8 @@ async def run_checks(checks: list[Check], target: str, options: dict[str, Any],
                 verdict, message = (Verdict.WARN if chk.level == "SHOULD" else Verdict.FAIL), str(exc)
             except Skip as exc:
                 verdict, message = Verdict.SKIP, str(exc)
+            except CheckError as exc:
+                verdict, message = Verdict.ERROR, str(exc)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 verdict, message = Verdict.ERROR, f"could not talk to the target: {type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - a check bug is reported, never fatal to the run

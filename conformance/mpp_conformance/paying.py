@@ -10,6 +10,9 @@
     challenges naming a ledger (``methodDetails.ledger``) are paid. The key pays bare, so the
     target's ledger must list it as an owner of the wallet's account (ledger.md LEDGER-ACCT-03):
     ``mpp init`` enrols its agent as mandate-bound, whose bare signature pays nothing.
+    For the ``session`` profile the same key and account open ``ledger``/``session`` sessions
+    (``LedgerPayer.session``: a ``SuiteSession`` signs the cap, the vouchers and the close, per
+    spec/intents/session.md §3); a cap above ``max_amount`` is refused the same way.
 
 ``static:JSON`` or ``static:@FILE``
     For a target whose test method accepts a fixed payload. The suite echoes the challenge
@@ -26,13 +29,36 @@
     no members outside ``payload``, ``source`` and ``method``; any other object is the payload.
     ``--max-amount`` does not apply: a static payload moves no money of the suite's.
 
+``cmd:PROGRAM``
+    Any other method: PROGRAM (a command line, split as a shell would split it, run without a
+    shell) is run once per challenge to answer. It reads on stdin one JSON object, the challenge
+    as the target sent it: ``id``, ``realm``, ``method``, ``intent``, ``request`` (the base64url
+    string), ``requestJson`` (``request`` decoded), and where the challenge has them
+    ``description``, ``digest``, ``expires``, ``opaque``; plus ``url`` and ``httpMethod``, the
+    request being paid. It answers on stdout with the credential's ``payload``, one JSON object,
+    or the wrapper ``{"payload": {...}, "source": "did:..."}`` (read as for ``static:``); the suite
+    builds the credential around it, echoing the challenge. Exit status 0 is an answer; exit
+    status 3 means "not this challenge": the program is asked about the target's next challenge,
+    and when it declines them all the check is skipped (CannotPay). Any other exit status, no
+    answer within the timeout (``--pay-timeout``, default 30 s; the program and its children are
+    killed), or an answer that is not a JSON object is the check's ERROR, naming the program and
+    its status with the first lines of its stderr (never its stdout, which may hold a payload).
+    ``--max-amount`` does not apply: the program decides what it pays.
+
 A bad SPEC raises ``ValueError`` with the reason. A payer that cannot pay what a target offers
-raises ``CannotPay``; checks turn that into a skip naming the reason.
+raises ``CannotPay``; checks turn that into a skip naming the reason. A payer that fails (a
+``cmd:`` program that crashed) raises ``PayerFailed``, which the runner reports as the check's
+ERROR with its message alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -40,9 +66,14 @@ from typing import Any, Protocol, Sequence
 from mpp import ChargeRequest, Credential, ParseError, format_credential
 from mpp.models import Challenge
 
-__all__ = ["DEFAULT_MAX_AMOUNT", "CannotPay", "Payer", "LedgerPayer", "StaticPayer", "payer_from_spec"]
+from .framework import CheckError
+
+__all__ = ["DEFAULT_MAX_AMOUNT", "DEFAULT_PAY_TIMEOUT", "DECLINE_EXIT", "CannotPay", "PayerFailed", "Payer", "LedgerPayer",
+           "StaticPayer", "CommandPayer", "payer_from_spec", "SuiteSession"]
 
 DEFAULT_MAX_AMOUNT = 10_000
+DEFAULT_PAY_TIMEOUT = 30.0  # seconds a cmd: program has to answer one challenge
+DECLINE_EXIT = 3  # a cmd: program's "not this challenge"
 _WRAPPER_KEYS = {"payload", "source", "method"}
 
 
@@ -50,13 +81,20 @@ class CannotPay(Exception):
     """The payer cannot (or will not) answer any challenge the target offered; the message says why."""
 
 
+class PayerFailed(CheckError):
+    """The payer itself failed (a ``cmd:`` program crashed, hung or answered garbage): the check
+    errs with this message, which names the program and never a credential."""
+
+
 class Payer(Protocol):
     description: str  # what --pay-with named, safe for a report (no secrets)
 
-    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
-        """The first challenge (in the target's order) this payer will answer; else CannotPay."""
+    def choose(self, challenges: Sequence[Challenge], *, url: str | None = None,
+               http_method: str | None = None) -> Challenge:
+        """The first challenge (in the target's order) this payer will answer; else CannotPay.
+        ``url`` and ``http_method`` name the request being paid, where the caller knows it."""
 
-    def authorize(self, challenge: Challenge) -> str:
+    def authorize(self, challenge: Challenge, *, url: str | None = None, http_method: str | None = None) -> str:
         """The ``Authorization`` field value paying ``challenge``; CannotPay if it will not."""
 
 
@@ -98,7 +136,7 @@ class LedgerPayer:
                     "raise --max-amount to let the suite pay it"), request
         return None, request
 
-    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
+    def choose(self, challenges: Sequence[Challenge], **_request: str | None) -> Challenge:
         reasons = []
         for challenge in challenges:
             why, _ = self._why_not(challenge)
@@ -107,7 +145,7 @@ class LedgerPayer:
             reasons.append(why)
         raise CannotPay("the ledger payer can pay none of the offered challenges: " + "; ".join(reasons))
 
-    def authorize(self, challenge: Challenge) -> str:
+    def authorize(self, challenge: Challenge, **_request: str | None) -> str:
         why, request = self._why_not(challenge)
         if why is not None:
             raise CannotPay(why)
@@ -130,6 +168,110 @@ class LedgerPayer:
         return format_credential(Credential(challenge=challenge, payload=payload, source=source))
 
 
+    def session(self, challenge: Challenge, *, cap: int) -> "SuiteSession":
+        """A session to open on ``challenge`` (a ``ledger``/``session`` challenge), holding ``cap``
+        base units of the wallet's account, signed with its agent key (spec/intents/session.md §3).
+        CannotPay when the challenge is no session this payer can open or ``cap`` is above
+        ``max_amount``."""
+        return SuiteSession.of(challenge, self.key, self.account, cap=cap, max_amount=self.max_amount)
+
+
+@dataclass
+class SuiteSession:
+    """One session the suite opens (profile `session`): the opening challenge, its terms, and the
+    vouchers signed so far. Every credential is built explicitly, so a check can send exactly the
+    voucher (or the forgery) it means to. Nothing here is sent: checks send the credentials."""
+
+    challenge: Challenge
+    request: Any  # mpp.session_core.SessionRequest
+    terms: Any  # mpp.session_core.SessionTerms
+    key: Any  # mpp.SigningKey: the session's signer
+    account: str
+    cap: int
+    sequence: int = 0  # the highest voucher sequence signed
+    max_amount: int = DEFAULT_MAX_AMOUNT  # the most a cap (top-ups included) may hold
+
+    @classmethod
+    def of(cls, challenge: Challenge, key: Any, account: str, *, cap: int, max_amount: int = DEFAULT_MAX_AMOUNT) -> "SuiteSession":
+        from mpp.session_core import SessionRequest, SessionTerms
+
+        label = f"{challenge.method}/{challenge.intent}"
+        if (challenge.method, challenge.intent) != ("ledger", "session"):
+            raise CannotPay(f"{label}: not a ledger/session challenge")
+        if challenge.header is not None:
+            raise CannotPay(f"{label}: credential field {challenge.header!r} is not Authorization")
+        try:
+            request = SessionRequest.from_challenge(challenge)
+        except ParseError as exc:
+            raise CannotPay(f"{label}: {exc}") from None
+        if cap > max_amount:
+            raise CannotPay(f"{label}: a session cap of {cap} {request.currency} (a few requests at cost(maxUnits) "
+                            f"{request.max_request_cost}) exceeds --max-amount {max_amount}; raise --max-amount to let the suite open it")
+        return cls(challenge, request, SessionTerms.of(challenge, request), key, account, cap, max_amount=max_amount)
+
+    @property
+    def id(self) -> str:
+        return self.challenge.id
+
+    @property
+    def max_cost(self) -> int:
+        """cost(maxUnits): what the seller reserves for one request (SESSION-USE-01)."""
+        return self.request.max_request_cost
+
+    def cost(self, units: int) -> int:
+        from mpp.session_core import cost_of
+
+        return cost_of(units, self.request.unit_price, self.request.per)
+
+    def voucher(self, cumulative: int, sequence: int | None = None, *, key: Any = None) -> Any:
+        from mpp.session_core import sign_voucher
+
+        if sequence is None:
+            self.sequence += 1
+            sequence = self.sequence
+        else:
+            self.sequence = max(self.sequence, sequence)
+        return sign_voucher(key or self.key, self.terms, cumulative, sequence)
+
+    def _credential(self, payload: Any, source: str | None = None) -> str:
+        return format_credential(Credential(challenge=self.challenge, payload=payload.as_json(), source=source or payload.signer))
+
+    def open_credential(self, cumulative: int, *, cap: int | None = None, session_id: str | None = None) -> str:
+        from mpp.session_core import SessionPayload, sign_cap
+
+        cap = self.cap if cap is None else cap
+        payload = SessionPayload("open", session_id or self.id, self.key.did, account=self.account, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def voucher_credential(self, cumulative: int, sequence: int | None = None, *, key: Any = None, signer: str | None = None) -> str:
+        from mpp.session_core import SessionPayload
+
+        voucher = self.voucher(cumulative, sequence, key=key)
+        return self._credential(SessionPayload("voucher", self.id, signer or self.key.did, voucher=voucher))
+
+    def topup_credential(self, cap: int, cumulative: int) -> str:
+        """A ``topUp`` to the new total ``cap`` with a voucher; CannotPay above ``max_amount``."""
+        from mpp.session_core import SessionPayload, sign_cap
+
+        if cap > self.max_amount:
+            raise CannotPay(f"a top-up to a cap of {cap} exceeds --max-amount {self.max_amount}; raise --max-amount to let the suite send it")
+        payload = SessionPayload("topUp", self.id, self.key.did, cap=cap,
+                                 cap_signature=sign_cap(self.key, self.terms, account=self.account, cap=cap),
+                                 voucher=self.voucher(cumulative))
+        return self._credential(payload)
+
+    def raw_credential(self, payload: dict[str, Any], source: str | None = None) -> str:
+        """A credential echoing the opening challenge with ``payload`` exactly as given (malformed ones too)."""
+        return format_credential(Credential(challenge=self.challenge, payload=payload, source=source or self.key.did))
+
+    def close_credential(self) -> str:
+        from mpp.session_core import SessionPayload, sign_close
+
+        return self._credential(SessionPayload("close", self.id, self.key.did, close_signature=sign_close(self.key, self.terms)))
+
+
 @dataclass
 class StaticPayer:
     """Echo the challenge as received, with a fixed payload (and optional source)."""
@@ -142,17 +284,147 @@ class StaticPayer:
     def __post_init__(self) -> None:
         self.description = "static payload" + (f" for method {self.method!r}" if self.method else "")
 
-    def choose(self, challenges: Sequence[Challenge]) -> Challenge:
+    def choose(self, challenges: Sequence[Challenge], **_request: str | None) -> Challenge:
         for challenge in challenges:
             if self.method is None or challenge.method == self.method:
                 return challenge
         offered = ", ".join(sorted({c.method for c in challenges})) or "none"
         raise CannotPay(f"the static payer answers method {self.method!r} only; the target offers {offered}")
 
-    def authorize(self, challenge: Challenge) -> str:
+    def authorize(self, challenge: Challenge, **_request: str | None) -> str:
         if self.method is not None and challenge.method != self.method:
             raise CannotPay(f"the static payer answers method {self.method!r} only, not {challenge.method!r}")
         return format_credential(Credential(challenge=challenge, payload=dict(self.payload), source=self.source))
+
+
+_STDERR_LINES, _STDERR_CHARS = 3, 300  # of a failed program's stderr, in its error
+
+
+def _first_lines(raw: bytes) -> str:
+    lines = [ln.strip() for ln in raw.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    text = " | ".join(lines[:_STDERR_LINES])
+    if len(text) > _STDERR_CHARS:
+        text = text[:_STDERR_CHARS] + "..."
+    return f"; stderr: {text}" if text else "; no stderr"
+
+
+def challenge_document(challenge: Challenge, *, url: str | None, http_method: str | None) -> dict[str, Any]:
+    """What a ``cmd:`` program reads: the challenge's parameters as sent, ``request`` decoded as
+    ``requestJson`` (null when it does not decode), and the request being paid."""
+    doc: dict[str, Any] = dict(challenge.echo())
+    try:
+        doc["requestJson"] = challenge.request_json
+    except (ParseError, ValueError):
+        doc["requestJson"] = None
+    doc["url"] = url
+    doc["httpMethod"] = http_method
+    return doc
+
+
+@dataclass
+class CommandPayer:
+    """A program of the user's answers each challenge with the credential's payload (``cmd:``)."""
+
+    argv: list[str] = field(repr=False)  # its arguments may carry a token
+    timeout: float = DEFAULT_PAY_TIMEOUT
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # the program's name only (and its script's, for `python pay.py`): its arguments may carry a token
+        self.name = os.path.basename(self.argv[0])
+        if len(self.argv) > 1 and not self.argv[1].startswith("-") and os.path.isfile(self.argv[1]):
+            self.name += " " + os.path.basename(self.argv[1])
+        self.description = f"program {self.name!r}"
+        self._answers: dict[str, tuple[dict[str, Any], str | None]] = {}
+
+    def _fail(self, what: str) -> PayerFailed:
+        return PayerFailed(f"--pay-with cmd: the program {self.name!r} {what}")
+
+    def _run(self, challenge: Challenge, url: str | None, http_method: str | None) -> tuple[dict[str, Any], str | None] | None:
+        """The program's payload and source for ``challenge``; None when it declines it."""
+        stdin = json.dumps(challenge_document(challenge, url=url, http_method=http_method)).encode()
+        try:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)  # its own process group: a timeout ends its children too
+        except OSError as exc:
+            raise self._fail(f"could not be started: {exc.strerror or exc}") from None
+        try:
+            out, err = proc.communicate(stdin, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            out, err = proc.communicate()
+            raise self._fail(f"gave no answer within {self.timeout:g} s for a {challenge.method}/{challenge.intent} "
+                             f"challenge and was stopped (--pay-timeout){_first_lines(err)}") from None
+        if proc.returncode == DECLINE_EXIT:
+            return None
+        if proc.returncode != 0:
+            status = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
+                      else f"exited with status {proc.returncode}")
+            raise self._fail(f"{status} on a {challenge.method}/{challenge.intent} challenge (0 answers, "
+                             f"{DECLINE_EXIT} declines){_first_lines(err)}")
+        try:
+            doc = json.loads(out.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):  # its output is never quoted: it may be a payload
+            got = "nothing" if not out.strip() else f"{len(out)} bytes that are not a JSON object"
+            raise self._fail(f"exited 0 but printed {got} on stdout; it must print the credential's payload, one JSON "
+                             f'object (or {{"payload": {{...}}, "source": "..."}}){_first_lines(err)}')
+        try:
+            payload, source, _ = _payload_shape(doc, f"--pay-with cmd: the program {self.name!r}'s answer", methods=False)
+        except ValueError as exc:
+            raise PayerFailed(str(exc)) from None
+        return payload, source
+
+    def choose(self, challenges: Sequence[Challenge], *, url: str | None = None,
+               http_method: str | None = None) -> Challenge:
+        declined = []
+        for challenge in challenges:
+            answer = self._run(challenge, url, http_method)
+            if answer is not None:
+                self._answers[challenge.id] = answer
+                return challenge
+            declined.append(f"{challenge.method}/{challenge.intent}")
+        raise CannotPay(f"the program {self.name!r} declined (exit {DECLINE_EXIT}) every challenge offered: "
+                        + (", ".join(declined) or "none"))
+
+    def authorize(self, challenge: Challenge, *, url: str | None = None, http_method: str | None = None) -> str:
+        answer = self._answers.pop(challenge.id, None) or self._run(challenge, url, http_method)
+        if answer is None:
+            raise CannotPay(f"the program {self.name!r} declined (exit {DECLINE_EXIT}) the "
+                            f"{challenge.method}/{challenge.intent} challenge")
+        payload, source = answer
+        return format_credential(Credential(challenge=challenge, payload=dict(payload), source=source))
+
+
+def _payload_shape(doc: dict[str, Any], where: str, *, methods: bool = True) -> tuple[dict[str, Any], str | None, str | None]:
+    """The payload, source and method of a payer's JSON object: the wrapper when it is one (a
+    ``payload`` member holding an object, and no members but ``payload``, ``source`` and, with
+    ``methods``, ``method``), otherwise the object itself as the payload."""
+    keys = _WRAPPER_KEYS if methods else _WRAPPER_KEYS - {"method"}
+    if not (isinstance(doc.get("payload"), dict) and set(doc) <= keys):
+        return doc, None, None
+    source, method = doc.get("source"), doc.get("method")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise ValueError(f"{where}: 'source' must be a non-empty string")
+    if method is not None and (not isinstance(method, str) or not method):
+        raise ValueError(f"{where}: 'method' must be a non-empty string")
+    return doc["payload"], source, method
+
+
+def _command(text: str, timeout: float) -> CommandPayer:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:  # unbalanced quotes: the reason only, the text may hold a token
+        raise ValueError(f"--pay-with cmd: cannot split the command line: {exc}") from None
+    if not argv:
+        raise ValueError("--pay-with cmd: nothing to run")
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"--pay-with cmd: {argv[0][:200]!r} is not an executable program (give a path, or a name on PATH)")
+    return CommandPayer(argv, timeout)
 
 
 def _static(text: str) -> StaticPayer:
@@ -168,28 +440,26 @@ def _static(text: str) -> StaticPayer:
         raise ValueError(f"--pay-with static: not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("--pay-with static: the JSON must be an object (the payload, or {\"payload\": {...}, \"source\": ...})")
-    if isinstance(doc.get("payload"), dict) and set(doc) <= _WRAPPER_KEYS:
-        source, method = doc.get("source"), doc.get("method")
-        if source is not None and (not isinstance(source, str) or not source):
-            raise ValueError("--pay-with static: 'source' must be a non-empty string")
-        if method is not None and (not isinstance(method, str) or not method):
-            raise ValueError("--pay-with static: 'method' must be a non-empty string")
-        return StaticPayer(doc["payload"], source, method)
-    return StaticPayer(doc)
+    payload, source, method = _payload_shape(doc, "--pay-with static")
+    return StaticPayer(payload, source, method)
 
 
-def payer_from_spec(spec: str, *, max_amount: int = DEFAULT_MAX_AMOUNT) -> Payer:
+def payer_from_spec(spec: str, *, max_amount: int = DEFAULT_MAX_AMOUNT, timeout: float = DEFAULT_PAY_TIMEOUT) -> Payer:
     """The payer ``spec`` names (see the module docstring); ValueError when it names none."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError("--pay-with needs ledger:WALLET_DIR or static:JSON")
+        raise ValueError("--pay-with needs ledger:WALLET_DIR, static:JSON or cmd:PROGRAM")
     if isinstance(max_amount, bool) or not isinstance(max_amount, int) or max_amount < 0:
         raise ValueError("--max-amount must be a non-negative integer of base units")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError("--pay-timeout must be a positive number of seconds")
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("ledger", "static"):
+    if not sep or kind not in ("ledger", "static", "cmd"):
         # the kind only: the rest may be a payload, which must not reach a message
-        raise ValueError(f"--pay-with {kind[:16]!r}...: expected ledger:WALLET_DIR or static:JSON (or static:@FILE)")
+        raise ValueError(f"--pay-with {kind[:16]!r}...: expected ledger:WALLET_DIR, static:JSON (or static:@FILE) or cmd:PROGRAM")
     if not rest:
         raise ValueError(f"--pay-with {kind}: nothing after the colon")
     if kind == "ledger":
         return LedgerPayer(rest, max_amount)
+    if kind == "cmd":
+        return _command(rest, float(timeout))
     return _static(rest)

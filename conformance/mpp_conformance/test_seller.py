@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .pytest_plugin import run_one
+from .pytest_plugin import gate, run_one
 
 
 def test_conformance(mpp_conformance_check, mpp_conformance_options, request):
-    run_one(mpp_conformance_check, request.config.getoption("--mpp-seller"), mpp_conformance_options)
+    gate(request.config)  # a dead or unpriced target: the first item fails with the reason, the rest skip
+    run_one(mpp_conformance_check, request.config.getoption("--mpp-seller"), mpp_conformance_options, request.node)

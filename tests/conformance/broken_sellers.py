@@ -278,6 +278,92 @@ def _500_on_large_credential(app: web.Application, seller: Seller) -> None:
     app.middlewares.insert(0, fault)
 
 
+
+def _uppercase_custom_parameter(app: web.Application, seller: Seller) -> None:
+    """Every Payment challenge the seller sends gains a custom parameter whose name is not lowercase
+    (``Trace-Id``); a response hook after the seller's, so the challenge itself, and its id, are untouched."""
+
+    async def fault(request: web.Request, response: web.StreamResponse) -> None:
+        values = response.headers.getall("WWW-Authenticate", [])
+        if values:
+            response.headers.popall("WWW-Authenticate")
+            for value in values:
+                response.headers.add("WWW-Authenticate", value + ', Trace-Id="conformance"' if value.startswith("Payment ") else value)
+
+    app.on_response_prepare.append(fault)
+
+
+def _opaque_not_string_map(app: web.Application, seller: Seller) -> None:
+    """The challenge issuer puts a number into every ``opaque`` (``"attempt": 1`` next to the nonce and the
+    resource): still base64url of JCS JSON, and bound by the id, but no longer a flat string-to-string map."""
+    issue = seller.core.issuer.issue
+
+    def issue_with_number(**kwargs):
+        if kwargs.get("opaque") is not None:
+            kwargs["opaque"] = {**kwargs["opaque"], "attempt": 1}
+        return issue(**kwargs)
+
+    seller.core.issuer.issue = issue_with_number
+
+
+# The members a credential may carry for the refuses-unknown-members seller: the draft's, and ours.
+_KNOWN_CREDENTIAL = {"challenge", "payload", "source", "identity"}
+_KNOWN_ECHO = {"id", "realm", "method", "intent", "request", "description", "digest", "expires", "header", "opaque"}
+
+
+def _refuses_unknown_members(app: web.Application, seller: Seller) -> None:
+    """``SellerCore.verify`` first refuses, as malformed-credential, a credential with a top-level member or
+    a member of its echoed challenge that the draft does not define (where the draft says to ignore them)."""
+    from mpp.errors import MalformedCredential
+
+    verify = seller.core.verify
+
+    def verify_known_only(header, info, now):
+        try:
+            doc = json.loads(b64url_decode(header.strip(" \t").partition(" ")[2].strip(" \t")))
+        except (ParseError, ValueError, RecursionError):
+            doc = None  # not one readable credential: the real verify refuses it as before
+        if isinstance(doc, dict) and isinstance(doc.get("challenge"), dict) and (
+                set(doc) - _KNOWN_CREDENTIAL or set(doc["challenge"]) - _KNOWN_ECHO):
+            raise MalformedCredential("credential carries a member this seller does not know")
+        return verify(header, info, now)
+
+    seller.core.verify = verify_known_only
+
+
+def _rewrite_openapi(app: web.Application, change: Callable[[dict], None]) -> None:
+    """A middleware in front of the seller's applies ``change`` to the JSON of every GET /openapi.json."""
+
+    @web.middleware
+    async def fault(request: web.Request, handler):
+        response = await handler(request)
+        if request.path == "/openapi.json" and response.status == 200:
+            doc = json.loads(response.body)
+            change(doc)
+            response.body = json.dumps(doc).encode()
+        return response
+
+    app.middlewares.insert(0, fault)
+
+
+def _openapi_without_version(app: web.Application, seller: Seller) -> None:
+    """/openapi.json lacks ``info.version`` (the discovery draft requires it, §4.2); nothing else changes."""
+    _rewrite_openapi(app, lambda doc: doc["info"].pop("version"))
+
+
+def _openapi_zero_padded_amounts(app: web.Application, seller: Seller) -> None:
+    """Every amount of every x-payment-info offer in /openapi.json gets two leading zeros ("30" becomes
+    "0030"); the 402s still quote the plain amounts."""
+
+    def pad(doc: dict) -> None:
+        for item in doc["paths"].values():
+            for op in item.values():
+                for offer in op.get("x-payment-info", {}).get("offers", []):
+                    if isinstance(offer.get("amount"), str):
+                        offer["amount"] = "00" + offer["amount"]
+
+    _rewrite_openapi(app, pad)
+
 VARIANTS: dict[str, Breaker] = {
     BASELINE: _baseline,
     "accepts-replays": _accepts_replays,
@@ -291,6 +377,11 @@ VARIANTS: dict[str, Breaker] = {
     "accepts-expired": _accepts_expired,
     "settles-before-binding": _settles_before_binding,
     "500-on-large-credential": _500_on_large_credential,
+    "uppercase-custom-parameter": _uppercase_custom_parameter,
+    "opaque-not-string-map": _opaque_not_string_map,
+    "refuses-unknown-members": _refuses_unknown_members,
+    "openapi-without-version": _openapi_without_version,
+    "openapi-zero-padded-amounts": _openapi_zero_padded_amounts,
 }
 
 

@@ -53,6 +53,7 @@ def _dead_port() -> int:
     (["seller", "http://127.0.0.1:9/x", "--profile", "identity", "--identity-keys", "/nonexistent/keys"], "--identity-keys"),
     (["buyer", "--cmd", "true"], "{url}"),
     (["buyer", "--cmd", "true {url}", "--timeout", "0"], "--timeout"),
+    (["buyer", "--cmd", "true {url}", "--post-cmd", "true {url}"], "--post-cmd"),
     (["principal", "/etc/hostname/keys"], "principal"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, needle):
