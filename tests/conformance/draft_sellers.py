@@ -62,7 +62,8 @@ two Payment credentials   400 ``bad-request``, no challenge      402 ``malformed
                                                                  a 402 lets the client retry at once)
 unknown method            400 ``method-unsupported`` (§8.2),     402 ``invalid-challenge``: the echoed
                           with a fresh challenge naming the      method is in the id's binding, which
-                          method it takes                        no longer verifies (§4.2, §5.1.2.1)
+                          method it takes (the draft neither     no longer verifies (§4.2, §5.1.2.1)
+                          asks for nor forbids one on a 400)
 discovery                 ``GET /openapi.json`` (discovery-01:   none: ``/openapi.json`` is 404
                           OpenAPI 3.1, ``x-payment-info`` with   (discovery is OPTIONAL)
                           ``offers`` on each priced operation,
