@@ -65,3 +65,19 @@ def test_every_must_is_checked_or_explained(coverage):
     assert not uncovered, (
         f"{len(uncovered)} of {must.get('total')} MUST requirements have neither a check nor a reason in "
         f"spec/untestable.json: {', '.join(uncovered)}")
+
+
+def test_readme_lists_the_checks_of_every_profile():
+    """conformance/README.md's checks table (tools/conformance_checks.py) names every registered seller
+    check with its level and what it cites; a check added without regenerating it fails here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "tools" / "conformance_checks.py")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    text = (root / "conformance" / "README.md").read_text()
+    assert "| `core.expired-challenge` | MUST | draft-httpauth-payment-02 §4.2 MUST" in text
+    assert "| `core.problem-documents` | extension | CORE-ERR-01" in text
