@@ -243,9 +243,21 @@ async def receipt_fields(ctx: CheckContext) -> str:
     return f"challengeId {str(receipt.challengeId)[:12]}..., a {len(receipt.receipt or '')}-character JWS"
 
 
-@register("full.replay", "the same credential sent again is refused (invalid-challenge)", "full",
-          ["CORE-ONCE-01", "CORE-ERR-04", "CORE-ERR-10"], draft="draft §11.3 MUST; charge §6.2 MUST; draft §4.2 MUST")
+@register("full.replay", "the same credential sent again is not accepted: one payment, one delivery", "full",
+          ["CORE-ONCE-01"], draft="draft §11.3 MUST; charge §6.2 MUST")
 async def replay(ctx: CheckContext) -> str:
+    # Replay safety only: what the second use was answered (status, problem type, fresh challenge)
+    # is full.replay-answer's question, so a seller that never pays twice passes here however it refuses.
+    paid, first, second = await _used_twice(ctx)
+    no_5xx(second, "the same credential again")
+    if 200 <= second.status < 300:
+        fail(f"the same credential again: the target accepted it ({describe(second)}); a challenge id was consumed "
+             "twice (CORE-ONCE-01)")
+    return f"paid once; the replay not accepted ({describe(second)})"
+
+
+async def _used_twice(ctx: CheckContext) -> tuple[Paid, Response, Response]:
+    """A fresh credential sent twice, the first use accepted (else the check cannot judge the second)."""
     payer = payer_for(ctx)
     paid = await fresh_credential(ctx, payer)
     first = await send(ctx, paid)
@@ -254,14 +266,21 @@ async def replay(ctx: CheckContext) -> str:
     skip_if_payer_limited(first, paid, "first use of the credential")
     if not 200 <= first.status < 300:
         fail(f"first use of the credential: the target refused a fresh credential for its own {paid.label}: {describe(first)}")
-    resp = await send(ctx, paid)
-    slug = refused(resp, "the same credential again", ("invalid-challenge",), not_ids={paid.challenge.id},
-                   accepted="a challenge id was consumed twice (CORE-ONCE-01)")
-    return f"paid once, the replay refused ({slug or 'no problem document'}) with a fresh challenge"
+    return paid, first, await send(ctx, paid)
 
 
-@register("full.concurrent-replay", "the same credential sent many times at once succeeds at most once", "full",
-          ["CORE-ONCE-02", "CORE-ONCE-01", "CORE-ERR-04"], draft="draft §11.5 MUST; draft §11.3 MUST")
+@register("full.replay-answer", "a used credential is answered 402 with a fresh challenge (invalid-challenge)", "full",
+          ["CORE-ERR-04", "CORE-ERR-10"], draft="draft §4.2 MUST")
+async def replay_answer(ctx: CheckContext) -> str:
+    paid, _, second = await _used_twice(ctx)
+    if 200 <= second.status < 300:
+        raise Skip("the replay was accepted: full.replay reports it")
+    slug = refused(second, "the same credential again", ("invalid-challenge",), not_ids={paid.challenge.id})
+    return f"the replay refused with 402 ({slug or 'no problem document'}) and a fresh challenge"
+
+
+@register("full.concurrent-replay", "the same credential sent many times at once succeeds exactly once", "full",
+          ["CORE-ONCE-02", "CORE-ONCE-01"], draft="draft §11.5 MUST; draft §11.3 MUST")
 async def concurrent_replay(ctx: CheckContext) -> str:
     payer = payer_for(ctx)
     n = max(2, int(ctx.options.get("concurrency") or 20))
@@ -279,9 +298,6 @@ async def concurrent_replay(ctx: CheckContext) -> str:
         skip_if_payer_limited(responses[0], paid, f"{n} concurrent submissions of one credential")
         fail(f"none of {n} concurrent submissions of one fresh credential succeeded ({tally}); "
              "exactly one must proceed to settlement (CORE-ONCE-02)")
-    for r in responses:
-        if r is not wins[0]:
-            refused(r, f"a losing one of {n} concurrent submissions", ("invalid-challenge",), not_ids={paid.challenge.id})
     return f"{n} concurrent submissions: {tally}"
 
 

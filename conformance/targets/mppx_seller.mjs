@@ -8,9 +8,18 @@
 // `{ status: 200, withReceipt }`, bridged to node:http with mppx's own `Request.toNodeListener`.
 // mppx's rails need a chain or Stripe, so the seller prices its routes with one custom method,
 // `test`/`charge`, made with `Method.from` + `Method.toServer` as mppx documents custom methods;
-// it accepts exactly the payload {"token": "conformance"} and settles nothing. Nothing is added
-// to mppx's defaults: no replay store (the test method keeps no settlement state, so it does not
-// guard replays), default expiry, default problem documents.
+// it accepts exactly the payload {"token": "conformance"} and settles nothing.
+//
+// Replay protection, as mppx documents it: `Mppx.create` takes no store (its config is methods,
+// realm, secretKey, transport and a few hooks); in mppx a replay store is a method's option. Its
+// Tempo charge takes `store` (an `AtomicStore`, in memory when omitted for paid charges; one
+// shared store across instances), and in `broadcast`, its terminal settlement hook, claims a
+// key with `Store.tryClaim(store, key, expires)` -- the transaction hash, or for a proof
+// credential (nothing on chain, like this method) the challenge id -- until the challenge
+// expires, refusing a second use with VerificationFailedError. The test method does the same
+// with mppx's `Store.memory()` (its in-memory AtomicStore; Redis, Upstash and Cloudflare KV
+// adapters are the shared ones): it claims `test:charge:<challenge id>` until the challenge's
+// expiry. Everything else is mppx's default: challenge expiry (5 minutes), problem documents.
 //
 //   GET  /paid    priced at 1 (test/charge)
 //   POST /paid    priced at 1 (mppx has no option to bind a request body digest)
@@ -31,7 +40,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 const here = dirname(fileURLToPath(import.meta.url))
 const require = createRequire(join(here, 'mppx', 'package.json'))
 const load = async (spec) => import(pathToFileURL(require.resolve(spec)).href)
-const { Errors, Method, z } = await load('mppx')
+const { Errors, Method, Store, z } = await load('mppx')
 const { Mppx, Request: MppxRequest } = await load('mppx/server')
 
 const ACCEPTED_TOKEN = 'conformance'
@@ -45,11 +54,19 @@ const testCharge = Method.from({
   },
 })
 
+// The replay store: one per process, as the method's own option (mppx's Tempo charge defaults to
+// an in-memory store the same way).
+const replayStore = Store.memory()
+
 const testServer = Method.toServer(testCharge, {
   // `broadcast` is mppx's terminal settlement hook (`verify` is deprecated in 0.11).
   async broadcast({ credential }) {
     if (credential.payload.token !== ACCEPTED_TOKEN)
       throw new Errors.VerificationFailedError({ reason: 'unknown token' })
+    const { challenge } = credential
+    const until = Date.parse(challenge.expires ?? '') || Date.now() + 3600_000
+    if (!(await Store.tryClaim(replayStore, `test:charge:${challenge.id}`, until)))
+      throw new Errors.VerificationFailedError({ reason: 'Credential has already been used' })
     return {
       method: 'test',
       reference: `test-${randomUUID()}`,

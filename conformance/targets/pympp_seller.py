@@ -9,9 +9,21 @@ decorated with ``mpp.server.pay``, served by uvicorn. pympp ships no rail that w
 the seller prices its routes with one custom method, ``test``/``charge``, defined the way
 pympp's README says custom methods are (a ``mpp.methods.Method`` with pydantic request and
 payload models, wrapped in a ``mpp.server.ServerMethod``). Its verification accepts exactly the
-payload ``{"token": "conformance"}`` and settles nothing. Nothing is added to pympp's defaults:
-no replay store (the test method does not guard replays, as a method with no settlement state
-would not), default expiry, default problem documents.
+payload ``{"token": "conformance"}`` and settles nothing.
+
+Replay protection is switched on as pympp documents it. In pympp the replay store belongs to the
+methods: the store given to ``Mpp(store=...)`` goes to each method that has none of its own
+(``Mpp``'s docstring), which takes it through its ``use_store`` hook (``ServerMethod``'s
+docstring); pympp's own Tempo and EVM charges work so, and fall back to an in-process
+``MemoryStore`` when given none. The README tells sellers to keep one atomic replay store shared
+by all their workers and replicas; this target is one process, so the store is pympp's
+``mpp.stores.MemoryStore`` (its in-memory backend for development and testing; ``SQLiteStore``
+and ``RedisStore`` are the production ones). Like the built-in methods, the test method claims a
+key with ``put_if_absent`` before it answers success and raises pympp's
+``CredentialReplayedError`` when the key is taken. The key is the challenge id: the payload is
+the same fixed token for every purchase, so the challenge is what one payment consumes (mppx's
+Tempo charge keys its proof credentials the same way). Everything else is pympp's default:
+challenge expiry (5 minutes), problem documents.
 
   GET  /paid    priced at 1 (test/charge)
   POST /paid    priced at 1, the request body bound to the challenge with pympp's ``body`` option
@@ -39,9 +51,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mpp import Credential, Receipt
-from mpp.errors import VerificationFailedError
+from mpp.errors import CredentialReplayedError, VerificationFailedError
 from mpp.methods import Method
 from mpp.server import Mpp, ServerMethod, VerifyContext, pay
+from mpp.store import Store
+from mpp.stores import MemoryStore
 
 ACCEPTED_PAYLOAD = {"token": "conformance"}
 
@@ -66,15 +80,28 @@ TEST_CHARGE: Method[TestRequest, TestPayload] = Method(
 )
 
 
-async def verify(context: VerifyContext) -> Receipt:
-    payload = context.credential.payload
-    if payload.token != ACCEPTED_PAYLOAD["token"]:
-        raise VerificationFailedError("unknown token")
-    return Receipt(status="success", timestamp=datetime.now(UTC), reference=f"test-{uuid.uuid4().hex}", method="test")
+def test_method() -> ServerMethod:
+    """The test/charge server method, with a replay store slot that ``Mpp(store=...)`` fills."""
+    stores: list[Store] = []
+
+    def use_store(store: Store) -> None:  # pympp calls this from Mpp(store=...)
+        if not stores:
+            stores.append(store)
+
+    async def verify(context: VerifyContext) -> Receipt:
+        payload = context.credential.payload
+        if payload.token != ACCEPTED_PAYLOAD["token"]:
+            raise VerificationFailedError("unknown token")
+        if stores and not await stores[0].put_if_absent(f"test:charge:{context.challenge.id}", "used"):
+            raise CredentialReplayedError("Credential has already been used")
+        return Receipt(status="success", timestamp=datetime.now(UTC), reference=f"test-{uuid.uuid4().hex}", method="test")
+
+    return ServerMethod(method=TEST_CHARGE, verify=verify, use_store=use_store)
 
 
 def build_app(secret_key: str, realm: str) -> Starlette:
-    server = Mpp(methods=ServerMethod(method=TEST_CHARGE, verify=verify), realm=realm, secret_key=secret_key)
+    # The replay store, as pympp's Mpp takes it: shared by every method without its own.
+    server = Mpp(methods=test_method(), realm=realm, secret_key=secret_key, store=MemoryStore())
     defaults = {"amount": "1", "currency": "usd", "recipient": "acct:pympp-seller"}
 
     @pay(server.charge(**defaults, description="pympp conformance target, GET"))
