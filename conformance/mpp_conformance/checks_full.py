@@ -366,6 +366,26 @@ async def other_query(ctx: CheckContext) -> str:
     return f"refused as invalid-challenge with {added!r} added, then paid without it" + balance.note
 
 
+@register("full.other-field", "a credential sent in a field its challenge did not select pays nothing, and then still pays in Authorization",
+          "full", ["CORE-CHAL-11", "CORE-ONCE-04"], draft="draft §5.2 MUST; draft §5.2 MUST NOT")
+async def other_field(ctx: CheckContext) -> str:
+    # The draft: a credential counts only in the field its challenge selects (Authorization when it
+    # has no `header`); one in any other field MUST NOT satisfy it. The request carries no
+    # Authorization at all, so a seller that falls back to Payment-Authorization is caught.
+    payer = payer_for(ctx)
+    paid = await fresh_credential(ctx, payer)
+    if paid.challenge.header not in (None, "Authorization"):
+        raise Skip(f"the challenge selects {paid.challenge.header!r}; this check sends a credential the challenge did not select")
+    resp = await ctx.request(_method(ctx), ctx.target, headers=[("Payment-Authorization", paid.authorization)], data=_data(ctx))
+    what = "the credential sent in Payment-Authorization, which the challenge did not select"
+    no_5xx(resp, what)
+    if 200 <= resp.status < 300:
+        fail(f"{what}: the target accepted it ({describe(resp)}); a credential in another field must not satisfy "
+             "the challenge (draft §5.2)")
+    await still_pays(ctx, paid, "its use in Payment-Authorization")
+    return f"not accepted in Payment-Authorization ({describe(resp)}), then paid in Authorization"
+
+
 @register("full.other-method", "a credential for one HTTP method is refused on another, and then still pays on its own", "full",
           ["CORE-BIND-02", "CORE-ERR-04", "CORE-ONCE-04"])
 async def other_method(ctx: CheckContext) -> str:

@@ -153,6 +153,20 @@ def _claimed_resource(header: str) -> str | None:
     return claimed if isinstance(claimed, str) and " " in claimed else None
 
 
+def _reads_any_field(app: web.Application, seller: Seller) -> None:
+    """A middleware in front of the seller's takes a credential from ``Payment-Authorization`` when
+    there is no ``Authorization``, although its challenges never select that field (draft §5.2)."""
+
+    @web.middleware
+    async def fault(request: web.Request, handler):
+        other = request.headers.get("Payment-Authorization")
+        if other is not None and "Authorization" not in request.headers:
+            request = request.clone(headers={**request.headers, "Authorization": other})
+        return await handler(request)
+
+    app.middlewares.insert(0, fault)
+
+
 def _skips_route_binding(app: web.Application, seller: Seller) -> None:
     """``SellerCore.verify`` no longer compares the challenge's resource with the request's: it is
     handed the resource the credential was issued for, so a credential for one route, query or HTTP
@@ -372,6 +386,7 @@ VARIANTS: dict[str, Breaker] = {
     "receipt-on-error": _receipt_on_error,
     "500-on-garbage": _500_on_garbage,
     "skips-route-binding": _skips_route_binding,
+    "reads-any-field": _reads_any_field,
     "echoes-unbounded": _echoes_unbounded,
     "leaks-credential": _leaks_credential,
     "accepts-expired": _accepts_expired,

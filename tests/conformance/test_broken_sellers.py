@@ -64,7 +64,7 @@ KNOWN_CHECKS = {
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
     "core.body-digest", "core.charge-request", "core.charge-terms", "core.problem-documents", "core.unknown-method-refused",
-    "full.receipt-fields", "full.replay-answer",
+    "full.receipt-fields", "full.replay-answer", "full.other-field",
 }
 
 _UNPAID_402 = "gets its challenge from an unpaid 402, which now lacks Cache-Control: no-store (CORE-ERR-10)"
@@ -139,6 +139,11 @@ EXPECTED: dict[str, dict[str, str]] = {
         "full.other-method": "a credential for GET is accepted (200) on POST (CORE-BIND-02); GET target only",
         # Passes: core sends no credential whose resource differs from the request's.
     },
+    "reads-any-field": {
+        "full.other-field": "a credential sent in Payment-Authorization, a field its challenge did not select, is "
+                            "accepted (200) (draft §5.2)",
+        # Passes: every other check sends its credentials in Authorization.
+    },
     "echoes-unbounded": {
         "core.bounded-echo": "an 885-character intent and method, control characters and all, are copied whole "
                              "into the problem's detail (CORE-ERR-12)",
@@ -206,6 +211,7 @@ SYMPTOM = {
     "receipt-on-error": r"a Payment-Receipt on an error response",
     "500-on-garbage": r"the target answered 500|expected HTTP 402, got 500",
     "skips-route-binding": r"the target accepted it \(HTTP 200",
+    "reads-any-field": r"the target accepted it \(HTTP 200",
     "echoes-unbounded": r"the problem (detail has \d+ characters|document contains control character)",
     "leaks-credential": r"carry back a credential the suite sent",
     "accepts-expired": r"sent 0\.5 s after its challenge expired: the target accepted it \(HTTP 200",
@@ -224,7 +230,7 @@ SYMPTOM = {
 # The checks of the `draft` profile: what a variant's defect must fail there is EXPECTED's part of it.
 DRAFT_CHECKS = {c.id for c in checks_for("draft")}
 # The variants whose defect the drafts themselves forbid: each must fail the draft profile too.
-DRAFT_DEFECTS = {"accepts-replays", "payment-required-for-every-error", "omits-no-store", "receipt-on-error",
+DRAFT_DEFECTS = {"accepts-replays", "reads-any-field", "payment-required-for-every-error", "omits-no-store", "receipt-on-error",
                  "500-on-garbage", "leaks-credential", "accepts-expired", "settles-before-binding", "500-on-large-credential"}
 
 

@@ -30,7 +30,7 @@ from mpp_conformance.paying import CannotPay, LedgerPayer, StaticPayer, payer_fr
 FULL_IDS = {
     "full.paid-success", "full.replay", "full.concurrent-replay", "full.other-route", "full.other-query",
     "full.other-method", "full.changed-body", "full.idempotency-retry", "full.signed-receipt", "full.ledger-payload",
-    "full.receipt-fields", "core.body-digest", "full.replay-answer",
+    "full.receipt-fields", "core.body-digest", "full.replay-answer", "full.other-field",
 }
 CREDENTIAL_LEAK = re.compile(r"Payment eyJ|eyJjaGFsbGVuZ2Ui")
 BODY = b"Agents buy from services; every purchase is signed."
@@ -92,7 +92,7 @@ async def test_full_profile_on_get(served):
     assert "19" in notes["full.concurrent-replay"]
     # Paid exactly once in paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, and after
     # the refusals of other-route and other-query (the genuine credential); the refused credentials cost nothing.
-    assert served.ledger().balance("acct:buyer") == balance - 9 * WEATHER  # and once each in receipt-fields, replay-answer
+    assert served.ledger().balance("acct:buyer") == balance - 10 * WEATHER  # and once each in receipt-fields, replay-answer, other-field
     assert elapsed < 5, f"the full checks took {elapsed:.1f} s against a local seller"
 
 
@@ -105,7 +105,7 @@ async def test_full_profile_on_post_with_body(served):
     assert verdicts["full.other-method"] is Verdict.SKIP, _report(results)
     # paid-success, signed-receipt, ledger-payload, replay, concurrent-replay, idempotency-retry, and other-route,
     # other-query and changed-body after their refusals: one charge each, none for the idempotent retry
-    assert served.ledger().balance("acct:buyer") == balance - 11 * SUMMARIZE  # and once each in receipt-fields, replay-answer
+    assert served.ledger().balance("acct:buyer") == balance - 12 * SUMMARIZE  # and once each in receipt-fields, replay-answer, other-field
 
 
 def _add_route(home: Path, method: str, path: str, amount: int) -> None:
@@ -329,7 +329,7 @@ FAULTS = {
     "public-receipts": (_public_receipts, None, GET, {"full.paid-success"}),  # one result per cause
     "no-digest-check": (None, _no_digest_check, POST, {"full.changed-body"}),
     "no-digest-issued": (None, _no_digest_issued, POST, {
-        "core.body-digest", "full.paid-success", "full.replay", "full.replay-answer", "full.concurrent-replay",
+        "core.body-digest", "full.paid-success", "full.replay", "full.replay-answer", "full.concurrent-replay", "full.other-field",
         "full.idempotency-retry",
         "full.signed-receipt", "full.ledger-payload", "full.receipt-fields",
         # the genuine credential these send after their refusal cannot pay either (CORE-ONCE-04's probe)
