@@ -351,7 +351,11 @@ async def unknown_method_refused(ctx: CheckContext) -> str:
     resp = await send(ctx, credential_header(real, method=PROBE_METHOD))
     what = f"credential naming method {PROBE_METHOD!r}"
     if resp.status == 400:
-        slug = refused(resp, what, ("method-unsupported", "bad-request"), expected_status=400)
+        # No sentence of the draft asks a 400 for a challenge: judged without one (MPP's is core.unsupported-method).
+        no_5xx(resp, what)
+        slug = _problem_slug(resp) if "application/problem+json" in resp.headers.get("Content-Type", "") else None
+        if slug not in (None, "method-unsupported", "bad-request"):
+            fail(f"{what}: HTTP 400 with problem type {slug!r}, not method-unsupported")
     else:
         slug = refused(resp, what, ("invalid-challenge", "method-unsupported", "verification-failed"), not_ids={real.id})
     return f"refused: HTTP {resp.status}" + (f" {slug}" if slug else "")
