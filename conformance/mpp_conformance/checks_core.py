@@ -392,28 +392,16 @@ def _problem_slug(resp: Response) -> str | None:
 @register("draft.accept-payment", "Accept-Payment is considered: a q=0 range is left out and the preferred one comes first",
           "draft", ["CORE-NEG-02"], draft="draft §7.4 SHOULD")
 async def accept_payment_draft(ctx: CheckContext) -> str:
-    baseline_resp = await unpaid(ctx)
-    status(baseline_resp, 402, "unpaid request")
-    m, i = [(c.method, c.intent) for c in fresh_challenges(baseline_resp, "unpaid request")][0]
-    header = f"{m}/{i}, {PROBE_METHOD}/{i};q=0"
-    resp = await unpaid(ctx, {"Accept-Payment": header})
-    status(resp, 402, f"unpaid request with Accept-Payment preferring {m}/{i}")
-    offered = fresh_challenges(resp, f"unpaid request with Accept-Payment preferring {m}/{i}")
-    if (offered[0].method, offered[0].intent) != (m, i):
-        fail(f"Accept-Payment {header!r}: the first challenge is {offered[0].method}/{offered[0].intent}, not {m}/{i}")
-    if any(c.method == PROBE_METHOD for c in offered):
-        fail(f"Accept-Payment {header!r}: a challenge for the q=0 method {PROBE_METHOD!r}")
+    m, i = (await _preferred_first(ctx))[0]
     return f"{m}/{i} first when preferred, the q=0 range left out"
 
 
-@register("core.accept-payment", "Accept-Payment is honoured, and an unmatched or malformed one still gets challenges", "core",
-          ["CORE-NEG-01", "CORE-NEG-02", "CORE-CHAL-01"])
-async def accept_payment(ctx: CheckContext) -> str:
+async def _preferred_first(ctx: CheckContext) -> list[tuple[str, str]]:
+    """The target's normal offers; fails unless preferring the first (and a q=0 probe range) puts
+    it first and leaves the probe out. Shared by the draft's SHOULD and MPP's stricter check."""
     baseline_resp = await unpaid(ctx)
     status(baseline_resp, 402, "unpaid request")
     baseline = [(c.method, c.intent) for c in fresh_challenges(baseline_resp, "unpaid request")]
-    notes = []
-
     m, i = baseline[0]
     header = f"{m}/{i}, {PROBE_METHOD}/{i};q=0"
     resp = await unpaid(ctx, {"Accept-Payment": header})
@@ -423,6 +411,15 @@ async def accept_payment(ctx: CheckContext) -> str:
         fail(f"Accept-Payment {header!r}: the first challenge is {offered[0].method}/{offered[0].intent}, not {m}/{i}")
     if any(c.method == PROBE_METHOD for c in offered):
         fail(f"Accept-Payment {header!r}: a challenge for the q=0 method {PROBE_METHOD!r}")
+    return baseline
+
+
+@register("core.accept-payment", "Accept-Payment is honoured, and an unmatched or malformed one still gets challenges", "core",
+          ["CORE-NEG-01", "CORE-NEG-02", "CORE-CHAL-01"])
+async def accept_payment(ctx: CheckContext) -> str:
+    baseline = await _preferred_first(ctx)
+    notes = []
+    m, i = baseline[0]
 
     distinct = list(dict.fromkeys(baseline))
     if len(distinct) > 1:  # reordering is a SHOULD (CORE-NEG-02): reported, never failed
