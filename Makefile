@@ -28,7 +28,7 @@ $(CHROMIUM_STAMP): | $(STAMP)
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 	touch $@
 
-# The PostgreSQL tests start a throwaway server themselves (mpp/pgserver.py); they need its
+# The PostgreSQL tests start a throwaway server themselves (mpp/stores/pg/server.py); they need its
 # programs: Debian's package, installed when missing (as root, as on CI).
 $(POSTGRES_STAMP): | $(STAMP)
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)

@@ -43,7 +43,7 @@ more (not with --quick), keeping the quieter run; the table notes the disturbed 
 
 PostgreSQL rows: charge-pg and charge-pg-identity, whose seller keeps its payment store and its
 (embedded) ledger in PostgreSQL, an empty database each. By default the harness starts a
-throwaway PostgreSQL for them (mpp.pgserver, as `make test` does) and stops it at the end;
+throwaway PostgreSQL for them (mpp.stores.pg.server, as `make test` does) and stops it at the end;
 `--db postgresql://...` uses that server instead (a database is created on it per row), and
 `--no-postgres` leaves the rows out.
 """
@@ -114,7 +114,7 @@ SCENARIOS: list[Scenario] = [
 
 def postgres_scenarios(server: str) -> list[Scenario]:
     """The PostgreSQL rows: payment store and ledger in a database of their own on ``server``."""
-    from mpp.pgserver import create_database
+    from mpp.stores.pg.server import create_database
 
     plain_db, identity_db = create_database(server), create_database(server)
     return [
@@ -289,7 +289,7 @@ class Caller:
 
     async def _purchase(self) -> tuple[bool, str | None]:
         import mpp
-        from mpp.models import Credential
+        from mpp.protocol.models import Credential
 
         self.requests += 1
         async with self.http.get(self.url) as resp:
@@ -555,7 +555,7 @@ def check_interop(python: Path) -> str | None:
             f"`{python.parent / 'pip'} install -r benchmarks/pympp-requirements.txt`")
     if not python.exists():
         return f"no {python}; {hint}"
-    probe = subprocess.run([str(python), "-c", "import aiohttp, aiosqlite, mpp.server, mpp.stores.sqlite"],
+    probe = subprocess.run([str(python), "-c", "import aiohttp, aiosqlite, mpp.server, mpp.connect.sqlite"],
                            capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),  # never beside our own `mpp`
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if probe.returncode != 0:
@@ -650,7 +650,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
     if not args.no_postgres and (wanted is None or set(wanted) & set(pg_names)):
         server = args.db
         if server is None:
-            from mpp.pgserver import throwaway_postgres
+            from mpp.stores.pg.server import throwaway_postgres
 
             print("Starting a throwaway PostgreSQL for the PostgreSQL rows ...", flush=True)
             server = stack.enter_context(throwaway_postgres())

@@ -42,21 +42,21 @@ BODY = {"ok": True, "item": "forecast", "sky": "clear"}
 
 
 def open_payment_store(url: str) -> Any:
-    """The seller's payment store at ``url`` (mpp.stores: SQLite or PostgreSQL); a PostgreSQL one opens on startup."""
-    from mpp.stores import payment_store_for
+    """The seller's payment store at ``url`` (mpp.connect: SQLite or PostgreSQL); a PostgreSQL one opens on startup."""
+    from mpp.connect import payment_store_for
 
     return payment_store_for(url)
 
 
 def open_session_store(url: str) -> Any:
-    from mpp.stores import session_store_for
+    from mpp.connect import session_store_for
 
     return session_store_for(url)
 
 
 def open_ledger(url: str) -> Any:
-    """The ledger at ``url`` behind its async interface (mpp.stores.ledger_for): SQLite or PostgreSQL."""
-    from mpp.stores import ledger_for
+    """The ledger at ``url`` behind its async interface (mpp.connect.ledger_for): SQLite or PostgreSQL."""
+    from mpp.connect import ledger_for
 
     return ledger_for(url)
 
@@ -96,7 +96,7 @@ class TrivialRail:
         return request
 
     def verify(self, credential: Any, request: Any) -> None:
-        from mpp.errors import VerificationFailed
+        from mpp.protocol.errors import VerificationFailed
 
         if credential.payload != {"token": TRIVIAL_TOKEN}:
             raise VerificationFailed("unknown token")
@@ -161,7 +161,7 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
     seller = Seller(realm=REALM, secret=secret, receipt_key=receipt_key, rails=rails, store=payment_store,
                     trusted_principals={kit["principal"]}, session_store=session_store)
 
-    from mpp.stores import ensure_open
+    from mpp.connect import ensure_open
 
     async def open_stores(app: web.Application) -> None:
         for opened in (payment_store, session_store):
@@ -187,7 +187,7 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
-    from mpp.aio.serve import HEADER_LIMITS  # a credential with a mandate chain can pass 8 KiB
+    from mpp.cli.serve import HEADER_LIMITS  # a credential with a mandate chain can pass 8 KiB
 
     counter = [0]
     app = build_app(args.kind, Path(args.workdir), store=args.store, ledger_url=args.ledger, sessions=args.sessions,

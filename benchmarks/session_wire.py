@@ -27,8 +27,8 @@ from mpp.aio.metering import meter_of
 from mpp.aio.sessions import SessionPolicy
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 
 async def run(calls: int, workdir: Path) -> dict:

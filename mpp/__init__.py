@@ -2,14 +2,14 @@
 
 The names below are the sans-I/O core: wire formats, challenge ids, keys, receipts and the
 seller's and buyer's decisions. None of it imports asyncio or aiohttp. The aiohttp seller and
-buyer live in ``mpp.aio``; the embedded ledger and stores in ``mpp.ledger`` and ``mpp.store``.
+buyer live in ``mpp.aio``; the embedded ledger and stores in ``mpp.ledger`` and ``mpp.stores.payments``.
 """
 
-from ._wire import b64url_decode, b64url_encode, canonical_json, decode_json_b64, encode_json_b64
-from .buyer_core import BuyerPolicy, Quote, check_quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
-from .challenge import MIN_SECRET_BYTES, ChallengeIssuer, compute_challenge_id
-from .digest import content_digest, verify_content_digest
-from .errors import (
+from mpp.protocol.wire import b64url_decode, b64url_encode, canonical_json, decode_json_b64, encode_json_b64
+from mpp.buyer.core import BuyerPolicy, Quote, check_quote, check_transport, origin_of, select_quote, sign_quote, verify_receipt
+from mpp.protocol.challenge import MIN_SECRET_BYTES, ChallengeIssuer, compute_challenge_id
+from mpp.protocol.digest import content_digest, verify_content_digest
+from mpp.protocol.errors import (
     EXTENSION_PROBLEM_BASE,
     PROBLEM_BASE,
     PROBLEM_CLASSES,
@@ -34,7 +34,7 @@ from .errors import (
     RequestInProgress,
     VerificationFailed,
 )
-from .headers import (
+from mpp.protocol.headers import (
     AcceptRange,
     format_accept_payment,
     format_challenge,
@@ -45,10 +45,12 @@ from .headers import (
     parse_credential,
     parse_receipt,
 )
-from .keys import SignatureInvalid, SigningKey, did_from_public_key, public_jwk, public_key_from_did, verify_signature
-from .models import Challenge, ChargeRequest, Credential, PaymentReceipt, format_rfc3339, parse_rfc3339
-from .receipts import jwks_document, sign_receipt, verify_receipt_jws
-from .seller_core import Price, RequestInfo, SellerCore, Verified, resource_of
+from mpp.protocol.keys import SignatureInvalid, SigningKey, did_from_public_key, public_jwk, public_key_from_did, verify_signature
+from mpp.protocol.models import Challenge, ChargeRequest, Credential, PaymentReceipt, format_rfc3339, parse_rfc3339
+from mpp.protocol.receipts import jwks_document, sign_receipt, verify_receipt_jws
+from mpp.engine.core import RequestInfo, SellerCore, Verified
+from mpp.pricing.prices import Price
+from mpp.protocol.challenge import resource_of
 
 __version__ = "0.1.0"
 

@@ -21,10 +21,10 @@ import jwt
 from jwt.exceptions import ExpiredSignatureError, ImmatureSignatureError, InvalidTokenError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._wire import b64url_encode, canonical_json, decode_jws
-from .errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
-from .keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
-from .models import Challenge, ChargeRequest, Credential
+from mpp.protocol.wire import b64url_encode, canonical_json, decode_jws
+from mpp.protocol.errors import RESOURCE_MAX, ExtensionProblem, ParseError, clip
+from mpp.protocol.keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
+from mpp.protocol.models import Challenge, ChargeRequest, Credential
 
 __all__ = [
     "MANDATE_TYP",
@@ -178,7 +178,7 @@ class _MandateClaims(BaseModel):
 
     @model_validator(mode="after")
     def _pricing_restrictions(self) -> "_MandateClaims":
-        from .pricing import restrictions_from_claims  # pricing imports seller_core; keep identity importable alone
+        from mpp.pricing import restrictions_from_claims  # pricing imports seller_core; keep identity importable alone
 
         present = {k: getattr(self, k) for k in ("models", "max_unit_price") if k in self.model_fields_set}
         restrictions_from_claims([present])  # ValueError -> a validation error -> mandate-invalid
@@ -318,7 +318,7 @@ class MandateChain:
     def restrictions(self) -> Any:
         """What pricing models and unit prices the whole chain allows (PRICE-MDT-01): an
         :class:`mpp.pricing.MandateRestrictions`, the intersection over the links."""
-        from .pricing import restrictions_from_claims
+        from mpp.pricing import restrictions_from_claims
 
         return restrictions_from_claims(link.pricing_claims for link in self.links)
 

@@ -19,7 +19,7 @@ from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.store import SqlitePaymentStore
+from mpp.stores.payments import SqlitePaymentStore
 
 REALM = "id.test"
 PAYER = "acct:principal"
@@ -175,7 +175,7 @@ def buyer_process(url: str, key_path: str, mandate_token: str, budget_path: str,
 async def _buy(url: str, key_path: str, mandate_token: str, budget_path: str, purchases: int) -> list[str]:
     from mpp.aio import PaymentClient
     from mpp.aio.agent import AgentIdentity
-    from mpp.budget import BudgetStore
+    from mpp.stores.budget import BudgetStore
 
     key = mpp.SigningKey.load(key_path)
     budget = BudgetStore(budget_path)

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.metering import SESSION_PATH, meter_of
-from mpp.headers import format_credential, parse_challenges, parse_receipt
+from mpp.protocol.headers import format_credential, parse_challenges, parse_receipt
 from mpp.ledger import SqliteLedger
-from mpp.models import Challenge, Credential
-from mpp.receipts import jwks_document, verify_receipt_jws
-from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, Voucher, sign_cap, sign_close, sign_voucher
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.protocol.models import Challenge, Credential
+from mpp.protocol.receipts import jwks_document, verify_receipt_jws
+from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, Voucher, sign_cap, sign_close, sign_voucher
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 PRICE, PER, MAX_UNITS = 2, 1000, 5000  # 2 usd-units per 1000 tokens; one request uses at most 5000 tokens (cost 10)
 

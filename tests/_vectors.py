@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mpp
-from mpp.audit import AuditChainBroken
+from mpp.stores.audit import AuditChainBroken
 
 VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 
@@ -47,7 +47,8 @@ KNOWN_PROBLEMS: set[str] = set()
 def known_label(label: str) -> bool:
     """A label a vector may use: a category above or a problem slug some exception of ours carries."""
     if not KNOWN_PROBLEMS:
-        from mpp import identity, pricing, session_core
+        from mpp import identity, pricing
+        from mpp.intents import session as session_core
 
         KNOWN_PROBLEMS.update(cls.slug for cls in _subclasses(mpp.PaymentProblem))
         KNOWN_PROBLEMS.update(identity.IDENTITY_PROBLEMS, pricing.PRICING_PROBLEMS, session_core.SESSION_PROBLEMS)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from mpp.config import init_home, load_seller_config, load_wallet, read_secret
+from mpp.cli.config import init_home, load_seller_config, load_wallet, read_secret
 
 # Property tests (tests/test_properties*.py) run a fixed, reproducible budget inside `make test`;
 # HYPOTHESIS_PROFILE=long explores more, with fresh randomness each run.
@@ -32,7 +32,7 @@ def owning_home(path: Path) -> Path:
     owner of acct:buyer, so that it may pay on its own signature: what the tests of the bare
     Payment scheme (no identity extension) pay with. `mpp init` itself enrols the agent as
     mandate-bound only (LEDGER-ACCT-01); the tests of that use :func:`mpp_init_home`."""
-    from mpp.config import BUYER_ACCOUNT
+    from mpp.cli.config import BUYER_ACCOUNT
     from mpp.ledger import SqliteLedger
 
     init_home(path)
@@ -83,7 +83,7 @@ class ServedSeller:
 
 def start_seller(home: Path, *extra: str, timeout: float = 20.0) -> ServedSeller:
     """Start `mpp seller serve` on a free loopback port and wait for its ready line."""
-    cmd = [sys.executable, "-m", "mpp.cli", "seller", "serve", "--config", str(home / "seller.toml"), "--host", "127.0.0.1", "--port", "0", *extra]
+    cmd = [sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"), "--host", "127.0.0.1", "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -121,7 +121,7 @@ def served(home: Path):
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
-# One throwaway server for the whole run (mpp.pgserver: as the postgres user when root, data
+# One throwaway server for the whole run (mpp.stores.pg.server: as the postgres user when root, data
 # in a temporary folder, loopback port); every test that asks for `pg_url` gets a fresh,
 # empty database on it. Nothing is skipped: if PostgreSQL is missing or does not start, the
 # tests that need it error with PostgresUnavailable's message (and the server log's tail).
@@ -129,7 +129,7 @@ def served(home: Path):
 
 @pytest.fixture(scope="session")
 def pg_server():
-    from mpp.pgserver import throwaway_postgres
+    from mpp.stores.pg.server import throwaway_postgres
 
     with throwaway_postgres() as url:
         yield url
@@ -138,6 +138,6 @@ def pg_server():
 @pytest.fixture
 def pg_url(pg_server: str) -> str:
     """postgresql://postgres@127.0.0.1:PORT/<fresh database>"""
-    from mpp.pgserver import create_database
+    from mpp.stores.pg.server import create_database
 
     return create_database(pg_server)

@@ -19,13 +19,13 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import HttpLedgerRail, PaymentClient, Seller
 from mpp.aio.seller import SELLER_KEY
-from mpp.config import BUYER_ACCOUNT, init_home, load_wallet
+from mpp.cli.config import BUYER_ACCOUNT, init_home, load_wallet
 from mpp.ledger import MandateRequired, OverMandate, SqliteLedger, TransferConflict, UnauthorizedSigner, UnknownAccount
 from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore
 from mpp.ledger.service import ledger_app
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.pg import PgLedger
-from mpp.store import SqlitePaymentStore
+from mpp.ledger.pg import PgLedger
+from mpp.stores.payments import SqlitePaymentStore
 
 from _identity_support import FUNDS, PAYEE, PAYER, POLICY, REALM, World, credential, mandate, new_ledger, seller_app
 from conftest import REPO, start_seller, stop_seller
@@ -452,7 +452,7 @@ async def test_seller_on_the_service_tells_the_buyer_before_consuming(service, t
 
 
 def mpp_cli(*args: object, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpp.cli", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "mpp.cli.main", *map(str, args)], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
 
 

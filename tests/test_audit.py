@@ -1,4 +1,4 @@
-"""The identity audit log (mpp.audit) and `mpp audit show|verify`.
+"""The identity audit log (mpp.stores.audit) and `mpp audit show|verify`.
 
 covers: audit log (docs/identity-design.md, "Audit log").
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from mpp.audit import KINDS, AuditChainBroken, AuditLog, entry_hash
+from mpp.stores.audit import KINDS, AuditChainBroken, AuditLog, entry_hash
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
@@ -32,7 +32,7 @@ def mpp_cli(*args: str, env_home: Path | None = None) -> subprocess.CompletedPro
     env = dict(os.environ)
     if env_home is not None:
         env["MPP_HOME"] = str(env_home)
-    return subprocess.run([sys.executable, "-m", "mpp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    return subprocess.run([sys.executable, "-m", "mpp.cli.main", *args], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -1,5 +1,5 @@
-"""One contract, two engines: the identity audit log (mpp.audit.AsyncAuditLog) on SQLite (an
-AuditLog behind AsyncSqliteAuditLog) and on PostgreSQL (mpp.pg.PgAuditLog, a real server started
+"""One contract, two engines: the identity audit log (mpp.stores.audit.AsyncAuditLog) on SQLite (an
+AuditLog behind AsyncSqliteAuditLog) and on PostgreSQL (mpp.stores.pg.PgAuditLog, a real server started
 once per run by the `pg_server` fixture): the same chain, the same tampering found and named the
 same way, the same purchases, on both; and `mpp fetch` / `mpp audit` with postgresql:// logs.
 
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import rfc8785
 
-from mpp.audit import KINDS, AsyncAuditLog, AsyncSqliteAuditLog, AuditChainBroken, entry_hash
-from mpp.stores import audit_log_for, open_audit_log
+from mpp.stores.audit import KINDS, AsyncAuditLog, AsyncSqliteAuditLog, AuditChainBroken, entry_hash
+from mpp.connect import audit_log_for, open_audit_log
 
 ENGINES = ["sqlite", "postgres"]
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
@@ -333,7 +333,7 @@ async def test_log_kind_follows_the_url(engine: Engine, logs):
     if engine.name == "sqlite":
         assert isinstance(log, AsyncSqliteAuditLog)
     else:
-        from mpp.pg import PgAuditLog
+        from mpp.stores.pg import PgAuditLog
 
         assert isinstance(log, PgAuditLog)
     with pytest.raises(ValueError, match="not a SQLite location"):
@@ -351,8 +351,8 @@ def test_wallet_and_seller_keep_their_logs_and_budget_in_postgres(tmp_path: Path
     import asyncpg
 
     from conftest import start_seller, stop_seller
-    from mpp.config import init_home
-    from mpp.pgserver import create_database
+    from mpp.cli.config import init_home
+    from mpp.stores.pg.server import create_database
     from test_cli_identity import mpp_cli, ok, one_line_error, receipt_line
 
     seller_db, wallet_db, empty_db = (create_database(pg_server) for _ in range(3))

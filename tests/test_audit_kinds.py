@@ -15,11 +15,11 @@ import mpp
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller
 from mpp.aio.metering import meter_of
 from mpp.aio.sessions import SessionPolicy
-from mpp.audit import KINDS, AuditLog
+from mpp.stores.audit import KINDS, AuditLog
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| `([a-z-]+)` \| ([a-z, ]+) \|")
@@ -40,7 +40,7 @@ def spec_kinds() -> dict[str, set[str]]:
 
 
 def test_the_code_knows_exactly_the_spec_kinds():
-    """IDENT-AUD-01: mpp.audit.KINDS (what an append accepts) is the spec's list, in its order."""
+    """IDENT-AUD-01: mpp.stores.audit.KINDS (what an append accepts) is the spec's list, in its order."""
     assert len(spec_kinds()) >= 6, spec_kinds()
     assert list(KINDS) == list(spec_kinds())
 

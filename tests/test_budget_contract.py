@@ -1,5 +1,5 @@
-"""One contract, two engines: the buyer's budget counters (mpp.budget.AsyncBudgetStore) on SQLite
-(a BudgetStore behind AsyncSqliteBudgetStore) and on PostgreSQL (mpp.pg.PgBudgetStore, a real
+"""One contract, two engines: the buyer's budget counters (mpp.stores.budget.AsyncBudgetStore) on SQLite
+(a BudgetStore behind AsyncSqliteBudgetStore) and on PostgreSQL (mpp.stores.pg.PgBudgetStore, a real
 server started once per run by the `pg_server` fixture), every assertion run against both.
 
 "Another buyer process" is played by a second store object on the same file or database, in a
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from mpp.budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, ReservationFinished
-from mpp.stores import budget_store_for, open_budget_store
+from mpp.stores.budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, ReservationFinished
+from mpp.connect import budget_store_for, open_budget_store
 
 ENGINES = ["sqlite", "postgres"]
 T0 = datetime(2026, 11, 26, 12, 0, 0, 250_000, tzinfo=timezone.utc)
@@ -206,7 +206,7 @@ async def test_store_kind_follows_the_url(location: str, budgets):
     if location.startswith("sqlite"):
         assert isinstance(store, AsyncSqliteBudgetStore)
     else:
-        from mpp.pg import PgBudgetStore
+        from mpp.stores.pg import PgBudgetStore
 
         assert isinstance(store, PgBudgetStore)
     with pytest.raises(ValueError, match="not a SQLite location"):

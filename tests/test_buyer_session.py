@@ -27,10 +27,10 @@ from mpp import identity as I
 from mpp.aio import PaymentClient, SessionPolicy
 from mpp.aio.agent import AgentIdentity
 from mpp.aio.sessions import SESSION_PATH, SessionManager, SessionOffer, select_session
-from mpp.budget import BudgetStore
-from mpp.challenge import compute_challenge_id
+from mpp.stores.budget import BudgetStore
+from mpp.protocol.challenge import compute_challenge_id
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
-from mpp.session_core import (
+from mpp.intents.session import (
     SessionRequest,
     SessionTerms,
     Voucher,
@@ -843,8 +843,8 @@ async def test_voucher_arithmetic():
 from mpp.aio import EmbeddedLedgerRail, Seller  # noqa: E402
 from mpp.aio.metering import meter_of  # noqa: E402
 from mpp.ledger import SqliteLedger  # noqa: E402
-from mpp.session_store import SqliteSessionStore  # noqa: E402
-from mpp.store import SqlitePaymentStore  # noqa: E402
+from mpp.stores.sessions import SqliteSessionStore  # noqa: E402
+from mpp.stores.payments import SqlitePaymentStore  # noqa: E402
 
 E2E_REALM = "e2e.test"
 FUNDS = 100_000
@@ -1121,7 +1121,7 @@ async def test_e2e_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp
 def test_budget_store_session_reservations(tmp_path):
     """SESSION-ID-02, SESSION-ID-03: Re-reserving under one id replaces it (a top-up); settle
     commits exactly the capture."""
-    from mpp.budget import BudgetLink, BudgetRefused
+    from mpp.stores.budget import BudgetLink, BudgetRefused
 
     store = BudgetStore(str(tmp_path / "b.db"))
     try:

@@ -1,4 +1,4 @@
-"""The `mpp` command line, run as a subprocess (`python -m mpp.cli`) the way a user runs it."""
+"""The `mpp` command line, run as a subprocess (`python -m mpp.cli.main`) the way a user runs it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import REPO, start_seller, stop_seller
 
 
 def mpp_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpp.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "mpp.cli.main", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
 def charges(home: Path) -> list:

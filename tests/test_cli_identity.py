@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import mpp
 from conftest import REPO
-from mpp.cli import main
-from mpp.keys import SigningKey, did_from_public_key
+from mpp.cli.main import main
+from mpp.protocol.keys import SigningKey, did_from_public_key
 
 IDENT = mpp.EXTENSION_PROBLEM_BASE
 
@@ -34,12 +34,12 @@ def home(mpp_init_home: Path) -> Path:
 
 
 def mpp_cli(*args: object, real: bool = False, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run `mpp ARGS`. With ``real`` as a subprocess (`python -m mpp.cli`), exactly as a user does;
+    """Run `mpp ARGS`. With ``real`` as a subprocess (`python -m mpp.cli.main`), exactly as a user does;
     otherwise through the same `main()` in this process with stdout and stderr captured, which
     saves the interpreter start-up of each of the many offline commands below."""
     argv = [str(a) for a in args]
     if real:
-        return subprocess.run([sys.executable, "-m", "mpp.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "mpp.cli.main", *argv], capture_output=True, text=True, cwd=REPO, timeout=timeout)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -281,7 +281,7 @@ def test_agent_init_attaches_only_its_own_mandate(home: Path, tmp_path: Path):
     wallet = json.loads((first / "wallet.json").read_text())
     assert (wallet["did"], wallet["account"], wallet["mandates"], wallet["max_amount"]) == (did, "acct:buyer", "mandate.json", 700)
     assert json.loads((first / "mandate.json").read_text()) == json.loads(chain.read_text())
-    from mpp.config import load_wallet
+    from mpp.cli.config import load_wallet
 
     loaded = load_wallet(first)
     assert loaded.key.did == did and loaded.mandates == json.loads(chain.read_text())["mandates"]
@@ -321,7 +321,7 @@ def test_approval_through_the_cli(served, tmp_path: Path):
     assert (claims["challengeId"], claims["amount"], claims["currency"]) == (problem["challengeId"], "150", "usd")
     assert claims["jti"].startswith("apr_") and claims["exp"] - claims["iat"] <= 600
     # without --out the approval goes to stdout; from stdin with --problem -
-    piped = subprocess.run([sys.executable, "-m", "mpp.cli", "approve", "--key", str(home / "principal" / "principal.key"),
+    piped = subprocess.run([sys.executable, "-m", "mpp.cli.main", "approve", "--key", str(home / "principal" / "principal.key"),
                             "--problem", "-", "--agent", agent], input=json.dumps(problem), capture_output=True, text=True, cwd=REPO)
     assert piped.returncode == 0 and piped.stdout.count(".") == 2, piped.stderr
     # a problem that is not approval-required, or lacks members, is refused with one line

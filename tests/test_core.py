@@ -977,10 +977,11 @@ def test_problem_types(cls):
 def test_every_problem_class_is_known():
     """CORE-ERR-01: every PaymentProblem subclass is in the table above; the one extension type
     (request-in-progress, 409) uses our URN base, not the registry's."""
-    from mpp import identity, pricing, session_core
+    from mpp import identity, pricing
+    from mpp.intents import session as session_core
     from mpp.aio.rails import LedgerUnavailable
 
-    extension = {mpp.errors.ExtensionProblem, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
+    extension = {mpp.protocol.errors.ExtensionProblem, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
                  session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable,
                  pricing.PricingProblem, *pricing.PRICING_PROBLEMS.values()}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
@@ -1141,7 +1142,7 @@ def test_canonical_json_fast_path_writes_the_rfc8785_bytes():
     refuse the same values (lone surrogates, integers past 2**53 - 1)."""
     import rfc8785
 
-    from mpp._wire import _plain, canonical_json
+    from mpp.protocol.wire import _plain, canonical_json
 
     rng = random.Random(8785)
     alphabet = ["a", "Z", "0", " ", '"', "\\", "/", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "\x80", "é",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import mpp
-from mpp.challenge import compute_challenge_id
+from mpp.protocol.challenge import compute_challenge_id
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"test-vector-secret-minimum-32-byte-secret"

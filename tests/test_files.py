@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mpp._wire import b64url_decode
-from mpp.challenge import compute_challenge_id
-from mpp.config import ConfigError, init_home, load_chain, load_seller_config, load_wallet, read_secret, save_chain
-from mpp.keys import SigningKey
+from mpp.protocol.wire import b64url_decode
+from mpp.protocol.challenge import compute_challenge_id
+from mpp.cli.config import ConfigError, init_home, load_chain, load_seller_config, load_wallet, read_secret, save_chain
+from mpp.protocol.keys import SigningKey
 
 from test_cli_identity import mpp_cli, ok, one_line_error
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import PaymentClient
 from mpp.aio.agent import AgentIdentity
-from mpp.budget import BudgetLink, BudgetRefused, BudgetStore
+from mpp.stores.budget import BudgetLink, BudgetRefused, BudgetStore
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
 

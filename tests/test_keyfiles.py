@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpp.keys import SecretFileRefused, SigningKey, write_secret
+from mpp.protocol.keys import SecretFileRefused, SigningKey, write_secret
 
 from test_cli_identity import mpp_cli, ok, one_line_error
 

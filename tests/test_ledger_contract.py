@@ -1,6 +1,6 @@
 """One ledger contract, two engines: every assertion here runs against the SQLite ledger (through
 its async adapter) and the PostgreSQL ledger (a real server, started once per run by the
-`pg_server` fixture), both opened by URL with mpp.stores.ledger_for.
+`pg_server` fixture), both opened by URL with mpp.connect.ledger_for.
 
 "Another process" is played by a second ledger object on the same file or database (for
 PostgreSQL a second connection pool, so that row and advisory locks, not this process's event
@@ -21,7 +21,7 @@ import pytest
 
 import mpp
 from mpp import identity as I
-from mpp import session_core as S
+from mpp.intents import session as S
 from mpp.ledger import (
     Account,
     BudgetExhausted,
@@ -42,7 +42,7 @@ from mpp.ledger import (
 )
 from mpp.ledger.aio_adapter import AsyncLedgerStore, AsyncSqliteLedgerStore
 from mpp.ledger.api import AsyncLedger
-from mpp.stores import ledger_for, open_ledger
+from mpp.connect import ledger_for, open_ledger
 
 from _identity_support import REALM, link_key, mandate, now
 
@@ -128,7 +128,7 @@ async def test_ledger_kind_follows_the_url_and_keeps_its_id(location, ledgers):
     if location.startswith("sqlite:"):
         assert isinstance(led, AsyncSqliteLedgerStore)
     else:
-        from mpp.pg import PgLedger
+        from mpp.ledger.pg import PgLedger
 
         assert isinstance(led, PgLedger)
     assert led.ledger_id.startswith("ledger-") and len(led.ledger_id) == len("ledger-") + 16

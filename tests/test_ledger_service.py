@@ -27,19 +27,19 @@ from mpp import identity as I
 from mpp.aio import HttpLedgerRail, LedgerUnavailable, PaymentClient, Seller
 from mpp.aio.agent import AgentIdentity
 from mpp.aio.metering import SESSION_PATH, meter_of
-from mpp.doubt import SqliteDoubtJournal
-from mpp.pg import PgLedger
-from mpp.headers import format_credential, parse_challenges
+from mpp.stores.doubt import SqliteDoubtJournal
+from mpp.ledger.pg import PgLedger
+from mpp.protocol.headers import format_credential, parse_challenges
 from mpp.ledger import SqliteLedger, holding_account
 from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore
 from mpp.ledger.nonces import SqliteNonces
 from mpp.ledger.service import ledger_app
 from mpp.ledger.signing import parse_authorization, sign_request, signed_bytes
 from mpp.methods.ledger import LedgerBuyerMethod, authorization_message
-from mpp.models import ChargeRequest, Credential
-from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, sign_cap, sign_close, sign_voucher
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.protocol.models import ChargeRequest, Credential
+from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, sign_cap, sign_close, sign_voucher
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 from _identity_support import FUNDS, PAYEE, PAYER, PLAIN_PAYER, REALM, link_key, mandate, new_ledger
 from conftest import REPO, start_seller, stop_seller
@@ -476,7 +476,7 @@ async def test_a_seller_lists_its_own_transfers_and_its_sales_reconcile(service:
     with them; another account's listing is refused 403; a bad window is a 400 problem."""
     from datetime import datetime, timedelta, timezone
 
-    from mpp.usage import build_report, ledger_transfers, read_usage, reconcile
+    from mpp.engine.usage import build_report, ledger_transfers, read_usage, reconcile
 
     store = str(tmp_path / "p.db")
     app, seller, rail = http_seller(service, PAYEE, store, routes={"/thing": PRICE, "/broken": PRICE})
@@ -583,7 +583,7 @@ async def test_session_hold_capture_release_over_http(service: Service, tmp_path
                                            cap_signature=sign_cap(a, terms, account=PLAIN_PAYER, cap=500))
             assert (hold.cap, hold.status) == (500, "open")
         assert ledger.balance(holding_account("usd")) == 500
-        with pytest.raises(mpp.errors.PaymentProblem) as refused:  # the cap signature is checked by the ledger
+        with pytest.raises(mpp.protocol.errors.PaymentProblem) as refused:  # the cap signature is checked by the ledger
             await rail.top_up_session("sess-1", cap=900, cap_signature=sign_cap(a, terms, account=PLAIN_PAYER, cap=800))
         assert refused.value.slug == "session-voucher-invalid"
         for _ in range(2):
@@ -812,7 +812,7 @@ async def test_session_caps_across_two_sellers_stay_within_budget(service: Servi
 
 
 def _start_ledger(*args: str, timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "mpp.cli", "ledger", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "mpp.cli.main", "ledger", "serve", "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
@@ -840,7 +840,7 @@ def _stop(proc: subprocess.Popen) -> str:
 def test_cli_ledger_serve_and_a_seller_pointed_at_it(home: Path):
     """LEDGER-SVC-10: `mpp ledger serve` with the seller's key registered; seller.toml switched from
     `ledger = "ledger.db"` to `ledger_url` + `ledger_key`; `mpp fetch` pays through it."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", "mpp.cli", *a], capture_output=True, text=True, cwd=REPO, timeout=30)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mpp.cli.main", *a], capture_output=True, text=True, cwd=REPO, timeout=30)  # noqa: E731
     helped = run("ledger", "serve", "--help")
     assert helped.returncode == 0 and "ledger_url" in helped.stdout and "--seller" in helped.stdout
     made = run("ledger", "key", str(home / "seller" / "ledger.key"))
@@ -880,7 +880,7 @@ def test_cli_ledger_serve_and_a_seller_pointed_at_it(home: Path):
 def test_cli_ledger_commands_on_postgresql(pg_url: str):
     """The operator's ledger commands take a postgresql:// ledger as they take a file: fund,
     balance and check; a database that cannot be reached is a message and exit 2, never a traceback."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", "mpp.cli", "ledger", *a], capture_output=True, text=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mpp.cli.main", "ledger", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=REPO, timeout=60)
 
     async def make() -> None:

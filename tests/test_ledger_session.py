@@ -9,9 +9,9 @@ import pytest
 
 import mpp
 from mpp import identity as I
-from mpp import session_core as S
+from mpp.intents import session as S
 from mpp.aio import EmbeddedLedgerRail
-from mpp.errors import InvalidChallenge, PaymentInsufficient, VerificationFailed
+from mpp.protocol.errors import InvalidChallenge, PaymentInsufficient, VerificationFailed
 from mpp.ledger import (
     BudgetExhausted,
     CapSignatureInvalid,

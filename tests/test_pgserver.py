@@ -1,4 +1,4 @@
-"""The throwaway PostgreSQL used by the tests and benchmarks (mpp.pgserver): it starts, says
+"""The throwaway PostgreSQL used by the tests and benchmarks (mpp.stores.pg.server): it starts, says
 clearly why when it cannot, and leaves nothing behind."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mpp import pgserver
-from mpp.pgserver import PostgresUnavailable, throwaway_postgres
+from mpp.stores.pg import server as pgserver
+from mpp.stores.pg.server import PostgresUnavailable, throwaway_postgres
 
 
 def _leftovers() -> set[str]:
@@ -45,7 +45,7 @@ def test_a_server_that_cannot_start_says_why_and_leaves_nothing():
 
 def test_cli_prints_a_url_and_cleans_up_on_sigterm():
     before = _leftovers()
-    proc = subprocess.Popen([sys.executable, "-m", "mpp.pgserver", "--database"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "mpp.stores.pg.server", "--database"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
     try:
         assert proc.stdout is not None

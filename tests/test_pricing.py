@@ -10,8 +10,8 @@ import jwt
 import pytest
 
 from mpp import Price, SigningKey
-from mpp.seller_core import Metered
-from mpp._wire import b64url_decode, b64url_encode
+from mpp.pricing.prices import Metered
+from mpp.protocol.wire import b64url_decode, b64url_encode
 from mpp.pricing import (
     SeenGrantProofs,
     GrantAgent,

@@ -28,12 +28,12 @@ from mpp import pricing as P
 from mpp.aio import PaymentClient
 from mpp.aio.agent import AgentIdentity
 from mpp.aio.sessions import SessionPolicy
-from mpp.buyer_core import OfferPlan, check_seat_quote, choose_challenge
-from mpp.errors import EXTENSION_PROBLEM_BASE, QuoteRejected, ReceiptInvalid
-from mpp.headers import format_receipt, parse_credential
+from mpp.buyer.core import OfferPlan, check_seat_quote, choose_challenge
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE, QuoteRejected, ReceiptInvalid
+from mpp.protocol.headers import format_receipt, parse_credential
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
-from mpp.models import ChargeRequest, PaymentReceipt, format_rfc3339
-from mpp.receipts import jwks_document, sign_receipt
+from mpp.protocol.models import ChargeRequest, PaymentReceipt, format_rfc3339
+from mpp.protocol.receipts import jwks_document, sign_receipt
 
 REALM = "pricing.test"
 SECRET = b"p" * 32
@@ -160,7 +160,7 @@ class FakeSeller:
                 doc["subscriptionId"] = named
         else:
             intent, doc = "charge", {**base, "pricing": offer.pricing_member(at)}
-        resource = mpp.seller_core.resource_of(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        resource = mpp.engine.core.resource_of(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string)
         return self.issuer.issue(method="ledger", intent=intent, request=doc, now=at,
                                  opaque={"nonce": secrets.token_urlsafe(8), "resource": resource})
 
@@ -593,7 +593,7 @@ def test_fetch_help_documents_the_offer_options():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "mpp.cli", "fetch", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "mpp.cli.main", "fetch", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--prefer", "--planned-requests", "--planned-units", "--allow-recurring"):
         assert option in out
     assert "only with --allow-recurring" in out
@@ -644,8 +644,8 @@ async def real_seller(tmp_path):
     from mpp.aio import EmbeddedLedgerRail, Seller
     from mpp.aio.seller import start_task
     from mpp.ledger import SqliteLedger
-    from mpp.pricing_store import SqlitePricingStore
-    from mpp.store import SqlitePaymentStore
+    from mpp.stores.pricing import SqlitePricingStore
+    from mpp.stores.payments import SqlitePaymentStore
 
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")

@@ -27,11 +27,11 @@ import mpp
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.seller import start_task, task_of
-from mpp.buyer_core import Quote
-from mpp.headers import parse_challenges, parse_receipt
+from mpp.buyer.core import Quote
+from mpp.protocol.headers import parse_challenges, parse_receipt
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.models import ChargeRequest
+from mpp.protocol.models import ChargeRequest
 from mpp.pricing import (
     GRANT_HEADER,
     GRANT_PROOF_HEADER,
@@ -42,9 +42,9 @@ from mpp.pricing import (
     subscription_id,
     task_grant_claims,
 )
-from mpp.pricing_store import SqlitePricingStore
-from mpp.store import SqlitePaymentStore
-from mpp.stores import open_pricing_store
+from mpp.stores.pricing import SqlitePricingStore
+from mpp.stores.payments import SqlitePaymentStore
+from mpp.connect import open_pricing_store
 
 from tests.conftest import REPO, start_seller, stop_seller
 
@@ -107,7 +107,7 @@ PRICES_V2 = PRICES_V1.replace('version = "v1"', 'version = "v2"').replace("amoun
 
 
 def claims_of(jws: str) -> dict[str, Any]:
-    from mpp._wire import b64url_decode
+    from mpp.protocol.wire import b64url_decode
 
     return json.loads(b64url_decode(jws.split(".")[1]))
 
@@ -649,7 +649,7 @@ def test_serve_refuses_an_invalid_price_list_at_start(home: Path):
     prices = _with_price_list(home, LISTED.replace("  period_unit = \"day\"\n", "  period_unit = \"fortnight\"\n"))
     line = LISTED.splitlines().index('  period_unit = "day"') + 1
     for extra in ((), ("--workers", "2")):
-        proc = subprocess.run([sys.executable, "-m", "mpp.cli", "seller", "serve", "--config", str(home / "seller.toml"),
+        proc = subprocess.run([sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"),
                                "--port", "0", *extra], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert f"{prices}:{line}: 'period_unit' must be one of" in proc.stderr and "Traceback" not in proc.stderr
@@ -739,7 +739,7 @@ async def test_unit_offer_quotes_a_session_and_the_transaction_offer_as_its_char
     """PRICE-MODEL-02, PRICE-MODEL-03: a unit offer is a session challenge (unitType = unit); the
     charge beside it is priced by the route's transaction offer, which adds no second charge."""
     from mpp.aio import meter_of
-    from mpp.session_store import SqliteSessionStore
+    from mpp.stores.sessions import SqliteSessionStore
 
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")

@@ -19,9 +19,9 @@ from hypothesis import example, given, strategies as st
 
 import mpp
 from mpp import identity as I
-from mpp._wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, loads_strict
-from mpp.errors import FormatError, ParseError, PaymentProblem
-from mpp.headers import parse_accept_payment
+from mpp.protocol.wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, loads_strict
+from mpp.protocol.errors import FormatError, ParseError, PaymentProblem
+from mpp.protocol.headers import parse_accept_payment
 from mpp.ledger.signing import SignedRequest, parse_authorization, sign_request
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
 from mpp.pricing import (
@@ -33,7 +33,7 @@ from mpp.pricing import (
     sign_grant_proof,
     verify_grant,
 )
-from mpp.session_core import parse_session_payload
+from mpp.intents.session import parse_session_payload
 
 from _identity_support import REALM, mandate
 from test_pricing_seller import PRICES_V1

@@ -27,15 +27,15 @@ from hypothesis import example, given, strategies as st
 
 import mpp
 from mpp import identity as I
-from mpp._wire import b64url_decode, b64url_encode
+from mpp.protocol.wire import b64url_decode, b64url_encode
 from mpp.aio import EmbeddedLedgerRail, Seller
-from mpp.aio.serve import HEADER_LIMITS
+from mpp.cli.serve import HEADER_LIMITS
 from mpp.ledger.service import ledger_app
 from mpp.ledger.signing import sign_request
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.pricing import GRANT_HEADER, GRANT_PROOF_HEADER, issue_grant, load_price_list, sign_grant_proof
-from mpp.pricing_store import SqlitePricingStore
-from mpp.store import SqlitePaymentStore
+from mpp.stores.pricing import SqlitePricingStore
+from mpp.stores.payments import SqlitePaymentStore
 
 from _identity_support import PAYEE, PAYER, PLAIN_PAYER, mandate, new_ledger
 from test_pricing_seller import PRICES_V1, build_app

@@ -13,7 +13,7 @@ import mpp
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, payment_of
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.store import SqlitePaymentStore
+from mpp.stores.payments import SqlitePaymentStore
 
 
 @pytest.fixture

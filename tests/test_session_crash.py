@@ -24,10 +24,10 @@ import pytest
 
 import mpp
 from mpp.aio.metering import SESSION_PATH
-from mpp.config import load_seller_config, load_wallet
+from mpp.cli.config import load_seller_config, load_wallet
 from mpp.ledger import SqliteLedger
-from mpp.session_core import cost_of
-from mpp.session_store import INSTANCE_TTL, SqliteSessionStore
+from mpp.intents.session import cost_of
+from mpp.stores.sessions import INSTANCE_TTL, SqliteSessionStore
 
 from _session_support import RawSession, open_session, receipt_claims, send
 from conftest import ServedSeller, start_seller, stop_seller

@@ -14,12 +14,12 @@ import mpp
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.metering import meter_of
-from mpp.headers import format_credential, parse_challenges
-from mpp.models import Credential
-from mpp.receipts import jwks_document, verify_receipt_jws
-from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, sign_cap, sign_close, sign_voucher
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.protocol.headers import format_credential, parse_challenges
+from mpp.protocol.models import Credential
+from mpp.protocol.receipts import jwks_document, verify_receipt_jws
+from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, sign_cap, sign_close, sign_voucher
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 from _identity_support import PAYEE, PAYER, REALM, mandate, new_ledger
 

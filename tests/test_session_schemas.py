@@ -23,16 +23,16 @@ import mpp
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.metering import SESSION_PATH, meter_of
-from mpp.headers import format_credential, parse_challenges
+from mpp.protocol.headers import format_credential, parse_challenges
 from mpp.identity import PROOF_DOMAIN
 from mpp.methods.ledger import SIGNING_DOMAIN, LedgerBuyerMethod
 from mpp.pricing import GRANT_PROOF_DOMAIN
-from mpp.models import Credential
-from mpp.receipts import jwks_document, verify_receipt_jws
-from mpp.session_core import (CAP_DOMAIN, CLOSE_DOMAIN, VOUCHER_DOMAIN, SessionPayload, SessionRequest, SessionTerms,
+from mpp.protocol.models import Credential
+from mpp.protocol.receipts import jwks_document, verify_receipt_jws
+from mpp.intents.session import (CAP_DOMAIN, CLOSE_DOMAIN, VOUCHER_DOMAIN, SessionPayload, SessionRequest, SessionTerms,
                               cap_message, close_message, sign_cap, sign_close, sign_voucher, voucher_message)
-from mpp.session_store import SqliteSessionStore
-from mpp.store import SqlitePaymentStore
+from mpp.stores.sessions import SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore
 
 from _identity_support import PAYEE, PAYER, REALM, mandate, new_ledger
 from _session_support import RawSession, SessionWorld, build_seller, make_ledger, quote, receipt_claims, send

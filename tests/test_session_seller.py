@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import PaymentClient
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.session_core import SessionPayload, SessionRequest, SessionTerms, cost_of, sign_cap
+from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, cost_of, sign_cap
 
 from _session_support import MAX_UNITS, PER, PRICE, SessionWorld, build_seller, make_ledger, open_session, quote, receipt_claims, send
 
@@ -157,7 +157,7 @@ async def test_voucher_for_another_seller_is_refused(world, tmp_path):
         s, _, _ = await open_session(world, cap=500, first=20)
         world_b = SessionWorld(server_b, seller_b, world.ledger, world.agent, world.http, store_b)
         b_challenge, _ = await quote(world_b, "/complete")
-        from mpp.session_core import SessionRequest
+        from mpp.intents.session import SessionRequest
 
         b_terms = SessionTerms.of(b_challenge, SessionRequest.from_challenge(b_challenge))
         # A's session credential sent to B: B did not mint that challenge
@@ -275,7 +275,7 @@ async def test_idle_session_is_closed_and_released(tmp_path):
 async def test_open_with_a_forged_cap_signature_holds_nothing(world):
     """SESSION-OPEN-02: the cap signature must be the signer's over these terms."""
     challenge, _ = await quote(world, "/complete")
-    from mpp.session_core import SessionRequest
+    from mpp.intents.session import SessionRequest
 
     req = SessionRequest.from_challenge(challenge)
     terms = SessionTerms.of(challenge, req)
@@ -355,8 +355,8 @@ async def test_session_credential_id_is_judged_before_its_payload(world):
     """CORE-ERR-13, SESSION-VOUCHER-09: a session credential with a forged id and a malformed payload
     is an invalid challenge, on a priced route and at the session endpoint; with an unknown method,
     method-unsupported comes first of all."""
-    from mpp.headers import format_credential
-    from mpp.models import Credential
+    from mpp.protocol.headers import format_credential
+    from mpp.protocol.models import Credential
 
     challenge, _ = await quote(world, "/complete?tokens=1000")
     forged = challenge.model_copy(update={"id": "A" * 43})

@@ -25,7 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import mpp
 from _vectors import VECTORS, known_label, load, raises
-from mpp import audit, identity, pricing, receipts, session_core
+from mpp import identity, pricing
+from mpp.intents import session as session_core
+from mpp.protocol import receipts
+from mpp.stores import audit
 from mpp.ledger import signing
 from mpp.methods.ledger import LedgerSellerMethod, authorization_message
 

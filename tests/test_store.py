@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from mpp.store import SqlitePaymentStore, StoredResponse
+from mpp.stores.payments import SqlitePaymentStore, StoredResponse
 
 
 async def test_claim_once_and_keep_responses(tmp_path: Path):
@@ -44,7 +44,7 @@ def test_claim_across_processes_has_one_winner(tmp_path: Path):
 
 
 def _open_at_once(path: str, barrier) -> str:
-    from mpp._sqlite import connect
+    from mpp.stores.sqlite import connect
 
     barrier.wait()
     try:

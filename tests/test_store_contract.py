@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import pytest
 
-from mpp.errors import RequestInProgress
+from mpp.protocol.errors import RequestInProgress
 from mpp.identity import BudgetExceeded
-from mpp.models import format_rfc3339
-from mpp.session_core import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
-from mpp.session_store import INSTANCE_TTL, SqliteSessionStore
-from mpp.store import SqlitePaymentStore, StateError, StoredResponse
-from mpp.stores import doubt_journal_for, open_payment_store, open_session_store
+from mpp.protocol.models import format_rfc3339
+from mpp.intents.session import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
+from mpp.stores.sessions import INSTANCE_TTL, SqliteSessionStore
+from mpp.stores.payments import SqlitePaymentStore, StateError, StoredResponse
+from mpp.connect import doubt_journal_for, open_payment_store, open_session_store
 
 ENGINES = ["sqlite", "postgres"]
 NOW = datetime(2031, 5, 6, 7, 8, 9, 500_000, tzinfo=timezone.utc)
@@ -537,14 +537,14 @@ async def test_store_kind_follows_the_url(engine, stores):
     if engine.name == "sqlite":
         assert isinstance(payments, SqlitePaymentStore) and isinstance(sessions, SqliteSessionStore)
     else:
-        from mpp.pg import PgPaymentStore, PgSessionStore
+        from mpp.stores.pg import PgPaymentStore, PgSessionStore
 
         assert isinstance(payments, PgPaymentStore) and isinstance(sessions, PgSessionStore)
 
 
 def test_unknown_store_urls_are_refused(tmp_path: Path):
-    from mpp.config import ConfigError, init_home, load_seller_config
-    from mpp.stores import check_location, payment_store_for
+    from mpp.cli.config import ConfigError, init_home, load_seller_config
+    from mpp.connect import check_location, payment_store_for
 
     with pytest.raises(ValueError, match="not a SQLite location"):
         payment_store_for("mysql://db/x")

@@ -29,15 +29,15 @@ import mpp
 from mpp import b64url_encode, canonical_json, format_rfc3339, parse_challenges, parse_rfc3339
 from mpp.aio import Seller
 from mpp.aio.metering import SESSION_PATH
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.buyer_core import Quote
-from mpp.config import load_seller_config, load_wallet
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.buyer.core import Quote
+from mpp.cli.config import load_seller_config, load_wallet
 from mpp.identity import identity_member
-from mpp.errors import DETAIL_MAX, ELLIPSIS, RESOURCE_MAX, PaymentRequired, clip
+from mpp.protocol.errors import DETAIL_MAX, ELLIPSIS, RESOURCE_MAX, PaymentRequired, clip
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.models import ChargeRequest
+from mpp.protocol.models import ChargeRequest
 from mpp.pricing import GRANT_HEADER, GRANT_PROOF_HEADER
-from mpp.seller_core import SellerCore
+from mpp.engine.core import SellerCore
 from mpp_conformance.paying import LedgerPayer
 
 QUERY = 30_000  # characters of query on every unpaid request (the attack review's 30 KB)

@@ -14,8 +14,8 @@ import pytest
 
 import mpp
 from mpp import identity as I
-from mpp._wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, loads_strict
-from mpp.errors import ParseError
+from mpp.protocol.wire import MAX_JSON_DEPTH, b64url_decode, b64url_encode, loads_strict
+from mpp.protocol.errors import ParseError
 from mpp.pricing import GrantInvalid, issue_grant, verify_grant
 
 from _identity_support import MANDATE_TIME, mandate

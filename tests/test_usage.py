@@ -31,16 +31,16 @@ from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, SessionPolicy
 from mpp.aio.agent import AgentIdentity
 from mpp.aio.metering import meter_of
-from mpp.budget import BudgetStore
-from mpp.headers import format_receipt
+from mpp.stores.budget import BudgetStore
+from mpp.protocol.headers import format_receipt
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.models import PaymentReceipt, format_rfc3339
+from mpp.protocol.models import PaymentReceipt, format_rfc3339
 from mpp.pricing import UsageRecord
-from mpp.receipts import sign_receipt
-from mpp.session_core import cost_of
-from mpp.store import PaymentRecord, SettledPayment
-from mpp.stores import open_ledger, open_payment_store, open_session_store
-from mpp.usage import build_report, charge_records, format_csv, ledger_transfers, parse_time, read_usage, reconcile
+from mpp.protocol.receipts import sign_receipt
+from mpp.intents.session import cost_of
+from mpp.stores.payments import PaymentRecord, SettledPayment
+from mpp.connect import open_ledger, open_payment_store, open_session_store
+from mpp.engine.usage import build_report, charge_records, format_csv, ledger_transfers, parse_time, read_usage, reconcile
 
 from conftest import REPO, start_seller, stop_seller
 
@@ -188,7 +188,7 @@ async def shop_day(shop: Shop, tmp_path: Path) -> datetime:
 
 
 async def ledger_window_net(ledger, since: datetime, until: datetime) -> int:
-    """Independently of mpp.usage: charges and captures to the seller minus refunds from it."""
+    """Independently of mpp.engine.usage: charges and captures to the seller minus refunds from it."""
     net = 0
     for t in await ledger.transfers():
         if since <= datetime.fromisoformat(t.created_at) < until:
@@ -358,7 +358,7 @@ def test_csv_is_rfc4180_with_a_header():
 
 def mpp_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the command; stdout is decoded without newline translation (CSV lines end in CRLF)."""
-    result = subprocess.run([sys.executable, "-m", "mpp.cli", *args], capture_output=True, cwd=REPO, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "mpp.cli.main", *args], capture_output=True, cwd=REPO, timeout=60)
     return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
 
 

@@ -15,11 +15,11 @@ import pytest
 import mpp
 from mpp.aio import PaymentClient
 from mpp.aio.workers import WORKER_HEADER
-from mpp.config import load_wallet
+from mpp.cli.config import load_wallet
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
-from mpp.pg import PgLedger
-from mpp.stores import open_ledger
+from mpp.ledger.pg import PgLedger
+from mpp.connect import open_ledger
 
 from conftest import start_seller, stop_seller
 

@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 with atheris.instrument_imports():
     import mpp
     from mpp import identity as I
-    from mpp._wire import decode_jws, loads_strict
-    from mpp.errors import ParseError, PaymentProblem
-    from mpp.headers import parse_accept_payment
+    from mpp.protocol.wire import decode_jws, loads_strict
+    from mpp.protocol.errors import ParseError, PaymentProblem
+    from mpp.protocol.headers import parse_accept_payment
     from mpp.ledger.signing import parse_authorization, sign_request
     from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
     from mpp.pricing import PriceListError, issue_grant, load_price_list, parse_grant_proof, verify_grant
-    from mpp.session_core import parse_session_payload
+    from mpp.intents.session import parse_session_payload
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 REALM = "fuzz.test"

@@ -40,8 +40,8 @@ import rfc8785  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from mpp.challenge import compute_challenge_id  # noqa: E402
-from mpp.keys import SigningKey  # noqa: E402
+from mpp.protocol.challenge import compute_challenge_id  # noqa: E402
+from mpp.protocol.keys import SigningKey  # noqa: E402
 
 VECTORS = ROOT / "spec" / "vectors"
 SOURCE = "mpp (this repository): tools/gen_vectors.py; keys from RFC 8032 section 7.1 test secret keys"

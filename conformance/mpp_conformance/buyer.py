@@ -147,13 +147,13 @@ import jwt
 from aiohttp import web
 
 from mpp import b64url_decode
-from mpp.challenge import ChallengeIssuer, compute_challenge_id
-from mpp.digest import content_digest
-from mpp.errors import PROBLEM_BASE, ParseError
-from mpp.headers import format_challenge, format_receipt, parse_credential
-from mpp.keys import SigningKey
-from mpp.models import Challenge, ChargeRequest, PaymentReceipt, format_rfc3339
-from mpp.receipts import jwks_document, sign_receipt
+from mpp.protocol.challenge import ChallengeIssuer, compute_challenge_id
+from mpp.protocol.digest import content_digest
+from mpp.protocol.errors import PROBLEM_BASE, ParseError
+from mpp.protocol.headers import format_challenge, format_receipt, parse_credential
+from mpp.protocol.keys import SigningKey
+from mpp.protocol.models import Challenge, ChargeRequest, PaymentReceipt, format_rfc3339
+from mpp.protocol.receipts import jwks_document, sign_receipt
 
 from .framework import Exchange, Result, Verdict, _text, level_of, redact
 from .usage import UsageError

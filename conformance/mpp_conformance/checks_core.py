@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 
 from mpp import Challenge, b64url_decode, b64url_encode, canonical_json, format_credential, format_rfc3339, parse_rfc3339
-from mpp._wire import loads_strict
-from mpp.errors import EXTENSION_PROBLEM_BASE
-from mpp.models import Credential
+from mpp.protocol.wire import loads_strict
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
+from mpp.protocol.models import Credential
 
 from .expect import PROBLEM_BASE, describe, fail, fresh_challenges, no_5xx, no_receipt, problem, refused, status
 from .framework import CheckContext, CheckFailed, Response, Skip, register

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mpp import Challenge, ParseError, PaymentReceipt, parse_credential, parse_receipt
-from mpp.errors import EXTENSION_PROBLEM_BASE
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
 
 from .balance import watch_balance
 from .expect import describe, fail, fresh_challenges, no_5xx, problem_slug, refused, status
@@ -497,8 +497,8 @@ _RECEIPT_CLAIMS = ("iss", "sub", "iat", "jti", "challengeId", "method", "intent"
 async def signed_receipt(ctx: CheckContext) -> str:
     from urllib.parse import urlsplit
 
-    from mpp.errors import ReceiptInvalid
-    from mpp.receipts import verify_receipt_jws
+    from mpp.protocol.errors import ReceiptInvalid
+    from mpp.protocol.receipts import verify_receipt_jws
 
     payer = payer_for(ctx)
     paid, resp, receipt = await pay_once(ctx, payer)
@@ -529,7 +529,7 @@ async def signed_receipt(ctx: CheckContext) -> str:
 
 def _jws_kid(jws: str) -> str | None:
     """The ``kid`` of a JWS's protected header (already verified, so it decodes)."""
-    from mpp._wire import b64url_decode
+    from mpp.protocol.wire import b64url_decode
 
     try:
         header = json.loads(b64url_decode(jws.split(".", 1)[0]))
@@ -556,7 +556,7 @@ async def ledger_payload(ctx: CheckContext) -> str:
         raise Skip("the payer does not produce ledger authorizations (use --pay-with ledger:WALLET_DIR)")
     stranger = SigningKey.generate()
     request = paid.challenge.request_json
-    from mpp.models import ChargeRequest
+    from mpp.protocol.models import ChargeRequest
 
     def signed_by(key: SigningKey, account: str, challenge_id: str | None = None) -> str:
         message = authorization_message(challenge_id=challenge_id or paid.challenge.id, realm=paid.challenge.realm,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 
 from mpp import Challenge, ChargeRequest, Credential, ParseError, SigningKey, b64url_decode, b64url_encode, format_credential
-from mpp.errors import EXTENSION_PROBLEM_BASE, PROBLEM_BASE
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE, PROBLEM_BASE
 from mpp.identity import MANDATE_TYP, is_canonical_resource, issue_approval, issue_mandate, proof_message, quote_hash
 from mpp.methods.ledger import LedgerBuyerMethod
 

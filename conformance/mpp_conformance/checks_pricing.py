@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mpp import Challenge, ParseError
-from mpp.errors import EXTENSION_PROBLEM_BASE
-from mpp.keys import SigningKey
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
+from mpp.protocol.keys import SigningKey
 from mpp.pricing import (
     GRANT_HEADER,
     GRANT_PROOF_HEADER,

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mpp import Challenge, ParseError, SigningKey, b64url_decode
-from mpp.errors import EXTENSION_PROBLEM_BASE
+from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
 
 from .checks_full import NOT_THERE, Paid, _data, _method, paid_ok, payer_for
 from .expect import describe, fail, fresh_challenges, no_5xx, no_receipt, problem, status
@@ -62,7 +62,7 @@ async def new_session(ctx: CheckContext, *, cap_factor: int = 4) -> SuiteSession
     if not hasattr(payer, "session"):
         raise Skip(f"not paid: the payer ({payer.description}) cannot sign session vouchers; use --pay-with ledger:WALLET_DIR")
     try:
-        from mpp.session_core import SessionRequest
+        from mpp.intents.session import SessionRequest
 
         max_cost = SessionRequest.from_challenge(challenge).max_request_cost
     except ParseError as exc:
@@ -196,7 +196,7 @@ async def _jwks(ctx: CheckContext) -> Any:
 
 
 def _claims(receipt: dict[str, Any], jwks: Any, s: SuiteSession, what: str, req: str) -> dict[str, Any]:
-    from mpp.receipts import verify_receipt_jws
+    from mpp.protocol.receipts import verify_receipt_jws
 
     try:
         return verify_receipt_jws(receipt.get("receipt") or "", jwks, issuer=s.challenge.realm, challenge_id=s.id)
@@ -615,7 +615,7 @@ async def malformed_payload(ctx: CheckContext) -> str:
         await open_session(ctx, s, 3 * s.max_cost)
 
         def voucher_payload(**changes: Any) -> dict[str, Any]:
-            from mpp.session_core import SessionPayload
+            from mpp.intents.session import SessionPayload
 
             doc = SessionPayload("voucher", s.id, s.key.did, voucher=s.voucher(2 * s.max_cost)).as_json()
             voucher = doc["voucher"]

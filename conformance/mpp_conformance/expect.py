@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mpp import ParseError, parse_challenges
-from mpp.errors import PROBLEM_BASE
+from mpp.protocol.errors import PROBLEM_BASE
 
 from .framework import CheckFailed, Response
 

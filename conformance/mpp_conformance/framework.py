@@ -244,7 +244,7 @@ class Response:
 
     def json(self) -> Any:
         """The body as strict JSON (CORE-CRED-07); ParseError, a ValueError, otherwise."""
-        from mpp._wire import loads_strict
+        from mpp.protocol.wire import loads_strict
 
         return loads_strict(self.body, "the response body")
 

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from mpp import ChargeRequest, Credential, ParseError, format_credential
-from mpp.models import Challenge
+from mpp.protocol.models import Challenge
 
 from .framework import CheckError
 
@@ -107,7 +107,7 @@ class LedgerPayer:
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
-        from mpp.config import ConfigError, load_wallet
+        from mpp.cli.config import ConfigError, load_wallet
         from mpp.methods.ledger import LedgerBuyerMethod
 
         try:
@@ -183,8 +183,8 @@ class SuiteSession:
     voucher (or the forgery) it means to. Nothing here is sent: checks send the credentials."""
 
     challenge: Challenge
-    request: Any  # mpp.session_core.SessionRequest
-    terms: Any  # mpp.session_core.SessionTerms
+    request: Any  # mpp.intents.session.SessionRequest
+    terms: Any  # mpp.intents.session.SessionTerms
     key: Any  # mpp.SigningKey: the session's signer
     account: str
     cap: int
@@ -193,7 +193,7 @@ class SuiteSession:
 
     @classmethod
     def of(cls, challenge: Challenge, key: Any, account: str, *, cap: int, max_amount: int = DEFAULT_MAX_AMOUNT) -> "SuiteSession":
-        from mpp.session_core import SessionRequest, SessionTerms
+        from mpp.intents.session import SessionRequest, SessionTerms
 
         label = f"{challenge.method}/{challenge.intent}"
         if (challenge.method, challenge.intent) != ("ledger", "session"):
@@ -219,12 +219,12 @@ class SuiteSession:
         return self.request.max_request_cost
 
     def cost(self, units: int) -> int:
-        from mpp.session_core import cost_of
+        from mpp.intents.session import cost_of
 
         return cost_of(units, self.request.unit_price, self.request.per)
 
     def voucher(self, cumulative: int, sequence: int | None = None, *, key: Any = None) -> Any:
-        from mpp.session_core import sign_voucher
+        from mpp.intents.session import sign_voucher
 
         if sequence is None:
             self.sequence += 1
@@ -237,7 +237,7 @@ class SuiteSession:
         return format_credential(Credential(challenge=self.challenge, payload=payload.as_json(), source=source or payload.signer))
 
     def open_credential(self, cumulative: int, *, cap: int | None = None, session_id: str | None = None) -> str:
-        from mpp.session_core import SessionPayload, sign_cap
+        from mpp.intents.session import SessionPayload, sign_cap
 
         cap = self.cap if cap is None else cap
         payload = SessionPayload("open", session_id or self.id, self.key.did, account=self.account, cap=cap,
@@ -246,14 +246,14 @@ class SuiteSession:
         return self._credential(payload)
 
     def voucher_credential(self, cumulative: int, sequence: int | None = None, *, key: Any = None, signer: str | None = None) -> str:
-        from mpp.session_core import SessionPayload
+        from mpp.intents.session import SessionPayload
 
         voucher = self.voucher(cumulative, sequence, key=key)
         return self._credential(SessionPayload("voucher", self.id, signer or self.key.did, voucher=voucher))
 
     def topup_credential(self, cap: int, cumulative: int) -> str:
         """A ``topUp`` to the new total ``cap`` with a voucher; CannotPay above ``max_amount``."""
-        from mpp.session_core import SessionPayload, sign_cap
+        from mpp.intents.session import SessionPayload, sign_cap
 
         if cap > self.max_amount:
             raise CannotPay(f"a top-up to a cap of {cap} exceeds --max-amount {self.max_amount}; raise --max-amount to let the suite send it")
@@ -267,7 +267,7 @@ class SuiteSession:
         return format_credential(Credential(challenge=self.challenge, payload=payload, source=source or self.key.did))
 
     def close_credential(self) -> str:
-        from mpp.session_core import SessionPayload, sign_close
+        from mpp.intents.session import SessionPayload, sign_close
 
         return self._credential(SessionPayload("close", self.id, self.key.did, close_signature=sign_close(self.key, self.terms)))
 

@@ -1,11 +1,11 @@
 """aiohttp adapters: the seller middleware and the buyer client. They carry bytes and await
 stores and rails; every protocol decision is made by the sans-I/O core."""
 
-from .buyer import PaidResponse, PaidStream, PaymentClient
-from .rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
-from .seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
-from .metering import meter_of
-from .sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
+from mpp.aio.buyer import PaidResponse, PaidStream, PaymentClient
+from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
+from mpp.aio.seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
+from mpp.aio.metering import meter_of
+from mpp.aio.sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [
     "EmbeddedLedgerRail",

@@ -1,8 +1,8 @@
 """The buyer side of the identity extension: an agent's mandate chain, its own budget counters,
 and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity``.
 
-The budget counters are any :class:`mpp.budget.AsyncBudgetStore` (SQLite or PostgreSQL, chosen by
-URL with :func:`mpp.stores.budget_store_for`); a plain SQLite :class:`mpp.budget.BudgetStore`
+The budget counters are any :class:`mpp.stores.budget.AsyncBudgetStore` (SQLite or PostgreSQL, chosen by
+URL with :func:`mpp.connect.budget_store_for`); a plain SQLite :class:`mpp.stores.budget.BudgetStore`
 is accepted too and used through the same interface (the caller still owns and closes it)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Sequence
 
-from ..budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, BudgetStore
-from ..buyer_core import Quote, check_mandate_offer
-from ..errors import PaymentProblem, QuoteRejected
-from ..identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
-from ..keys import SigningKey
-from ..pricing import MandateRestrictions, restrictions_from_claims
-from ..seller_core import resource_of
+from mpp.stores.budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, BudgetStore
+from mpp.buyer.core import Quote, check_mandate_offer
+from mpp.protocol.errors import PaymentProblem, QuoteRejected
+from mpp.identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
+from mpp.protocol.keys import SigningKey
+from mpp.pricing import MandateRestrictions, restrictions_from_claims
+from mpp.protocol.challenge import resource_of
 
 __all__ = ["AgentIdentity", "Approver"]
 

@@ -9,7 +9,7 @@ offers one opens it, later requests to the same seller carry a voucher and no 40
 and :meth:`PaymentClient.close_sessions` (or leaving ``async with client``) closes them.
 
 A 402 from a price list (spec/pricing.md) offers several pricing models at once: the client
-chooses the offer by its :class:`~mpp.buyer_core.OfferPlan` among those its mandate chain allows
+chooses the offer by its :class:`~mpp.buyer.core.OfferPlan` among those its mandate chain allows
 and its policy accepts (a seat only with ``BuyerPolicy(allow_recurring=True)``). The grants a
 task or a seat purchase brings (``Payment-Grant``) are kept per origin and presented, with a
 fresh proof, on the later requests they cover instead of paying again (PRICE-GRANT-05).
@@ -28,8 +28,8 @@ from multidict import CIMultiDictProxy
 
 from yarl import URL
 
-from .._wire import loads_strict
-from ..buyer_core import (
+from mpp.protocol.wire import loads_strict
+from mpp.buyer.core import (
     SUBSCRIPTION_INTENT,
     BuyerPolicy,
     OfferChoice,
@@ -44,7 +44,7 @@ from ..buyer_core import (
     sign_quote,
     verify_receipt,
 )
-from ..errors import (
+from mpp.protocol.errors import (
     DETAIL_MAX,
     EXTENSION_PROBLEM_BASE,
     RESOURCE_MAX,
@@ -57,12 +57,12 @@ from ..errors import (
     ReceiptInvalid,
     clip,
 )
-from ..headers import format_accept_payment, format_credential, parse_challenges
-from ..identity import identity_member
-from ..methods import BuyerMethod
-from ..keys import SigningKey
-from ..models import Challenge, ChargeRequest, Credential, PaymentReceipt
-from ..pricing import (
+from mpp.protocol.headers import format_accept_payment, format_credential, parse_challenges
+from mpp.identity import identity_member
+from mpp.methods import BuyerMethod
+from mpp.protocol.keys import SigningKey
+from mpp.protocol.models import Challenge, ChargeRequest, Credential, PaymentReceipt
+from mpp.pricing import (
     GRANT_HEADER,
     GRANT_PROOF_HEADER,
     SUBSCRIPTION_ID_HEADER,
@@ -73,9 +73,9 @@ from ..pricing import (
     sign_grant_proof,
     verify_grant,
 )
-from ..session_core import INTENT as SESSION_INTENT
-from .agent import AgentIdentity
-from .sessions import (
+from mpp.intents.session import INTENT as SESSION_INTENT
+from mpp.aio.agent import AgentIdentity
+from mpp.aio.sessions import (
     OpenSession,
     SessionManager,
     SessionOffer,

@@ -12,12 +12,12 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .._wire import dumps_wire, loads_strict
-from ..errors import ParseError
-from ..keys import SigningKey
-from ..ledger.api import LEDGER_ERRORS
-from ..ledger.core import LedgerError
-from ..ledger.signing import sign_request
+from mpp.protocol.wire import dumps_wire, loads_strict
+from mpp.protocol.errors import ParseError
+from mpp.protocol.keys import SigningKey
+from mpp.ledger.api import LEDGER_ERRORS
+from mpp.ledger.core import LedgerError
+from mpp.ledger.signing import sign_request
 
 __all__ = ["send_signed", "answer", "split_service_url", "ServiceRefused", "LedgerClient"]
 

@@ -36,17 +36,18 @@ from aiohttp import web
 
 from multidict import CIMultiDict
 
-from ..errors import BadRequest, PaymentProblem, RequestInProgress
-from ..errors import ParseError
-from ..headers import format_receipt, idempotency_key, parse_credential
-from .attribution import mark_attributed, start_request
-from ..identity import MandateRevoked, evaluate_policy, period_key, verify_identity
-from ..pricing import check_offer_allowed, quoted_offer
-from ..ledger import MandateCharge
-from ..models import ChargeRequest, PaymentReceipt, format_rfc3339
-from ..receipts import sign_receipt
-from ..seller_core import Metered, RequestInfo, SessionCall
-from ..session_core import (
+from mpp.protocol.errors import BadRequest, PaymentProblem, RequestInProgress
+from mpp.protocol.errors import ParseError
+from mpp.protocol.headers import format_receipt, idempotency_key, parse_credential
+from mpp.aio.attribution import mark_attributed, start_request
+from mpp.identity import MandateRevoked, evaluate_policy, period_key, verify_identity
+from mpp.pricing import check_offer_allowed, quoted_offer
+from mpp.ledger import MandateCharge
+from mpp.protocol.models import ChargeRequest, PaymentReceipt, format_rfc3339
+from mpp.protocol.receipts import sign_receipt
+from mpp.engine.core import RequestInfo, SessionCall
+from mpp.pricing.prices import Metered
+from mpp.intents.session import (
     SessionClosed,
     SessionInsufficient,
     SessionUnknown,
@@ -55,11 +56,11 @@ from ..session_core import (
     verify_close,
     verify_voucher,
 )
-from ..session_store import SessionState, SessionStore
-from ..store import StoredResponse
+from mpp.stores.sessions import SessionState, SessionStore
+from mpp.stores.payments import StoredResponse
 
 if TYPE_CHECKING:
-    from .seller import Seller
+    from mpp.aio.seller import Seller
 
 __all__ = ["SESSION_PATH", "Meter", "ChargeMeter", "SessionMeter", "StreamStopped", "meter_of", "METER_KEY", "SessionDesk"]
 

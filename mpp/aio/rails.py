@@ -13,12 +13,12 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .._wire import loads_strict
-from ..doubt import DoubtJournal, MemoryDoubtJournal
-from ..errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
-from ..identity import BudgetExceeded, CurrencyNotAllowed, MandateRequired, MandateRevoked, OverCeiling
-from ..keys import SigningKey
-from ..ledger import (
+from mpp.protocol.wire import loads_strict
+from mpp.stores.doubt import DoubtJournal, MemoryDoubtJournal
+from mpp.protocol.errors import ExtensionProblem, InvalidChallenge, PaymentInsufficient, VerificationFailed
+from mpp.identity import BudgetExceeded, CurrencyNotAllowed, MandateRequired, MandateRevoked, OverCeiling
+from mpp.protocol.keys import SigningKey
+from mpp.ledger import (
     AuthorizationInvalid,
     BudgetExhausted,
     CapSignatureInvalid,
@@ -38,14 +38,14 @@ from ..ledger import (
     UnknownSession,
     LedgerError,
 )
-from ..ledger.api import AsyncLedger, as_async_ledger
-from ..ledger.signing import TEXT_MAX, printable_text
-from .ledger_client import ServiceRefused, answer, send_signed, split_service_url
-from ..methods import SellerMethod
-from ..methods.ledger import LedgerAuthorization, LedgerSellerMethod
-from ..models import format_rfc3339
-from ..seller_core import Verified
-from ..session_core import SessionClosed, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
+from mpp.ledger.api import AsyncLedger, as_async_ledger
+from mpp.ledger.signing import TEXT_MAX, printable_text
+from mpp.aio.ledger_client import ServiceRefused, answer, send_signed, split_service_url
+from mpp.methods import SellerMethod
+from mpp.methods.ledger import LedgerAuthorization, LedgerSellerMethod
+from mpp.protocol.models import format_rfc3339
+from mpp.engine.core import Verified
+from mpp.intents.session import SessionClosed, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
 __all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail", "HttpLedgerRail", "LedgerUnavailable"]
 
@@ -103,7 +103,7 @@ def _charge_problems() -> Iterator[None]:
 
 class EmbeddedLedgerRail(LedgerSellerMethod):
     """The ``ledger`` method settled by this process on the ledger's own database: a SqliteLedger
-    (each call inline, one short transaction) or any AsyncLedger, e.g. :class:`mpp.pg.PgLedger`
+    (each call inline, one short transaction) or any AsyncLedger, e.g. :class:`mpp.stores.pg.PgLedger`
     shared by several seller processes. An async ledger's id is learnt in :meth:`start` (or
     :meth:`lifecycle` in ``app.cleanup_ctx``), before the first challenge names it."""
 
@@ -227,7 +227,7 @@ class HttpLedgerRail(LedgerSellerMethod):
     made, refused forever if it was not) by a background task, as soon as the ledger answers.
     The ledger id is read from ``/v1/info`` at startup: ``app.cleanup_ctx.append(rail.lifecycle)``.
 
-    ``journal`` (mpp.doubt) keeps the in-doubt charges across restarts and shares them with the
+    ``journal`` (mpp.stores.doubt) keeps the in-doubt charges across restarts and shares them with the
     other seller processes on the same store, so a void left undone by a process that stopped
     is done by the next one (LEDGER-SVC-10); without one they live in this process only. The
     rail closes the journal when it stops.
@@ -445,7 +445,7 @@ class HttpLedgerRail(LedgerSellerMethod):
                              signer=t.get("signer")) for t in listed]
 
     async def transfers(self) -> list[Transfer]:
-        """The transfers of the last 10 years to or from the payee: what mpp.usage reads of a ledger."""
+        """The transfers of the last 10 years to or from the payee: what mpp.engine.usage reads of a ledger."""
         now = datetime.now(timezone.utc)
         return await self.transfers_between(now.replace(year=now.year - 10), now + timedelta(seconds=1))
 

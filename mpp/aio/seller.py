@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable, Collection, Iterable, Sequence
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..audit import AsyncAuditLog, AsyncSqliteAuditLog, AuditLog
-from ..challenge import ChallengeIssuer
-from ..errors import (
+from mpp.stores.audit import AsyncAuditLog, AsyncSqliteAuditLog, AuditLog
+from mpp.protocol.challenge import ChallengeIssuer
+from mpp.protocol.errors import (
     RESOURCE_MAX,
     BadRequest,
     InvalidChallenge,
@@ -47,8 +47,8 @@ from ..errors import (
     RequestInProgress,
     clip,
 )
-from ..headers import format_receipt, idempotency_key, parse_credential
-from ..identity import (
+from mpp.protocol.headers import format_receipt, idempotency_key, parse_credential
+from mpp.identity import (
     DEFAULT_MAX_DEPTH,
     ApprovalInvalid,
     MandateChain,
@@ -59,8 +59,8 @@ from ..identity import (
     verify_approval,
     verify_identity,
 )
-from ..ledger import MandateCharge
-from ..pricing import (
+from mpp.ledger import MandateCharge
+from mpp.pricing import (
     GRANT_HEADER,
     GRANT_PROOF_HEADER,
     SUBSCRIPTION_ID_HEADER,
@@ -86,20 +86,22 @@ from ..pricing import (
     verify_grant,
     verify_grant_proof,
 )
-from ..pricing_core import QuotedTerms, quoted_terms, route_challenges, route_payment_info, seat_subscription
-from ..pricing_store import PricingStore, TaskRecord
-from ..keys import SigningKey
-from ..models import PaymentReceipt, format_rfc3339
-from ..receipts import jwks_document, sign_receipt
-from ..seller_core import Metered, Price, RequestInfo, SellerCore, SessionCall, Verified, resource_of
-from ..session_core import INTENT as SESSION_INTENT
-from ..session_core import VoucherInvalid
-from ..session_store import SessionStore
-from ..store import PaymentStore, StateError, StoredResponse
-from .attribution import attributed, mark_attributed, start_request
-from .metering import METER_KEY, SESSION_PATH, ChargeMeter, SessionDesk, meter_of
-from .rails import PaymentRail, Settlement
-from .._wire import decode_jws
+from mpp.engine.quotes import QuotedTerms, quoted_terms, route_challenges, route_payment_info, seat_subscription
+from mpp.stores.pricing import PricingStore, TaskRecord
+from mpp.protocol.keys import SigningKey
+from mpp.protocol.models import PaymentReceipt, format_rfc3339
+from mpp.protocol.receipts import jwks_document, sign_receipt
+from mpp.engine.core import RequestInfo, SellerCore, SessionCall, Verified
+from mpp.pricing.prices import Metered, Price
+from mpp.protocol.challenge import resource_of
+from mpp.intents.session import INTENT as SESSION_INTENT
+from mpp.intents.session import VoucherInvalid
+from mpp.stores.sessions import SessionStore
+from mpp.stores.payments import PaymentStore, StateError, StoredResponse
+from mpp.aio.attribution import attributed, mark_attributed, start_request
+from mpp.aio.metering import METER_KEY, SESSION_PATH, ChargeMeter, SessionDesk, meter_of
+from mpp.aio.rails import PaymentRail, Settlement
+from mpp.protocol.wire import decode_jws
 
 __all__ = ["Seller", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
@@ -193,7 +195,7 @@ class Seller:
     previous_receipt_keys: Sequence[SigningKey] = ()
     trusted_principals: Collection[str] = ()  # root mandate issuers this seller accepts
     max_chain_depth: int = DEFAULT_MAX_DEPTH
-    audit: AsyncAuditLog | AuditLog | None = None  # any engine (mpp.stores.audit_log_for), or a SQLite AuditLog
+    audit: AsyncAuditLog | AuditLog | None = None  # any engine (mpp.connect.audit_log_for), or a SQLite AuditLog
     session_store: SessionStore | None = None  # required by metered (per-unit) routes
     session_sweep_interval: float = 1.0  # how often idle sessions are looked for and closed
     price_list: PriceList | None = None  # spec/pricing.md: prices as data; replace it with reload_prices

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from ..budget import BudgetLink
-from ..buyer_core import BuyerPolicy, check_quote, origin_of
-from ..errors import ParseError, QuoteRejected, ReceiptInvalid
-from ..headers import format_credential, parse_receipt
-from ..keys import SigningKey
-from ..models import Challenge, ChargeRequest, Credential, PaymentReceipt
-from ..receipts import verify_receipt_jws
-from ..session_core import (
+from mpp.stores.budget import BudgetLink
+from mpp.buyer.core import BuyerPolicy, check_quote, origin_of
+from mpp.protocol.errors import ParseError, QuoteRejected, ReceiptInvalid
+from mpp.protocol.headers import format_credential, parse_receipt
+from mpp.protocol.keys import SigningKey
+from mpp.protocol.models import Challenge, ChargeRequest, Credential, PaymentReceipt
+from mpp.protocol.receipts import verify_receipt_jws
+from mpp.intents.session import (
     INTENT,
     SessionPayload,
     SessionRequest,

@@ -5,7 +5,7 @@ postings that sum to zero; value enters through an issuance account per currency
 sum of all balances is always zero.
 """
 
-from .core import (
+from mpp.ledger.core import (
     AuthorizationInvalid,
     BudgetExhausted,
     CapSignatureInvalid,
@@ -27,7 +27,7 @@ from .core import (
     UnknownSession,
     holding_account,
 )
-from .sqlite import SqliteLedger
+from mpp.ledger.sqlite import SqliteLedger
 
 __all__ = [
     "AuthorizationInvalid",

@@ -2,17 +2,17 @@
 (:class:`mpp.ledger.api.AsyncLedger`) plus the administration and inspection the operator, the
 CLI and the tests need (accounts and their members, funding, revocation, balances, invariants).
 
-:class:`mpp.pg.PgLedger` implements it natively; :class:`AsyncSqliteLedgerStore` wraps a
-SqliteLedger. Choose one by URL with :func:`mpp.stores.ledger_for`.
+:class:`mpp.stores.pg.PgLedger` implements it natively; :class:`AsyncSqliteLedgerStore` wraps a
+SqliteLedger. Choose one by URL with :func:`mpp.connect.ledger_for`.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .api import AsyncLedger, AsyncSqliteLedger
-from .core import Account, SessionHold, Transfer
-from .sqlite import SqliteLedger
+from mpp.ledger.api import AsyncLedger, AsyncSqliteLedger
+from mpp.ledger.core import Account, SessionHold, Transfer
+from mpp.ledger.sqlite import SqliteLedger
 
 __all__ = ["AsyncLedgerStore", "AsyncSqliteLedgerStore"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from ..session_core import SessionTerms, Voucher
-from . import core
-from .core import Account, LedgerError, MandateCharge, SessionClose, SessionHold, Transfer
-from .sqlite import SqliteLedger
+from mpp.intents.session import SessionTerms, Voucher
+from mpp.ledger import core
+from mpp.ledger.core import Account, LedgerError, MandateCharge, SessionClose, SessionHold, Transfer
+from mpp.ledger.sqlite import SqliteLedger
 
 __all__ = ["AsyncLedger", "AsyncSqliteLedger", "as_async_ledger", "LEDGER_ERRORS"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
-from ..errors import MPPError
-from ..keys import public_key_from_did
+from mpp.protocol.errors import MPPError
+from mpp.protocol.keys import public_key_from_did
 
 __all__ = ["ROLES", "check_spender", "check_member", "check_account_id", "RESERVED_PREFIXES", "keeps_an_owner", "verified_links", "OverMandate", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
            "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused",
@@ -150,8 +150,8 @@ def verified_links(owners: Iterable[str], signer: str | None, mandate: "MandateC
     a session's hold is not one purchase, so its cap is bounded by the budgets only). Returns the
     chain's DIDs (principal first) and (link key, period, budget) per link; UnauthorizedSigner or
     OverMandate otherwise."""
-    from ..errors import PaymentProblem
-    from ..identity import period_key, verify_chain
+    from mpp.protocol.errors import PaymentProblem
+    from mpp.identity import period_key, verify_chain
 
     trusted = set(owners)
     if not trusted:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import collections
 from typing import Protocol, runtime_checkable
 
-from .._sqlite import connect, immediate
-from ..pg._base import PgStoreBase
+from mpp.stores.sqlite import connect, immediate
+from mpp.stores.pg._base import PgStoreBase
 
 __all__ = ["NonceStore", "MemoryNonces", "SqliteNonces", "PgNonces", "nonces_for"]
 

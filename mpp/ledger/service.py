@@ -18,14 +18,14 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from .._wire import loads_strict
-from ..errors import ParseError
-from ..keys import SignatureInvalid, public_key_from_did, verify_signature
-from ..methods.ledger import authorization_message
-from ..models import ChargeRequest, parse_rfc3339
-from ..session_core import SessionTerms, Voucher
-from .api import AsyncLedger, as_async_ledger
-from .core import (
+from mpp.protocol.wire import loads_strict
+from mpp.protocol.errors import ParseError
+from mpp.protocol.keys import SignatureInvalid, public_key_from_did, verify_signature
+from mpp.methods.ledger import authorization_message
+from mpp.protocol.models import ChargeRequest, parse_rfc3339
+from mpp.intents.session import SessionTerms, Voucher
+from mpp.ledger.api import AsyncLedger, as_async_ledger
+from mpp.ledger.core import (
     Account,
     AuthorizationInvalid,
     LedgerError,
@@ -38,8 +38,8 @@ from .core import (
     UnknownAccount,
     UnknownSession,
 )
-from .nonces import MemoryNonces, NonceStore
-from .signing import SCHEME, TEXT_MAX, WINDOW, parse_authorization, printable_text, verify_request
+from mpp.ledger.nonces import MemoryNonces, NonceStore
+from mpp.ledger.signing import SCHEME, TEXT_MAX, WINDOW, parse_authorization, printable_text, verify_request
 
 __all__ = ["ledger_app", "LedgerService", "SERVICE_KEY", "ERROR_STATUS", "PROBLEM_BASE",
            "transfer_json", "hold_json", "close_json"]

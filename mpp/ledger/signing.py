@@ -17,9 +17,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .._wire import b64url_encode
-from ..errors import ParseError
-from ..keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
+from mpp.protocol.wire import b64url_encode
+from mpp.protocol.errors import ParseError
+from mpp.protocol.keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
 
 __all__ = ["SCHEME", "DOMAIN", "WINDOW", "TEXT_MAX", "printable_text", "SignedRequest", "body_digest", "signed_bytes", "sign_request",
            "parse_authorization", "verify_request"]

@@ -7,12 +7,12 @@ import secrets
 import sqlite3
 from datetime import datetime, timezone
 
-from ..errors import PaymentProblem
-from ..models import format_rfc3339
-from ..session_core import SessionTerms, Voucher, VoucherInvalid, verify_cap, verify_voucher
-from ._schema import SCHEMA
-from .._sqlite import connect, immediate
-from .core import (
+from mpp.protocol.errors import PaymentProblem
+from mpp.protocol.models import format_rfc3339
+from mpp.intents.session import SessionTerms, Voucher, VoucherInvalid, verify_cap, verify_voucher
+from mpp.ledger._schema import SCHEMA
+from mpp.stores.sqlite import connect, immediate
+from mpp.ledger.core import (
     BudgetExhausted,
     CapSignatureInvalid,
     CaptureRefused,
@@ -136,7 +136,7 @@ class SqliteLedger:
 
     def revoke(self, revocation_token: str, mandate_token: str) -> str:
         """Record a signed revocation; every later transfer under that mandate is refused."""
-        from ..identity import verify_revocation
+        from mpp.identity import verify_revocation
 
         jti, revoker = verify_revocation(revocation_token, mandate_token)
         with immediate(self._conn) as c:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..models import Challenge, ChargeRequest, Credential
+from mpp.protocol.models import Challenge, ChargeRequest, Credential
 
 __all__ = ["SellerMethod", "BuyerMethod"]
 

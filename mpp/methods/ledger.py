@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._wire import canonical_json
-from ..errors import ParseError, VerificationFailed
-from ..keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
-from ..models import Challenge, ChargeRequest, Credential
+from mpp.protocol.wire import canonical_json
+from mpp.protocol.errors import ParseError, VerificationFailed
+from mpp.protocol.keys import SignatureInvalid, SigningKey, public_key_from_did, verify_signature
+from mpp.protocol.models import Challenge, ChargeRequest, Credential
 
 __all__ = [
     "METHOD",

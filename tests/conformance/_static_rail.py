@@ -18,12 +18,13 @@ from aiohttp import web
 
 from mpp.aio.rails import Settlement
 from mpp.aio.seller import Seller
-from mpp.errors import VerificationFailed
-from mpp.keys import SigningKey
+from mpp.protocol.errors import VerificationFailed
+from mpp.protocol.keys import SigningKey
 from mpp.ledger import MandateCharge
-from mpp.models import ChargeRequest, Credential
-from mpp.seller_core import Price, Verified
-from mpp.store import SqlitePaymentStore
+from mpp.protocol.models import ChargeRequest, Credential
+from mpp.engine.core import Verified
+from mpp.pricing.prices import Price
+from mpp.stores.payments import SqlitePaymentStore
 
 __all__ = ["STATIC_METHOD", "STATIC_PAYLOAD", "StaticTestRail", "static_seller_app"]
 

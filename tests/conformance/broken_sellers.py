@@ -27,9 +27,9 @@ from aiohttp.test_utils import TestServer
 
 from mpp import ParseError, b64url_decode, b64url_encode, canonical_json, parse_credential
 from mpp.aio.seller import Seller
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.config import load_seller_config
-from mpp.errors import PaymentRequired
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.cli.config import load_seller_config
+from mpp.protocol.errors import PaymentRequired
 
 __all__ = ["VARIANTS", "BASELINE", "CHALLENGE_TTL", "short_lived_challenges", "prepare_home", "build", "serving"]
 
@@ -69,7 +69,7 @@ def _accepts_replays(app: web.Application, seller: Seller) -> None:
     """The store's ``claim`` always succeeds: a used challenge is taken as new (its record is put back
     to 'settling', so the rest of the seller runs as for a first use) and served again. The ledger
     still moves the money once (a transfer is idempotent by challenge id); the buyer gets a second 200."""
-    from mpp._sqlite import immediate
+    from mpp.stores.sqlite import immediate
 
     store = seller.store
     claim = store.claim
@@ -237,9 +237,9 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
     checks that it was issued for this request (route, query, HTTP method, body digest); the request
     is then refused as before. So a refused request moves the money, and the genuine credential,
     sent afterwards where it belongs, is refused as already used."""
-    from mpp.errors import PaymentProblem
-    from mpp.models import ChargeRequest
-    from mpp.seller_core import Verified
+    from mpp.protocol.errors import PaymentProblem
+    from mpp.protocol.models import ChargeRequest
+    from mpp.engine.core import Verified
 
     charge = seller._charge
 
@@ -328,7 +328,7 @@ _KNOWN_ECHO = {"id", "realm", "method", "intent", "request", "description", "dig
 def _refuses_unknown_members(app: web.Application, seller: Seller) -> None:
     """``SellerCore.verify`` first refuses, as malformed-credential, a credential with a top-level member or
     a member of its echoed challenge that the draft does not define (where the draft says to ignore them)."""
-    from mpp.errors import MalformedCredential
+    from mpp.protocol.errors import MalformedCredential
 
     verify = seller.core.verify
 

@@ -40,8 +40,8 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from mpp import b64url_decode, b64url_encode
-from mpp.headers import format_credential, parse_challenges
-from mpp.models import Credential
+from mpp.protocol.headers import format_credential, parse_challenges
+from mpp.protocol.models import Credential
 
 PAYLOAD = {"type": "authorization", "account": "acct:naive", "signer": "did:key:naive", "signature": "naive"}
 KNOWN = {"id", "realm", "method", "intent", "request", "expires", "digest", "description", "header", "opaque"}

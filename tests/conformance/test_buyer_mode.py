@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mpp.config import init_home
+from mpp.cli.config import init_home
 from mpp_conformance.buyer import BUYER_CHECKS, PAID, AdversarialSeller, non_loopback_address, run_buyer_checks
 from mpp_conformance.framework import _SOURCE, Verdict, level_of
 
@@ -77,7 +77,7 @@ def test_checks_cite_known_buyer_requirements():
 
 def _our_buyer(wallet: Path, post: bool = False) -> str:
     data = "--data {body} " if post else ""
-    return f"{PY} -m mpp.cli fetch --wallet {shlex.quote(str(wallet))} --no-identity {data}{{url}}"
+    return f"{PY} -m mpp.cli.main fetch --wallet {shlex.quote(str(wallet))} --no-identity {data}{{url}}"
 
 
 def test_our_buyer_passes_every_check(wallet: Path, tmp_path: Path):

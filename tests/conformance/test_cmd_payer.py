@@ -69,9 +69,9 @@ def _two_method_app() -> web.Application:
     import secrets
 
     from mpp.aio.seller import Seller
-    from mpp.keys import SigningKey
-    from mpp.seller_core import Price
-    from mpp.store import SqlitePaymentStore
+    from mpp.protocol.keys import SigningKey
+    from mpp.pricing.prices import Price
+    from mpp.stores.payments import SqlitePaymentStore
 
     class OtherRail(StaticTestRail):
         name = "other"

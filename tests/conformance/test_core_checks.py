@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from broken_sellers import CHALLENGE_TTL, short_lived_challenges
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.config import load_seller_config
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.cli.config import load_seller_config
 from mpp_conformance.framework import Verdict, checks_for, run_checks
 from mpp_conformance.reports import meta_for, to_html, to_json, to_junit
 
@@ -177,7 +177,7 @@ def _no_id_check(seller) -> None:
 
 
 def _expiry_before_id(seller) -> None:
-    from mpp.errors import ParseError, PaymentExpired
+    from mpp.protocol.errors import ParseError, PaymentExpired
 
     original = seller.core.issuer.verify
 
@@ -197,7 +197,7 @@ def _lax_json(seller) -> None:
     repeated member (the last wins) and any nesting; the probe is then refused later, as a payment
     that does not verify, which is what such a seller answers."""
     from mpp import b64url_decode
-    from mpp.errors import MalformedCredential, VerificationFailed
+    from mpp.protocol.errors import MalformedCredential, VerificationFailed
 
     original = seller.core.verify
 

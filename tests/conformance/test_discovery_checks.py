@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.test_utils import TestServer
 
 from broken_sellers import _rewrite_openapi, build, prepare_home
-from mpp.aio.serve import HEADER_LIMITS
+from mpp.cli.serve import HEADER_LIMITS
 from mpp import b64url_encode, canonical_json
 from mpp_conformance import checks_discovery as disc
 from mpp_conformance.framework import CheckContext, CheckFailed, Skip, checks_for, level_of

@@ -21,8 +21,8 @@ from _static_rail import STATIC_PAYLOAD, static_seller_app
 from broken_sellers import short_lived_challenges
 from conftest import start_seller, stop_seller
 from mpp import parse_credential
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.config import load_seller_config
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.cli.config import load_seller_config
 from mpp_conformance.cli import main as conformance_main
 from mpp_conformance.framework import Verdict, checks_for, run_checks
 from mpp_conformance.paying import CannotPay, LedgerPayer, StaticPayer, payer_from_spec
@@ -264,7 +264,7 @@ def _query_dropped(app: web.Application) -> None:
 
 def _claim_always(seller) -> None:
     """The store records the first use but never refuses a later one (and tolerates the repeats)."""
-    from mpp.store import StateError
+    from mpp.stores.payments import StateError
 
     store = seller.store
 
@@ -292,9 +292,9 @@ def _public_receipts(app: web.Application) -> None:
 
 
 def _no_digest_check(seller) -> None:
-    import mpp.seller_core
+    import mpp.engine.core
 
-    mpp.seller_core.verify_content_digest = lambda expected, body: None
+    mpp.engine.core.verify_content_digest = lambda expected, body: None
 
 
 def _no_digest_issued(seller) -> None:
@@ -341,9 +341,9 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 async def test_each_check_catches_its_fault(home: Path, fault: str, monkeypatch):
-    import mpp.seller_core
+    import mpp.engine.core
 
-    monkeypatch.setattr(mpp.seller_core, "verify_content_digest", mpp.seller_core.verify_content_digest)  # restored after
+    monkeypatch.setattr(mpp.engine.core, "verify_content_digest", mpp.engine.core.verify_content_digest)  # restored after
     break_app, break_seller, (method, data), expected = FAULTS[fault]
     _add_route(home, "POST", "/weather", 30)
     _add_route(home, "GET", "/summarize", 30)

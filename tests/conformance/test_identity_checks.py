@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import mpp
-from mpp.config import init_home
+from mpp.cli.config import init_home
 from mpp_conformance.checks_identity import NOT_TRUSTED
 from mpp_conformance.cli import main as conformance_main
 from mpp_conformance.framework import Verdict, checks_for, run_checks
@@ -157,7 +157,7 @@ def test_cli_identity_profile(seller, keys_dir, tmp_path, capsys):
 
 def test_seller_serve_refuses_a_bad_trust_principal(home):
     """IDENT-KEY-01, IDENT-KEY-03: --trust-principal takes an Ed25519 did:key, else one line and exit 2."""
-    cmd = [sys.executable, "-m", "mpp.cli", "seller", "serve", "--config", str(home / "seller.toml"), "--port", "0",
+    cmd = [sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"), "--port", "0",
            "--trust-principal", "did:web:example.com"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=30)
     assert result.returncode == 2

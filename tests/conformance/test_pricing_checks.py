@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.config import load_seller_config
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.cli.config import load_seller_config
 from mpp_conformance.framework import Verdict, checks_for, run_checks
 
 PRICES = """\

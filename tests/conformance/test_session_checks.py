@@ -19,9 +19,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from conftest import REPO, start_seller, stop_seller
-from mpp._sqlite import immediate
-from mpp.aio.serve import HEADER_LIMITS, build_seller_app
-from mpp.config import load_seller_config
+from mpp.stores.sqlite import immediate
+from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+from mpp.cli.config import load_seller_config
 from mpp_conformance.framework import PROFILES, Verdict, checks_for, run_checks
 
 SESSION_IDS = {
@@ -155,7 +155,7 @@ def _racy_reservations(seller) -> None:
 def _cap_before_signature(seller) -> None:
     """A later voucher above the cap is refused session-cap-exceeded before its signature is verified
     (the spec's order is signatures, then the cap): a forgery learns the cap, and gets the wrong problem."""
-    from mpp.session_core import SessionCapExceeded
+    from mpp.intents.session import SessionCapExceeded
 
     desk = seller.sessions
     accept = desk.accept
@@ -196,11 +196,11 @@ def _state_ignoring_signer(desk):
     async def state_for(call):
         state = await desk.store.get(call.session_id)
         if state is None:
-            from mpp.session_core import SessionUnknown
+            from mpp.intents.session import SessionUnknown
 
             raise SessionUnknown("no such session at this seller")
         if state.status != "open":
-            from mpp.session_core import SessionClosed
+            from mpp.intents.session import SessionClosed
 
             raise SessionClosed(f"session is {state.status}; open a new one")
         return state

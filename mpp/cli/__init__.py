@@ -1,0 +1,1 @@
+"""The `mpp` command line."""

@@ -1,0 +1,208 @@
+"""Build a seller application from a configuration file (what `mpp seller serve` runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+from datetime import timedelta
+from types import SimpleNamespace
+
+from aiohttp import web
+
+from mpp.cli.config import RouteConfig, SellerConfig, read_secret
+from mpp.protocol.keys import SigningKey
+from mpp.ledger import SqliteLedger
+from mpp.pricing.prices import Metered
+from mpp.pricing import PriceListError, UnitOffer
+from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
+                      pricing_store_for, session_store_for)
+from mpp.aio.metering import StreamStopped, meter_of
+from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
+from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
+from mpp.aio.workers import RELOAD_KEY
+
+__all__ = ["build_seller_app", "reload_price_list", "HEADER_LIMITS"]
+
+LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
+# Credentials may be large (a mandate chain and an approval ride in them): accept header
+# fields up to 32 KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS).
+HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
+
+
+def _handler_for(route: RouteConfig):
+    async def handler(request: web.Request) -> web.Response:
+        payment = payment_of(request)
+        if route.response is not None:
+            result = route.response
+        else:
+            body = await request.read()
+            text = body.decode("utf-8", errors="replace")
+            result = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "summary": text[:80]}
+        paid = None
+        if payment is not None:
+            paid = {"challengeId": payment.verified.challenge_id, "amount": payment.verified.request.amount,
+                    "currency": payment.verified.request.currency, "payer": payment.payer}
+        return web.json_response({"resource": f"{request.method} {request.path_qs}", "result": result, "paid": paid})
+
+    return handler
+
+
+def _metered_handler_for(route: RouteConfig, metered: Metered):
+    """A stand-in metered service: it "uses" ``?units=N`` units (at most the route's max_units),
+    or, streaming, sends ``?chunks=N`` chunks of that many units each."""
+
+    def _int(request: web.Request, name: str, default: int, top: int) -> int:
+        text = request.query.get(name, str(default))
+        if not text.isdigit() or not 0 <= int(text) <= top:
+            raise web.HTTPBadRequest(text=f"{name} must be an integer from 0 to {top}")
+        return int(text)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        meter = meter_of(request)
+        if metered.stream:
+            chunks = _int(request, "chunks", 5, 10_000)
+            units = _int(request, "units", min(250, metered.max_units), metered.max_units)
+            await meter.start(request)
+            try:
+                for i in range(chunks):
+                    await meter.send(json.dumps({"chunk": i, "units": units}), units=units)
+            except StreamStopped:  # the payment ran out and the buyer sent no more: end the stream cleanly
+                assert meter.response is not None
+                await meter.response.write_eof()
+                return meter.response
+            return await meter.finish()
+        units = _int(request, "units", 1, metered.max_units)
+        meter.report(units)
+        result = route.response if route.response is not None else {"units": units, "unit": metered.unit}
+        return web.json_response({"resource": f"{request.method} {request.path_qs}", "result": result})
+
+    return handler
+
+
+def _listed_handler(seller: Seller):
+    """The stand-in service behind every route of a price list (one catch-all, so a reloaded list
+    may add routes): echoes like the inline routes; a task offer starts a task that succeeds at
+    once (``?fail=1``: fails, and the quoted refund rule applies); follow-ups report the task,
+    and a follow-up ending in ``/result`` delivers it; a unit offer uses ``?units=N``."""
+    echo = _handler_for(SimpleNamespace(response=None))  # type: ignore[arg-type]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        payment, task = payment_of(request), task_of(request)
+        if payment is not None and payment.terms is not None and payment.terms.model == "task":
+            task_id = "t_" + secrets.token_urlsafe(12)
+            control = await start_task(request, task_id)
+            if request.query.get("fail"):
+                await control.fail("the stand-in task was asked to fail")
+            else:
+                await control.succeed()
+            record = await control.record()
+            return web.json_response({"task": task_id, "state": record.state if record else "running"}, status=201)
+        if task is not None:
+            record = await task.record()
+            if record is None:
+                raise web.HTTPNotFound(text="no such task")
+            if request.method == "GET" and request.path.endswith("/result") and record.state in ("succeeded", "delivered"):
+                await task.delivered()
+                return web.json_response({"task": task.task_id, "result": {"done": True}})
+            doc = {"task": task.task_id, "state": record.state}
+            if record.state == "refunded":
+                doc["refund"] = record.reference  # the charge refunded (PRICE-TASK-04)
+            return web.json_response(doc)
+        plist = seller.price_list
+        route = plist.route_for(request.method, request.rel_url.raw_path) if plist is not None else None
+        if route is None:
+            raise web.HTTPNotFound()
+        unit = next((o for o in route.offers if isinstance(o, UnitOffer)), None)
+        if unit is not None and grant_of(request) is None and meter_of(request) is not None:
+            return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)  # type: ignore[arg-type]
+        return await echo(request)
+
+    return handler
+
+
+def reload_price_list(seller: Seller, path: str) -> bool:
+    """SIGHUP: load the price list file again; print the outcome (the running list stays on error)."""
+    try:
+        plist = seller.load_prices(path)
+    except PriceListError as exc:
+        kept = seller.price_list.version if seller.price_list is not None else "none"
+        _say(sys.stderr, f"mpp: price list not reloaded (still serving {kept}): {exc}")
+        return False
+    _say(sys.stdout, f"price list {plist.version} loaded")
+    return True
+
+
+def _say(stream, line: str) -> None:
+    stream.write(line + "\n")  # one write: the workers of `--workers N` share the stream
+    stream.flush()
+
+
+def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail, SqliteLedger | None]:
+    """The embedded ledger (``ledger = "path"``) or a ledger service (``ledger_url`` + ``ledger_key``)."""
+    if config.ledger_url is not None:
+        assert config.ledger_key is not None  # SellerConfig requires it with ledger_url
+        key = SigningKey.load(config.resolve(config.ledger_key))
+        journal = doubt_journal_for(config.locate(config.store))  # beside the payment records
+        return HttpLedgerRail(config.ledger_url, key=key, recipient=config.recipient, journal=journal), None
+    assert config.ledger is not None
+    if is_postgres(config.ledger):  # a ledger database shared with other seller processes
+        return EmbeddedLedgerRail(ledger_for(config.ledger), recipient=config.recipient), None
+    ledger = SqliteLedger(config.locate(config.ledger))
+    return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
+
+
+def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
+    rail, ledger = _rail_for(config)
+    seller = Seller(
+        realm=config.realm,
+        secret=read_secret(config.resolve(config.secret_file)),
+        receipt_key=SigningKey.load(config.resolve(config.receipt_key)),
+        rails=[rail],
+        store=payment_store_for(config.locate(config.store)),
+        challenge_ttl=timedelta(seconds=config.challenge_ttl),
+        trusted_principals=frozenset(config.trusted_principals),
+        max_chain_depth=config.max_chain_depth,
+        audit=audit_log_for(config.locate(config.audit_log)) if config.audit_log else None,
+        session_store=session_store_for(config.sessions_location),
+        pricing_store=pricing_store_for(config.pricing_location) if config.price_list is not None else None,
+    )
+    if config.price_list is not None:
+        prices = config.resolve(config.price_list)
+        seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start
+    app = web.Application()
+    if ledger is not None:
+        app[LEDGER_KEY] = ledger
+    else:  # PostgreSQL or a service: learn the ledger id before serving (a service: void in-doubt charges)
+        app.cleanup_ctx.append(rail.lifecycle)
+
+    async def _open_stores(app: web.Application):
+        # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)
+        await ensure_open(seller.store)
+        await ensure_open(seller.session_store)
+        await ensure_open(seller.audit)
+        await ensure_open(seller.pricing_store)
+        yield
+        if seller.audit is not None:  # made here, so closed here
+            await seller.audit.close()
+        if seller.pricing_store is not None:
+            await seller.pricing_store.close()
+
+    app.cleanup_ctx.append(_open_stores)
+    for route in config.routes:
+        price = route.price
+        handler = _metered_handler_for(route, price) if isinstance(price, Metered) else _handler_for(route)
+        seller.add_route(app.router, route.method, route.path, handler, price)
+    seller.setup(app)
+    if config.price_list is not None:  # after the seller's own routes (JWKS, OpenAPI, sessions)
+        app.router.add_route("*", "/{tail:.*}", _listed_handler(seller))
+        app[RELOAD_KEY] = lambda: reload_price_list(seller, prices)
+
+    async def _close_ledger(app: web.Application):
+        yield
+        if LEDGER_KEY in app:
+            app[LEDGER_KEY].close()
+
+    app.cleanup_ctx.append(_close_ledger)
+    return app, seller

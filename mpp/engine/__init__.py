@@ -1,0 +1,1 @@
+"""The seller engine: the purchase as a pipeline of steps, framework-neutral."""

@@ -1,0 +1,1 @@
+"""Payment intents other than charge: their sans-I/O rules."""

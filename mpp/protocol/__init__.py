@@ -1,0 +1,1 @@
+"""The sans-I/O protocol: wire formats, headers, challenge ids, digests, models, errors, keys, receipts."""

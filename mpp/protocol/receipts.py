@@ -1,0 +1,72 @@
+"""Signed receipts: a compact JWS (EdDSA) by the seller, verifiable offline with its JWKS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Mapping
+
+import jwt
+from jwt import PyJWKSet
+from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
+
+from mpp.protocol.wire import decode_jws
+from mpp.protocol.errors import ParseError, ReceiptInvalid
+from mpp.protocol.keys import SigningKey
+
+__all__ = ["sign_receipt", "verify_receipt_jws", "jwks_document"]
+
+_ALGORITHMS = ["EdDSA"]
+_REQUIRED_CLAIMS = ["iss", "sub", "iat", "jti", "challengeId", "amount", "currency", "reference"]
+
+
+def jwks_document(keys: list[SigningKey]) -> dict[str, Any]:
+    return {"keys": [k.jwk() for k in keys]}
+
+
+def sign_receipt(key: SigningKey, claims: Mapping[str, Any]) -> str:
+    return jwt.encode(dict(claims), key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": "mpp-receipt+jwt"})
+
+
+def verify_receipt_jws(
+    token: str,
+    jwks: Mapping[str, Any],
+    *,
+    issuer: str,
+    challenge_id: str | None = None,
+    now: datetime | None = None,
+    leeway: float = 60.0,
+) -> dict[str, Any]:
+    """Verify a receipt JWS against a JWKS and return its claims; raise ReceiptInvalid.
+
+    Only EdDSA is accepted; the key is chosen by ``kid`` from the JWKS and never from the token.
+    """
+    try:
+        keyset = PyJWKSet.from_dict(dict(jwks))
+    except (PyJWKSetError, PyJWKError, KeyError, TypeError, ValueError) as exc:
+        raise ReceiptInvalid(f"seller JWKS is unusable: {exc}") from exc
+    try:
+        header, _, _ = decode_jws(token)  # strictly, before pyjwt's lenient reading (CORE-CRED-07)
+    except ParseError as exc:
+        raise ReceiptInvalid(f"receipt is not a JWS: {exc}") from None
+    if header.get("alg") not in _ALGORITHMS:
+        raise ReceiptInvalid(f"receipt algorithm {header.get('alg')!r} is not EdDSA")
+    kid = header.get("kid")
+    candidates = [k for k in keyset.keys if k.key_id == kid]
+    if not candidates:
+        raise ReceiptInvalid("receipt key id is not in the seller's JWKS")
+    try:
+        claims = jwt.decode(
+            token,
+            candidates[0].key,
+            algorithms=_ALGORITHMS,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": _REQUIRED_CLAIMS, "verify_iat": now is None},
+        )
+    except InvalidTokenError as exc:
+        raise ReceiptInvalid(f"receipt signature or claims invalid: {exc}") from exc
+    if challenge_id is not None and claims.get("challengeId") != challenge_id:
+        raise ReceiptInvalid("receipt names another challenge")
+    return claims
+
+

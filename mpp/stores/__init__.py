@@ -1,0 +1,1 @@
+"""Where records live: one interface per kind of record, SQLite and PostgreSQL side by side."""

@@ -1,0 +1,203 @@
+"""The buyer's own budget counters: reservations against each mandate link, in SQLite.
+
+Reserve before signing (in one IMMEDIATE transaction, so several buyer processes sharing the
+file cannot both spend the last of a budget), commit on a verified receipt, release on a
+refusal. A reservation whose outcome is unknown stays until it expires, then stops counting.
+
+The buyer uses the counters through one async interface, :class:`AsyncBudgetStore`, whatever
+the engine: :class:`AsyncSqliteBudgetStore` wraps a :class:`BudgetStore`, and
+:class:`mpp.stores.pg.PgBudgetStore` keeps the same counters in PostgreSQL. Choose one by URL with
+:func:`mpp.connect.budget_store_for`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Protocol, Sequence, runtime_checkable
+
+from mpp.stores.sqlite import connect, immediate
+from mpp.protocol.models import format_rfc3339
+
+__all__ = ["ReservationFinished", "BudgetStore", "BudgetLink", "BudgetRefused", "AsyncBudgetStore", "AsyncSqliteBudgetStore", "check_budget"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reservations (
+    challenge_id TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released')),
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (challenge_id, jti)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_link ON reservations (jti, period, state)
+"""
+
+
+class BudgetRefused(Exception):
+    def __init__(self, jti: str, budget: int, used: int, amount: int) -> None:
+        super().__init__(f"mandate {jti}: {used} of {budget} already used or reserved; {amount} more would exceed it")
+        self.jti, self.budget, self.used, self.amount = jti, budget, used, amount
+
+
+@dataclass(frozen=True)
+class BudgetLink:
+    jti: str
+    period: str  # period key, e.g. 2026-11-26
+    budget: int
+
+
+class ReservationFinished(BudgetRefused):
+    """A reservation id that was already committed or released is offered again (a seller
+    reusing a challenge id): replacing it would take spent money out of the count (IDENT-BUD-03)."""
+
+    def __init__(self, reservation_id: str, state: str) -> None:
+        Exception.__init__(self, f"reservation {reservation_id} is already {state}; it cannot be reserved again")
+        self.jti, self.budget, self.used, self.amount = "", 0, 0, 0
+        self.reservation_id, self.state = reservation_id, state
+
+
+def check_budget(link: BudgetLink, used: int, amount: int) -> None:
+    """IDENT-BUD-01: ``amount`` more fits only if what the link already counts plus it stays within its budget."""
+    if used + amount > link.budget:
+        raise BudgetRefused(link.jti, link.budget, used, amount)
+
+
+class BudgetStore:
+    def __init__(self, location: str, *, reservation_ttl: timedelta = timedelta(minutes=10)) -> None:
+        self._conn = connect(location, _SCHEMA)
+        self.reservation_ttl = reservation_ttl
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def used(self, jti: str, period: str, now: datetime) -> int:
+        return self._used(self._conn, jti, period, now)
+
+    @staticmethod
+    def _used(c, jti: str, period: str, now: datetime) -> int:
+        return c.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE jti=? AND period=? "
+            "AND (state='committed' OR (state='reserved' AND expires_at > ?))",
+            (jti, period, format_rfc3339(now)),
+        ).fetchone()[0]
+
+    def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
+                ttl: timedelta | None = None) -> None:
+        """Hold ``amount`` against every link, or raise BudgetRefused and hold nothing.
+
+        Reserving again under the same ``challenge_id`` replaces that reservation (a session's
+        top-up raises its cap this way): the old amount does not count against the new one.
+        """
+        now = now or datetime.now(timezone.utc)
+        expires = format_rfc3339(now + (ttl or self.reservation_ttl))
+        with immediate(self._conn) as c:
+            done = c.execute("SELECT state FROM reservations WHERE challenge_id=? AND state != 'reserved' LIMIT 1",
+                             (challenge_id,)).fetchone()
+            if done is not None:
+                raise ReservationFinished(challenge_id, done[0])
+            for link in links:
+                used = self._used(c, link.jti, link.period, now) - self._held(c, challenge_id, link.jti, now)
+                check_budget(link, used, amount)
+            for link in links:
+                c.execute(
+                    "INSERT OR REPLACE INTO reservations(challenge_id, jti, period, amount, state, expires_at) VALUES (?, ?, ?, ?, 'reserved', ?)",
+                    (challenge_id, link.jti, link.period, amount, expires),
+                )
+
+    @staticmethod
+    def _held(c, challenge_id: str, jti: str, now: datetime) -> int:
+        return c.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE challenge_id=? AND jti=? AND state='reserved' AND expires_at > ?",
+            (challenge_id, jti, format_rfc3339(now)),
+        ).fetchone()[0]
+
+    def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None:
+        """Keep a live reservation (an open session's cap) from expiring for another ``ttl``."""
+        expires = format_rfc3339((now or datetime.now(timezone.utc)) + (ttl or self.reservation_ttl))
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET expires_at=? WHERE challenge_id=? AND state='reserved'", (expires, challenge_id))
+
+    def settle(self, challenge_id: str, amount: int) -> None:
+        """Commit exactly ``amount`` of a reservation and release the rest (a session's capture at close)."""
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET amount=?, state='committed' WHERE challenge_id=? AND state='reserved'",
+                      (amount, challenge_id))
+
+    def commit(self, challenge_id: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET state='committed' WHERE challenge_id=? AND state='reserved'", (challenge_id,))
+
+    def release(self, challenge_id: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("UPDATE reservations SET state='released' WHERE challenge_id=? AND state='reserved'", (challenge_id,))
+
+
+@runtime_checkable
+class AsyncBudgetStore(Protocol):
+    """The buyer's budget counters behind one async interface: every :class:`BudgetStore`
+    operation, as a coroutine, with the same meaning and refusals (BudgetRefused)."""
+
+    @property
+    def reservation_ttl(self) -> timedelta: ...
+
+    async def used(self, jti: str, period: str, now: datetime) -> int: ...
+
+    async def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
+                      ttl: timedelta | None = None) -> None: ...
+
+    async def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None: ...
+
+    async def settle(self, challenge_id: str, amount: int) -> None: ...
+
+    async def commit(self, challenge_id: str) -> None: ...
+
+    async def release(self, challenge_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncSqliteBudgetStore:
+    """A :class:`BudgetStore` behind :class:`AsyncBudgetStore`. Each call runs to completion on the
+    caller's thread, as the other SQLite stores here do: one short IMMEDIATE transaction, and
+    running it inline keeps two calls from interleaving on the one connection."""
+
+    def __init__(self, store: BudgetStore, *, owned: bool = False) -> None:
+        self.sync = store
+        self._owned = owned
+
+    @classmethod
+    def at(cls, location: str, **kwargs: object) -> "AsyncSqliteBudgetStore":
+        """Counters of their own on ``location`` (a path or ``sqlite:`` URL), closed with the wrapper."""
+        return cls(BudgetStore(location, **kwargs), owned=True)  # type: ignore[arg-type]
+
+    @property
+    def reservation_ttl(self) -> timedelta:
+        return self.sync.reservation_ttl
+
+    async def open(self) -> "AsyncSqliteBudgetStore":
+        return self
+
+    async def close(self) -> None:
+        if self._owned:
+            self.sync.close()
+
+    async def used(self, jti: str, period: str, now: datetime) -> int:
+        return self.sync.used(jti, period, now)
+
+    async def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
+                      ttl: timedelta | None = None) -> None:
+        self.sync.reserve(challenge_id, links, amount, now=now, ttl=ttl)
+
+    async def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None:
+        self.sync.extend(challenge_id, ttl=ttl, now=now)
+
+    async def settle(self, challenge_id: str, amount: int) -> None:
+        self.sync.settle(challenge_id, amount)
+
+    async def commit(self, challenge_id: str) -> None:
+        self.sync.commit(challenge_id)
+
+    async def release(self, challenge_id: str) -> None:
+        self.sync.release(challenge_id)

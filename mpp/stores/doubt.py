@@ -1,0 +1,80 @@
+"""The seller's list of in-doubt charges: transfers a ledger service may or may not have made
+(the seller asked, and no usable answer came back), to be voided once the ledger answers.
+
+The list outlives the process: a seller restarted, or another seller process on the same store,
+takes up the voids where they were left, so a buyer who was told 503 is never left charged.
+Voiding is idempotent at the ledger, so two processes voiding the same transfer is harmless.
+The SQLite journal lives in the payment store's file; :class:`mpp.stores.pg.PgDoubtJournal` in its
+database. Choose one with :func:`mpp.connect.doubt_journal_for`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Protocol
+
+from mpp.stores.sqlite import connect, immediate
+from mpp.protocol.models import format_rfc3339
+
+__all__ = ["DoubtJournal", "SqliteDoubtJournal", "MemoryDoubtJournal"]
+
+
+class DoubtJournal(Protocol):
+    async def add(self, transfer_id: str, why: str) -> None:
+        """Remember ``transfer_id`` as in doubt (again: the first reason is kept)."""
+
+    async def remove(self, transfer_id: str) -> None: ...
+
+    async def pending(self) -> dict[str, str]:
+        """Every transfer still in doubt -> why, oldest first."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryDoubtJournal:
+    """In this process only: lost on restart (for tests and throwaway sellers)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, str] = {}
+
+    async def add(self, transfer_id: str, why: str) -> None:
+        self._items.setdefault(transfer_id, why)
+
+    async def remove(self, transfer_id: str) -> None:
+        self._items.pop(transfer_id, None)
+
+    async def pending(self) -> dict[str, str]:
+        return dict(self._items)
+
+    async def close(self) -> None:
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS in_doubt (
+    transfer_id TEXT PRIMARY KEY,
+    why TEXT NOT NULL,
+    since TEXT NOT NULL
+)
+"""
+
+
+class SqliteDoubtJournal:
+    def __init__(self, location: str) -> None:
+        self._conn = connect(location, _SCHEMA)
+
+    async def add(self, transfer_id: str, why: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("INSERT OR IGNORE INTO in_doubt(transfer_id, why, since) VALUES (?, ?, ?)",
+                      (transfer_id, why, format_rfc3339(datetime.now(timezone.utc))))
+
+    async def remove(self, transfer_id: str) -> None:
+        with immediate(self._conn) as c:
+            c.execute("DELETE FROM in_doubt WHERE transfer_id = ?", (transfer_id,))
+
+    async def pending(self) -> dict[str, str]:
+        rows = self._conn.execute("SELECT transfer_id, why FROM in_doubt ORDER BY since, transfer_id").fetchall()
+        return {tid: why for tid, why in rows}
+
+    async def close(self) -> None:
+        self._conn.close()

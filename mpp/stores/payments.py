@@ -1,0 +1,219 @@
+"""The seller's payment records: which challenges were consumed, how they settled, and the
+responses kept for Idempotency-Key retries.
+
+The interface is async so that a networked database can stand behind it; the SQLite
+implementation runs each statement synchronously (they are short, and never interleave).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+from mpp.stores.sqlite import connect, immediate
+from mpp.protocol.models import format_rfc3339
+
+__all__ = ["StateError", "PaymentRecord", "StoredResponse", "PaymentStore", "SqlitePaymentStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payments (
+    challenge_id TEXT PRIMARY KEY,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('settling', 'settled', 'failed', 'delivered', 'refunded')),
+    idempotency_key TEXT,
+    payer TEXT,
+    amount TEXT,
+    currency TEXT,
+    reference TEXT,
+    receipt TEXT,
+    failure TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mandate_spend (
+    challenge_id TEXT NOT NULL REFERENCES payments(challenge_id),
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (challenge_id, jti)
+);
+CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS mandate_totals (
+    jti TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (jti, period)
+);
+CREATE TABLE IF NOT EXISTS approvals_used (
+    jti TEXT PRIMARY KEY,
+    challenge_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    challenge_id TEXT PRIMARY KEY REFERENCES payments(challenge_id),
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+
+
+# A payment record only moves forward (CHARGE-04): which states each state may follow.
+_PREDECESSORS = {"failed": ("settling",), "delivered": ("settled",), "refunded": ("settled", "delivered")}
+
+
+class StateError(Exception):
+    """A store update would move a payment record backwards: a bug, never bad input."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    challenge_id: str
+    resource: str
+    state: str
+    idempotency_key: str | None
+    payer: str | None
+    amount: str | None
+    currency: str | None
+    reference: str | None
+    receipt: str | None
+    failure: str | None
+
+
+class PaymentStore(Protocol):
+    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool: ...
+    async def get(self, challenge_id: str) -> PaymentRecord | None: ...
+    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None: ...
+    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None: ...
+    async def save_response(self, challenge_id: str, response: StoredResponse) -> None: ...
+    async def get_response(self, challenge_id: str) -> StoredResponse | None: ...
+    async def close(self) -> None: ...
+
+
+def _now() -> str:
+    return format_rfc3339(datetime.now(timezone.utc))
+
+
+class SqlitePaymentStore:
+    def __init__(self, location: str) -> None:
+        self._conn = connect(location, _SCHEMA)
+        with immediate(self._conn) as c:  # a store from before the running totals: count them from the rows, once
+            if c.execute("SELECT 1 FROM mandate_totals LIMIT 1").fetchone() is None:
+                c.execute("INSERT INTO mandate_totals(jti, period, spent) "
+                          "SELECT jti, period, SUM(amount) FROM mandate_spend GROUP BY jti, period")
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool:
+        """Consume a challenge. True for exactly one caller, across processes sharing the file."""
+        now = _now()
+        with immediate(self._conn) as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO payments(challenge_id, resource, state, idempotency_key, created_at, updated_at) "
+                "VALUES (?, ?, 'settling', ?, ?, ?)",
+                (challenge_id, resource, idempotency_key, now, now),
+            )
+            return cur.rowcount == 1
+
+    async def get(self, challenge_id: str) -> PaymentRecord | None:
+        row = self._conn.execute(
+            "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure "
+            "FROM payments WHERE challenge_id=?",
+            (challenge_id,),
+        ).fetchone()
+        return PaymentRecord(*row) if row else None
+
+    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
+        with immediate(self._conn) as c:
+            cur = c.execute(
+                "UPDATE payments SET state='settled', payer=?, amount=?, currency=?, reference=?, receipt=?, updated_at=? "
+                "WHERE challenge_id=? AND state='settling'",
+                (payer, amount, currency, reference, receipt, _now(), challenge_id),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"payment {challenge_id} is not settling")
+
+    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        before = _PREDECESSORS[state]
+        with immediate(self._conn) as c:
+            cur = c.execute(
+                f"UPDATE payments SET state=?, failure=COALESCE(?, failure), updated_at=? "
+                f"WHERE challenge_id=? AND state IN ({','.join('?' * len(before))})",
+                (state, failure, _now(), challenge_id, *before),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"payment {challenge_id} cannot become {state!r} from its current state")
+
+    async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
+        with immediate(self._conn) as c:
+            c.execute(
+                "INSERT OR REPLACE INTO responses(challenge_id, status, headers, body) VALUES (?, ?, ?, ?)",
+                (challenge_id, response.status, json.dumps(response.headers), response.body),
+            )
+
+    async def mandate_spent(self, periods: dict[str, str]) -> dict[str, int]:
+        """This seller's own share: what each mandate link has spent here in its period (a running
+        total per link and period, moved in the same transaction as the rows it counts)."""
+        spent = {}
+        for jti, period in periods.items():
+            row = self._conn.execute("SELECT spent FROM mandate_totals WHERE jti=? AND period=?", (jti, period)).fetchone()
+            spent[jti] = row[0] if row else 0
+        return spent
+
+    async def record_mandate_spend(self, challenge_id: str, links: list[tuple[str, str]], amount: int, approval: str | None) -> None:
+        """Count a settled purchase against each link; mark its approval used (once, ever)."""
+        with immediate(self._conn) as c:
+            for jti, period in links:
+                if c.execute("INSERT OR IGNORE INTO mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                             (challenge_id, jti, period, amount)).rowcount == 1:
+                    c.execute("INSERT INTO mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
+                              "ON CONFLICT (jti, period) DO UPDATE SET spent = spent + excluded.spent", (jti, period, amount))
+            if approval is not None:
+                c.execute("INSERT OR IGNORE INTO approvals_used(jti, challenge_id) VALUES (?, ?)", (approval, challenge_id))
+
+    async def forget_mandate_spend(self, challenge_id: str) -> None:
+        with immediate(self._conn) as c:
+            rows = c.execute("SELECT jti, period, amount FROM mandate_spend WHERE challenge_id=?", (challenge_id,)).fetchall()
+            c.execute("DELETE FROM mandate_spend WHERE challenge_id=?", (challenge_id,))
+            c.executemany("UPDATE mandate_totals SET spent = spent - ? WHERE jti=? AND period=?",
+                          [(amount, jti, period) for jti, period, amount in rows])
+
+    async def approval_used(self, jti: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM approvals_used WHERE jti=?", (jti,)).fetchone() is not None
+
+    async def get_response(self, challenge_id: str) -> StoredResponse | None:
+        row = self._conn.execute("SELECT status, headers, body FROM responses WHERE challenge_id=?", (challenge_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], [tuple(h) for h in json.loads(row[1])], bytes(row[2]))
+
+    async def settled_between(self, since: datetime, until: datetime) -> list["SettledPayment"]:
+        """Payments that settled (settled, delivered or refunded) and may have settled in [since,
+        until): claimed by ``until`` and last changed at or after ``since``, to the second. The
+        settlement time itself is the receipt's ``timestamp``; the usage export picks by it."""
+        rows = self._conn.execute(
+            "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure, "
+            "created_at, updated_at FROM payments WHERE state IN ('settled', 'delivered', 'refunded') "
+            "AND created_at <= ? AND updated_at >= ? ORDER BY created_at, challenge_id",
+            (format_rfc3339(until), format_rfc3339(since)),
+        ).fetchall()
+        return [SettledPayment(PaymentRecord(*row[:10]), row[10], row[11]) for row in rows]
+
+
+@dataclass(frozen=True)
+class SettledPayment:
+    """A settled payment record with its times (RFC 3339, to the second): ``created_at`` when its
+    challenge was claimed, ``updated_at`` its last change (delivery or refund)."""
+
+    record: PaymentRecord
+    created_at: str
+    updated_at: str

@@ -1,0 +1,107 @@
+"""The seller's pricing records on PostgreSQL: the same contract as
+:class:`mpp.stores.pricing.SqlitePricingStore`, for seller processes sharing one database.
+
+A seat period is recorded by ``INSERT ... ON CONFLICT DO NOTHING`` on its (subscription,
+period) key, so of concurrent purchases of one period in any number of processes exactly one
+records it (PRICE-SEAT-03); task moves are single conditional ``UPDATE``s.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from mpp.stores.pricing import TASK_MOVES, TaskRecord
+from mpp.stores.pg._base import PgStoreBase, rows_changed, stamp
+
+__all__ = ["PgPricingStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    challenge_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    refund TEXT NOT NULL CHECK (refund IN ('full', 'none')),
+    reference TEXT NOT NULL,
+    payer TEXT,
+    settled_at TIMESTAMPTZ NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'delivered', 'refunded')),
+    detail TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seat_periods (
+    subscription_id TEXT NOT NULL,
+    period BIGINT NOT NULL,
+    challenge_id TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (subscription_id, period)
+);
+"""
+
+
+def _now() -> datetime:
+    return stamp(datetime.now(timezone.utc))
+
+
+class PgPricingStore(PgStoreBase):
+    """``PgPricingStore(pool_or_url)``; ``await store.open()`` (or first use) creates the tables."""
+
+    _SCHEMA = _SCHEMA
+    _LOCK_NAME = "mpp.pricing.schema"
+
+    async def create_task(self, task_id: str, *, challenge_id: str, method: str, agent: str, refund: str, reference: str,
+                          payer: str | None, settled_at: datetime) -> bool:
+        pool = await self.pool()
+        now = _now()
+        won = await pool.fetchval(
+            "INSERT INTO tasks(task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, created_at, "
+            "updated_at) VALUES ($1, $2, $9, $3, $4, $5, $6, $7, 'running', $8, $8) ON CONFLICT (task_id) DO NOTHING RETURNING 1",
+            task_id, challenge_id, agent, refund, reference, payer, stamp(settled_at), now, method)
+        return won is not None
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        pool = await self.pool()
+        row = await pool.fetchrow(_SELECT_TASK + "WHERE task_id=$1", task_id)
+        return _task(row) if row is not None else None
+
+    async def refunds_owed(self) -> list[TaskRecord]:
+        pool = await self.pool()
+        rows = await pool.fetch(_SELECT_TASK + "WHERE state='failed' AND refund='full' ORDER BY updated_at, task_id")
+        return [_task(row) for row in rows]
+
+    async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
+        pool = await self.pool()
+        status = await pool.execute(
+            "UPDATE tasks SET state=$1, detail=COALESCE($2, detail), updated_at=$3 "
+            "WHERE task_id=$4 AND state = ANY($5::text[])",
+            state, detail, _now(), task_id, list(TASK_MOVES[state]))
+        return rows_changed(status) == 1
+
+    async def reserve_seat(self, subscription_id: str, period: int, challenge_id: str) -> str | None:
+        pool = await self.pool()
+        for _ in range(10):
+            row = await pool.fetchrow(
+                "WITH ins AS (INSERT INTO seat_periods(subscription_id, period, challenge_id, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING challenge_id) "
+                "SELECT true AS won, challenge_id FROM ins UNION ALL "
+                "SELECT false, challenge_id FROM seat_periods WHERE subscription_id=$1 AND period=$2 LIMIT 1",
+                subscription_id, period, challenge_id, _now())
+            if row is not None:
+                return None if row["won"] else row["challenge_id"]
+            # the competing insert committed after this statement's snapshot, or was rolled back: look again
+        raise RuntimeError(f"seat period {subscription_id}/{period} could not be recorded or read")
+
+    async def release_seat(self, subscription_id: str, period: int, challenge_id: str) -> None:
+        pool = await self.pool()
+        await pool.execute("DELETE FROM seat_periods WHERE subscription_id=$1 AND period=$2 AND challenge_id=$3",
+                           subscription_id, period, challenge_id)
+
+
+_SELECT_TASK = "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
+
+
+def _task(row) -> TaskRecord:
+    values = list(row)
+    values[7] = values[7].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return TaskRecord(*values)
