@@ -19,9 +19,15 @@ PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp and ASGI adapters, the CLI (with its demos,
 # configuration and servers), the PostgreSQL stores and ledger (asyncpg) with the throwaway
-# PostgreSQL, the store chooser that reaches them, the ledger's HTTP service and its nonce stores.
+# PostgreSQL, the store chooser that reaches them, the ledger's HTTP service and its nonce stores,
+# and the engine's session desk (a stream waiting for an in-band voucher, the idle sweeper) with the
+# engine's front door that owns it. The engine is framework-neutral instead: see ENGINE below.
 IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/service.py",
-               "ledger/nonces.py")
+               "ledger/nonces.py", "engine/sessions.py", "engine/seller.py")
+# The seller engine runs under both adapters on the asyncio loop, so it may use asyncio, but it
+# names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn.
+ENGINE = PACKAGE / "engine"
+FRAMEWORKS = ("aiohttp", "starlette", "fastapi", "uvicorn")
 
 
 def _is_io(path: Path) -> bool:
@@ -44,7 +50,7 @@ CORE_FILES = core_files()
 CORE_MODULES = [module_name(p) for p in CORE_FILES]
 
 
-def _forbidden_imports(tree: ast.AST) -> list[str]:
+def _forbidden_imports(tree: ast.AST, forbidden: tuple[str, ...] = FORBIDDEN) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -55,14 +61,14 @@ def _forbidden_imports(tree: ast.AST) -> list[str]:
         else:
             continue
         for name in names:
-            if name.split(".")[0] in FORBIDDEN:
+            if name.split(".")[0] in forbidden:
                 found.append(f"line {node.lineno}: {name}")
     # importlib.import_module("asyncio") / __import__("aiohttp") spelled out literally
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if called in ("import_module", "__import__") and str(node.args[0].value).split(".")[0] in FORBIDDEN:
+            if called in ("import_module", "__import__") and str(node.args[0].value).split(".")[0] in forbidden:
                 found.append(f"line {node.lineno}: {called}({node.args[0].value!r})")
     return found
 
@@ -119,11 +125,30 @@ def test_importing_the_core_loads_neither_asyncio_nor_aiohttp():
     assert result.stdout.strip() == str(len(CORE_MODULES))
 
 
+@pytest.mark.parametrize("path", sorted(ENGINE.glob("*.py")), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_engine_module_names_no_web_framework(path: Path):
+    """The engine is framework-neutral: its modules import no web framework, so the aiohttp and
+    ASGI adapters share it whole."""
+    assert _forbidden_imports(ast.parse(path.read_text(encoding="utf-8")), FRAMEWORKS) == []
+
+
+def test_importing_the_engine_loads_no_web_framework():
+    code = ("import importlib, pkgutil, sys, mpp.engine\n"
+            "for m in pkgutil.iter_modules(mpp.engine.__path__):\n"
+            "    importlib.import_module('mpp.engine.' + m.name)\n"
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_check_would_notice_an_async_import():
     """The scanners are not vacuous: they flag the forms they look for."""
     for source in ("import asyncio", "import aiohttp.web", "from asyncio import sleep", "from aiohttp import web",
                    "import os, asyncio as aio", "importlib.import_module('aiohttp')", "__import__('asyncio.events')"):
         assert _forbidden_imports(ast.parse(source)), source
+    assert _forbidden_imports(ast.parse("from starlette.requests import Request"), FRAMEWORKS)
+    assert not _forbidden_imports(ast.parse("import asyncio"), FRAMEWORKS)
     for source in ("import json", "from .aio_helpers import x", "from . import errors"):
         assert not _forbidden_imports(ast.parse(source)), source
     assert _relative_imports_of_io(ast.parse("from ..aio import seller"), PACKAGE / "protocol" / "headers.py")

@@ -4,7 +4,7 @@ stores and rails; every protocol decision is made by the sans-I/O core."""
 from mpp.aio.buyer import PaidResponse, PaidStream, PaymentClient
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
 from mpp.aio.seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
-from mpp.aio.metering import meter_of
+from mpp.aio.seller import meter_of
 from mpp.aio.sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [

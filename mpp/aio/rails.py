@@ -45,6 +45,7 @@ from mpp.methods import SellerMethod
 from mpp.methods.ledger import LedgerAuthorization, LedgerSellerMethod
 from mpp.protocol.models import format_rfc3339
 from mpp.engine.core import Verified
+from mpp.engine.rails import PaymentRail, Settlement
 from mpp.intents.session import SessionClosed, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
 __all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail", "HttpLedgerRail", "LedgerUnavailable"]
@@ -52,31 +53,6 @@ __all__ = ["Settlement", "PaymentRail", "EmbeddedLedgerRail", "HttpLedgerRail", 
 log = logging.getLogger("mpp.rails")
 
 _ALLOWED_MAX = 4096  # spend-check answers an HttpLedgerRail keeps
-
-
-@dataclass(frozen=True)
-class Settlement:
-    reference: str
-    settled_at: datetime
-    payer: str | None = None
-
-
-class PaymentRail(SellerMethod, Protocol):
-    async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
-        """Move the money, at most once per challenge id; with ``mandate``, within its budgets
-        and only if no link is revoked. Raise a PaymentProblem to refuse."""
-
-    async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
-        """Which of these mandate ids the rail knows to be revoked."""
-
-    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
-        """Before the challenge is consumed: raise a PaymentProblem if the rail already knows that
-        settlement would be refused for who is paying (the payer and signer of ``verified``, bare
-        or under a verified mandate chain of these DIDs, principal first), so that the buyer can
-        put it right and retry the same challenge."""
-
-    async def refund(self, settlement: Settlement) -> None:
-        """Give the money back (the seller could not deliver). Idempotent."""
 
 
 @contextmanager

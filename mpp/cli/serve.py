@@ -69,9 +69,7 @@ def _metered_handler_for(route: RouteConfig, metered: Metered):
                 for i in range(chunks):
                     await meter.send(json.dumps({"chunk": i, "units": units}), units=units)
             except StreamStopped:  # the payment ran out and the buyer sent no more: end the stream cleanly
-                assert meter.response is not None
-                await meter.response.write_eof()
-                return meter.response
+                return await meter.stop()
             return await meter.finish()
         units = _int(request, "units", 1, metered.max_units)
         meter.report(units)

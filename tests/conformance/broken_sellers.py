@@ -88,12 +88,12 @@ def _payment_required_for_every_error(app: web.Application, seller: Seller) -> N
     """Every problem document becomes ``payment-required`` (402, with fresh challenges), whatever the
     problem was: malformed-credential, invalid-challenge, verification-failed, and the 400
     method-unsupported too."""
-    answer = seller._problem
+    answer = seller.engine.problem
 
     def problem(problem, price, info, now):
         return answer(PaymentRequired(problem.detail), price, info, now)
 
-    seller._problem = problem
+    seller.engine.problem = problem
 
 
 def _omits_no_store(app: web.Application, seller: Seller) -> None:
@@ -187,7 +187,7 @@ def _skips_route_binding(app: web.Application, seller: Seller) -> None:
 def _echoes_unbounded(app: web.Application, seller: Seller) -> None:
     """Every problem's detail ends with the credential's echoed method and intent, whole, control
     characters and all (as a seller formatting them into its message would)."""
-    answer = seller._problem
+    answer = seller.engine.problem
 
     def problem(problem, price, info, now):
         try:
@@ -197,14 +197,14 @@ def _echoes_unbounded(app: web.Application, seller: Seller) -> None:
         problem.detail = f"{problem.detail} (method {challenge.method}, intent {challenge.intent})"
         return answer(problem, price, info, now)
 
-    seller._problem = problem
+    seller.engine.problem = problem
 
 
 def _leaks_credential(app: web.Application, seller: Seller) -> None:
     """Every problem document answering a request with a credential copies that credential, whole,
     into a member of its own (as a seller "helpfully" echoing what it refused would); the detail is
     left alone, so only the leak is wrong."""
-    answer = seller._problem
+    answer = seller.engine.problem
 
     def problem(problem, price, info, now):
         response = answer(problem, price, info, now)
@@ -218,7 +218,7 @@ def _leaks_credential(app: web.Application, seller: Seller) -> None:
             response.body = json.dumps(doc).encode()
         return response
 
-    seller._problem = problem
+    seller.engine.problem = problem
 
 
 def _accepts_expired(app: web.Application, seller: Seller) -> None:
@@ -241,7 +241,7 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
     from mpp.protocol.models import ChargeRequest
     from mpp.engine.core import Verified
 
-    charge = seller._charge
+    charge = seller.engine.charge.run
 
     async def settle_unbound(header: str, now) -> None:
         """Every offline check of SellerCore.verify but the binding, then the claim and the settlement."""
@@ -253,14 +253,14 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
             charge_request = ChargeRequest.from_challenge(challenge)
             proof = seller.core.methods[challenge.method].verify(credential, charge_request)
         except (PaymentProblem, ParseError, KeyError):
-            return  # refused for more than its binding: the real _charge answers as before
+            return  # refused for more than its binding: the real charge step answers as before
         if claimed is None:
             return
         verified = Verified(credential=credential, request=charge_request, proof=proof, resource=claimed)
         if await seller.store.claim(verified.challenge_id, resource=claimed, idempotency_key=None):
             await seller._rails[challenge.method].settle(verified, None)
 
-    async def charge_settling_first(request, handler, price, info, now, route=None):
+    async def charge_settling_first(request, serve, price, info, now, route=None, *, meter=None):
         header = None
         try:
             header = seller.core.payment_credential(info)
@@ -269,9 +269,9 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
         except PaymentProblem:
             if header is not None:  # None: not one readable credential, nothing to settle
                 await settle_unbound(header, now)
-        return await charge(request, handler, price, info, now, route)
+        return await charge(request, serve, price, info, now, route, meter=meter)
 
-    seller._charge = charge_settling_first
+    seller.engine.charge.run = charge_settling_first
 
 
 # The largest credential the 500-on-large-credential seller survives: above the 4 KB the spec asks

@@ -144,14 +144,14 @@ async def test_a_broken_seller_fails_the_check_for_its_fault(home: Path, monkeyp
     """Teeth: a seller that trusts any grant's claims, that never finds a seat period already
     paid, or that forgets the grant proofs it accepted (PRICE-GRANT-06), fails exactly the checks
     written for that."""
-    import mpp.aio.seller as seller_module
+    import mpp.engine.offers as seller_module
 
     if fault == "grants-unchecked":
         monkeypatch.setattr(seller_module, "verify_grant", _accept_any_grant)
 
     def breaker(seller):
         if fault == "proofs-replayable":
-            monkeypatch.setattr(seller._proofs_seen, "admit", lambda grant, proof, now: None)
+            monkeypatch.setattr(seller.engine.offers._proofs_seen, "admit", lambda grant, proof, now: None)
         if fault == "seat-paid-twice":
             async def never_paid(subscription_id, period, challenge_id):
                 return None

@@ -19,12 +19,15 @@ _ATTRIBUTED: ContextVar[bool] = ContextVar("mpp_attributed", default=False)
 
 
 def start_request() -> None:
+    """A new request begins: nobody has shown who they are yet."""
     _ATTRIBUTED.set(False)
 
 
 def mark_attributed() -> None:
+    """A signature this seller checked says whose request this is."""
     _ATTRIBUTED.set(True)
 
 
 def attributed() -> bool:
+    """Whether the request being handled has shown whose it is."""
     return _ATTRIBUTED.get()
