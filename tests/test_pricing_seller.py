@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -566,7 +567,7 @@ def test_mandate_restrictions_intersect_and_delegation_only_narrows():
     child = I.issue_mandate(A, subject=S.did, principal=P.did, models=["unit"], max_unit_price={"amount": 2, "per": 1000},
                             **common)
     chain = I.verify_chain([root, child], trusted_principals={P.did}, realm="r", now=t)
-    assert chain.restrictions.models == frozenset({"unit"}) and chain.restrictions.max_unit_price == mpp.pricing.Fraction(2, 1000)
+    assert chain.restrictions.models == frozenset({"unit"}) and chain.restrictions.max_unit_price == Fraction(2, 1000)
     wider = I.issue_mandate(A, subject=S.did, principal=P.did, models=["seat"], **common)
     with pytest.raises(I.DelegationInvalid, match="models"):
         I.verify_chain([root, wider], trusted_principals={P.did}, realm="r", now=t)

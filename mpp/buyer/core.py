@@ -19,19 +19,11 @@ from mpp.protocol.errors import NoPayableChallenge, ParseError, QuoteRejected, R
 from mpp.protocol.headers import format_credential, parse_receipt
 from mpp.methods import BuyerMethod
 from mpp.protocol.models import Challenge, ChargeRequest, Credential, PaymentReceipt, parse_rfc3339
-from mpp.pricing import (
-    MODELS,
-    PERIOD_UNITS,
-    MandateRestrictions,
-    ModelNotAllowed,
-    QuotedOffer,
-    UnitPriceTooHigh,
-    check_offer_allowed,
-    choose_offer,
-    expected_total,
-    quoted_offer,
-    subscription_id,
-)
+from mpp.identity.restrictions import MODELS, MandateRestrictions
+from mpp.pricing.choice import QuotedOffer, check_offer_allowed, choose_offer, expected_total, quoted_offer
+from mpp.pricing.periods import PERIOD_UNITS
+from mpp.pricing.problems import ModelNotAllowed, UnitPriceTooHigh
+from mpp.pricing.seats import subscription_id
 from mpp.protocol.receipts import verify_receipt_jws
 
 __all__ = [

@@ -171,9 +171,9 @@ async def test_checks_catch_a_seller_that_does_not_narrow(tmp_path, keys_dir, mo
     from aiohttp.test_utils import TestServer
 
     from _identity_support import PAYER, new_ledger, seller_app
-    from mpp import identity as I
+    from mpp.identity import chains
 
-    monkeypatch.setattr(I, "_narrowing_violation", lambda child, parent: None)
+    monkeypatch.setattr(chains, "_narrowing_violation", lambda child, parent: None)
     principal = load_keys(keys_dir).principal
     ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
     server = TestServer(seller_app(ledger, str(tmp_path / "store.db"), [principal.did]), host="127.0.0.1")
