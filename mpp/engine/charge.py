@@ -17,6 +17,7 @@ from mpp.engine.attribution import mark_attributed
 from mpp.engine.core import RequestInfo, Verified
 from mpp.engine.http import REPLAY_HEADERS, HttpRequest, HttpResponse, Serve, Served
 from mpp.engine.mandates import check_charge_identity
+from mpp.engine.offers import OfferDesk
 from mpp.engine.purchase import Context, IdentityContext, Payment
 from mpp.engine.quotes import QuotedTerms, quoted_terms
 from mpp.engine.rails import PaymentRail
@@ -24,13 +25,12 @@ from mpp.pricing import Route
 from mpp.pricing.prices import Metered, Price
 from mpp.protocol.challenge import resource_of
 from mpp.protocol.errors import BadRequest, InvalidChallenge, PaymentProblem, PaymentRequired, RequestInProgress
-from mpp.protocol.headers import format_receipt, idempotency_key
-from mpp.protocol.models import PaymentReceipt, format_rfc3339
-from mpp.protocol.receipts import sign_receipt
+from mpp.protocol.headers import idempotency_key
+from mpp.protocol.models import format_rfc3339
 from mpp.stores.payments import StateError, StoredResponse
 
 if TYPE_CHECKING:
-    from mpp.engine.seller import SellerEngine
+    from mpp.engine.shop import Shop
 
 __all__ = ["ChargeStep"]
 
@@ -40,8 +40,9 @@ log = logging.getLogger("mpp.seller")
 class ChargeStep:
     """The charge path of one seller engine."""
 
-    def __init__(self, engine: "SellerEngine") -> None:
+    def __init__(self, engine: "Shop", offers: OfferDesk) -> None:
         self.engine = engine
+        self.offers = offers
 
     async def run(self, request: HttpRequest, serve: Serve, price: Price | Metered, info: RequestInfo, now: datetime,
                   route: Route | None = None, *, meter: Any = None) -> HttpResponse | Served:
@@ -94,7 +95,7 @@ class ChargeStep:
         seat = None
         if terms is not None and terms.model == "seat":
             try:
-                seat = await engine.offers.reserve_seat(verified, terms, now)
+                seat = await self.offers.reserve_seat(verified, terms, now)
             except PaymentProblem as problem:
                 await engine.audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource,
                                    detail=problem.detail, realm=engine.config.realm)
@@ -142,9 +143,9 @@ class ChargeStep:
             payment.seat = (sub, period)
             claims |= {"subscriptionId": sub, "plan": terms.offer.plan, "period": period,  # type: ignore[union-attr]
                        "periodStart": format_rfc3339(start), "periodEnd": format_rfc3339(end)}
-            payment.grant = engine.offers.seat_grant(terms, engine.offers.signer(verified), period, cid)  # type: ignore[arg-type]
+            payment.grant = self.offers.seat_grant(terms, self.offers.signer(verified), period, cid)  # type: ignore[arg-type]
         if terms is None or terms.model != "task":  # a task's receipt waits for its id (start_task)
-            await self.record_settled(payment)
+            await self.engine.record_settled(payment)
         await engine.audit("settlement", challengeId=cid, reference=settlement.reference, amount=verified.request.amount,
                            currency=verified.request.currency, resource=verified.resource, realm=engine.config.realm,
                            agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
@@ -191,37 +192,11 @@ class ChargeStep:
             await store.save_response(cid, StoredResponse(served.status, kept, served.body))
         return served
 
-    async def record_settled(self, payment: Payment) -> None:
-        """Sign the receipt and record the settlement (once)."""
-        if payment.recorded:
-            return
-        verified, settlement = payment.verified, payment.settlement
-        rail = self.engine.rails[verified.credential.challenge.method]
-        receipt = PaymentReceipt(
-            status="success",
-            method=rail.name,
-            timestamp=format_rfc3339(settlement.settled_at),
-            reference=settlement.reference,
-            challengeId=verified.challenge_id,
-            receipt=sign_receipt(self.engine.config.receipt_key, payment.claims),
-            **({"subscriptionId": payment.claims["subscriptionId"]} if "subscriptionId" in payment.claims else {}),
-        )
-        payment.receipt_header = format_receipt(receipt)
-        await self.engine.config.store.mark_settled(
-            verified.challenge_id,
-            payer=settlement.payer or "",
-            amount=verified.request.amount,
-            currency=verified.request.currency,
-            reference=settlement.reference,
-            receipt=payment.receipt_header,
-        )
-        payment.recorded = True
-
     async def refund(self, payment: Payment, rail: PaymentRail, why: str) -> None:
         """Give a settled payment back, and undo what it bought (mandate spend, seat, task)."""
         engine = self.engine
         store, pricing = engine.config.store, engine.config.pricing_store
-        await self.record_settled(payment)
+        await self.engine.record_settled(payment)
         payment.refunded = True
         cid = payment.verified.challenge_id
         await rail.refund(payment.settlement)

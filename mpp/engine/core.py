@@ -6,7 +6,6 @@ back; consuming a challenge, settling and storing responses are I/O and stay the
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from mpp.methods import SellerMethod
 from mpp.protocol.challenge import BODY_METHODS, resource_of
 from mpp.protocol.models import Challenge, ChargeRequest, Credential, format_rfc3339
 from mpp.pricing.prices import Metered, Price
-from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, VoucherInvalid, cost_of, parse_session_payload
+from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, VoucherInvalid, parse_session_payload
 from mpp.intents.session import INTENT as SESSION_INTENT
 
 __all__ = ["RequestInfo", "Verified", "SessionCall", "SellerCore"]

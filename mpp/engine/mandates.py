@@ -15,12 +15,12 @@ from mpp.pricing import check_offer_allowed, quoted_offer
 from mpp.protocol.models import ChargeRequest
 
 if TYPE_CHECKING:
-    from mpp.engine.seller import SellerEngine
+    from mpp.engine.shop import Shop
 
 __all__ = ["check_charge_identity", "check_session_identity"]
 
 
-async def check_charge_identity(engine: "SellerEngine", verified: Verified, now: datetime) -> IdentityContext:
+async def check_charge_identity(engine: "Shop", verified: Verified, now: datetime) -> IdentityContext:
     """Chain, proof, revocation, approval and entitlements of a charge, all before the challenge
     is consumed, so a buyer told to get an approval can come back with the same challenge."""
     config = engine.config
@@ -40,8 +40,8 @@ async def check_charge_identity(engine: "SellerEngine", verified: Verified, now:
         if await config.store.approval_used(f"{approval.iss}#{approval.jti}"):
             raise ApprovalInvalid("approval has already been used")
     spent = await config.store.mandate_spent(periods)
-    if engine.sessions is not None:  # what this seller's sessions under each link hold or took counts too
-        held = await engine.sessions.store.mandate_held(periods)
+    if engine.config.session_store is not None:  # what this seller's sessions under each link hold or took counts too
+        held = await engine.config.session_store.mandate_held(periods)
         spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
     challenge = verified.credential.challenge
     decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent=spent, approval=approval)
@@ -53,14 +53,14 @@ async def check_charge_identity(engine: "SellerEngine", verified: Verified, now:
     return IdentityContext(chain, decision, MandateCharge(tuple(chain.tokens), config.realm), approval, periods)
 
 
-async def check_session_identity(engine: "SellerEngine", call: SessionCall,
+async def check_session_identity(engine: "Shop", call: SessionCall,
                                  now: datetime) -> tuple[dict[str, Any], MandateCharge, tuple[str, ...]]:
     """The mandate chain and proof over a session's opening challenge (SESSION-ID-01).
 
     Scope, currency, ceiling and approval threshold are judged per request, on the most one
     request may cost; the budget is judged on the cap, atomically by the ledger's hold."""
     config = engine.config
-    assert engine.sessions is not None
+    assert engine.config.session_store is not None
     vid = verify_identity(call.credential, call.request, payment_signer=call.payload.signer,  # type: ignore[arg-type]
                           trusted_principals=config.trusted_principals, realm=config.realm, now=now,
                           max_depth=config.max_chain_depth)
@@ -73,7 +73,7 @@ async def check_session_identity(engine: "SellerEngine", call: SessionCall,
                              recipient=call.terms.recipient)
     periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
     charged = await config.store.mandate_spent(periods)  # this seller's charges under each link
-    held = await engine.sessions.store.mandate_held(periods)  # and its sessions'
+    held = await engine.config.session_store.mandate_held(periods)  # and its sessions'
     spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
     decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
     # PRICE-MDT-02: a unit offer the chain excludes, or above its unit price, is refused before anything is held

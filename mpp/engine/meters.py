@@ -12,17 +12,27 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from mpp.engine.core import SessionCall
 from mpp.intents.session import SessionClosed, SessionInsufficient
 from mpp.pricing.prices import Metered
 from mpp.stores.sessions import SessionState
 
-if TYPE_CHECKING:
-    from mpp.engine.sessions import SessionDesk
-
 __all__ = ["StreamSink", "StreamStopped", "Meter", "ChargeMeter", "SessionMeter", "usage_route"]
+
+
+class VoucherDesk(Protocol):
+    """What a session meter needs of the engine's session desk (:class:`~mpp.engine.sessions.SessionDesk`)."""
+
+    store: Any
+    engine: Any
+    voucher_timeout: float
+
+    async def wait_for_voucher(self, session_id: str, timeout: float) -> None: ...
+
+    def request_receipt(self, call: SessionCall, state: SessionState, metered: Metered, request_id: str, amount: int,
+                        units: int) -> str: ...
 
 
 class StreamStopped(Exception):
@@ -110,7 +120,7 @@ class ChargeMeter(Meter):
 class SessionMeter(Meter):
     """The route is paid from a session: each report or chunk is committed against it."""
 
-    desk: "SessionDesk | None" = None
+    desk: VoucherDesk | None = None
     state: SessionState | None = None
     call: SessionCall | None = None
     request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))

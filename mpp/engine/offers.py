@@ -35,7 +35,7 @@ from mpp.protocol.wire import decode_jws
 from mpp.stores.pricing import TaskRecord
 
 if TYPE_CHECKING:
-    from mpp.engine.seller import SellerEngine
+    from mpp.engine.shop import Shop
 
 __all__ = ["OfferDesk"]
 
@@ -45,7 +45,7 @@ log = logging.getLogger("mpp.seller")
 class OfferDesk:
     """The task and seat side of one seller engine."""
 
-    def __init__(self, engine: "SellerEngine") -> None:
+    def __init__(self, engine: "Shop") -> None:
         self.engine = engine
         self._proofs_seen = SeenGrantProofs()  # grant proofs accepted, until they age out (PRICE-GRANT-06)
 
@@ -144,7 +144,7 @@ class OfferDesk:
         payment.grant = issue_grant(config.receipt_key, claims)
         payment.task_id = task_id
         payment.claims |= {"task": task_id, "grant": claims["jti"]}
-        await self.engine.charge.record_settled(payment)
+        await self.engine.record_settled(payment)
         log.info("task started id=%s challenge=%s", task_id, verified.challenge_id)
         return TaskControl(self, task_id)
 

@@ -12,7 +12,7 @@ from mpp.protocol.keys import SigningKey
 from mpp.protocol.receipts import jwks_document
 
 if TYPE_CHECKING:
-    from mpp.engine.seller import SellerEngine
+    from mpp.engine.shop import Shop
 
 __all__ = ["JWKS_PATH", "OPENAPI_PATH", "jwks_response", "openapi_document"]
 
@@ -29,7 +29,7 @@ def jwks_response(keys: Sequence[SigningKey]) -> HttpResponse:
     return HttpResponse.json(200, jwks_document(list(keys)), [("Cache-Control", "public, max-age=300")])
 
 
-def openapi_document(engine: "SellerEngine", priced: Iterable[tuple[str, str, Price | Metered]]) -> dict[str, Any]:
+def openapi_document(engine: "Shop", priced: Iterable[tuple[str, str, Price | Metered]]) -> dict[str, Any]:
     """Every route of the price list, then every other priced route (method, path, price)."""
     paths: dict[str, dict[str, Any]] = {}
     plist = engine.config.price_list
@@ -51,7 +51,7 @@ def openapi_document(engine: "SellerEngine", priced: Iterable[tuple[str, str, Pr
     return {"openapi": "3.1.0", "info": {"title": engine.config.title, "version": "1.0.0"}, "paths": paths}
 
 
-def _offers(engine: "SellerEngine", price: Price | Metered) -> list[dict[str, Any]]:
+def _offers(engine: "Shop", price: Price | Metered) -> list[dict[str, Any]]:
     charge = price.charge_price() if isinstance(price, Metered) else price
     offers = [
         {"intent": "charge", "method": name, "amount": str(charge.amount), "currency": charge.currency}

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mpp.engine.core import Verified
 from mpp.engine.quotes import QuotedTerms
 from mpp.identity import MandateChain, PolicyDecision
-from mpp.ledger import MandateCharge
 from mpp.engine.rails import Settlement
+from mpp.ledger import MandateCharge
 from mpp.stores.pricing import TaskRecord
 
-if TYPE_CHECKING:
-    from mpp.engine.offers import OfferDesk
-
-__all__ = ["Payment", "TaskControl", "IdentityContext", "Context"]
+__all__ = ["Payment", "TaskDesk", "TaskControl", "IdentityContext", "Context"]
 
 
 @dataclass
@@ -44,10 +41,20 @@ class Payment:
         return self.verified.credential.source
 
 
+class TaskDesk(Protocol):
+    """Where tasks are kept (the engine's :class:`~mpp.engine.offers.OfferDesk`)."""
+
+    async def task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def finish_task(self, task_id: str, *, ok: bool, detail: str | None = None) -> bool: ...
+
+    async def task_delivered(self, task_id: str) -> bool: ...
+
+
 class TaskControl:
     """A handler's hold on the task it started (PRICE-TASK-01..05)."""
 
-    def __init__(self, offers: "OfferDesk", task_id: str) -> None:
+    def __init__(self, offers: TaskDesk, task_id: str) -> None:
         self._offers = offers
         self.task_id = task_id
 

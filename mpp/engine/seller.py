@@ -14,48 +14,34 @@ answers into their own responses.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Iterable
 
-from mpp.engine.attribution import attributed
 from mpp.engine.charge import ChargeStep
 from mpp.engine.config import SellerConfig
-from mpp.engine.core import RequestInfo, SellerCore
+from mpp.engine.core import RequestInfo
 from mpp.engine.http import HttpRequest, HttpResponse, Serve, Served, private_cache_control
 from mpp.engine.offers import OfferDesk
 from mpp.engine.publish import jwks_response, openapi_document
 from mpp.engine.purchase import Context
-from mpp.engine.quotes import route_challenges
 from mpp.engine.sessions import SessionDesk
+from mpp.engine.shop import Shop
 from mpp.pricing import GRANT_HEADER, PriceList, PriceListError, Route, UnitOffer, check_reload, load_price_list
 from mpp.pricing.prices import Metered, Price
-from mpp.protocol.challenge import ChallengeIssuer
-from mpp.protocol.errors import RESOURCE_MAX, MethodUnsupported, PaymentProblem, clip
-from mpp.stores.audit import AsyncSqliteAuditLog, AuditLog
+from mpp.protocol.errors import MethodUnsupported, PaymentProblem
 
 __all__ = ["SellerEngine"]
 
 log = logging.getLogger("mpp.seller")
 
 
-class SellerEngine:
+class SellerEngine(Shop):
     """One seller's purchase pipeline over its configuration (a :class:`SellerConfig`)."""
 
     def __init__(self, config: SellerConfig) -> None:
-        if isinstance(config.audit, AuditLog):
-            config.audit = AsyncSqliteAuditLog(config.audit)  # used through the one async interface; the caller closes it
-        self.config = config
-        self.issuer = ChallengeIssuer(config.secret, config.realm, ttl=config.challenge_ttl)
-        config.secret = b""  # held by the issuer only, so it is never printed with the seller
-        self.rails = {rail.name: rail for rail in config.rails}
-        for rail in config.rails:
-            if hasattr(rail, "check_realm"):
-                rail.check_realm(config.realm)
-        self.core = SellerCore(self.issuer, self.rails)
-        self.lists: list[PriceList] = []  # every list served since start: their follow-ups stay guarded (PRICE-VER-03)
+        super().__init__(config)
         self.offers = OfferDesk(self)
-        self.charge = ChargeStep(self)
+        self.charge = ChargeStep(self, self.offers)
         self.sessions = (SessionDesk(self, config.session_store, sweep_interval=config.session_sweep_interval)
                          if config.session_store else None)
         if config.price_list is not None:
@@ -145,41 +131,6 @@ class SellerEngine:
         return SessionDesk.parse_session_call(self.core, info, now)
 
     # -- answers -------------------------------------------------------------
-
-    async def audit(self, kind: str, **data: Any) -> None:
-        """Append to the audit log, if one is configured; text from the request is clipped
-        (CORE-ERR-12, IDENT-AUD-08)."""
-        if self.config.audit is not None:
-            await self.config.audit.append(kind, {k: clip(v, RESOURCE_MAX) if isinstance(v, str) else v
-                                                  for k, v in data.items() if v is not None})
-
-    async def refused(self, problem: PaymentProblem, info: RequestInfo, now: Any, minted: str | None = None,
-                      **data: Any) -> None:
-        """Note a refused request. Only a credential echoing a challenge this seller minted, from a
-        requester who has shown who it is (mpp.engine.attribution), is audited; anything else is
-        a stranger's and writes nothing (CORE-ONCE-09, IDENT-AUD-08), only a bounded log line."""
-        minted = minted or self.core.minted_id(info, now)
-        audited = minted is not None and attributed()
-        log.log(logging.INFO if audited else logging.DEBUG, "refused %s: %s challenge=%s",
-                clip(info.resource, RESOURCE_MAX), problem.slug, minted or "none of ours")
-        if audited:
-            await self.audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
-                             challengeId=minted, realm=self.config.realm, **data)
-
-    def problem(self, problem: PaymentProblem, price: Price | Metered | Route | None, info: RequestInfo,
-                now: Any) -> HttpResponse:
-        """A problem document; with fresh challenges when the problem calls for them."""
-        with_challenges = price is not None and (problem.fresh_challenge or isinstance(problem, MethodUnsupported))
-        challenges = self.challenges(price, info, now) if with_challenges else []  # type: ignore[arg-type]
-        headers = self.core.problem_headers(challenges)  # includes Cache-Control: no-store
-        body = self.core.problem_body(problem, challenges, instance=info.path)
-        return HttpResponse(problem.status, [("Content-Type", "application/problem+json"), *headers], json.dumps(body).encode())
-
-    def challenges(self, price: Price | Metered | Route, info: RequestInfo, now: Any) -> list[Any]:
-        """The challenges a 402 for this price carries: one per offer and method."""
-        if isinstance(price, Route):
-            return route_challenges(self.core, price, info, now, subscription=info.subscription)
-        return self.core.challenges(price, info, now)
 
     @staticmethod
     def paid_headers(context: Context | None, status: int, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

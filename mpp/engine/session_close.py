@@ -4,9 +4,10 @@ was spent, release the rest, sign the final receipt (spec/intents/session.md).""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mpp.engine.attribution import mark_attributed, start_request
+from mpp.engine.core import RequestInfo, SessionCall
 from mpp.engine.http import HttpRequest, HttpResponse
 from mpp.intents.session import SessionUnknown, VoucherInvalid, verify_close, verify_voucher
 from mpp.protocol.errors import ParseError, PaymentProblem
@@ -15,16 +16,27 @@ from mpp.protocol.models import PaymentReceipt, format_rfc3339
 from mpp.protocol.receipts import sign_receipt
 from mpp.stores.sessions import SessionState
 
-if TYPE_CHECKING:
-    from mpp.engine.sessions import SessionDesk
-
-__all__ = ["SESSION_PATH", "session_endpoint", "close_session", "identity_claims"]
+__all__ = ["SessionKeeper", "SESSION_PATH", "session_endpoint", "close_session", "identity_claims"]
 
 log = logging.getLogger("mpp.seller.sessions")
 SESSION_PATH = "/.well-known/mpp-session"
 
 
-async def session_endpoint(desk: "SessionDesk", request: HttpRequest) -> HttpResponse:
+class SessionKeeper(Protocol):
+    """What the endpoint and the close need of the engine's session desk
+    (:class:`~mpp.engine.sessions.SessionDesk`)."""
+
+    store: Any
+    engine: Any
+
+    def session_call(self, info: RequestInfo, now: Any) -> SessionCall | None: ...
+
+    async def accept(self, call: SessionCall, metered: Any) -> SessionState: ...
+
+    async def close(self, session_id: str, *, by: str) -> SessionState: ...
+
+
+async def session_endpoint(desk: SessionKeeper, request: HttpRequest) -> HttpResponse:
     """POST to the session path: a voucher or top-up advances the session; a close closes it."""
     start_request()
     engine = desk.engine
@@ -67,7 +79,7 @@ async def session_endpoint(desk: "SessionDesk", request: HttpRequest) -> HttpRes
         return engine.problem(problem, None, info, now)
 
 
-async def close_session(desk: "SessionDesk", session_id: str, *, by: str) -> SessionState:
+async def close_session(desk: SessionKeeper, session_id: str, *, by: str) -> SessionState:
     """Capture exactly what was spent and release the rest, once; idempotent."""
     engine = desk.engine
     config = engine.config

@@ -31,7 +31,7 @@ from mpp.stores.payments import StoredResponse
 from mpp.stores.sessions import SessionState, SessionStore
 
 if TYPE_CHECKING:
-    from mpp.engine.seller import SellerEngine
+    from mpp.engine.shop import Shop
 
 __all__ = ["SESSION_PATH", "SessionDesk"]
 
@@ -42,7 +42,7 @@ _KEPT_HEADERS = ("Content-Type", "Content-Language", "Location", "ETag", "Paymen
 class SessionDesk:
     """The seller's session bookkeeping: open, vouchers, per-request charging, close, idle close."""
 
-    def __init__(self, engine: "SellerEngine", store: SessionStore, *, sweep_interval: float = 1.0,
+    def __init__(self, engine: "Shop", store: SessionStore, *, sweep_interval: float = 1.0,
                  voucher_timeout: float = 30.0) -> None:
         self.engine = engine
         self.store = store

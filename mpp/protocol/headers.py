@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from mpp.protocol.wire import b64url_encode, decode_json_b64, dumps_wire
 from mpp.protocol.errors import DETAIL_MAX, BadRequest, FormatError, ParseError, clip
