@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .framework import CheckContext
+from .base import CheckContext
 from .expect import fail
 
 __all__ = ["BalanceWatch", "watch_balance", "read_balance"]

@@ -155,7 +155,7 @@ from mpp.protocol.keys import SigningKey
 from mpp.protocol.models import Challenge, ChargeRequest, PaymentReceipt, format_rfc3339
 from mpp.protocol.receipts import jwks_document, sign_receipt
 
-from .framework import Exchange, Result, Verdict, _text, level_of, redact
+from .base import Exchange, Result, Verdict, _text, level_of, redact
 from .usage import UsageError
 
 __all__ = ["BUYER_CHECKS", "BuyerCheck", "AdversarialSeller", "run_buyer_checks", "PLACEHOLDER"]

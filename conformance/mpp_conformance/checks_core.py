@@ -16,8 +16,8 @@ from mpp.protocol.wire import loads_strict
 from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
 from mpp.protocol.models import Credential
 
+from .base import CheckContext, CheckFailed, Response, Skip, register
 from .expect import PROBLEM_BASE, describe, fail, fresh_challenges, no_5xx, no_receipt, problem, refused, status
-from .framework import CheckContext, CheckFailed, Response, Skip, register
 
 __all__ = ["unpaid", "first_challenge", "credential_header", "DEFAULT_EXPIRY_WAIT"]
 

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 from mpp import Challenge, ParseError, b64url_decode, b64url_encode, canonical_json, parse_challenges
 
+from .base import CheckContext, Response, Skip, register
 from .checks_core import credential_header, send, unpaid
 from .expect import describe, fail, no_5xx, problem_slug, status
-from .framework import CheckContext, Response, Skip, register
 
 __all__ = ["payment_params", "is_loopback", "find_operation", "offer_problems"]
 

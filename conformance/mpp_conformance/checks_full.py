@@ -27,8 +27,8 @@ from mpp import Challenge, ParseError, PaymentReceipt, parse_credential, parse_r
 from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
 
 from .balance import watch_balance
+from .base import CheckContext, Response, Skip, register
 from .expect import describe, fail, fresh_challenges, no_5xx, problem_slug, refused, status
-from .framework import CheckContext, Response, Skip, register
 from .paying import DEFAULT_MAX_AMOUNT, DEFAULT_PAY_TIMEOUT, CannotPay, Payer, payer_from_spec
 
 __all__ = ["payer_for", "Paid", "OTHER_QUERY", "skip_if_payer_limited"]

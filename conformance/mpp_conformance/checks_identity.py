@@ -33,9 +33,9 @@ from mpp.protocol.errors import EXTENSION_PROBLEM_BASE, PROBLEM_BASE
 from mpp.identity import MANDATE_TYP, is_canonical_resource, issue_approval, issue_mandate, proof_message, quote_hash
 from mpp.methods.ledger import LedgerBuyerMethod
 
+from .base import CheckContext, CheckFailed, Response, Skip, register
 from .checks_core import send, unpaid
 from .expect import fail, fresh_challenges, no_5xx, no_receipt, problem, status
-from .framework import CheckContext, CheckFailed, Response, Skip, register
 from .principal import SuiteKeys, keys_for, register_hint
 
 __all__ = ["NOT_TRUSTED", "IdentityKit"]

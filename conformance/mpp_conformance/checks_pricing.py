@@ -31,9 +31,9 @@ from mpp.pricing import (
     sign_grant_proof,
 )
 
+from .base import CheckContext, Response, Skip, register
 from .checks_full import Paid, paid_ok, payer_for, skip_if_payer_limited
 from .expect import describe, fail, fresh_challenges, no_receipt, problem, status
-from .framework import CheckContext, Response, Skip, register
 from .paying import CannotPay, LedgerPayer
 
 INTENT_OF_MODEL = {"transaction": ("charge",), "unit": ("session",), "task": ("charge",), "seat": ("subscription",)}

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 from mpp import Challenge, ParseError, SigningKey, b64url_decode
 from mpp.protocol.errors import EXTENSION_PROBLEM_BASE
 
+from .base import CheckContext, Response, Skip, register
 from .checks_full import NOT_THERE, Paid, _data, _method, paid_ok, payer_for
 from .expect import describe, fail, fresh_challenges, no_5xx, no_receipt, problem, status
-from .framework import CheckContext, Response, Skip, register
 from .paying import CannotPay, SuiteSession
 
 SESSION_PATH = "/.well-known/mpp-session"

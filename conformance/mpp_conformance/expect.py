@@ -7,7 +7,7 @@ from typing import Any
 from mpp import ParseError, parse_challenges
 from mpp.protocol.errors import PROBLEM_BASE
 
-from .framework import CheckFailed, Response
+from .base import CheckFailed, Response
 
 __all__ = ["fail", "status", "problem", "fresh_challenges", "no_receipt", "no_5xx", "PROBLEM_BASE"]
 

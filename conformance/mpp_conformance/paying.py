@@ -66,7 +66,7 @@ from typing import Any, Protocol, Sequence
 from mpp import ChargeRequest, Credential, ParseError, format_credential
 from mpp.protocol.models import Challenge
 
-from .framework import CheckError
+from .base import CheckError
 
 __all__ = ["DEFAULT_MAX_AMOUNT", "DEFAULT_PAY_TIMEOUT", "DECLINE_EXIT", "CannotPay", "PayerFailed", "Payer", "LedgerPayer",
            "StaticPayer", "CommandPayer", "payer_from_spec", "SuiteSession"]

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from mpp.cli.common import on_ledger
+
 __all__ = ["add_account_commands", "enrol", "is_service"]
 
 LEDGER_HELP = ("ledger: SQLite file, postgresql:// URL, or http(s):// URL of `mpp ledger serve` (then --key) "
@@ -25,9 +27,7 @@ def on_members(ledger: str | None, key_path: str | None, work: Callable[[Any], A
     ledger's own database (the operator's access), or its service as the owner whose key is
     ``key_path`` (LEDGER-SVC-13: only an owner may change or list an account's members there)."""
     if not is_service(ledger):
-        from mpp.cli.main import _on_ledger
-
-        return _on_ledger(argparse.Namespace(ledger=ledger), work)
+        return on_ledger(argparse.Namespace(ledger=ledger), work)
     if not key_path:
         raise ValueError("a ledger service acts on an owner's signature: pass --key with the key of one of "
                          "the account's owners")
