@@ -440,7 +440,7 @@ async def test_a_lost_answer_is_resent_and_settles_once(service: Service, tmp_pa
         await server.close()
     assert resp.status == 200 and resp.paid
     assert [t.id for t in service.charges()] == [resp.receipt.challengeId]
-    assert rail.pending == {}
+    assert rail.doubt.pending == {}
 
 
 async def test_no_answer_is_a_503_and_the_charge_is_voided(service: Service, tmp_path: Path):
@@ -457,7 +457,7 @@ async def test_no_answer_is_a_503_and_the_charge_is_voided(service: Service, tmp
             with pytest.raises(mpp.OutcomeUnknown) as exc:  # a 503: nothing delivered, outcome unknown to the buyer
                 await client(http, service.agent, [token]).request("GET", str(server.make_url("/thing")))
         cid = exc.value.challenge_id
-        assert list(rail.pending) == [cid]
+        assert list(rail.doubt.pending) == [cid]
         assert [t.id for t in service.charges()] == [cid]  # made, but nobody knew
         service.fault["down"] = True
         assert await rail.reconcile() == 1  # still unreachable: kept
@@ -527,15 +527,15 @@ async def test_an_in_doubt_charge_is_voided_after_a_seller_restart(service: Serv
         service.fault["down"] = True  # the void at shutdown cannot reach the ledger either
     finally:
         await server.close()
-    assert rail.pending == {cid: "settle got no usable answer"}
+    assert rail.doubt.pending == {cid: "settle got no usable answer"}
     service.fault["down"] = False
     again = HttpLedgerRail(service.url, key=service.keys[PAYEE], recipient=PAYEE, reconcile_interval=0,
                            journal=SqliteDoubtJournal(store))
     await again.start()
     try:
-        assert list(again.pending) == [cid]  # read back from the journal
+        assert list(again.doubt.pending) == [cid]  # read back from the journal
         assert await again.reconcile() == 0
-        assert await again.journal.pending() == {}
+        assert await again.doubt.journal.pending() == {}
     finally:
         await again.stop()
     assert service.ledger.get_transfer("refund:" + cid) is not None
@@ -563,7 +563,7 @@ async def test_a_503_problem_when_the_ledger_is_down(service: Service, tmp_path:
                 assert resp.status == 200, await resp.text()
     finally:
         await server.close()
-    assert len(service.charges()) == 1 and rail.pending == {}
+    assert len(service.charges()) == 1 and rail.doubt.pending == {}
 
 
 async def test_session_hold_capture_release_over_http(service: Service, tmp_path: Path):
@@ -660,7 +660,7 @@ async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger
     assert after[PAYER] == before[PAYER] - BUDGET and after[PAYEE] + after[PAYEE2] == BUDGET
     assert sum(after.values()) == sum(before.values()) == 0
     assert await ledger.total() == 0 and await ledger.check() == []
-    assert rail1.pending == rail2.pending == {}
+    assert rail1.doubt.pending == rail2.doubt.pending == {}
 
 
 async def test_budget_holds_across_two_sellers_on_the_ledger_service(service: Service, tmp_path: Path):

@@ -1,0 +1,77 @@
+"""The ledger's refusals as the payment problems a buyer sees, the same whichever way a seller
+reaches its ledger (in process, or the ledger service over HTTP)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from mpp.identity import BudgetExceeded, CurrencyNotAllowed, MandateRequired, MandateRevoked, OverCeiling
+from mpp.intents.session import SessionClosed, SessionUnknown, VoucherInvalid
+from mpp.ledger.core import (
+    AuthorizationInvalid,
+    BudgetExhausted,
+    CapSignatureInvalid,
+    InsufficientFunds,
+    MandateRequired as MandateRequiredError,
+    MandateRevokedError,
+    OverMandate,
+    SessionNotOpen,
+    TransferConflict,
+    UnauthorizedSigner,
+    UnknownAccount,
+    UnknownSession,
+)
+from mpp.protocol.errors import InvalidChallenge, PaymentInsufficient, VerificationFailed
+
+__all__ = ["charge_refusals", "session_refusals"]
+
+
+@contextmanager
+def charge_refusals() -> Iterator[None]:
+    """The ledger's refusals of a charge as the problems a buyer sees, whichever way the ledger is reached."""
+    try:
+        yield
+    except MandateRequiredError as exc:
+        raise MandateRequired(f"the ledger refuses: {exc}") from exc
+    except OverMandate as exc:
+        problem = CurrencyNotAllowed if exc.rule == "currency" else OverCeiling
+        raise problem(f"the ledger refuses: {exc}", rule=exc.rule) from exc
+    except MandateRevokedError as exc:
+        raise MandateRevoked("a mandate in the chain has been revoked") from exc
+    except BudgetExhausted as exc:
+        raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
+    except InsufficientFunds as exc:
+        raise PaymentInsufficient("payer account balance is too low for this charge") from exc
+    except (UnauthorizedSigner, UnknownAccount, AuthorizationInvalid) as exc:
+        raise VerificationFailed(f"signer may not spend from that account: {exc}") from exc
+    except TransferConflict as exc:
+        raise InvalidChallenge("challenge id was already settled on other terms") from exc
+
+
+
+@contextmanager
+def session_refusals() -> Iterator[None]:
+    """The ledger's refusals of a session open, top-up or close as the problems a buyer sees."""
+    try:
+        yield
+    except MandateRequiredError as exc:
+        raise MandateRequired(f"the ledger refuses: {exc}") from exc
+    except OverMandate as exc:
+        raise CurrencyNotAllowed(f"the ledger refuses: {exc}", rule=exc.rule) from exc
+    except MandateRevokedError as exc:
+        raise MandateRevoked("a mandate in the chain has been revoked") from exc
+    except BudgetExhausted as exc:
+        raise BudgetExceeded(f"the ledger refuses: {exc}", rule="budget") from exc
+    except InsufficientFunds as exc:
+        raise PaymentInsufficient("payer account balance is too low for this cap") from exc
+    except (UnauthorizedSigner, UnknownAccount) as exc:
+        raise VerificationFailed(f"signer may not spend from that account: {exc}") from exc
+    except CapSignatureInvalid as exc:
+        raise VoucherInvalid("cap signature does not verify for the session's signer") from exc
+    except TransferConflict as exc:
+        raise InvalidChallenge("session was already opened or closed on other terms") from exc
+    except SessionNotOpen as exc:
+        raise SessionClosed("the session is closed") from exc
+    except UnknownSession as exc:
+        raise SessionUnknown("no such session on this ledger") from exc
