@@ -51,13 +51,14 @@ def _literal_kinds(pattern: str, *files: Path) -> set[str]:
 
 def test_every_kind_written_in_the_source_is_listed_for_its_writer():
     """IDENT-AUD-01: every kind the seller appends (the engine's one entry point, ``audit``) is listed as
-    written by the seller; every event the buyer raises (``_event``, and the session table's
-    ``_emit``, both its audit log's append) as written by the buyer. Catches paths the flow test
-    below does not take (refunds, failed tasks, identity refusals)."""
+    written by the seller; every event the buyer raises (its wire's ``emit``, and the session
+    table's ``_emit``, both its audit log's append) as written by the buyer. Catches paths the
+    flow test below does not take (refunds, failed tasks, identity refusals)."""
     spec = spec_kinds()
     mpp_dir = ROOT / "mpp"
     seller = _literal_kinds(r"\.audit\(\s*\"([a-z-]+)\"", *(mpp_dir / "engine").glob("*.py"))
-    buyer = _literal_kinds(r"self\._event\(\s*\"([a-z-]+)\"", mpp_dir / "aio" / "buyer.py")
+    buyer = _literal_kinds(r"(?:self\._wire|wire|self)\.emit\(\s*\"([a-z-]+)\"",
+                           *(mpp_dir / "aio" / f for f in ("buyer.py", "buyer_wire.py", "charges.py", "buyer_sessions.py")))
     buyer |= _literal_kinds(r"self\._emit\(\s*\"([a-z-]+)\"", mpp_dir / "aio" / "sessions.py")
     assert {"settlement", "refusal", "session-open", "session-close"} <= seller  # the search finds the calls
     assert {"quote-seen", "authorization-signed", "voucher-signed"} <= buyer

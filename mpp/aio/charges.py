@@ -1,0 +1,149 @@
+"""The buyer's charges over aiohttp: sign a quote (with the agent's mandate and budget, and one
+retry with an approval if the seller asks), send it once, check the receipt; keep the grants a
+task or a seat brings and present them, with a fresh proof, instead of paying again."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from yarl import URL
+
+from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of
+from mpp.buyer.core import Quote, sign_quote, verify_receipt
+from mpp.buyer.grants import GrantBook, grant_headers, grant_refused, key_for, payer_of
+from mpp.buyer.offers import wants_approval
+from mpp.pricing import GRANT_HEADER, Grant, PricingProblem
+from mpp.protocol.errors import DETAIL_MAX, RESOURCE_MAX, PaymentFailed, QuoteRejected, ReceiptInvalid, clip
+
+__all__ = ["ChargePayer", "ask_approval"]
+
+log = logging.getLogger("mpp.buyer")
+
+
+async def ask_approval(identity: Any, wire: BuyerWire, exc: PaymentFailed, challenge_id: str) -> str | None:
+    """The seller wants the principal's approval: ask the agent's approver, once."""
+    if not wants_approval(exc.status, exc.problem) or identity is None or identity.approver is None:
+        return None
+    approval = await maybe_await(identity.approver(exc.problem))
+    if approval:
+        await wire.emit("policy-decision", challengeId=challenge_id, decision="approved",
+                        rule=exc.problem.get("rule"), reason="approval obtained")
+    return approval or None
+
+
+class ChargePayer:
+    """Pays one quote for a :class:`~mpp.aio.buyer.PaymentClient`, and keeps and uses its grants
+    (the client's ``identity``, ``methods`` and ``clock`` are read at each call)."""
+
+    def __init__(self, client: Any, wire: BuyerWire, book: GrantBook) -> None:
+        self._client, self._wire, self.book = client, wire, book
+
+    def _identity_key(self) -> Any:
+        identity = self._client.identity
+        return identity.key if identity is not None else None
+
+    async def pay_quote(self, method: str, first: PaidResponse, quote: Quote, data: bytes | None,
+                        headers: Mapping[str, str] | None, keep_open: bool) -> PaidResponse:
+        """Pay an accepted quote on the request that got the 402."""
+        if self._client.identity is None:
+            return await self._pay(method, first, quote, sign_quote(quote), data, headers, keep_open)
+        return await self._pay_with_identity(method, first, quote, data, headers, keep_open)
+
+    async def _pay_with_identity(self, method: str, first: PaidResponse, quote: Quote, data: bytes | None,
+                                 headers: Mapping[str, str] | None, keep_open: bool = False) -> PaidResponse:
+        """Mandate checks and budget reservation before signing; one retry with an approval if asked."""
+        identity = self._client.identity
+        assert identity is not None
+        now = self._client.clock()
+        path_qs = str(URL(first.url).raw_path_qs)
+        try:
+            chain = identity.check(quote, method, path_qs, now)
+            await identity.reserve(chain, quote, now)
+        except QuoteRejected as exc:
+            await self._wire.emit("policy-decision", challengeId=quote.challenge.id, decision="deny", rule=exc.rule,
+                                  reason=exc.detail)
+            raise
+        await self._wire.emit("policy-decision", challengeId=quote.challenge.id, decision="allow", reason="within mandate",
+                              agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti)
+        approval: str | None = None
+        try:
+            for attempt in range(2):
+                credential = sign_quote(quote, {"identity": identity.member(quote, approval)})
+                try:
+                    paid = await self._pay(method, first, quote, credential, data, headers, keep_open)
+                except PaymentFailed as exc:
+                    approval = await ask_approval(identity, self._wire, exc, quote.challenge.id) if attempt == 0 else None
+                    if approval:
+                        continue
+                    raise
+                await identity.commit(quote.challenge.id)
+                return paid
+            raise AssertionError("unreachable")  # pragma: no cover
+        except (PaymentFailed, QuoteRejected, ReceiptInvalid):
+            await identity.release(quote.challenge.id)
+            raise
+        # OutcomeUnknown keeps the reservation: the money may have moved.
+
+    async def _pay(self, method: str, first: PaidResponse, quote: Quote, authorization: str, data: bytes | None,
+                   headers: Mapping[str, str] | None, keep_open: bool = False) -> PaidResponse:
+        await self._wire.emit("authorization-signed", challengeId=quote.challenge.id)
+        paid = await self._wire.send(method, first.url, authorization, data, headers, quote.challenge.id, keep_open)
+        paid.quote = quote
+        if paid.status >= 400:
+            problem = problem_of(paid)
+            await self._wire.emit("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
+            raise PaymentFailed(f"seller refused the credential: HTTP {paid.status} {problem.get('type', '')}".strip(), paid.status, problem)
+        try:
+            jwks = await self._wire.jwks(first.url)
+            paid.receipt, paid.claims = verify_receipt(paid.headers.get("Payment-Receipt"), quote, jwks, self._client.clock())
+        except BaseException:
+            close_stream(paid)
+            raise
+        # A task or a seat brings a grant for the follow-ups / the period (PRICE-TASK-02, PRICE-SEAT-05).
+        await self.keep_grant(paid.headers.get(GRANT_HEADER), quote.challenge.realm, first.url)
+        claims = paid.claims
+        await self._wire.emit("receipt", challengeId=quote.challenge.id, reference=paid.receipt.reference,
+                              amount=quote.request.amount, currency=quote.request.currency, realm=quote.challenge.realm,
+                              agent=claims.get("agent"), principal=claims.get("principal"), mandate=claims.get("mandate"),
+                              approval=claims.get("approval"), decision=claims.get("decision"), resource=claims.get("resource"))
+        return paid
+
+    def payer(self) -> str | None:
+        """The DID that signs our payments: a grant is issued to it (PRICE-TASK-02, PRICE-SEAT-05)."""
+        return payer_of(self._client.methods, self._identity_key())
+
+    async def keep_grant(self, token: Any, realm: str, url: str) -> Grant | None:
+        """Verify a grant the seller gave us (its receipt key, our DID, its realm) and keep it for its origin."""
+        payer = self.payer()
+        if not isinstance(token, str) or not token or payer is None:
+            return None
+        try:
+            jwks = await self._wire.jwks(url)
+            return self.book.admit(token, jwks, realm=realm, agent=payer, url=url, now=self._client.clock())
+        except (PricingProblem, ReceiptInvalid, ValueError) as exc:
+            log.warning("not keeping a grant from %s: %s", clip(realm, RESOURCE_MAX), clip(exc, DETAIL_MAX))  # the seller's words (CORE-ERR-12)
+            return None
+
+    async def with_grant(self, grant: Grant, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
+                         keep_open: bool) -> PaidResponse | None:
+        """The request with the grant and a fresh proof instead of a payment; None if the seller
+        refused the grant (403 grant-*): it is dropped and the caller goes the usual way."""
+        key = key_for(grant.agent, self._client.methods, self._identity_key())
+        if key is None:
+            self.book.drop(url, grant)
+            return None
+        u = URL(url)
+        proof = grant_headers(grant, key, method=method, path=u.raw_path, query=u.raw_query_string, body=data or b"",
+                              now=self._client.clock())
+        hdrs = {"Accept-Payment": self._client.accept_payment, **(headers or {}), **proof}
+        # Only to the origin that issued it: no redirects with a grant.
+        resp = await self._client.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
+        served = await capture(resp, keep_open)
+        if grant_refused(served.status, problem_of(served)):
+            self.book.drop(url, grant)
+            log.info("seller refused grant %s: %s", grant.jti, clip(problem_of(served).get("type"), RESOURCE_MAX))
+            return None
+        if served.status != 402:
+            served.grant = grant.jti
+        return served
