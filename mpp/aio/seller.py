@@ -20,7 +20,6 @@ seat-covered routes are served to a valid grant and proof without payment.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -28,16 +27,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from mpp.engine.attribution import start_request
-from mpp.engine.config import SellerConfig, price_of
+from mpp.engine.config import price_of
+from mpp.engine.front import SellerFront
 from mpp.engine.http import HttpRequest, HttpResponse, Served
 from mpp.engine.meters import Meter
 from mpp.engine.publish import JWKS_PATH, OPENAPI_PATH
 from mpp.engine.purchase import Context, Payment, TaskControl
-from mpp.engine.seller import SellerEngine
 from mpp.engine.session_close import SESSION_PATH
-from mpp.pricing import PriceList, PriceListError
 from mpp.pricing.prices import Metered, Price
-from mpp.stores.pricing import TaskRecord
 
 __all__ = ["Seller", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
@@ -47,33 +44,13 @@ _CONTEXT_KEY = web.RequestKey("mpp_context", Context) if hasattr(web, "RequestKe
 
 
 @dataclass
-class Seller(SellerConfig):
+class Seller(SellerFront):
     """A seller served by aiohttp: configure it (see :class:`mpp.engine.config.SellerConfig`),
     price handlers with :meth:`price` and :meth:`meter` or :meth:`add_route`, then ``setup(app)``."""
 
     def __post_init__(self) -> None:
-        self.engine = SellerEngine(self)
-        self.core, self.issuer, self.sessions = self.engine.core, self.engine.issuer, self.engine.sessions
-        self._rails = self.engine.rails
+        super().__post_init__()
         self._route_prices: dict[int, Price | Metered] = {}
-
-    def __repr__(self) -> str:
-        return f"Seller(realm={self.realm!r}, rails={list(self._rails)!r})"
-
-    # -- prices ----------------------------------------------------------------
-
-    def reload_prices(self, text: str, source: str) -> PriceList:
-        """Replace the price list while serving (PRICE-VER-02); see SellerEngine.reload_prices."""
-        return self.engine.reload_prices(text, source)
-
-    def load_prices(self, path: str) -> PriceList:
-        """``reload_prices`` from a file; an unreadable file is a PriceListError naming it."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PriceListError(str(path), [(1, f"cannot read the price list: {exc}")]) from None
-        return self.reload_prices(text, str(path))
 
     def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler,
                   price: Price | Metered | None) -> web.AbstractRoute:
@@ -110,19 +87,9 @@ class Seller(SellerConfig):
         app.cleanup_ctx.append(self._lifecycle)
 
     async def _lifecycle(self, app: web.Application):
-        if self.sessions is None and any(isinstance(p, Metered) for _, _, p in self.priced_routes(app)):
-            raise RuntimeError("metered routes need a session store: Seller(session_store=SqliteSessionStore(...))")
-        await self.engine.start()
-        sweeper = asyncio.create_task(self.sessions.sweep_forever()) if self.sessions is not None else None
+        await self.start_serving(self.priced_routes(app))
         yield
-        if sweeper is not None:
-            sweeper.cancel()
-            try:
-                await sweeper
-            except asyncio.CancelledError:
-                pass
-            await self.sessions.store.close()  # type: ignore[union-attr]
-        await self.engine.close()
+        await self.stop_serving()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -166,24 +133,6 @@ class Seller(SellerConfig):
     async def _session_endpoint(self, request: web.Request) -> web.Response:
         assert self.sessions is not None
         return _response(await self.sessions.endpoint(_neutral(request)))
-
-    # -- tasks -----------------------------------------------------------------
-
-    async def task(self, task_id: str) -> TaskRecord | None:
-        """The task's record, if this seller keeps task records."""
-        return await self.engine.offers.task(task_id)
-
-    async def finish_task(self, task_id: str, *, ok: bool, detail: str | None = None) -> bool:
-        """The task succeeded or failed; True if this call moved it (PRICE-TASK-04, -05)."""
-        return await self.engine.offers.finish_task(task_id, ok=ok, detail=detail)
-
-    async def refund_owed_tasks(self) -> int:
-        """Complete the refunds of failed tasks a crash interrupted; how many were completed."""
-        return await self.engine.offers.refund_owed_tasks()
-
-    async def task_delivered(self, task_id: str) -> bool:
-        """A follow-up returned the task's result: from now on a failure refunds nothing."""
-        return await self.engine.offers.task_delivered(task_id)
 
 
 class _Sink:

@@ -258,7 +258,7 @@ def _settles_before_binding(app: web.Application, seller: Seller) -> None:
             return
         verified = Verified(credential=credential, request=charge_request, proof=proof, resource=claimed)
         if await seller.store.claim(verified.challenge_id, resource=claimed, idempotency_key=None):
-            await seller._rails[challenge.method].settle(verified, None)
+            await seller.engine.rails[challenge.method].settle(verified, None)
 
     async def charge_settling_first(request, serve, price, info, now, route=None, *, meter=None):
         header = None
