@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp and ASGI adapters, the CLI (with its demos,
-# configuration and servers), the PostgreSQL stores and ledger (asyncpg) with the throwaway
-# PostgreSQL, the store chooser that reaches them, the ledger's HTTP service and its nonce stores.
-IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/service.py",
-               "ledger/nonces.py")
+# configuration and servers), the PostgreSQL stores and ledger (asyncpg: its money, its facets
+# and the book they share) with the throwaway PostgreSQL, the store chooser that reaches them,
+# the ledger's HTTP service and its nonce stores.
+IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/pg_facets.py",
+               "ledger/_pg_book.py", "ledger/service.py", "ledger/nonces.py")
 
 
 def _is_io(path: Path) -> bool:

@@ -307,7 +307,7 @@ class SessionDesk:
                                  recipient=call.terms.recipient)
         periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
         charged = await seller.store.mandate_spent(periods)  # this seller's charges under each link
-        held = await self.store.mandate_held(periods)  # and its sessions'
+        held = await self.store.mandates.held(periods)  # and its sessions'
         spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
         # PRICE-MDT-02: a unit offer the chain excludes, or above its unit price, is refused before anything is held
@@ -333,7 +333,7 @@ class SessionDesk:
         sid = state.session_id
         key = idempotency_key(request.headers.getall("Idempotency-Key", ()))
         if key is not None:
-            status, stored = await self.store.claim_key(sid, key, call.resource)
+            status, stored = await self.store.keys.claim(sid, key, call.resource)
             if status == "done":
                 assert stored is not None
                 return web.Response(status=stored.status, body=stored.body,
@@ -346,10 +346,10 @@ class SessionDesk:
             response = await self._serve_once(request, handler, call, metered, meter, sid, key)
         except BaseException:
             if key is not None:
-                await self.store.drop_key(sid, key)
+                await self.store.keys.drop(sid, key)
             raise
         if key is not None and response.status >= 400:
-            await self.store.drop_key(sid, key)
+            await self.store.keys.drop(sid, key)
         return response
 
     async def _serve_once(self, request: web.Request, handler: Any, call: SessionCall, metered: Metered,

@@ -436,7 +436,7 @@ class Seller:
                 raise ApprovalInvalid("approval has already been used")
         spent = await self.store.mandate_spent(periods)
         if self.sessions is not None:  # what this seller's sessions under each link hold or took counts too
-            held = await self.sessions.store.mandate_held(periods)
+            held = await self.sessions.store.mandates.held(periods)
             spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
         decision = evaluate_policy(chain, verified.credential.challenge, verified.request, verified.resource,
                                    spent=spent, approval=approval)
