@@ -71,8 +71,8 @@ async def _fund(ledger: Any, kit: dict[str, Any]) -> None:
             await ledger.create_account(account, "usd")
         except LedgerError:
             pass
-    await ledger.allow(PAYER, kit["agent"], "owner")
-    await ledger.allow(PAYER, kit["principal"], "owner")
+    await ledger.keys.allow(PAYER, kit["agent"], "owner")
+    await ledger.keys.allow(PAYER, kit["principal"], "owner")
     await ledger.fund(PAYER, FUNDS)
 
 

@@ -36,7 +36,7 @@ async def run(calls: int, workdir: Path) -> dict:
     ledger.create_account("acct:seller", "usd")
     ledger.create_account("acct:buyer", "usd")
     agent = mpp.SigningKey.generate()
-    ledger.allow("acct:buyer", agent.did, "owner")
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
     ledger.fund("acct:buyer", 10_000_000)
     seller = Seller(realm="bench.local", secret=b"b" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")], store=SqlitePaymentStore(str(workdir / "p.db")),

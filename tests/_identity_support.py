@@ -64,7 +64,7 @@ def new_ledger(location: str, principal: str) -> SqliteLedger:
     ledger.create_account(PAYEE, "usd")
     ledger.create_account(PAYER, "usd")
     ledger.create_account(PLAIN_PAYER, "usd")
-    ledger.allow(PAYER, principal, "owner")
+    ledger.keys.allow(PAYER, principal, "owner")
     ledger.fund(PAYER, FUNDS)
     ledger.fund(PLAIN_PAYER, FUNDS)
     return ledger

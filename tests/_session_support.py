@@ -94,7 +94,7 @@ def make_ledger(tmp_path: Path, agent: mpp.SigningKey, *, funds: int = 10_000) -
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")
     ledger.create_account("acct:buyer", "usd")
-    ledger.allow("acct:buyer", agent.did, "owner")
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
     ledger.fund("acct:buyer", funds)
     return ledger
 

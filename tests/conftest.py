@@ -38,7 +38,7 @@ def owning_home(path: Path) -> Path:
     init_home(path)
     ledger = SqliteLedger(str(path / "ledger.db"))
     try:
-        ledger.allow(BUYER_ACCOUNT, load_wallet(path / "agent").key.did, "owner")
+        ledger.keys.allow(BUYER_ACCOUNT, load_wallet(path / "agent").key.did, "owner")
     finally:
         ledger.close()
     return path

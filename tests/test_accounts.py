@@ -66,29 +66,29 @@ async def test_owner_agent_stranger_and_denied(ledger):
     only under a chain rooted in an owner (MandateRequired bare); a stranger bare is refused, under a
     chain it may spend; a denied DID spends nothing, anywhere in a chain; nothing moves on a refusal."""
     P, A, S, Q = (mpp.SigningKey.generate() for _ in range(4))
-    await ledger.allow(PAYER, P.did, "owner")
-    await ledger.allow(PAYER, A.did, "agent")
-    assert await ledger.members(PAYER) == {P.did: "owner", A.did: "agent"}
+    await ledger.keys.allow(PAYER, P.did, "owner")
+    await ledger.keys.allow(PAYER, A.did, "agent")
+    assert await ledger.keys.members(PAYER) == {P.did: "owner", A.did: "agent"}
     chain = [mandate(P, A)]
 
     for signer, error in ((A, MandateRequired), (S, UnauthorizedSigner), (Q, UnauthorizedSigner)):
         with pytest.raises(error):
             await _pay(ledger, f"bare-{signer.did[-6:]}", signer)
         with pytest.raises(error):
-            await ledger.spend_check(PAYER, signer=signer.did, chain=None)
+            await ledger.keys.spend_check(PAYER, signer=signer.did, chain=None)
     assert await ledger.balance(PAYER) == FUNDS
 
     await _pay(ledger, "owner-bare", P)
-    await ledger.spend_check(PAYER, signer=P.did, chain=None)
+    await ledger.keys.spend_check(PAYER, signer=P.did, chain=None)
     await _pay(ledger, "agent-chain", A, chain)
     await _pay(ledger, "stranger-chain", S, [mandate(P, S)])  # a sub-agent the ledger never heard of
     with pytest.raises(UnauthorizedSigner, match="does not own"):  # LEDGER-ACCT-04: Q owns nothing here
         await _pay(ledger, "foreign-root", A, [mandate(Q, A)])
     with pytest.raises(UnauthorizedSigner, match="does not own"):
-        await ledger.spend_check(PAYER, signer=A.did, chain=(Q.did, A.did))
+        await ledger.keys.spend_check(PAYER, signer=A.did, chain=(Q.did, A.did))
     assert await ledger.balance(PAYER) == FUNDS - 300
 
-    await ledger.deny(PAYER, A.did)
+    await ledger.keys.deny(PAYER, A.did)
     with pytest.raises(UnauthorizedSigner, match="denied"):
         await _pay(ledger, "denied-agent", A, [mandate(P, A)])
     with pytest.raises(UnauthorizedSigner):
@@ -96,8 +96,8 @@ async def test_owner_agent_stranger_and_denied(ledger):
     sub = mpp.SigningKey.generate()  # a denied DID in the middle of a chain cuts the whole chain
     with pytest.raises(UnauthorizedSigner, match="denied"):
         await _pay(ledger, "denied-middle", sub, [chain[0], mandate(A, sub, principal=P.did, max_depth=0)])
-    await ledger.allow(PAYER, Q.did, "owner")
-    await ledger.deny(PAYER, P.did)  # P denied: its own and its mandates' spending stop at once
+    await ledger.keys.allow(PAYER, Q.did, "owner")
+    await ledger.keys.deny(PAYER, P.did)  # P denied: its own and its mandates' spending stop at once
     with pytest.raises(UnauthorizedSigner):
         await _pay(ledger, "denied-owner", P)
     with pytest.raises(UnauthorizedSigner):
@@ -111,20 +111,20 @@ async def test_roles_and_the_last_owner(ledger):
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     for did, role in (("did:web:example.com", "owner"), ("not a did", "agent"), (A.did, "admin")):
         with pytest.raises(ValueError):
-            await ledger.allow(PAYER, did, role)
+            await ledger.keys.allow(PAYER, did, role)
     with pytest.raises(UnknownAccount, match="acct:nobody"):
-        await ledger.allow("acct:nobody", A.did, "agent")
+        await ledger.keys.allow("acct:nobody", A.did, "agent")
     with pytest.raises(UnknownAccount):
-        await ledger.spend_check("acct:nobody", signer=A.did, chain=None)
-    await ledger.allow(PAYER, P.did, "owner")
+        await ledger.keys.spend_check("acct:nobody", signer=A.did, chain=None)
+    await ledger.keys.allow(PAYER, P.did, "owner")
     for role in ("agent", "denied"):
         with pytest.raises(ValueError, match="only owner"):
-            await ledger.allow(PAYER, P.did, role)
-    await ledger.allow(PAYER, A.did, "owner")
-    await ledger.deny(PAYER, P.did)  # another owner remains
-    assert await ledger.members(PAYER) == {P.did: "denied", A.did: "owner"}
+            await ledger.keys.allow(PAYER, P.did, role)
+    await ledger.keys.allow(PAYER, A.did, "owner")
+    await ledger.keys.deny(PAYER, P.did)  # another owner remains
+    assert await ledger.keys.members(PAYER) == {P.did: "denied", A.did: "owner"}
     created = await ledger.create_account("acct:new", "usd", owner=P.did)
-    assert created.balance == 0 and await ledger.members("acct:new") == {P.did: "owner"}
+    assert created.balance == 0 and await ledger.keys.members("acct:new") == {P.did: "owner"}
 
 
 async def test_exclusive_creation_has_one_winner(ledger):
@@ -135,7 +135,7 @@ async def test_exclusive_creation_has_one_winner(ledger):
                                    return_exceptions=True)
     made = [k for k, r in zip(keys, results) if not isinstance(r, BaseException)]
     assert len(made) == 1 and all(isinstance(r, TransferConflict) for r in results if isinstance(r, BaseException))
-    assert await ledger.members("acct:race") == {made[0].did: "owner"}
+    assert await ledger.keys.members("acct:race") == {made[0].did: "owner"}
 
 
 def test_sqlite_ledger_of_an_earlier_version_is_migrated(tmp_path: Path):
@@ -154,8 +154,8 @@ def test_sqlite_ledger_of_an_earlier_version_is_migrated(tmp_path: Path):
         c.executemany("INSERT INTO account_keys VALUES (?, ?)", [("acct:buyer", A.did), ("acct:solo", K.did)])
     led = SqliteLedger(str(path))
     try:
-        assert led.members("acct:buyer") == {P.did: "owner", A.did: "agent"}
-        assert led.members("acct:solo") == {K.did: "owner"}
+        assert led.keys.members("acct:buyer") == {P.did: "owner", A.did: "agent"}
+        assert led.keys.members("acct:solo") == {K.did: "owner"}
         tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert not tables & {"account_keys", "account_owners"}
     finally:
@@ -183,7 +183,7 @@ async def test_postgres_ledger_of_an_earlier_version_is_migrated(pg_url: str):
         await conn.close()
     led = await PgLedger.connect(pg_url, max_size=2)
     try:
-        assert await led.members("acct:buyer") == {P.did: "owner", A.did: "agent"}
+        assert await led.keys.members("acct:buyer") == {P.did: "owner", A.did: "agent"}
     finally:
         await led.close()
 
@@ -202,7 +202,7 @@ async def world(tmp_path: Path):
     try:
         async with aiohttp.ClientSession() as session:
             w = World(ledger, server, session, P=P)
-            ledger.allow(PAYER, w.A.did, "agent")
+            ledger.keys.allow(PAYER, w.A.did, "agent")
             yield w
     finally:
         await server.close()
@@ -271,13 +271,13 @@ async def test_strangers_and_unowned_roots_are_told_before_the_challenge_is_cons
     chain = [mandate(P2, world.A, scope=["GET /*"])]
     doc = await refused(world, "/small", credential(q, chain, world.A), VERIFICATION_FAILED, 402)
     assert "does not own" in doc["detail"]
-    world.ledger.allow(PAYER, P2.did, "owner")
+    world.ledger.keys.allow(PAYER, P2.did, "owner")
     await paid(world, "/small", credential(q, chain, world.A))
 
 
 async def test_denied_agent_is_refused_even_with_its_mandate(world):
     """LEDGER-ACCT-04: deny cuts the agent off at once, whatever mandates it holds."""
-    world.ledger.deny(PAYER, world.A.did)
+    world.ledger.keys.deny(PAYER, world.A.did)
     q = await world.quote("/small", world.A)
     doc = await refused(world, "/small", credential(q, [_mandate(world)], world.A), VERIFICATION_FAILED, 402)
     assert "denied" in doc["detail"]
@@ -293,7 +293,7 @@ async def service(tmp_path: Path):
 
     principal, agent = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
-    ledger.allow(PAYER, agent.did, "agent")
+    ledger.keys.allow(PAYER, agent.did, "agent")
     keys = {PAYEE: mpp.SigningKey.generate()}
     nonces = MemoryNonces()
     server = TestServer(ledger_app(ledger, sellers={keys[PAYEE].did: PAYEE}, nonces=nonces), host="127.0.0.1")
@@ -376,7 +376,7 @@ async def test_service_members_are_changed_only_by_an_owner(service):
     for bad in ({"did": "did:web:x", "role": "agent"}, {"did": newcomer.did, "role": "admin"}, {"did": newcomer.did}):
         status, doc, _ = await service.call("POST", path, bad, key=P)
         assert_problem(status, doc, 400, "InvalidRequest")
-    assert service.ledger.members(PAYER)[P.did] == "owner"
+    assert service.ledger.keys.members(PAYER)[P.did] == "owner"
 
 
 @pytest.mark.parametrize("open_accounts", [False, True])
@@ -405,7 +405,7 @@ async def test_accounts_created_over_the_service_only_where_it_is_open(tmp_path:
             assert status == 200 and doc["members"] == {newcomer.did: "owner"} and doc["account"]["balance"] == "0", doc
             status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": PAYER, "currency": "usd"}, key=newcomer)
             assert_problem(status, doc, 409, "TransferConflict")
-            assert ledger.members(PAYER) == {principal.did: "owner"}
+            assert ledger.keys.members(PAYER) == {principal.did: "owner"}
             status, doc, _ = await svc.call("POST", "/v1/accounts", {"id": "acct:later", "currency": "usd"}, key=newcomer)
             assert_problem(status, doc, 403, "Forbidden")  # nobody squats a seller's payee account
             for reserved in ("holds:usd", "issuance:eur"):
@@ -415,7 +415,7 @@ async def test_accounts_created_over_the_service_only_where_it_is_open(tmp_path:
             newcomer.save(tmp_path / "newcomer.key")
             made = await asyncio.to_thread(ok, "ledger", "account", "create", "acct:cli", "--ledger", svc.url,
                                            "--key", tmp_path / "newcomer.key")
-            assert "acct:cli" in made.stdout and ledger.members("acct:cli") == {newcomer.did: "owner"}
+            assert "acct:cli" in made.stdout and ledger.keys.members("acct:cli") == {newcomer.did: "owner"}
     finally:
         await server.close()
         ledger.close()
@@ -628,8 +628,8 @@ async def test_the_ledger_holds_the_mandates_ceiling_and_currency(ledger):
     """LEDGER-ACCT-07: whatever a seller checked, a charge above a link's ceiling, or in another
     currency than the mandate's, is refused by the ledger itself, nothing moved."""
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
-    await ledger.allow(PAYER, P.did, "owner")
-    await ledger.allow(PAYER, A.did, "agent")
+    await ledger.keys.allow(PAYER, P.did, "owner")
+    await ledger.keys.allow(PAYER, A.did, "agent")
     chain = [mandate(P, A)]  # ceiling 500, usd
     with pytest.raises(OverMandate, match="ceiling") as caught:
         await _pay(ledger, "over", A, chain, amount=501)
@@ -652,10 +652,10 @@ async def test_member_and_account_ids_have_one_spelling(ledger):
     A = mpp.SigningKey.generate()
     for alias in (A.did + " ", A.did + "\n", "\t" + A.did):
         with pytest.raises(ValueError):
-            await ledger.allow(PAYER, alias, "agent")
+            await ledger.keys.allow(PAYER, alias, "agent")
     await ledger.fund(PAYER, 1)  # makes issuance:usd
     with pytest.raises(ValueError, match="own issuance account"):
-        await ledger.allow("issuance:usd", A.did, "owner")
+        await ledger.keys.allow("issuance:usd", A.did, "owner")
     for bad_id, currency in (("", "usd"), ("acct:\x01x", "usd"), (" acct:x", "usd"), ("issuance:eur", "eur"),
                              ("holds:usd", "usd"), ("acct:x", ""), ("acct:x", "USD")):
         with pytest.raises(ValueError):

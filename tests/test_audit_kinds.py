@@ -73,7 +73,7 @@ async def test_charge_and_session_flows_write_only_spec_kinds(tmp_path: Path):
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")
     ledger.create_account("acct:buyer", "usd")
-    ledger.allow("acct:buyer", agent.did, "owner")
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
     ledger.fund("acct:buyer", 10_000)
     poor = mpp.SigningKey.generate()  # may spend from an account too poor for the purchase
     ledger.create_account("acct:poor", "usd", owner=poor.did)

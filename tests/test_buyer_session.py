@@ -872,9 +872,9 @@ async def real_world(tmp_path, *, payer: str = "acct:buyer", agent: mpp.SigningK
     ledger.create_account(PAYEE, "usd")
     ledger.create_account(payer, "usd")
     if principal is not None:
-        ledger.allow(payer, principal, "owner")
+        ledger.keys.allow(payer, principal, "owner")
     if agent is not None:
-        ledger.allow(payer, agent.did, "owner")
+        ledger.keys.allow(payer, agent.did, "owner")
     ledger.fund(payer, FUNDS)
     seller = Seller(realm=E2E_REALM, secret=b"e" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(str(tmp_path / "payments.db")),
@@ -939,7 +939,7 @@ def e2e_buyer(http, key: mpp.SigningKey | None = None, *, account: str = "acct:b
 
 async def authorized_buyer(world: RealWorld, http, **kwargs: Any) -> PaymentClient:
     key = mpp.SigningKey.generate()
-    world.ledger.allow("acct:buyer", key.did, "owner")
+    world.ledger.keys.allow("acct:buyer", key.did, "owner")
     return e2e_buyer(http, key, **kwargs)
 
 
@@ -1000,7 +1000,7 @@ async def test_e2e_top_up_when_the_cap_is_reached(tmp_path, http):
     w = await real_world(tmp_path, suggested_cap=30)
     try:
         events: list = []
-        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
+        w.ledger.keys.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         async with e2e_buyer(http, key, sessions=SessionPolicy(max_cap=100), events=events) as client:
             for _ in range(8):
                 r = await client.request("GET", w.url("/gen?tokens=5000"))
@@ -1010,7 +1010,7 @@ async def test_e2e_top_up_when_the_cap_is_reached(tmp_path, http):
             sid = session.id
         assert len(w.hits) == 1 + 8 + 1  # top-ups rode on served requests
         assert any(d.get("action") == "topUp" for d in kinds(events, "voucher-signed"))
-        hold = w.ledger.session(sid)
+        hold = w.ledger.sessions.get(sid)
         assert hold is not None and hold.cap == session.cap
         assert w.balances()["acct:buyer"] == FUNDS - 80 and w.ledger.check() == []
     finally:
@@ -1022,7 +1022,7 @@ async def test_e2e_cap_reached_without_top_up_opens_a_new_session(tmp_path, http
     # SESSION-BUY-03
     w = await real_world(tmp_path, suggested_cap=30)
     try:
-        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
+        w.ledger.keys.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         async with e2e_buyer(http, key, sessions=SessionPolicy(max_cap=30, allow_top_up=False)) as client:
             for _ in range(5):
                 assert (await client.request("GET", w.url("/gen?tokens=5000"))).status == 200
@@ -1074,7 +1074,7 @@ async def test_e2e_seller_idle_close_then_a_new_session(tmp_path, http):
     w = await real_world(tmp_path, idle_timeout=1)
     try:
         events: list = []
-        w.ledger.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
+        w.ledger.keys.allow("acct:buyer", (key := mpp.SigningKey.generate()).did, "owner")
         client = e2e_buyer(http, key, sessions=SessionPolicy(max_cap=100), events=events)
         first = await client.request("GET", w.url("/gen"))
         for _ in range(40):
@@ -1107,10 +1107,10 @@ async def test_e2e_identity_reserves_the_cap_and_commits_exactly_the_capture(tmp
             (session,) = client.open_sessions
             assert session.cap == 200  # the mandate's ceiling
             assert store.used(link, "total", now()) == 200
-            assert w.ledger.mandate_spent(link, "total") == 200  # the ledger counts the held cap too
+            assert w.ledger.keys.mandate_spent(link, "total") == 200  # the ledger counts the held cap too
             await client.request("GET", w.url("/gen2?tokens=1000"))
         assert store.used(link, "total", now()) == 12
-        assert w.ledger.mandate_spent(link, "total") == 12
+        assert w.ledger.keys.mandate_spent(link, "total") == 12
         assert w.ledger.check() == []
     finally:
         store.close()

@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mpp"
 FORBIDDEN = ("asyncio", "aiohttp")
 # The I/O side, relative to mpp/: the aiohttp and ASGI adapters, the CLI (with its demos,
-# configuration and servers), the PostgreSQL stores and ledger (asyncpg) with the throwaway
-# PostgreSQL, the store chooser that reaches them, the ledger's HTTP service and its nonce stores,
-# and the engine's session desk (a stream waiting for an in-band voucher, the idle sweeper) with the
-# engine's front door that owns it and the adapters' common base. The engine is framework-neutral
-# instead: see ENGINE below.
-IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/service.py",
-               "ledger/nonces.py", "engine/sessions.py", "engine/seller.py", "engine/front.py")
+# configuration and servers), the PostgreSQL stores and ledger (asyncpg: its money, its facets
+# and the book they share) with the throwaway PostgreSQL, the store chooser that reaches them,
+# the ledger's HTTP service and its nonce stores, and the engine's session desk (a stream waiting
+# for an in-band voucher, the idle sweeper) with the engine's front door that owns it and the
+# adapters' common base. The engine is framework-neutral instead: see ENGINE below.
+IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/pg_facets.py",
+               "ledger/_pg_book.py", "ledger/service.py", "ledger/nonces.py", "engine/sessions.py", "engine/seller.py",
+               "engine/front.py")
 # The seller engine runs under both adapters on the asyncio loop, so it may use asyncio, but it
 # names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn.
 ENGINE = PACKAGE / "engine"

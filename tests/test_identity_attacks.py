@@ -107,7 +107,7 @@ async def test_valid_mandate_pays(world):
 
 async def test_route_without_require_identity_accepts_plain_credential(world):
     """IDENT-POP-02: identity optional. A route that does not require identity takes a plain credential."""
-    world.ledger.allow(PLAIN_PAYER, world.C.did, "owner")
+    world.ledger.keys.allow(PLAIN_PAYER, world.C.did, "owner")
     before = world.ledger.balance(PLAIN_PAYER)
     q = await world.quote("/plain", world.C, PLAIN_PAYER)
     await paid(world, "/plain", mpp.sign_quote(q))
@@ -116,7 +116,7 @@ async def test_route_without_require_identity_accepts_plain_credential(world):
 
 async def test_plain_credential_on_identity_route(world):
     """IDENT-POP-03, IDENT-POL-02: identity required. A credential without an identity member is refused on a route that needs one."""
-    world.ledger.allow(PLAIN_PAYER, world.C.did, "owner")
+    world.ledger.keys.allow(PLAIN_PAYER, world.C.did, "owner")
     q = await world.quote("/thing", world.C, PLAIN_PAYER)
     await refused(world, "/thing", mpp.sign_quote(q), "identity-required", 402)
     # the refusal consumed nothing: the same challenge still buys, with a mandate
@@ -192,7 +192,7 @@ async def test_revoked_mandate(world):
     token = mandate(world.P, world.A)
     q = await world.quote("/thing", world.A)
     await paid(world, "/thing", credential(q, [token], world.A))
-    world.ledger.revoke(I.issue_revocation(world.P, token, now=now()), token)
+    world.ledger.keys.revoke(I.issue_revocation(world.P, token, now=now()), token)
     q = await world.quote("/thing", world.A)
     await refused(world, "/thing", credential(q, [token], world.A), "mandate-revoked", 402)
 
@@ -203,7 +203,7 @@ async def test_revoked_parent_revokes_delegation(world):
     sub = mandate(world.A, world.B, principal=world.P.did, max_depth=0)
     q = await world.quote("/thing", world.B)
     await paid(world, "/thing", credential(q, [root, sub], world.B))
-    world.ledger.revoke(I.issue_revocation(world.P, root, now=now()), root)
+    world.ledger.keys.revoke(I.issue_revocation(world.P, root, now=now()), root)
     q = await world.quote("/thing", world.B)
     await refused(world, "/thing", credential(q, [root, sub], world.B), "mandate-revoked", 402)
 
@@ -409,7 +409,7 @@ async def test_malformed_identity_member(world, shape, slug, status):
 
 async def test_bad_identity_on_route_without_require_identity(world):
     """IDENT-POP-02: identity optional. An identity member, once present, is checked even where it is optional."""
-    world.ledger.allow(PLAIN_PAYER, world.C.did, "owner")
+    world.ledger.keys.allow(PLAIN_PAYER, world.C.did, "owner")
     q = await world.quote("/plain", world.C, PLAIN_PAYER)
     stranger = mpp.SigningKey.generate()
     await refused(world, "/plain", credential(q, [mandate(stranger, world.C)], world.C), "mandate-untrusted", 402)

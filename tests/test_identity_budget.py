@@ -71,7 +71,7 @@ async def test_concurrent_purchases_across_two_sellers_stay_within_budget(tmp_pa
     settled = charges(ledger)
     assert sum(t.amount for t in settled) == BUDGET == len(paid) * PRICE
     assert ledger.balance(PAYER) == before - BUDGET
-    assert ledger.mandate_spent(link_key(token), "total") == BUDGET
+    assert ledger.keys.mandate_spent(link_key(token), "total") == BUDGET
     assert ledger.total() == 0 and ledger.check() == []
     ledger_b.close()
     ledger.close()
@@ -115,7 +115,7 @@ async def test_buyer_processes_sharing_a_budget_store_stay_within_budget(tmp_pat
         store.close()
     assert sum(t.amount for t in charges(ledger)) == BUDGET
     assert ledger.balance(PAYER) == before - BUDGET
-    assert ledger.mandate_spent(key, "total") == BUDGET
+    assert ledger.keys.mandate_spent(key, "total") == BUDGET
     assert ledger.total() == 0
     ledger.close()
 

@@ -18,7 +18,7 @@ def ledger(tmp_path: Path) -> SqliteLedger:
     led = SqliteLedger(str(tmp_path / "ledger.db"))
     led.create_account("acct:buyer", "usd")
     led.create_account("acct:seller", "usd")
-    led.allow("acct:buyer", AGENT, "owner")
+    led.keys.allow("acct:buyer", AGENT, "owner")
     led.fund("acct:buyer", 1_000)
     yield led
     led.close()

@@ -96,8 +96,8 @@ async def ledger(ledgers: Ledgers, agent: mpp.SigningKey, principal: mpp.Signing
     led = await ledgers.open()
     for acct in (PAYER, PAYEE, OTHER):
         await led.create_account(acct, "usd")
-    await led.allow(PAYER, agent.did, "owner")
-    await led.allow(PAYER, principal.did, "owner")
+    await led.keys.allow(PAYER, agent.did, "owner")
+    await led.keys.allow(PAYER, principal.did, "owner")
     await led.fund(PAYER, FUNDS)
     await led.fund(OTHER, FUNDS)
     yield led
@@ -146,7 +146,7 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     value enters from the issuance account; a refund moves the amount back once."""
     assert await ledger.account(PAYER) == Account(PAYER, "usd", FUNDS, "asset")
     assert await ledger.account("issuance:usd") == Account("issuance:usd", "usd", -2 * FUNDS, "issuance")
-    assert await ledger.members(PAYER) == {agent.did: "owner", principal.did: "owner"} and await ledger.members(PAYEE) == {}
+    assert await ledger.keys.members(PAYER) == {agent.did: "owner", principal.did: "owner"} and await ledger.keys.members(PAYEE) == {}
     funded = [t for t in await ledger.transfers() if t.kind == "fund"]
     assert [(t.payer, t.payee, t.amount) for t in funded] == [("issuance:usd", PAYER, FUNDS), ("issuance:usd", OTHER, FUNDS)]
 
@@ -179,11 +179,11 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     assert await ledger.create_account(PAYEE, "usd") == Account(PAYEE, "usd", 0, "asset")
     with pytest.raises(TransferConflict):
         await ledger.create_account(PAYEE, "eur")
-    for call in (ledger.create_account(HOLDS, "usd"), ledger.fund(HOLDS, 1), ledger.allow(HOLDS, agent.did, "owner")):
+    for call in (ledger.create_account(HOLDS, "usd"), ledger.fund(HOLDS, 1), ledger.keys.allow(HOLDS, agent.did, "owner")):
         with pytest.raises(ValueError):
             await call
-    for call in (ledger.fund("acct:nobody", 1), ledger.allow("acct:nobody", agent.did, "owner"),
-                 ledger.allow("acct:nobody", principal.did, "owner"), ledger.account("acct:nobody"), ledger.balance("acct:nobody")):
+    for call in (ledger.fund("acct:nobody", 1), ledger.keys.allow("acct:nobody", agent.did, "owner"),
+                 ledger.keys.allow("acct:nobody", principal.did, "owner"), ledger.account("acct:nobody"), ledger.balance("acct:nobody")):
         with pytest.raises(UnknownAccount):
             await call
     assert [a.id for a in await ledger.accounts()] == sorted([PAYER, PAYEE, OTHER, "issuance:usd"])
@@ -230,7 +230,7 @@ async def test_refusals_change_nothing(ledger, agent):
     await open_(ledger, agent, 100)
     with pytest.raises(UnauthorizedSigner):
         await pay(ledger, "c2", signer=None, payee=HOLDS)
-    await ledger.close_session("sess1", capture=0, voucher=None)
+    await ledger.sessions.close("sess1", capture=0, voucher=None)
     # The operator's own transfer (no signer) needs no key; an issuance account may go negative.
     assert (await pay(ledger, "c3", 7, signer=None, payer=OTHER)).signer is None
 
@@ -262,18 +262,18 @@ async def test_mandate_chain_spends_within_its_budget(ledger, principal):
     with pytest.raises(UnauthorizedSigner):
         await pay(ledger, "m0", signer=agent.did)
     made = await pay(ledger, "m1", 400, signer=agent.did, mandate_charge=charge_of(token))
-    assert made.signer == agent.did and await ledger.mandate_spent(key, "total") == 400
+    assert made.signer == agent.did and await ledger.keys.mandate_spent(key, "total") == 400
     with pytest.raises(BudgetExhausted):
         await pay(ledger, "m2", 601, signer=agent.did, mandate_charge=charge_of(token))
     await pay(ledger, "m2", 600, signer=agent.did, mandate_charge=charge_of(token))
-    assert await ledger.mandate_spent(key, "total") == 1_000
+    assert await ledger.keys.mandate_spent(key, "total") == 1_000
     with pytest.raises(BudgetExhausted):
         await pay(ledger, "m3", 1, signer=agent.did, mandate_charge=charge_of(token))
     await ledger.refund("m1")
-    assert await ledger.mandate_spent(key, "total") == 600
+    assert await ledger.keys.mandate_spent(key, "total") == 600
     await pay(ledger, "m3", 400, signer=agent.did, mandate_charge=charge_of(token))
-    assert await ledger.mandate_spent(key, "total") == 1_000
-    assert await ledger.mandate_spent(key, "2031-01-01") == 0 and await ledger.mandate_spent("nobody#x", "total") == 0
+    assert await ledger.keys.mandate_spent(key, "total") == 1_000
+    assert await ledger.keys.mandate_spent(key, "2031-01-01") == 0 and await ledger.keys.mandate_spent("nobody#x", "total") == 0
 
     # a sub-mandate's budget binds its agent, and counts against the root's as well
     sub_agent = mpp.SigningKey.generate()
@@ -283,8 +283,8 @@ async def test_mandate_chain_spends_within_its_budget(ledger, principal):
     await pay(ledger, "s1", 200, signer=sub_agent.did, mandate_charge=chain)
     with pytest.raises(BudgetExhausted):
         await pay(ledger, "s2", 101, signer=sub_agent.did, mandate_charge=chain)
-    assert await ledger.mandate_spent(link_key(other_root), "total") == 200
-    assert await ledger.mandate_spent(link_key(sub), "total") == 200
+    assert await ledger.keys.mandate_spent(link_key(other_root), "total") == 200
+    assert await ledger.keys.mandate_spent(link_key(sub), "total") == 200
 
     # refusals: someone else signing, an untrusted root, a mandate for another realm
     with pytest.raises(UnauthorizedSigner):
@@ -306,10 +306,10 @@ async def test_revoked_mandate_is_refused(ledger, principal):
     sub_agent = mpp.SigningKey.generate()
     sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=1_000)
     await pay(ledger, "r1", signer=sub_agent.did, mandate_charge=charge_of(root, sub))
-    assert await ledger.revoked([link_key(root), link_key(sub)]) == set() and await ledger.revoked([]) == set()
-    jti = await ledger.revoke(I.issue_revocation(principal, root, now=now()), root)
-    assert jti == link_key(root) and await ledger.revoked([link_key(root), link_key(sub)]) == {link_key(root)}
-    assert await ledger.revoke(I.issue_revocation(principal, root, now=now()), root) == jti  # again: no change
+    assert await ledger.keys.revoked([link_key(root), link_key(sub)]) == set() and await ledger.keys.revoked([]) == set()
+    jti = await ledger.keys.revoke(I.issue_revocation(principal, root, now=now()), root)
+    assert jti == link_key(root) and await ledger.keys.revoked([link_key(root), link_key(sub)]) == {link_key(root)}
+    assert await ledger.keys.revoke(I.issue_revocation(principal, root, now=now()), root) == jti  # again: no change
     with pytest.raises(MandateRevokedError):  # revoking the root cuts off the whole chain under it
         await pay(ledger, "r2", signer=sub_agent.did, mandate_charge=charge_of(root, sub))
     with pytest.raises(MandateRevokedError):
@@ -330,12 +330,12 @@ def terms_for(led, sid: str = "sess1", **changes: Any) -> S.SessionTerms:
 async def open_(led, key: mpp.SigningKey, cap: int = 1_000, *, sid: str = "sess1", payer: str = PAYER,
                 mandate_charge: MandateCharge | None = None, terms: S.SessionTerms | None = None) -> SessionHold:
     terms = terms or terms_for(led, sid)
-    return await led.open_session(terms, payer=payer, signer=key.did, cap=cap,
-                                  cap_signature=S.sign_cap(key, terms, account=payer, cap=cap), mandate=mandate_charge)
+    return await led.sessions.open(terms, payer=payer, signer=key.did, cap=cap,
+                                   cap_signature=S.sign_cap(key, terms, account=payer, cap=cap), mandate=mandate_charge)
 
 
 async def top_up(led, key: mpp.SigningKey, cap: int, *, sid: str = "sess1") -> SessionHold:
-    return await led.top_up_session(sid, cap=cap, cap_signature=S.sign_cap(key, terms_for(led, sid), account=PAYER, cap=cap))
+    return await led.sessions.top_up(sid, cap=cap, cap_signature=S.sign_cap(key, terms_for(led, sid), account=PAYER, cap=cap))
 
 
 def voucher(led, key: mpp.SigningKey, cumulative: int, *, sid: str = "sess1", sequence: int = 1) -> S.Voucher:
@@ -348,7 +348,7 @@ async def test_session_hold_top_up_capture_release(ledger, agent):
     hold = await open_(ledger, agent, 1_000)
     assert (hold.session_id, hold.payer, hold.payee, hold.currency, hold.signer) == ("sess1", PAYER, PAYEE, "usd", agent.did)
     assert (hold.cap, hold.captured, hold.released, hold.status) == (1_000, 0, 0, "open")
-    assert await ledger.session("sess1") == hold and await ledger.sessions() == [hold] and await ledger.session("nope") is None
+    assert await ledger.sessions.get("sess1") == hold and await ledger.sessions.all() == [hold] and await ledger.sessions.get("nope") is None
     assert (await ledger.balance(PAYER), await ledger.balance(HOLDS)) == (FUNDS - 1_000, 1_000)
     assert (await ledger.account(HOLDS)).kind == "asset" and await ledger.check() == []
     held = await ledger.get_transfer("hold:sess1")
@@ -368,7 +368,7 @@ async def test_session_hold_top_up_capture_release(ledger, agent):
 
     with pytest.raises(TransferConflict):  # one leg of a session is never refunded alone
         await ledger.refund("hold:sess1")
-    closed = await ledger.close_session("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9))
+    closed = await ledger.sessions.close("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9))
     assert isinstance(closed, SessionClose)
     assert (closed.session_id, closed.captured, closed.released) == ("sess1", 347, 1_253)
     assert (closed.capture_ref, closed.release_ref) == ("capture:sess1", "release:sess1")
@@ -376,11 +376,11 @@ async def test_session_hold_top_up_capture_release(ledger, agent):
     capture, release = await ledger.get_transfer("capture:sess1"), await ledger.get_transfer("release:sess1")
     assert (capture.payer, capture.payee, capture.amount, capture.kind) == (HOLDS, PAYEE, 347, "capture")
     assert (release.payer, release.payee, release.amount, release.kind) == (HOLDS, PAYER, 1_253, "release")
-    after = await ledger.session("sess1")
+    after = await ledger.sessions.get("sess1")
     assert (after.cap, after.captured, after.released, after.status) == (1_600, 347, 1_253, "closed")
-    assert await ledger.close_session("sess1", capture=347, voucher=None) == closed  # the same close again
+    assert await ledger.sessions.close("sess1", capture=347, voucher=None) == closed  # the same close again
     with pytest.raises(TransferConflict):
-        await ledger.close_session("sess1", capture=348, voucher=voucher(ledger, agent, 400))
+        await ledger.sessions.close("sess1", capture=348, voucher=voucher(ledger, agent, 400))
     for ref in ("capture:sess1", "release:sess1"):
         with pytest.raises(TransferConflict):
             await ledger.refund(ref)
@@ -391,11 +391,11 @@ async def test_session_hold_top_up_capture_release(ledger, agent):
     await open_(ledger, agent, 500, sid="a")
     await open_(ledger, agent, 700, sid="b")
     assert await ledger.balance(HOLDS) == 1_200 and await ledger.check() == []
-    a = await ledger.close_session("a", capture=0, voucher=None)
+    a = await ledger.sessions.close("a", capture=0, voucher=None)
     assert (a.captured, a.released, a.capture_ref, a.release_ref) == (0, 500, None, "release:a")
-    b = await ledger.close_session("b", capture=700, voucher=voucher(ledger, agent, 700, sid="b"))
+    b = await ledger.sessions.close("b", capture=700, voucher=voucher(ledger, agent, 700, sid="b"))
     assert (b.captured, b.released, b.capture_ref, b.release_ref) == (700, 0, "capture:b", None)
-    assert [s.session_id for s in await ledger.sessions()] == ["sess1", "a", "b"]
+    assert [s.session_id for s in await ledger.sessions.all()] == ["sess1", "a", "b"]
 
 
 async def test_session_refusals(ledger, agent):
@@ -405,7 +405,7 @@ async def test_session_refusals(ledger, agent):
     for signature in (S.sign_cap(mallory, terms, account=PAYER, cap=1_000), S.sign_cap(agent, terms, account=PAYER, cap=100),
                       S.sign_cap(agent, terms_for(ledger, "sess2"), account=PAYER, cap=1_000), "not-a-signature"):
         with pytest.raises(CapSignatureInvalid):
-            await ledger.open_session(terms, payer=PAYER, signer=agent.did, cap=1_000, cap_signature=signature)
+            await ledger.sessions.open(terms, payer=PAYER, signer=agent.did, cap=1_000, cap_signature=signature)
     with pytest.raises(UnauthorizedSigner):
         await open_(ledger, agent, 100, payer=OTHER)
     for changes in ({"recipient": "acct:nobody"}, {"currency": "eur"}, {"ledger": "ledger-elsewhere"}, {"recipient": PAYER}):
@@ -417,12 +417,12 @@ async def test_session_refusals(ledger, agent):
         await open_(ledger, agent, 0)
     with pytest.raises(ValueError):
         await open_(ledger, agent, 10, terms=terms_for(ledger, "a:b"))
-    assert await ledger.sessions() == [] and await ledger.balance(PAYER) == FUNDS
+    assert await ledger.sessions.all() == [] and await ledger.balance(PAYER) == FUNDS
 
     with pytest.raises(UnknownSession):
         await top_up(ledger, agent, 2_000, sid="nope")
     with pytest.raises(UnknownSession):
-        await ledger.close_session("nope", capture=0, voucher=None)
+        await ledger.sessions.close("nope", capture=0, voucher=None)
     await open_(ledger, agent, 1_000)
     with pytest.raises(CapSignatureInvalid):
         await top_up(ledger, mallory, 2_000)
@@ -431,12 +431,12 @@ async def test_session_refusals(ledger, agent):
     for capture, v in ((300, voucher(ledger, agent, 299)), (300, voucher(ledger, mallory, 1_000)),
                        (300, voucher(ledger, agent, 1_000, sid="sess2")), (300, None), (1_001, voucher(ledger, agent, 5_000))):
         with pytest.raises(CaptureRefused):
-            await ledger.close_session("sess1", capture=capture, voucher=v)
+            await ledger.sessions.close("sess1", capture=capture, voucher=v)
     with pytest.raises(ValueError):
-        await ledger.close_session("sess1", capture=-1, voucher=None)
-    hold = await ledger.session("sess1")
+        await ledger.sessions.close("sess1", capture=-1, voucher=None)
+    hold = await ledger.sessions.get("sess1")
     assert (hold.cap, hold.status) == (1_000, "open") and await ledger.balance(HOLDS) == 1_000
-    assert (await ledger.close_session("sess1", capture=300, voucher=voucher(ledger, agent, 300))).captured == 300
+    assert (await ledger.sessions.close("sess1", capture=300, voucher=voucher(ledger, agent, 300))).captured == 300
 
 
 async def test_session_caps_count_against_mandate_budgets(ledger, agent, principal):
@@ -449,7 +449,7 @@ async def test_session_caps_count_against_mandate_budgets(ledger, agent, princip
     with pytest.raises(BudgetExhausted):
         await open_(ledger, sub_agent, 1_001, mandate_charge=chain)
     await open_(ledger, sub_agent, 400, mandate_charge=chain)
-    spent = lambda: asyncio.gather(ledger.mandate_spent(link_key(root), "total"), ledger.mandate_spent(link_key(sub), "total"))
+    spent = lambda: asyncio.gather(ledger.keys.mandate_spent(link_key(root), "total"), ledger.keys.mandate_spent(link_key(sub), "total"))
     assert await spent() == [400, 400]
     with pytest.raises(BudgetExhausted):
         await top_up(ledger, sub_agent, 1_001)
@@ -458,20 +458,20 @@ async def test_session_caps_count_against_mandate_budgets(ledger, agent, princip
     with pytest.raises(BudgetExhausted):  # a charge shares the budget with the open session's cap
         await pay(ledger, "c1", 101, signer=sub_agent.did, mandate_charge=chain)
     await pay(ledger, "c1", 100, signer=sub_agent.did, mandate_charge=chain)
-    await ledger.close_session("sess1", capture=250, voucher=voucher(ledger, sub_agent, 250))
+    await ledger.sessions.close("sess1", capture=250, voucher=voucher(ledger, sub_agent, 250))
     assert await spent() == [350, 350]  # only what was captured stays spent
     with pytest.raises(UnauthorizedSigner):  # the chain's agent must be the session's signer
         await open_(ledger, agent, 100, sid="s2", mandate_charge=chain)
 
     await open_(ledger, sub_agent, 300, sid="s3", mandate_charge=chain)
-    await ledger.revoke(I.issue_revocation(agent, sub, now=now()), sub)
+    await ledger.keys.revoke(I.issue_revocation(agent, sub, now=now()), sub)
     with pytest.raises(MandateRevokedError):
         await open_(ledger, sub_agent, 100, sid="s4", mandate_charge=chain)
     with pytest.raises(MandateRevokedError):
         await top_up(ledger, sub_agent, 400, sid="s3")
-    closed = await ledger.close_session("s3", capture=100, voucher=voucher(ledger, sub_agent, 100, sid="s3"))
+    closed = await ledger.sessions.close("s3", capture=100, voucher=voucher(ledger, sub_agent, 100, sid="s3"))
     assert (closed.captured, closed.released) == (100, 200)  # closing still settles and gives back
-    assert await spent() == [450, 450] and await ledger.session("s4") is None
+    assert await spent() == [450, 450] and await ledger.sessions.get("s4") is None
 
 
 async def test_budget_running_totals_agree_with_the_transfers(location, ledgers, ledger, agent, principal):
@@ -492,10 +492,10 @@ async def test_budget_running_totals_agree_with_the_transfers(location, ledgers,
     assert await ledger.void("c9") is None  # never made: nothing to give back
     await open_(ledger, sub_agent, 400, sid="s1", mandate_charge=chain)
     await top_up(ledger, sub_agent, 700, sid="s1")
-    await ledger.close_session("s1", capture=250, voucher=voucher(ledger, sub_agent, 250, sid="s1"))
+    await ledger.sessions.close("s1", capture=250, voucher=voucher(ledger, sub_agent, 250, sid="s1"))
     await open_(ledger, sub_agent, 300, sid="s2", mandate_charge=chain)  # still open: its cap counts
     await open_(ledger, sub_agent, 200, sid="s3", mandate_charge=chain)
-    await ledger.close_session("s3", capture=0, voucher=None)  # all released
+    await ledger.sessions.close("s3", capture=0, voucher=None)  # all released
 
     made = {t.id: t for t in await ledger.transfers()}
     expected = {link_key(root): 0, link_key(sub): 0}
@@ -510,12 +510,12 @@ async def test_budget_running_totals_agree_with_the_transfers(location, ledgers,
         for key in expected:
             expected[key] += held
     assert expected == {link_key(root): 120 + 340 + 60 + 250 + 300, link_key(sub): 340 + 60 + 250 + 300}
-    assert {key: await ledger.mandate_spent(key, "total") for key in expected} == expected
+    assert {key: await ledger.keys.mandate_spent(key, "total") for key in expected} == expected
     assert await ledger.check() == []
     with pytest.raises(BudgetExhausted):  # the budget binds at the running total
         await pay(ledger, "c6", 3_000 - expected[link_key(sub)] + 1, signer=sub_agent.did, mandate_charge=chain)
     await pay(ledger, "c6", 3_000 - expected[link_key(sub)], signer=sub_agent.did, mandate_charge=chain)
-    assert await ledger.mandate_spent(link_key(sub), "total") == 3_000
+    assert await ledger.keys.mandate_spent(link_key(sub), "total") == 3_000
 
     # a ledger from before the running totals: none kept yet, counted from the rows on opening
     if location.startswith("sqlite:"):
@@ -535,8 +535,8 @@ async def test_budget_running_totals_agree_with_the_transfers(location, ledgers,
     reopened = await ledgers.open()
     expected[link_key(root)] += 3_000 - 340 - 60 - 250 - 300
     expected[link_key(sub)] = 3_000
-    assert {key: await reopened.mandate_spent(key, "total") for key in expected} == expected
-    assert await reopened.check() == [] and await ledger.mandate_spent(link_key(sub), "total") == 3_000
+    assert {key: await reopened.keys.mandate_spent(key, "total") for key in expected} == expected
+    assert await reopened.check() == [] and await ledger.keys.mandate_spent(link_key(sub), "total") == 3_000
 
 
 # -- concurrency -----------------------------------------------------------------------------
@@ -551,7 +551,7 @@ async def test_concurrent_purchases_under_one_mandate_stay_within_budget(ledgers
     exactly the budget is settled."""
     second = await ledgers.open()
     await second.create_account("acct:buyer2", "usd")
-    await second.allow("acct:buyer2", principal.did, "owner")
+    await second.keys.allow("acct:buyer2", principal.did, "owner")
     await second.fund("acct:buyer2", FUNDS)
     agent = mpp.SigningKey.generate()
     token = mandate(principal, agent, budget_amount=BUDGET)
@@ -566,7 +566,7 @@ async def test_concurrent_purchases_under_one_mandate_stay_within_budget(ledgers
 
     outcomes = await asyncio.gather(*(buy(i) for i in range(40)))
     assert sorted(outcomes) == ["budget"] * 20 + ["paid"] * 20
-    assert await ledger.mandate_spent(link_key(token), "total") == BUDGET
+    assert await ledger.keys.mandate_spent(link_key(token), "total") == BUDGET
     assert await second.balance(PAYER) + await second.balance("acct:buyer2") == 2 * FUNDS - BUDGET
     assert await ledger.balance(PAYEE) + await ledger.balance(OTHER) == FUNDS + BUDGET
 
@@ -636,14 +636,14 @@ async def test_processes_never_overdraw_never_overspend_and_transfer_once(locati
     led = await ledgers.open()
     for acct in (PAYER, PAYEE):
         await led.create_account(acct, "usd")
-    await led.allow(PAYER, agent.did, "owner")
+    await led.keys.allow(PAYER, agent.did, "owner")
     await led.fund(PAYER, PROCESS_FUNDS)
     buyer = mpp.SigningKey.generate()
     token = mandate(principal, buyer, budget_amount=BUDGET)
     for k in range(SHOPS):
         await led.create_account(f"acct:m{k}", "usd")
         await led.create_account(f"acct:shop{k}", "usd")
-        await led.allow(f"acct:m{k}", principal.did, "owner")
+        await led.keys.allow(f"acct:m{k}", principal.did, "owner")
         await led.fund(f"acct:m{k}", BUDGET)
 
     ids = [f"t{i}" for i in range(IDS)]
@@ -674,7 +674,7 @@ async def test_processes_never_overdraw_never_overspend_and_transfer_once(locati
 
     purchases = [what for _, bought in reports for what in bought]
     assert sorted(purchases) == ["budget"] * (PROCESSES * PURCHASES - BUDGET // 50) + ["paid"] * (BUDGET // 50)
-    assert await led.mandate_spent(link_key(token), "total") == BUDGET
+    assert await led.keys.mandate_spent(link_key(token), "total") == BUDGET
     assert sum([await led.balance(f"acct:shop{k}") for k in range(SHOPS)]) == BUDGET
     assert await led.total() == 0 and await led.check() == []
 

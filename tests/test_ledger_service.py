@@ -117,7 +117,7 @@ async def service(tmp_path: Path):
     principal, agent = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), principal.did)
     ledger.create_account(PAYEE2, "usd")
-    ledger.allow(PLAIN_PAYER, agent.did, "owner")
+    ledger.keys.allow(PLAIN_PAYER, agent.did, "owner")
     keys = {PAYEE: mpp.SigningKey.generate(), PAYEE2: mpp.SigningKey.generate()}
     fault: dict[str, Any] = {}
     app = ledger_app(ledger, sellers={k.did: payee for payee, k in keys.items()})
@@ -244,7 +244,7 @@ async def test_a_seller_may_credit_only_its_own_payee(service: Service):
     assert status == 200 and doc["session"]["cap"] == "300", doc
     status, doc, _ = await service.call("POST", "/v1/sessions/sess-own/close", {"capture": "0", "voucher": None}, key=other)
     assert_problem(status, doc, 403, "Forbidden")
-    assert service.ledger.session("sess-own").status == "open"
+    assert service.ledger.sessions.get("sess-own").status == "open"
     assert service.ledger.total() == 0 and service.ledger.check() == []
 
 
@@ -655,7 +655,7 @@ async def _twenty_purchases_across_two_sellers(service: Service | Remote, ledger
     assert sum(t.amount for t in settled) <= BUDGET
     assert len(paid) == BUDGET // PRICE and sum(t.amount for t in settled) == BUDGET
     assert {t.payee for t in settled} == {PAYEE, PAYEE2}
-    assert await ledger.mandate_spent(link_key(root), "total") == BUDGET
+    assert await ledger.keys.mandate_spent(link_key(root), "total") == BUDGET
     after = {a.id: a.balance for a in await ledger.accounts()}
     assert after[PAYER] == before[PAYER] - BUDGET and after[PAYEE] + after[PAYEE2] == BUDGET
     assert sum(after.values()) == sum(before.values()) == 0
@@ -694,7 +694,7 @@ async def new_pg_ledger(url: str, principal: str) -> PgLedger:
     ledger = await PgLedger.connect(url, max_size=4)
     for account in (PAYEE, PAYER, PLAIN_PAYER):
         await ledger.create_account(account, "usd")
-    await ledger.allow(PAYER, principal, "owner")
+    await ledger.keys.allow(PAYER, principal, "owner")
     await ledger.fund(PAYER, FUNDS)
     await ledger.fund(PLAIN_PAYER, FUNDS)
     return ledger
@@ -793,7 +793,7 @@ async def test_session_caps_across_two_sellers_stay_within_budget(service: Servi
         async with aiohttp.ClientSession() as http:
             opens = await asyncio.gather(*(_open_session(http, s, A, [token], 400) for s in (s1, s2, s1, s2)))
             held = ledger.balance(holding_account("usd"))
-            spent = ledger.mandate_spent(link_key(token), "total")
+            spent = ledger.keys.mandate_spent(link_key(token), "total")
             ok = [(s, o) for s, o in zip((s1, s2, s1, s2), opens) if o[0] == 200]
             refused = [o for o in opens if o[0] != 200]
             for server, (_, _, challenge, terms) in ok:
@@ -804,7 +804,7 @@ async def test_session_caps_across_two_sellers_stay_within_budget(service: Servi
     assert held == spent == 800 <= BUDGET and len(ok) == 2
     assert all((status, doc["type"]) == (403, "urn:mpp:problem:budget-exceeded") for status, doc, _, _ in refused), refused
     assert ledger.balance(holding_account("usd")) == 0
-    assert ledger.mandate_spent(link_key(token), "total") == ledger.balance(PAYEE) + ledger.balance(PAYEE2) <= BUDGET
+    assert ledger.keys.mandate_spent(link_key(token), "total") == ledger.balance(PAYEE) + ledger.balance(PAYEE2) <= BUDGET
     assert ledger.total() == 0 and ledger.check() == []
 
 

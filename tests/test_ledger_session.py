@@ -53,8 +53,8 @@ def ledger(tmp_path: Path, agent: mpp.SigningKey, principal: mpp.SigningKey) -> 
     led = SqliteLedger(str(tmp_path / "ledger.db"))
     for acct in (PAYER, PAYEE, OTHER):
         led.create_account(acct, "usd")
-    led.allow(PAYER, agent.did, "owner")
-    led.allow(PAYER, principal.did, "owner")
+    led.keys.allow(PAYER, agent.did, "owner")
+    led.keys.allow(PAYER, principal.did, "owner")
     led.fund(PAYER, FUNDS)
     led.fund(OTHER, FUNDS)
     yield led
@@ -71,13 +71,13 @@ def terms_for(led: SqliteLedger, sid: str = "sess1", **changes) -> S.SessionTerm
 def open_(ledger: SqliteLedger, key: mpp.SigningKey, cap: int = 1_000, *, sid: str = "sess1", payer: str = PAYER,
           mandate_charge: MandateCharge | None = None, terms: S.SessionTerms | None = None) -> SessionHold:
     terms = terms or terms_for(ledger, sid)
-    return ledger.open_session(terms, payer=payer, signer=key.did, cap=cap,
-                               cap_signature=S.sign_cap(key, terms, account=payer, cap=cap), mandate=mandate_charge)
+    return ledger.sessions.open(terms, payer=payer, signer=key.did, cap=cap,
+                                cap_signature=S.sign_cap(key, terms, account=payer, cap=cap), mandate=mandate_charge)
 
 
 def top_up(ledger: SqliteLedger, key: mpp.SigningKey, cap: int, *, sid: str = "sess1") -> SessionHold:
     terms = terms_for(ledger, sid)
-    return ledger.top_up_session(sid, cap=cap, cap_signature=S.sign_cap(key, terms, account=PAYER, cap=cap))
+    return ledger.sessions.top_up(sid, cap=cap, cap_signature=S.sign_cap(key, terms, account=PAYER, cap=cap))
 
 
 def voucher(ledger: SqliteLedger, key: mpp.SigningKey, cumulative: int, *, sid: str = "sess1", sequence: int = 1) -> S.Voucher:
@@ -102,8 +102,8 @@ def test_open_holds_the_cap_and_balances_sum_to_zero(ledger, agent):
     assert ledger.balance(PAYEE) == 0
     held = ledger.get_transfer("hold:sess1")
     assert (held.payer, held.payee, held.amount, held.kind, held.signer) == (PAYER, HOLDS, 1_000, "hold", agent.did)
-    assert ledger.session("sess1") == hold and ledger.sessions() == [hold]
-    assert ledger.session("nope") is None
+    assert ledger.sessions.get("sess1") == hold and ledger.sessions.all() == [hold]
+    assert ledger.sessions.get("nope") is None
     assert ledger.total() == 0 and ledger.check() == []
 
 
@@ -117,7 +117,7 @@ def test_open_is_idempotent_and_a_conflicting_open_is_refused(ledger, agent):
     with pytest.raises(TransferConflict):
         open_(ledger, agent, 1_000, terms=terms_for(ledger, unit_price=3))  # other terms, same id
     other = mpp.SigningKey.generate()
-    ledger.allow(PAYER, other.did, "owner")
+    ledger.keys.allow(PAYER, other.did, "owner")
     with pytest.raises(TransferConflict):
         open_(ledger, other, 1_000)  # another signer
     assert [t.id for t in ledger.transfers() if t.kind == "hold"] == ["hold:sess1"]
@@ -142,10 +142,10 @@ def test_bad_cap_signature_is_refused(ledger, agent):
     ]
     for signature in attempts:
         with pytest.raises(CapSignatureInvalid):
-            ledger.open_session(terms, payer=PAYER, signer=agent.did, cap=1_000, cap_signature=signature)
+            ledger.sessions.open(terms, payer=PAYER, signer=agent.did, cap=1_000, cap_signature=signature)
     with pytest.raises(CapSignatureInvalid):
-        ledger.open_session(terms, payer=PAYER, signer="did:key:zNotAKey", cap=1_000, cap_signature=attempts[0])
-    assert ledger.sessions() == [] and ledger.balance(PAYER) == FUNDS
+        ledger.sessions.open(terms, payer=PAYER, signer="did:key:zNotAKey", cap=1_000, cap_signature=attempts[0])
+    assert ledger.sessions.all() == [] and ledger.balance(PAYER) == FUNDS
 
 
 def test_signer_not_allowed_and_wrong_accounts_are_refused(ledger, agent):
@@ -164,14 +164,14 @@ def test_signer_not_allowed_and_wrong_accounts_are_refused(ledger, agent):
         open_(ledger, agent, 100, terms=terms_for(ledger, recipient=PAYER))
     with pytest.raises(ValueError):
         open_(ledger, agent, 0)
-    assert ledger.sessions() == [] and ledger.balance(PAYER) == FUNDS
+    assert ledger.sessions.all() == [] and ledger.balance(PAYER) == FUNDS
 
 
 def test_insufficient_balance_is_refused(ledger, agent):
     # SESSION-LEDGER-01
     with pytest.raises(InsufficientFunds):
         open_(ledger, agent, FUNDS + 1)
-    assert ledger.sessions() == [] and ledger.balance(PAYER) == FUNDS
+    assert ledger.sessions.all() == [] and ledger.balance(PAYER) == FUNDS
     hold = open_(ledger, agent, FUNDS)
     assert hold.cap == FUNDS and ledger.balance(PAYER) == 0
 
@@ -200,11 +200,11 @@ def test_top_up_refusals(ledger, agent):
     with pytest.raises(CapSignatureInvalid):
         top_up(ledger, mpp.SigningKey.generate(), 2_000)
     with pytest.raises(CapSignatureInvalid):
-        ledger.top_up_session("sess1", cap=2_000, cap_signature=S.sign_cap(agent, terms_for(ledger), account=PAYER, cap=3_000))
+        ledger.sessions.top_up("sess1", cap=2_000, cap_signature=S.sign_cap(agent, terms_for(ledger), account=PAYER, cap=3_000))
     with pytest.raises(InsufficientFunds):
         top_up(ledger, agent, FUNDS + 1)
-    assert ledger.session("sess1").cap == 1_000 and ledger.balance(PAYER) == FUNDS - 1_000
-    ledger.close_session("sess1", capture=0, voucher=None)
+    assert ledger.sessions.get("sess1").cap == 1_000 and ledger.balance(PAYER) == FUNDS - 1_000
+    ledger.sessions.close("sess1", capture=0, voucher=None)
     with pytest.raises(SessionNotOpen):
         top_up(ledger, agent, 2_000)
     with pytest.raises(SessionNotOpen):
@@ -219,7 +219,7 @@ def test_close_captures_exactly_and_releases_the_rest(ledger, agent):
     # SESSION-LEDGER-03, SESSION-LEDGER-04, SESSION-LEDGER-06
     open_(ledger, agent, 1_000)
     top_up(ledger, agent, 1_200)
-    closed = ledger.close_session("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9))
+    closed = ledger.sessions.close("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9))
     assert isinstance(closed, SessionClose)
     assert (closed.session_id, closed.captured, closed.released) == ("sess1", 347, 853)
     assert (closed.capture_ref, closed.release_ref) == ("capture:sess1", "release:sess1")
@@ -227,15 +227,15 @@ def test_close_captures_exactly_and_releases_the_rest(ledger, agent):
     capture, release = ledger.get_transfer("capture:sess1"), ledger.get_transfer("release:sess1")
     assert (capture.payer, capture.payee, capture.amount, capture.kind) == (HOLDS, PAYEE, 347, "capture")
     assert (release.payer, release.payee, release.amount, release.kind) == (HOLDS, PAYER, 853, "release")
-    hold = ledger.session("sess1")
+    hold = ledger.sessions.get("sess1")
     assert (hold.cap, hold.captured, hold.released, hold.status) == (1_200, 347, 853, "closed")
 
     # Idempotent: the same close (even without the voucher) returns the same record and moves nothing.
     before = balances(ledger)
-    assert ledger.close_session("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9)) == closed
-    assert ledger.close_session("sess1", capture=347, voucher=None) == closed
+    assert ledger.sessions.close("sess1", capture=347, voucher=voucher(ledger, agent, 400, sequence=9)) == closed
+    assert ledger.sessions.close("sess1", capture=347, voucher=None) == closed
     with pytest.raises(TransferConflict):
-        ledger.close_session("sess1", capture=348, voucher=voucher(ledger, agent, 400))
+        ledger.sessions.close("sess1", capture=348, voucher=voucher(ledger, agent, 400))
     assert balances(ledger) == before
     assert ledger.total() == 0 and ledger.check() == []
 
@@ -245,13 +245,13 @@ def test_close_with_nothing_used_releases_everything_and_capturing_the_whole_cap
     open_(ledger, agent, 500, sid="a")
     open_(ledger, agent, 700, sid="b")
     assert ledger.balance(HOLDS) == 1_200 and ledger.check() == []
-    a = ledger.close_session("a", capture=0, voucher=None)
+    a = ledger.sessions.close("a", capture=0, voucher=None)
     assert (a.captured, a.released, a.capture_ref, a.release_ref) == (0, 500, None, "release:a")
-    b = ledger.close_session("b", capture=700, voucher=voucher(ledger, agent, 700, sid="b"))
+    b = ledger.sessions.close("b", capture=700, voucher=voucher(ledger, agent, 700, sid="b"))
     assert (b.captured, b.released, b.capture_ref, b.release_ref) == (700, 0, "capture:b", None)
     assert ledger.balance(PAYER) == FUNDS - 700 and ledger.balance(PAYEE) == 700 and ledger.balance(HOLDS) == 0
     with pytest.raises(UnknownSession):
-        ledger.close_session("nope", capture=0, voucher=None)
+        ledger.sessions.close("nope", capture=0, voucher=None)
 
 
 def test_capture_not_covered_by_a_valid_voucher_is_refused(ledger, agent):
@@ -268,13 +268,13 @@ def test_capture_not_covered_by_a_valid_voucher_is_refused(ledger, agent):
     ]
     for capture, v in refused:
         with pytest.raises(CaptureRefused):
-            ledger.close_session("sess1", capture=capture, voucher=v)
+            ledger.sessions.close("sess1", capture=capture, voucher=v)
     assert issubclass(CaptureRefused, LedgerError)
     with pytest.raises(ValueError):
-        ledger.close_session("sess1", capture=-1, voucher=None)
-    hold = ledger.session("sess1")
+        ledger.sessions.close("sess1", capture=-1, voucher=None)
+    hold = ledger.sessions.get("sess1")
     assert hold.status == "open" and ledger.balance(HOLDS) == 1_000 and ledger.balance(PAYEE) == 0
-    assert ledger.close_session("sess1", capture=300, voucher=voucher(ledger, agent, 300)).captured == 300
+    assert ledger.sessions.close("sess1", capture=300, voucher=voucher(ledger, agent, 300)).captured == 300
 
 
 def test_session_transfers_cannot_be_refunded_one_leg_at_a_time(ledger, agent):
@@ -282,7 +282,7 @@ def test_session_transfers_cannot_be_refunded_one_leg_at_a_time(ledger, agent):
     open_(ledger, agent, 1_000)
     with pytest.raises(TransferConflict):
         ledger.refund("hold:sess1")
-    ledger.close_session("sess1", capture=100, voucher=voucher(ledger, agent, 100))
+    ledger.sessions.close("sess1", capture=100, voucher=voucher(ledger, agent, 100))
     for ref in ("capture:sess1", "release:sess1"):
         with pytest.raises(TransferConflict):
             ledger.refund(ref)
@@ -301,23 +301,23 @@ def test_mandate_budget_counts_the_cap_and_close_gives_back_the_release(ledger, 
     key = link_key(token)
     with pytest.raises(BudgetExhausted):
         open_(ledger, agent, 1_001, sid="big", mandate_charge=charge_of(token))
-    assert ledger.mandate_spent(key, "total") == 0 and ledger.session("big") is None
+    assert ledger.keys.mandate_spent(key, "total") == 0 and ledger.sessions.get("big") is None
 
     open_(ledger, agent, 600, sid="s1", mandate_charge=charge_of(token))
-    assert ledger.mandate_spent(key, "total") == 600
+    assert ledger.keys.mandate_spent(key, "total") == 600
     with pytest.raises(BudgetExhausted):  # together the two caps would exceed the budget
         open_(ledger, agent, 500, sid="s2", mandate_charge=charge_of(token))
-    assert ledger.session("s2") is None and ledger.balance(PAYER) == FUNDS - 600
+    assert ledger.sessions.get("s2") is None and ledger.balance(PAYER) == FUNDS - 600
 
-    ledger.close_session("s1", capture=150, voucher=voucher(ledger, agent, 150, sid="s1"))
-    assert ledger.mandate_spent(key, "total") == 150  # only what was captured stays spent
+    ledger.sessions.close("s1", capture=150, voucher=voucher(ledger, agent, 150, sid="s1"))
+    assert ledger.keys.mandate_spent(key, "total") == 150  # only what was captured stays spent
     open_(ledger, agent, 500, sid="s2", mandate_charge=charge_of(token))
-    assert ledger.mandate_spent(key, "total") == 650
+    assert ledger.keys.mandate_spent(key, "total") == 650
     # A charge through the same mandate shares the budget with the open session's cap.
     with pytest.raises(BudgetExhausted):
         ledger.transfer("c1", payer=PAYER, payee=PAYEE, amount=351, currency="usd", signer=agent.did, mandate=charge_of(token))
     ledger.transfer("c1", payer=PAYER, payee=PAYEE, amount=350, currency="usd", signer=agent.did, mandate=charge_of(token))
-    assert ledger.mandate_spent(key, "total") == 1_000
+    assert ledger.keys.mandate_spent(key, "total") == 1_000
 
 
 def test_top_up_counts_against_every_link_and_close_releases_on_every_link(ledger, agent, principal):
@@ -327,14 +327,14 @@ def test_top_up_counts_against_every_link_and_close_releases_on_every_link(ledge
     sub = mandate(agent, sub_agent, principal=principal.did, max_depth=1, budget_amount=1_000)
     chain = charge_of(root, sub)
     open_(ledger, sub_agent, 400, mandate_charge=chain)
-    assert (ledger.mandate_spent(link_key(root), "total"), ledger.mandate_spent(link_key(sub), "total")) == (400, 400)
+    assert (ledger.keys.mandate_spent(link_key(root), "total"), ledger.keys.mandate_spent(link_key(sub), "total")) == (400, 400)
     with pytest.raises(BudgetExhausted):  # the sub-mandate's 1000, not the root's 5000, binds
         top_up(ledger, sub_agent, 1_001)
-    assert ledger.session("sess1").cap == 400
+    assert ledger.sessions.get("sess1").cap == 400
     top_up(ledger, sub_agent, 1_000)
-    assert (ledger.mandate_spent(link_key(root), "total"), ledger.mandate_spent(link_key(sub), "total")) == (1_000, 1_000)
-    ledger.close_session("sess1", capture=250, voucher=voucher(ledger, sub_agent, 250))
-    assert (ledger.mandate_spent(link_key(root), "total"), ledger.mandate_spent(link_key(sub), "total")) == (250, 250)
+    assert (ledger.keys.mandate_spent(link_key(root), "total"), ledger.keys.mandate_spent(link_key(sub), "total")) == (1_000, 1_000)
+    ledger.sessions.close("sess1", capture=250, voucher=voucher(ledger, sub_agent, 250))
+    assert (ledger.keys.mandate_spent(link_key(root), "total"), ledger.keys.mandate_spent(link_key(sub), "total")) == (250, 250)
     # The chain's agent must be the session's signer; the account's own keys do not stand in for it.
     with pytest.raises(UnauthorizedSigner):
         open_(ledger, agent, 100, sid="s2", mandate_charge=chain)
@@ -344,16 +344,16 @@ def test_revoked_mandate_is_refused_at_open_and_top_up(ledger, agent, principal)
     # SESSION-LEDGER-05, SESSION-LEDGER-01, SESSION-LEDGER-02, SESSION-ID-04
     token = mandate(principal, agent, budget_amount=5_000)
     open_(ledger, agent, 300, sid="s1", mandate_charge=charge_of(token))
-    ledger.revoke(I.issue_revocation(principal, token, now=now()), token)
+    ledger.keys.revoke(I.issue_revocation(principal, token, now=now()), token)
     with pytest.raises(MandateRevokedError):
         open_(ledger, agent, 300, sid="s2", mandate_charge=charge_of(token))
     with pytest.raises(MandateRevokedError):
         top_up(ledger, agent, 600, sid="s1")
-    assert ledger.session("s2") is None and ledger.session("s1").cap == 300
+    assert ledger.sessions.get("s2") is None and ledger.sessions.get("s1").cap == 300
     # Closing still settles what was used and gives the rest back.
-    closed = ledger.close_session("s1", capture=100, voucher=voucher(ledger, agent, 100, sid="s1"))
+    closed = ledger.sessions.close("s1", capture=100, voucher=voucher(ledger, agent, 100, sid="s1"))
     assert (closed.captured, closed.released) == (100, 200)
-    assert ledger.mandate_spent(link_key(token), "total") == 100
+    assert ledger.keys.mandate_spent(link_key(token), "total") == 100
 
 
 def test_mandate_from_an_untrusted_root_is_refused(ledger, agent):
@@ -361,7 +361,7 @@ def test_mandate_from_an_untrusted_root_is_refused(ledger, agent):
     stranger = mpp.SigningKey.generate()  # not the payer account's owner
     with pytest.raises(UnauthorizedSigner):
         open_(ledger, agent, 100, mandate_charge=charge_of(mandate(stranger, agent)))
-    assert ledger.sessions() == []
+    assert ledger.sessions.all() == []
 
 
 # -- the rail maps refusals to problems -------------------------------------------------------
@@ -408,7 +408,7 @@ async def test_rail_maps_session_refusals_to_problems(ledger, agent, principal):
     with pytest.raises(I.BudgetExceeded):
         await rail_open(1_001, sid="m1", mandate=charge_of(token))
     await rail_open(100, sid="m2", mandate=charge_of(token))
-    ledger.revoke(I.issue_revocation(principal, token, now=now()), token)
+    ledger.keys.revoke(I.issue_revocation(principal, token, now=now()), token)
     with pytest.raises(I.MandateRevoked):
         await rail_open(100, sid="m3", mandate=charge_of(token))
 
@@ -421,17 +421,17 @@ def test_release_goes_back_to_the_period_each_hold_was_counted_in(ledger, agent,
     open_(ledger, agent, 600, mandate_charge=charge_of(token))
     monkeypatch.setattr(I, "period_key", lambda period, when: "2030-01-02")
     top_up(ledger, agent, 1_000)  # the increase counts in the day it was held
-    assert (ledger.mandate_spent(key, "2030-01-01"), ledger.mandate_spent(key, "2030-01-02")) == (600, 400)
-    ledger.close_session("sess1", capture=250, voucher=voucher(ledger, agent, 250))
+    assert (ledger.keys.mandate_spent(key, "2030-01-01"), ledger.keys.mandate_spent(key, "2030-01-02")) == (600, 400)
+    ledger.sessions.close("sess1", capture=250, voucher=voucher(ledger, agent, 250))
     # The latest hold is released first: what was used stays counted in the day the session opened.
-    assert (ledger.mandate_spent(key, "2030-01-01"), ledger.mandate_spent(key, "2030-01-02")) == (250, 0)
+    assert (ledger.keys.mandate_spent(key, "2030-01-01"), ledger.keys.mandate_spent(key, "2030-01-02")) == (250, 0)
 
 
 def test_no_key_may_spend_from_the_holding_account(ledger, agent):
     # SESSION-LEDGER-06
     open_(ledger, agent, 1_000)
     with pytest.raises(ValueError):
-        ledger.allow(HOLDS, agent.did, "owner")
+        ledger.keys.allow(HOLDS, agent.did, "owner")
     with pytest.raises(ValueError):
         ledger.fund(HOLDS, 5)
     with pytest.raises(ValueError):

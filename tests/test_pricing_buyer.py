@@ -652,7 +652,7 @@ async def real_seller(tmp_path):
     ledger.create_account("acct:buyer", "usd")
     ledger.fund("acct:buyer", 100_000)
     agent = mpp.SigningKey.generate()
-    ledger.allow("acct:buyer", agent.did, "owner")
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
     seller = Seller(realm=REALM, secret=SECRET, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],
                     store=SqlitePaymentStore(str(tmp_path / "payments.db")),

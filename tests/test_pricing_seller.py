@@ -222,9 +222,9 @@ async def world(tmp_path: Path):
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")
     ledger.create_account(ACCOUNT, "usd")
-    ledger.allow(ACCOUNT, A.did, "owner")
-    ledger.allow(ACCOUNT, B.did, "owner")
-    ledger.allow(ACCOUNT, P.did, "owner")
+    ledger.keys.allow(ACCOUNT, A.did, "owner")
+    ledger.keys.allow(ACCOUNT, B.did, "owner")
+    ledger.keys.allow(ACCOUNT, P.did, "owner")
     ledger.fund(ACCOUNT, FUNDS)
     clock = Clock()
     seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
@@ -746,7 +746,7 @@ async def test_unit_offer_quotes_a_session_and_the_transaction_offer_as_its_char
     ledger.create_account("acct:seller", "usd")
     ledger.create_account(ACCOUNT, "usd")
     agent = mpp.SigningKey.generate()
-    ledger.allow(ACCOUNT, agent.did, "owner")
+    ledger.keys.allow(ACCOUNT, agent.did, "owner")
     ledger.fund(ACCOUNT, FUNDS)
     seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],

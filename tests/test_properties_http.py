@@ -130,7 +130,7 @@ def seller_world(tmp_path_factory: pytest.TempPathFactory):
 
     async def make_app() -> web.Application:
         ledger = new_ledger(str(tmp / "ledger.db"), principal.did)
-        ledger.allow(PLAIN_PAYER, agent.did, "owner")
+        ledger.keys.allow(PLAIN_PAYER, agent.did, "owner")
         seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=receipt_key,
                         rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(str(tmp / "payments.db")),
                         trusted_principals={principal.did}, pricing_store=SqlitePricingStore(str(tmp / "pricing.db")),
@@ -221,7 +221,7 @@ def ledger_world(tmp_path_factory: pytest.TempPathFactory):
 
     async def make_app() -> web.Application:
         ledger = new_ledger(str(tmp / "ledger.db"), principal.did)
-        ledger.allow(PLAIN_PAYER, agent.did, "owner")
+        ledger.keys.allow(PLAIN_PAYER, agent.did, "owner")
         ids.append(ledger.ledger_id)
         return ledger_app(ledger, sellers={seller_key.did: PAYEE}, close_ledger=True)
 

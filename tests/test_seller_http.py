@@ -466,7 +466,7 @@ async def test_insufficient_balance_refused_and_nothing_moves(served, session):
     ledger = served.ledger()
     try:
         ledger.create_account("acct:poor", "usd")
-        ledger.allow("acct:poor", poor.did, "owner")
+        ledger.keys.allow("acct:poor", poor.did, "owner")
         ledger.fund("acct:poor", 10)
     finally:
         ledger.close()

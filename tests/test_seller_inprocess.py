@@ -22,7 +22,7 @@ async def stack(tmp_path: Path):
     ledger.create_account("acct:seller", "usd")
     ledger.create_account("acct:buyer", "usd")
     agent = mpp.SigningKey.generate()
-    ledger.allow("acct:buyer", agent.did, "owner")
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
     ledger.fund("acct:buyer", 10_000)
     seller = Seller(realm="inproc.test", secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
                     rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")], store=SqlitePaymentStore(str(tmp_path / "p.db")))

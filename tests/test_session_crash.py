@@ -159,7 +159,7 @@ def assert_ledger_settled(remote: Remote, sid: str, *, captured: int, cap: int, 
         assert [t.id for t in moved["hold"]] and len(moved["hold"]) == 1
         assert [(t.id, t.amount) for t in moved["capture"]] == ([("capture:" + sid, captured)] if captured else [])
         assert [(t.id, t.amount) for t in moved["release"]] == ([("release:" + sid, cap - captured)] if cap > captured else [])
-        hold = ledger.session(sid)
+        hold = ledger.sessions.get(sid)
         assert hold is not None and (hold.status, hold.captured, hold.released) == ("closed", captured, cap - captured)
         assert ledger.balance(BUYER) == buyer_before - captured
         assert ledger.balance(SELLER) == seller_before + captured
@@ -375,7 +375,7 @@ async def test_killed_inside_close_finishes_the_close_once(remote: Remote, crash
         if crash_point == "after-ledger-close":
             ledger = remote.ledger()
             try:
-                done = ledger.close_session(s.id, capture=state.spent, voucher=state.voucher)
+                done = ledger.sessions.close(s.id, capture=state.spent, voucher=state.voucher)
                 assert done.captured == spent
             finally:
                 ledger.close()
@@ -414,7 +414,7 @@ async def test_idempotency_key_of_a_killed_request_is_not_in_progress_forever(re
     store = SqliteSessionStore(str(remote.sessions_db))
     try:
         await store.heartbeat(datetime.now(timezone.utc))
-        assert await store.claim_key(s.id, "lost-1", "GET /complete?units=1000") == ("new", None)
+        assert await store.keys.claim(s.id, "lost-1", "GET /complete?units=1000") == ("new", None)
     finally:
         await store.close()
     await asyncio.sleep(INSTANCE_TTL.total_seconds() + 1.5)  # the claiming process is now long gone

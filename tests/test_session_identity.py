@@ -93,11 +93,11 @@ async def test_session_under_a_mandate_is_attributed(world):
     c = claims(w, headers["Payment-Receipt"])
     assert (c["agent"], c["principal"], c["intent"]) == (w["A"].did, w["P"].did, "session")
     leaf = I.verify_chain([token], trusted_principals={w["P"].did}, realm=REALM, now=I_now(), max_depth=3).leaf.key
-    assert w["ledger"].mandate_spent(leaf, "total") == 800  # the whole cap counts until close
+    assert w["ledger"].keys.mandate_spent(leaf, "total") == 800  # the whole cap counts until close
     final = claims(w, await close(w, challenge, terms, w["A"]))
     assert final["final"] is True and final["captured"] == "2" and final["agent"] == w["A"].did
     assert w["ledger"].balance(PAYEE) == 2 and w["ledger"].total() == 0
-    assert w["ledger"].mandate_spent(leaf, "total") == 2  # only what was captured
+    assert w["ledger"].keys.mandate_spent(leaf, "total") == 2  # only what was captured
 
 
 def I_now():
@@ -146,7 +146,7 @@ async def test_revoked_mandate_cannot_open(world):
     """SESSION-ID-01, IDENT-REV-03: revocation is checked at open, by the seller and the ledger."""
     w = world
     token = mandate(w["P"], w["A"], scope=ROUTE_SCOPE, budget_amount=1000, ceiling=50, approval_threshold=50)
-    w["ledger"].revoke(I.issue_revocation(w["P"], token, now=I_now()), token)
+    w["ledger"].keys.revoke(I.issue_revocation(w["P"], token, now=I_now()), token)
     status, doc, *_ = await open_with(w, [token], cap=100)
     assert status == 402 and doc["type"] == "urn:mpp:problem:mandate-revoked", doc
 

@@ -343,7 +343,7 @@ async def test_open_gets_every_core_check(world):
     status, _, _ = await send(world, "/complete?tokens=1000", s.credential(open_payload()))  # a retried open
     assert status == 200 and world.ledger.balance("acct:buyer") == 10_000 - 300  # held once
     intruder = mpp.SigningKey.generate()
-    world.ledger.allow("acct:buyer", intruder.did, "owner")
+    world.ledger.keys.allow("acct:buyer", intruder.did, "owner")
     other = SessionPayload("open", s.id, intruder.did, account="acct:buyer", cap=300,
                            cap_signature=sign_cap(intruder, s.terms, account="acct:buyer", cap=300),
                            voucher=s.voucher(20, 1, key=intruder))

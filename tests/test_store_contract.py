@@ -364,19 +364,19 @@ async def test_idempotency_keys_under_a_session(stores):
     response; another resource under the key conflicts; a failed first request drops it."""
     store, other = await stores.sessions(), await stores.sessions()
     await open_session(store)
-    results = await asyncio.gather(*(s.claim_key("sess-1", "k1", "GET /complete?units=5") for s in [store, other] * 10))
+    results = await asyncio.gather(*(s.keys.claim("sess-1", "k1", "GET /complete?units=5") for s in [store, other] * 10))
     assert sorted(status for status, _ in results) == ["new"] + ["running"] * 19
-    assert await store.claim_key("sess-1", "k1", "GET /complete?units=6") == ("conflict", None)
+    assert await store.keys.claim("sess-1", "k1", "GET /complete?units=6") == ("conflict", None)
     kept = StoredResponse(200, [("Content-Type", "application/json")], b'{"units":5}\x00')
-    await store.save_key("sess-1", "k1", kept)
-    await store.drop_key("sess-1", "k1")  # a finished key is not dropped
-    assert await other.claim_key("sess-1", "k1", "GET /complete?units=5") == ("done", kept)
-    assert await other.claim_key("sess-1", "k1", "GET /other") == ("conflict", None)
-    assert await store.claim_key("sess-1", "k2", "GET /x") == ("new", None)
-    await store.drop_key("sess-1", "k2")
-    assert await other.claim_key("sess-1", "k2", "GET /y") == ("new", None)
+    await store.keys.save("sess-1", "k1", kept)
+    await store.keys.drop("sess-1", "k1")  # a finished key is not dropped
+    assert await other.keys.claim("sess-1", "k1", "GET /complete?units=5") == ("done", kept)
+    assert await other.keys.claim("sess-1", "k1", "GET /other") == ("conflict", None)
+    assert await store.keys.claim("sess-1", "k2", "GET /x") == ("new", None)
+    await store.keys.drop("sess-1", "k2")
+    assert await other.keys.claim("sess-1", "k2", "GET /y") == ("new", None)
     await open_session(store, "sess-2")  # keys are per session
-    assert await store.claim_key("sess-2", "k1", "GET /x") == ("new", None)
+    assert await store.keys.claim("sess-2", "k1", "GET /x") == ("new", None)
 
 
 async def test_commit_keeps_the_idempotent_response_in_its_own_transaction(stores):
@@ -391,28 +391,28 @@ async def test_commit_keeps_the_idempotent_response_in_its_own_transaction(store
         seen.append(state.spent)
         return StoredResponse(200, [("Payment-Receipt", f"spent={state.spent}")], b"ok")
 
-    assert await store.claim_key("sess-1", "k1", "GET /complete") == ("new", None)
+    assert await store.keys.claim("sess-1", "k1", "GET /complete") == ("new", None)
     await store.reserve("sess-1", "r1", 30, NOW)
     state = await store.commit("sess-1", "r1", resource="GET /complete", unit_price=2, per=1000, units=10_000, amount=20,
                                now=NOW, idempotency_key="k1", render=render)
     assert seen == [20] and state.spent == 20
-    assert await other.claim_key("sess-1", "k1", "GET /complete") == \
+    assert await other.keys.claim("sess-1", "k1", "GET /complete") == \
         ("done", StoredResponse(200, [("Payment-Receipt", "spent=20")], b"ok"))
 
     def broken(state):
         raise RuntimeError("rendering failed")
 
-    assert await store.claim_key("sess-1", "k2", "GET /complete") == ("new", None)
+    assert await store.keys.claim("sess-1", "k2", "GET /complete") == ("new", None)
     await store.reserve("sess-1", "r2", 30, NOW)
     with pytest.raises(RuntimeError):
         await store.commit("sess-1", "r2", resource="GET /complete", unit_price=2, per=1000, units=10_000, amount=20, now=NOW,
                            idempotency_key="k2", render=broken)
     assert (await store.get("sess-1")).spent == 20  # nothing of the failed commit stayed
     assert [line.amount for line in await store.usage("sess-1")] == [20]
-    assert await other.claim_key("sess-1", "k2", "GET /complete") == ("running", None)
+    assert await other.keys.claim("sess-1", "k2", "GET /complete") == ("running", None)
     state = await store.commit("sess-1", "r2", resource="GET /complete", unit_price=2, per=1000, units=5000, amount=10, now=NOW,
                                idempotency_key="k2", render=lambda state: None)  # nothing to keep (a stream)
-    assert state.spent == 30 and await other.claim_key("sess-1", "k2", "GET /complete") == ("running", None)
+    assert state.spent == 30 and await other.keys.claim("sess-1", "k2", "GET /complete") == ("running", None)
 
 
 async def test_a_dead_process_running_key_is_taken_over(stores):
@@ -421,12 +421,12 @@ async def test_a_dead_process_running_key_is_taken_over(stores):
     a = await stores.sessions()
     b = await stores.sessions(instance_ttl=timedelta(0))  # to b, every other process looks dead
     await open_session(a)
-    assert await a.claim_key("sess-1", "k", "GET /complete") == ("new", None)
-    assert await b.claim_key("sess-1", "k", "GET /complete") == ("new", None)  # taken over
-    assert await a.claim_key("sess-1", "k", "GET /complete") == ("running", None)  # b is alive to a
-    assert await a.claim_key("sess-1", "k", "GET /other") == ("conflict", None)
-    await b.save_key("sess-1", "k", StoredResponse(200, [], b"done"))
-    assert await b.claim_key("sess-1", "k", "GET /complete") == ("done", StoredResponse(200, [], b"done"))
+    assert await a.keys.claim("sess-1", "k", "GET /complete") == ("new", None)
+    assert await b.keys.claim("sess-1", "k", "GET /complete") == ("new", None)  # taken over
+    assert await a.keys.claim("sess-1", "k", "GET /complete") == ("running", None)  # b is alive to a
+    assert await a.keys.claim("sess-1", "k", "GET /other") == ("conflict", None)
+    await b.keys.save("sess-1", "k", StoredResponse(200, [], b"done"))
+    assert await b.keys.claim("sess-1", "k", "GET /complete") == ("done", StoredResponse(200, [], b"done"))
 
 
 async def test_reservations_of_a_silent_process_stop_counting(stores):
@@ -488,23 +488,23 @@ async def test_session_caps_count_against_mandate_links(stores):
                          identity=identity(charged=101), now=NOW)
     assert await two.get("m2") is None
     await open_session(two, "m2", cap=300, authorized=100, identity=identity(charged=100))
-    assert await one.mandate_held({"iss#root": period, "iss#leaf": period, "iss#x": period}) == \
+    assert await one.mandates.held({"iss#root": period, "iss#leaf": period, "iss#x": period}) == \
         {"iss#root": 900, "iss#leaf": 900, "iss#x": 0}
-    assert await one.mandate_held({"iss#root": "day:2031-05-07"}) == {"iss#root": 0}
+    assert await one.mandates.held({"iss#root": "day:2031-05-07"}) == {"iss#root": 0}
     # re-creating an existing session is not counted against itself
     again, created = await two.create(terms("m1"), payer="acct:buyer", signer="did:key:zAgent", unit_type="token", cap=600,
                                       idle_timeout=60, identity=identity(), now=NOW)
     assert created is False and again.cap == 600
     await one.begin_close("m1", NOW)
     await one.finish_close("m1", captured=150, released=450, settlement="tx", final_receipt="r", now=NOW)
-    assert (await two.mandate_held({"iss#root": period}))["iss#root"] == 450
+    assert (await two.mandates.held({"iss#root": period}))["iss#root"] == 450
     # 12 concurrent opens of 200 each, over two processes, for the 550 left: exactly 2 fit
     outcomes = await asyncio.gather(*(s.create(terms(f"c{i}"), payer="acct:buyer", signer="did:key:zA", unit_type="token", cap=200,
                                                idle_timeout=60, identity=identity(), now=NOW)
                                       for i, s in enumerate([one, two] * 6)), return_exceptions=True)
     assert sum(not isinstance(o, BaseException) for o in outcomes) == 2
     assert all(isinstance(o, BudgetExceeded) for o in outcomes if isinstance(o, BaseException)), outcomes
-    assert (await one.mandate_held({"iss#root": period}))["iss#root"] == 850
+    assert (await one.mandates.held({"iss#root": period}))["iss#root"] == 850
 
 
 # -- choosing the engine -------------------------------------------------------------------

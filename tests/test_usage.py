@@ -110,8 +110,8 @@ async def shop(locations: dict[str, str]):
     ledger = await open_ledger(locations["ledger"])
     for account in (PAYEE, PAYER, PLAIN):
         await ledger.create_account(account, "usd")
-    await ledger.allow(PAYER, P.did, "owner")
-    await ledger.allow(PLAIN, C.did, "owner")
+    await ledger.keys.allow(PAYER, P.did, "owner")
+    await ledger.keys.allow(PLAIN, C.did, "owner")
     await ledger.fund(PAYER, FUNDS)
     await ledger.fund(PLAIN, FUNDS)
     rail = EmbeddedLedgerRail(ledger, recipient=PAYEE)

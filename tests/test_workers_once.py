@@ -63,7 +63,7 @@ def _ledger_on_postgres(home: Path, url: str) -> None:
     wallet = load_wallet(home / "agent")
     sqlite = SqliteLedger(str(home / "ledger.db"))
     try:
-        members, funds = sqlite.members(wallet.account), sqlite.balance(wallet.account)
+        members, funds = sqlite.keys.members(wallet.account), sqlite.balance(wallet.account)
         accounts = [(a.id, a.currency) for a in sqlite.accounts() if a.kind == "asset"]
     finally:
         sqlite.close()
@@ -74,7 +74,7 @@ def _ledger_on_postgres(home: Path, url: str) -> None:
             for account, currency in accounts:
                 await ledger.create_account(account, currency)
             for did, role in members.items():
-                await ledger.allow(wallet.account, did, role)
+                await ledger.keys.allow(wallet.account, did, role)
             await ledger.fund(wallet.account, funds)
         finally:
             await ledger.close()

@@ -72,7 +72,7 @@ class LedgerClient:
     """An account owner's calls to a ledger service, each signed with the owner's key.
 
         async with LedgerClient("http://127.0.0.1:8403", key) as ledger:
-            await ledger.allow("acct:buyer", agent_did, "agent")
+            await ledger.keys.allow("acct:buyer", agent_did, "agent")
     """
 
     def __init__(self, url: str, key: SigningKey, *, timeout: float = 10.0) -> None:
@@ -100,6 +100,12 @@ class LedgerClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def keys(self) -> "LedgerClient":
+        """The calls a ledger makes on its ``keys`` (allow, deny, members) are this client's own:
+        ``client.keys.allow(...)`` works as on a ledger."""
+        return self
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self._session is not None, "use LedgerClient in `async with`"

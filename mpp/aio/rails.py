@@ -61,7 +61,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         await self._ledger.refund(settlement.reference)
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
-        return await self._ledger.revoked(jtis)
+        return await self._ledger.keys.revoked(jtis)
 
     async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
         auth: LedgerAuthorization = verified.proof
@@ -70,7 +70,7 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
     async def check_payer(self, payer: str, signer: str, chain: tuple[str, ...] | None) -> None:
         """LEDGER-ACCT-05: may ``signer`` spend from ``payer`` (bare, or under a chain of these DIDs)?"""
         with charge_refusals():
-            await self._ledger.spend_check(payer, signer=signer, chain=chain)
+            await self._ledger.keys.spend_check(payer, signer=signer, chain=chain)
 
     # -- the session intent: hold at open, capture and release at close ------------------
 
@@ -78,16 +78,16 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
                            mandate: MandateCharge | None = None) -> SessionHold:
         """Hold ``cap`` from ``payer`` for the session, once per session id (the challenge id)."""
         with session_refusals():
-            return await self._ledger.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,
-                                            mandate=mandate)
+            return await self._ledger.sessions.open(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,
+                                                   mandate=mandate)
 
     async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
         """Raise the session's cap to ``cap`` in total; a lower or equal cap changes nothing."""
         with session_refusals():
-            return await self._ledger.top_up_session(session_id, cap=cap, cap_signature=cap_signature)
+            return await self._ledger.sessions.top_up(session_id, cap=cap, cap_signature=cap_signature)
 
     async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
         """Capture what was used and release the rest. A capture the voucher does not cover raises
         CaptureRefused (a LedgerError: the seller's own bug, not the buyer's)."""
         with session_refusals():
-            return await self._ledger.close_session(session_id, capture=capture, voucher=voucher)
+            return await self._ledger.sessions.close(session_id, capture=capture, voucher=voucher)

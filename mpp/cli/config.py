@@ -369,7 +369,7 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         ledger.create_account(SELLER_ACCOUNT, "usd")
         # LEDGER-ACCT-01: the principal owns the account; its agent spends from it only under the mandate
         ledger.create_account(BUYER_ACCOUNT, "usd", owner=principal.did)
-        ledger.allow(BUYER_ACCOUNT, agent.did, "agent")
+        ledger.keys.allow(BUYER_ACCOUNT, agent.did, "agent")
         if not funded:
             ledger.fund(BUYER_ACCOUNT, funding, reference="initial-funding")
     finally:

@@ -205,7 +205,7 @@ def cmd_mandate_revoke(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no ledger at {args.ledger}")
     ledger = SqliteLedger(args.ledger)
     try:
-        jti = ledger.revoke(token, chain[args.link])
+        jti = ledger.keys.revoke(token, chain[args.link])
     finally:
         ledger.close()
     print(f"revoked mandate {jti}: sellers settling through this ledger refuse it from the next request on")

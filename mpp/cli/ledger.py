@@ -45,7 +45,7 @@ def on_members(ledger: str | None, key_path: str | None, work: Callable[[Any], A
 
 def enrol(ledger: str | None, key_path: str | None, account: str, did: str, role: str) -> None:
     """Give ``did`` ``role`` on ``account``, wherever the ledger is."""
-    on_members(ledger, key_path, lambda led: led.allow(account, did, role))
+    on_members(ledger, key_path, lambda led: led.keys.allow(account, did, role))
 
 
 def _print_members(account: str, members: dict[str, str], as_json: bool) -> None:
@@ -73,7 +73,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
         return 0
     async def work(ledger):
         account = await ledger.create_account(args.account, args.currency, owner=args.owner)
-        return account, await ledger.members(args.account)
+        return account, await ledger.keys.members(args.account)
 
     account, members = on_members(args.ledger, None, work)
     print(f"account {account.id} ({account.currency}) balance {account.balance}")
@@ -85,8 +85,8 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 def cmd_allow(args: argparse.Namespace) -> int:
     async def work(ledger):
-        await ledger.allow(args.account, args.did, args.role)
-        return await ledger.members(args.account)
+        await ledger.keys.allow(args.account, args.did, args.role)
+        return await ledger.keys.members(args.account)
 
     members = on_members(args.ledger, args.key, work)
     what = "an owner (spends on its own signature, roots mandates)" if args.role == "owner" else \
@@ -98,8 +98,8 @@ def cmd_allow(args: argparse.Namespace) -> int:
 
 def cmd_deny(args: argparse.Namespace) -> int:
     async def work(ledger):
-        await ledger.deny(args.account, args.did)
-        return await ledger.members(args.account)
+        await ledger.keys.deny(args.account, args.did)
+        return await ledger.keys.members(args.account)
 
     members = on_members(args.ledger, args.key, work)
     print(f"{args.did} may no longer spend from {args.account}, directly or under any mandate")
@@ -108,7 +108,7 @@ def cmd_deny(args: argparse.Namespace) -> int:
 
 
 def cmd_members(args: argparse.Namespace) -> int:
-    members = on_members(args.ledger, args.key, lambda ledger: ledger.members(args.account))
+    members = on_members(args.ledger, args.key, lambda ledger: ledger.keys.members(args.account))
     _print_members(args.account, members, args.json)
     return 0
 

@@ -139,7 +139,7 @@ def cmd_ledger_serve(args: argparse.Namespace) -> int:
                     await ledger.create_account(account, args.currency)
                     print(f"created payee account {account} ({args.currency}) for {did}", flush=True)
                     continue
-                owners = sorted(d for d, role in (await ledger.members(account)).items() if role == "owner")
+                owners = sorted(d for d, role in (await ledger.keys.members(account)).items() if role == "owner")
                 if owners:  # whoever owns a payee account can spend what its seller earns
                     print(f"warning: payee account {account} of {did} has owners who can spend its revenue: "
                           f"{', '.join(owners)}", file=sys.stderr, flush=True)

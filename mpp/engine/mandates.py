@@ -41,7 +41,7 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
             raise ApprovalInvalid("approval has already been used")
     spent = await config.store.mandate_spent(periods)
     if engine.config.session_store is not None:  # what this seller's sessions under each link hold or took counts too
-        held = await engine.config.session_store.mandate_held(periods)
+        held = await engine.config.session_store.mandates.held(periods)
         spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
     challenge = verified.credential.challenge
     decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent=spent, approval=approval)
@@ -73,7 +73,7 @@ async def check_session_identity(engine: "Shop", call: SessionCall,
                              recipient=call.terms.recipient)
     periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
     charged = await config.store.mandate_spent(periods)  # this seller's charges under each link
-    held = await engine.config.session_store.mandate_held(periods)  # and its sessions'
+    held = await engine.config.session_store.mandates.held(periods)  # and its sessions'
     spent = {key: charged.get(key, 0) + held.get(key, 0) for key in periods}
     decision = evaluate_policy(chain, call.credential.challenge, at_stake, call.resource, spent=spent, approval=None)
     # PRICE-MDT-02: a unit offer the chain excludes, or above its unit price, is refused before anything is held

@@ -167,7 +167,7 @@ class SessionDesk:
         sid = state.session_id
         key = idempotency_key(list(request.headers_all("Idempotency-Key")))
         if key is not None:
-            status, stored = await self.store.claim_key(sid, key, call.resource)
+            status, stored = await self.store.keys.claim(sid, key, call.resource)
             if status == "done":
                 assert stored is not None
                 return HttpResponse(stored.status, [*stored.headers, ("Idempotent-Replayed", "true")], stored.body)
@@ -179,10 +179,10 @@ class SessionDesk:
             served = await self._serve_once(serve, call, metered, meter, sid, key)
         except BaseException:
             if key is not None:
-                await self.store.drop_key(sid, key)
+                await self.store.keys.drop(sid, key)
             raise
         if key is not None and served.status >= 400:
-            await self.store.drop_key(sid, key)
+            await self.store.keys.drop(sid, key)
         return served
 
     async def _serve_once(self, serve: Serve, call: SessionCall, metered: Metered, meter: SessionMeter, sid: str,

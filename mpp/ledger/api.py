@@ -2,7 +2,7 @@
 networked database (PostgreSQL) can stand behind the service, and an adapter for SqliteLedger.
 
 Every method has the meaning and the refusals (LedgerError subclasses) of the SqliteLedger
-method of the same name; see there.
+method of the same name (on the ledger, its ``keys`` or its ``sessions``); see there.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from mpp.intents.session import SessionTerms, Voucher
 from mpp.ledger import core
 from mpp.ledger.core import Account, LedgerError, MandateCharge, SessionClose, SessionHold, Transfer
 from mpp.ledger.sqlite import SqliteLedger
+from mpp.ledger.sqlite_facets import SqliteKeys, SqliteSessions
 
-__all__ = ["AsyncLedger", "AsyncSqliteLedger", "as_async_ledger", "LEDGER_ERRORS"]
+__all__ = ["AsyncLedger", "AsyncLedgerKeys", "AsyncLedgerSessions", "AsyncSqliteLedger", "AsyncSqliteKeys", "AsyncSqliteSessions",
+           "as_async_ledger", "LEDGER_ERRORS"]
 
 # Every refusal a ledger may raise, by class name: the name is what travels on the wire.
 LEDGER_ERRORS: dict[str, type[LedgerError]] = {
@@ -26,10 +28,38 @@ LEDGER_ERRORS: dict[str, type[LedgerError]] = {
 
 
 @runtime_checkable
+class AsyncLedgerKeys(Protocol):
+    """``ledger.keys``: who may spend from an account, the mandates revoked, what each link spent."""
+
+    async def allow(self, account_id: str, did: str, role: str) -> None: ...
+    async def deny(self, account_id: str, did: str) -> None: ...
+    async def members(self, account_id: str) -> dict[str, str]: ...
+    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None: ...
+    async def revoke(self, revocation_token: str, mandate_token: str) -> str: ...
+    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]: ...
+    async def mandate_spent(self, jti: str, period: str) -> int: ...
+
+
+@runtime_checkable
+class AsyncLedgerSessions(Protocol):
+    """``ledger.sessions``: caps held on the ledger, captured and released at close."""
+
+    async def open(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                   mandate: MandateCharge | None = None) -> SessionHold: ...
+    async def top_up(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold: ...
+    async def close(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose: ...
+    async def get(self, session_id: str) -> SessionHold | None: ...
+    async def all(self) -> list[SessionHold]: ...
+
+
+@runtime_checkable
 class AsyncLedger(Protocol):
-    """What the ledger service needs from a ledger. ``ledger_id`` is known after ``open()``."""
+    """What the ledger service needs from a ledger: the money here, who may spend in ``keys``,
+    sessions in ``sessions``. ``ledger_id`` is known after ``open()``."""
 
     ledger_id: str
+    keys: AsyncLedgerKeys
+    sessions: AsyncLedgerSessions
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -39,22 +69,62 @@ class AsyncLedger(Protocol):
     async def refund(self, transfer_id: str) -> Transfer: ...
     async def void(self, transfer_id: str, *, payee: str | None = None) -> Transfer | None: ...
     async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
-    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]: ...
     async def account(self, account_id: str) -> Account: ...
     async def create_account(self, account_id: str, currency: str, *, owner: str | None = None,
                              exclusive: bool = False) -> Account: ...
-    async def allow(self, account_id: str, did: str, role: str) -> None: ...
-    async def deny(self, account_id: str, did: str) -> None: ...
-    async def members(self, account_id: str) -> dict[str, str]: ...
-    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None: ...
-
-    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
-                           mandate: MandateCharge | None = None) -> SessionHold: ...
-    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold: ...
-    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose: ...
-    async def session(self, session_id: str) -> SessionHold | None: ...
     async def transfers(self) -> list[Transfer]: ...
     async def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]: ...
+
+
+class AsyncSqliteKeys:
+    """A SqliteLedger's ``keys`` behind :class:`AsyncLedgerKeys`, run inline."""
+
+    def __init__(self, keys: SqliteKeys) -> None:
+        self.sync = keys
+
+    async def allow(self, account_id: str, did: str, role: str) -> None:
+        self.sync.allow(account_id, did, role)
+
+    async def deny(self, account_id: str, did: str) -> None:
+        self.sync.deny(account_id, did)
+
+    async def members(self, account_id: str) -> dict[str, str]:
+        return self.sync.members(account_id)
+
+    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None:
+        self.sync.spend_check(payer, signer=signer, chain=chain)
+
+    async def revoke(self, revocation_token: str, mandate_token: str) -> str:
+        return self.sync.revoke(revocation_token, mandate_token)
+
+    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
+        return self.sync.revoked(jtis)
+
+    async def mandate_spent(self, jti: str, period: str) -> int:
+        return self.sync.mandate_spent(jti, period)
+
+
+class AsyncSqliteSessions:
+    """A SqliteLedger's ``sessions`` behind :class:`AsyncLedgerSessions`, run inline."""
+
+    def __init__(self, sessions: SqliteSessions) -> None:
+        self.sync = sessions
+
+    async def open(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                   mandate: MandateCharge | None = None) -> SessionHold:
+        return self.sync.open(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature, mandate=mandate)
+
+    async def top_up(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        return self.sync.top_up(session_id, cap=cap, cap_signature=cap_signature)
+
+    async def close(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        return self.sync.close(session_id, capture=capture, voucher=voucher)
+
+    async def get(self, session_id: str) -> SessionHold | None:
+        return self.sync.get(session_id)
+
+    async def all(self) -> list[SessionHold]:
+        return self.sync.all()
 
 
 class AsyncSqliteLedger:
@@ -65,6 +135,8 @@ class AsyncSqliteLedger:
     def __init__(self, ledger: SqliteLedger, *, owned: bool = False) -> None:
         self.sync = ledger
         self.ledger_id = ledger.ledger_id
+        self.keys = AsyncSqliteKeys(ledger.keys)
+        self.sessions = AsyncSqliteSessions(ledger.sessions)
         self._owned = owned
 
     async def open(self) -> None:
@@ -88,40 +160,12 @@ class AsyncSqliteLedger:
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
         return self.sync.get_transfer(transfer_id)
 
-    async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
-        return self.sync.revoked(jtis)
-
     async def account(self, account_id: str) -> Account:
         return self.sync.account(account_id)
 
     async def create_account(self, account_id: str, currency: str, *, owner: str | None = None,
                              exclusive: bool = False) -> Account:
         return self.sync.create_account(account_id, currency, owner=owner, exclusive=exclusive)
-
-    async def allow(self, account_id: str, did: str, role: str) -> None:
-        self.sync.allow(account_id, did, role)
-
-    async def deny(self, account_id: str, did: str) -> None:
-        self.sync.deny(account_id, did)
-
-    async def members(self, account_id: str) -> dict[str, str]:
-        return self.sync.members(account_id)
-
-    async def spend_check(self, payer: str, *, signer: str, chain: tuple[str, ...] | None) -> None:
-        self.sync.spend_check(payer, signer=signer, chain=chain)
-
-    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
-                           mandate: MandateCharge | None = None) -> SessionHold:
-        return self.sync.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature, mandate=mandate)
-
-    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
-        return self.sync.top_up_session(session_id, cap=cap, cap_signature=cap_signature)
-
-    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
-        return self.sync.close_session(session_id, capture=capture, voucher=voucher)
-
-    async def session(self, session_id: str) -> SessionHold | None:
-        return self.sync.session(session_id)
 
     async def transfers(self) -> list[Transfer]:
         return self.sync.transfers()

@@ -255,7 +255,7 @@ class LedgerService:
             raise ServiceError("Unauthenticated", "the request signature does not verify") from None
         if owner_of is not None:
             try:
-                role = (await self.ledger.members(owner_of)).get(signed.keyid)
+                role = (await self.ledger.keys.members(owner_of)).get(signed.keyid)
             except UnknownAccount:
                 role = None  # the same answer as for a non-owner: account ids are not told to strangers
             if role != "owner":
@@ -323,7 +323,7 @@ class LedgerService:
         jtis = doc.get("jtis")
         if not isinstance(jtis, list) or len(jtis) > 64 or not all(isinstance(j, str) and 0 < len(j) <= 512 for j in jtis):
             raise _bad("'jtis' must be a list of at most 64 mandate keys")
-        return {"revoked": sorted(await self.ledger.revoked(tuple(jtis)))}
+        return {"revoked": sorted(await self.ledger.keys.revoked(tuple(jtis)))}
 
     async def open_session(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
         terms = _terms(doc.get("terms"))
@@ -333,15 +333,15 @@ class LedgerService:
         cap_signature = _text(doc, "capSignature", max_len=128)
         self._own(payee, terms.recipient, "credit")
         mandate = _mandate(doc, terms.realm)
-        hold = await self.ledger.open_session(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,  # type: ignore[arg-type]
-                                              mandate=mandate)
+        hold = await self.ledger.sessions.open(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,  # type: ignore[arg-type]
+                                               mandate=mandate)
         log.info("session open id=%s payer=%s payee=%s cap=%s %s seller=%s", hold.session_id, hold.payer, hold.payee,
                  hold.cap, hold.currency, seller)
         return {"session": hold_json(hold)}
 
     async def _own_session(self, request: web.Request, payee: str) -> str:
         sid = _path_id(request)
-        hold = await self.ledger.session(sid)
+        hold = await self.ledger.sessions.get(sid)
         if hold is None:
             raise UnknownSession(f"no session {sid!r}")
         self._own(payee, hold.payee, "act on sessions that credit")
@@ -351,7 +351,7 @@ class LedgerService:
         cap = _uint(doc, "cap", positive=True)
         cap_signature = _text(doc, "capSignature", max_len=128)
         sid = await self._own_session(request, payee)
-        hold = await self.ledger.top_up_session(sid, cap=cap, cap_signature=cap_signature)  # type: ignore[arg-type]
+        hold = await self.ledger.sessions.top_up(sid, cap=cap, cap_signature=cap_signature)  # type: ignore[arg-type]
         log.info("session top-up id=%s cap=%s seller=%s", sid, hold.cap, seller)
         return {"session": hold_json(hold)}
 
@@ -359,7 +359,7 @@ class LedgerService:
         capture = _uint(doc, "capture", positive=False)
         voucher = _voucher(doc.get("voucher"))
         sid = await self._own_session(request, payee)
-        closed = await self.ledger.close_session(sid, capture=capture, voucher=voucher)
+        closed = await self.ledger.sessions.close(sid, capture=capture, voucher=voucher)
         log.info("session close id=%s captured=%s released=%s seller=%s", sid, closed.captured, closed.released, seller)
         return {"close": close_json(closed)}
 
@@ -375,7 +375,7 @@ class LedgerService:
                     or not all(isinstance(d, str) and 0 < len(d) <= 128 for d in raw)):
                 raise _bad("'chain' must be null or a list of 2 to 17 DIDs, the principal first")
             chain = tuple(raw)
-        await self.ledger.spend_check(payer, signer=signer, chain=chain)  # type: ignore[arg-type]
+        await self.ledger.keys.spend_check(payer, signer=signer, chain=chain)  # type: ignore[arg-type]
         return {"payer": payer, "signer": signer, "allowed": True}
 
     async def create_account(self, doc: dict[str, Any], request: web.Request, signer: str, payee: str) -> dict[str, Any]:
@@ -386,11 +386,11 @@ class LedgerService:
             raise ServiceError("Forbidden", "that id is a registered seller's payee account")
         account = await self.ledger.create_account(account_id, currency, owner=signer, exclusive=True)  # type: ignore[arg-type]
         log.info("account created id=%s currency=%s owner=%s", account.id, account.currency, signer)
-        return {"account": account_json(account), "members": await self.ledger.members(account.id)}
+        return {"account": account_json(account), "members": await self.ledger.keys.members(account.id)}
 
     async def members(self, doc: dict[str, Any] | None, request: web.Request, owner: str, payee: str) -> dict[str, Any]:
         """LEDGER-SVC-13: the account's members, to one of its owners."""
-        return {"account": _path_id(request), "members": await self.ledger.members(_path_id(request))}
+        return {"account": _path_id(request), "members": await self.ledger.keys.members(_path_id(request))}
 
     async def set_member(self, doc: dict[str, Any], request: web.Request, owner: str, payee: str) -> dict[str, Any]:
         """LEDGER-SVC-13: one of the account's owners enrols a DID as owner or agent, or denies it."""
@@ -399,9 +399,9 @@ class LedgerService:
         role = _text(doc, "role", max_len=16)
         if role not in ROLES:
             raise _bad(f"'role' must be one of {', '.join(ROLES)}")
-        await self.ledger.allow(account_id, did, role)  # type: ignore[arg-type]
+        await self.ledger.keys.allow(account_id, did, role)  # type: ignore[arg-type]
         log.info("member account=%s did=%s role=%s by=%s", account_id, did, role, owner)
-        return {"account": account_id, "members": await self.ledger.members(account_id)}
+        return {"account": account_id, "members": await self.ledger.keys.members(account_id)}
 
     async def account(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
         account_id = _path_id(request)

@@ -22,7 +22,8 @@ from mpp.protocol.models import format_rfc3339, parse_rfc3339
 from mpp.stores.payments import StoredResponse
 from mpp.intents.session import SessionCapExceeded, SessionClosed, SessionInsufficient, SessionTerms, SessionUnknown, Voucher, VoucherInvalid
 
-__all__ = ["SessionState", "UsageLine", "SessionStore", "SqliteSessionStore", "INSTANCE_TTL"]
+__all__ = ["SessionState", "UsageLine", "SessionStore", "SessionKeys", "SessionMandates", "SqliteSessionStore", "SqliteSessionKeys",
+           "SqliteSessionMandates", "ClosedSession", "INSTANCE_TTL"]
 
 # A reservation belongs to the seller process that made it. Each process writes a heartbeat
 # with every reservation and from its sweeper; reservations of a process silent for longer
@@ -139,7 +140,27 @@ class UsageLine:
                 "units": self.units, "amount": str(self.amount), "requests": self.requests}
 
 
+class SessionKeys(Protocol):
+    """``store.keys``: the Idempotency-Keys of requests under a session, and the responses kept for them."""
+
+    async def claim(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]: ...
+    async def save(self, session_id: str, key: str, response: StoredResponse) -> None: ...
+    async def drop(self, session_id: str, key: str) -> None: ...
+
+
+class SessionMandates(Protocol):
+    """``store.mandates``: what this seller's sessions hold or took under each mandate link."""
+
+    async def held(self, periods: dict[str, str]) -> dict[str, int]: ...
+
+
 class SessionStore(Protocol):
+    """The session records; the Idempotency-Keys under them are ``keys``, the mandate links'
+    shares ``mandates``."""
+
+    keys: SessionKeys
+    mandates: SessionMandates
+
     async def create(self, terms: SessionTerms, *, payer: str, signer: str, unit_type: str, cap: int, idle_timeout: int,
                      identity: dict[str, Any] | None, now: datetime) -> tuple[SessionState, bool]: ...
     async def get(self, session_id: str) -> SessionState | None: ...
@@ -156,9 +177,6 @@ class SessionStore(Protocol):
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
                            now: datetime) -> SessionState: ...
     async def usage(self, session_id: str) -> list[UsageLine]: ...
-    async def claim_key(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]: ...
-    async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None: ...
-    async def drop_key(self, session_id: str, key: str) -> None: ...
     async def idle(self, now: datetime) -> list[str]: ...
     async def close(self) -> None: ...
 
@@ -184,11 +202,16 @@ def _state(row: tuple) -> SessionState:
 
 
 class SqliteSessionStore:
+    """The session records in SQLite; ``keys`` (Idempotency-Keys) and ``mandates`` (the mandate
+    links' shares) are its other facets, on the same connection."""
+
     def __init__(self, location: str, *, instance_ttl: timedelta = INSTANCE_TTL) -> None:
         self._conn = connect(location, _SCHEMA)
         self.instance = secrets.token_urlsafe(12)  # this process's name on its reservations
         self.instance_ttl = instance_ttl
         self._last_beat: datetime | None = None
+        self.keys = SqliteSessionKeys(self)
+        self.mandates = SqliteSessionMandates(self)
 
     async def heartbeat(self, now: datetime) -> None:
         """This process is alive: its reservations still count."""
@@ -226,7 +249,7 @@ class SqliteSessionStore:
                 # the seller's own share of each mandate link's budget, checked and counted at once
                 # (SESSION-ID-02): what the link's other sessions here hold, plus the caller's own charges
                 for key, period, budget in identity["links"]:
-                    held = self._link_held(c, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
+                    held = _link_held(c, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
                     if held + cap > budget:
                         from mpp.identity import BudgetExceeded
 
@@ -243,19 +266,6 @@ class SqliteSessionStore:
                     c.execute("INSERT OR IGNORE INTO session_links(session_id, link_key, period) VALUES (?, ?, ?)",
                               (terms.session_id, key, period))
             return self._must(c, terms.session_id, usable=False), cur.rowcount == 1
-
-    @staticmethod
-    def _link_held(c, key: str, period: str, *, exclude: str | None = None) -> int:
-        """What this seller's sessions under a mandate link hold or took: the cap while open, the
-        capture once closed."""
-        return c.execute(
-            "SELECT COALESCE(SUM(CASE WHEN s.status = 'closed' THEN s.captured ELSE s.cap END), 0) "
-            "FROM session_links l JOIN sessions s ON s.id = l.session_id WHERE l.link_key=? AND l.period=? AND s.id != ?",
-            (key, period, exclude or ""),
-        ).fetchone()[0]
-
-    async def mandate_held(self, periods: dict[str, str]) -> dict[str, int]:
-        return {key: self._link_held(self._conn, key, period) for key, period in periods.items()}
 
     async def get(self, session_id: str) -> SessionState | None:
         return self._get(self._conn, session_id)
@@ -392,42 +402,6 @@ class SqliteSessionStore:
         ).fetchall()
         return [UsageLine(*r) for r in rows]
 
-    async def claim_key(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
-        """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
-        with it, ("running", None) while that one runs, ("done", response) once it answered, and
-        ("conflict", None) if the key was used for another resource."""
-        now = datetime.now(timezone.utc)
-        with immediate(self._conn) as c:
-            self._beat(c, now)
-            row = c.execute("SELECT resource, state, status, headers, body, owner FROM session_responses "
-                            "WHERE session_id=? AND idempotency_key=?", (session_id, key)).fetchone()
-            if row is None:
-                c.execute("INSERT INTO session_responses(session_id, idempotency_key, resource, state, owner) "
-                          "VALUES (?, ?, ?, 'running', ?)", (session_id, key, resource, self.instance))
-                return "new", None
-            if row[0] != resource:
-                return "conflict", None
-            if row[1] == "running":
-                # A running key whose process died never committed (a commit marks it done in the same
-                # transaction): the retry takes it over and is charged once.
-                alive = c.execute("SELECT 1 FROM seller_instances WHERE id=? AND last_seen > ?",
-                                  (row[5], format_rfc3339(now - self.instance_ttl))).fetchone()
-                if alive:
-                    return "running", None
-                c.execute("UPDATE session_responses SET owner=? WHERE session_id=? AND idempotency_key=?",
-                          (self.instance, session_id, key))
-                return "new", None
-        return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
-
-    async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None:
-        with immediate(self._conn) as c:
-            c.execute("UPDATE session_responses SET state='done', status=?, headers=?, body=? WHERE session_id=? AND idempotency_key=?",
-                      (response.status, json.dumps(response.headers), response.body, session_id, key))
-
-    async def drop_key(self, session_id: str, key: str) -> None:
-        with immediate(self._conn) as c:
-            c.execute("DELETE FROM session_responses WHERE session_id=? AND idempotency_key=? AND state='running'", (session_id, key))
-
     async def idle(self, now: datetime) -> list[str]:
         """Sessions nobody has used for their idle timeout (or left opening/closing by a crash)."""
         out = []
@@ -447,6 +421,71 @@ class SqliteSessionStore:
             (format_rfc3339(since), format_rfc3339(until)),
         ).fetchall()
         return [ClosedSession(_state(row[:-1]), row[-1], await self.usage(row[0])) for row in rows]
+
+
+class SqliteSessionKeys:
+    """``store.keys``: a session's Idempotency-Keys (SESSION-USE-06), in the store's database and
+    under its process's heartbeat."""
+
+    def __init__(self, store: SqliteSessionStore) -> None:
+        self._store = store
+
+    async def claim(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
+        """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
+        with it, ("running", None) while that one runs, ("done", response) once it answered, and
+        ("conflict", None) if the key was used for another resource."""
+        now = datetime.now(timezone.utc)
+        with immediate(self._store._conn) as c:
+            self._store._beat(c, now)
+            row = c.execute("SELECT resource, state, status, headers, body, owner FROM session_responses "
+                            "WHERE session_id=? AND idempotency_key=?", (session_id, key)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO session_responses(session_id, idempotency_key, resource, state, owner) "
+                          "VALUES (?, ?, ?, 'running', ?)", (session_id, key, resource, self._store.instance))
+                return "new", None
+            if row[0] != resource:
+                return "conflict", None
+            if row[1] == "running":
+                # A running key whose process died never committed (a commit marks it done in the same
+                # transaction): the retry takes it over and is charged once.
+                alive = c.execute("SELECT 1 FROM seller_instances WHERE id=? AND last_seen > ?",
+                                  (row[5], format_rfc3339(now - self._store.instance_ttl))).fetchone()
+                if alive:
+                    return "running", None
+                c.execute("UPDATE session_responses SET owner=? WHERE session_id=? AND idempotency_key=?",
+                          (self._store.instance, session_id, key))
+                return "new", None
+        return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
+
+    async def save(self, session_id: str, key: str, response: StoredResponse) -> None:
+        with immediate(self._store._conn) as c:
+            c.execute("UPDATE session_responses SET state='done', status=?, headers=?, body=? WHERE session_id=? AND idempotency_key=?",
+                      (response.status, json.dumps(response.headers), response.body, session_id, key))
+
+    async def drop(self, session_id: str, key: str) -> None:
+        with immediate(self._store._conn) as c:
+            c.execute("DELETE FROM session_responses WHERE session_id=? AND idempotency_key=? AND state='running'", (session_id, key))
+
+
+class SqliteSessionMandates:
+    """``store.mandates``: this seller's share of each mandate link's budget, as its sessions hold it."""
+
+    def __init__(self, store: SqliteSessionStore) -> None:
+        self._store = store
+
+    async def held(self, periods: dict[str, str]) -> dict[str, int]:
+        """What the store's sessions under each link (key: period) hold or took."""
+        return {key: _link_held(self._store._conn, key, period) for key, period in periods.items()}
+
+
+def _link_held(c, key: str, period: str, *, exclude: str | None = None) -> int:
+    """What this seller's sessions under a mandate link hold or took: the cap while open, the
+    capture once closed."""
+    return c.execute(
+        "SELECT COALESCE(SUM(CASE WHEN s.status = 'closed' THEN s.captured ELSE s.cap END), 0) "
+        "FROM session_links l JOIN sessions s ON s.id = l.session_id WHERE l.link_key=? AND l.period=? AND s.id != ?",
+        (key, period, exclude or ""),
+    ).fetchone()[0]
 
 
 @dataclass(frozen=True)

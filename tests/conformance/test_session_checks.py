@@ -258,7 +258,7 @@ async def test_our_seller_passes_every_session_check(home: Path, caplog):
     assert all(r.verdict is Verdict.PASS for r in results), _report(results)
     assert ledger.balance("acct:buyer") < before  # the checks paid ...
     assert ledger.check() == [], "the ledger's books do not balance"
-    open_holds = [h for h in ledger.sessions() if h.status != "closed"]
+    open_holds = [h for h in ledger.sessions.all() if h.status != "closed"]
     ledger.close()
     assert not open_holds, "a session the checks opened was left holding funds"
     _no_seller_errors(caplog)

@@ -25,7 +25,7 @@ from mpp.stores.sessions import INSTANCE_TTL, SessionState, UsageLine
 from mpp.stores.payments import StoredResponse
 from mpp.stores.pg._base import PgStoreBase, stamp
 
-__all__ = ["PgSessionStore"]
+__all__ = ["PgSessionStore", "PgSessionKeys", "PgSessionMandates"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -110,7 +110,8 @@ def _state(row: asyncpg.Record) -> SessionState:
 
 
 class PgSessionStore(PgStoreBase):
-    """``PgSessionStore(pool_or_url)``; ``await store.open()`` (or first use) creates the tables."""
+    """``PgSessionStore(pool_or_url)``; ``await store.open()`` (or first use) creates the tables.
+    ``keys`` (Idempotency-Keys) and ``mandates`` (the mandate links' shares) are its other facets."""
 
     _SCHEMA = _SCHEMA
     _LOCK_NAME = "mpp.sessions.schema"
@@ -119,6 +120,8 @@ class PgSessionStore(PgStoreBase):
         super().__init__(pool, **kwargs)
         self.instance = secrets.token_urlsafe(12)  # this process's name on its reservations
         self.instance_ttl = instance_ttl
+        self.keys = PgSessionKeys(self)
+        self.mandates = PgSessionMandates(self)
 
     # -- helpers (each takes a connection inside a transaction) -------------
 
@@ -126,41 +129,12 @@ class PgSessionStore(PgStoreBase):
         await conn.execute("INSERT INTO seller_instances(id, last_seen) VALUES ($1, $2) "
                            "ON CONFLICT (id) DO UPDATE SET last_seen=excluded.last_seen", self.instance, stamp(now))
 
-    @staticmethod
-    async def _get(conn: asyncpg.Connection | asyncpg.Pool, session_id: str, *, lock: bool = False) -> SessionState | None:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE id=$1" + (" FOR NO KEY UPDATE" if lock else ""), session_id)
-        return _state(row) if row else None
-
-    async def _must(self, conn: asyncpg.Connection, session_id: str, *, usable: bool = True, lock: bool = False) -> SessionState:
-        state = await self._get(conn, session_id, lock=lock)
-        if state is None:
-            raise SessionUnknown("no such session here")
-        if usable and state.status != "open":
-            raise SessionClosed(f"session is {state.status}")
-        return state
-
-    async def _update(self, conn: asyncpg.Connection, sql: str, *args: Any) -> SessionState:
-        """Run ``UPDATE sessions SET ... WHERE id=$1`` and return the row as it is now."""
-        row = await conn.fetchrow(f"UPDATE sessions SET {sql} WHERE id=$1 RETURNING {_COLUMNS}", *args)
-        assert row is not None  # callers hold the row's lock
-        return _state(row)
-
     async def _held(self, conn: asyncpg.Connection, session_id: str, now: datetime) -> int:
         """Value reserved by requests still running in live seller processes."""
         return int(await conn.fetchval(
             "SELECT COALESCE(SUM(h.amount), 0) FROM session_holds h JOIN seller_instances i ON i.id = h.owner "
             "WHERE h.session_id=$1 AND i.last_seen > $2",
             session_id, stamp(now - self.instance_ttl),
-        ))
-
-    @staticmethod
-    async def _link_held(conn: asyncpg.Connection | asyncpg.Pool, key: str, period: str, *, exclude: str | None = None) -> int:
-        """What this seller's sessions under a mandate link hold or took: the cap while open, the
-        capture once closed."""
-        return int(await conn.fetchval(
-            "SELECT COALESCE(SUM(CASE WHEN s.status = 'closed' THEN s.captured ELSE s.cap END), 0) "
-            "FROM session_links l JOIN sessions s ON s.id = l.session_id WHERE l.link_key=$1 AND l.period=$2 AND s.id != $3",
-            key, period, exclude or "",
         ))
 
     # -- the interface ----------------------------------------------------
@@ -184,7 +158,7 @@ class PgSessionStore(PgStoreBase):
                 for key, period in sorted({(key, period) for key, period, _ in links}):
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"mpp.link:{key}:{period}")
                 for key, period, budget in links:
-                    held = await self._link_held(conn, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
+                    held = await _link_held(conn, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
                     if held + cap > budget:
                         from mpp.identity import BudgetExceeded
 
@@ -198,7 +172,7 @@ class PgSessionStore(PgStoreBase):
                 json.dumps(identity) if identity is not None else None, at,
             )
             if row is None:
-                return await self._must(conn, terms.session_id, usable=False), False
+                return await _must(conn, terms.session_id, usable=False), False
             if links:
                 await conn.executemany(
                     "INSERT INTO session_links(session_id, link_key, period) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -206,13 +180,9 @@ class PgSessionStore(PgStoreBase):
                 )
             return _state(row), True
 
-    async def mandate_held(self, periods: dict[str, str]) -> dict[str, int]:
-        pool = await self.pool()
-        return {key: await self._link_held(pool, key, period) for key, period in periods.items()}
-
     async def get(self, session_id: str) -> SessionState | None:
         pool = await self.pool()
-        return await self._get(pool, session_id)
+        return await _get(pool, session_id)
 
     async def mark_open(self, session_id: str, cap: int) -> SessionState:
         pool = await self.pool()
@@ -220,20 +190,20 @@ class PgSessionStore(PgStoreBase):
             row = await conn.fetchrow(
                 f"UPDATE sessions SET status='open', cap=GREATEST(cap, $2) WHERE id=$1 AND status='opening' RETURNING {_COLUMNS}",
                 session_id, cap)
-            return _state(row) if row else await self._must(conn, session_id, usable=False)
+            return _state(row) if row else await _must(conn, session_id, usable=False)
 
     async def set_cap(self, session_id: str, cap: int) -> SessionState:
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            await self._must(conn, session_id, lock=True)
-            return await self._update(conn, "cap=GREATEST(cap, $2)", session_id, cap)
+            await _must(conn, session_id, lock=True)
+            return await _update(conn, "cap=GREATEST(cap, $2)", session_id, cap)
 
     async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState:
         """Accept a (signature-checked) voucher: a higher one raises the authorized value; an
         equal or lower one is a harmless retry that changes nothing."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            state = await self._must(conn, session_id, lock=True)
+            state = await _must(conn, session_id, lock=True)
             if voucher.cumulative > state.cap:
                 raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
                                          sessionId=session_id, cap=str(state.cap), authorized=str(state.authorized))
@@ -241,16 +211,16 @@ class PgSessionStore(PgStoreBase):
                 previous = state.voucher.sequence if state.voucher else 0
                 if voucher.sequence <= previous:
                     raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
-                return await self._update(conn, "authorized=$2, voucher_seq=$3, voucher_sig=$4, last_used_at=$5",
+                return await _update(conn, "authorized=$2, voucher_seq=$3, voucher_sig=$4, last_used_at=$5",
                                           session_id, voucher.cumulative, voucher.sequence, voucher.signature, stamp(now))
-            return await self._update(conn, "last_used_at=$2", session_id, stamp(now))
+            return await _update(conn, "last_used_at=$2", session_id, stamp(now))
 
     async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState:
         """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient."""
         at = stamp(now)
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            state = await self._must(conn, session_id, lock=True)
+            state = await _must(conn, session_id, lock=True)
             held = await self._held(conn, session_id, now)
             required = state.spent + held + amount
             if required > state.authorized:
@@ -276,7 +246,7 @@ class PgSessionStore(PgStoreBase):
         at = stamp(now)
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            state = await self._must(conn, session_id, lock=True)  # nothing is spent once a close has begun (SESSION-STREAM-05)
+            state = await _must(conn, session_id, lock=True)  # nothing is spent once a close has begun (SESSION-STREAM-05)
             hold = await conn.fetchval("SELECT amount FROM session_holds WHERE session_id=$1 AND request_id=$2",
                                        session_id, request_id)
             if hold is None:
@@ -297,7 +267,7 @@ class PgSessionStore(PgStoreBase):
             )
             if hold is not None and release_hold:
                 await conn.execute("DELETE FROM session_holds WHERE session_id=$1 AND request_id=$2", session_id, request_id)
-            after = await self._update(conn, "spent = spent + $2, last_used_at=$3", session_id, amount, at) if amount else state
+            after = await _update(conn, "spent = spent + $2, last_used_at=$3", session_id, amount, at) if amount else state
             kept = render(after) if render is not None else None
             if idempotency_key is not None and kept is not None:
                 await conn.execute(
@@ -314,14 +284,14 @@ class PgSessionStore(PgStoreBase):
         """Stop new spending. Refuses while requests are in flight (RequestInProgress)."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            state = await self._must(conn, session_id, usable=False, lock=True)
+            state = await _must(conn, session_id, usable=False, lock=True)
             if state.status in ("closing", "closed"):
                 return state
             if await self._held(conn, session_id, now):
                 from mpp.protocol.errors import RequestInProgress
 
                 raise RequestInProgress("requests of this session are still running; close again when they finish")
-            return await self._update(conn, "status='closing'", session_id)
+            return await _update(conn, "status='closing'", session_id)
 
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
                            now: datetime) -> SessionState:
@@ -332,7 +302,7 @@ class PgSessionStore(PgStoreBase):
                 f"WHERE id=$1 AND status='closing' RETURNING {_COLUMNS}",
                 session_id, captured, released, settlement, final_receipt, stamp(now),
             )
-            return _state(row) if row else await self._must(conn, session_id, usable=False)
+            return _state(row) if row else await _must(conn, session_id, usable=False)
 
     async def usage(self, session_id: str) -> list[UsageLine]:
         pool = await self.pool()
@@ -342,56 +312,6 @@ class PgSessionStore(PgStoreBase):
             session_id,
         )
         return [UsageLine(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in rows]
-
-    async def claim_key(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
-        """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
-        with it, ("running", None) while that one runs, ("done", response) once it answered, and
-        ("conflict", None) if the key was used for another resource. A running key whose process
-        died never committed (a commit marks it done in its own transaction): a retry takes it
-        over as "new", and is charged once."""
-        now = datetime.now(timezone.utc)
-        pool = await self.pool()
-        async with pool.acquire() as conn:
-            await self._beat(conn, now)
-            while True:
-                async with conn.transaction():
-                    inserted = await conn.fetchval(
-                        "INSERT INTO session_responses(session_id, idempotency_key, resource, state, owner) "
-                        "VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (session_id, idempotency_key) DO NOTHING RETURNING 1",
-                        session_id, key, resource, self.instance,
-                    )
-                    if inserted is not None:
-                        return "new", None
-                    # the row exists (its insert committed, or we would have waited): lock it, so one
-                    # retry at a time may take over a dead owner's key
-                    row = await conn.fetchrow(
-                        "SELECT r.resource, r.state, r.status, r.headers, r.body, "
-                        "EXISTS (SELECT 1 FROM seller_instances i WHERE i.id = r.owner AND i.last_seen > $3) "
-                        "FROM session_responses r WHERE r.session_id=$1 AND r.idempotency_key=$2 FOR UPDATE OF r",
-                        session_id, key, stamp(now - self.instance_ttl),
-                    )
-                    if row is None:  # dropped between our insert and our read (the first request failed)
-                        continue
-                    if row[0] != resource:
-                        return "conflict", None
-                    if row[1] == "running":
-                        if row[5]:
-                            return "running", None
-                        await conn.execute("UPDATE session_responses SET owner=$3 WHERE session_id=$1 AND idempotency_key=$2",
-                                           session_id, key, self.instance)
-                        return "new", None
-                    return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
-
-    async def save_key(self, session_id: str, key: str, response: StoredResponse) -> None:
-        pool = await self.pool()
-        await pool.execute(
-            "UPDATE session_responses SET state='done', status=$3, headers=$4, body=$5 WHERE session_id=$1 AND idempotency_key=$2",
-            session_id, key, response.status, json.dumps(response.headers), bytes(response.body))
-
-    async def drop_key(self, session_id: str, key: str) -> None:
-        pool = await self.pool()
-        await pool.execute("DELETE FROM session_responses WHERE session_id=$1 AND idempotency_key=$2 AND state='running'",
-                           session_id, key)
 
     async def idle(self, now: datetime) -> list[str]:
         """Sessions nobody has used for their idle timeout (or left opening/closing by a crash)."""
@@ -415,3 +335,104 @@ class PgSessionStore(PgStoreBase):
             stamp(since), stamp(until),
         )
         return [ClosedSession(_state(tuple(row)[:-1]), format_rfc3339(row[-1]), await self.usage(row[0])) for row in rows]
+
+
+class PgSessionKeys:
+    """``store.keys``: a session's Idempotency-Keys (SESSION-USE-06), in the store's database and
+    under its process's heartbeat."""
+
+    def __init__(self, store: PgSessionStore) -> None:
+        self._store = store
+
+    async def claim(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
+        """An Idempotency-Key under a session (SESSION-USE-06): ("new", None) for the first request
+        with it, ("running", None) while that one runs, ("done", response) once it answered, and
+        ("conflict", None) if the key was used for another resource. A running key whose process
+        died never committed (a commit marks it done in its own transaction): a retry takes it
+        over as "new", and is charged once."""
+        now = datetime.now(timezone.utc)
+        pool = await self._store.pool()
+        async with pool.acquire() as conn:
+            await self._store._beat(conn, now)
+            while True:
+                async with conn.transaction():
+                    inserted = await conn.fetchval(
+                        "INSERT INTO session_responses(session_id, idempotency_key, resource, state, owner) "
+                        "VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (session_id, idempotency_key) DO NOTHING RETURNING 1",
+                        session_id, key, resource, self._store.instance,
+                    )
+                    if inserted is not None:
+                        return "new", None
+                    # the row exists (its insert committed, or we would have waited): lock it, so one
+                    # retry at a time may take over a dead owner's key
+                    row = await conn.fetchrow(
+                        "SELECT r.resource, r.state, r.status, r.headers, r.body, "
+                        "EXISTS (SELECT 1 FROM seller_instances i WHERE i.id = r.owner AND i.last_seen > $3) "
+                        "FROM session_responses r WHERE r.session_id=$1 AND r.idempotency_key=$2 FOR UPDATE OF r",
+                        session_id, key, stamp(now - self._store.instance_ttl),
+                    )
+                    if row is None:  # dropped between our insert and our read (the first request failed)
+                        continue
+                    if row[0] != resource:
+                        return "conflict", None
+                    if row[1] == "running":
+                        if row[5]:
+                            return "running", None
+                        await conn.execute("UPDATE session_responses SET owner=$3 WHERE session_id=$1 AND idempotency_key=$2",
+                                           session_id, key, self._store.instance)
+                        return "new", None
+                    return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
+
+    async def save(self, session_id: str, key: str, response: StoredResponse) -> None:
+        pool = await self._store.pool()
+        await pool.execute(
+            "UPDATE session_responses SET state='done', status=$3, headers=$4, body=$5 WHERE session_id=$1 AND idempotency_key=$2",
+            session_id, key, response.status, json.dumps(response.headers), bytes(response.body))
+
+    async def drop(self, session_id: str, key: str) -> None:
+        pool = await self._store.pool()
+        await pool.execute("DELETE FROM session_responses WHERE session_id=$1 AND idempotency_key=$2 AND state='running'",
+                           session_id, key)
+
+
+class PgSessionMandates:
+    """``store.mandates``: this seller's share of each mandate link's budget, as its sessions hold it."""
+
+    def __init__(self, store: PgSessionStore) -> None:
+        self._store = store
+
+    async def held(self, periods: dict[str, str]) -> dict[str, int]:
+        """What the store's sessions under each link (key: period) hold or took."""
+        pool = await self._store.pool()
+        return {key: await _link_held(pool, key, period) for key, period in periods.items()}
+
+
+async def _get(conn: asyncpg.Connection | asyncpg.Pool, session_id: str, *, lock: bool = False) -> SessionState | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE id=$1" + (" FOR NO KEY UPDATE" if lock else ""), session_id)
+    return _state(row) if row else None
+
+
+async def _must(conn: asyncpg.Connection, session_id: str, *, usable: bool = True, lock: bool = False) -> SessionState:
+    state = await _get(conn, session_id, lock=lock)
+    if state is None:
+        raise SessionUnknown("no such session here")
+    if usable and state.status != "open":
+        raise SessionClosed(f"session is {state.status}")
+    return state
+
+
+async def _update(conn: asyncpg.Connection, sql: str, *args: Any) -> SessionState:
+    """Run ``UPDATE sessions SET ... WHERE id=$1`` and return the row as it is now."""
+    row = await conn.fetchrow(f"UPDATE sessions SET {sql} WHERE id=$1 RETURNING {_COLUMNS}", *args)
+    assert row is not None  # callers hold the row's lock
+    return _state(row)
+
+
+async def _link_held(conn: asyncpg.Connection | asyncpg.Pool, key: str, period: str, *, exclude: str | None = None) -> int:
+    """What this seller's sessions under a mandate link hold or took: the cap while open, the
+    capture once closed."""
+    return int(await conn.fetchval(
+        "SELECT COALESCE(SUM(CASE WHEN s.status = 'closed' THEN s.captured ELSE s.cap END), 0) "
+        "FROM session_links l JOIN sessions s ON s.id = l.session_id WHERE l.link_key=$1 AND l.period=$2 AND s.id != $3",
+        key, period, exclude or "",
+    ))
