@@ -109,9 +109,19 @@ def stop_seller(seller: ServedSeller) -> str:
     return err
 
 
+# The seller adapters every test of a served seller runs against: aiohttp (`mpp seller serve`) and
+# ASGI (`mpp seller serve --asgi`: Starlette under uvicorn), the same engine behind both.
+ADAPTERS = {"aiohttp": (), "asgi": ("--asgi",)}
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def adapter(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def served(home: Path):
-    seller = start_seller(home)
+def served(home: Path, adapter: str):
+    seller = start_seller(home, *ADAPTERS[adapter])
     try:
         yield seller
     finally:

@@ -1,7 +1,7 @@
 """The seller prices from a price list (spec/pricing.md): several offers per route, receipts naming
 the list, live reload, task grants and refunds, seat periods, mandate model restrictions, and
-the pricing store on both engines. In-process aiohttp servers, plus `mpp seller serve` for
-start-up refusal and SIGHUP."""
+the pricing store on both engines. In-process servers of both adapters (aiohttp, and ASGI under
+uvicorn; the world fixture is parametrised), plus `mpp seller serve` for start-up refusal and SIGHUP."""
 
 from __future__ import annotations
 
@@ -23,8 +23,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import mpp
+import mpp.asgi
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.seller import start_task, task_of
@@ -47,6 +52,7 @@ from mpp.stores.pricing import SqlitePricingStore
 from mpp.stores.payments import SqlitePaymentStore
 from mpp.connect import open_pricing_store
 
+from tests._adapters import ADAPTERS, SELLERS, AsgiTestServer
 from tests.conftest import REPO, start_seller, stop_seller
 
 REALM = "prices.test"
@@ -124,7 +130,7 @@ class Clock:
 @dataclass
 class World:
     seller: Seller
-    server: TestServer
+    server: TestServer | AsgiTestServer
     session: aiohttp.ClientSession
     ledger: SqliteLedger
     clock: Clock
@@ -132,6 +138,7 @@ class World:
     A: mpp.SigningKey
     B: mpp.SigningKey
     tasks: dict[str, str] = field(default_factory=dict)
+    adapter: str = "aiohttp"
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -216,8 +223,53 @@ def build_app(seller: Seller) -> web.Application:
     return app
 
 
-@pytest.fixture
-async def world(tmp_path: Path):
+def build_asgi_app(seller: mpp.asgi.Seller) -> Starlette:
+    """build_app's routes and handlers, as a Starlette application."""
+
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": request.url.path})
+
+    async def start(request: Request) -> JSONResponse:
+        body = await request.body()
+        if request.query_params.get("skip"):
+            return JSONResponse({"started": None}, status_code=201)  # names no task
+        task_id = request.query_params.get("id", "job-" + os.urandom(6).hex())
+        control = await mpp.asgi.start_task(request, task_id)
+        if request.query_params.get("fail"):
+            await control.fail("asked to fail")
+        return JSONResponse({"task": task_id, "body": len(body)}, status_code=201)
+
+    async def follow(request: Request) -> JSONResponse:
+        task = mpp.asgi.task_of(request)
+        assert task is not None
+        record = await task.record()
+        doc = {"task": task.task_id, "state": record.state if record else None}
+        if record is not None and record.state == "refunded":
+            doc["refund"] = record.reference
+        if request.url.path.endswith("/result") and record is not None and record.state == "succeeded":
+            await task.delivered()
+        return JSONResponse(doc)
+
+    app = Starlette(routes=[
+        Route("/weather", plain, methods=["GET"]), Route("/forecast", plain, methods=["GET"]),
+        Route("/jobs", start, methods=["POST"]), Route("/batch", start, methods=["POST"]),
+        Route("/jobs/{task}", follow, methods=["GET", "DELETE"]), Route("/jobs/{task}/result", follow, methods=["GET"]),
+        Route("/batch/{task}", follow, methods=["GET"]),
+    ])
+    seller.setup(app)
+    return app
+
+
+def server_for(adapter: str, seller: Any) -> TestServer | AsgiTestServer:
+    """An in-process server of the test routes on the given adapter."""
+    if adapter == "asgi":
+        return AsgiTestServer(build_asgi_app(seller))
+    return TestServer(build_app(seller), host="127.0.0.1")
+
+
+@pytest.fixture(params=ADAPTERS)
+async def world(tmp_path: Path, request):
+    adapter = request.param
     P, A, B = mpp.SigningKey.generate(), mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = SqliteLedger(str(tmp_path / "ledger.db"))
     ledger.create_account("acct:seller", "usd")
@@ -227,15 +279,16 @@ async def world(tmp_path: Path):
     ledger.keys.allow(ACCOUNT, P.did, "owner")
     ledger.fund(ACCOUNT, FUNDS)
     clock = Clock()
-    seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
-                    rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],
-                    store=SqlitePaymentStore(str(tmp_path / "payments.db")), clock=clock, trusted_principals={P.did},
-                    pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
-                    price_list=load_price_list(PRICES_V1, source="prices.toml"))
-    server = TestServer(build_app(seller), host="127.0.0.1")
+    seller = SELLERS[adapter](realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
+                              rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],
+                              store=SqlitePaymentStore(str(tmp_path / "payments.db")), clock=clock, trusted_principals={P.did},
+                              pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
+                              price_list=load_price_list(PRICES_V1, source="prices.toml"))
+    server = server_for(adapter, seller)
     await server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield World(seller, server, session, ledger, clock, P, A, B)
+    # uvicorn closes the connection after a handler's exception (its 500): no reuse, so no race with it
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=adapter == "asgi")) as session:
+        yield World(seller, server, session, ledger, clock, P, A, B, adapter=adapter)
     await server.close()
     ledger.close()
 
@@ -426,12 +479,12 @@ async def test_a_refund_interrupted_by_a_crash_is_completed_at_the_next_start(wo
     task, _, receipt = await buy_task(world, world.A)
     assert await world.seller.pricing_store.move_task(task, "failed", detail="crashed right after")  # no refund yet
     assert world.ledger.balance(ACCOUNT) == FUNDS - 500
-    again = Seller(realm=REALM, secret=b"s" * 32, receipt_key=world.seller.receipt_key,
-                   rails=[EmbeddedLedgerRail(world.ledger, recipient="acct:seller")],
-                   store=SqlitePaymentStore(str(tmp_path / "payments.db")), trusted_principals={world.P.did},
-                   pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
-                   price_list=load_price_list(PRICES_V1, source="prices.toml"))
-    server = TestServer(build_app(again), host="127.0.0.1")
+    again = SELLERS[world.adapter](realm=REALM, secret=b"s" * 32, receipt_key=world.seller.receipt_key,
+                                   rails=[EmbeddedLedgerRail(world.ledger, recipient="acct:seller")],
+                                   store=SqlitePaymentStore(str(tmp_path / "payments.db")), trusted_principals={world.P.did},
+                                   pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
+                                   price_list=load_price_list(PRICES_V1, source="prices.toml"))
+    server = server_for(world.adapter, again)
     await server.start_server()  # start-up completes the owed refund
     try:
         assert world.ledger.balance(ACCOUNT) == FUNDS and world.ledger.balance("acct:seller") == 0

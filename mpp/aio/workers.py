@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -78,11 +78,19 @@ def on_reload_signal(app: web.Application) -> None:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
 
 
-def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, workers: int, *,
-                 runner_kwargs: dict | None = None, on_ready: Callable[[], None] | None = None) -> int:
-    """Run ``workers`` processes on ``sock`` until SIGINT/SIGTERM; the exit status for the CLI."""
+def serve_forked(make_app: Callable[[], web.Application] | None, sock: socket.socket, workers: int, *,
+                 runner_kwargs: dict | None = None, on_ready: Callable[[], None] | None = None,
+                 child: Callable[[socket.socket, int, int | None], Awaitable[None]] | None = None) -> int:
+    """Run ``workers`` processes on ``sock`` until SIGINT/SIGTERM; the exit status for the CLI.
+    Each serves the aiohttp application ``make_app`` builds, or runs ``child(sock, index,
+    ready_fd)`` (another server on the same socket; it writes a byte to ``ready_fd`` once serving)."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if child is None:
+        assert make_app is not None, "serve_forked needs make_app or child"
+
+        def child(sock: socket.socket, index: int, ready_fd: int | None) -> Awaitable[None]:
+            return _child(make_app, sock, index, runner_kwargs or {}, ready_fd)
     children: dict[int, int] = {}
     ready_r, ready_w = os.pipe()  # each child writes one byte once it serves: "ready" means every worker is
     for index in range(workers):
@@ -94,7 +102,7 @@ def serve_forked(make_app: Callable[[], web.Application], sock: socket.socket, w
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the child's loop handles it (a reload)
-                asyncio.run(_child(make_app, sock, index, runner_kwargs or {}, ready_w))
+                asyncio.run(child(sock, index, ready_w))
             except BaseException as exc:  # noqa: BLE001 - reported, then the parent sees the status
                 print(f"mpp: worker {index} failed: {exc}", file=sys.stderr, flush=True)
                 code = 1

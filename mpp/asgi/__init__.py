@@ -12,8 +12,9 @@ from mpp.asgi.seller import (
     start_task,
     task_of,
 )
+from mpp.engine.embedded_rail import EmbeddedLedgerRail
 from mpp.engine.meters import StreamStopped
 from mpp.engine.purchase import Payment, TaskControl
 
-__all__ = ["Seller", "PaymentMiddleware", "Payment", "TaskControl", "StreamStopped", "payment_of", "meter_of",
+__all__ = ["Seller", "PaymentMiddleware", "EmbeddedLedgerRail", "Payment", "TaskControl", "StreamStopped", "payment_of", "meter_of",
            "start_task", "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]

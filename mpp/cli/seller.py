@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         added = [did for did in args.trust_principal if did not in config.trusted_principals]
         config = config.model_copy(update={"trusted_principals": [*config.trusted_principals, *added]})
+    if args.asgi:
+        return _serve_asgi(config, args)
     if args.workers > 1:
         return _serve_workers(config, args)
     app, seller = build_seller_app(config)
@@ -46,10 +49,7 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
-        host = args.host if ":" not in args.host else f"[{args.host}]"
-        listed = f" price_list={seller.price_list.version}" if seller.price_list is not None else ""
-        routes = len(config.routes) + (len(seller.price_list.routes) if seller.price_list is not None else 0)
-        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={routes}{listed}", flush=True)
+        print(_ready_line(config, seller, args.host, port, 1), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,12 +62,51 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve_workers(config, args: argparse.Namespace) -> int:
-    """``--workers N``: N processes accept on one socket and share the seller's stores."""
-    from mpp.cli.serve import HEADER_LIMITS, build_seller_app
-    from mpp.aio.workers import bind, serve_forked
+def _ready_line(config, seller, host: str, port: int, workers: int) -> str:
+    listed = f" price_list={seller.price_list.version}" if seller is not None and seller.price_list is not None else ""
+    routes = len(config.routes) + (len(seller.price_list.routes) if seller is not None and seller.price_list is not None else 0)
+    host = host if ":" not in host else f"[{host}]"
+    return (f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={routes}{listed}"
+            + (f" workers={workers}" if workers > 1 else ""))
 
-    if config.price_list is not None:  # refused here, once, rather than by every worker
+
+def _serve_asgi(config, args: argparse.Namespace) -> int:
+    """``--asgi``: the same seller through the ASGI adapter, served by uvicorn (``--workers N`` too)."""
+    from mpp.aio.workers import bind, serve_forked
+    from mpp.cli.serve_asgi import build_seller_asgi, serve_asgi, worker_tag
+
+    if args.workers > 1:
+        _check_price_list(config)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    port = sock.getsockname()[1]
+    if args.workers == 1:
+        app, seller, reload = build_seller_asgi(config)
+        ready = lambda: print(_ready_line(config, seller, args.host, port, 1), flush=True)  # noqa: E731
+        return asyncio.run(serve_asgi(app, sock, ready, reload))
+
+    async def child(sock, index: int, ready_fd: int | None) -> None:
+        app, _, reload = build_seller_asgi(config)
+
+        def ready() -> None:
+            if ready_fd is not None:  # serving, and SIGHUP now reloads: tell the parent
+                os.write(ready_fd, b".")
+                os.close(ready_fd)
+
+        code = await serve_asgi(worker_tag(app, index), sock, ready, reload)
+        if code:
+            raise RuntimeError(f"the ASGI application did not start (status {code})")
+
+    return serve_forked(None, sock, args.workers, child=child,
+                        on_ready=lambda: print(_ready_line(config, None, args.host, port, args.workers), flush=True))
+
+
+def _check_price_list(config) -> None:
+    """Refuse a price list that does not load here, once, rather than in every worker."""
+    if config.price_list is not None:
         from mpp.pricing import PriceListError, load_price_list
 
         source = config.resolve(config.price_list)
@@ -76,19 +115,22 @@ def _serve_workers(config, args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise PriceListError(source, [(1, f"cannot read the price list: {exc}")]) from None
         load_price_list(text, source=source)
+
+
+def _serve_workers(config, args: argparse.Namespace) -> int:
+    """``--workers N``: N processes accept on one socket and share the seller's stores."""
+    from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+    from mpp.aio.workers import bind, serve_forked
+
+    _check_price_list(config)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return EXIT_USAGE
     port = sock.getsockname()[1]
-    host = args.host if ":" not in args.host else f"[{args.host}]"
-
-    def ready() -> None:
-        print(f"mpp seller ready on http://{host}:{port} realm={config.realm} routes={len(config.routes)} "
-              f"workers={args.workers}", flush=True)
-
-    return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS, on_ready=ready)
+    return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS,
+                        on_ready=lambda: print(_ready_line(config, None, args.host, port, args.workers), flush=True))
 
 
 class _Stopping:
@@ -188,6 +230,9 @@ def add_seller_commands(sub: Any) -> None:
     t.add_argument("--workers", type=pos_int, default=1, metavar="N",
                    help="seller processes sharing the port and the stores (default 1); challenges are stateless, "
                         "and each is settled by exactly one process")
+    t.add_argument("--asgi", action="store_true",
+                   help="serve through the ASGI adapter (Starlette under uvicorn) instead of aiohttp; the same seller, "
+                        "routes and stores")
     t.add_argument("--trust-principal", action="append", default=[], metavar="DID",
                    help="also accept mandates of this principal (an Ed25519 did:key; repeatable), besides trusted_principals in the configuration")
     t.set_defaults(func=cmd_seller_serve)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import sys
 from datetime import timedelta
 from types import SimpleNamespace
+from typing import Any
 
 from aiohttp import web
 
+from mpp.cli import standin
 from mpp.cli.config import RouteConfig, SellerConfig, read_secret
 from mpp.protocol.keys import SigningKey
 from mpp.ledger import SqliteLedger
@@ -18,12 +18,12 @@ from mpp.pricing.prices import Metered
 from mpp.pricing import PriceListError, UnitOffer
 from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
                       pricing_store_for, session_store_for)
-from mpp.aio.metering import StreamStopped, meter_of
+from mpp.aio.metering import meter_of
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
 from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
 from mpp.aio.workers import RELOAD_KEY
 
-__all__ = ["build_seller_app", "reload_price_list", "HEADER_LIMITS"]
+__all__ = ["build_seller_app", "seller_settings", "rail_for", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
 # Credentials may be large (a mandate chain and an approval ride in them): accept header
@@ -31,50 +31,36 @@ LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
 HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 
 
-def _handler_for(route: RouteConfig):
+def _handler_for(route: RouteConfig | SimpleNamespace):
     async def handler(request: web.Request) -> web.Response:
-        payment = payment_of(request)
-        if route.response is not None:
-            result = route.response
-        else:
-            body = await request.read()
-            text = body.decode("utf-8", errors="replace")
-            result = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "summary": text[:80]}
-        paid = None
-        if payment is not None:
-            paid = {"challengeId": payment.verified.challenge_id, "amount": payment.verified.request.amount,
-                    "currency": payment.verified.request.currency, "payer": payment.payer}
-        return web.json_response({"resource": f"{request.method} {request.path_qs}", "result": result, "paid": paid})
+        body = await request.read() if route.response is None else b""
+        return web.json_response(standin.echo(f"{request.method} {request.path_qs}", route.response, body,
+                                              payment_of(request)))
 
     return handler
 
 
-def _metered_handler_for(route: RouteConfig, metered: Metered):
+def _query_int(request: web.Request, name: str, default: int, top: int) -> int:
+    try:
+        return standin.query_int(request.query, name, default, top)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def _metered_handler_for(route: RouteConfig | SimpleNamespace, metered: Metered):
     """A stand-in metered service: it "uses" ``?units=N`` units (at most the route's max_units),
     or, streaming, sends ``?chunks=N`` chunks of that many units each."""
-
-    def _int(request: web.Request, name: str, default: int, top: int) -> int:
-        text = request.query.get(name, str(default))
-        if not text.isdigit() or not 0 <= int(text) <= top:
-            raise web.HTTPBadRequest(text=f"{name} must be an integer from 0 to {top}")
-        return int(text)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         meter = meter_of(request)
         if metered.stream:
-            chunks = _int(request, "chunks", 5, 10_000)
-            units = _int(request, "units", min(250, metered.max_units), metered.max_units)
-            await meter.start(request)
-            try:
-                for i in range(chunks):
-                    await meter.send(json.dumps({"chunk": i, "units": units}), units=units)
-            except StreamStopped:  # the payment ran out and the buyer sent no more: end the stream cleanly
-                return await meter.stop()
-            return await meter.finish()
-        units = _int(request, "units", 1, metered.max_units)
+            chunks = _query_int(request, "chunks", 5, 10_000)
+            units = _query_int(request, "units", min(250, metered.max_units), metered.max_units)
+            return await standin.stream(meter, request, chunks, units)
+        units = _query_int(request, "units", 1, metered.max_units)
         meter.report(units)
-        result = route.response if route.response is not None else {"units": units, "unit": metered.unit}
-        return web.json_response({"resource": f"{request.method} {request.path_qs}", "result": result})
+        return web.json_response(standin.metered_doc(f"{request.method} {request.path_qs}", route.response, units,
+                                                     metered.unit))
 
     return handler
 
@@ -84,37 +70,24 @@ def _listed_handler(seller: Seller):
     may add routes): echoes like the inline routes; a task offer starts a task that succeeds at
     once (``?fail=1``: fails, and the quoted refund rule applies); follow-ups report the task,
     and a follow-up ending in ``/result`` delivers it; a unit offer uses ``?units=N``."""
-    echo = _handler_for(SimpleNamespace(response=None))  # type: ignore[arg-type]
+    echo = _handler_for(SimpleNamespace(response=None))
 
     async def handler(request: web.Request) -> web.StreamResponse:
         payment, task = payment_of(request), task_of(request)
         if payment is not None and payment.terms is not None and payment.terms.model == "task":
-            task_id = "t_" + secrets.token_urlsafe(12)
-            control = await start_task(request, task_id)
-            if request.query.get("fail"):
-                await control.fail("the stand-in task was asked to fail")
-            else:
-                await control.succeed()
-            record = await control.record()
-            return web.json_response({"task": task_id, "state": record.state if record else "running"}, status=201)
+            control = await start_task(request, "t_" + secrets.token_urlsafe(12))
+            return web.json_response(await standin.task_started(control, bool(request.query.get("fail"))), status=201)
         if task is not None:
-            record = await task.record()
-            if record is None:
+            doc = await standin.follow_up(task, request.method, request.path)
+            if doc is None:
                 raise web.HTTPNotFound(text="no such task")
-            if request.method == "GET" and request.path.endswith("/result") and record.state in ("succeeded", "delivered"):
-                await task.delivered()
-                return web.json_response({"task": task.task_id, "result": {"done": True}})
-            doc = {"task": task.task_id, "state": record.state}
-            if record.state == "refunded":
-                doc["refund"] = record.reference  # the charge refunded (PRICE-TASK-04)
             return web.json_response(doc)
         plist = seller.price_list
         route = plist.route_for(request.method, request.rel_url.raw_path) if plist is not None else None
         if route is None:
             raise web.HTTPNotFound()
-        unit = next((o for o in route.offers if isinstance(o, UnitOffer)), None)
-        if unit is not None and grant_of(request) is None and meter_of(request) is not None:
-            return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)  # type: ignore[arg-type]
+        if any(isinstance(o, UnitOffer) for o in route.offers) and grant_of(request) is None:
+            return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)
         return await echo(request)
 
     return handler
@@ -137,7 +110,7 @@ def _say(stream, line: str) -> None:
     stream.flush()
 
 
-def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail, SqliteLedger | None]:
+def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail, SqliteLedger | None]:
     """The embedded ledger (``ledger = "path"``) or a ledger service (``ledger_url`` + ``ledger_key``)."""
     if config.ledger_url is not None:
         assert config.ledger_key is not None  # SellerConfig requires it with ledger_url
@@ -151,13 +124,12 @@ def _rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
 
 
-def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
-    rail, ledger = _rail_for(config)
-    seller = Seller(
+def seller_settings(config: SellerConfig) -> dict[str, Any]:
+    """The seller's keyword arguments from its configuration, but its rails: the same for both adapters."""
+    return dict(
         realm=config.realm,
         secret=read_secret(config.resolve(config.secret_file)),
         receipt_key=SigningKey.load(config.resolve(config.receipt_key)),
-        rails=[rail],
         store=payment_store_for(config.locate(config.store)),
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
         trusted_principals=frozenset(config.trusted_principals),
@@ -166,6 +138,12 @@ def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
         session_store=session_store_for(config.sessions_location),
         pricing_store=pricing_store_for(config.pricing_location) if config.price_list is not None else None,
     )
+
+
+def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
+    """The aiohttp application of a seller configuration, and its seller."""
+    rail, ledger = rail_for(config)
+    seller = Seller(rails=[rail], **seller_settings(config))
     if config.price_list is not None:
         prices = config.resolve(config.price_list)
         seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start

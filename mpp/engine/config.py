@@ -22,7 +22,7 @@ from mpp.stores.payments import PaymentStore
 from mpp.stores.pricing import PricingStore
 from mpp.stores.sessions import SessionStore
 
-__all__ = ["SellerConfig", "PRICE_ATTR", "price_of"]
+__all__ = ["SellerConfig", "PRICE_ATTR", "price_of", "with_price"]
 
 PRICE_ATTR = "__mpp_price__"  # where the decorators leave a handler's price
 H = TypeVar("H")
@@ -31,6 +31,11 @@ H = TypeVar("H")
 def price_of(handler: Any) -> Price | Metered | None:
     """The price a decorator put on ``handler``, if any."""
     return getattr(handler, PRICE_ATTR, None)
+
+
+def with_price(handler: H, price: Price | Metered | None) -> H:
+    """``handler`` priced at ``price`` (left free for None): the decorators' effect, as a call."""
+    return _marker(price)(handler) if price is not None else handler
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""The ``ledger`` method settled by this process on a ledger it opens (SQLite, or PostgreSQL
+shared by several seller processes): the rail both adapters use for an embedded ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from mpp.engine.core import Verified
+from mpp.engine.rails import Settlement
+from mpp.intents.session import SessionTerms, Voucher
+from mpp.ledger import MandateCharge, SessionClose, SessionHold, SqliteLedger
+from mpp.ledger.api import AsyncLedger, as_async_ledger
+from mpp.ledger.refusals import charge_refusals, session_refusals
+from mpp.methods.ledger import LedgerAuthorization, LedgerSellerMethod
+
+__all__ = ["EmbeddedLedgerRail"]
+
+
+class EmbeddedLedgerRail(LedgerSellerMethod):
+    """The ``ledger`` method settled by this process on the ledger's own database: a SqliteLedger
+    (each call inline, one short transaction) or any AsyncLedger, e.g. :class:`mpp.stores.pg.PgLedger`
+    shared by several seller processes. An async ledger's id is learnt in :meth:`start` (or
+    :meth:`lifecycle` in ``app.cleanup_ctx``), before the first challenge names it."""
+
+    def __init__(self, ledger: SqliteLedger | AsyncLedger, *, recipient: str) -> None:
+        super().__init__(recipient=recipient, ledger_id=ledger.ledger_id if isinstance(ledger, SqliteLedger) else "")
+        self.ledger = ledger
+        self._ledger: AsyncLedger = as_async_ledger(ledger)
+
+    async def start(self) -> None:
+        await self._ledger.open()
+        self.ledger_id = self._ledger.ledger_id
+
+    async def lifecycle(self, app: Any) -> AsyncIterator[None]:
+        """For ``app.cleanup_ctx``: the ledger opened before the seller serves, closed after."""
+        await self.start()
+        yield
+        await self._ledger.close()
+
+    async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
+        auth: LedgerAuthorization = verified.proof
+        with charge_refusals():
+            transfer = await self._ledger.transfer(
+                verified.challenge_id,
+                payer=auth.account,
+                payee=auth.recipient,
+                amount=auth.amount,
+                currency=auth.currency,
+                signer=auth.signer,
+                mandate=mandate,
+            )
+        settled = datetime.strptime(transfer.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return Settlement(reference=transfer.id, settled_at=settled, payer=auth.account)
+
+    async def refund(self, settlement: Settlement) -> None:
+        await self._ledger.refund(settlement.reference)
+
+    async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        return await self._ledger.keys.revoked(jtis)
+
+    async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        auth: LedgerAuthorization = verified.proof
+        await self.check_payer(auth.account, auth.signer, chain)
+
+    async def check_payer(self, payer: str, signer: str, chain: tuple[str, ...] | None) -> None:
+        """LEDGER-ACCT-05: may ``signer`` spend from ``payer`` (bare, or under a chain of these DIDs)?"""
+        with charge_refusals():
+            await self._ledger.keys.spend_check(payer, signer=signer, chain=chain)
+
+    # -- the session intent: hold at open, capture and release at close ------------------
+
+    async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
+                           mandate: MandateCharge | None = None) -> SessionHold:
+        """Hold ``cap`` from ``payer`` for the session, once per session id (the challenge id)."""
+        with session_refusals():
+            return await self._ledger.sessions.open(terms, payer=payer, signer=signer, cap=cap, cap_signature=cap_signature,
+                                                   mandate=mandate)
+
+    async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        """Raise the session's cap to ``cap`` in total; a lower or equal cap changes nothing."""
+        with session_refusals():
+            return await self._ledger.sessions.top_up(session_id, cap=cap, cap_signature=cap_signature)
+
+    async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        """Capture what was used and release the rest. A capture the voucher does not cover raises
+        CaptureRefused (a LedgerError: the seller's own bug, not the buyer's)."""
+        with session_refusals():
+            return await self._ledger.sessions.close(session_id, capture=capture, voucher=voucher)
