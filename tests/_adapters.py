@@ -5,14 +5,19 @@ class of each, and an in-process server for an ASGI application shaped like aioh
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+from aiohttp.test_utils import TestServer
 
 from yarl import URL
 
 import mpp.aio
 import mpp.asgi
 from mpp.aio.workers import bind
-from mpp.cli.serve_asgi import quiet_server
+from mpp.cli.config import load_seller_config
+from mpp.cli.serve import build_seller_app
+from mpp.cli.serve_asgi import build_seller_asgi, quiet_server
 
 ADAPTERS = ("aiohttp", "asgi")
 SELLERS = {"aiohttp": mpp.aio.Seller, "asgi": mpp.asgi.Seller}
@@ -45,3 +50,14 @@ class AsgiTestServer:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
+
+
+def served_in_process(home: Path, adapter: str) -> tuple[TestServer | AsgiTestServer, Any]:
+    """The seller of ``home``'s configuration (`mpp seller serve`'s application) on an in-process
+    server of ``adapter``, not yet started; and the seller."""
+    config = load_seller_config(home / "seller.toml")
+    if adapter == "asgi":
+        app, seller, _ = build_seller_asgi(config)
+        return AsgiTestServer(app), seller
+    app, seller = build_seller_app(config)
+    return TestServer(app, host="127.0.0.1"), seller

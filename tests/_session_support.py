@@ -12,8 +12,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import mpp
+import mpp.asgi
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.aio.metering import SESSION_PATH, meter_of
 from mpp.protocol.headers import format_credential, parse_challenges, parse_receipt
@@ -23,6 +30,8 @@ from mpp.protocol.receipts import jwks_document, verify_receipt_jws
 from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, Voucher, sign_cap, sign_close, sign_voucher
 from mpp.stores.sessions import SqliteSessionStore
 from mpp.stores.payments import SqlitePaymentStore
+
+from _adapters import SELLERS, AsgiTestServer
 
 PRICE, PER, MAX_UNITS = 2, 1000, 5000  # 2 usd-units per 1000 tokens; one request uses at most 5000 tokens (cost 10)
 
@@ -36,18 +45,23 @@ class SessionWorld:
     http: aiohttp.ClientSession
     store: SqliteSessionStore
     requests: list[str] = field(default_factory=list)
+    adapter: str = "aiohttp"
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
 
 
 def build_seller(tmp_path: Path, ledger: SqliteLedger, *, realm: str = "sessions.test", recipient: str = "acct:seller",
-                 idle_timeout: int = 300, sweep: float = 0.2, name: str = "s", hits: list[str] | None = None) -> tuple[Seller, web.Application, SqliteSessionStore]:
+                 idle_timeout: int = 300, sweep: float = 0.2, name: str = "s", hits: list[str] | None = None,
+                 adapter: str = "aiohttp") -> tuple[Seller, Any, SqliteSessionStore]:
+    """The metered test seller on ``adapter``: its seller, application and session store."""
     store = SqliteSessionStore(str(tmp_path / f"{name}-sessions.db"))
-    seller = Seller(realm=realm, secret=(name * 32).encode()[:32], receipt_key=mpp.SigningKey.generate(),
-                    rails=[EmbeddedLedgerRail(ledger, recipient=recipient)],
-                    store=SqlitePaymentStore(str(tmp_path / f"{name}-payments.db")),
-                    session_store=store, session_sweep_interval=sweep)
+    seller = SELLERS[adapter](realm=realm, secret=(name * 32).encode()[:32], receipt_key=mpp.SigningKey.generate(),
+                              rails=[EmbeddedLedgerRail(ledger, recipient=recipient)],
+                              store=SqlitePaymentStore(str(tmp_path / f"{name}-payments.db")),
+                              session_store=store, session_sweep_interval=sweep)
+    if adapter == "asgi":
+        return seller, _asgi_app(seller, idle_timeout, hits), store
 
     @seller.meter("token", PRICE, "usd", per=PER, max_units=MAX_UNITS, description="completion", idle_timeout=idle_timeout)
     async def complete(request: web.Request) -> web.Response:
@@ -88,6 +102,54 @@ def build_seller(tmp_path: Path, ledger: SqliteLedger, *, realm: str = "sessions
     app.router.add_get("/euro", euro)
     seller.setup(app)
     return seller, app, store
+
+
+def _asgi_app(seller: mpp.asgi.Seller, idle_timeout: int, hits: list[str] | None) -> Starlette:
+    """build_seller's routes and handlers as a Starlette application."""
+
+    @seller.meter("token", PRICE, "usd", per=PER, max_units=MAX_UNITS, description="completion", idle_timeout=idle_timeout)
+    async def complete(request: Request) -> JSONResponse:
+        tokens = int(request.query_params.get("tokens", "1000"))
+        mpp.asgi.meter_of(request).report(tokens)
+        return JSONResponse({"tokens": tokens})
+
+    @seller.meter("token", PRICE, "usd", per=PER, max_units=MAX_UNITS, description="stream", stream=True, idle_timeout=idle_timeout)
+    async def stream(request: Request) -> Any:
+        meter = mpp.asgi.meter_of(request)
+        await meter.start(request)
+        for i in range(int(request.query_params.get("chunks", "5"))):
+            await meter.send(f"chunk {i}", units=int(request.query_params.get("tokens", "1000")))
+            if "delay" in request.query_params:
+                await asyncio.sleep(float(request.query_params["delay"]))
+        return await meter.finish()
+
+    @seller.meter("token", PRICE, "usd", per=PER, max_units=MAX_UNITS, description="fails", idle_timeout=idle_timeout)
+    async def fails(request: Request) -> JSONResponse:
+        mpp.asgi.meter_of(request).report(MAX_UNITS)
+        raise HTTPException(503)
+
+    @seller.meter("token", 2, "eur", per=1000, max_units=MAX_UNITS, description="in euros", idle_timeout=idle_timeout)
+    async def euro(request: Request) -> JSONResponse:
+        mpp.asgi.meter_of(request).report(1000)
+        return JSONResponse({"eur": True})
+
+    app = Starlette(routes=[Route("/complete", complete), Route("/stream", stream), Route("/fails", fails),
+                            Route("/euro", euro)])
+    seller.setup(app)
+    if hits is None:
+        return app
+
+    async def counted(scope: dict, receive: Any, send: Any) -> None:  # outermost, as aiohttp's middleware
+        if scope["type"] == "http":
+            hits.append(f"{scope['method']} {scope['path']}")
+        await app(scope, receive, send)
+
+    return counted  # type: ignore[return-value]
+
+
+def server_for(app: Any) -> TestServer | AsgiTestServer:
+    """An in-process server for an aiohttp or an ASGI application."""
+    return TestServer(app, host="127.0.0.1") if isinstance(app, web.Application) else AsgiTestServer(app)
 
 
 def make_ledger(tmp_path: Path, agent: mpp.SigningKey, *, funds: int = 10_000) -> SqliteLedger:
@@ -158,14 +220,14 @@ async def open_session(world: SessionWorld, path: str = "/complete?tokens=1000",
     return s, resp, body
 
 
-async def send(world: SessionWorld, path: str, authorization: str, method: str = "GET") -> tuple[int, Any, dict]:
+async def send(world: SessionWorld, path: str, authorization: str, method: str = "GET") -> tuple[int, Any, CIMultiDict]:
     async with world.http.request(method, world.url(path), headers={"Authorization": authorization}) as resp:
         body = await resp.read()
         try:
             doc = json.loads(body)
         except ValueError:
             doc = body.decode()
-        return resp.status, doc, dict(resp.headers)
+        return resp.status, doc, CIMultiDict(resp.headers)  # names are case-insensitive (ASGI sends them lowercased)
 
 
 def receipt_claims(world: SessionWorld, header: str) -> dict[str, Any]:

@@ -14,21 +14,23 @@ from mpp.aio import PaymentClient
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, cost_of, sign_cap
 
-from _session_support import MAX_UNITS, PER, PRICE, SessionWorld, build_seller, make_ledger, open_session, quote, receipt_claims, send
+from _adapters import ADAPTERS
+from _session_support import (MAX_UNITS, PER, PRICE, SessionWorld, build_seller, make_ledger, open_session, quote,
+                              receipt_claims, send, server_for)
 
 MAX_COST = cost_of(MAX_UNITS, PRICE, PER)
 
 
-@pytest.fixture
-async def world(tmp_path: Path):
+@pytest.fixture(params=ADAPTERS)
+async def world(tmp_path: Path, request):
     agent = mpp.SigningKey.generate()
     ledger = make_ledger(tmp_path, agent)
     hits: list[str] = []
-    seller, app, store = build_seller(tmp_path, ledger, hits=hits)
-    server = TestServer(app, host="127.0.0.1")
+    seller, app, store = build_seller(tmp_path, ledger, hits=hits, adapter=request.param)
+    server = server_for(app)
     await server.start_server()
     async with aiohttp.ClientSession() as http:
-        yield SessionWorld(server, seller, ledger, agent, http, store, hits)
+        yield SessionWorld(server, seller, ledger, agent, http, store, hits, adapter=request.param)
     await server.close()
     ledger.close()
 
@@ -150,8 +152,8 @@ async def test_voucher_for_another_session_is_refused(world):
 
 async def test_voucher_for_another_seller_is_refused(world, tmp_path):
     """SESSION-VOUCHER-01, SESSION-VOUCHER-05: seller B does not honour a session opened at seller A, nor A's terms."""
-    seller_b, app_b, store_b = build_seller(tmp_path, world.ledger, realm="other.test", name="b")
-    server_b = TestServer(app_b, host="127.0.0.1")
+    seller_b, app_b, store_b = build_seller(tmp_path, world.ledger, realm="other.test", name="b", adapter=world.adapter)
+    server_b = server_for(app_b)
     await server_b.start_server()
     try:
         s, _, _ = await open_session(world, cap=500, first=20)

@@ -152,13 +152,17 @@ class PaymentMiddleware:
         await self.app(scope, on_receive, on_send)
 
     async def _own_endpoint(self, scope: Scope, receive: Receive) -> HttpResponse | None:
+        """The seller's own endpoints: JWKS and OpenAPI (GET, HEAD), the session endpoint (POST)."""
         method, path = scope["method"], scope["path"]
         engine = self.seller.engine
-        if method == "GET" and path == JWKS_PATH:
-            return engine.jwks()
-        if method == "GET" and path == OPENAPI_PATH:
-            return engine.openapi(self.seller.priced_routes(scope.get("app")))
-        if method == "POST" and path == SESSION_PATH and self.seller.sessions is not None:
+        if path in (JWKS_PATH, OPENAPI_PATH):
+            if method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            answer = engine.jwks() if path == JWKS_PATH else engine.openapi(self.seller.priced_routes(scope.get("app")))
+            return answer if method == "GET" else HttpResponse(answer.status, answer.headers)
+        if path == SESSION_PATH and self.seller.sessions is not None:
+            if method != "POST":
+                return _not_allowed("POST")
             try:
                 return await self.seller.sessions.endpoint(_neutral(scope, _Body(receive).read))
             except _TooLarge:
@@ -264,6 +268,10 @@ class _AlreadySent(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         return None
+
+
+def _not_allowed(allow: str) -> HttpResponse:
+    return HttpResponse(405, [("Allow", allow), ("Content-Type", "text/plain; charset=utf-8")], b"method not allowed")
 
 
 async def _send_answer(send: Send, answer: HttpResponse) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broken_sellers import short_lived_challenges
-from conftest import start_seller, stop_seller
+from conftest import ADAPTERS, start_seller, stop_seller
 
 
 @pytest.fixture
@@ -22,12 +22,12 @@ def home(home: Path) -> Path:
 
 
 @pytest.fixture
-def trusted_seller(home: Path, tmp_path: Path):
+def trusted_seller(home: Path, tmp_path: Path, adapter: str):
     keys = tmp_path / "keys"
     out = subprocess.run([sys.executable, "-m", "mpp_conformance.cli", "principal", str(keys)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     did = next(word for word in out.stdout.split() if word.startswith("did:key:"))
-    seller = start_seller(home, "--trust-principal", did)
+    seller = start_seller(home, *ADAPTERS[adapter], "--trust-principal", did)
     try:
         yield seller, keys
     finally:
@@ -37,7 +37,7 @@ def trusted_seller(home: Path, tmp_path: Path):
 @pytest.mark.parametrize("profile", ["draft", "core", "full", "identity"])
 def test_our_seller_passes_each_profile_with_reports(trusted_seller, tmp_path: Path, profile: str):
     """CORE-CHAL-01, CORE-ONCE-01, IDENT-ERR-01: draft (paying), core, full and identity all pass against
-    `mpp seller serve`, with no warning either; the JSON, JUnit and HTML reports are written and readable
+    `mpp seller serve`, on either adapter (aiohttp, and ASGI with --asgi), with no warning either; the JSON, JUnit and HTML reports are written and readable
     and show every result's level."""
     seller, keys = trusted_seller
     url = seller.url + ("/agent-report" if profile == "identity" else "/weather")

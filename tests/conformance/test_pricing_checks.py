@@ -8,10 +8,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from mpp.cli.serve import HEADER_LIMITS, build_seller_app
-from mpp.cli.config import load_seller_config
+from _adapters import ADAPTERS, served_in_process
+from mpp.cli.serve import HEADER_LIMITS
 from mpp_conformance.framework import Verdict, checks_for, run_checks
 
 PRICES = """\
@@ -73,11 +72,10 @@ def _listed_home(home: Path) -> Path:
     return home
 
 
-async def _run(home: Path, path: str, method: str, break_seller=None):
-    app, seller = build_seller_app(load_seller_config(home / "seller.toml"))
+async def _run(home: Path, path: str, method: str, break_seller=None, adapter: str = "aiohttp"):
+    server, seller = served_in_process(home, adapter)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1")
     await server.start_server(**HEADER_LIMITS)
     try:
         return await run_checks(_pricing_checks(), str(server.make_url(path)),
@@ -91,18 +89,20 @@ def test_the_profile_registers_its_checks():
     assert all(c.requirements and all(r.startswith("PRICE-") for r in c.requirements) for c in _pricing_checks())
 
 
-async def test_task_route_passes(home: Path):
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_task_route_passes(home: Path, adapter: str):
     """PRICE-MODEL-03, PRICE-MODEL-04, PRICE-TASK-01..03, PRICE-GRANT-01..04: a task route of our seller
     passes every pricing check that applies; the seat check says it does not apply."""
-    results = await _run(_listed_home(home), "/jobs", "POST")
+    results = await _run(_listed_home(home), "/jobs", "POST", adapter=adapter)
     verdicts = {r.check_id: r.verdict for r in results}
     assert verdicts["pricing.seat-once-per-period"] is Verdict.SKIP, _report(results)
     assert all(v is Verdict.PASS for cid, v in verdicts.items() if cid != "pricing.seat-once-per-period"), _report(results)
 
 
-async def test_seat_route_passes(home: Path):
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_seat_route_passes(home: Path, adapter: str):
     """PRICE-SEAT-01, PRICE-SEAT-03, PRICE-SEAT-05, PRICE-SEAT-06: a seat route passes; the task checks do not apply."""
-    results = await _run(_listed_home(home), "/feed", "GET")
+    results = await _run(_listed_home(home), "/feed", "GET", adapter=adapter)
     verdicts = {r.check_id: r.verdict for r in results}
     task_checks = {"pricing.follow-up-needs-a-grant", "pricing.forged-grant-refused", "pricing.task-bought-once"}
     assert all(verdicts[c] is Verdict.SKIP for c in task_checks), _report(results)
@@ -111,8 +111,7 @@ async def test_seat_route_passes(home: Path):
 
 async def test_without_a_price_list_the_profile_skips(home: Path):
     """A route priced inline (no price list) has no pricing member: every pricing check skips, none fails."""
-    app, _ = build_seller_app(load_seller_config(home / "seller.toml"))
-    server = TestServer(app, host="127.0.0.1")
+    server, _ = served_in_process(home, "aiohttp")
     await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks(_pricing_checks(), str(server.make_url("/weather")),

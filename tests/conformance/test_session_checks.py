@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from conftest import REPO, start_seller, stop_seller
+from conftest import ADAPTERS as SERVE_ADAPTERS, REPO, start_seller, stop_seller
 from mpp.stores.sqlite import immediate
-from mpp.cli.serve import HEADER_LIMITS, build_seller_app
-from mpp.cli.config import load_seller_config
+from _adapters import ADAPTERS, served_in_process
+from mpp.cli.serve import HEADER_LIMITS
 from mpp_conformance.framework import PROFILES, Verdict, checks_for, run_checks
 
 SESSION_IDS = {
@@ -224,11 +223,10 @@ BREAKERS = {
 LOGS_ERRORS = {"signatures-unchecked"}
 
 
-async def _run(home: Path, break_seller=None, *, pay: bool = True, path: str = TARGET):
-    app, seller = build_seller_app(load_seller_config(home / "seller.toml"))
+async def _run(home: Path, break_seller=None, *, pay: bool = True, path: str = TARGET, adapter: str = "aiohttp"):
+    server, seller = served_in_process(home, adapter)
     if break_seller is not None:
         break_seller(seller)
-    server = TestServer(app, host="127.0.0.1")
     await server.start_server(**HEADER_LIMITS)
     options = {"method": "GET", "data": None, "concurrency": 10}
     if pay:
@@ -244,7 +242,8 @@ def _no_seller_errors(caplog) -> None:
     assert not errors, "\n".join(r.getMessage() for r in errors)
 
 
-async def test_our_seller_passes_every_session_check(home: Path, caplog):
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_our_seller_passes_every_session_check(home: Path, caplog, adapter: str):
     """SESSION-REQ-01, SESSION-REQ-02, SESSION-REQ-05, SESSION-REQ-06, SESSION-OPEN-01, SESSION-OPEN-02,
     SESSION-OPEN-03, SESSION-VOUCHER-01..06, SESSION-USE-01..03, SESSION-CLOSE-01, SESSION-CLOSE-02,
     SESSION-RCPT-01..03, SESSION-ERR-01..03: every session check passes against our seller, and every
@@ -253,7 +252,7 @@ async def test_our_seller_passes_every_session_check(home: Path, caplog):
 
     ledger = SqliteLedger(str(home / "ledger.db"))
     before = ledger.balance("acct:buyer")
-    results = await _run(home)
+    results = await _run(home, adapter=adapter)
     assert {r.check_id for r in results} == SESSION_IDS
     assert all(r.verdict is Verdict.PASS for r in results), _report(results)
     assert ledger.balance("acct:buyer") < before  # the checks paid ...
@@ -295,8 +294,7 @@ async def test_a_route_without_sessions_skips_the_profile(home: Path):
 
 async def test_a_static_payer_cannot_open_sessions(home: Path):
     """The static payer signs no vouchers: the session-opening checks skip and name the way out."""
-    app, _ = build_seller_app(load_seller_config(home / "seller.toml"))
-    server = TestServer(app, host="127.0.0.1")
+    server, _ = served_in_process(home, "aiohttp")
     await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks([c for c in _session_checks() if c.id == "session.open-serves"], str(server.make_url(TARGET)),
@@ -309,8 +307,7 @@ async def test_a_static_payer_cannot_open_sessions(home: Path):
 
 async def test_a_small_max_amount_skips_rather_than_overspends(home: Path):
     """--max-amount below the session cap the checks hold (4 × cost(maxUnits) = 32): the checks skip."""
-    app, _ = build_seller_app(load_seller_config(home / "seller.toml"))
-    server = TestServer(app, host="127.0.0.1")
+    server, _ = served_in_process(home, "aiohttp")
     await server.start_server(**HEADER_LIMITS)
     try:
         results = await run_checks([c for c in _session_checks() if c.id == "session.open-serves"], str(server.make_url(TARGET)),
@@ -321,10 +318,10 @@ async def test_a_small_max_amount_skips_rather_than_overspends(home: Path):
     assert result.verdict is Verdict.SKIP and "--max-amount" in result.message, _report(results)
 
 
-def test_the_cli_runs_the_session_profile_against_a_served_seller(home: Path, tmp_path: Path):
+def test_the_cli_runs_the_session_profile_against_a_served_seller(home: Path, tmp_path: Path, adapter: str):
     """`mpp-conformance seller URL --profile session --pay-with ledger:DIR` against `mpp seller serve`:
     exit 0, every check of core and session passing or skipping, and no credential in the JSON report."""
-    served = start_seller(home)
+    served = start_seller(home, *SERVE_ADAPTERS[adapter])
     try:
         report = tmp_path / "report.json"
         proc = subprocess.run([sys.executable, "-m", "mpp_conformance.cli", "seller", served.url + TARGET, "--profile", "session",
