@@ -702,7 +702,7 @@ def test_serve_refuses_an_invalid_price_list_at_start(home: Path):
     """PRICE-LIST-01, PRICE-LIST-03: `mpp seller serve` exits 2 with `file:LINE: problem`, no traceback."""
     prices = _with_price_list(home, LISTED.replace("  period_unit = \"day\"\n", "  period_unit = \"fortnight\"\n"))
     line = LISTED.splitlines().index('  period_unit = "day"') + 1
-    for extra in ((), ("--workers", "2")):
+    for extra in ((), ("--workers", "2"), ("--asgi",), ("--asgi", "--workers", "2")):
         proc = subprocess.run([sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"),
                                "--port", "0", *extra], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert proc.returncode == 2, proc.stderr
@@ -730,14 +730,15 @@ def _wait_for(stream_lines: list[str], pattern: str, timeout: float = 10.0) -> N
     raise AssertionError(f"{pattern!r} not seen in {stream_lines}")
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_serve_reloads_on_sighup_and_keeps_the_old_list_on_error(home: Path, workers: int):
+def test_serve_reloads_on_sighup_and_keeps_the_old_list_on_error(home: Path, workers: int, adapter: str):
     """PRICE-VER-02: SIGHUP reloads the list in every worker; an invalid list is refused with its
     `file:LINE: problem` and the running seller keeps serving the old one."""
     import threading
 
     prices = _with_price_list(home, LISTED)
-    seller = start_seller(home, *(("--workers", str(workers)) if workers > 1 else ()))
+    seller = start_seller(home, *(("--workers", str(workers)) if workers > 1 else ()), *(("--asgi",) if adapter == "asgi" else ()))
     out: list[str] = []
     err: list[str] = []
     readers = [threading.Thread(target=lambda s=s, sink=sink: sink.extend(iter(s.readline, "")), daemon=True)

@@ -1,4 +1,5 @@
-"""The seller middleware in-process: handler failures refund, streams get receipts, decorators price."""
+"""The seller middleware in-process, on both adapters (aiohttp; ASGI under uvicorn): handler
+failures refund, streams get receipts, decorators price."""
 
 from __future__ import annotations
 
@@ -8,25 +9,22 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 import mpp
+import mpp.asgi
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, payment_of
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.stores.payments import SqlitePaymentStore
 
+from _adapters import ADAPTERS, SELLERS, AsgiTestServer
 
-@pytest.fixture
-async def stack(tmp_path: Path):
-    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
-    ledger.create_account("acct:seller", "usd")
-    ledger.create_account("acct:buyer", "usd")
-    agent = mpp.SigningKey.generate()
-    ledger.keys.allow("acct:buyer", agent.did, "owner")
-    ledger.fund("acct:buyer", 10_000)
-    seller = Seller(realm="inproc.test", secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
-                    rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")], store=SqlitePaymentStore(str(tmp_path / "p.db")))
 
+def _aiohttp_app(seller: Seller) -> web.Application:
     @seller.price(100, "usd", "crashes after payment")
     async def crash(request):
         raise RuntimeError("boom")
@@ -48,7 +46,45 @@ async def stack(tmp_path: Path):
     app.router.add_get("/missing", missing)
     app.router.add_get("/stream", stream)
     seller.setup(app)
-    server = TestServer(app, host="127.0.0.1")
+    return app
+
+
+def _asgi_app(seller: mpp.asgi.Seller) -> Starlette:
+    @seller.price(100, "usd", "crashes after payment")
+    async def crash(request):
+        raise RuntimeError("boom")
+
+    @seller.price(100, "usd", "not found after payment")
+    async def missing(request):
+        raise HTTPException(404)
+
+    @seller.price(100, "usd", "streams")
+    async def stream(request):
+        async def body():
+            yield f"payer={mpp.asgi.payment_of(request).payer}".encode()
+
+        return StreamingResponse(body())
+
+    app = Starlette(routes=[Route("/crash", crash), Route("/missing", missing), Route("/stream", stream)])
+    seller.setup(app)
+    return app
+
+
+@pytest.fixture(params=ADAPTERS)
+async def stack(tmp_path: Path, request):
+    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    ledger.create_account("acct:seller", "usd")
+    ledger.create_account("acct:buyer", "usd")
+    agent = mpp.SigningKey.generate()
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
+    ledger.fund("acct:buyer", 10_000)
+    seller = SELLERS[request.param](realm="inproc.test", secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
+                                    rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller")],
+                                    store=SqlitePaymentStore(str(tmp_path / "p.db")))
+    if request.param == "asgi":
+        server = AsgiTestServer(_asgi_app(seller))
+    else:
+        server = TestServer(_aiohttp_app(seller), host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
         client = PaymentClient(session, [LedgerBuyerMethod(key=agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=1000))

@@ -73,8 +73,12 @@ def _ready_line(config, seller, host: str, port: int, workers: int) -> str:
 def _serve_asgi(config, args: argparse.Namespace) -> int:
     """``--asgi``: the same seller through the ASGI adapter, served by uvicorn (``--workers N`` too)."""
     from mpp.aio.workers import bind, serve_forked
-    from mpp.cli.serve_asgi import build_seller_asgi, serve_asgi, worker_tag
 
+    try:
+        from mpp.cli.serve_asgi import build_seller_asgi, serve_asgi, worker_tag
+    except ImportError as exc:  # the asgi extra is not installed
+        err(f"--asgi needs starlette and uvicorn ({exc}): pip install 'mpp-reference[asgi]'")
+        return EXIT_USAGE
     if args.workers > 1:
         _check_price_list(config)
     try:
