@@ -172,3 +172,33 @@ async def test_a_mandate_bound_payer_skips_the_purchases(mpp_init_home: Path, pa
     assert not {Verdict.FAIL, Verdict.ERROR} & set(verdicts.values()), _report(results)
     message = next(r.message for r in results if r.check_id == paying)
     assert verdicts[paying] is Verdict.SKIP and "mandate-required" in message and "--as owner" in message, _report(results)
+
+
+@pytest.mark.parametrize("path, method, skipped", [("/jobs", "POST", {"pricing.seat-once-per-period"}),
+                                                   ("/feed", "GET", {"pricing.follow-up-needs-a-grant",
+                                                                     "pricing.forged-grant-refused",
+                                                                     "pricing.task-bought-once"})])
+def test_the_cli_runs_the_pricing_profile_against_a_served_seller(home: Path, tmp_path: Path, adapter: str, path: str,
+                                                                   method: str, skipped: set[str]):
+    """`mpp-conformance seller URL --profile pricing` against `mpp seller serve` with a price list, on
+    either adapter (--asgi): exit 0, every pricing check passing but those of the other models."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ADAPTERS as SERVE_ADAPTERS, REPO, start_seller, stop_seller
+
+    served = start_seller(_listed_home(home), *SERVE_ADAPTERS[adapter])
+    try:
+        report = tmp_path / "report.json"
+        proc = subprocess.run([sys.executable, "-m", "mpp_conformance.cli", "seller", served.url + path, "--profile", "pricing",
+                               "--method", method, "--pay-with", f"ledger:{home}/agent", "--json", str(report)],
+                              capture_output=True, text=True, cwd=REPO, timeout=240)
+    finally:
+        err = stop_seller(served)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    verdicts = {r["id"]: r["verdict"] for r in json.loads(report.read_text())["results"] if r["id"].startswith("pricing.")}
+    assert set(verdicts) == PRICING_IDS
+    assert {cid for cid, v in verdicts.items() if v == "skip"} == skipped, verdicts
+    assert all(v == "pass" for cid, v in verdicts.items() if cid not in skipped), verdicts
