@@ -35,6 +35,7 @@ __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_
 
 
 def is_postgres(location: str) -> bool:
+    """Whether ``location`` is a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
     return location.startswith(("postgresql://", "postgres://"))
 
 
@@ -46,6 +47,7 @@ def check_location(location: str) -> str:
 
 
 def payment_store_for(location: str, **kwargs: Any) -> PaymentStore:
+    """The seller's payment store at ``location``: PostgreSQL (``kwargs``: pool sizes) or SQLite."""
     if is_postgres(location):
         from mpp.stores.pg import PgPaymentStore
 
@@ -80,14 +82,17 @@ def pricing_store_for(location: str, **kwargs: Any) -> PricingStore:
 
 
 async def open_pricing_store(location: str, **kwargs: Any) -> PricingStore:
+    """:func:`pricing_store_for`, opened."""
     return await ensure_open(pricing_store_for(location, **kwargs))
 
 
 async def open_payment_store(location: str, **kwargs: Any) -> PaymentStore:
+    """:func:`payment_store_for`, opened."""
     return await ensure_open(payment_store_for(location, **kwargs))
 
 
 async def open_session_store(location: str, **kwargs: Any) -> SessionStore:
+    """:func:`session_store_for`, opened."""
     return await ensure_open(session_store_for(location, **kwargs))
 
 
@@ -107,6 +112,7 @@ def ledger_for(location: str, **kwargs: Any) -> "AsyncLedgerStore":
 
 
 async def open_ledger(location: str, **kwargs: Any) -> "AsyncLedgerStore":
+    """:func:`ledger_for`, opened."""
     return await ensure_open(ledger_for(location, **kwargs))
 
 
@@ -123,6 +129,7 @@ def budget_store_for(location: str, **kwargs: Any) -> AsyncBudgetStore:
 
 
 async def open_budget_store(location: str, **kwargs: Any) -> AsyncBudgetStore:
+    """:func:`budget_store_for`, opened."""
     return await ensure_open(budget_store_for(location, **kwargs))
 
 
@@ -139,6 +146,7 @@ def audit_log_for(location: str, **kwargs: Any) -> AsyncAuditLog:
 
 
 async def open_audit_log(location: str, **kwargs: Any) -> AsyncAuditLog:
+    """:func:`audit_log_for`, opened."""
     return await ensure_open(audit_log_for(location, **kwargs))
 
 

@@ -29,6 +29,8 @@ RELOAD_KEY = web.AppKey("mpp_reload", object)  # a callable run on SIGHUP (the p
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening, non-blocking TCP socket on ``host``:``port`` (IPv6 when ``host`` has a colon), with
+    SO_REUSEADDR: bound once, before any worker forks, and shared by the workers."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -48,6 +48,8 @@ SUBSCRIPTION_INTENT = "subscription"
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
+    """``url``'s origin as ``(scheme, host, port)``, lower-cased, the port defaulted from the scheme
+    (0 for an unknown one)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)

@@ -1,1 +1,3 @@
 """The `mpp` command line."""
+
+__all__: list[str] = []

@@ -43,6 +43,9 @@ class ConfigError(Exception):
 
 
 class RouteConfig(BaseModel):
+    """One ``[[routes]]`` entry of seller.toml: a method and path, its price (per request, or per ``per``
+    units of ``unit`` through a session) and the stand-in JSON ``response`` the seller serves."""
+
     model_config = ConfigDict(extra="forbid")
 
     method: str = "GET"
@@ -90,6 +93,9 @@ class RouteConfig(BaseModel):
 
 
 class SellerConfig(BaseModel):
+    """seller.toml: the seller's realm, keys, ledger, stores and routes. Unknown keys are refused;
+    relative paths are read against the file's directory."""
+
     model_config = ConfigDict(extra="forbid")
 
     realm: str
@@ -198,6 +204,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load_seller_config(path: str | os.PathLike[str]) -> SellerConfig:
+    """The seller configuration at ``path``. Raises ConfigError naming the file and what is wrong."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -250,10 +257,13 @@ def load_chain(path: str | os.PathLike[str]) -> list[str]:
 
 
 def save_chain(path: str | os.PathLike[str], chain: list[str]) -> None:
+    """Write a mandate chain to ``path`` in the form :func:`load_chain` reads: ``{"mandates": [JWT, ...]}``."""
     Path(path).write_text(json.dumps({"mandates": chain}, indent=2) + "\n", encoding="utf-8")
 
 
 def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = None) -> Wallet:
+    """The agent's wallet in ``directory`` (wallet.json, its key, its mandates and stores);
+    ``max_amount`` overrides the wallet's own limit. Raises ConfigError naming the file and what is wrong."""
     directory = Path(directory)
     meta_path = directory / "wallet.json"
     try:

@@ -338,6 +338,8 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
 
 
 def run_demo(directory: str | None = None) -> int:
+    """``mpp demo``: run every part of the demo in ``directory`` (a temporary one if ``None``); the exit
+    status: 0 if it passed, 1 if a check failed or a file was wrong."""
     from mpp.cli.config import ConfigError
 
     try:

@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+__all__ = ["PRICE_LIST", "write_price_list", "pricing_part"]
+
 PRICE_LIST = "prices.toml"
 
 V1 = """\
@@ -94,7 +96,8 @@ def write_price_list(home: Path) -> Path:
 
 async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, check: Callable[[bool, str], None],
                        identity: Any = None) -> int:
-    """Returns what the buyer paid in this part."""
+    """The demo's pricing part, against the seller running at ``base`` from ``home``; ``check`` fails the
+    demo on a false condition. Returns what the buyer paid in this part."""
     from mpp.aio.buyer import PaymentClient
     from mpp.cli.serve import reload_price_list
     from mpp.aio.sessions import SessionPolicy

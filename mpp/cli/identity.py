@@ -272,6 +272,8 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 
 def add_identity_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the identity subcommands (``principal``, ``agent``, ``mandate``, ``approve``, ``receipt``) to the
+    ``mpp`` parser."""
     s = sub.add_parser("principal", help="principal identities (issue mandates, approve, revoke)")
     ps = s.add_subparsers(dest="principal_command", required=True, metavar="SUBCOMMAND")
     t = ps.add_parser("init", help="create a principal key (did:key) and its JWKS")

@@ -19,6 +19,7 @@ LEDGER_HELP = ("ledger: SQLite file, postgresql:// URL, or http(s):// URL of `mp
 
 
 def is_service(location: str | None) -> bool:
+    """Whether the ledger ``location`` is an ``http(s)://`` ledger service rather than a file or database."""
     return bool(location) and location.split("://", 1)[0] in ("http", "https")  # type: ignore[union-attr]
 
 

@@ -1,1 +1,3 @@
 """Payment intents other than charge: their sans-I/O rules."""
+
+__all__: list[str] = []

@@ -87,11 +87,15 @@ class SessionInsufficient(SessionProblem):
 
 
 class SessionUnknown(SessionProblem):
+    """The voucher names a session this seller never opened (SESSION-VOUCHER-06)."""
+
     slug = "session-unknown"
     title = "Session Unknown"
 
 
 class SessionClosed(SessionProblem):
+    """The session is closing or closed: it takes no voucher and serves nothing (SESSION-VOUCHER-06)."""
+
     slug = "session-closed"
     title = "Session Closed"
 
@@ -238,6 +242,7 @@ def voucher_message(terms: SessionTerms, *, cumulative: int, sequence: int) -> b
 
 
 def close_message(terms: SessionTerms) -> bytes:
+    """Close: the agent asks the seller to capture what the vouchers cover and release the rest."""
     return CLOSE_DOMAIN + canonical_json({"sessionId": terms.session_id, "realm": terms.realm, "recipient": terms.recipient,
                                           "ledger": terms.ledger, "action": "close"})
 
@@ -253,14 +258,17 @@ class Voucher:
 
 
 def sign_voucher(key: SigningKey, terms: SessionTerms, cumulative: int, sequence: int) -> Voucher:
+    """A voucher for ``cumulative`` in total, signed by the session's signer ``key``."""
     return Voucher(cumulative, sequence, key.sign(voucher_message(terms, cumulative=cumulative, sequence=sequence)))
 
 
 def sign_cap(key: SigningKey, terms: SessionTerms, *, account: str, cap: int) -> str:
+    """The signature of :func:`cap_message`: ``account`` held for ``cap`` in total."""
     return key.sign(cap_message(terms, account=account, cap=cap))
 
 
 def sign_close(key: SigningKey, terms: SessionTerms) -> str:
+    """The signature of :func:`close_message`."""
     return key.sign(close_message(terms))
 
 
@@ -272,14 +280,17 @@ def _verify(signer: str, message: bytes, signature: str, what: str) -> None:
 
 
 def verify_voucher(signer: str, terms: SessionTerms, voucher: Voucher) -> None:
+    """Raise VoucherInvalid unless ``voucher`` is signed by ``signer`` for these ``terms``."""
     _verify(signer, voucher_message(terms, cumulative=voucher.cumulative, sequence=voucher.sequence), voucher.signature, "voucher")
 
 
 def verify_cap(signer: str, terms: SessionTerms, *, account: str, cap: int, signature: str) -> None:
+    """Raise VoucherInvalid unless ``signature`` is ``signer``'s over :func:`cap_message`."""
     _verify(signer, cap_message(terms, account=account, cap=cap), signature, "cap")
 
 
 def verify_close(signer: str, terms: SessionTerms, signature: str) -> None:
+    """Raise VoucherInvalid unless ``signature`` is ``signer``'s over :func:`close_message`."""
     _verify(signer, close_message(terms), signature, "close")
 
 

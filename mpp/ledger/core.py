@@ -50,10 +50,14 @@ class LedgerError(MPPError):
 
 
 class UnknownAccount(LedgerError):
+    """The operation names an account the ledger does not have."""
+
     pass
 
 
 class InsufficientFunds(LedgerError):
+    """The payer's balance does not cover the amount."""
+
     pass
 
 

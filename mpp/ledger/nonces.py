@@ -30,6 +30,8 @@ _PURGE_EVERY = 256
 
 @runtime_checkable
 class NonceStore(Protocol):
+    """Where the ledger service remembers accepted ``(keyid, nonce)`` pairs (LEDGER-SVC-04)."""
+
     async def first_use(self, keyid: str, nonce: str, *, now: float, expires: float) -> bool:
         """Remember ``(keyid, nonce)`` until ``expires`` (epoch seconds); False if it is already remembered."""
 

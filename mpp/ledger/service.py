@@ -102,17 +102,20 @@ def _problem(error: str, detail: str, status: int | None = None) -> web.Response
 
 
 def transfer_json(t: Transfer) -> dict[str, Any]:
+    """A transfer as the ledger service sends it: camelCase keys, the amount as a decimal string."""
     return {"id": t.id, "payer": t.payer, "payee": t.payee, "amount": str(t.amount), "currency": t.currency,
             "kind": t.kind, "createdAt": t.created_at, "signer": t.signer}
 
 
 def hold_json(h: SessionHold) -> dict[str, Any]:
+    """A session hold as the ledger service sends it: camelCase keys, amounts as decimal strings."""
     return {"sessionId": h.session_id, "payer": h.payer, "payee": h.payee, "currency": h.currency, "signer": h.signer,
             "cap": str(h.cap), "captured": str(h.captured), "released": str(h.released), "status": h.status,
             "openedAt": h.opened_at}
 
 
 def close_json(c: SessionClose) -> dict[str, Any]:
+    """A session close as the ledger service sends it: camelCase keys, amounts as decimal strings."""
     return {"sessionId": c.session_id, "captured": str(c.captured), "released": str(c.released),
             "captureRef": c.capture_ref, "releaseRef": c.release_ref, "closedAt": c.closed_at}
 

@@ -52,6 +52,7 @@ class SignedRequest:
 
 
 def body_digest(body: bytes) -> str:
+    """The request body's SHA-256, base64url without padding: the last signed line."""
     return b64url_encode(hashlib.sha256(body).digest())
 
 

@@ -18,6 +18,9 @@ __all__ = ["SellerMethod", "BuyerMethod"]
 
 
 class SellerMethod(Protocol):
+    """A payment method's seller side: the challenge ``request`` for a price, and the credential's
+    ``payload`` checked offline."""
+
     name: str
 
     def request_for(self, *, amount: int, currency: str, description: str | None) -> dict[str, Any]:
@@ -28,6 +31,8 @@ class SellerMethod(Protocol):
 
 
 class BuyerMethod(Protocol):
+    """A payment method's buyer side: whether it can pay a challenge, and the ``payload`` that pays it."""
+
     name: str
 
     def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:

@@ -16,6 +16,7 @@ _MEMBER = re.compile(r"\s*([a-z0-9-]+)\s*=\s*:([A-Za-z0-9+/]*={0,2}):\s*")
 
 
 def content_digest(body: bytes, algorithm: str = "sha-256") -> str:
+    """The ``Content-Digest`` member for ``body``: ``<algorithm>=:<base64>:`` (sha-256 or sha-512)."""
     digest = _ALGORITHMS[algorithm](body).digest()
     return f"{algorithm}=:{base64.b64encode(digest).decode('ascii')}:"
 

@@ -118,48 +118,70 @@ class PaymentProblem(MPPError):
 
 
 class PaymentRequired(PaymentProblem):
+    """A priced resource was requested without a Payment credential (402, CORE-ERR-02)."""
+
     slug = "payment-required"
     title = "Payment Required"
 
 
 class MalformedCredential(PaymentProblem):
+    """The credential is unparseable, of the wrong shape, or one of several (402, CORE-ERR-03)."""
+
     slug = "malformed-credential"
     title = "Malformed Payment Credential"
 
 
 class InvalidChallenge(PaymentProblem):
+    """The echoed challenge is not one this seller issued for this request and may accept: id forged or
+    tampered, realm or intent not ours, no ``expires``, already used, bound to another route (402, CORE-ERR-04)."""
+
     slug = "invalid-challenge"
     title = "Invalid Payment Challenge"
 
 
 class VerificationFailed(PaymentProblem):
+    """The payment proof fails the method's verification, or the body does not match or is not bound by
+    the challenge's ``digest`` (402, CORE-ERR-06)."""
+
     slug = "verification-failed"
     title = "Payment Verification Failed"
 
 
 class PaymentExpired(PaymentProblem):
+    """The challenge expired; its id binding is intact (402, CORE-ERR-05)."""
+
     slug = "payment-expired"
     title = "Payment Expired"
 
 
 class PaymentInsufficient(PaymentProblem):
+    """The credential verifies but the payer cannot cover the amount; nothing moved (402, CORE-ERR-07)."""
+
     slug = "payment-insufficient"
     title = "Insufficient Payment"
 
 
 class MethodUnsupported(PaymentProblem):
+    """The credential names a payment method the seller does not accept (400, CORE-ERR-08)."""
+
     status = 400
     slug = "method-unsupported"
     title = "Payment Method Unsupported"
 
 
 class BadRequest(PaymentProblem):
+    """A paid request's Idempotency-Key is unusable: malformed, repeated, or reused for another
+    resource (400, CORE-ONCE-06)."""
+
     status = 400
     slug = "bad-request"
     title = "Bad Request"
 
 
 class AccessDenied(PaymentProblem):
+    """The payment is valid but the seller's policy denies access; no challenge, and the payer is not
+    left charged (403, CORE-ERR-09)."""
+
     status = 403
     slug = "access-denied"
     title = "Payment Accepted But Access Denied"

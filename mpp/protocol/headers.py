@@ -249,10 +249,12 @@ def parse_credential(value: str) -> Credential:
 
 
 def format_credential(credential: Credential) -> str:
+    """The ``Authorization`` field value for ``credential``: ``Payment <base64url JSON>``."""
     return "Payment " + b64url_encode(dumps_wire(credential.to_json(), "credential"))
 
 
 def parse_receipt(value: str) -> PaymentReceipt:
+    """The ``Payment-Receipt`` field value. Raises ParseError."""
     if not isinstance(value, str):
         raise ParseError("receipt must be a string")
     doc = decode_json_b64(value.strip(_WS), "receipt")
@@ -260,6 +262,7 @@ def parse_receipt(value: str) -> PaymentReceipt:
 
 
 def format_receipt(receipt: PaymentReceipt) -> str:
+    """The ``Payment-Receipt`` field value for ``receipt``: base64url JSON."""
     return b64url_encode(dumps_wire(receipt.to_json(), "receipt"))
 
 
@@ -321,6 +324,8 @@ def parse_accept_payment(value: str | None) -> list[AcceptRange] | None:
 
 
 def format_accept_payment(pairs: Iterable[tuple[str, str]] | Mapping[tuple[str, str], float]) -> str:
+    """An ``Accept-Payment`` field value: ``method/intent`` pairs, each with its ``q`` when given a
+    mapping (``q`` 1 is left out)."""
     if isinstance(pairs, Mapping):
         return ", ".join(f"{m}/{i}" + ("" if q == 1 else f";q={q:g}") for (m, i), q in pairs.items())
     return ", ".join(f"{m}/{i}" for m, i in pairs)

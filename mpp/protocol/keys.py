@@ -33,6 +33,7 @@ class SignatureInvalid(Exception):
 
 
 def did_from_public_key(public_key: Ed25519PublicKey) -> str:
+    """The ``did:key`` naming an Ed25519 public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "did:key:z" + base58.b58encode(_ED25519_MULTICODEC + raw).decode("ascii")
 
@@ -43,6 +44,7 @@ _DID_KEY = re.compile(r"did:key:z[1-9A-HJ-NP-Za-km-z]+")
 def public_key_from_did(did: str) -> Ed25519PublicKey:
     # LEDGER-07: exactly the base58btc alphabet after the prefix (the decoder would skip whitespace,
     # so "did:key:z... " would name the same key under another spelling)
+    """The Ed25519 public key a ``did:key`` names. Raises ParseError for anything else."""
     if not isinstance(did, str) or len(did) > 128 or _DID_KEY.fullmatch(did) is None:
         raise ParseError("not an Ed25519 did:key")
     return _public_key(did)
@@ -72,6 +74,7 @@ def verify_signature(did: str, message: bytes, signature_b64: str) -> None:
 
 
 def public_jwk(public_key: Ed25519PublicKey, kid: str) -> dict[str, Any]:
+    """The public JWK (OKP, Ed25519, EdDSA, ``use`` sig) of ``public_key`` under ``kid``."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw), "kid": kid, "alg": "EdDSA", "use": "sig"}
 

@@ -34,6 +34,7 @@ def parse_rfc3339(value: str) -> datetime:
 
 
 def format_rfc3339(when: datetime) -> str:
+    """``when`` as an RFC 3339 date-time in UTC, to the second: ``YYYY-MM-DDTHH:MM:SSZ``."""
     u = when.astimezone(timezone.utc)  # to the second, in UTC (an f-string: strftime costs more, on every request)
     return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"
 

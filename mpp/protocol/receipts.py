@@ -20,10 +20,12 @@ _REQUIRED_CLAIMS = ["iss", "sub", "iat", "jti", "challengeId", "amount", "curren
 
 
 def jwks_document(keys: list[SigningKey]) -> dict[str, Any]:
+    """The JWKS document publishing ``keys``' public halves."""
     return {"keys": [k.jwk() for k in keys]}
 
 
 def sign_receipt(key: SigningKey, claims: Mapping[str, Any]) -> str:
+    """A receipt: ``claims`` as a compact JWS signed with ``key`` (EdDSA, ``typ`` mpp-receipt+jwt)."""
     return jwt.encode(dict(claims), key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": "mpp-receipt+jwt"})
 
 

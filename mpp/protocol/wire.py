@@ -20,6 +20,7 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b64url_encode(data: bytes) -> str:
+    """``data`` as base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -66,6 +67,7 @@ def canonical_json(value: Any) -> bytes:
 
 
 def encode_json_b64(value: dict[str, Any]) -> str:
+    """``value`` as RFC 8785 JSON, base64url without padding."""
     return b64url_encode(canonical_json(value))
 
 

@@ -36,6 +36,8 @@ CREATE INDEX IF NOT EXISTS reservations_by_link ON reservations (jti, period, st
 
 
 class BudgetRefused(Exception):
+    """Reserving ``amount`` more would take the mandate link ``jti`` over its ``budget`` (IDENT-BUD-01)."""
+
     def __init__(self, jti: str, budget: int, used: int, amount: int) -> None:
         super().__init__(f"mandate {jti}: {used} of {budget} already used or reserved; {amount} more would exceed it")
         self.jti, self.budget, self.used, self.amount = jti, budget, used, amount
@@ -65,6 +67,9 @@ def check_budget(link: BudgetLink, used: int, amount: int) -> None:
 
 
 class BudgetStore:
+    """The budget counters in one SQLite file, synchronous; reservations unanswered for
+    ``reservation_ttl`` stop counting."""
+
     def __init__(self, location: str, *, reservation_ttl: timedelta = timedelta(minutes=10)) -> None:
         self._conn = connect(location, _SCHEMA)
         self.reservation_ttl = reservation_ttl

@@ -20,6 +20,8 @@ __all__ = ["DoubtJournal", "SqliteDoubtJournal", "MemoryDoubtJournal"]
 
 
 class DoubtJournal(Protocol):
+    """The seller's in-doubt transfers, by transfer id: add, remove, list."""
+
     async def add(self, transfer_id: str, why: str) -> None:
         """Remember ``transfer_id`` as in doubt (again: the first reason is kept)."""
 
@@ -60,6 +62,8 @@ CREATE TABLE IF NOT EXISTS in_doubt (
 
 
 class SqliteDoubtJournal:
+    """The in-doubt journal in SQLite (the payment store's file), shared by every process on it."""
+
     def __init__(self, location: str) -> None:
         self._conn = connect(location, _SCHEMA)
 

@@ -89,6 +89,9 @@ class PaymentRecord:
 
 
 class PaymentStore(Protocol):
+    """The seller's payment records, by challenge id: each challenge consumed at most once
+    (:meth:`claim`), its settlement, and the response kept for Idempotency-Key retries."""
+
     async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool: ...
     async def get(self, challenge_id: str) -> PaymentRecord | None: ...
     async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None: ...
@@ -103,6 +106,8 @@ def _now() -> str:
 
 
 class SqlitePaymentStore:
+    """The payment records in SQLite, shared by every seller process on the file."""
+
     def __init__(self, location: str) -> None:
         self._conn = connect(location, _SCHEMA)
         with immediate(self._conn) as c:  # a store from before the running totals: count them from the rows, once

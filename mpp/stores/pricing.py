@@ -65,6 +65,8 @@ class TaskRecord:
 
 
 class PricingStore(Protocol):
+    """The seller's task states (PRICE-TASK-04) and paid seat periods (PRICE-SEAT-03)."""
+
     async def create_task(self, task_id: str, *, challenge_id: str, method: str, agent: str, refund: str, reference: str,
                           payer: str | None, settled_at: datetime) -> bool:
         """Record a running task; False if the id is taken (the handler named a used id)."""
@@ -94,6 +96,8 @@ def _now() -> str:
 
 
 class SqlitePricingStore:
+    """The pricing records in SQLite, shared by every seller process on the file."""
+
     def __init__(self, location: str) -> None:
         self._conn = connect(location, _SCHEMA)
 

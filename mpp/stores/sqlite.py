@@ -23,6 +23,9 @@ def sqlite_path(url_or_path: str) -> str:
 
 
 def connect(url_or_path: str, schema: str) -> sqlite3.Connection:
+    """A connection to the SQLite database at ``url_or_path`` (its directory made if missing), in WAL
+    mode with a busy timeout and foreign keys on, autocommit (transactions are explicit), ``schema``
+    applied."""
     path = sqlite_path(url_or_path)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)

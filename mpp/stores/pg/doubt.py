@@ -11,6 +11,8 @@ __all__ = ["PgDoubtJournal"]
 
 
 class PgDoubtJournal(PgStoreBase):
+    """The in-doubt journal in PostgreSQL."""
+
     _SCHEMA = """
 CREATE TABLE IF NOT EXISTS in_doubt (
     transfer_id TEXT PRIMARY KEY,
