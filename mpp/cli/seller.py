@@ -72,7 +72,7 @@ def _ready_line(config, seller, host: str, port: int, workers: int) -> str:
 
 def _serve_asgi(config, args: argparse.Namespace) -> int:
     """``--asgi``: the same seller through the ASGI adapter, served by uvicorn (``--workers N`` too)."""
-    from mpp.aio.workers import bind, serve_forked
+    from mpp.aio.workers import serve_forked
 
     try:
         from mpp.cli.serve_asgi import build_seller_asgi, serve_asgi, worker_tag
@@ -81,10 +81,8 @@ def _serve_asgi(config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.workers > 1:
         _check_price_list(config)
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    sock = _listen(args)
+    if sock is None:
         return EXIT_USAGE
     port = sock.getsockname()[1]
     if args.workers == 1:
@@ -108,6 +106,17 @@ def _serve_asgi(config, args: argparse.Namespace) -> int:
                         on_ready=lambda: print(_ready_line(config, None, args.host, port, args.workers), flush=True))
 
 
+def _listen(args: argparse.Namespace):
+    """The listening socket of --host and --port; None (and the reason said) if it cannot be had."""
+    from mpp.aio.workers import bind
+
+    try:
+        return bind(args.host, args.port)
+    except OSError as exc:
+        err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return None
+
+
 def _check_price_list(config) -> None:
     """Refuse a price list that does not load here, once, rather than in every worker."""
     if config.price_list is not None:
@@ -124,13 +133,11 @@ def _check_price_list(config) -> None:
 def _serve_workers(config, args: argparse.Namespace) -> int:
     """``--workers N``: N processes accept on one socket and share the seller's stores."""
     from mpp.cli.serve import HEADER_LIMITS, build_seller_app
-    from mpp.aio.workers import bind, serve_forked
+    from mpp.aio.workers import serve_forked
 
     _check_price_list(config)
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        err(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    sock = _listen(args)
+    if sock is None:
         return EXIT_USAGE
     port = sock.getsockname()[1]
     return serve_forked(lambda: build_seller_app(config)[0], sock, args.workers, runner_kwargs=HEADER_LIMITS,

@@ -19,7 +19,7 @@ from mpp.intents.session import SessionClosed, SessionInsufficient
 from mpp.pricing.prices import Metered
 from mpp.stores.sessions import SessionState
 
-__all__ = ["StreamSink", "StreamStopped", "Meter", "ChargeMeter", "SessionMeter", "usage_route"]
+__all__ = ["VoucherDesk", "StreamSink", "StreamStopped", "Meter", "ChargeMeter", "SessionMeter", "usage_route"]
 
 
 class VoucherDesk(Protocol):
