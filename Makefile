@@ -37,12 +37,16 @@ $(POSTGRES_STAMP): | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mpp demo
 
+# One pytest worker per core (pytest-xdist), each test file whole on one worker: most of the suite
+# waits on seller processes, servers and expiring challenges, so two workers halve the wall time.
+PYTEST_WORKERS := -n auto --dist loadfile
+
 test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
-	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest
+	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_WORKERS)
 
 # Everything but the interoperability tests (no side environment needed).
 test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
-	$(VENV)/bin/python -m pytest -m "not interop"
+	$(VENV)/bin/python -m pytest $(PYTEST_WORKERS) -m "not interop"
 
 # Throughput and latency side by side (issue 6): table on stdout, benchmarks/results.json (~2 min);
 # the PostgreSQL rows run on a throwaway PostgreSQL the harness starts and stops itself.
