@@ -13,13 +13,21 @@ from typing import Any, Sequence
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import mpp
 from mpp import identity as I
-from mpp.aio import EmbeddedLedgerRail, Seller
+from mpp.aio import EmbeddedLedgerRail
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
+from mpp.engine.config import with_price
+from mpp.pricing.prices import Price
 from mpp.stores.payments import SqlitePaymentStore
+
+from _adapters import SELLERS, AsgiTestServer
 
 REALM = "id.test"
 PAYER = "acct:principal"
@@ -44,10 +52,13 @@ def now() -> datetime:
 
 
 def seller_app(ledger: SqliteLedger, store_location: str, trusted: Sequence[str], *, max_chain_depth: int = 2,
-               routes: dict[str, tuple[int, bool]] = ROUTES) -> web.Application:
-    seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
-                    rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(store_location),
-                    trusted_principals=set(trusted), max_chain_depth=max_chain_depth)
+               routes: dict[str, tuple[int, bool]] = ROUTES, adapter: str = "aiohttp") -> Any:
+    """The identity test seller: an aiohttp application, or with ``adapter="asgi"`` a Starlette one."""
+    seller = SELLERS[adapter](realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
+                              rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(store_location),
+                              trusted_principals=set(trusted), max_chain_depth=max_chain_depth)
+    if adapter == "asgi":
+        return _asgi_app(seller, routes)
     app = web.Application()
     for path, (amount, require) in routes.items():
         @seller.price(amount, "usd", path, require_identity=require)
@@ -57,6 +68,24 @@ def seller_app(ledger: SqliteLedger, store_location: str, trusted: Sequence[str]
         app.router.add_get(path, handler)
     seller.setup(app)
     return app
+
+
+def _asgi_app(seller: Any, routes: dict[str, tuple[int, bool]]) -> Starlette:
+    def echo():  # one function per route: the price rides on the function
+        async def handler(request: Request) -> JSONResponse:
+            return JSONResponse({"ok": request.url.path})
+
+        return handler
+
+    app = Starlette(routes=[Route(path, with_price(echo(), Price(amount, "usd", path, require)))
+                            for path, (amount, require) in routes.items()])
+    seller.setup(app)
+    return app
+
+
+def server_for(app: Any) -> Any:
+    """An in-process server for either adapter's application."""
+    return TestServer(app, host="127.0.0.1") if isinstance(app, web.Application) else AsgiTestServer(app)
 
 
 def new_ledger(location: str, principal: str) -> SqliteLedger:

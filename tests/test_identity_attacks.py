@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 
 import mpp
@@ -32,16 +31,18 @@ from _identity_support import (
     now,
     rewrite_credential,
     seller_app,
+    server_for,
 )
+from _adapters import ADAPTERS
 
 PROBLEM = "urn:mpp:problem:"
 
 
-@pytest.fixture
-async def world(tmp_path):
+@pytest.fixture(params=ADAPTERS)
+async def world(tmp_path, request):
     P = mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), P.did)
-    server = TestServer(seller_app(ledger, str(tmp_path / "store.db"), [P.did], max_chain_depth=2), host="127.0.0.1")
+    server = server_for(seller_app(ledger, str(tmp_path / "store.db"), [P.did], max_chain_depth=2, adapter=request.param))
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:

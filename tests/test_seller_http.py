@@ -783,6 +783,10 @@ async def test_jwks_publishes_ed25519_key(served, session):
     assert key.get("kid") and isinstance(key["x"], str)
     assert "d" not in key  # never the private part
     assert key.get("alg", "EdDSA") == "EdDSA"
+    head = await call(session, served, "HEAD", "/.well-known/jwks.json")
+    assert head.status == 200 and head.body == b"" and int(head.headers["Content-Length"]) == len(reply.body)
+    other = await call(session, served, "POST", "/.well-known/jwks.json")
+    assert other.status == 405
 
 
 # -- 9. Accept-Payment -------------------------------------------------------------------

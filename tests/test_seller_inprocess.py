@@ -118,3 +118,22 @@ async def test_streamed_response_carries_the_receipt(stack):
     assert resp.status == 200 and resp.paid and resp.text() == "payer=acct:buyer"
     assert resp.headers["Cache-Control"].startswith("private")
     assert ledger.balance("acct:seller") == 100
+
+
+def test_with_price_prices_a_copy():
+    """One handler on two routes at two prices: with_price leaves the handler itself unpriced."""
+    from mpp.engine.config import price_of, with_price
+    from mpp.pricing.prices import Price
+
+    async def handler(request):
+        return request
+
+    def sync_handler(request):
+        return request
+
+    cheap, dear = with_price(handler, Price(1, "usd")), with_price(handler, Price(9, "usd"))
+    assert (price_of(cheap).amount, price_of(dear).amount, price_of(handler)) == (1, 9, None)
+    assert with_price(handler, None) is handler
+    assert with_price(sync_handler, Price(2, "usd"))("req") == "req"
+    import asyncio
+    assert asyncio.run(cheap("req")) == "req"

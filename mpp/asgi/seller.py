@@ -159,7 +159,9 @@ class PaymentMiddleware:
             if method not in ("GET", "HEAD"):
                 return _not_allowed("GET, HEAD")
             answer = engine.jwks() if path == JWKS_PATH else engine.openapi(self.seller.priced_routes(scope.get("app")))
-            return answer if method == "GET" else HttpResponse(answer.status, answer.headers)
+            if method == "HEAD":  # the GET's headers, its length included, without the body
+                return HttpResponse(answer.status, [*answer.headers, ("Content-Length", str(len(answer.body)))])
+            return answer
         if path == SESSION_PATH and self.seller.sessions is not None:
             if method != "POST":
                 return _not_allowed("POST")
@@ -275,9 +277,10 @@ def _not_allowed(allow: str) -> HttpResponse:
 
 
 async def _send_answer(send: Send, answer: HttpResponse) -> None:
-    await send({"type": "http.response.start", "status": answer.status,
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
-                + [(b"content-length", str(len(answer.body)).encode())]})
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+    if not any(name == b"content-length" for name, _ in headers):
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 

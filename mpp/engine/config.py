@@ -8,6 +8,8 @@ price list (spec/pricing.md), or per handler with the :meth:`SellerConfig.price`
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Collection, Sequence, TypeVar
@@ -34,8 +36,19 @@ def price_of(handler: Any) -> Price | Metered | None:
 
 
 def with_price(handler: H, price: Price | Metered | None) -> H:
-    """``handler`` priced at ``price`` (left free for None): the decorators' effect, as a call."""
-    return _marker(price)(handler) if price is not None else handler
+    """``handler`` priced at ``price`` (left as it is for None), as a new function: one handler may
+    serve several routes at different prices. The decorators' effect, as a call."""
+    if price is None:
+        return handler
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)  # type: ignore[arg-type]
+        async def priced(*args: Any, **kwargs: Any) -> Any:
+            return await handler(*args, **kwargs)  # type: ignore[operator]
+    else:
+        @functools.wraps(handler)  # type: ignore[arg-type]
+        def priced(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs)  # type: ignore[operator]
+    return _marker(price)(priced)  # type: ignore[return-value]
 
 
 @dataclass
