@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -236,7 +237,7 @@ async def test_stream_asks_for_the_next_voucher_in_band(world):
     assert (await state(world, s.id)).spent == 2 + 24  # the open request, then the stream
 
 
-async def test_stream_without_voucher_stops_cleanly(world):
+async def test_stream_without_voucher_stops_cleanly(world, caplog):
     """SESSION-STREAM-02, SESSION-STREAM-04: no voucher in time -> payment-timeout, a receipt for what was sent, no more content."""
     world.seller.sessions.voucher_timeout = 0.3
     s, resp, _ = await open_session(world, cap=500, first=MAX_COST)
@@ -246,6 +247,8 @@ async def test_stream_without_voucher_stops_cleanly(world):
         text = await resp.text()
     assert text.count("data: chunk") == 4 and "event: payment-timeout" in text and text.rstrip().splitlines()[-2] == "event: payment-receipt"
     assert (await state(world, s.id)).spent == MAX_COST
+    # the handler let StreamStopped through: the engine ended the stream, and nothing failed after it
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_idle_session_is_closed_and_released(tmp_path):

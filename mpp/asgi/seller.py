@@ -101,7 +101,7 @@ class PaymentMiddleware:
             if context.meter is not None:
                 context.meter.sink = _Sink(send, lambda status, headers: engine.paid_headers(context, status, headers))
             await self.app(scope, body.replay, captured.send)
-            if context.meter is not None and context.meter.sink.started:
+            if _streamed(context):
                 return Served(200, native=captured)
             return Served(captured.status, list(captured.headers), captured.whole, native=captured)
 
@@ -112,15 +112,14 @@ class PaymentMiddleware:
                                                          b"request body too large"))
         if isinstance(answer, HttpResponse):
             return await _send_answer(send, answer)
-        captured = answer.native
-        if isinstance(captured, _Captured) and captured.sink_started(scope):
-            return
         context = scope.get(CONTEXT_KEY)
+        if _streamed(context):  # the meter's stream has gone out whole (also when the engine ended it)
+            return
         replaced = {name.lower() for name in answer.set_headers}
         headers = [(k, v) for k, v in answer.headers if k.lower() not in replaced] + list(answer.set_headers.items())
         if context is not None and (context.payment is not None or answer.status >= 400):
             headers = engine.paid_headers(context, answer.status, headers)
-        await captured.replay(send, answer.status, headers)
+        await answer.native.replay(send, answer.status, headers)
 
     async def _start(self, app: Any) -> None:
         if self._started:
@@ -227,15 +226,8 @@ class _Captured:
     def whole(self) -> bytes:
         return b"".join(self.chunks)
 
-    @staticmethod
-    def sink_started(scope: Scope) -> bool:
-        context = scope.get(CONTEXT_KEY)
-        return context is not None and context.meter is not None and context.meter.sink is not None \
-            and context.meter.sink.started
-
     async def replay(self, send: Send, status: int, headers: list[tuple[str, str]]) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+        await send({"type": "http.response.start", "status": status, "headers": _encoded(headers)})
         await send({"type": "http.response.body", "body": self.whole, "more_body": False})
 
 
@@ -249,8 +241,7 @@ class _Sink:
 
     async def start(self, headers: dict[str, str]) -> Response:
         final = self.finish_headers(200, list(headers.items()))
-        await self.send({"type": "http.response.start", "status": 200,
-                         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in final]})
+        await self.send({"type": "http.response.start", "status": 200, "headers": _encoded(final)})
         self.started = True
         return _AlreadySent()
 
@@ -276,8 +267,18 @@ def _not_allowed(allow: str) -> HttpResponse:
     return HttpResponse(405, [("Allow", allow), ("Content-Type", "text/plain; charset=utf-8")], b"method not allowed")
 
 
+def _encoded(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as ASGI sends them: names lowercased, both as bytes."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _streamed(context: Context | None) -> bool:
+    """The request's metered stream has started: its answer goes out through the sink only."""
+    return context is not None and context.meter is not None and getattr(context.meter.sink, "started", False)
+
+
 async def _send_answer(send: Send, answer: HttpResponse) -> None:
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+    headers = _encoded(answer.headers)
     if not any(name == b"content-length" for name, _ in headers):
         headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
