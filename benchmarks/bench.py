@@ -58,6 +58,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,12 +81,14 @@ TARGETS_TEXT = {
     "latency": "p99 added by payment at half saturation < 2 ms",
 }
 LATENCY_SCENARIOS = ("charge-sqlite-identity", "trivial-method")
+# our scenario -> its floor (bench_floor.py), measured in the same run: "floor share" = ours / floor calls/s
+FLOORS = {"charge-sqlite": "floor-charge-sqlite", "charge-sqlite-identity": "floor-charge-sqlite-identity"}
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    seller: str  # bench_sellers.py KIND, or "pympp"
+    seller: str  # bench_sellers.py KIND, "floor" (bench_floor.py) or "pympp"
     buyer: str  # how the load generator pays: plain, ledger, identity, session, token
     summary: str
     stores: dict[str, str] = field(default_factory=dict)  # --store/--ledger/--sessions URL templates; {dir} = work dir
@@ -99,10 +102,15 @@ def _sqlite(name: str) -> str:
 
 SCENARIOS: list[Scenario] = [
     Scenario("plain", "plain", "plain", "bare aiohttp handler"),
+    # the payment records in the ledger's database: one transaction per purchase (mpp.ledger.book)
     Scenario("charge-sqlite", "charge", "ledger", "charge, embedded SQLite ledger",
-             {"store": _sqlite("payments.db"), "ledger": _sqlite("ledger.db")}),
+             {"store": _sqlite("ledger.db"), "ledger": _sqlite("ledger.db")}),
+    # the floor of each (bench_floor.py): the same buyer, the same wire, only the unavoidable work
+    Scenario("floor-charge-sqlite", "floor", "ledger", "the floor of charge-sqlite", {"ledger": _sqlite("ledger.db")}),
     Scenario("charge-sqlite-identity", "charge", "identity", "charge + mandate chain, SQLite",
-             {"store": _sqlite("payments.db"), "ledger": _sqlite("ledger.db")}, identity=True),
+             {"store": _sqlite("ledger.db"), "ledger": _sqlite("ledger.db")}, identity=True),
+    Scenario("floor-charge-sqlite-identity", "floor", "identity", "the floor of charge-sqlite-identity",
+             {"ledger": _sqlite("ledger.db")}, identity=True),
     Scenario("session-voucher", "session", "session", "session voucher, SQLite",
              {"store": _sqlite("payments.db"), "ledger": _sqlite("ledger.db"), "sessions": _sqlite("sessions.db")}),
     Scenario("trivial-method", "trivial", "token", "our seller, trivial method",
@@ -138,6 +146,10 @@ class SellerProcess:
         stores = {k: v.format(dir=workdir) for k, v in scenario.stores.items()}
         if scenario.seller == "pympp":
             cmd = [str(interop_python), str(HERE / "bench_pympp.py"), "--replay-db", stores["replay"]]
+        elif scenario.seller == "floor":
+            cmd = [sys.executable, str(HERE / "bench_floor.py"), "floor", "--workdir", str(workdir), "--ledger", stores["ledger"]]
+            if scenario.identity:
+                cmd.append("--identity")
         else:
             cmd = [sys.executable, str(HERE / "bench_sellers.py"), scenario.seller, "--workdir", str(workdir)]
             for name in ("store", "ledger", "sessions"):
@@ -623,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="measured seconds per scenario (default 5; 1 with --quick)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each measurement (default 1; 0.3 with --quick)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections at saturation (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the whole scenario list N times, interleaved (round 1 "
+                                                              "every scenario, then round 2 ...); report per scenario the "
+                                                              "median calls/s and min-max (default %(default)s)")
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate runs (p99 added at half saturation)")
     parser.add_argument("--db", metavar="URL", help="run charge-pg and charge-pg-identity on this PostgreSQL server (a database "
                                                       "is created per row) instead of a throwaway one")
@@ -657,11 +672,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
         scenarios += postgres_scenarios(server)
     by_name = {s.name: s for s in scenarios}
     if wanted is not None:
+        # a row with a floor brings its floor along: its share is computed against the floor of the same run
+        brought = [FLOORS[n] for n in wanted if n in FLOORS and FLOORS[n] not in wanted]
+        if brought:
+            print(f"--only: adding {', '.join(brought)} (the floor of {', '.join(n for n in wanted if n in FLOORS and FLOORS[n] in brought)}), "
+                  "to compute its floor share", flush=True)
+        wanted += brought
         scenarios = [s for s in scenarios if s.name in wanted]
     duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
-    if duration <= 0 or warmup < 0 or args.concurrency < 1:
-        parser.error("--duration must be positive, --warmup not negative, --concurrency at least 1")
+    if duration <= 0 or warmup < 0 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--duration must be positive, --warmup not negative, --concurrency and --rounds at least 1")
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     seller_cpu, loadgen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
@@ -680,31 +701,38 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
               f"{args.concurrency} connections) runs in another, pinned to CPU {loadgen_cpu}; all on 127.0.0.1.")
     else:
         print("Only one CPU: seller and load generator share it (figures are not comparable with a 2-CPU run).")
-    print(f"Per scenario: {warmup:g} s warm-up, then {duration:g} s measured at saturation (closed loop).")
+    print(f"Per scenario: {warmup:g} s warm-up, then {duration:g} s measured at saturation (closed loop)"
+          + (f"; {args.rounds} rounds, interleaved (every scenario once per round), median reported." if args.rounds > 1 else "."))
     if args.profile:
         print("PROFILING: sellers run under cProfile, so every figure below is slower than the real thing.")
     print()
 
     started = time.monotonic()
-    results: dict[str, Any] = {}
     interop_problem = check_interop(settings.interop_python) if any(s.seller == "pympp" for s in scenarios) else None
-    for scenario in scenarios:
-        print(f"  {scenario.name} ...", end="", flush=True)
-        if scenario.seller == "pympp" and interop_problem:
-            results[scenario.name] = {"error": interop_problem}
-            print(f" NOT RUN: {interop_problem}", flush=True)
-            continue
-        try:
-            results[scenario.name] = r = run_steady(scenario, settings, started)
-            r["database_server"] = scenario.database_server
-            print(f" {r['calls_per_s']:.0f} calls/s" + (f" (other processes: {r['other_cpu']:.0%} of a core)"
-                                                       if (r.get("other_cpu") or 0) > DISTURBED else "")
-                  + (" (measured twice: other processes disturbed a window)" if r.get("attempts") == 2 else ""), flush=True)
-        except Exception as exc:  # noqa: BLE001 - one broken row must not lose the others
-            results[scenario.name] = {"error": str(exc)[:2000]}
-            print(f" FAILED: {str(exc).splitlines()[0][:200]}", flush=True)
-        if args.profile and "profile" in results[scenario.name]:
-            _print_profile(Path(results[scenario.name]["profile"]))
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in scenarios}  # per scenario, one result per round
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f" round {round_no}/{args.rounds}:", flush=True)
+        for scenario in scenarios:
+            print(f"  {scenario.name} ...", end="", flush=True)
+            if scenario.seller == "pympp" and interop_problem:
+                runs[scenario.name].append({"error": interop_problem})
+                print(f" NOT RUN: {interop_problem}", flush=True)
+                continue
+            try:
+                r = run_steady(scenario, settings, started)
+                r["database_server"] = scenario.database_server
+                runs[scenario.name].append(r)
+                print(f" {r['calls_per_s']:.0f} calls/s" + (f" (other processes: {r['other_cpu']:.0%} of a core)"
+                                                           if (r.get("other_cpu") or 0) > DISTURBED else "")
+                      + (" (measured twice: other processes disturbed a window)" if r.get("attempts") == 2 else ""), flush=True)
+            except Exception as exc:  # noqa: BLE001 - one broken row must not lose the others
+                r = {"error": str(exc)[:2000]}
+                runs[scenario.name].append(r)
+                print(f" FAILED: {str(exc).splitlines()[0][:200]}", flush=True)
+            if args.profile and "profile" in r:
+                _print_profile(Path(r["profile"]))
+    results = {name: _over_rounds(rs) for name, rs in runs.items()}
 
     latency: dict[str, Any] = {}
     if not args.no_latency:
@@ -735,15 +763,20 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
     elapsed = time.monotonic() - started
 
     _ratios(results)
+    floors = _floor_shares(results)
     targets = _targets(results, latency)
     print()
-    _print_table(results)
+    _print_table(results, args.rounds)
     print()
     print("call = what a buyer wants done once: plain = 1 HTTP request; charge-*, trivial-method, pympp-trivial = 1 purchase "
           "= 2 HTTP requests (unpaid -> 402 with a challenge, retry with the credential -> 200 + receipt); session-voucher = "
           "1 HTTP request carrying a voucher (sessions opened during warm-up). Latency is per call, at saturation "
           f"({args.concurrency} connections busy). ratio = calls/s / plain calls/s. CPU ratio = plain seller CPU per call / "
-          "this seller CPU per call. seller/loadgen CPU = share of one core during the window.")
+          "this seller CPU per call. seller/loadgen CPU = share of one core during the window. floor share = calls/s / the "
+          "calls/s of its floor-* row (bench_floor.py: the same buyer and wire, only the unavoidable work), measured in the "
+          "same run."
+          + (f" With {args.rounds} rounds: calls/s is the median over the rounds, min-max its range, floor share and ratios "
+             "come from the medians, and the other columns are those of the median round." if args.rounds > 1 else ""))
     for name, r in results.items():
         if "error" in r:
             continue
@@ -762,6 +795,26 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
             print(f"WARNING: {name}: the seller wrote to stderr: {r['seller_stats']['stderr'].strip().splitlines()[-1][:200]}")
         if r.get("failed"):
             print(f"WARNING: {name}: {r['failed']} failed calls in the window, e.g. {r['error_samples'][:2]}")
+        elif r.get("failed_all_rounds"):
+            print(f"WARNING: {name}: {r['failed_all_rounds']} failed calls in the windows of other rounds")
+        for err in r.get("round_errors", []):
+            print(f"WARNING: {name}: a round FAILED: {err.splitlines()[0][:200]}")
+    if floors:
+        print()
+        print("Floor (bench_floor.py, same run" + (f", medians of {args.rounds} rounds" if args.rounds > 1 else "") + "): "
+              "ours calls/s / floor calls/s; and the floor's seller CPU per call / ours (independent of the load generator):")
+        for name, f in floors.items():
+            if f.get("share") is None:
+                print(f"  {name:<24} no floor share: {f['why']}")
+                continue
+            ours, floor = results[name], results[f["floor"]]
+            print(f"  {name:<24} {_fmt(ours['calls_per_s'], ',.0f', 7)} calls/s{_range(ours)} vs {f['floor']} "
+                  f"{_fmt(floor['calls_per_s'], ',.0f', 7)}{_range(floor)}: share {f['share']:.2f}"
+                  + (f"; CPU share {f['cpu_share']:.2f} ({ours['seller_cpu_us_per_call']:,.0f} vs "
+                     f"{floor['seller_cpu_us_per_call']:,.0f} us per call)" if f.get("cpu_share") is not None else ""))
+            if floor.get("loadgen_cpu") is not None and floor["loadgen_cpu"] >= 0.95 and (floor.get("seller_cpu") or 0) < 0.9:
+                print(f"  note: the load generator was the bottleneck of {f['floor']}: its calls/s is a lower bound, so the "
+                      "share is overstated; the CPU share is not affected.")
     if latency:
         print()
         print("p99 latency added by payment at half of saturation (open loop at a fixed rate; per call, so a purchase "
@@ -788,12 +841,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
         print(f"  {t['goal']:<48} {value:>10}  {state}{('  (' + t['detail'] + ')') if t.get('detail') else ''}")
     print(f"\nwhole run: {elapsed:.0f} s")
 
-    doc = {"meta": meta | {"elapsed_s": round(elapsed, 1), "quick": args.quick, "argv": args.argv},
-           "scenarios": results, "latency_at_half_saturation": latency, "targets": targets}
+    doc = {"meta": meta | {"elapsed_s": round(elapsed, 1), "quick": args.quick, "argv": args.argv, "rounds": args.rounds},
+           "scenarios": results, "floor_shares": floors, "latency_at_half_saturation": latency, "targets": targets}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.json}")
-    return 1 if any("error" in r for r in results.values()) else 0
+    return 1 if any("error" in r or r.get("round_errors") for r in results.values()) else 0
 
 
 def _meta(cpus: list[int], s: Settings) -> dict[str, Any]:
@@ -825,6 +878,62 @@ def _ratios(results: dict[str, Any]) -> None:
         r["cpu_ratio_to_plain"] = round(base_cpu / cpu, 3) if base_cpu and cpu else None
 
 
+def _over_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's result over its rounds: the median round's figures, with calls/s the median
+    over the rounds (min, max and every round's kept too). Failed rounds are left out and named."""
+    ok = [r for r in runs if "error" not in r]
+    errors = [r["error"] for r in runs if "error" in r]
+    if not ok:
+        return runs[-1] | ({"round_errors": errors} if len(runs) > 1 else {})
+    values = [r["calls_per_s"] for r in ok]
+    middle = sorted(range(len(ok)), key=lambda i: values[i])[(len(ok) - 1) // 2]  # the lower middle for an even count
+    out = dict(ok[middle])
+    out |= {"rounds": len(runs), "median_round": middle + 1, "calls_per_s": round(statistics.median(values), 1),
+            "calls_per_s_min": min(values), "calls_per_s_max": max(values), "calls_per_s_rounds": values}
+    if len(ok) > 1:
+        out["failed_all_rounds"] = sum(r["failed"] for r in ok)
+        if any(r.get("consistent") is False for r in ok):
+            out["consistent"] = False
+        out["runs"] = [{k: r.get(k) for k in ("calls_per_s", "requests_per_s", "latency_ms", "seller_cpu", "loadgen_cpu",
+                                              "other_cpu", "seller_cpu_us_per_call", "failed", "consistent")} for r in ok]
+    if errors:
+        out["round_errors"] = errors
+    return out
+
+
+def _floor_shares(results: dict[str, Any]) -> dict[str, Any]:
+    """For each row with a floor that ran: ours calls/s / floor calls/s (medians), and the floor's
+    seller CPU per call / ours."""
+    out: dict[str, Any] = {}
+    for name, floor_name in FLOORS.items():
+        ours, floor = results.get(name), results.get(floor_name)
+        if ours is None:
+            continue
+        entry: dict[str, Any] = {"floor": floor_name, "share": None, "cpu_share": None}
+        if "error" in ours:
+            entry["why"] = f"{name} failed"
+        elif floor is None:
+            entry["why"] = f"{floor_name} was not run"
+        elif "error" in floor or not floor.get("calls_per_s"):
+            entry["why"] = f"{floor_name} failed"
+        else:
+            entry["share"] = round(ours["calls_per_s"] / floor["calls_per_s"], 3)
+            mine, theirs = ours.get("seller_cpu_us_per_call"), floor.get("seller_cpu_us_per_call")
+            entry["cpu_share"] = round(theirs / mine, 3) if mine and theirs else None
+            entry["ours_calls_per_s"], entry["floor_calls_per_s"] = ours["calls_per_s"], floor["calls_per_s"]
+        ours["floor_share"] = entry["share"]
+        ours["floor_cpu_share"] = entry["cpu_share"]
+        out[name] = entry
+    return out
+
+
+def _range(r: dict[str, Any]) -> str:
+    """' (min-max)' of calls/s over the rounds, or nothing for one round."""
+    if r.get("rounds", 1) <= 1 or r.get("calls_per_s_min") is None:
+        return ""
+    return f" ({r['calls_per_s_min']:,.0f}-{r['calls_per_s_max']:,.0f})"
+
+
 def _targets(results: dict[str, Any], latency: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(name: str) -> float | None:
         r = results.get(name)
@@ -851,20 +960,25 @@ def _targets(results: dict[str, Any], latency: dict[str, Any]) -> list[dict[str,
     return out
 
 
-def _print_table(results: dict[str, Any]) -> None:
-    head = (f"{'scenario':<24} {'HTTP req/s':>10} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'CPU ratio':>9} "
+def _print_table(results: dict[str, Any], rounds: int = 1) -> None:
+    spread = rounds > 1
+    head = (f"{'scenario':<29} {'HTTP req/s':>10} {'calls/s':>8} " + (f"{'min-max':>13} " if spread else "")
+            + f"{'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'CPU ratio':>9} {'floor share':>11} "
             f"{'seller CPU':>10} {'loadgen CPU':>11} {'seller us/call':>14} {'failed':>6}")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<24} FAILED: {r['error'].splitlines()[0][:100]}")
+            print(f"{name:<29} FAILED: {r['error'].splitlines()[0][:100]}")
             continue
         lat = r["latency_ms"]
-        print(f"{name:<24} {_fmt(r['requests_per_s'], ',.0f', 10)} {_fmt(r['calls_per_s'], ',.0f', 8)} "
-              f"{_fmt(lat['p50'], '.2f', 7)} {_fmt(lat['p99'], '.2f', 7)} {_fmt(r.get('ratio_to_plain'), '.2f', 6)} "
-              f"{_fmt(r.get('cpu_ratio_to_plain'), '.2f', 9)} {_fmt(r.get('seller_cpu'), '.0%', 10)} "
-              f"{_fmt(r.get('loadgen_cpu'), '.0%', 11)} {_fmt(r.get('seller_cpu_us_per_call'), ',.0f', 14)} {r['failed']:>6}")
+        span = f"{r['calls_per_s_min']:,.0f}-{r['calls_per_s_max']:,.0f}" if spread and r.get("calls_per_s_min") is not None else "-"
+        print(f"{name:<29} {_fmt(r['requests_per_s'], ',.0f', 10)} {_fmt(r['calls_per_s'], ',.0f', 8)} "
+              + (f"{span:>13} " if spread else "")
+              + f"{_fmt(lat['p50'], '.2f', 7)} {_fmt(lat['p99'], '.2f', 7)} {_fmt(r.get('ratio_to_plain'), '.2f', 6)} "
+              f"{_fmt(r.get('cpu_ratio_to_plain'), '.2f', 9)} {_fmt(r.get('floor_share'), '.2f', 11)} "
+              f"{_fmt(r.get('seller_cpu'), '.0%', 10)} {_fmt(r.get('loadgen_cpu'), '.0%', 11)} "
+              f"{_fmt(r.get('seller_cpu_us_per_call'), ',.0f', 14)} {r['failed']:>6}")
 
 
 def _print_profile(path: Path, top: int = 25) -> None:

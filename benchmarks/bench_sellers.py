@@ -156,7 +156,13 @@ def build_app(kind: str, workdir: Path, *, store: str | None, ledger_url: str | 
             await ledger.close()
 
         app.cleanup_ctx.append(ledger_lifecycle)
-    payment_store = open_payment_store(store)
+    if ledger is not None and store == ledger_url and not store.startswith("postgres"):
+        # the payment records in the embedded SQLite ledger's own database: one transaction per purchase
+        from mpp.stores.payments import SqlitePaymentStore
+
+        payment_store = SqlitePaymentStore.beside(ledger.sync)
+    else:
+        payment_store = open_payment_store(store)
     session_store = open_session_store(sessions) if sessions else None
     seller = Seller(realm=REALM, secret=secret, receipt_key=receipt_key, rails=rails, store=payment_store,
                     trusted_principals={kit["principal"]}, session_store=session_store)

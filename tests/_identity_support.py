@@ -53,9 +53,13 @@ def now() -> datetime:
 
 def seller_app(ledger: SqliteLedger, store_location: str, trusted: Sequence[str], *, max_chain_depth: int = 2,
                routes: dict[str, tuple[int, bool]] = ROUTES, adapter: str = "aiohttp") -> Any:
-    """The identity test seller: an aiohttp application, or with ``adapter="asgi"`` a Starlette one."""
+    """The identity test seller: an aiohttp application, or with ``adapter="asgi"`` a Starlette one.
+    ``store_location`` the ledger's own file: the payment records kept beside the ledger, each
+    purchase one transaction (mpp.ledger.book); any other file: a store of its own."""
+    store = (SqlitePaymentStore.beside(ledger) if store_location == ledger.location
+             else SqlitePaymentStore(store_location))
     seller = SELLERS[adapter](realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
-                              rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=SqlitePaymentStore(store_location),
+                              rails=[EmbeddedLedgerRail(ledger, recipient=PAYEE)], store=store,
                               trusted_principals=set(trusted), max_chain_depth=max_chain_depth)
     if adapter == "asgi":
         return _asgi_app(seller, routes)

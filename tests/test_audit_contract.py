@@ -359,7 +359,7 @@ def test_wallet_and_seller_keep_their_logs_and_budget_in_postgres(tmp_path: Path
     home = tmp_path / "home"
     init_home(home)
     toml = home / "seller.toml"
-    toml.write_text(toml.read_text().replace('audit_log = "seller/audit.db"', f'audit_log = "{seller_db}"'))
+    toml.write_text(toml.read_text().replace('audit_log = "ledger.db"', f'audit_log = "{seller_db}"'))
     meta_path = home / "agent" / "wallet.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "budget": wallet_db, "audit": wallet_db}))

@@ -244,7 +244,7 @@ def test_fetch_with_identity_and_audit(served, tmp_path: Path):
     assert (receipt["agent"], receipt["principal"], receipt["mandate"], receipt["decision"]) == (bot, prn, jti, "allow")
     assert len(charges(home)) == 2
 
-    log = home / "seller" / "audit.db"
+    log = home / "ledger.db"  # the seller's audit log, kept in its ledger's database
     rows = json.loads(ok("audit", "show", "--log", log, "--agent", bot, "--json").stdout)
     assert [(r["agent"], r["principal"], r["outcome"], r["resource"]) for r in rows] == [(bot, prn, "settled", "GET /agent-report")]
     assert rows[0]["challengeId"] == receipt["challengeId"] and rows[0]["decision"] == "allow"

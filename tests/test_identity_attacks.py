@@ -42,7 +42,10 @@ PROBLEM = "urn:mpp:problem:"
 async def world(tmp_path, request):
     P = mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), P.did)
-    server = server_for(seller_app(ledger, str(tmp_path / "store.db"), [P.did], max_chain_depth=2, adapter=request.param))
+    # the aiohttp seller keeps its payment records apart; the ASGI one beside the ledger (one
+    # transaction per purchase, mpp.ledger.book): every attack is tried on both paths
+    store = str(tmp_path / "store.db") if request.param == "aiohttp" else ledger.location
+    server = server_for(seller_app(ledger, store, [P.did], max_chain_depth=2, adapter=request.param))
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:

@@ -39,14 +39,15 @@ async def start(app) -> TestServer:
 
 async def test_concurrent_purchases_across_two_sellers_stay_within_budget(tmp_path):
     """IDENT-BUD-04, IDENT-BUD-05, IDENT-ERR-03: ledger budget. Twenty concurrent purchases of 100 (each under the 500 ceiling)
-    against a budget of 1000, split over two sellers that share one ledger file but keep separate
-    stores, with no buyer-side counter. Each seller's own share never refuses (it sees only its own
+    against a budget of 1000, split over two sellers that share one ledger file, one keeping its
+    payment records beside the ledger (one transaction per purchase), the other a store of its own,
+    with no buyer-side counter. Each seller's own share never refuses (it sees only its own
     sales); the ledger, checking every link in the transfer's transaction, lets exactly ten through."""
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = new_ledger(str(tmp_path / "ledger.db"), P.did)
     ledger_b = SqliteLedger(str(tmp_path / "ledger.db"))  # the second seller's own connection to the same file
     before = ledger.balance(PAYER)
-    s1 = await start(seller_app(ledger, str(tmp_path / "store1.db"), [P.did], routes=ROUTES))
+    s1 = await start(seller_app(ledger, ledger.location, [P.did], routes=ROUTES))
     s2 = await start(seller_app(ledger_b, str(tmp_path / "store2.db"), [P.did], routes=ROUTES))
     token = mandate(P, A, scope=["GET /thing"], ceiling=500, budget_amount=BUDGET, approval_threshold=None)
     try:

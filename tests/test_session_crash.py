@@ -82,7 +82,7 @@ class Remote:
 
     @property
     def sessions_db(self) -> Path:
-        return self.home / "seller" / "sessions.db"
+        return self.home / "sessions.db"  # beside the payment store, which mpp init keeps in ledger.db
 
     def session_row(self, sid: str) -> dict[str, Any]:
         with sqlite3.connect(self.sessions_db) as c:

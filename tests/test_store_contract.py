@@ -551,7 +551,7 @@ def test_unknown_store_urls_are_refused(tmp_path: Path):
     assert check_location("postgresql://u@h/db") == "postgresql://u@h/db"
     init_home(tmp_path / "home")
     toml = tmp_path / "home" / "seller.toml"
-    toml.write_text(toml.read_text().replace('store = "seller/payments.db"', 'store = "redis://x"'))
+    toml.write_text(toml.read_text().replace('store = "ledger.db"', 'store = "redis://x"'))
     with pytest.raises(ConfigError, match="store"):
         load_seller_config(toml)
     toml.write_text(toml.read_text().replace('store = "redis://x"', 'store = "sqlite:seller/p.db"'))
@@ -599,7 +599,7 @@ async def test_seller_serves_from_postgres(tmp_path: Path, pg_url: str):
 
     home = owning_home(tmp_path / "home")  # the test pays bare (no identity)
     toml = home / "seller.toml"
-    toml.write_text(toml.read_text().replace('store = "seller/payments.db"', f'store = "{pg_url}"'))
+    toml.write_text(toml.read_text().replace('store = "ledger.db"', f'store = "{pg_url}"'))
     seller = start_seller(home)
     failure: BaseException | None = None
     try:
@@ -616,7 +616,7 @@ async def test_seller_serves_from_postgres(tmp_path: Path, pg_url: str):
         failure = exc
     err = stop_seller(seller)
     assert failure is None and "Traceback" not in err, f"{failure!r}\nseller log:\n{err}"
-    assert not (home / "seller" / "payments.db").exists() and not (home / "seller" / "sessions.db").exists()
+    assert not (home / "sessions.db").exists()  # the sessions follow the payment store to PostgreSQL
     conn = await asyncpg.connect(pg_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM payments WHERE state='delivered'") == 1

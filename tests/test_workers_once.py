@@ -91,8 +91,8 @@ def shared(request, home: Path) -> Shared:
     _ledger_on_postgres(home, url)
     config = home / "seller.toml"
     text = config.read_text()
-    assert 'store = "seller/payments.db"' in text and 'ledger = "ledger.db"' in text
-    config.write_text(text.replace('store = "seller/payments.db"', f'store = "{url}"')
+    assert 'store = "ledger.db"' in text and 'ledger = "ledger.db"' in text
+    config.write_text(text.replace('store = "ledger.db"', f'store = "{url}"')
                       .replace('ledger = "ledger.db"', f'ledger = "{url}"'))
     return Shared(home, url)
 

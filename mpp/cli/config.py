@@ -390,11 +390,12 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         'secret_file = "seller/hmac.secret"',
         'receipt_key = "seller/receipt.key"',
         'ledger = "ledger.db"',
-        'store = "seller/payments.db"',
+        # the payment records and the audit log in the ledger's own file: one transaction per purchase
+        'store = "ledger.db"',
         f"recipient = {json.dumps(SELLER_ACCOUNT)}",
         "challenge_ttl = 300",
         f"trusted_principals = [{json.dumps(principal.did)}]",
-        'audit_log = "seller/audit.db"',
+        'audit_log = "ledger.db"',
         "",
     ]
     for route in DEFAULT_ROUTES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from datetime import timedelta
@@ -18,6 +19,9 @@ from mpp.pricing.prices import Metered
 from mpp.pricing import PriceListError, UnitOffer
 from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
                       pricing_store_for, session_store_for)
+from mpp.stores.audit import AsyncSqliteAuditLog, AuditLog
+from mpp.stores.payments import SqlitePaymentStore
+from mpp.stores.sqlite import sqlite_path
 from mpp.aio.metering import meter_of
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
 from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
@@ -124,26 +128,37 @@ def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail,
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
 
 
-def seller_settings(config: SellerConfig) -> dict[str, Any]:
-    """The seller's keyword arguments from its configuration, but its rails: the same for both adapters."""
+def seller_settings(config: SellerConfig, ledger: SqliteLedger | None = None) -> dict[str, Any]:
+    """The seller's keyword arguments from its configuration, but its rails: the same for both adapters.
+
+    A payment store or audit log configured at the embedded SQLite ``ledger``'s own file is kept on
+    its connection: each purchase then commits in one transaction (mpp.ledger.book)."""
     return dict(
         realm=config.realm,
         secret=read_secret(config.resolve(config.secret_file)),
         receipt_key=SigningKey.load(config.resolve(config.receipt_key)),
-        store=payment_store_for(config.locate(config.store)),
+        store=(SqlitePaymentStore.beside(ledger) if _same_file(config, config.store, ledger)
+               else payment_store_for(config.locate(config.store))),
         challenge_ttl=timedelta(seconds=config.challenge_ttl),
         trusted_principals=frozenset(config.trusted_principals),
         max_chain_depth=config.max_chain_depth,
-        audit=audit_log_for(config.locate(config.audit_log)) if config.audit_log else None,
+        audit=(AsyncSqliteAuditLog(AuditLog.beside(ledger)) if _same_file(config, config.audit_log, ledger)
+               else audit_log_for(config.locate(config.audit_log)) if config.audit_log else None),
         session_store=session_store_for(config.sessions_location),
         pricing_store=pricing_store_for(config.pricing_location) if config.price_list is not None else None,
     )
 
 
+def _same_file(config: SellerConfig, location: str | None, ledger: SqliteLedger | None) -> bool:
+    if ledger is None or location is None or is_postgres(location):
+        return False
+    return os.path.realpath(sqlite_path(config.locate(location))) == os.path.realpath(sqlite_path(ledger.location))
+
+
 def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
     """The aiohttp application of a seller configuration, and its seller."""
     rail, ledger = rail_for(config)
-    seller = Seller(rails=[rail], **seller_settings(config))
+    seller = Seller(rails=[rail], **seller_settings(config, ledger))
     if config.price_list is not None:
         prices = config.resolve(config.price_list)
         seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start

@@ -106,7 +106,7 @@ def _listed_handler(seller: Seller) -> Callable[[Request], Any]:
 def build_seller_asgi(config: SellerConfig) -> tuple[Starlette, Seller, Callable[[], bool] | None]:
     """The Starlette application, its seller, and the price-list reload (None without a list)."""
     rail, ledger = rail_for(config)
-    seller = Seller(rails=[rail], **seller_settings(config))
+    seller = Seller(rails=[rail], **seller_settings(config, ledger))
     prices = config.resolve(config.price_list) if config.price_list is not None else None
     if prices is not None:
         seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start

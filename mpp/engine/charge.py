@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from mpp.engine.attribution import mark_attributed
@@ -20,7 +20,8 @@ from mpp.engine.mandates import check_charge_identity
 from mpp.engine.offers import OfferDesk
 from mpp.engine.purchase import Context, IdentityContext, Payment
 from mpp.engine.quotes import QuotedTerms, quoted_terms
-from mpp.engine.rails import PaymentRail
+from mpp.engine.rails import PaymentRail, Settlement
+from mpp.ledger.book import MandateLink, Purchase, VerifiedMandate
 from mpp.pricing import Route
 from mpp.pricing.prices import Metered, Price
 from mpp.protocol.challenge import resource_of
@@ -72,14 +73,24 @@ class ChargeStep:
         if terms.model in ("task", "seat") and engine.config.pricing_store is None:
             raise InvalidChallenge(f"this seller keeps no {terms.model} records")
         require_identity = route.require_identity if route is not None else price.require_identity
+        in_book = self.book_for(verified, terms) is not None
         identity = None
         if require_identity or verified.credential.extra_member("identity") is not None:
-            identity = await check_charge_identity(engine, verified, now)
+            identity = await check_charge_identity(engine, verified, now, in_book=in_book)
         precheck = getattr(engine.rails[challenge.method], "precheck", None)  # a rail written before it had one: none
+        if in_book:  # the book checks who pays inside its transaction, consuming nothing if it refuses
+            return identity, terms
         if precheck is not None:
             await precheck(verified, identity.chain.dids if identity else None)
         mark_attributed()
         return identity, terms
+
+    def book_for(self, verified: Verified, terms: QuotedTerms | None) -> Any:
+        """The book this purchase commits in, in one transaction (mpp.ledger.book); None for a rail
+        without one, and for tasks and seats, whose records are kept apart (mpp.stores.pricing)."""
+        if terms is not None and terms.model in ("task", "seat"):
+            return None
+        return self.engine.books.get(verified.credential.challenge.method)
 
     async def settle_and_serve(self, request: HttpRequest, serve: Serve, verified: Verified, price: Price | Metered,
                                info: RequestInfo, now: datetime, identity: IdentityContext | None, route: Route | None,
@@ -100,6 +111,9 @@ class ChargeStep:
                 await engine.audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource,
                                    detail=problem.detail, realm=engine.config.realm)
                 return engine.problem(problem, quoting, info, now)
+        book = self.book_for(verified, terms)
+        if book is not None:
+            return await self._purchase_in_one(book, serve, verified, info, now, identity, quoting, terms, idem, meter)
         store = engine.config.store
         if not await store.claim(cid, resource=verified.resource, idempotency_key=idem):
             if seat is not None:
@@ -118,14 +132,54 @@ class ChargeStep:
         payment = await self._paid(verified, settlement, terms, identity, seat)
         return await self._serve_paid(serve, payment, rail, idem, meter)
 
-    async def _paid(self, verified: Verified, settlement: Any, terms: QuotedTerms | None,
-                    identity: IdentityContext | None, seat: Any) -> Payment:
-        """The settled payment: its receipt claims, its mandate spend, its seat grant, and (unless a
-        task's receipt waits for its id) its record."""
+    async def _purchase_in_one(self, book: Any, serve: Serve, verified: Verified, info: RequestInfo, now: datetime,
+                               identity: IdentityContext | None, quoting: Any, terms: QuotedTerms | None,
+                               idem: str | None, meter: Any) -> HttpResponse | Served:
+        """Claim, transfer, budgets, payment record and audit entries in one write transaction
+        (CORE-ONCE-10); then the handler, and a refund in one more if it fails."""
         engine = self.engine
         cid = verified.challenge_id
-        claims = engine.core.receipt_claims(verified, reference=settlement.reference, settled_at=settlement.settled_at,
-                                            account=settlement.payer)
+        auth = verified.proof
+        rail = engine.rails[verified.credential.challenge.method]
+        settled_at = datetime.now(timezone.utc).replace(microsecond=0)  # the ledger's clock, to the second
+        settlement = Settlement(reference=cid, settled_at=settled_at, payer=auth.account)
+        claims = self._claims(verified, settlement, terms, identity)
+        payment = Payment(verified, settlement, claims, "", terms=terms, book=book)
+        payment.receipt_header = engine.receipt_header(payment)
+        mandate = None
+        if identity is not None:
+            mandate = VerifiedMandate(identity.chain.dids, tuple(
+                MandateLink(link.key, identity.periods[link.key], link.budget_amount, link.currency, link.ceiling)
+                for link in identity.chain.links))
+        purchase = Purchase(
+            challenge_id=cid, resource=verified.resource, idempotency_key=idem, payer=auth.account, payee=auth.recipient,
+            amount=auth.amount, currency=auth.currency, signer=auth.signer, settled_at=format_rfc3339(settled_at),
+            receipt=payment.receipt_header, mandate=mandate,
+            approval=f"{identity.approval.iss}#{identity.approval.jti}" if identity and identity.approval else None,
+            audit=(*(identity.audit if identity else ()), ("settlement", engine.audit_data(self._settlement_entry(payment)))),
+        )
+        try:
+            claimed = await rail.purchase(book, purchase)
+        except PaymentProblem as problem:
+            if not getattr(problem.__cause__, "consumed", False):  # refused for who pays: nothing consumed (LEDGER-ACCT-05)
+                await engine.refused(problem, info, now, cid, agent=verified.credential.source)
+                return engine.problem(problem, quoting, info, now)
+            mark_attributed()  # the ledger accepted the payer: its refusals are written down
+            log.info("settlement refused challenge=%s problem=%s", cid, problem.slug)
+            await engine.audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource,
+                               detail=problem.detail, realm=engine.config.realm)
+            return engine.problem(problem, quoting, info, now)
+        mark_attributed()
+        if not claimed:
+            return await self.already_claimed(cid, idem, quoting, info, now)
+        log.info("settled challenge=%s reference=%s amount=%s %s", cid, cid, verified.request.amount, verified.request.currency)
+        return await self._serve_paid(serve, payment, rail, idem, meter, booked=True)
+
+    def _claims(self, verified: Verified, settlement: Any, terms: QuotedTerms | None,
+                identity: IdentityContext | None) -> dict[str, Any]:
+        """What the receipt says: the settlement, the quoted terms, who paid under which mandate."""
+        claims = self.engine.core.receipt_claims(verified, reference=settlement.reference,
+                                                 settled_at=settlement.settled_at, account=settlement.payer)
         if terms is not None:
             claims |= terms.receipt_claims()  # PRICE-VER-01
         if identity is not None:
@@ -133,6 +187,23 @@ class ChargeStep:
             claims |= {"agent": chain.agent, "principal": chain.principal, "mandate": chain.leaf.jti, "chain": list(chain.jtis),
                        "approval": identity.decision.approval.jti if identity.decision.approval else None,
                        "decision": identity.decision.decision}
+        return claims
+
+    def _settlement_entry(self, payment: Payment) -> dict[str, Any]:
+        verified, claims = payment.verified, payment.claims
+        return dict(challengeId=verified.challenge_id, reference=payment.settlement.reference, amount=verified.request.amount,
+                    currency=verified.request.currency, resource=verified.resource, realm=self.engine.config.realm,
+                    agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
+                    mandate=claims.get("mandate"), approval=claims.get("approval"), decision=claims.get("decision"))
+
+    async def _paid(self, verified: Verified, settlement: Any, terms: QuotedTerms | None,
+                    identity: IdentityContext | None, seat: Any) -> Payment:
+        """The settled payment: its receipt claims, its mandate spend, its seat grant, and (unless a
+        task's receipt waits for its id) its record."""
+        engine = self.engine
+        cid = verified.challenge_id
+        claims = self._claims(verified, settlement, terms, identity)
+        if identity is not None:
             await engine.config.store.record_mandate_spend(
                 cid, list(identity.periods.items()), verified.request.amount_int,
                 f"{identity.approval.iss}#{identity.approval.jti}" if identity.approval else None,
@@ -146,17 +217,16 @@ class ChargeStep:
             payment.grant = self.offers.seat_grant(terms, self.offers.signer(verified), period, cid)  # type: ignore[arg-type]
         if terms is None or terms.model != "task":  # a task's receipt waits for its id (start_task)
             await self.engine.record_settled(payment)
-        await engine.audit("settlement", challengeId=cid, reference=settlement.reference, amount=verified.request.amount,
-                           currency=verified.request.currency, resource=verified.resource, realm=engine.config.realm,
-                           agent=claims.get("agent", verified.credential.source), principal=claims.get("principal"),
-                           mandate=claims.get("mandate"), approval=claims.get("approval"), decision=claims.get("decision"))
+        await engine.audit("settlement", **self._settlement_entry(payment))
         log.info("settled challenge=%s reference=%s amount=%s %s", cid, settlement.reference, verified.request.amount,
                  verified.request.currency)
         return payment
 
     async def _serve_paid(self, serve: Serve, payment: Payment, rail: PaymentRail, idem: str | None,
-                          meter: Any) -> HttpResponse | Served:
-        """Run the handler on a settled payment; refund when it fails or names no task it owes."""
+                          meter: Any, *, booked: bool = False) -> HttpResponse | Served:
+        """Run the handler on a settled payment; refund when it fails or names no task it owes.
+        ``booked``: the purchase committed in one transaction (mpp.ledger.book), whose record and
+        audit entry stand for the delivery too: a success writes nothing more."""
         store = self.engine.config.store
         cid = payment.verified.challenge_id
         try:
@@ -168,7 +238,7 @@ class ChargeStep:
             if served.status >= 400 or not payment.recorded:
                 await self.refund(payment, rail, f"handler raised HTTP {served.status}" if served.status >= 400
                                   else "handler named no task")
-            else:
+            elif not booked:
                 await store.mark(cid, "delivered")
             return served
         if served.status >= 400:
@@ -178,15 +248,17 @@ class ChargeStep:
             await self.refund(payment, rail, "handler named no task (start_task)")
             return HttpResponse(500, [("Content-Type", "text/plain; charset=utf-8")],
                                 b"the handler started no task (start_task); the payment was refunded")
-        try:
-            await store.mark(cid, "delivered")
-        except StateError:
-            if payment.task_id is None:
-                raise
-            # the task failed already, inside its handler, and was refunded (PRICE-TASK-04)
-        claims = payment.claims
-        await self.engine.audit("receipt", challengeId=cid, reference=payment.settlement.reference, status=served.status,
-                                agent=claims.get("agent", payment.verified.credential.source), principal=claims.get("principal"))
+        if not booked:
+            try:
+                await store.mark(cid, "delivered")
+            except StateError:
+                if payment.task_id is None:
+                    raise
+                # the task failed already, inside its handler, and was refunded (PRICE-TASK-04)
+            claims = payment.claims
+            await self.engine.audit("receipt", challengeId=cid, reference=payment.settlement.reference, status=served.status,
+                                    agent=claims.get("agent", payment.verified.credential.source),
+                                    principal=claims.get("principal"))
         if idem is not None and served.body is not None:
             kept = [(name, v) for name in REPLAY_HEADERS for k, v in served.headers if k.lower() == name.lower()]
             await store.save_response(cid, StoredResponse(served.status, kept, served.body))
@@ -196,9 +268,14 @@ class ChargeStep:
         """Give a settled payment back, and undo what it bought (mandate spend, seat, task)."""
         engine = self.engine
         store, pricing = engine.config.store, engine.config.pricing_store
-        await self.engine.record_settled(payment)
         payment.refunded = True
         cid = payment.verified.challenge_id
+        if payment.book is not None:  # the whole purchase undone in one transaction
+            entry = engine.audit_data(dict(challengeId=cid, problem="refunded", detail=why))
+            await rail.refund_purchase(payment.book, cid, why, (("refusal", entry),))  # type: ignore[attr-defined]
+            log.warning("refunded challenge=%s: %s", cid, why)
+            return
+        await self.engine.record_settled(payment)
         await rail.refund(payment.settlement)
         await store.forget_mandate_spend(cid)
         await store.mark(cid, "refunded", failure=why)

@@ -11,6 +11,7 @@ from mpp.engine.rails import Settlement
 from mpp.intents.session import SessionTerms, Voucher
 from mpp.ledger import MandateCharge, SessionClose, SessionHold, SqliteLedger
 from mpp.ledger.api import AsyncLedger, as_async_ledger
+from mpp.ledger.book import Purchase, SqliteBook
 from mpp.ledger.refusals import charge_refusals, session_refusals
 from mpp.methods.ledger import LedgerAuthorization, LedgerSellerMethod
 
@@ -37,6 +38,23 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         await self.start()
         yield
         await self._ledger.close()
+
+    def book_with(self, store: Any, audit: Any) -> SqliteBook | None:
+        """One transaction per purchase: a book when the payment store (and the audit log, if any)
+        are kept in this SQLite ledger's database (``SqlitePaymentStore.beside(ledger)``), else None."""
+        audit = getattr(audit, "sync", audit)  # an AsyncSqliteAuditLog: the AuditLog it wraps
+        ledger = getattr(self.ledger, "sync", self.ledger)  # an AsyncSqliteLedger: the SqliteLedger it wraps
+        return SqliteBook(ledger, store, audit) if SqliteBook.fits(ledger, store, audit) else None
+
+    async def purchase(self, book: SqliteBook, purchase: Purchase) -> bool:
+        """:meth:`SqliteBook.purchase`, its refusals as the problems a buyer sees."""
+        with charge_refusals():
+            return book.purchase(purchase)
+
+    async def refund_purchase(self, book: SqliteBook, challenge_id: str, why: str,
+                              audit: tuple[tuple[str, dict[str, Any]], ...]) -> None:
+        """:meth:`SqliteBook.refund`: a booked purchase undone in one transaction."""
+        book.refund(challenge_id, why, audit)
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
         auth: LedgerAuthorization = verified.proof

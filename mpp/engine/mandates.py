@@ -20,9 +20,13 @@ if TYPE_CHECKING:
 __all__ = ["check_charge_identity", "check_session_identity"]
 
 
-async def check_charge_identity(engine: "Shop", verified: Verified, now: datetime) -> IdentityContext:
+async def check_charge_identity(engine: "Shop", verified: Verified, now: datetime, *, in_book: bool = False) -> IdentityContext:
     """Chain, proof, revocation, approval and entitlements of a charge, all before the challenge
-    is consumed, so a buyer told to get an approval can come back with the same challenge."""
+    is consumed, so a buyer told to get an approval can come back with the same challenge.
+
+    ``in_book``: the purchase will commit in one transaction on the ledger's database
+    (mpp.ledger.book), which checks revocation itself and appends the policy decision to the audit
+    log: neither is done here, so nothing is read or written twice."""
     config = engine.config
     rail = engine.rails[verified.credential.challenge.method]
     vid = verify_identity(verified.credential, verified.request, payment_signer=getattr(verified.proof, "signer", None),
@@ -30,7 +34,7 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
                           max_depth=config.max_chain_depth)
     chain = vid.chain
     mark_attributed()  # a chain rooted in a principal we trust: what is refused from here on is audited
-    if await rail.revoked(chain.keys):
+    if not in_book and await rail.revoked(chain.keys):
         raise MandateRevoked("a mandate in the chain has been revoked")
     periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
     approval = None
@@ -47,10 +51,13 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
     decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent=spent, approval=approval)
     # PRICE-MDT-02: the offer quoted, judged as the buyer judges it, before the challenge is consumed
     check_offer_allowed(quoted_offer(challenge.request_json, challenge.intent), chain.restrictions)
-    await engine.audit("policy-decision", decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id,
-                       agent=chain.agent, principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
-                       amount=verified.request.amount, currency=verified.request.currency, realm=config.realm)
-    return IdentityContext(chain, decision, MandateCharge(tuple(chain.tokens), config.realm), approval, periods)
+    entry = dict(decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id, agent=chain.agent,
+                 principal=chain.principal, mandate=chain.leaf.jti, resource=verified.resource,
+                 amount=verified.request.amount, currency=verified.request.currency, realm=config.realm)
+    if not in_book:
+        await engine.audit("policy-decision", **entry)
+    return IdentityContext(chain, decision, MandateCharge(tuple(chain.tokens), config.realm), approval, periods,
+                           audit=(("policy-decision", engine.audit_data(entry)),) if in_book else ())
 
 
 async def check_session_identity(engine: "Shop", call: SessionCall,

@@ -29,6 +29,7 @@ class Payment:
     task_id: str | None = None
     grant: str | None = None  # Payment-Grant for the response: a task's or a seat's
     seat: tuple[str, int] | None = None  # (subscription, period) this payment bought
+    book: Any = None  # the book it was committed in, in one transaction (mpp.ledger.book), if any
 
     @property
     def payer(self) -> str | None:
@@ -85,6 +86,7 @@ class IdentityContext:
     charge: MandateCharge
     approval: Any  # the verified Approval, required or not: it is used up either way
     periods: dict[str, str]  # link key -> budget period key
+    audit: tuple[tuple[str, dict[str, Any]], ...] = ()  # entries left to the purchase's own transaction
 
 
 @dataclass

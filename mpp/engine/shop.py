@@ -47,14 +47,22 @@ class Shop:
             if hasattr(rail, "check_realm"):
                 rail.check_realm(config.realm)
         self.core = SellerCore(self.issuer, self.rails)
+        # rails whose ledger keeps the payment records (and audit log) in its own database: one
+        # write transaction per purchase (mpp.ledger.book)
+        self.books = {rail.name: book for rail in config.rails
+                      if (book := getattr(rail, "book_with", lambda *_: None)(config.store, config.audit)) is not None}
         self.lists: list[PriceList] = []  # every list served since start: their follow-ups stay guarded (PRICE-VER-03)
 
     async def audit(self, kind: str, **data: Any) -> None:
         """Append to the audit log, if one is configured; text from the request is clipped
         (CORE-ERR-12, IDENT-AUD-08)."""
         if self.config.audit is not None:
-            await self.config.audit.append(kind, {k: clip(v, RESOURCE_MAX) if isinstance(v, str) else v
-                                                  for k, v in data.items() if v is not None})
+            await self.config.audit.append(kind, self.audit_data(data))
+
+    @staticmethod
+    def audit_data(data: dict[str, Any]) -> dict[str, Any]:
+        """An audit entry's data as written: no empty fields, text from the request clipped."""
+        return {k: clip(v, RESOURCE_MAX) if isinstance(v, str) else v for k, v in data.items() if v is not None}
 
     async def refused(self, problem: PaymentProblem, info: RequestInfo, now: Any, minted: str | None = None,
                       **data: Any) -> None:
@@ -89,6 +97,20 @@ class Shop:
         if payment.recorded:
             return
         verified, settlement = payment.verified, payment.settlement
+        payment.receipt_header = self.receipt_header(payment)
+        await self.config.store.mark_settled(
+            verified.challenge_id,
+            payer=settlement.payer or "",
+            amount=verified.request.amount,
+            currency=verified.request.currency,
+            reference=settlement.reference,
+            receipt=payment.receipt_header,
+        )
+        payment.recorded = True
+
+    def receipt_header(self, payment: Payment) -> str:
+        """The ``Payment-Receipt`` value of a settled payment: its claims signed (CORE-RCPT)."""
+        verified, settlement = payment.verified, payment.settlement
         rail = self.rails[verified.credential.challenge.method]
         receipt = PaymentReceipt(
             status="success",
@@ -99,13 +121,4 @@ class Shop:
             receipt=sign_receipt(self.config.receipt_key, payment.claims),
             **({"subscriptionId": payment.claims["subscriptionId"]} if "subscriptionId" in payment.claims else {}),
         )
-        payment.receipt_header = format_receipt(receipt)
-        await self.config.store.mark_settled(
-            verified.challenge_id,
-            payer=settlement.payer or "",
-            amount=verified.request.amount,
-            currency=verified.request.currency,
-            reference=settlement.reference,
-            receipt=payment.receipt_header,
-        )
-        payment.recorded = True
+        return format_receipt(receipt)

@@ -107,8 +107,8 @@ def get(c: sqlite3.Connection, transfer_id: str) -> Transfer | None:
     return Transfer(*row) if row else None
 
 
-def post(c, transfer_id, payer, payee, amount, currency, kind, signer) -> Transfer:
-    created = now()
+def post(c, transfer_id, payer, payee, amount, currency, kind, signer, *, created: str | None = None) -> Transfer:
+    created = created or now()
     c.execute(
         "INSERT INTO transfers(id, payer, payee, amount, currency, kind, created_at, signer) VALUES (?,?,?,?,?,?,?,?)",
         (transfer_id, payer, payee, amount, currency, kind, created, signer),

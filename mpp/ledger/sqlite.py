@@ -5,6 +5,7 @@ ledger ``ledger.sessions`` (:mod:`mpp.ledger.sqlite_facets`), on the same connec
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from datetime import datetime
 
 from mpp.protocol.models import format_rfc3339
@@ -53,6 +54,12 @@ class SqliteLedger:
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The ledger's one connection: stores kept beside it (``SqlitePaymentStore.beside``,
+        ``AuditLog.beside``) write on it, so a purchase commits in one transaction."""
+        return self._conn
 
     @property
     def ledger_id(self) -> str:

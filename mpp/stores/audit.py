@@ -52,12 +52,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
-from mpp.stores.sqlite import connect, immediate
+from mpp.stores.sqlite import apply_schema, connect, immediate
 from mpp.protocol.wire import canonical_json
 from mpp.protocol.errors import MPPError
 
 __all__ = ["KINDS", "AuditEntry", "AuditLog", "AuditChainBroken", "entry_hash", "AsyncAuditLog", "AsyncSqliteAuditLog",
-           "prepare_entry", "next_link", "tail_problem", "ChainCheck", "entries_of", "purchases_of"]
+           "append_in", "prepare_entry", "next_link", "tail_problem", "ChainCheck", "entries_of", "purchases_of"]
 
 KINDS = ("quote-seen", "policy-decision", "authorization-signed", "settlement", "receipt", "refusal",
          "session-open", "session-top-up", "voucher-signed", "session-close")
@@ -333,11 +333,25 @@ class AuditLog:
     :meth:`verify` can and cannot detect.
     """
 
-    def __init__(self, location: str) -> None:
-        self._conn = connect(location, _SCHEMA)
+    def __init__(self, location: str | None = None, *, connection: sqlite3.Connection | None = None) -> None:
+        if (location is None) == (connection is None):
+            raise ValueError("give a location or a connection")
+        self._owned = connection is None
+        self._conn = connect(location, _SCHEMA) if connection is None else apply_schema(connection, _SCHEMA)
+
+    @classmethod
+    def beside(cls, ledger: Any) -> "AuditLog":
+        """The log in a :class:`~mpp.ledger.SqliteLedger`'s own database, on its connection: a
+        purchase's entries then commit with its transfer (:class:`mpp.ledger.book.SqliteBook`)."""
+        return cls(connection=ledger.connection)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
 
     def close(self) -> None:
-        self._conn.close()
+        if self._owned:
+            self._conn.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -355,16 +369,8 @@ class AuditLog:
         tail was truncated or extended behind the log's back): extending such a chain would
         bury the evidence, so the log refuses until someone looks at it.
         """
-        ts, stored, data = prepare_entry(kind, data, now)
         with immediate(self._conn) as conn:
-            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = next_link(last, conn.execute(_HEAD).fetchone())
-            digest = entry_hash(seq, ts, kind, data, prev)
-            conn.execute("INSERT INTO audit (seq, ts, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                         (seq, ts, kind, stored, prev, digest))
-            conn.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
-                         "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, digest))
-        return AuditEntry(seq, ts, kind, data, prev, digest)
+            return append_in(conn, [(kind, data)], now)[-1]
 
     # -- checking ------------------------------------------------------------
 
@@ -403,6 +409,28 @@ class AuditLog:
     def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]:
         """One row per challengeId (see :func:`purchases_of`), filtered on the merged row's agent/principal."""
         return purchases_of(self.entries(), agent=agent, principal=principal)
+
+
+def append_in(conn: sqlite3.Connection, entries: Sequence[tuple[str, dict[str, Any]]],
+              now: datetime | None = None) -> list[AuditEntry]:
+    """Append ``(kind, data)`` entries in order and move the head to the last, inside the caller's
+    write transaction on ``conn`` (the log's tables on it): the tail is read once, the head written
+    once. ValueError and AuditChainBroken as :meth:`AuditLog.append`."""
+    prepared = [(kind, *prepare_entry(kind, data, now)) for kind, data in entries]
+    last = conn.execute(_HEAD).fetchone()
+    tail = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = next_link(tail, last)
+    out = []
+    for kind, ts, stored, data in prepared:
+        digest = entry_hash(seq, ts, kind, data, prev)
+        conn.execute("INSERT INTO audit (seq, ts, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, ts, kind, stored, prev, digest))
+        out.append(AuditEntry(seq, ts, kind, data, prev, digest))
+        seq, prev = seq + 1, digest
+    if out:
+        conn.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+                     "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (out[-1].seq, prev))
+    return out
 
 
 # -- one async interface -----------------------------------------------------------------------

@@ -8,11 +8,12 @@ implementation runs each statement synchronously (they are short, and never inte
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
-from mpp.stores.sqlite import connect, immediate
+from mpp.stores.sqlite import apply_schema, connect, immediate
 from mpp.protocol.models import format_rfc3339
 
 __all__ = ["StateError", "PaymentRecord", "StoredResponse", "PaymentStore", "SqlitePaymentStore"]
@@ -32,15 +33,15 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS mandate_spend (
+CREATE TABLE IF NOT EXISTS seller_mandate_spend (
     challenge_id TEXT NOT NULL REFERENCES payments(challenge_id),
     jti TEXT NOT NULL,
     period TEXT NOT NULL,
     amount INTEGER NOT NULL,
     PRIMARY KEY (challenge_id, jti)
 );
-CREATE INDEX IF NOT EXISTS mandate_spend_by_jti ON mandate_spend (jti, period);
-CREATE TABLE IF NOT EXISTS mandate_totals (
+CREATE INDEX IF NOT EXISTS seller_mandate_spend_by_jti ON seller_mandate_spend (jti, period);
+CREATE TABLE IF NOT EXISTS seller_mandate_totals (
     jti TEXT NOT NULL,
     period TEXT NOT NULL,
     spent INTEGER NOT NULL,
@@ -101,22 +102,55 @@ class PaymentStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _migrate(c: sqlite3.Connection) -> None:
+    """A store from before its budget tables were named for the seller (``mandate_spend`` keyed by
+    challenge id, not the ledger's table of that name): their rows move over, once; and a store from
+    before the running totals: they are counted from the rows, once."""
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "mandate_spend" in tables and "challenge_id" in {r[1] for r in c.execute("PRAGMA table_info(mandate_spend)")}:
+        c.execute("INSERT OR IGNORE INTO seller_mandate_spend(challenge_id, jti, period, amount) "
+                  "SELECT challenge_id, jti, period, amount FROM mandate_spend")
+        c.execute("DROP TABLE mandate_spend")
+        if "mandate_totals" in tables:
+            c.execute("DROP TABLE mandate_totals")
+        c.execute("DELETE FROM seller_mandate_totals")
+    if c.execute("SELECT 1 FROM seller_mandate_totals LIMIT 1").fetchone() is None:
+        c.execute("INSERT INTO seller_mandate_totals(jti, period, spent) "
+                  "SELECT jti, period, SUM(amount) FROM seller_mandate_spend GROUP BY jti, period")
+
+
 def _now() -> str:
     return format_rfc3339(datetime.now(timezone.utc))
 
 
 class SqlitePaymentStore:
-    """The payment records in SQLite, shared by every seller process on the file."""
+    """The payment records in SQLite, shared by every seller process on the file.
 
-    def __init__(self, location: str) -> None:
-        self._conn = connect(location, _SCHEMA)
-        with immediate(self._conn) as c:  # a store from before the running totals: count them from the rows, once
-            if c.execute("SELECT 1 FROM mandate_totals LIMIT 1").fetchone() is None:
-                c.execute("INSERT INTO mandate_totals(jti, period, spent) "
-                          "SELECT jti, period, SUM(amount) FROM mandate_spend GROUP BY jti, period")
+    ``connection``: keep them on an open connection instead (a :class:`~mpp.ledger.SqliteLedger`'s,
+    ``SqlitePaymentStore.beside(ledger)``), so that a purchase's claim, transfer and record commit in
+    one transaction (:class:`mpp.ledger.book.SqliteBook`); the store then leaves closing it to its owner.
+    """
+
+    def __init__(self, location: str | None = None, *, connection: sqlite3.Connection | None = None) -> None:
+        if (location is None) == (connection is None):
+            raise ValueError("give a location or a connection")
+        self._owned = connection is None
+        self._conn = connect(location, _SCHEMA) if connection is None else apply_schema(connection, _SCHEMA)
+        with immediate(self._conn) as c:
+            _migrate(c)
+
+    @classmethod
+    def beside(cls, ledger: Any) -> "SqlitePaymentStore":
+        """The payment records in a :class:`~mpp.ledger.SqliteLedger`'s own database, on its connection."""
+        return cls(connection=ledger.connection)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
 
     async def close(self) -> None:
-        self._conn.close()
+        if self._owned:
+            self._conn.close()
 
     async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool:
         """Consume a challenge. True for exactly one caller, across processes sharing the file."""
@@ -170,7 +204,7 @@ class SqlitePaymentStore:
         total per link and period, moved in the same transaction as the rows it counts)."""
         spent = {}
         for jti, period in periods.items():
-            row = self._conn.execute("SELECT spent FROM mandate_totals WHERE jti=? AND period=?", (jti, period)).fetchone()
+            row = self._conn.execute("SELECT spent FROM seller_mandate_totals WHERE jti=? AND period=?", (jti, period)).fetchone()
             spent[jti] = row[0] if row else 0
         return spent
 
@@ -178,18 +212,18 @@ class SqlitePaymentStore:
         """Count a settled purchase against each link; mark its approval used (once, ever)."""
         with immediate(self._conn) as c:
             for jti, period in links:
-                if c.execute("INSERT OR IGNORE INTO mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
+                if c.execute("INSERT OR IGNORE INTO seller_mandate_spend(challenge_id, jti, period, amount) VALUES (?, ?, ?, ?)",
                              (challenge_id, jti, period, amount)).rowcount == 1:
-                    c.execute("INSERT INTO mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
+                    c.execute("INSERT INTO seller_mandate_totals(jti, period, spent) VALUES (?, ?, ?) "
                               "ON CONFLICT (jti, period) DO UPDATE SET spent = spent + excluded.spent", (jti, period, amount))
             if approval is not None:
                 c.execute("INSERT OR IGNORE INTO approvals_used(jti, challenge_id) VALUES (?, ?)", (approval, challenge_id))
 
     async def forget_mandate_spend(self, challenge_id: str) -> None:
         with immediate(self._conn) as c:
-            rows = c.execute("SELECT jti, period, amount FROM mandate_spend WHERE challenge_id=?", (challenge_id,)).fetchall()
-            c.execute("DELETE FROM mandate_spend WHERE challenge_id=?", (challenge_id,))
-            c.executemany("UPDATE mandate_totals SET spent = spent - ? WHERE jti=? AND period=?",
+            rows = c.execute("SELECT jti, period, amount FROM seller_mandate_spend WHERE challenge_id=?", (challenge_id,)).fetchall()
+            c.execute("DELETE FROM seller_mandate_spend WHERE challenge_id=?", (challenge_id,))
+            c.executemany("UPDATE seller_mandate_totals SET spent = spent - ? WHERE jti=? AND period=?",
                           [(amount, jti, period) for jti, period, amount in rows])
 
     async def approval_used(self, jti: str) -> bool:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["connect", "immediate", "sqlite_path"]
+__all__ = ["connect", "apply_schema", "immediate", "sqlite_path"]
 
 
 def sqlite_path(url_or_path: str) -> str:
@@ -35,6 +35,13 @@ def connect(url_or_path: str, schema: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+    return apply_schema(conn, schema)
+
+
+def apply_schema(conn: sqlite3.Connection, schema: str) -> sqlite3.Connection:
+    """``schema`` (``CREATE ... IF NOT EXISTS`` statements) applied on ``conn``, in one transaction:
+    how a store keeps its tables on a connection another store opened (one database, one transaction
+    per purchase: :class:`mpp.ledger.book.SqliteBook`)."""
     with immediate(conn):
         for statement in _statements(schema):
             conn.execute(statement)
