@@ -123,7 +123,7 @@ def listed_home(home: Path) -> Path:
 def database_files(home: Path) -> dict[str, int]:
     """Every database file the seller keeps (payments, sessions, pricing, audit log, ledger), with
     its -wal and -shm: name -> size in bytes. A file that appears counts as a change too."""
-    found = [*home.glob("ledger.db*"), *(home / "seller").glob("*.db*")]
+    found = [*home.glob("*.db*"), *(home / "seller").glob("*.db*")]
     return {str(p.relative_to(home)): p.stat().st_size for p in sorted(found)}
 
 
