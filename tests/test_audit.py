@@ -360,3 +360,16 @@ def test_cli_show_filters_and_prints(filled: Path):
     assert lines[3].split()[1] == "unknown" and lines[3].endswith("  -")
     none = mpp_cli("audit", "show", "--log", str(filled), "--agent", "did:key:nobody")
     assert none.returncode == 0 and none.stdout.strip() == "no purchases recorded"
+
+
+def test_appended_hashes_are_the_jcs_of_the_entry(tmp_path):
+    """IDENT-AUD-02: the hash written around the stored RFC 8785 text is entry_hash of the entry read
+    back, for data with non-ASCII text, escapes, nesting and numbers."""
+    from mpp.stores.audit import entry_hash
+
+    with AuditLog(str(tmp_path / "a.db")) as log:
+        for data in ({"resource": "GET /é?q=\"x\"\\n", "amount": "25", "n": 7, "list": [1, {"b": None, "a": True}]},
+                     {}, {"detail": "tab\tnew\nline \u2028 \U0001f600"}):
+            entry = log.append("refusal", data)
+            assert entry.hash == entry_hash(entry.seq, entry.ts, entry.kind, entry.data, entry.prev)
+        log.verify()

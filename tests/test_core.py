@@ -812,7 +812,10 @@ def test_receipt_round_trip_and_claims():
     quote, _, verified, claims = _settle()
     token = mpp.sign_receipt(SELLER_KEY, claims)
     header = jwt.get_unverified_header(token)
-    assert header["alg"] == "EdDSA" and header["kid"] == SELLER_KEY.kid
+    assert header["alg"] == "EdDSA" and header["kid"] == SELLER_KEY.kid and header["typ"] == "mpp-receipt+jwt"
+    # signed with cryptography directly: any JWS library verifies it, and reads the same claims
+    assert jwt.decode(token, SELLER_KEY.private_key.public_key(), algorithms=["EdDSA"],
+                      options={"verify_iat": False}) == claims
     receipt, checked = mpp.verify_receipt(_receipt_header(quote, token), quote, JWKS, NOW)
     assert receipt.challengeId == checked["jti"] == checked["challengeId"] == verified.challenge_id
     for name in ("iss", "sub", "iat", "jti", "challengeId", "method", "intent", "amount", "currency", "recipient", "resource", "reference", "account"):

@@ -204,3 +204,39 @@ def test_the_book_needs_one_connection(tmp_path):
             SqliteBook(ledger, apart)
     finally:
         ledger.close()
+
+
+# -- a request paid from a session ------------------------------------------------------------
+
+VOUCHER_STATEMENTS = 16  # measured when reserve took the voucher: 13
+
+
+async def test_a_voucher_request_is_two_write_transactions(tmp_path):
+    """SESSION-USE-01, SESSION-USE-04, SESSION-VOUCHER-03: a request carrying a voucher is accepted
+    with its reservation in one transaction and committed in one more; the session is not read
+    before them (its fixed terms are known from the request that opened it in this process)."""
+    from _session_support import SessionWorld, build_seller, make_ledger, open_session, send
+
+    agent = mpp.SigningKey.generate()
+    ledger = make_ledger(tmp_path, agent)
+    seller, app, store = build_seller(tmp_path, ledger)
+    server = server_for(app)
+    await server.start_server()
+    trace = Trace(store._conn)
+    try:
+        async with aiohttp.ClientSession() as http:
+            w = SessionWorld(server, seller, ledger, agent, http, store, [])
+            s, resp, _ = await open_session(w, cap=5000, first=100)
+            assert resp.status == 200
+            for cumulative in (200, 300, 400):
+                trace.take()
+                status, _, headers = await send(w, "/complete?tokens=1000", s.voucher_credential(s.voucher(cumulative)))
+                lines = trace.take()
+                assert status == 200 and "Payment-Receipt" in headers
+                assert writes(lines) == 2, lines
+                assert len(lines) <= VOUCHER_STATEMENTS, lines
+            state = await store.get(s.id)
+            assert state is not None and state.authorized == 400 and state.voucher.sequence == 4
+    finally:
+        await server.close()
+        ledger.close()

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mpp.protocol.challenge import ChallengeIssuer
 from mpp.protocol.digest import content_digest, verify_content_digest
+from mpp.protocol.wire import encode_json_b64
 from mpp.protocol.errors import (
     RESOURCE_MAX,
     InvalidChallenge,
@@ -100,9 +101,11 @@ class SellerCore:
     issuer: ChallengeIssuer
     methods: Mapping[str, SellerMethod]
     _order: list[str] = field(init=False)
+    _requests: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._order = list(self.methods)
+        self._requests = {}
 
     # -- quoting -----------------------------------------------------------
 
@@ -121,9 +124,9 @@ class SellerCore:
         for name, intent in self._negotiate(info.accept_payment, self.offers(price)):
             if intent == SESSION_INTENT:
                 request = self.methods[name].session_request_for(price)  # type: ignore[attr-defined]
+                encoded = None
             else:
-                request = self.methods[name].request_for(amount=charge.amount, currency=charge.currency,
-                                                         description=charge.description)
+                request, encoded = self._charge_request(name, charge)
             # The nonce makes every challenge id unique (HMAC is deterministic, and two quotes for
             # one resource in the same second would otherwise share an id, the second one "used").
             out.append(self.issuer.issue(
@@ -134,9 +137,24 @@ class SellerCore:
                 digest=digest,
                 opaque={"nonce": secrets.token_urlsafe(16), "resource": info.resource},
                 description=charge.description,
+                encoded=encoded,
             ))
         return out
 
+    def _charge_request(self, name: str, charge: "Price") -> tuple[dict[str, Any], str]:
+        """The charge request a method quotes for a price, and its wire encoding: made once per
+        method and terms (a seller quotes the same few prices over and over)."""
+        method = self.methods[name]
+        key = (name, charge.amount, charge.currency, charge.description, getattr(method, "recipient", None),
+               getattr(method, "ledger_id", None))
+        cached = self._requests.get(key)
+        if cached is None:
+            request = method.request_for(amount=charge.amount, currency=charge.currency, description=charge.description)
+            cached = (request, encode_json_b64(request))
+            if len(self._requests) >= 1024:  # bounded: prices from a reloaded list replace the old ones
+                self._requests.clear()
+            self._requests[key] = cached
+        return cached
     @staticmethod
     def _negotiate(accept_payment: str | None, offers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         ranges = parse_accept_payment(accept_payment)

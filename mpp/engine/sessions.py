@@ -49,6 +49,9 @@ class SessionDesk:
         self.sweep_interval = sweep_interval
         self.voucher_timeout = voucher_timeout  # how long a stream waits for an in-band voucher
         self._waiters: dict[str, asyncio.Event] = {}
+        # what never changes once a session is open (signer, terms, payer), by session id: a voucher
+        # request is checked against it without reading the session (its status is judged in reserve)
+        self._fixed: dict[str, SessionState] = {}
 
     @staticmethod
     def parse_session_call(core: SellerCore, info: RequestInfo, now: datetime) -> SessionCall | None:
@@ -81,12 +84,19 @@ class SessionDesk:
             if event.is_set():
                 self._waiters.pop(session_id, None)
 
-    async def _state_for(self, call: SessionCall) -> SessionState:
-        state = await self.store.get(call.session_id)
+    async def _state_for(self, call: SessionCall, *, known: bool = False) -> SessionState:
+        """The session the call names, open, with its signer and terms. ``known``: from what this
+        process has seen of it, when it has (a voucher request: the reservation judges its status)."""
+        state = self._fixed.get(call.session_id) if known else None
         if state is None:
-            raise SessionUnknown("no such session at this seller")
-        if state.status != "open":
-            raise SessionClosed(f"session is {state.status}; open a new one")
+            state = await self.store.get(call.session_id)
+            if state is None:
+                raise SessionUnknown("no such session at this seller")
+            if state.status != "open":
+                raise SessionClosed(f"session is {state.status}; open a new one")
+            if len(self._fixed) >= 10_000:  # bounded: a process serving more sessions reads the older ones again
+                self._fixed.clear()
+            self._fixed[call.session_id] = state
         if state.signer != call.payload.signer:
             raise VoucherInvalid("the session was opened by another key")
         if state.terms != call.terms:
@@ -100,7 +110,11 @@ class SessionDesk:
         now = engine.config.clock()
         if p.action == "close":
             raise VoucherInvalid("close a session with POST " + SESSION_PATH)
-        state = await self._open(call, metered, now) if p.action == "open" else await self._state_for(call)
+        if p.action == "open":
+            state = await self._open(call, metered, now)
+            self._fixed[state.session_id] = state
+        else:
+            state = await self._state_for(call)
         if p.voucher is not None:  # every signature before anything changes (SESSION-ERR-03)
             verify_voucher(state.signer, state.terms, p.voucher)
             mark_attributed()  # the session's own key signed this request
@@ -160,7 +174,16 @@ class SessionDesk:
         """A metered route paid from a session: reserve, run the handler, commit what it used."""
         if (call.terms.currency, call.terms.recipient) != (metered.currency, call.request.recipient):
             raise VoucherInvalid("the session is in another currency than this route")
-        state = await self.accept(call, metered)
+        p = call.payload
+        voucher = None
+        if p.action == "voucher" and not metered.stream and p.voucher is not None:
+            # the common request: the voucher checked here, accepted with the reservation, one transaction
+            state = await self._state_for(call, known=True)
+            verify_voucher(state.signer, state.terms, p.voucher)
+            mark_attributed()  # the session's own key signed this request
+            voucher = p.voucher
+        else:
+            state = await self.accept(call, metered)
         meter = SessionMeter(metered, call.resource, desk=self, state=state, call=call)
         if metered.stream:
             return await self._serve_stream(serve, meter)
@@ -176,7 +199,7 @@ class SessionDesk:
             if status == "conflict":
                 raise BadRequest("this Idempotency-Key was used for another resource in this session")
         try:
-            served = await self._serve_once(serve, call, metered, meter, sid, key)
+            served = await self._serve_once(serve, call, metered, meter, sid, key, voucher)
         except BaseException:
             if key is not None:
                 await self.store.keys.drop(sid, key)
@@ -186,9 +209,13 @@ class SessionDesk:
         return served
 
     async def _serve_once(self, serve: Serve, call: SessionCall, metered: Metered, meter: SessionMeter, sid: str,
-                          key: str | None = None) -> Served:
+                          key: str | None = None, voucher: Any = None) -> Served:
         clock = self.engine.config.clock
-        await self.store.reserve(sid, meter.request_id, metered.max_request_cost, clock())
+        await self.store.reserve(sid, meter.request_id, metered.max_request_cost, clock(), voucher)
+        if voucher is not None:
+            waiter = self._waiters.pop(sid, None)  # a stream of the session waiting for value
+            if waiter is not None:
+                waiter.set()
         try:
             served = await serve(Context(meter=meter))
         except BaseException:

@@ -89,9 +89,12 @@ class ChallengeIssuer:
         opaque: dict[str, str] | None = None,
         description: str | None = None,
         not_after: datetime | None = None,
+        encoded: str | None = None,
     ) -> Challenge:
-        """``not_after``: the challenge expires then at the latest (a seat's period end, PRICE-SEAT-01)."""
-        request_b64 = encode_json_b64(request)
+        """``not_after``: the challenge expires then at the latest (a seat's period end, PRICE-SEAT-01).
+        ``encoded``: ``request`` already as on the wire (a seller quoting a route's fixed request
+        encodes it once)."""
+        request_b64 = encoded or encode_json_b64(request)
         opaque_b64 = encode_json_b64(opaque) if opaque is not None else None
         expires_at = now + self.ttl
         if not_after is not None and not_after < expires_at:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -9,7 +10,7 @@ import jwt
 from jwt import PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKError, PyJWKSetError
 
-from mpp.protocol.wire import decode_jws
+from mpp.protocol.wire import b64url_encode, decode_jws
 from mpp.protocol.errors import ParseError, ReceiptInvalid
 from mpp.protocol.keys import SigningKey
 
@@ -24,9 +25,21 @@ def jwks_document(keys: list[SigningKey]) -> dict[str, Any]:
     return {"keys": [k.jwk() for k in keys]}
 
 
+_HEADERS: dict[str, str] = {}  # kid -> the encoded protected header: the same for every receipt of a key
+
+
 def sign_receipt(key: SigningKey, claims: Mapping[str, Any]) -> str:
-    """A receipt: ``claims`` as a compact JWS signed with ``key`` (EdDSA, ``typ`` mpp-receipt+jwt)."""
-    return jwt.encode(dict(claims), key.private_key, algorithm="EdDSA", headers={"kid": key.kid, "typ": "mpp-receipt+jwt"})
+    """A receipt: ``claims`` as a compact JWS signed with ``key`` (EdDSA, ``typ`` mpp-receipt+jwt).
+
+    Signed with ``cryptography`` directly: on every paid response, the protected header is encoded
+    once per key and the claims once (pyjwt's encoder would check and re-encode both each time);
+    the token is the same compact JWS any JWS library verifies (tests/test_core.py checks it with pyjwt)."""
+    header = _HEADERS.get(key.kid)
+    if header is None:
+        header = _HEADERS[key.kid] = b64url_encode(json.dumps(
+            {"alg": "EdDSA", "kid": key.kid, "typ": "mpp-receipt+jwt"}, separators=(",", ":")).encode())
+    signing_input = header + "." + b64url_encode(json.dumps(dict(claims), separators=(",", ":"), allow_nan=False).encode())
+    return signing_input + "." + b64url_encode(key.private_key.sign(signing_input.encode("ascii")))
 
 
 def verify_receipt_jws(

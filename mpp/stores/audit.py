@@ -126,6 +126,16 @@ def _parse_data(text: Any) -> dict[str, Any] | None:
 # (seq, hash), or None when there is none.
 
 
+def _stored_entry_hash(seq: int, ts: str, kind: str, stored: str, prev: str) -> str:
+    """:func:`entry_hash` of an entry whose data is already RFC 8785 text (``stored``): the JCS of
+    the five members, keys in order, written around it rather than parsed and serialised again
+    (tests/test_audit.py compares the two)."""
+    text = '{"data":%s,"kind":%s,"prev":%s,"seq":%d,"ts":%s}' % (
+        stored, json.dumps(kind, ensure_ascii=False), json.dumps(prev, ensure_ascii=False), seq,
+        json.dumps(ts, ensure_ascii=False))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def prepare_entry(kind: str, data: dict[str, Any], now: datetime | None = None) -> tuple[str, str, dict[str, Any]]:
     """``(ts, stored, data)`` for a new entry: its timestamp, its data as stored (RFC 8785 text) and
     that text read back, which is what the hash is computed over (verify reads exactly that).
@@ -422,7 +432,7 @@ def append_in(conn: sqlite3.Connection, entries: Sequence[tuple[str, dict[str, A
     seq, prev = next_link(tail, last)
     out = []
     for kind, ts, stored, data in prepared:
-        digest = entry_hash(seq, ts, kind, data, prev)
+        digest = _stored_entry_hash(seq, ts, kind, stored, prev)
         conn.execute("INSERT INTO audit (seq, ts, kind, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
                      (seq, ts, kind, stored, prev, digest))
         out.append(AuditEntry(seq, ts, kind, data, prev, digest))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
@@ -167,7 +167,8 @@ class SessionStore(Protocol):
     async def mark_open(self, session_id: str, cap: int) -> SessionState: ...
     async def set_cap(self, session_id: str, cap: int) -> SessionState: ...
     async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState: ...
-    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState: ...
+    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime,
+                      voucher: Voucher | None = None) -> SessionState: ...
     async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
                      amount: int, now: datetime, release_hold: bool = True, idempotency_key: str | None = None,
                      render: Callable[[SessionState], StoredResponse | None] | None = None) -> SessionState: ...
@@ -285,19 +286,25 @@ class SqliteSessionStore:
         """Accept a (signature-checked) voucher: a higher one raises the authorized value; an
         equal or lower one is a harmless retry that changes nothing."""
         with immediate(self._conn) as c:
-            state = self._must(c, session_id)
-            if voucher.cumulative > state.cap:
-                raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
-                                         sessionId=session_id, cap=str(state.cap), authorized=str(state.authorized))
-            if voucher.cumulative > state.authorized:
-                previous = state.voucher.sequence if state.voucher else 0
-                if voucher.sequence <= previous:
-                    raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
-                c.execute("UPDATE sessions SET authorized=?, voucher_seq=?, voucher_sig=?, last_used_at=? WHERE id=?",
-                          (voucher.cumulative, voucher.sequence, voucher.signature, format_rfc3339(now), session_id))
-            else:
-                c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
-            return self._must(c, session_id)
+            state = self._advance(c, self._must(c, session_id), voucher)
+            c.execute("UPDATE sessions SET last_used_at=? WHERE id=?", (format_rfc3339(now), session_id))
+            return state
+
+    @staticmethod
+    def _advance(c, state: SessionState, voucher: Voucher) -> SessionState:
+        """The voucher judged against the session in the caller's transaction (SESSION-VOUCHER-02..04):
+        the state with it accepted."""
+        if voucher.cumulative > state.cap:
+            raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
+                                     sessionId=state.session_id, cap=str(state.cap), authorized=str(state.authorized))
+        if voucher.cumulative <= state.authorized:
+            return state  # a stale voucher: a harmless retry
+        previous = state.voucher.sequence if state.voucher else 0
+        if voucher.sequence <= previous:
+            raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
+        c.execute("UPDATE sessions SET authorized=?, voucher_seq=?, voucher_sig=? WHERE id=?",
+                  (voucher.cumulative, voucher.sequence, voucher.signature, state.session_id))
+        return replace(state, authorized=voucher.cumulative, voucher=voucher)
 
     def _held(self, c, session_id: str, now: datetime) -> int:
         """Value reserved by requests still running in live seller processes."""
@@ -307,10 +314,14 @@ class SqliteSessionStore:
             (session_id, format_rfc3339(now - self.instance_ttl)),
         ).fetchone()[0]
 
-    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState:
-        """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient."""
+    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime,
+                      voucher: Voucher | None = None) -> SessionState:
+        """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient;
+        with ``voucher`` (signature-checked), accept it first, in the same transaction."""
         with immediate(self._conn) as c:
             state = self._must(c, session_id)
+            if voucher is not None:
+                state = self._advance(c, state, voucher)
             held = self._held(c, session_id, now)
             required = state.spent + held + amount
             if required > state.authorized:

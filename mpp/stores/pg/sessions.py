@@ -203,24 +203,19 @@ class PgSessionStore(PgStoreBase):
         equal or lower one is a harmless retry that changes nothing."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            state = await _must(conn, session_id, lock=True)
-            if voucher.cumulative > state.cap:
-                raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
-                                         sessionId=session_id, cap=str(state.cap), authorized=str(state.authorized))
-            if voucher.cumulative > state.authorized:
-                previous = state.voucher.sequence if state.voucher else 0
-                if voucher.sequence <= previous:
-                    raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
-                return await _update(conn, "authorized=$2, voucher_seq=$3, voucher_sig=$4, last_used_at=$5",
-                                          session_id, voucher.cumulative, voucher.sequence, voucher.signature, stamp(now))
+            await _advance(conn, await _must(conn, session_id, lock=True), voucher)
             return await _update(conn, "last_used_at=$2", session_id, stamp(now))
 
-    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime) -> SessionState:
-        """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient."""
+    async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime,
+                      voucher: Voucher | None = None) -> SessionState:
+        """Set ``amount`` of the authorized value aside for one request, or raise SessionInsufficient;
+        with ``voucher`` (signature-checked), accept it first, in the same transaction."""
         at = stamp(now)
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             state = await _must(conn, session_id, lock=True)
+            if voucher is not None:
+                state = await _advance(conn, state, voucher)
             held = await self._held(conn, session_id, now)
             required = state.spent + held + amount
             if required > state.authorized:
@@ -419,6 +414,20 @@ async def _must(conn: asyncpg.Connection, session_id: str, *, usable: bool = Tru
     if usable and state.status != "open":
         raise SessionClosed(f"session is {state.status}")
     return state
+
+
+async def _advance(conn: asyncpg.Connection, state: SessionState, voucher: Voucher) -> SessionState:
+    """The voucher judged against the (locked) session (SESSION-VOUCHER-02..04): the state with it accepted."""
+    if voucher.cumulative > state.cap:
+        raise SessionCapExceeded(f"voucher for {voucher.cumulative} exceeds the session cap {state.cap}",
+                                 sessionId=state.session_id, cap=str(state.cap), authorized=str(state.authorized))
+    if voucher.cumulative <= state.authorized:
+        return state  # a stale voucher: a harmless retry
+    previous = state.voucher.sequence if state.voucher else 0
+    if voucher.sequence <= previous:
+        raise VoucherInvalid(f"a higher voucher must carry a sequence above {previous}")
+    return await _update(conn, "authorized=$2, voucher_seq=$3, voucher_sig=$4", state.session_id, voucher.cumulative,
+                         voucher.sequence, voucher.signature)
 
 
 async def _update(conn: asyncpg.Connection, sql: str, *args: Any) -> SessionState:
