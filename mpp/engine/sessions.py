@@ -49,6 +49,9 @@ class SessionDesk:
         self.sweep_interval = sweep_interval
         self.voucher_timeout = voucher_timeout  # how long a stream waits for an in-band voucher
         self._waiters: dict[str, asyncio.Event] = {}
+        # a request's voucher accepted in its reservation's transaction (one write fewer); False: the
+        # voucher accepted first (``accept``), then the reservation made, as for any other action
+        self.vouchers_with_reservation = True
         # what never changes once a session is open (signer, terms, payer), by session id: a voucher
         # request is checked against it without reading the session (its status is judged in reserve)
         self._fixed: dict[str, SessionState] = {}
@@ -176,7 +179,7 @@ class SessionDesk:
             raise VoucherInvalid("the session is in another currency than this route")
         p = call.payload
         voucher = None
-        if p.action == "voucher" and not metered.stream and p.voucher is not None:
+        if self.vouchers_with_reservation and p.action == "voucher" and not metered.stream and p.voucher is not None:
             # the common request: the voucher checked here, accepted with the reservation, one transaction
             state = await self._state_for(call, known=True)
             verify_voucher(state.signer, state.terms, p.voucher)
@@ -211,8 +214,10 @@ class SessionDesk:
     async def _serve_once(self, serve: Serve, call: SessionCall, metered: Metered, meter: SessionMeter, sid: str,
                           key: str | None = None, voucher: Any = None) -> Served:
         clock = self.engine.config.clock
-        await self.store.reserve(sid, meter.request_id, metered.max_request_cost, clock(), voucher)
-        if voucher is not None:
+        if voucher is None:
+            await self.store.reserve(sid, meter.request_id, metered.max_request_cost, clock())
+        else:
+            await self.store.reserve(sid, meter.request_id, metered.max_request_cost, clock(), voucher=voucher)
             waiter = self._waiters.pop(sid, None)  # a stream of the session waiting for value
             if waiter is not None:
                 waiter.set()

@@ -113,7 +113,9 @@ class Credential(BaseModel):
         if source is not None and not isinstance(source, str):
             raise ParseError("credential source is not a string")
         extensions = {k: v for k, v in doc.items() if k not in ("challenge", "payload", "source")}
-        built = cls(challenge=Challenge(**echoed), payload=payload, source=source, extensions=extensions)
+        # every field checked above, as the models would: built without validating twice (on every paid request)
+        built = cls.model_construct(challenge=Challenge.model_construct(**echoed), payload=payload, source=source,
+                                    extensions=extensions)
         built.challenge.request_json  # noqa: B018 - refuse an undecodable request now
         if built.challenge.opaque is not None:
             built.challenge.opaque_json  # noqa: B018
