@@ -56,8 +56,10 @@ $(BENCH_STAMP): benchmarks/pympp-requirements.txt | $(INTEROP_STAMP)
 	$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r benchmarks/pympp-requirements.txt
 	touch $@
 
+# BENCH_ARGS: more options, e.g. make bench BENCH_ARGS="--rounds 3" (see benchmarks/bench.py --help)
+BENCH_ARGS ?=
 bench: $(STAMP) $(BENCH_STAMP) $(POSTGRES_STAMP)
-	$(VENV)/bin/python benchmarks/bench.py --json benchmarks/results.json
+	$(VENV)/bin/python benchmarks/bench.py --json benchmarks/results.json $(BENCH_ARGS)
 
 # HTTP requests on the wire for 100 paid calls: session against charge (prints a table, writes JSON).
 bench-session: $(STAMP)

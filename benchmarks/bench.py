@@ -1,12 +1,13 @@
 """Throughput and latency of paid HTTP calls, side by side in one run (issue 6).
 
-    .venv/bin/python benchmarks/bench.py [--quick] [--only NAME[,NAME]] [--json PATH]
+    .venv/bin/python benchmarks/bench.py [--quick] [--only NAME[,NAME]] [--rounds N] [--json PATH]
 
 Each scenario gets a seller process of its own on 127.0.0.1, and a load generator in another
 process (an aiohttp client with a bounded number of connections). With two CPUs or more, the
 seller is pinned to one CPU and the load generator to another. A scenario runs a warm-up, then
 a measured window, at saturation (closed loop: every connection sends its next call as soon as
-the last one is answered). The whole run stops by itself (about 1.5 minutes by default).
+the last one is answered). The whole run stops by itself (about 2 minutes by default, times N
+with --rounds N).
 
 Scenarios (a "call" is what a buyer wants done once; the table shows HTTP requests/s and calls/s):
 
@@ -17,6 +18,9 @@ Scenarios (a "call" is what a buyer wants done once; the table shows HTTP reques
   charge-sqlite-identity  the same on a route that requires identity: the credential carries a mandate
                           chain and the agent's proof; the seller trusts the principal, checks chain,
                           revocation and budgets, and the ledger checks the chain and budget again.
+  floor-charge-sqlite     the floors of charge-sqlite and charge-sqlite-identity (benchmarks/bench_floor.py):
+  floor-charge-sqlite-identity  the same buyers paying over the same wire a minimal seller that does
+                          only the unavoidable work. See "The floor" below.
   session-voucher         a metered route (Seller.meter, SqliteSessionStore): each worker opened a session
                           during warm-up (PaymentClient with SessionPolicy); 1 call = 1 request carrying
                           a voucher, no 402 first.
@@ -32,6 +36,38 @@ Latency is per call (both round trips of a purchase). "ratio" is calls/s over pl
 whether the load generator kept up. Then, for charge-sqlite-identity and trivial-method: the p99
 latency added by payment at half of saturation: the scenario at a fixed rate of half its
 measured calls/s (open loop), minus the plain handler's p99 at that same rate.
+
+The floor. bench_floor.py is a small seller on aiohttp that speaks exactly our wire, so the
+load generator's buyers (and mpp.aio.PaymentClient, which verifies its receipts against its JWKS:
+tests/test_bench_smoke.py) pay it unchanged. Per purchase it does only this:
+  - the unpaid request: one HMAC-SHA256 for the challenge id (mpp.protocol.challenge's slots; the
+    route's fixed slots hashed once), the challenge text cached for the route but for id, expires and
+    the opaque nonce; a 402 with the problem document.
+  - the paid retry: the credential decoded with the stdlib (base64, json; no pydantic models); the
+    echoed challenge checked (realm, method, intent, the request text equal to the one quoted, HMAC
+    recomputed, not expired, opaque bound to this resource, no body); ONE Ed25519 verify of the
+    payer's ledger authorization; with identity a SECOND, the agent's proof of possession, the mandate
+    chain itself verified once (mpp.identity.verify_chain; scope, currency, ceiling, approval rules
+    judged for the route's one price) and then cached by its token text, only its validity window
+    checked per use; ONE SQLite statement in one transaction (autocommit, WAL, synchronous=NORMAL
+    as our ledger): an INSERT into floor_purchases keyed by the challenge id (exactly once by primary
+    key) whose triggers check both accounts and currency, that the signer (with identity: the mandate's
+    principal) owns the payer account, revocation and the mandate's budget, then post both legs (payer
+    down, payee up) and count the budget; ONE Ed25519 signature, the receipt JWS (the claims our seller
+    signs, byte-for-byte the same encoding); a 200 with Payment-Receipt.
+It does not: parse strictly (duplicate members, depth), negotiate Accept-Payment, bind bodies
+(digest), replay Idempotency-Key answers or store the receipt, keep an audit log or a payment record
+with states, refund a failed handler, take approvals, chains longer than one link, sessions, price
+lists, other methods or several routes. "floor share" = ours calls/s / its floor's calls/s in the same
+run (both medians with --rounds): the fraction of the achievable rate that we reach; "CPU share" = the
+floor's seller CPU per call / ours, which does not depend on whether the load generator kept up.
+`--only charge-sqlite` (or -identity) brings its floor along.
+
+--rounds N (default 1) runs the whole scenario list N times, interleaved: round 1 runs every
+scenario, then round 2 ..., so that drift on a shared machine falls on every row alike. Each row then
+shows the median calls/s over the rounds with its min-max; floor shares and ratios come from the
+medians; the other columns are those of the median round (every round's figures are in the JSON).
+The fixed-rate latency runs are made once, after the rounds, at half the median.
 
 Targets (goals printed next to the figures, not assertions): charge-sqlite-identity >= 0.33 of
 plain; session-voucher >= 0.6 of plain; trivial-method >= 1.5 x pympp-trivial; p99 added by

@@ -191,7 +191,6 @@ class CachedChain:
 
 class Floor:
     def __init__(self, workdir: Path, ledger_url: str, identity: bool) -> None:
-        from mpp.identity import period_key  # noqa: F401 - imported now, not on the first request
         from mpp.protocol.challenge import compute_challenge_id
         from mpp.protocol.keys import SigningKey
         from mpp.protocol.wire import encode_json_b64
@@ -356,8 +355,8 @@ class Floor:
 
     async def item(self, request: web.Request) -> web.Response:
         authorization = request.headers.get("Authorization")
-        if authorization is None:
-            return self.payment_required()
+        if authorization is None or authorization.lstrip(" \t")[:8].lower() != "payment ":
+            return self.payment_required()  # no Payment credential (another scheme's is not ours to judge)
         try:
             return self._paid(request, authorization)
         except Refusal as problem:
@@ -365,10 +364,8 @@ class Floor:
 
     def _paid(self, request: web.Request, authorization: str) -> web.Response:
         now = self._clock()
-        if authorization[:8].lower() != "payment ":
-            raise Refusal("malformed-credential", "not 'Payment <base64url>'")
         try:
-            doc = json.loads(unb64url(authorization[8:].strip(" \t")))
+            doc = json.loads(unb64url(authorization.strip(" \t")[8:].lstrip(" ")))
             challenge, payload = doc["challenge"], doc["payload"]
             cid, expires, opaque = challenge["id"], challenge["expires"], challenge["opaque"]
             if not (isinstance(cid, str) and isinstance(expires, str) and isinstance(opaque, str)
