@@ -6,8 +6,8 @@ Each scenario gets a seller process of its own on 127.0.0.1, and a load generato
 process (an aiohttp client with a bounded number of connections). With two CPUs or more, the
 seller is pinned to one CPU and the load generator to another. A scenario runs a warm-up, then
 a measured window, at saturation (closed loop: every connection sends its next call as soon as
-the last one is answered). The whole run stops by itself (about 2 minutes by default, times N
-with --rounds N).
+the last one is answered). The whole run stops by itself (about 2 to 3 minutes by default, the
+scenario list times N with --rounds N).
 
 Scenarios (a "call" is what a buyer wants done once; the table shows HTTP requests/s and calls/s):
 
@@ -20,16 +20,21 @@ Scenarios (a "call" is what a buyer wants done once; the table shows HTTP reques
                           revocation and budgets, and the ledger checks the chain and budget again.
   floor-charge-sqlite     the floors of charge-sqlite and charge-sqlite-identity (benchmarks/bench_floor.py):
   floor-charge-sqlite-identity  the same buyers paying over the same wire a minimal seller that does
-                          only the unavoidable work. See "The floor" below.
+                          only the unavoidable work. See "The floors" below.
   session-voucher         a metered route (Seller.meter, SqliteSessionStore): each worker opened a session
                           during warm-up (PaymentClient with SessionPolicy); 1 call = 1 request carrying
                           a voucher, no 402 first.
+  floor-session-voucher   its floor (bench_floor.py session): the same buyers and sessions.
   trivial-method          our Seller with a trivial test method instead of the ledger (payload
                           {"token": "bench"}, settlement without I/O); the challenge is still consumed
                           exactly once in the SQLite payment store. 1 call = 2 requests.
   pympp-trivial           the PyPI `pympp` seller (in .venv-interop) with the same test method, served
                           through aiohttp, consuming each challenge once in its own SQLite replay store
                           (pympp's SQLiteStore). 1 call = 2 requests.
+  charge-pg               (PostgreSQL rows, see below) charge with payment store and ledger on PostgreSQL;
+  floor-charge-pg         its floor: bench_floor.py with its ledger behind a PostgreSQL function;
+  charge-pg-identity      the same with identity,
+  floor-charge-pg-identity  and its floor.
 
 Latency is per call (both round trips of a purchase). "ratio" is calls/s over plain's calls/s;
 "CPU ratio" is plain's seller CPU time per call over this scenario's, which does not depend on
@@ -37,9 +42,9 @@ whether the load generator kept up. Then, for charge-sqlite-identity and trivial
 latency added by payment at half of saturation: the scenario at a fixed rate of half its
 measured calls/s (open loop), minus the plain handler's p99 at that same rate.
 
-The floor. bench_floor.py is a small seller on aiohttp that speaks exactly our wire, so the
+The floors. bench_floor.py is a small seller on aiohttp that speaks exactly our wire, so the
 load generator's buyers (and mpp.aio.PaymentClient, which verifies its receipts against its JWKS:
-tests/test_bench_smoke.py) pay it unchanged. Per purchase it does only this:
+tests/test_bench_smoke.py) pay it unchanged. Per purchase (charge floors) it does only this:
   - the unpaid request: one HMAC-SHA256 for the challenge id (mpp.protocol.challenge's slots; the
     route's fixed slots hashed once), the challenge text cached for the route but for id, expires and
     the opaque nonce; a 402 with the problem document.
@@ -49,19 +54,34 @@ tests/test_bench_smoke.py) pay it unchanged. Per purchase it does only this:
     payer's ledger authorization; with identity a SECOND, the agent's proof of possession, the mandate
     chain itself verified once (mpp.identity.verify_chain; scope, currency, ceiling, approval rules
     judged for the route's one price) and then cached by its token text, only its validity window
-    checked per use; ONE SQLite statement in one transaction (autocommit, WAL, synchronous=NORMAL
-    as our ledger): an INSERT into floor_purchases keyed by the challenge id (exactly once by primary
-    key) whose triggers check both accounts and currency, that the signer (with identity: the mandate's
-    principal) owns the payer account, revocation and the mandate's budget, then post both legs (payer
-    down, payee up) and count the budget; ONE Ed25519 signature, the receipt JWS (the claims our seller
-    signs, byte-for-byte the same encoding); a 200 with Payment-Receipt.
-It does not: parse strictly (duplicate members, depth), negotiate Accept-Payment, bind bodies
+    checked per use; ONE durable write in one transaction that claims the challenge id (exactly once
+    by primary key), checks both accounts and currency, that the signer (with identity: the mandate's
+    principal) owns the payer account, revocation and the mandate's budget, then posts both legs (payer
+    down, payee up) and counts the budget -- on SQLite (floor-charge-sqlite, -identity) one INSERT
+    into floor_purchases whose triggers do the rest (autocommit, WAL, synchronous=NORMAL as our
+    ledger); on PostgreSQL (floor-charge-pg, -identity) ONE round trip, `SELECT mpp_floor.purchase(...)`,
+    a PL/pgSQL function the floor creates at startup in its own database, on an asyncpg pool whose
+    connections are released without the reset query (create_pool(reset=<no-op>)); ONE Ed25519
+    signature, the receipt JWS (the claims our seller signs, byte-for-byte the same encoding); a 200
+    with Payment-Receipt.
+Per request on a session (floor-session-voucher; the open, during warm-up, verifies the cap and voucher
+signatures and puts the cap on hold on the floor's SQLite ledger in one INSERT): the credential
+decoded with the stdlib; the session's terms cached in process (signer, cap, the voucher message's
+fixed bytes); ONE Ed25519 verify of the voucher -- every voucher, as SESSION-VOUCHER-05 requires (a
+floor skipping it would be faster, but anyone who learns a session id could spend it); ONE statement
+in one transaction, durable before the response leaves: `UPDATE floor_sessions SET spent = spent +
+cost, authorized = max(authorized, voucher), ... WHERE id = ? AND status = 'open' AND spent + cost <=
+max(authorized, voucher) RETURNING spent, authorized`; ONE Ed25519 signature, the request's receipt
+(our claims); a 200 with Payment-Receipt. The close (after the window) captures what was spent.
+The floors do not: parse strictly (duplicate members, depth), negotiate Accept-Payment, bind bodies
 (digest), replay Idempotency-Key answers or store the receipt, keep an audit log or a payment record
-with states, refund a failed handler, take approvals, chains longer than one link, sessions, price
-lists, other methods or several routes. "floor share" = ours calls/s / its floor's calls/s in the same
-run (both medians with --rounds): the fraction of the achievable rate that we reach; "CPU share" = the
-floor's seller CPU per call / ours, which does not depend on whether the load generator kept up.
-`--only charge-sqlite` (or -identity) brings its floor along.
+with states, refund a failed handler, take approvals, chains longer than one link, price lists,
+other methods or several routes; the session floor no reservation before its handler (whose use is
+known), no top-ups, in-band vouchers, streams or idle close. "floor share" = ours calls/s / its
+floor's calls/s in the same run (both medians with --rounds): the fraction of the achievable rate that
+we reach; "CPU share" = the floor's seller CPU per call / ours, which does not depend on whether the
+load generator kept up. Floor shares are reported for charge-sqlite, charge-sqlite-identity,
+session-voucher, charge-pg and charge-pg-identity; `--only NAME` brings NAME's floor along.
 
 --rounds N (default 1) runs the whole scenario list N times, interleaved: round 1 runs every
 scenario, then round 2 ..., so that drift on a shared machine falls on every row alike. Each row then
@@ -78,10 +98,11 @@ the machine ran: a window where other processes took more than 0.15 of a core is
 more (not with --quick), keeping the quieter run; the table notes the disturbed ones that remain.
 
 PostgreSQL rows: charge-pg and charge-pg-identity, whose seller keeps its payment store and its
-(embedded) ledger in PostgreSQL, an empty database each. By default the harness starts a
+(embedded) ledger in PostgreSQL, an empty database each, and their floors floor-charge-pg and
+floor-charge-pg-identity, a database each too. By default the harness starts a
 throwaway PostgreSQL for them (mpp.stores.pg.server, as `make test` does) and stops it at the end;
 `--db postgresql://...` uses that server instead (a database is created on it per row), and
-`--no-postgres` leaves the rows out.
+`--no-postgres` leaves the rows out, their floors with them.
 """
 
 from __future__ import annotations
@@ -118,13 +139,16 @@ TARGETS_TEXT = {
 }
 LATENCY_SCENARIOS = ("charge-sqlite-identity", "trivial-method")
 # our scenario -> its floor (bench_floor.py), measured in the same run: "floor share" = ours / floor calls/s
-FLOORS = {"charge-sqlite": "floor-charge-sqlite", "charge-sqlite-identity": "floor-charge-sqlite-identity"}
+FLOORS = {"charge-sqlite": "floor-charge-sqlite", "charge-sqlite-identity": "floor-charge-sqlite-identity",
+          "session-voucher": "floor-session-voucher",
+          "charge-pg": "floor-charge-pg", "charge-pg-identity": "floor-charge-pg-identity"}
+PG_NAMES = ["charge-pg", "floor-charge-pg", "charge-pg-identity", "floor-charge-pg-identity"]  # postgres_scenarios
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    seller: str  # bench_sellers.py KIND, "floor" (bench_floor.py) or "pympp"
+    seller: str  # bench_sellers.py KIND, "floor" / "floor-session" (bench_floor.py charge / session) or "pympp"
     buyer: str  # how the load generator pays: plain, ledger, identity, session, token
     summary: str
     stores: dict[str, str] = field(default_factory=dict)  # --store/--ledger/--sessions URL templates; {dir} = work dir
@@ -149,6 +173,7 @@ SCENARIOS: list[Scenario] = [
              {"ledger": _sqlite("ledger.db")}, identity=True),
     Scenario("session-voucher", "session", "session", "session voucher, SQLite",
              {"store": _sqlite("payments.db"), "ledger": _sqlite("ledger.db"), "sessions": _sqlite("sessions.db")}),
+    Scenario("floor-session-voucher", "floor-session", "session", "the floor of session-voucher", {"ledger": _sqlite("ledger.db")}),
     Scenario("trivial-method", "trivial", "token", "our seller, trivial method",
              {"store": _sqlite("payments.db")}),
     Scenario("pympp-trivial", "pympp", "token", "pympp seller, trivial method",
@@ -157,15 +182,19 @@ SCENARIOS: list[Scenario] = [
 
 
 def postgres_scenarios(server: str) -> list[Scenario]:
-    """The PostgreSQL rows: payment store and ledger in a database of their own on ``server``."""
+    """The PostgreSQL rows: payment store and ledger in a database of their own on ``server``; each
+    floor's tables and function in another."""
     from mpp.stores.pg.server import create_database
 
-    plain_db, identity_db = create_database(server), create_database(server)
+    plain_db, identity_db, floor_db, floor_identity_db = (create_database(server) for _ in range(4))
     return [
         Scenario("charge-pg", "charge", "ledger", "charge, payment store and ledger on PostgreSQL",
                  {"store": plain_db, "ledger": plain_db}, database_server=True),
+        Scenario("floor-charge-pg", "floor", "ledger", "the floor of charge-pg", {"ledger": floor_db}, database_server=True),
         Scenario("charge-pg-identity", "charge", "identity", "charge + mandate chain, PostgreSQL",
                  {"store": identity_db, "ledger": identity_db}, identity=True, database_server=True),
+        Scenario("floor-charge-pg-identity", "floor", "identity", "the floor of charge-pg-identity",
+                 {"ledger": floor_identity_db}, identity=True, database_server=True),
     ]
 
 
@@ -182,8 +211,9 @@ class SellerProcess:
         stores = {k: v.format(dir=workdir) for k, v in scenario.stores.items()}
         if scenario.seller == "pympp":
             cmd = [str(interop_python), str(HERE / "bench_pympp.py"), "--replay-db", stores["replay"]]
-        elif scenario.seller == "floor":
-            cmd = [sys.executable, str(HERE / "bench_floor.py"), "floor", "--workdir", str(workdir), "--ledger", stores["ledger"]]
+        elif scenario.seller in ("floor", "floor-session"):
+            kind = "session" if scenario.seller == "floor-session" else "charge"
+            cmd = [sys.executable, str(HERE / "bench_floor.py"), kind, "--workdir", str(workdir), "--ledger", stores["ledger"]]
             if scenario.identity:
                 cmd.append("--identity")
         else:
@@ -666,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.name for s in SCENARIOS]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run: 1 s per scenario after a 0.3 s warm-up (smoke test)")
-    parser.add_argument("--only", help=f"comma-separated scenarios to run (default: all): {', '.join(names)}, charge-pg, charge-pg-identity")
+    parser.add_argument("--only", help=f"comma-separated scenarios to run (default: all): {', '.join(names + PG_NAMES)}; "
+                                       "a scenario with a floor brings its floor along")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="write the figures here (default: %(default)s)")
     parser.add_argument("--duration", type=float, help="measured seconds per scenario (default 5; 1 with --quick)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each measurement (default 1; 0.3 with --quick)")
@@ -675,9 +706,9 @@ def main(argv: list[str] | None = None) -> int:
                                                               "every scenario, then round 2 ...); report per scenario the "
                                                               "median calls/s and min-max (default %(default)s)")
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate runs (p99 added at half saturation)")
-    parser.add_argument("--db", metavar="URL", help="run charge-pg and charge-pg-identity on this PostgreSQL server (a database "
+    parser.add_argument("--db", metavar="URL", help="run charge-pg, charge-pg-identity and their floors on this PostgreSQL server (a database "
                                                       "is created per row) instead of a throwaway one")
-    parser.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL rows")
+    parser.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL rows (their floors too)")
     parser.add_argument("--interop-python", type=Path, default=Path(os.environ.get("MPP_INTEROP_PYTHON", DEFAULT_INTEROP_PYTHON)),
                         help="python of the side environment with pympp, aiohttp and aiosqlite (default: %(default)s)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
@@ -691,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     scenarios = list(SCENARIOS)
-    pg_names = ["charge-pg", "charge-pg-identity"]
+    pg_names = PG_NAMES
     wanted = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     unknown = [n for n in (wanted or []) if n not in [s.name for s in SCENARIOS] + pg_names]
     if unknown:
@@ -804,8 +835,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, stack: conte
     print()
     _print_table(results, args.rounds)
     print()
-    print("call = what a buyer wants done once: plain = 1 HTTP request; charge-*, trivial-method, pympp-trivial = 1 purchase "
-          "= 2 HTTP requests (unpaid -> 402 with a challenge, retry with the credential -> 200 + receipt); session-voucher = "
+    print("call = what a buyer wants done once: plain = 1 HTTP request; charge-*, floor-charge-*, trivial-method, pympp-trivial "
+          "= 1 purchase = 2 HTTP requests (unpaid -> 402 with a challenge, retry with the credential -> 200 + receipt); "
+          "session-voucher and its floor = "
           "1 HTTP request carrying a voucher (sessions opened during warm-up). Latency is per call, at saturation "
           f"({args.concurrency} connections busy). ratio = calls/s / plain calls/s. CPU ratio = plain seller CPU per call / "
           "this seller CPU per call. seller/loadgen CPU = share of one core during the window. floor share = calls/s / the "
