@@ -3,6 +3,8 @@ shared by several seller processes): the rail both adapters use for an embedded 
 
 from __future__ import annotations
 
+import inspect
+import sys
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
@@ -39,22 +41,32 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         yield
         await self._ledger.close()
 
-    def book_with(self, store: Any, audit: Any) -> SqliteBook | None:
+    def book_with(self, store: Any, audit: Any) -> Any:
         """One transaction per purchase: a book when the payment store (and the audit log, if any)
-        are kept in this SQLite ledger's database (``SqlitePaymentStore.beside(ledger)``), else None."""
+        are kept in this ledger's database: SQLite (``SqlitePaymentStore.beside(ledger)``:
+        :class:`mpp.ledger.book.SqliteBook`) or PostgreSQL (the same pool or URL:
+        :class:`mpp.ledger.pg.PgPurchaseBook`, one round trip); else None."""
+        if "mpp.ledger.pg" in sys.modules:  # a PgLedger exists only once its module is imported
+            from mpp.ledger.pg import PgPurchaseBook
+
+            if PgPurchaseBook.fits(self.ledger, store, audit):
+                return PgPurchaseBook(self.ledger, store, audit)  # type: ignore[arg-type]
         audit = getattr(audit, "sync", audit)  # an AsyncSqliteAuditLog: the AuditLog it wraps
         ledger = getattr(self.ledger, "sync", self.ledger)  # an AsyncSqliteLedger: the SqliteLedger it wraps
         return SqliteBook(ledger, store, audit) if SqliteBook.fits(ledger, store, audit) else None
 
-    async def purchase(self, book: SqliteBook, purchase: Purchase) -> bool:
-        """:meth:`SqliteBook.purchase`, its refusals as the problems a buyer sees."""
+    async def purchase(self, book: Any, purchase: Purchase) -> bool:
+        """The book's ``purchase`` (awaited, for a PostgreSQL book), its refusals as the problems a buyer sees."""
         with charge_refusals():
-            return book.purchase(purchase)
+            claimed = book.purchase(purchase)
+            return await claimed if inspect.isawaitable(claimed) else claimed
 
-    async def refund_purchase(self, book: SqliteBook, challenge_id: str, why: str,
+    async def refund_purchase(self, book: Any, challenge_id: str, why: str,
                               audit: tuple[tuple[str, dict[str, Any]], ...]) -> None:
-        """:meth:`SqliteBook.refund`: a booked purchase undone in one transaction."""
-        book.refund(challenge_id, why, audit)
+        """The book's ``refund``: a booked purchase undone in one transaction."""
+        done = book.refund(challenge_id, why, audit)
+        if inspect.isawaitable(done):
+            await done
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
         auth: LedgerAuthorization = verified.proof

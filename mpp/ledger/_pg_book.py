@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 import asyncpg
 
+from mpp.ledger._pg_purchase_sql import PURCHASE_FUNCTIONS
 from mpp.ledger.core import (
     Account,
     BudgetExhausted,
@@ -257,7 +258,7 @@ class PgBook(PgStoreBase):
     """The pool a PostgreSQL ledger's facets share, and what they do inside a transaction.
     ``await book.open()`` (or first use) creates the tables and reads the ledger id."""
 
-    _SCHEMA = _SCHEMA
+    _SCHEMA = _SCHEMA + PURCHASE_FUNCTIONS  # a purchase in one call (mpp.ledger.pg.PgPurchaseBook)
     _LOCK_NAME = "mpp.ledger.schema"
 
     def __init__(self, pool: asyncpg.Pool | str, **kwargs: Any) -> None:

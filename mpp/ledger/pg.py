@@ -23,15 +23,20 @@ are BIGINT base units; times are kept to the second in UTC and reported as RFC 3
 SQLite ledger reports them. Tables are prefixed ``ledger_``, so a ledger may share a database
 with the seller's stores.
 
+A seller whose payment store and audit log share the ledger's database books each purchase in
+one round trip through :class:`PgPurchaseBook` (the server-side function it calls takes the same
+locks in the same order).
+
 The money is :class:`PgLedger`; who may spend is ``ledger.keys`` and sessions held on the ledger
 ``ledger.sessions`` (:mod:`mpp.ledger.pg_facets`); all three share one :class:`mpp.ledger._pg_book.PgBook`.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Sequence
 
 import asyncpg
 
@@ -49,10 +54,17 @@ from mpp.ledger._pg_book import (
     now,
     row_transfer,
 )
+from mpp.ledger._pg_purchase_sql import CHAIN_BROKEN, PURCHASE, REFUND, REFUSED
+from mpp.ledger.book import Purchase
 from mpp.ledger.core import (
     Account,
+    BudgetExhausted,
     InsufficientFunds,
+    LedgerError,
+    MandateRequired,
     MandateCharge,
+    MandateRevokedError,
+    OverMandate,
     Transfer,
     TransferConflict,
     UnauthorizedSigner,
@@ -64,8 +76,12 @@ from mpp.ledger.core import (
     second_ceiling,
 )
 from mpp.ledger.pg_facets import PgKeys, PgSessions
+from mpp.stores.audit import prepare_entry, tail_problem
+from mpp.stores.pg._base import PgStoreBase, same_database
+from mpp.stores.pg.audit import PgAuditLog
+from mpp.stores.pg.payments import PgPaymentStore
 
-__all__ = ["PgLedger"]
+__all__ = ["PgLedger", "PgPurchaseBook"]
 
 
 class PgLedger:
@@ -93,6 +109,11 @@ class PgLedger:
 
     async def pool(self) -> asyncpg.Pool:
         return await self._book.pool()
+
+    def same_database(self, store: Any) -> bool:
+        """Whether a PostgreSQL store (mpp.stores.pg) is kept in this ledger's database: built on
+        the same pool or from the same URL (mpp.stores.pg._base.same_database)."""
+        return isinstance(store, PgStoreBase) and same_database(self._book, store)
 
     async def close(self) -> None:
         await self._book.close()
@@ -298,3 +319,144 @@ class PgLedger:
                     "GROUP BY jti, period HAVING SUM(t) != SUM(s) ORDER BY jti, period"):
                 problems.append(f"mandate {jti} running total {total} for {period} != its spend rows {counted}")
         return problems
+
+
+# -- one purchase, one round trip (issue 16, CORE-ONCE-10) ---------------------------------------
+
+_CALL_PURCHASE = f"SELECT o_status, o_detail FROM {PURCHASE}({', '.join(f'${i}' for i in range(1, 23))})"
+_CALL_REFUND = f"SELECT o_status FROM {REFUND}($1, $2, $3, $4, $5, $6)"
+
+_REFUSALS: dict[str, type[LedgerError]] = {cls.__name__: cls for cls in (
+    UnknownAccount, UnauthorizedSigner, MandateRequired, TransferConflict, OverMandate, MandateRevokedError,
+    InsufficientFunds, BudgetExhausted)}
+_MONEY = ("InsufficientFunds", "BudgetExhausted")
+
+# Transient refusals of the database itself: the call (one transaction) is made again.
+_RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
+_ATTEMPTS = 5
+
+Entries = Sequence[tuple[str, dict[str, Any]]]
+
+
+class PgPurchaseBook:
+    """One purchase, one round trip: a seller whose payment store (:class:`mpp.stores.pg.PgPaymentStore`)
+    and audit log (:class:`mpp.stores.pg.PgAuditLog`, or none) are kept in its PgLedger's own
+    database claims the challenge, moves the money,
+    counts the mandate budgets (the ledger's and its own share), marks the approval used, records the
+    payment with its signed receipt and appends its audit entries in one call of the ledger's
+    server-side function ``ledger_purchase_v1`` (:mod:`mpp.ledger._pg_purchase_sql`, installed by the
+    ledger's schema migration): one statement, so one transaction, on a pooled connection released
+    without a reset query (:func:`mpp.stores.pg._base.release_as_is`).
+
+    It does what :class:`mpp.ledger.book.SqliteBook` does, with the same outcomes: False when the
+    challenge was claimed before (nothing written); a refusal for who pays rolls everything back (the
+    challenge stays unconsumed); a refusal for money commits the record ``failed`` and raises the
+    LedgerError with ``consumed = True``. The mandate chain is not verified again in there: the seller
+    verified it in this process and passes its DIDs and links (:class:`mpp.ledger.book.VerifiedMandate`);
+    the function checks what only the ledger knows (owner, denied keys, revocations, balance, budgets)
+    under the ledger's locks, in the ledger's order (:mod:`mpp.ledger.pg`), so budgets hold across
+    sellers and a challenge pays once across processes.
+
+    Which stores are "in the ledger's database" is decided before anything is open
+    (:meth:`PgPurchaseBook.fits`): built on the one asyncpg pool, or from the same ``postgresql://``
+    URL text. Anything else (another database, or the same one spelt another way) keeps the
+    several-step path, which is correct, only slower.
+    """
+
+    def __init__(self, ledger: PgLedger, payments: PgPaymentStore, audit: PgAuditLog | None = None) -> None:
+        if not self.fits(ledger, payments, audit):
+            raise ValueError("the payment store and the audit log must be kept in the ledger's database "
+                             "(the same pool, or the same postgresql:// URL)")
+        self._ledger, self._payments, self._audit = ledger, payments, audit
+        self.audit = audit is not None
+        self._opened = False
+
+    @staticmethod
+    def fits(ledger: Any, payments: Any, audit: Any) -> bool:
+        """Whether these three can be one book: a PgLedger, a PgPaymentStore and a PgAuditLog (or
+        none) in one database (see the class docstring)."""
+        return (isinstance(ledger, PgLedger) and isinstance(payments, PgPaymentStore) and ledger.same_database(payments)
+                and (audit is None or (isinstance(audit, PgAuditLog) and ledger.same_database(audit))))
+
+    async def purchase(self, p: Purchase) -> bool:
+        """Claim, pay and record ``p`` in one call. False if the challenge was claimed before
+        (nothing written); a LedgerError if the ledger refuses, with ``consumed = True`` set on it
+        when the refusal is for money and the challenge stays used (its record ``failed``)."""
+        if not isinstance(p.amount, int) or isinstance(p.amount, bool) or p.amount <= 0:
+            raise ValueError("amount must be a positive integer in base units")
+        kinds, stamps, texts = self._entries(p.audit)
+        mandate = p.mandate
+        links = mandate.links if mandate is not None else ()
+        status, detail = await self._call(
+            _CALL_PURCHASE, p.challenge_id, p.resource, p.idempotency_key, p.payer, p.payee, p.amount, p.currency, p.signer,
+            _when(p.settled_at), p.receipt, lock_key("transfer", p.challenge_id),
+            list(mandate.dids) if mandate is not None else None,
+            [link.key for link in links], [link.period for link in links], [link.budget for link in links],
+            [link.currency for link in links], [link.ceiling for link in links],
+            [lock_key("link", f"{link.key}\n{link.period}") for link in links],  # as PgBook.spend_budgets locks them
+            p.approval, kinds, stamps, texts,
+        )
+        if status == "settled":
+            return True
+        if status == "claimed":
+            return False
+        if status not in _MONEY:
+            raise AssertionError(f"{PURCHASE} answered {status!r}")
+        error = _REFUSALS[status](detail)
+        error.consumed = True  # type: ignore[attr-defined]  # the payer was accepted: it has shown who it is
+        raise error
+
+    async def refund(self, challenge_id: str, why: str, audit: Entries = ()) -> None:
+        """Undo a purchase the seller could not deliver, in one call: the money back
+        (``refund:<id>``), the mandate budgets given back at the ledger and the seller, the record
+        ``refunded``, the audit entries appended. Idempotent: a purchase refunded already is left alone."""
+        kinds, stamps, texts = self._entries(audit)
+        await self._call(_CALL_REFUND, challenge_id, why, now(), kinds, stamps, texts)
+
+    def _entries(self, entries: Entries) -> tuple[list[str], list[str], list[str]]:
+        """The audit entries as the function appends them: kind, timestamp and data as RFC 8785
+        text (what the hash is computed over: mpp.stores.audit.prepare_entry)."""
+        kinds: list[str] = []
+        stamps: list[str] = []
+        texts: list[str] = []
+        if self.audit:
+            for kind, data in entries:
+                ts, stored, _ = prepare_entry(kind, data)
+                kinds.append(kind)
+                stamps.append(ts)
+                texts.append(stored)
+        return kinds, stamps, texts
+
+    async def _call(self, query: str, *args: Any) -> asyncpg.Record:
+        if not self._opened:  # the stores' tables made (each open is idempotent)
+            await self._payments.open()
+            if self._audit is not None:
+                await self._audit.open()
+            self._opened = True
+        pool = await self._ledger.pool()
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await pool.fetchrow(query, *args)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate == REFUSED:
+                    raise _refusal(exc) from None
+                if exc.sqlstate == CHAIN_BROKEN:
+                    last_seq, last_hash, head_seq, head_hash = json.loads(getattr(exc, "detail", None) or "[]")
+                    raise tail_problem(None if last_seq is None else (last_seq, last_hash),
+                                       None if head_seq is None else (head_seq, head_hash)) from None
+                if not isinstance(exc, _RETRY) or attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _refusal(exc: asyncpg.PostgresError) -> LedgerError:
+    kind, _, rule = (getattr(exc, "hint", None) or "").partition(":")
+    detail = getattr(exc, "message", None) or str(exc)
+    if kind == "OverMandate":
+        return OverMandate(detail, rule=rule or "ceiling")
+    return _REFUSALS.get(kind, LedgerError)(detail)
+
+
+def _when(rfc3339: str) -> datetime:
+    """The receipt's time (RFC 3339 to the second, UTC) as the transfer's and the record's."""
+    return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["PgStoreBase", "is_postgres_url", "create_pool", "rows_changed", "stamp"]
+__all__ = ["PgStoreBase", "is_postgres_url", "create_pool", "release_as_is", "rows_changed", "same_database", "stamp"]
 
 
 def is_postgres_url(location: str) -> bool:
@@ -17,7 +17,20 @@ def is_postgres_url(location: str) -> bool:
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    """An asyncpg pool. ``reset=release_as_is`` for a pool only these stores use (see there)."""
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, **kwargs)
+
+
+async def release_as_is(conn: asyncpg.Connection) -> None:
+    """A pool's ``reset``: a connection goes back to the pool without asyncpg's reset query
+    (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), one round trip less per
+    acquire. asyncpg still rolls back a transaction left open and drops listeners before calling
+    this. Safe only for a pool whose users leave no session state on a connection, as the stores
+    and the ledger here do: every lock they take is transaction-scoped (``pg_advisory_xact_lock``,
+    row and table locks), every cursor lives inside a transaction, and none of them LISTENs, SETs
+    a setting or makes a temporary table or prepared statement by SQL. A pool the caller passes
+    in is used as the caller made it."""
+    return None
 
 
 def rows_changed(status: str) -> int:
@@ -31,6 +44,15 @@ def stamp(when: datetime) -> datetime:
     if when.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     return when.astimezone(timezone.utc).replace(microsecond=0)
+
+
+def same_database(one: "PgStoreBase", other: "PgStoreBase") -> bool:
+    """Whether two stores are kept in one database, as far as can be told before either is open:
+    both built on the one pool, or from the same URL text (two spellings of one database count as
+    two: what shares a database is configured with one URL)."""
+    if one._url is not None:
+        return one._url == other._url
+    return one._pool is not None and one._pool is other._pool
 
 
 class PgStoreBase:
@@ -70,7 +92,8 @@ class PgStoreBase:
             if not self._ready:
                 if self._pool is None:
                     assert self._url is not None
-                    self._pool = await create_pool(self._url, min_size=self._pool_size[0], max_size=self._pool_size[1])
+                    self._pool = await create_pool(self._url, min_size=self._pool_size[0], max_size=self._pool_size[1],
+                                                   reset=release_as_is)  # ours alone: no session state is left on it
                 async with self._pool.acquire() as conn, conn.transaction():
                     # Several processes may start at once: CREATE TABLE IF NOT EXISTS is not safe
                     # against itself in PostgreSQL, so schema creation takes turns.
