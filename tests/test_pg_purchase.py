@@ -31,11 +31,10 @@ from _identity_support import (FUNDS, PAYEE, PAYER, PLAIN_PAYER, REALM, World, c
 from _pg_wire import WireCounter
 
 # Round trips one purchase makes, counted on the wire once the pools' connections have prepared
-# their statements. A plain charge: the one call. A charge with identity: the one call, and the
-# read of this seller's own share of each mandate budget that the policy decision needs before
-# anything is consumed (mpp.engine.mandates.check_charge_identity: store.mandate_spent).
+# their statements: the one call, identity or not (the seller's own share of each mandate budget
+# is checked in the call, after revocation: mpp.engine.mandates.check_charge_identity).
 CHARGE_ROUND_TRIPS = 1
-IDENTITY_ROUND_TRIPS = 2
+IDENTITY_ROUND_TRIPS = 1
 
 
 @dataclass
@@ -146,9 +145,8 @@ async def test_a_charge_is_one_round_trip(pg_url):
 
 
 async def test_a_charge_with_identity_is_one_call(pg_url):
-    """CORE-ONCE-10, IDENT-BUD-05: chain ownership, revocation and both budgets counted in the one
-    call, the policy decision appended in it; the only other round trip is the read of this
-    seller's own share the policy decision is made on, before anything is consumed."""
+    """CORE-ONCE-10, IDENT-BUD-04, IDENT-BUD-05: chain ownership, revocation and both budgets
+    checked and counted in the one call, the policy decision appended in it."""
     async with pg_world(pg_url) as pw:
         await identity_trips(pw, 2)
         assert await identity_trips(pw) == [IDENTITY_ROUND_TRIPS] * 3
@@ -163,6 +161,28 @@ async def test_a_charge_with_identity_is_one_call(pg_url):
         assert await pool.fetchval("SELECT SUM(spent) FROM mandate_totals") == 500
         assert await pool.fetchval("SELECT COUNT(*) FROM mandate_spend") == 5
         assert await pw.store.mandate_spent({key: "total"}) == {key: 0}  # each mandate() is a new link
+        assert await pw.ledger.check() == []
+
+
+async def test_the_sellers_budget_share_in_the_call(pg_url):
+    """IDENT-BUD-04, IDENT-POL-01, IDENT-POL-02: the seller's own share of a budget is checked in the
+    call; a purchase over it is refused budget-exceeded with nothing consumed or moved; over budget
+    and above the approval threshold at once is refused for the budget, which comes first."""
+    async with pg_world(pg_url) as pw:
+        chain = [mandate(pw.w.P, pw.w.A, budget_amount=150)]
+        quote = await pw.w.quote("/thing", pw.w.A)
+        status, _, _ = await pw.w.send("/thing", credential(quote, chain, pw.w.A))
+        assert status == 200
+        quote = await pw.w.quote("/thing", pw.w.A)
+        before = await pw.balances()
+        status, doc, _ = await pw.w.send("/thing", credential(quote, chain, pw.w.A))
+        assert status == 403 and doc["type"].endswith("budget-exceeded") and "at this seller" in doc["detail"], doc
+        assert await pw.store.get(quote.challenge.id) is None and await pw.balances() == before
+        tight = [mandate(pw.w.P, pw.w.A, budget_amount=50, approval_threshold=10)]
+        quote = await pw.w.quote("/thing", pw.w.A)
+        status, doc, _ = await pw.w.send("/thing", credential(quote, tight, pw.w.A))
+        assert status == 403 and doc["type"].endswith("budget-exceeded"), doc
+        assert await pw.store.get(quote.challenge.id) is None and await pw.balances() == before
         assert await pw.ledger.check() == []
 
 
@@ -393,7 +413,15 @@ async def test_the_function_refuses_as_the_sqlite_book_does(pg_url):
         assert await pw.balances() == before
 
         assert await book.purchase(purchase("c-ok", **under, mandate=chain(P.did, A.did)))
-        with pytest.raises(BudgetExhausted) as refused:  # 7 of 10 spent: 7 more is over
+        with pytest.raises(OverMandate) as share:  # 7 of 10 spent at this seller: 7 more is over its share
+            await book.purchase(purchase("c-over", **under, mandate=chain(P.did, A.did)))
+        assert share.value.rule == "budget" and not getattr(share.value, "consumed", False)
+        assert await pw.store.get("c-over") is None
+        # the ledger's count is across sellers: with this seller's share forgotten (as if another
+        # seller had spent the 7), the ledger refuses, and that refusal is for money
+        await pool.execute("DELETE FROM mandate_spend")
+        await pool.execute("DELETE FROM mandate_totals")
+        with pytest.raises(BudgetExhausted) as refused:
             await book.purchase(purchase("c-over", **under, mandate=chain(P.did, A.did)))
         await ledger.create_account("acct:poor", "usd")
         with pytest.raises(InsufficientFunds) as poor:
@@ -402,7 +430,7 @@ async def test_the_function_refuses_as_the_sqlite_book_does(pg_url):
             record = await pw.store.get(cid)
             assert exc.consumed and record is not None and record.state == "failed" and record.receipt is None, cid
         assert await ledger.keys.mandate_spent("k-1", "total") == 7
-        assert await pw.store.mandate_spent({"k-1": "total"}) == {"k-1": 7}
+        assert await pw.store.mandate_spent({"k-1": "total"}) == {"k-1": 0}
         assert await ledger.check() == []
 
 

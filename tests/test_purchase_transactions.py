@@ -179,6 +179,42 @@ async def test_refusals_in_the_book(tmp_path):
         await close(w)
 
 
+async def test_the_sellers_budget_share_in_the_book(tmp_path):
+    """IDENT-BUD-04, IDENT-POL-01, IDENT-POL-02: the seller's own share of a budget is checked inside
+    the purchase's transaction (no read before it); a purchase over it is refused budget-exceeded
+    with nothing consumed or moved. A quote that is both over budget and above the approval
+    threshold is refused for the budget, which comes first."""
+    w, trace, seller = await world(tmp_path)
+    try:
+        chain = [mandate(w.P, w.A, budget_amount=150)]
+        quote = await w.quote("/thing", w.A)
+        trace.take()
+        status, _, _ = await w.send("/thing", credential(quote, chain, w.A))
+        assert status == 200
+        lines = trace.take()
+        begin = next(i for i, line in enumerate(lines) if line.upper().startswith("BEGIN IMMEDIATE"))
+        assert begin == 0 and any("seller_mandate_totals" in line for line in lines[1:]), lines
+        quote = await w.quote("/thing", w.A)
+        before = w.snapshot()
+        status, doc, _ = await w.send("/thing", credential(quote, chain, w.A))
+        assert status == 403 and doc["type"].endswith("budget-exceeded"), doc
+        assert doc.get("rule") == "budget" and "at this seller" in doc["detail"] and doc.get("mandate"), doc
+        assert await seller.store.get(quote.challenge.id) is None and w.snapshot() == before
+        assert [e.kind for e in AuditLog.beside(w.ledger).entries()][-1] == "refusal"
+
+        tight = [mandate(w.P, w.A, budget_amount=50, approval_threshold=10)]
+        quote = await w.quote("/thing", w.A)
+        status, doc, _ = await w.send("/thing", credential(quote, tight, w.A))
+        assert status == 403 and doc["type"].endswith("budget-exceeded"), doc
+        assert await seller.store.get(quote.challenge.id) is None and w.snapshot() == before
+        roomy = [mandate(w.P, w.A, approval_threshold=10)]
+        status, doc, _ = await w.send("/thing", credential(quote, roomy, w.A))
+        assert doc["type"].endswith("approval-required"), doc
+        assert w.ledger.check() == []
+    finally:
+        await close(w)
+
+
 async def test_exactly_once_in_the_book(tmp_path):
     """CORE-ONCE-01/02: the same credential sent ten times at once pays once."""
     w, trace, seller = await world(tmp_path, audit=False)

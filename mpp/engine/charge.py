@@ -20,6 +20,7 @@ from mpp.engine.mandates import check_charge_identity
 from mpp.engine.offers import OfferDesk
 from mpp.engine.purchase import Context, IdentityContext, Payment
 from mpp.engine.quotes import QuotedTerms, quoted_terms
+from mpp.identity import BudgetExceeded
 from mpp.engine.rails import PaymentRail, Settlement
 from mpp.ledger.book import MandateLink, Purchase, VerifiedMandate
 from mpp.pricing import Route
@@ -161,6 +162,9 @@ class ChargeStep:
         try:
             claimed = await rail.purchase(book, purchase)
         except PaymentProblem as problem:
+            if identity is not None and isinstance(problem, BudgetExceeded):  # the members the policy's own refusal has
+                problem.extensions.setdefault("challengeId", cid)
+                problem.extensions.setdefault("mandate", identity.chain.leaf.jti)
             if not getattr(problem.__cause__, "consumed", False):  # refused for who pays: nothing consumed (LEDGER-ACCT-05)
                 await engine.refused(problem, info, now, cid, agent=verified.credential.source)
                 return engine.problem(problem, quoting, info, now)

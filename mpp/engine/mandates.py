@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mpp.engine.attribution import mark_attributed
 from mpp.engine.core import SessionCall, Verified
 from mpp.engine.purchase import IdentityContext
-from mpp.identity import ApprovalInvalid, MandateRevoked, evaluate_policy, period_key, verify_approval, verify_identity
+from mpp.identity import ApprovalInvalid, ApprovalRequired, MandateRevoked, evaluate_policy, period_key, verify_approval, verify_identity
 from mpp.ledger import MandateCharge
 from mpp.pricing import check_offer_allowed, quoted_offer
 from mpp.protocol.models import ChargeRequest
@@ -25,8 +25,9 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
     is consumed, so a buyer told to get an approval can come back with the same challenge.
 
     ``in_book``: the purchase will commit in one transaction on the ledger's database
-    (mpp.ledger.book), which checks revocation itself and appends the policy decision to the audit
-    log: neither is done here, so nothing is read or written twice."""
+    (mpp.ledger.book), which checks revocation and (with no session store, whose holds count too)
+    this seller's share of each budget itself, and appends the policy decision to the audit log:
+    none of that is done here, so nothing is read or written twice."""
     config = engine.config
     rail = engine.rails[verified.credential.challenge.method]
     vid = verify_identity(verified.credential, verified.request, payment_signer=getattr(verified.proof, "signer", None),
@@ -43,12 +44,21 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
                                    request=verified.request, now=now)
         if await config.store.approval_used(f"{approval.iss}#{approval.jti}"):
             raise ApprovalInvalid("approval has already been used")
-    spent = await config.store.mandate_spent(periods)
-    if engine.config.session_store is not None:  # what this seller's sessions under each link hold or took counts too
-        held = await engine.config.session_store.mandates.held(periods)
-        spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
     challenge = verified.credential.challenge
-    decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent=spent, approval=approval)
+    if in_book and config.session_store is None:
+        # IDENT-BUD-04 inside the book's transaction, after revocation (mpp.ledger.book): nothing read
+        # here first, unless the policy would ask for an approval, which a budget refusal comes before
+        try:
+            decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent={}, approval=approval)
+        except ApprovalRequired:
+            decision = evaluate_policy(chain, challenge, verified.request, verified.resource,
+                                       spent=await config.store.mandate_spent(periods), approval=approval)
+    else:
+        spent = await config.store.mandate_spent(periods)
+        if config.session_store is not None:  # what this seller's sessions under each link hold or took counts too
+            held = await config.session_store.mandates.held(periods)
+            spent = {key: spent.get(key, 0) + held.get(key, 0) for key in periods}
+        decision = evaluate_policy(chain, challenge, verified.request, verified.resource, spent=spent, approval=approval)
     # PRICE-MDT-02: the offer quoted, judged as the buyer judges it, before the challenge is consumed
     check_offer_allowed(quoted_offer(challenge.request_json, challenge.intent), chain.restrictions)
     entry = dict(decision=decision.decision, reason=decision.reason, challengeId=verified.challenge_id, agent=chain.agent,

@@ -17,7 +17,8 @@ with audit entries) the audit log's head table. Each statement of a function see
 committed before it ran (READ COMMITTED), so what is read after a lock is what the lock protects.
 
 A refusal for who pays raises SQLSTATE ``MPP00`` (message: the detail; hint: the LedgerError's
-class name, ``OverMandate:currency`` for a currency refusal), which rolls back the whole call, the
+class name, ``OverMandate:currency`` for a currency refusal, ``OverMandate:budget`` for the
+seller's own share of a budget), which rolls back the whole call, the
 claim included. A refusal for money is returned (``o_status``: the class name) with the payment
 recorded ``failed`` and committed. A broken audit chain raises ``MPP01`` (detail: the tail and
 head as a JSON array).
@@ -163,6 +164,14 @@ BEGIN
         IF EXISTS (SELECT 1 FROM ledger_revocations WHERE jti = ANY (p_keys)) THEN
             PERFORM ledger_refuse_v1('MandateRevokedError', 'a mandate in the chain has been revoked');
         END IF;
+        FOR i IN 1 .. v_links LOOP  -- the seller's own share (IDENT-BUD-04), after revocation (IDENT-POL-01)
+            SELECT spent INTO v_spent FROM mandate_totals WHERE jti = p_keys[i] AND period = p_periods[i];
+            IF coalesce(v_spent, 0) + p_amount > p_budgets[i] THEN
+                PERFORM ledger_refuse_v1('OverMandate:budget',
+                                         format('budget of mandate %s (%s for %s) would be exceeded at this seller',
+                                                p_keys[i], p_budgets[i], p_periods[i]));
+            END IF;
+        END LOOP;
     END IF;
 
     -- 3. money: the balance (its row locked), then each link's running total under the link's lock.

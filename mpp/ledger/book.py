@@ -7,9 +7,11 @@ IMMEDIATE`` ... ``COMMIT`` (spec/core.md, CORE-ONCE-10).
 The seller has verified the mandate chain (signatures, expiry, trust) in this process before it
 calls :meth:`SqliteBook.purchase`; the transaction checks what only the ledger knows, once:
 that the chain's principal owns the payer account and no key in it is denied, that no link is
-revoked, the balance and every link's budget. A refusal for who is paying (LEDGER-ACCT-05) or a
+revoked, this seller's own share of every link's budget (IDENT-BUD-04), the balance and every
+link's budget across sellers. A refusal for who is paying (LEDGER-ACCT-05) or a
 revocation rolls everything back, so the challenge stays unconsumed and the buyer can put it
-right and retry it; a refusal for money (balance, budget) keeps the challenge consumed, its
+right and retry it (the seller's share of a budget refused, too: a policy refusal, IDENT-POL-02);
+a refusal for money (balance, budget) keeps the challenge consumed, its
 record ``failed`` (IDENT-ERR-03), in the same transaction.
 """
 
@@ -203,6 +205,11 @@ class SqliteBook:
         keys = [link.key for link in mandate.links]
         if c.execute(f"SELECT 1 FROM revocations WHERE jti IN ({','.join('?' * len(keys))})", keys).fetchone() is not None:
             raise MandateRevokedError("a mandate in the chain has been revoked")
+        for link in mandate.links:  # this seller's own share (IDENT-BUD-04), after revocation as IDENT-POL-01 orders
+            row = c.execute("SELECT spent FROM seller_mandate_totals WHERE jti=? AND period=?", (link.key, link.period)).fetchone()
+            if (row[0] if row else 0) + p.amount > link.budget:
+                raise OverMandate(f"budget of mandate {link.key} ({link.budget} for {link.period}) would be exceeded "
+                                  "at this seller", rule="budget")
         return mandate.links, accounts[p.payer]
 
     @staticmethod

@@ -72,11 +72,12 @@ class MandateRequired(UnauthorizedSigner):
 
 class OverMandate(LedgerError):
     """The transfer is outside what the mandate chain itself allows: an amount above a link's
-    ceiling, or a currency other than the mandate's (LEDGER-ACCT-07). ``rule`` says which."""
+    ceiling, or a currency other than the mandate's (LEDGER-ACCT-07); or, in a seller's book
+    (mpp.ledger.book), the seller's own share of a link's budget (IDENT-BUD-04). ``rule`` says which."""
 
     def __init__(self, detail: str = "", rule: str = "ceiling") -> None:
         super().__init__(detail)
-        self.rule = rule if rule in ("ceiling", "currency") else "ceiling"
+        self.rule = rule if rule in ("ceiling", "currency", "budget") else "ceiling"
 
 
 class MandateRevokedError(LedgerError):

@@ -35,6 +35,8 @@ def charge_refusals() -> Iterator[None]:
     except MandateRequiredError as exc:
         raise MandateRequired(f"the ledger refuses: {exc}") from exc
     except OverMandate as exc:
+        if exc.rule == "budget":  # the seller's own share, checked in its book (mpp.ledger.book)
+            raise BudgetExceeded(str(exc), rule="budget") from exc
         problem = CurrencyNotAllowed if exc.rule == "currency" else OverCeiling
         raise problem(f"the ledger refuses: {exc}", rule=exc.rule) from exc
     except MandateRevokedError as exc:
