@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 INTEROP_STAMP := $(INTEROP_VENV)/.installed
 CHROMIUM_STAMP := $(VENV)/.chromium
 POSTGRES_STAMP := $(VENV)/.postgres
+# the interoperability environment plus what the pympp benchmark peer needs (benchmarks/bench_pympp.py)
+BENCH_STAMP := $(INTEROP_VENV)/.bench
 
 .PHONY: demo test test-fast interop-env clean bench bench-session
 
@@ -41,7 +43,7 @@ demo: $(STAMP)
 # waits on seller processes, servers and expiring challenges, so two workers halve the wall time.
 PYTEST_WORKERS := -n auto --dist loadfile
 
-test: $(STAMP) $(INTEROP_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
+test: $(STAMP) $(INTEROP_STAMP) $(BENCH_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_WORKERS)
 
 # Everything but the interoperability tests (no side environment needed).
@@ -51,7 +53,6 @@ test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
 # Throughput and latency side by side (issue 6): table on stdout, benchmarks/results.json (~2 min);
 # the PostgreSQL rows run on a throwaway PostgreSQL the harness starts and stops itself.
 # The pympp peer runs in the interoperability environment, with aiohttp added to it.
-BENCH_STAMP := $(INTEROP_VENV)/.bench
 $(BENCH_STAMP): benchmarks/pympp-requirements.txt | $(INTEROP_STAMP)
 	$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r benchmarks/pympp-requirements.txt
 	touch $@

@@ -633,7 +633,7 @@ def check_interop(python: Path) -> str | None:
             f"`{python.parent / 'pip'} install -r benchmarks/pympp-requirements.txt`")
     if not python.exists():
         return f"no {python}; {hint}"
-    probe = subprocess.run([str(python), "-c", "import aiohttp, aiosqlite, mpp.server, mpp.connect.sqlite"],
+    probe = subprocess.run([str(python), "-c", "import aiohttp, aiosqlite, mpp.server, mpp.stores.sqlite"],
                            capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),  # never beside our own `mpp`
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if probe.returncode != 0:

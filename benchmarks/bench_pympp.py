@@ -35,11 +35,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from mpp import Receipt
-from mpp.protocol.errors import VerificationFailedError
+from mpp.errors import VerificationFailedError
 from mpp.methods import Method
 from mpp.server import Mpp, ServerMethod, VerifyContext
 from mpp.server.http import PaymentRequired, Request, Response
-from mpp.connect.sqlite import SQLiteStore
+from mpp.stores.sqlite import SQLiteStore  # pympp's module (this runs in .venv-interop), not ours
 
 TOKEN = "bench"
 BODY = {"ok": True, "item": "forecast", "sky": "clear"}

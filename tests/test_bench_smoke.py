@@ -295,3 +295,23 @@ def test_bench_session_and_postgres_floors(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )
     assert refused.returncode == 2 and "--no-postgres leaves out" in refused.stderr and "floor-charge-pg" in refused.stderr
+
+
+@pytest.mark.interop
+def test_bench_pympp_peer_runs(tmp_path: Path) -> None:
+    """The pympp peer row (benchmarks/bench_pympp.py in the interop environment, where `mpp` is pympp)
+    is measured, not reported NOT RUN: its imports name pympp's modules, never ours."""
+    import os
+
+    python = os.environ.get("MPP_INTEROP_PYTHON")
+    assert python, "MPP_INTEROP_PYTHON is not set to the interop environment's python: run `make test`"
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--no-latency", "--only", "pympp-trivial",
+         "--interop-python", python, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = json.loads(out.read_text())["scenarios"]["pympp-trivial"]
+    assert "error" not in row, row
+    assert _number(row["calls_per_s"]) and row["calls_per_s"] > 0 and row["failed"] == 0, row

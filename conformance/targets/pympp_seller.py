@@ -17,7 +17,7 @@ methods: the store given to ``Mpp(store=...)`` goes to each method that has none
 docstring); pympp's own Tempo and EVM charges work so, and fall back to an in-process
 ``MemoryStore`` when given none. The README tells sellers to keep one atomic replay store shared
 by all their workers and replicas; this target is one process, so the store is pympp's
-``mpp.stores.choose.MemoryStore`` (its in-memory backend for development and testing; ``SQLiteStore``
+``mpp.stores.MemoryStore`` (its in-memory backend for development and testing; ``SQLiteStore``
 and ``RedisStore`` are the production ones). Like the built-in methods, the test method claims a
 key with ``put_if_absent`` before it answers success and raises pympp's
 ``CredentialReplayedError`` when the key is taken. The key is the challenge id: the payload is
@@ -51,11 +51,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mpp import Credential, Receipt
-from mpp.protocol.errors import CredentialReplayedError, VerificationFailedError
+from mpp.errors import CredentialReplayedError, VerificationFailedError
 from mpp.methods import Method
 from mpp.server import Mpp, ServerMethod, VerifyContext, pay
-from mpp.stores.payments import Store
-from mpp.stores.choose import MemoryStore
+from mpp.store import Store
+from mpp.stores import MemoryStore
 
 ACCEPTED_PAYLOAD = {"token": "conformance"}
 

@@ -654,7 +654,7 @@ def render(states: list[TargetState], total_seconds: float | None, generated: st
         "- **pympp**: a Starlette app whose routes are decorated with pympp's `mpp.server.pay`",
         "  (its framework integration), served by uvicorn; the POST routes bind the request body",
         "  with pympp's `body` route option. Source: [targets/pympp_seller.py](targets/pympp_seller.py).",
-        "  *Replay store:* `Mpp(..., store=MemoryStore())` with `mpp.stores.choose.MemoryStore`. In pympp",
+        "  *Replay store:* `Mpp(..., store=MemoryStore())` with `mpp.stores.MemoryStore`. In pympp",
         "  a replay store is used by methods, not by the server core: `Mpp`'s docstring says the",
         "  `store` argument is handed to every configured method that has no store of its own, and",
         "  `ServerMethod`'s docstring names the `use_store` hook through which a method takes it",
