@@ -63,8 +63,8 @@ def test_bench_floor_rows_and_rounds(tmp_path: Path) -> None:
     along, and --rounds interleaves the rounds and reports medians with their range and the floor share."""
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--rounds", "2", "--duration", "0.5",
-         "--warmup", "0.2", "--no-latency", "--no-postgres", "--only", "charge-sqlite-identity,floor-charge-sqlite",
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--rounds", "2", "--duration", "1.0",
+         "--warmup", "0.5", "--no-latency", "--no-postgres", "--only", "charge-sqlite-identity,floor-charge-sqlite",
          "--json", str(out)],
         capture_output=True, text=True, timeout=180, cwd=REPO,
     )
@@ -264,7 +264,7 @@ def test_bench_session_and_postgres_floors(tmp_path: Path) -> None:
     --no-postgres leaves the PostgreSQL floors out too."""
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--duration", "0.5", "--warmup", "0.3",
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--duration", "1.0", "--warmup", "0.5",
          "--no-latency", "--only", "session-voucher,floor-charge-pg,floor-charge-pg-identity", "--json", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO,
     )
