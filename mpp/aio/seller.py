@@ -20,6 +20,8 @@ seat-covered routes are served to a valid grant and proof without payment.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -27,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from mpp.engine.attribution import start_request
+from mpp.engine import guard
 from mpp.engine.config import price_of
 from mpp.engine.front import SellerFront
 from mpp.engine.http import HttpRequest, HttpResponse, Served
@@ -55,7 +58,7 @@ class Seller(SellerFront):
     def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler,
                   price: Price | Metered | None) -> web.AbstractRoute:
         """Route-table style: register a route and its price (``None`` for a free route)."""
-        route = router.add_route(method, path, handler)
+        route = router.add_route(method, path, self._guard(handler) if price is not None else handler)
         if price is not None:
             self._route_prices[id(route)] = price
         return route
@@ -71,6 +74,22 @@ class Seller(SellerFront):
             price = self._route_prices.get(id(route)) or price_of(route.handler)
             if price is not None and route.method != "HEAD":
                 yield route.method, route.resource.canonical, price
+
+    def _guard(self, handler: Any) -> Any:
+        """A priced handler that refuses (503 ``seller-misconfigured``, logged once) when no payment
+        middleware handled the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
+        if not inspect.iscoroutinefunction(handler):
+            return handler
+
+        @functools.wraps(handler)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            if not guard.mounted():
+                guard.report_unmounted(self, handler)
+                return web.json_response(guard.unmounted_problem(), status=503, content_type="application/problem+json",
+                                         headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
+            return await handler(*args, **kwargs)
+
+        return guarded
 
     # -- wiring ------------------------------------------------------------------
 
@@ -94,6 +113,13 @@ class Seller(SellerFront):
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every request through the engine: free ones straight to the handler."""
+        token = guard.entered()
+        try:
+            return await self._handle(request, handler)
+        finally:
+            guard.left(token)
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         start_request()
         routed = request.match_info.http_exception is None
         price = self.price_for(request)

@@ -77,7 +77,7 @@ class SellerConfig:
               require_identity: bool = False) -> Callable[[H], H]:
         """Decorator: this handler costs ``amount`` base units of ``currency`` per request;
         with ``require_identity`` only agents presenting a mandate chain may buy it."""
-        return _marker(Price(amount, currency, description, require_identity))
+        return _marker(Price(amount, currency, description, require_identity), self._guard)
 
     def meter(self, unit: str, price: int, currency: str, *, per: int = 1, max_units: int = 1,
               description: str | None = None, require_identity: bool = False, stream: bool = False,
@@ -86,11 +86,18 @@ class SellerConfig:
         """Decorator: this handler is priced per unit (``price`` base units per ``per`` units of
         ``unit``), paid through a session; a per-request ``charge`` is offered beside it."""
         return _marker(Metered(unit, price, currency, per, max_units, description, require_identity, stream,
-                               suggested_cap, idle_timeout, charge_amount))
+                               suggested_cap, idle_timeout, charge_amount), self._guard)
+
+    def _guard(self, handler: H) -> H:
+        """``handler`` made to refuse when it runs without this seller's middleware (mpp.engine.guard);
+        the adapters say how their framework answers. Here: ``handler`` itself."""
+        return handler
 
 
-def _marker(price: Price | Metered) -> Callable[[H], H]:
+def _marker(price: Price | Metered, guard: Callable[[Any], Any] | None = None) -> Callable[[H], H]:
     def mark(handler: H) -> H:
+        if guard is not None:
+            handler = guard(handler)
         setattr(handler, PRICE_ATTR, price)
         return handler
 
