@@ -161,8 +161,13 @@ class SellerEngine(Shop):
         return HttpResponse.json(200, openapi_document(self, priced), [("Cache-Control", "max-age=300")])
 
     async def start(self) -> None:
-        """Before serving: open the pricing store and complete refunds a crash interrupted."""
+        """Before serving: open the pricing store and complete refunds a crash interrupted; an
+        embedded ledger without the seller's recipient account is logged with the fix (CORE-ERR-14)."""
         await self.offers.start()
+        for rail in self.rails.values():
+            report = getattr(rail, "report_missing_recipient", None)
+            if report is not None and getattr(rail, "ledger_id", ""):  # opened (a SQLite ledger is at once)
+                await report()
 
     async def close(self) -> None:
         """After serving: close the payment store."""
