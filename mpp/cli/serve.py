@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from mpp.cli import standin
-from mpp.cli.config import RouteConfig, SellerConfig, read_secret
+from mpp.cli.config import ConfigError, RouteConfig, SellerConfig, read_secret
 from mpp.protocol.keys import SigningKey
-from mpp.ledger import SqliteLedger
+from mpp.ledger import SqliteLedger, UnknownAccount
 from mpp.pricing.prices import Metered
 from mpp.pricing import PriceListError, UnitOffer
 from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
@@ -27,7 +27,7 @@ from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
 from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
 from mpp.aio.workers import RELOAD_KEY
 
-__all__ = ["build_seller_app", "seller_settings", "rail_for", "reload_price_list", "HEADER_LIMITS"]
+__all__ = ["build_seller_app", "seller_settings", "rail_for", "check_embedded_ledger", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
 # Credentials may be large (a mandate chain and an approval ride in them): accept header
@@ -124,8 +124,49 @@ def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail,
     assert config.ledger is not None
     if is_postgres(config.ledger):  # a ledger database shared with other seller processes
         return EmbeddedLedgerRail(ledger_for(config.ledger), recipient=config.recipient), None
-    ledger = SqliteLedger(config.locate(config.ledger))
+    ledger = _open_sqlite_ledger(config)
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
+
+
+def check_embedded_ledger(config: SellerConfig) -> None:
+    """Refuse to start (ConfigError naming the fix) on an embedded SQLite ledger that is missing
+    or lacks the recipient account; made first if ``create_ledger = true``. Others: nothing."""
+    if config.ledger is not None and not is_postgres(config.ledger):
+        _open_sqlite_ledger(config).close()
+
+
+def _open_sqlite_ledger(config: SellerConfig) -> SqliteLedger:
+    """The embedded SQLite ledger, checked before serving (issue 17, finding 2; CORE-ERR-14): a
+    file that does not exist is refused (a mistyped name would start an empty ledger and refuse
+    every purchase) unless ``create_ledger = true``; the recipient account must be on it."""
+    assert config.ledger is not None
+    location = config.locate(config.ledger)
+    path = sqlite_path(location)
+    if not config.create_ledger and not os.path.exists(path):
+        raise ConfigError(f"ledger = {config.ledger!r}: no such file {path}: correct `ledger` in seller.toml, "
+                          f"or set `create_ledger = true` there to start a new, empty ledger")
+    ledger = SqliteLedger(location)
+    if config.create_ledger and not _has_account(ledger, config.recipient):
+        ledger.create_account(config.recipient, _currency_of(config))
+    if not _has_account(ledger, config.recipient):
+        ledger.close()
+        raise ConfigError(f"recipient = {config.recipient!r}: no such account on the ledger {path}: create it with "
+                          f"`mpp ledger account create {config.recipient} --currency {_currency_of(config)} "
+                          f"--ledger {path}`, or correct `recipient` or `ledger` in seller.toml")
+    return ledger
+
+
+def _has_account(ledger: SqliteLedger, account_id: str) -> bool:
+    try:
+        ledger.account(account_id)
+    except UnknownAccount:
+        return False
+    return True
+
+
+def _currency_of(config: SellerConfig) -> str:
+    """The currency of the configured routes (the first one's), usd without routes."""
+    return config.routes[0].currency if config.routes else "usd"
 
 
 def seller_settings(config: SellerConfig, ledger: SqliteLedger | None = None) -> dict[str, Any]:
