@@ -39,10 +39,13 @@ from mpp.engine.purchase import Context, Payment, TaskControl
 from mpp.engine.session_close import SESSION_PATH
 from mpp.pricing.prices import Metered, Price
 
-__all__ = ["Seller", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
+__all__ = ["Seller", "HEADER_LIMITS", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Credentials may be large (a mandate chain and an approval ride in them): accept header fields
+# up to 32 KiB instead of aiohttp's 8 KiB. Mount with web.AppRunner(app, **HEADER_LIMITS).
+HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 _CONTEXT_KEY = web.RequestKey("mpp_context", Context) if hasattr(web, "RequestKey") else "mpp_context"
 
 

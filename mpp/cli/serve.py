@@ -24,15 +24,12 @@ from mpp.stores.payments import SqlitePaymentStore
 from mpp.stores.sqlite import sqlite_path
 from mpp.aio.metering import meter_of
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
-from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
+from mpp.aio.seller import HEADER_LIMITS, Seller, grant_of, payment_of, start_task, task_of  # HEADER_LIMITS: its old home
 from mpp.aio.workers import RELOAD_KEY
 
 __all__ = ["build_seller_app", "seller_settings", "rail_for", "check_embedded_ledger", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
-# Credentials may be large (a mandate chain and an approval ride in them): accept header
-# fields up to 32 KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS).
-HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 
 
 def _handler_for(route: RouteConfig | SimpleNamespace):
@@ -74,8 +71,6 @@ def _listed_handler(seller: Seller):
     may add routes): echoes like the inline routes; a task offer starts a task that succeeds at
     once (``?fail=1``: fails, and the quoted refund rule applies); follow-ups report the task,
     and a follow-up ending in ``/result`` delivers it; a unit offer uses ``?units=N``."""
-    echo = _handler_for(SimpleNamespace(response=None))
-
     async def handler(request: web.Request) -> web.StreamResponse:
         payment, task = payment_of(request), task_of(request)
         if payment is not None and payment.terms is not None and payment.terms.model == "task":
@@ -92,7 +87,9 @@ def _listed_handler(seller: Seller):
             raise web.HTTPNotFound()
         if any(isinstance(o, UnitOffer) for o in route.offers) and grant_of(request) is None:
             return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)
-        return await echo(request)
+        body = await request.read()
+        return web.json_response(standin.echo(f"{request.method} {request.path_qs}", standin.listed_result(route, body),
+                                              body, payment_of(request)))
 
     return handler
 
