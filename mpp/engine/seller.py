@@ -52,11 +52,11 @@ class SellerEngine(Shop):
 
     def reload_prices(self, text: str, source: str) -> PriceList:
         """Replace the price list while serving (PRICE-VER-02). A list that does not load, or has
-        the running version with other content, raises PriceListError (``source:LINE: problem``)
+        the version of the running list or of any list served before with other content, raises PriceListError (``source:LINE: problem``)
         and the running list stays. Quotes and grants of earlier lists stay good (PRICE-VER-03)."""
         new = load_price_list(text, source=source)
         if self.config.price_list is not None:
-            check_reload(self.config.price_list, new)
+            check_reload(self.config.price_list, new, self.lists)
         self._check_list(new)
         self.config.price_list = new  # one assignment: a request sees the old list or the new one, never a mix
         if all(known.version != new.version for known in self.lists):
