@@ -57,11 +57,12 @@ class Seller(SellerFront):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._route_prices: dict[int, Price | Metered] = {}
+        self.guard = functools.partial(_guarded, self)  # priced handlers refuse outside the middleware
 
     def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler,
                   price: Price | Metered | None) -> web.AbstractRoute:
         """Route-table style: register a route and its price (``None`` for a free route)."""
-        route = router.add_route(method, path, self._guard(handler) if price is not None else handler)
+        route = router.add_route(method, path, self.guard(handler) if price is not None else handler)
         if price is not None:
             self._route_prices[id(route)] = price
         return route
@@ -77,22 +78,6 @@ class Seller(SellerFront):
             price = self._route_prices.get(id(route)) or price_of(route.handler)
             if price is not None and route.method != "HEAD":
                 yield route.method, route.resource.canonical, price
-
-    def _guard(self, handler: Any) -> Any:
-        """A priced handler that refuses (503 ``seller-misconfigured``, logged once) when no payment
-        middleware handled the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
-        if not inspect.iscoroutinefunction(handler):
-            return handler
-
-        @functools.wraps(handler)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            if not guard.mounted():
-                guard.report_unmounted(self, handler)
-                return web.json_response(guard.unmounted_problem(), status=503, content_type="application/problem+json",
-                                         headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
-            return await handler(*args, **kwargs)
-
-        return guarded
 
     # -- wiring ------------------------------------------------------------------
 
@@ -118,33 +103,9 @@ class Seller(SellerFront):
         """Every request through the engine: free ones straight to the handler."""
         token = guard.entered()
         try:
-            return await self._handle(request, handler)
+            return await _through_engine(self, request, handler)
         finally:
             guard.left(token)
-
-    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        start_request()
-        routed = request.match_info.http_exception is None
-        price = self.price_for(request)
-        if price is None and (self.price_list is None or not routed):
-            return await handler(request)
-
-        async def serve(context: Context) -> Served:
-            request[_CONTEXT_KEY] = context
-            if context.payment is not None:
-                request[PAYMENT_KEY] = context.payment
-            if context.meter is not None:
-                context.meter.sink = _Sink(request)
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                return Served(exc.status, native=exc, raised=exc)
-            body = response.body if isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)) else None
-            return Served(response.status, list(response.headers.items()), bytes(body) if body is not None else None,
-                          native=response)
-
-        answer = await self.engine.handle(_neutral(request), serve, price, listed=routed)
-        return _native(answer)
 
     async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         context: Context | None = request.get(_CONTEXT_KEY)
@@ -162,6 +123,49 @@ class Seller(SellerFront):
     async def _session_endpoint(self, request: web.Request) -> web.Response:
         assert self.sessions is not None
         return _response(await self.sessions.endpoint(_neutral(request)))
+
+
+def _guarded(seller: Seller, handler: Any) -> Any:
+    """A priced handler that refuses (503 ``seller-misconfigured``, logged once) when no payment
+    middleware handled the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
+    if not inspect.iscoroutinefunction(handler):
+        return handler
+
+    @functools.wraps(handler)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        if not guard.mounted():
+            guard.report_unmounted(seller, handler)
+            return web.json_response(guard.unmounted_problem(), status=503, content_type="application/problem+json",
+                                     headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
+        return await handler(*args, **kwargs)
+
+    return guarded
+
+
+async def _through_engine(seller: Seller, request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The middleware's work: free requests straight to the handler, priced ones through the engine."""
+    start_request()
+    routed = request.match_info.http_exception is None
+    price = seller.price_for(request)
+    if price is None and (seller.price_list is None or not routed):
+        return await handler(request)
+
+    async def serve(context: Context) -> Served:
+        request[_CONTEXT_KEY] = context
+        if context.payment is not None:
+            request[PAYMENT_KEY] = context.payment
+        if context.meter is not None:
+            context.meter.sink = _Sink(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            return Served(exc.status, native=exc, raised=exc)
+        body = response.body if isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)) else None
+        return Served(response.status, list(response.headers.items()), bytes(body) if body is not None else None,
+                      native=response)
+
+    answer = await seller.engine.handle(_neutral(request), serve, price, listed=routed)
+    return _native(answer)
 
 
 class _Sink:

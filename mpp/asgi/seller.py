@@ -60,6 +60,10 @@ class Seller(SellerFront):
     """A seller served by an ASGI application: configure it (see :class:`mpp.engine.config.SellerConfig`),
     price endpoints with :meth:`price` and :meth:`meter`, then ``setup(app)``."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.guard = functools.partial(_guarded, self)  # priced endpoints refuse outside the middleware
+
     def setup(self, app: Any) -> None:
         """Mount the seller on a Starlette or FastAPI application (before it starts)."""
         app.add_middleware(PaymentMiddleware, seller=self)
@@ -68,23 +72,24 @@ class Seller(SellerFront):
         """(method, path, price) of every priced route of a Starlette or FastAPI application."""
         yield from _priced(getattr(app, "routes", ()), "")
 
-    def _guard(self, handler: Any) -> Any:
-        """A priced endpoint that refuses (503 ``seller-misconfigured``, logged once) when the payment
-        middleware did not handle the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
-        def refusal() -> Response:
-            guard.report_unmounted(self, handler)
-            return JSONResponse(guard.unmounted_problem(), status_code=503, media_type="application/problem+json",
-                                headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
 
-        if inspect.iscoroutinefunction(handler):
-            @functools.wraps(handler)
-            async def guarded(*args: Any, **kwargs: Any) -> Any:
-                return await handler(*args, **kwargs) if guard.mounted() else refusal()
-        else:
-            @functools.wraps(handler)
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                return handler(*args, **kwargs) if guard.mounted() else refusal()
-        return guarded
+def _guarded(seller: Seller, handler: Any) -> Any:
+    """A priced endpoint that refuses (503 ``seller-misconfigured``, logged once) when the payment
+    middleware did not handle the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
+    def refusal() -> Response:
+        guard.report_unmounted(seller, handler)
+        return JSONResponse(guard.unmounted_problem(), status_code=503, media_type="application/problem+json",
+                            headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
+
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await handler(*args, **kwargs) if guard.mounted() else refusal()
+    else:
+        @functools.wraps(handler)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs) if guard.mounted() else refusal()
+    return guarded
 
 
 class PaymentMiddleware:
