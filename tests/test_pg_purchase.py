@@ -20,7 +20,8 @@ from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, Seller
 from mpp.ledger.book import MandateLink, Purchase, VerifiedMandate
 from mpp.ledger.core import (BudgetExhausted, InsufficientFunds, MandateRequired as MandateRequiredError, MandateRevokedError,
-                             OverMandate, TransferConflict, UnauthorizedSigner, UnknownAccount)
+                             OverMandate, TransferConflict, UnauthorizedSigner, UnknownAccount,
+                             UnknownPayee, WrongCurrency)
 from mpp.ledger.pg import PgLedger, PgPurchaseBook
 from mpp.stores.audit import AsyncSqliteAuditLog, AuditChainBroken
 from mpp.stores.payments import SqlitePaymentStore
@@ -379,6 +380,7 @@ async def test_the_function_refuses_as_the_sqlite_book_does(pg_url):
         await ledger.keys.allow(PLAIN_PAYER, agent, "agent")
         await ledger.keys.allow(PAYER, denied, "denied")
         await ledger.void("c-voided")
+        await ledger.create_account("acct:euro", "eur")
         await ledger.transfer("c-made", payer=PLAIN_PAYER, payee=PAYEE, amount=7, currency="usd", signer=None)
         pool = await ledger.pool()
         await pool.execute("INSERT INTO ledger_revocations(jti, revoker, revoked_at, token) VALUES ('k-revoked', $1, now(), 't')",
@@ -390,8 +392,11 @@ async def test_the_function_refuses_as_the_sqlite_book_does(pg_url):
         under = dict(payer=PAYER, signer=A.did)
         cases: list[tuple[str, dict[str, Any], type, str | None]] = [
             ("c-1", dict(payer="acct:none"), UnknownAccount, None),
-            ("c-2", dict(payee="acct:none"), UnknownAccount, None),
-            ("c-3", dict(currency="eur"), UnknownAccount, None),
+            # issue 17, four causes: the payee judged first (the seller's fault), the payer's currency named
+            ("c-2", dict(payee="acct:none"), UnknownPayee, None),
+            ("c-2b", dict(payer="acct:none", payee="acct:none"), UnknownPayee, None),
+            ("c-3", dict(currency="eur"), UnknownPayee, None),
+            ("c-3b", dict(payer="acct:euro"), WrongCurrency, None),
             ("c-voided", {}, TransferConflict, None),
             ("c-made", {}, TransferConflict, None),
             ("c-4", dict(signer=agent), MandateRequiredError, None),

@@ -368,6 +368,18 @@ async def test_reload_of_an_invalid_list_is_refused_and_the_old_list_stays(world
     assert (await world.challenges("GET", "/weather"))[0].request_json["amount"] == "25"
 
 
+async def test_a_version_served_earlier_cannot_come_back_with_other_prices(world: World):
+    """issue 17, finding 11; PRICE-VER-02: v1, then v2, then "v1" with other prices is refused (the
+    name would make receipts saying v1 ambiguous) and v2 stays; v1 as it was may come back."""
+    world.seller.reload_prices(PRICES_V2, "prices.toml")
+    other_v1 = PRICES_V1.replace("amount = 25", "amount = 26")
+    with pytest.raises(PriceListError, match=r"prices.toml:1: version 'v1' was served earlier by this seller with other content"):
+        world.seller.reload_prices(other_v1, "prices.toml")
+    assert world.seller.price_list.version == "v2"
+    assert (await world.challenges("GET", "/weather"))[0].request_json["amount"] == "30"
+    assert world.seller.reload_prices(PRICES_V1, "prices.toml").version == "v1"
+
+
 # -- tasks -----------------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from mpp.protocol.receipts import sign_receipt
 from mpp.intents.session import cost_of
 from mpp.stores.payments import PaymentRecord, SettledPayment
 from mpp.connect import open_ledger, open_payment_store, open_session_store
-from mpp.engine.usage import build_report, charge_records, format_csv, ledger_transfers, parse_time, read_usage, reconcile
+from mpp.engine.usage import build_report, charge_records, format_csv, format_table, ledger_transfers, parse_time, read_usage, reconcile
 
 from conftest import REPO, start_seller, stop_seller
 
@@ -245,7 +245,7 @@ async def test_export_equals_the_ledgers_transfers_and_groups_sum_to_the_totals(
     assert {r["principal"] for r in by_route["GET /report"]} == {shop.P.did}
     assert {r["model"] for r in by_route["GET /report"]} == {"transaction"}
     (plain,) = by_route["GET /plain"]
-    assert (plain["agent"], plain["principal"], plain["units"]) == (shop.C.did, "", 1)
+    assert (plain["agent"], plain["principal"], plain["units"]) == (shop.C.did, "", 0)  # issue 17, finding 12: units are metered
     charges = {t.id: t for t in transfers if t.kind == "charge"}
     assert {r["reference"] for r in rows if r["model"] == "transaction"} == set(charges)  # each purchase is its transfer
 
@@ -319,12 +319,24 @@ def test_a_refund_counts_in_the_window_it_was_made_in():
     t = datetime(2025, 6, 1, 10, tzinfo=timezone.utc)
     h = timedelta(hours=1)
     (before,) = charge_records([late], since=t, until=t + h)
-    assert (before.time, before.amount, before.refunded, before.units) == (t, 25, 0, 1)
+    assert (before.time, before.amount, before.refunded, before.units) == (t, 25, 0, 0)
     (after,) = charge_records([late], since=t + h, until=t + 3 * h)
     assert (after.time, after.amount, after.refunded, after.units, after.net) == (t + 2 * h, 0, 25, 0, -25)
     (both,) = charge_records([late], since=t, until=t + 3 * h)
     assert (both.time, both.amount, both.refunded) == (t, 25, 25) == (t, 25, charge_records([late])[0].refunded)
     assert charge_records([late], since=t + 3 * h, until=t + 4 * h) == []
+
+
+def test_per_request_purchases_have_no_units_column():
+    """issue 17, finding 12: two per-request purchases are 2 purchases and no units (units are what
+    a unit offer meters, PRICE-USAGE-01 as amended): the table shows no UNITS 2, the totals no units."""
+    base = {"iss": REALM, "sub": "did:key:zAgent", "intent": "charge", "amount": "25", "currency": "usd"}
+    records = charge_records([_settled(base), _settled(base)])
+    assert [r.units for r in records] == [0, 0]
+    t = datetime(2025, 6, 1, tzinfo=timezone.utc)
+    for by in (None, "route"):
+        table = format_table(build_report(records, since=t, until=t + timedelta(days=1), by=by))
+        assert "UNITS" not in table and " units" not in table and "total usd: 2 purchases, amount 50" in table, table
 
 
 def test_times_accept_rfc3339_dates_and_spans_and_refuse_the_rest():
@@ -379,7 +391,8 @@ def test_cli_seller_usage_json_csv_and_bad_arguments(home: Path):
         # rows are in time order to the second, then by reference: two purchases in one second may come either way
         assert sorted(r["route"] for r in doc["rows"]) == ["GET /quote", "GET /weather"]
         assert [(r["time"], r["reference"]) for r in doc["rows"]] == sorted((r["time"], r["reference"]) for r in doc["rows"])
-        assert doc["totals"] == {"usd": {"purchases": 2, "units": 2, "amount": "125", "refunded": "0", "net": "125"}}
+        # issue 17, finding 12: two per-request purchases are 2 purchases and 0 (metered) units
+        assert doc["totals"] == {"usd": {"purchases": 2, "units": 0, "amount": "125", "refunded": "0", "net": "125"}}
         ledger = seller.ledger()
         try:
             assert ledger.balance("acct:seller") == 125

@@ -3,12 +3,13 @@ stores and rails; every protocol decision is made by the sans-I/O core."""
 
 from mpp.aio.buyer import PaidResponse, PaidStream, PaymentClient
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable, PaymentRail, Settlement
-from mpp.aio.seller import PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
+from mpp.aio.seller import HEADER_LIMITS, PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
 from mpp.aio.seller import meter_of
 from mpp.aio.sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
 __all__ = [
     "EmbeddedLedgerRail",
+    "HEADER_LIMITS",
     "HttpLedgerRail",
     "LedgerUnavailable",
     "PAYMENT_KEY",

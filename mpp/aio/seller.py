@@ -20,6 +20,8 @@ seat-covered routes are served to a valid grant and proof without payment.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -27,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from mpp.engine.attribution import start_request
+from mpp.engine import guard
 from mpp.engine.config import price_of
 from mpp.engine.front import SellerFront
 from mpp.engine.http import HttpRequest, HttpResponse, Served
@@ -36,10 +39,13 @@ from mpp.engine.purchase import Context, Payment, TaskControl
 from mpp.engine.session_close import SESSION_PATH
 from mpp.pricing.prices import Metered, Price
 
-__all__ = ["Seller", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
+__all__ = ["Seller", "HEADER_LIMITS", "Payment", "TaskControl", "SELLER_KEY", "PAYMENT_KEY", "payment_of", "meter_of", "start_task",
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Credentials may be large (a mandate chain and an approval ride in them): accept header fields
+# up to 32 KiB instead of aiohttp's 8 KiB. Mount with web.AppRunner(app, **HEADER_LIMITS).
+HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 _CONTEXT_KEY = web.RequestKey("mpp_context", Context) if hasattr(web, "RequestKey") else "mpp_context"
 
 
@@ -51,11 +57,12 @@ class Seller(SellerFront):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._route_prices: dict[int, Price | Metered] = {}
+        self.guard = functools.partial(_guarded, self)  # priced handlers refuse outside the middleware
 
     def add_route(self, router: web.UrlDispatcher, method: str, path: str, handler: Handler,
                   price: Price | Metered | None) -> web.AbstractRoute:
         """Route-table style: register a route and its price (``None`` for a free route)."""
-        route = router.add_route(method, path, handler)
+        route = router.add_route(method, path, self.guard(handler) if price is not None else handler)
         if price is not None:
             self._route_prices[id(route)] = price
         return route
@@ -94,28 +101,11 @@ class Seller(SellerFront):
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every request through the engine: free ones straight to the handler."""
-        start_request()
-        routed = request.match_info.http_exception is None
-        price = self.price_for(request)
-        if price is None and (self.price_list is None or not routed):
-            return await handler(request)
-
-        async def serve(context: Context) -> Served:
-            request[_CONTEXT_KEY] = context
-            if context.payment is not None:
-                request[PAYMENT_KEY] = context.payment
-            if context.meter is not None:
-                context.meter.sink = _Sink(request)
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                return Served(exc.status, native=exc, raised=exc)
-            body = response.body if isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)) else None
-            return Served(response.status, list(response.headers.items()), bytes(body) if body is not None else None,
-                          native=response)
-
-        answer = await self.engine.handle(_neutral(request), serve, price, listed=routed)
-        return _native(answer)
+        token = guard.entered()
+        try:
+            return await _through_engine(self, request, handler)
+        finally:
+            guard.left(token)
 
     async def _on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         context: Context | None = request.get(_CONTEXT_KEY)
@@ -133,6 +123,49 @@ class Seller(SellerFront):
     async def _session_endpoint(self, request: web.Request) -> web.Response:
         assert self.sessions is not None
         return _response(await self.sessions.endpoint(_neutral(request)))
+
+
+def _guarded(seller: Seller, handler: Any) -> Any:
+    """A priced handler that refuses (503 ``seller-misconfigured``, logged once) when no payment
+    middleware handled the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
+    if not inspect.iscoroutinefunction(handler):
+        return handler
+
+    @functools.wraps(handler)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        if not guard.mounted():
+            guard.report_unmounted(seller, handler)
+            return web.json_response(guard.unmounted_problem(), status=503, content_type="application/problem+json",
+                                     headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
+        return await handler(*args, **kwargs)
+
+    return guarded
+
+
+async def _through_engine(seller: Seller, request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The middleware's work: free requests straight to the handler, priced ones through the engine."""
+    start_request()
+    routed = request.match_info.http_exception is None
+    price = seller.price_for(request)
+    if price is None and (seller.price_list is None or not routed):
+        return await handler(request)
+
+    async def serve(context: Context) -> Served:
+        request[_CONTEXT_KEY] = context
+        if context.payment is not None:
+            request[PAYMENT_KEY] = context.payment
+        if context.meter is not None:
+            context.meter.sink = _Sink(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            return Served(exc.status, native=exc, raised=exc)
+        body = response.body if isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray)) else None
+        return Served(response.status, list(response.headers.items()), bytes(body) if body is not None else None,
+                      native=response)
+
+    answer = await seller.engine.handle(_neutral(request), serve, price, listed=routed)
+    return _native(answer)
 
 
 class _Sink:

@@ -21,14 +21,17 @@ application's lifespan (or, without one, at the first request).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount, Route
 
 from mpp.engine.attribution import start_request
+from mpp.engine import guard
 from mpp.engine.config import price_of
 from mpp.engine.front import SellerFront
 from mpp.engine.http import HttpRequest, HttpResponse, Served
@@ -57,6 +60,10 @@ class Seller(SellerFront):
     """A seller served by an ASGI application: configure it (see :class:`mpp.engine.config.SellerConfig`),
     price endpoints with :meth:`price` and :meth:`meter`, then ``setup(app)``."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.guard = functools.partial(_guarded, self)  # priced endpoints refuse outside the middleware
+
     def setup(self, app: Any) -> None:
         """Mount the seller on a Starlette or FastAPI application (before it starts)."""
         app.add_middleware(PaymentMiddleware, seller=self)
@@ -64,6 +71,25 @@ class Seller(SellerFront):
     def priced_routes(self, app: Any) -> Iterable[tuple[str, str, Price | Metered]]:
         """(method, path, price) of every priced route of a Starlette or FastAPI application."""
         yield from _priced(getattr(app, "routes", ()), "")
+
+
+def _guarded(seller: Seller, handler: Any) -> Any:
+    """A priced endpoint that refuses (503 ``seller-misconfigured``, logged once) when the payment
+    middleware did not handle the request: forgetting ``setup(app)`` never serves for free (CORE-ERR-14)."""
+    def refusal() -> Response:
+        guard.report_unmounted(seller, handler)
+        return JSONResponse(guard.unmounted_problem(), status_code=503, media_type="application/problem+json",
+                            headers={"Retry-After": guard.RETRY_AFTER, "Cache-Control": "no-store"})
+
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await handler(*args, **kwargs) if guard.mounted() else refusal()
+    else:
+        @functools.wraps(handler)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs) if guard.mounted() else refusal()
+    return guarded
 
 
 class PaymentMiddleware:
@@ -81,6 +107,13 @@ class PaymentMiddleware:
             return await self._lifespan(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        token = guard.entered()
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            guard.left(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._start(scope.get("app"))
         start_request()
         scope[SELLER_KEY] = self.seller

@@ -102,6 +102,7 @@ class SellerConfig(BaseModel):
     secret_file: Path
     receipt_key: Path
     ledger: str | None = None  # the embedded ledger: a SQLite file or postgresql:// URL; or, instead, a ledger service:
+    create_ledger: bool = False  # a SQLite `ledger` file that does not exist is made (with the recipient account), not refused
     ledger_url: str | None = None  # `mpp ledger serve` at http(s)://host:port
     ledger_key: Path | None = None  # the seller's key that signs its requests to the ledger service
     store: str
@@ -136,7 +137,11 @@ class SellerConfig(BaseModel):
     @classmethod
     def _dids(cls, v: list[str]) -> list[str]:
         for did in v:
-            public_key_from_did(did)  # ParseError (a ValueError) names the bad entry
+            try:
+                public_key_from_did(did)
+            except ValueError as exc:  # ParseError included: name the entry, and what it should be
+                raise ValueError(f"entry {did!r} is not an Ed25519 did:key (did:key:z6Mk...): {exc}; "
+                                 f"use the DID `mpp init` or `mpp principal init` printed") from None
         return v
     base_dir: Path = Path(".")
 

@@ -21,7 +21,7 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
     """`mpp seller serve`: serve the priced routes of a seller configuration until SIGINT or SIGTERM."""
     from aiohttp import web
 
-    from mpp.cli.serve import HEADER_LIMITS, build_seller_app
+    from mpp.cli.serve import HEADER_LIMITS, build_seller_app, check_embedded_ledger
     from mpp.aio.workers import on_reload_signal
     from mpp.cli.config import load_seller_config
 
@@ -37,6 +37,7 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         added = [did for did in args.trust_principal if did not in config.trusted_principals]
         config = config.model_copy(update={"trusted_principals": [*config.trusted_principals, *added]})
+    check_embedded_ledger(config)  # a missing ledger file or recipient account: refused before serving
     if args.asgi:
         return _serve_asgi(config, args)
     if args.workers > 1:
@@ -234,7 +235,12 @@ def add_seller_commands(sub: Any) -> None:
     """`mpp seller` and its subcommands."""
     s = sub.add_parser("seller", help="run a seller, or export its usage and revenue")
     ssub = s.add_subparsers(dest="seller_command", required=True, metavar="SUBCOMMAND")
-    t = ssub.add_parser("serve", help="serve the priced routes of a seller configuration")
+    t = ssub.add_parser("serve", help="serve the priced routes of a seller configuration",
+                        epilog="Before serving, an embedded SQLite ledger is checked: a `ledger` file that does not "
+                               "exist is refused (a mistyped name would start an empty ledger) unless seller.toml "
+                               "sets `create_ledger = true`, which makes it with the `recipient` account; the "
+                               "recipient account must be on the ledger (`mpp ledger account create ACCOUNT`), and "
+                               "every `trusted_principals` entry must be an Ed25519 did:key.")
     t.add_argument("--config", required=True, help="seller.toml written by `mpp init`")
     t.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     t.add_argument("--port", type=int, default=8402, help="port (default 8402; 0 picks a free one)")

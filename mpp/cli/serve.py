@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from mpp.cli import standin
-from mpp.cli.config import RouteConfig, SellerConfig, read_secret
+from mpp.cli.config import ConfigError, RouteConfig, SellerConfig, read_secret
 from mpp.protocol.keys import SigningKey
-from mpp.ledger import SqliteLedger
+from mpp.ledger import SqliteLedger, UnknownAccount
 from mpp.pricing.prices import Metered
 from mpp.pricing import PriceListError, UnitOffer
 from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
@@ -24,15 +24,12 @@ from mpp.stores.payments import SqlitePaymentStore
 from mpp.stores.sqlite import sqlite_path
 from mpp.aio.metering import meter_of
 from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
-from mpp.aio.seller import Seller, grant_of, payment_of, start_task, task_of
+from mpp.aio.seller import HEADER_LIMITS, Seller, grant_of, payment_of, start_task, task_of  # HEADER_LIMITS: its old home
 from mpp.aio.workers import RELOAD_KEY
 
-__all__ = ["build_seller_app", "seller_settings", "rail_for", "reload_price_list", "HEADER_LIMITS"]
+__all__ = ["build_seller_app", "seller_settings", "rail_for", "check_embedded_ledger", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
-# Credentials may be large (a mandate chain and an approval ride in them): accept header
-# fields up to 32 KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS).
-HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
 
 
 def _handler_for(route: RouteConfig | SimpleNamespace):
@@ -74,8 +71,6 @@ def _listed_handler(seller: Seller):
     may add routes): echoes like the inline routes; a task offer starts a task that succeeds at
     once (``?fail=1``: fails, and the quoted refund rule applies); follow-ups report the task,
     and a follow-up ending in ``/result`` delivers it; a unit offer uses ``?units=N``."""
-    echo = _handler_for(SimpleNamespace(response=None))
-
     async def handler(request: web.Request) -> web.StreamResponse:
         payment, task = payment_of(request), task_of(request)
         if payment is not None and payment.terms is not None and payment.terms.model == "task":
@@ -92,7 +87,9 @@ def _listed_handler(seller: Seller):
             raise web.HTTPNotFound()
         if any(isinstance(o, UnitOffer) for o in route.offers) and grant_of(request) is None:
             return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)
-        return await echo(request)
+        body = await request.read()
+        return web.json_response(standin.echo(f"{request.method} {request.path_qs}", standin.listed_result(route, body),
+                                              body, payment_of(request)))
 
     return handler
 
@@ -124,8 +121,49 @@ def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail,
     assert config.ledger is not None
     if is_postgres(config.ledger):  # a ledger database shared with other seller processes
         return EmbeddedLedgerRail(ledger_for(config.ledger), recipient=config.recipient), None
-    ledger = SqliteLedger(config.locate(config.ledger))
+    ledger = _open_sqlite_ledger(config)
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
+
+
+def check_embedded_ledger(config: SellerConfig) -> None:
+    """Refuse to start (ConfigError naming the fix) on an embedded SQLite ledger that is missing
+    or lacks the recipient account; made first if ``create_ledger = true``. Others: nothing."""
+    if config.ledger is not None and not is_postgres(config.ledger):
+        _open_sqlite_ledger(config).close()
+
+
+def _open_sqlite_ledger(config: SellerConfig) -> SqliteLedger:
+    """The embedded SQLite ledger, checked before serving (issue 17, finding 2; CORE-ERR-14): a
+    file that does not exist is refused (a mistyped name would start an empty ledger and refuse
+    every purchase) unless ``create_ledger = true``; the recipient account must be on it."""
+    assert config.ledger is not None
+    location = config.locate(config.ledger)
+    path = sqlite_path(location)
+    if not config.create_ledger and not os.path.exists(path):
+        raise ConfigError(f"ledger = {config.ledger!r}: no such file {path}: correct `ledger` in seller.toml, "
+                          f"or set `create_ledger = true` there to start a new, empty ledger")
+    ledger = SqliteLedger(location)
+    if config.create_ledger and not _has_account(ledger, config.recipient):
+        ledger.create_account(config.recipient, _currency_of(config))
+    if not _has_account(ledger, config.recipient):
+        ledger.close()
+        raise ConfigError(f"recipient = {config.recipient!r}: no such account on the ledger {path}: create it with "
+                          f"`mpp ledger account create {config.recipient} --currency {_currency_of(config)} "
+                          f"--ledger {path}`, or correct `recipient` or `ledger` in seller.toml")
+    return ledger
+
+
+def _has_account(ledger: SqliteLedger, account_id: str) -> bool:
+    try:
+        ledger.account(account_id)
+    except UnknownAccount:
+        return False
+    return True
+
+
+def _currency_of(config: SellerConfig) -> str:
+    """The currency of the configured routes (the first one's), usd without routes."""
+    return config.routes[0].currency if config.routes else "usd"
 
 
 def seller_settings(config: SellerConfig, ledger: SqliteLedger | None = None) -> dict[str, Any]:

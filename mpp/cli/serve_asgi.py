@@ -79,8 +79,6 @@ def _metered_handler_for(route: RouteConfig | SimpleNamespace, metered: Metered)
 
 def _listed_handler(seller: Seller) -> Callable[[Request], Any]:
     """Every route of the price list (one catch-all, so a reloaded list may add routes)."""
-    echo = _handler_for(SimpleNamespace(response=None))
-
     async def handler(request: Request) -> Response:
         payment, task = payment_of(request), task_of(request)
         if payment is not None and payment.terms is not None and payment.terms.model == "task":
@@ -98,7 +96,8 @@ def _listed_handler(seller: Seller) -> Callable[[Request], Any]:
             raise HTTPException(404)
         if any(isinstance(o, UnitOffer) for o in route.offers) and grant_of(request) is None:
             return await _metered_handler_for(SimpleNamespace(response=None), route.price())(request)
-        return await echo(request)
+        body = await request.body()
+        return _json(standin.echo(_resource(request), standin.listed_result(route, body), body, payment_of(request)))
 
     return handler
 

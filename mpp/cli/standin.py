@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from mpp.engine.meters import Meter, StreamStopped
 from mpp.engine.purchase import Payment, TaskControl
 
-__all__ = ["echo", "query_int", "stream", "metered_doc", "task_started", "follow_up"]
+__all__ = ["echo", "listed_result", "query_int", "stream", "metered_doc", "task_started", "follow_up"]
 
 
 def echo(resource: str, configured: Any, body: bytes, payment: Payment | None) -> dict[str, Any]:
@@ -31,6 +31,16 @@ def echo(resource: str, configured: Any, body: bytes, payment: Payment | None) -
         paid = {"challengeId": payment.verified.challenge_id, "amount": payment.verified.request.amount,
                 "currency": payment.verified.request.currency, "payer": payment.payer}
     return {"resource": resource, "result": result, "paid": paid}
+
+
+def listed_result(route: Any, body: bytes) -> dict[str, Any] | None:
+    """What a price-list route answers (a price list names no response): for a request without a
+    body, the route and its description, so a paid GET shows what was bought rather than the
+    digest of an empty body; with a body, None (the digest of what was sent, as :func:`echo`)."""
+    if body:
+        return None
+    return {"route": route.route, "description": route.description or "",
+            "note": "the stand-in service of `mpp seller serve`: put your own service behind this route"}
 
 
 def query_int(query: Mapping[str, str], name: str, default: int, top: int) -> int:

@@ -77,7 +77,7 @@ class SellerConfig:
               require_identity: bool = False) -> Callable[[H], H]:
         """Decorator: this handler costs ``amount`` base units of ``currency`` per request;
         with ``require_identity`` only agents presenting a mandate chain may buy it."""
-        return _marker(Price(amount, currency, description, require_identity))
+        return _marker(Price(amount, currency, description, require_identity), getattr(self, "guard", None))
 
     def meter(self, unit: str, price: int, currency: str, *, per: int = 1, max_units: int = 1,
               description: str | None = None, require_identity: bool = False, stream: bool = False,
@@ -86,11 +86,16 @@ class SellerConfig:
         """Decorator: this handler is priced per unit (``price`` base units per ``per`` units of
         ``unit``), paid through a session; a per-request ``charge`` is offered beside it."""
         return _marker(Metered(unit, price, currency, per, max_units, description, require_identity, stream,
-                               suggested_cap, idle_timeout, charge_amount))
+                               suggested_cap, idle_timeout, charge_amount), getattr(self, "guard", None))
 
 
-def _marker(price: Price | Metered) -> Callable[[H], H]:
+def _marker(price: Price | Metered, guard: Callable[[Any], Any] | None = None) -> Callable[[H], H]:
+    """The decorator that leaves ``price`` on a handler, wrapped first by the adapter's ``guard``
+    (an adapter's seller sets ``self.guard``: a priced handler outside its middleware refuses,
+    mpp.engine.guard), if any."""
     def mark(handler: H) -> H:
+        if guard is not None:
+            handler = guard(handler)
         setattr(handler, PRICE_ATTR, price)
         return handler
 

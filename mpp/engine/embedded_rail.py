@@ -4,6 +4,7 @@ shared by several seller processes): the rail both adapters use for an embedded 
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -11,13 +12,16 @@ from typing import Any, AsyncIterator
 from mpp.engine.core import Verified
 from mpp.engine.rails import Settlement
 from mpp.intents.session import SessionTerms, Voucher
-from mpp.ledger import MandateCharge, SessionClose, SessionHold, SqliteLedger
+from mpp.ledger import MandateCharge, SessionClose, SessionHold, SqliteLedger, UnknownAccount
+from mpp.ledger.core import UnknownPayee
 from mpp.ledger.api import AsyncLedger, as_async_ledger
 from mpp.ledger.book import Purchase, SqliteBook
-from mpp.ledger.refusals import charge_refusals, session_refusals
+from mpp.ledger.refusals import RECIPIENT_FIX, charge_refusals, seller_misconfigured, session_refusals
 from mpp.methods.ledger import LedgerAuthorization, LedgerSellerMethod
 
 __all__ = ["EmbeddedLedgerRail"]
+
+log = logging.getLogger("mpp.seller")
 
 
 class EmbeddedLedgerRail(LedgerSellerMethod):
@@ -30,10 +34,33 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         super().__init__(recipient=recipient, ledger_id=ledger.ledger_id if isinstance(ledger, SqliteLedger) else "")
         self.ledger = ledger
         self._ledger: AsyncLedger = as_async_ledger(ledger)
+        self._recipient_seen = False  # the recipient account was found on the ledger once
+        self._recipient_reported = False
 
     async def start(self) -> None:
+        """Open the ledger and learn its id; a recipient account the ledger lacks is logged as an
+        error naming the fix (every purchase would be refused until it exists, CORE-ERR-14)."""
         await self._ledger.open()
         self.ledger_id = self._ledger.ledger_id
+        await self.report_missing_recipient()
+
+    async def report_missing_recipient(self) -> None:
+        """Log (once) an error naming the fix if the recipient account is not on the ledger."""
+        if self._recipient_reported or await self.recipient_exists():
+            return
+        self._recipient_reported = True
+        log.error("the recipient account %r is not on the seller's ledger: no purchase can be paid until it "
+                  "exists; %s", self.recipient, RECIPIENT_FIX.format(account=self.recipient))
+
+    async def recipient_exists(self) -> bool:
+        """Is the recipient account on the ledger? Asked until the answer is yes, then remembered."""
+        if not self._recipient_seen:
+            try:
+                await self._ledger.account(self.recipient)
+            except UnknownAccount:
+                return False
+            self._recipient_seen = True
+        return True
 
     async def lifecycle(self, app: Any) -> AsyncIterator[None]:
         """For ``app.cleanup_ctx``: the ledger opened before the seller serves, closed after."""
@@ -90,7 +117,11 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         return await self._ledger.keys.revoked(jtis)
 
     async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        """Before the challenge is consumed: the seller's own account exists (else the seller's
+        fault, CORE-ERR-14), then the payer may spend (LEDGER-ACCT-05)."""
         auth: LedgerAuthorization = verified.proof
+        if not await self.recipient_exists():
+            raise seller_misconfigured(UnknownPayee(f"no payee account {self.recipient!r} on this ledger"))
         await self.check_payer(auth.account, auth.signer, chain)
 
     async def check_payer(self, payer: str, signer: str, chain: tuple[str, ...] | None) -> None:

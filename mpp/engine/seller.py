@@ -52,11 +52,11 @@ class SellerEngine(Shop):
 
     def reload_prices(self, text: str, source: str) -> PriceList:
         """Replace the price list while serving (PRICE-VER-02). A list that does not load, or has
-        the running version with other content, raises PriceListError (``source:LINE: problem``)
+        the version of the running list or of any list served before with other content, raises PriceListError (``source:LINE: problem``)
         and the running list stays. Quotes and grants of earlier lists stay good (PRICE-VER-03)."""
         new = load_price_list(text, source=source)
         if self.config.price_list is not None:
-            check_reload(self.config.price_list, new)
+            check_reload(self.config.price_list, new, self.lists)
         self._check_list(new)
         self.config.price_list = new  # one assignment: a request sees the old list or the new one, never a mix
         if all(known.version != new.version for known in self.lists):
@@ -161,8 +161,13 @@ class SellerEngine(Shop):
         return HttpResponse.json(200, openapi_document(self, priced), [("Cache-Control", "max-age=300")])
 
     async def start(self) -> None:
-        """Before serving: open the pricing store and complete refunds a crash interrupted."""
+        """Before serving: open the pricing store and complete refunds a crash interrupted; an
+        embedded ledger without the seller's recipient account is logged with the fix (CORE-ERR-14)."""
         await self.offers.start()
+        for rail in self.rails.values():
+            report = getattr(rail, "report_missing_recipient", None)
+            if report is not None and getattr(rail, "ledger_id", ""):  # opened (a SQLite ledger is at once)
+                await report()
 
     async def close(self) -> None:
         """After serving: close the payment store."""

@@ -16,6 +16,7 @@ from typing import Any
 from mpp.engine.attribution import attributed
 from mpp.engine.config import SellerConfig
 from mpp.engine.core import RequestInfo, SellerCore
+from mpp.engine.guard import RETRY_AFTER
 from mpp.engine.http import HttpResponse
 from mpp.engine.purchase import Payment
 from mpp.engine.quotes import route_challenges
@@ -83,6 +84,8 @@ class Shop:
         with_challenges = price is not None and (problem.fresh_challenge or isinstance(problem, MethodUnsupported))
         challenges = self.challenges(price, info, now) if with_challenges else []  # type: ignore[arg-type]
         headers = self.core.problem_headers(challenges)  # includes Cache-Control: no-store
+        if problem.status == 503:  # the seller's side cannot take payment now: say when to come back
+            headers.append(("Retry-After", RETRY_AFTER))
         body = self.core.problem_body(problem, challenges, instance=info.path)
         return HttpResponse(problem.status, [("Content-Type", "application/problem+json"), *headers], json.dumps(body).encode())
 

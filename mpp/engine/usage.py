@@ -167,7 +167,7 @@ def charge_records(payments: Iterable[SettledPayment], *, since: datetime | None
             principal=_text(claims.get("principal")),
             route=_text(claims.get("route")) or route_of(r.resource),
             model=model, offer=offer, price_list=price_list,  # type: ignore[arg-type]  # null without a price list
-            currency=r.currency or "", units=1, amount=amount, refunded=0,
+            currency=r.currency or "", units=0, amount=amount, refunded=0,  # units are metered ones; requests are purchases
             reference=r.reference or r.challenge_id,
         )
         if r.state != "refunded":
@@ -309,6 +309,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if report["by"] is None:
         columns = tuple(c for c in columns if c not in ("offer", "priceList")) if not any(
             r.get("offer") or r.get("priceList") for r in report["rows"]) else columns
+    if not any(r.get("units") for r in report["rows"]):  # nothing metered: requests are counted as purchases
+        columns = tuple(c for c in columns if c != "units")
     numeric = {"units", "amount", "refunded", "net", "purchases"}
     table = [[c.upper() for c in columns]]
     table += [[_cell(row.get(c), 200 if c == "reference" else 24) for c in columns] for row in report["rows"]]
@@ -321,7 +323,8 @@ def format_table(report: Mapping[str, Any]) -> str:
             lines.append("  ".join(cell.rjust(w) if columns[i] in numeric and r is not table[0] else cell.ljust(w)
                                    for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
     for currency, sums in report["totals"].items():
-        lines.append(f"total {currency}: {sums['purchases']} purchases, {sums['units']} units, amount {sums['amount']}, "
+        units = f"{sums['units']} units, " if sums["units"] else ""
+        lines.append(f"total {currency}: {sums['purchases']} purchases, {units}amount {sums['amount']}, "
                      f"refunded {sums['refunded']}, net {sums['net']}")
     return "\n".join(lines) + "\n"
 

@@ -114,18 +114,20 @@ BEGIN
             v_payee_currency := v_acct.currency;
         END IF;
     END LOOP;
+    -- the payee first: a ledger without the seller's own account is the seller's fault (CORE-ERR-14)
+    IF v_payee_currency IS NULL THEN
+        PERFORM ledger_refuse_v1('UnknownPayee', format('no payee account %L on this ledger', p_payee));
+    ELSIF v_payee_currency <> p_currency THEN
+        PERFORM ledger_refuse_v1('UnknownPayee', format('payee account %L holds %L, not %L', p_payee, v_payee_currency, p_currency));
+    END IF;
     IF v_payer_currency IS NULL THEN
-        PERFORM ledger_refuse_v1('UnknownAccount', format('no payer account %L', p_payer));
+        PERFORM ledger_refuse_v1('UnknownAccount', format('no payer account %L on this ledger', p_payer));
     ELSIF v_payer_currency <> p_currency THEN
-        PERFORM ledger_refuse_v1('UnknownAccount', format('account %L does not hold %L', p_payer, p_currency));
+        PERFORM ledger_refuse_v1('WrongCurrency', format('payer account %L holds %L, not %L', p_payer, v_payer_currency, p_currency));
     ELSIF starts_with(p_payer, 'holds:') THEN
         PERFORM ledger_refuse_v1('UnauthorizedSigner', 'only session operations move value into or out of a holding account');
     END IF;
-    IF v_payee_currency IS NULL THEN
-        PERFORM ledger_refuse_v1('UnknownAccount', format('no payee account %L', p_payee));
-    ELSIF v_payee_currency <> p_currency THEN
-        PERFORM ledger_refuse_v1('UnknownAccount', format('account %L does not hold %L', p_payee, p_currency));
-    ELSIF starts_with(p_payee, 'holds:') THEN
+    IF starts_with(p_payee, 'holds:') THEN
         PERFORM ledger_refuse_v1('UnauthorizedSigner', 'only session operations move value into or out of a holding account');
     END IF;
     IF EXISTS (SELECT 1 FROM ledger_transfers WHERE id = p_id)

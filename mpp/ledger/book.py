@@ -31,6 +31,7 @@ from mpp.ledger.core import (
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
+    check_parties,
     check_spender,
 )
 from mpp.ledger.sqlite import SqliteLedger
@@ -182,11 +183,8 @@ class SqliteBook:
         """Accounts, signer, chain and revocation: refusals here consume nothing (LEDGER-ACCT-05)."""
         accounts = {r[0]: r for r in c.execute("SELECT id, currency, balance, kind FROM accounts WHERE id IN (?, ?)",
                                                (p.payer, p.payee))}
-        for role, acct in (("payer", p.payer), ("payee", p.payee)):
-            if acct not in accounts:
-                raise UnknownAccount(f"no {role} account {acct!r}")
-            if accounts[acct][1] != p.currency:
-                raise UnknownAccount(f"account {acct!r} does not hold {p.currency!r}")
+        check_parties({a: r[1] for a, r in accounts.items()}, p.payer, p.payee, p.currency)
+        for acct in (p.payer, p.payee):
             if ops.is_holding(acct):
                 raise UnauthorizedSigner("only session operations move value into or out of a holding account")
         if c.execute("SELECT 1 FROM transfers WHERE id=? UNION ALL SELECT 1 FROM voided WHERE transfer_id=?",

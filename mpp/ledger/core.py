@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Sequence
 from mpp.protocol.errors import MPPError
 from mpp.protocol.keys import public_key_from_did
 
-__all__ = ["ROLES", "check_spender", "check_member", "check_account_id", "RESERVED_PREFIXES", "keeps_an_owner", "verified_links", "OverMandate", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnauthorizedSigner", "TransferConflict", "issuance_account",
+__all__ = ["ROLES", "check_parties", "check_spender", "check_member", "check_account_id", "RESERVED_PREFIXES", "keeps_an_owner", "verified_links", "OverMandate", "MandateRequired", "MandateCharge", "MandateRevokedError", "BudgetExhausted", "Account", "Transfer", "LedgerError", "InsufficientFunds", "UnknownAccount", "UnknownPayee", "WrongCurrency", "UnauthorizedSigner", "TransferConflict", "issuance_account",
            "holding_account", "SessionHold", "SessionClose", "UnknownSession", "SessionNotOpen", "CapSignatureInvalid", "CaptureRefused",
            "AuthorizationInvalid"]
 
@@ -55,6 +55,15 @@ class UnknownAccount(LedgerError):
     pass
 
 
+class UnknownPayee(UnknownAccount):
+    """The payee (a seller's recipient) is not on the ledger, or holds another currency: the
+    seller's configuration is at fault, not the payer (CORE-ERR-14)."""
+
+
+class WrongCurrency(UnknownAccount):
+    """The payer account holds another currency than the one the transfer is in."""
+
+
 class InsufficientFunds(LedgerError):
     """The payer's balance does not cover the amount."""
 
@@ -92,6 +101,20 @@ class BudgetExhausted(LedgerError):
 # roots mandate chains that spend from it; an agent spends only under such a chain; a denied DID
 # spends nothing, whatever chain it appears in.
 ROLES = ("owner", "agent", "denied")
+
+
+def check_parties(currencies: Mapping[str, str], payer: str, payee: str, currency: str) -> None:
+    """Both accounts of a transfer exist and hold ``currency`` (``currencies``: account id -> its
+    currency, for those found). The payee is judged first: on a ledger that lacks the seller's own
+    account (a mistyped or empty ledger) the fault is the seller's, whoever pays (CORE-ERR-14)."""
+    if payee not in currencies:
+        raise UnknownPayee(f"no payee account {payee!r} on this ledger")
+    if currencies[payee] != currency:
+        raise UnknownPayee(f"payee account {payee!r} holds {currencies[payee]!r}, not {currency!r}")
+    if payer not in currencies:
+        raise UnknownAccount(f"no payer account {payer!r} on this ledger")
+    if currencies[payer] != currency:
+        raise WrongCurrency(f"payer account {payer!r} holds {currencies[payer]!r}, not {currency!r}")
 
 
 def check_spender(roles: Mapping[str, str], *, signer: str | None, chain: Sequence[str] | None) -> None:

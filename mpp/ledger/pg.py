@@ -69,6 +69,9 @@ from mpp.ledger.core import (
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
+    UnknownPayee,
+    WrongCurrency,
+    check_parties,
     check_account_id,
     check_member,
     holding_account,
@@ -212,13 +215,8 @@ class PgLedger:
             if row[8]:
                 raise TransferConflict(f"transfer {transfer_id!r} was voided before it was made")
             accounts = await self._book.lock_accounts(conn, [payer, payee])
-            if payer not in accounts:
-                raise UnknownAccount(f"no payer account {payer!r}")
-            if payee not in accounts:
-                raise UnknownAccount(f"no payee account {payee!r}")
+            check_parties({a: r["currency"] for a, r in accounts.items()}, payer, payee, currency)
             for acct in (payer, payee):
-                if accounts[acct]["currency"] != currency:
-                    raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
                 if is_holding(acct):
                     raise UnauthorizedSigner("only session operations move value into or out of a holding account")
             links = await self._book.authorized_links(conn, payer, signer, mandate, verified, currency=currency, amount=amount)
@@ -327,7 +325,7 @@ _CALL_PURCHASE = f"SELECT o_status, o_detail FROM {PURCHASE}({', '.join(f'${i}' 
 _CALL_REFUND = f"SELECT o_status FROM {REFUND}($1, $2, $3, $4, $5, $6)"
 
 _REFUSALS: dict[str, type[LedgerError]] = {cls.__name__: cls for cls in (
-    UnknownAccount, UnauthorizedSigner, MandateRequired, TransferConflict, OverMandate, MandateRevokedError,
+    UnknownAccount, UnknownPayee, WrongCurrency, UnauthorizedSigner, MandateRequired, TransferConflict, OverMandate, MandateRevokedError,
     InsufficientFunds, BudgetExhausted)}
 _MONEY = ("InsufficientFunds", "BudgetExhausted")
 

@@ -40,6 +40,7 @@ from mpp.ledger.core import (
     UnknownAccount,
     UnknownSession,
     check_member,
+    check_parties,
     check_spender,
     keeps_an_owner,
     holding_account,
@@ -156,11 +157,7 @@ class PgSessions:
             currency, payee = terms.currency, terms.recipient
             holds = holding_account(currency)
             accounts = await self._book.lock_accounts(conn, [payer, payee, holds])
-            for name, acct in (("payer", payer), ("payee", payee)):
-                if acct not in accounts or accounts[acct]["kind"] != "asset":
-                    raise UnknownAccount(f"no {name} account {acct!r}")
-                if accounts[acct]["currency"] != currency:
-                    raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
+            check_parties({a: r["currency"] for a, r in accounts.items() if r["kind"] == "asset"}, payer, payee, currency)
             if payer == payee or is_holding(payer) or is_holding(payee):
                 raise UnknownAccount("a session's payer and payee must differ, and neither may be the holding account")
             links = await self._book.authorized_links(conn, payer, signer, mandate, verified, currency=currency, amount=None)

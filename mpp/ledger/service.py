@@ -65,6 +65,8 @@ ERROR_STATUS: dict[str, int] = {
     "MandateRevokedError": 403,
     "BudgetExhausted": 403,
     "UnknownAccount": 404,
+    "UnknownPayee": 404,
+    "WrongCurrency": 409,
     "UnknownSession": 404,
     "InsufficientFunds": 409,
     "TransferConflict": 409,

@@ -21,6 +21,7 @@ from mpp.ledger.core import (
     TransferConflict,
     UnauthorizedSigner,
     UnknownAccount,
+    check_parties,
     check_account_id,
     check_member,
     holding_account,
@@ -146,13 +147,8 @@ class SqliteLedger:
                 r[0]: r
                 for r in c.execute("SELECT id, currency, balance, kind FROM accounts WHERE id IN (?, ?)", (payer, payee))
             }
-            if payer not in accounts:
-                raise UnknownAccount(f"no payer account {payer!r}")
-            if payee not in accounts:
-                raise UnknownAccount(f"no payee account {payee!r}")
+            check_parties({a: r[1] for a, r in accounts.items()}, payer, payee, currency)
             for acct in (payer, payee):
-                if accounts[acct][1] != currency:
-                    raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
                 if ops.is_holding(acct):
                     raise UnauthorizedSigner("only session operations move value into or out of a holding account")
             links = ops.authorized_links(c, payer, signer, mandate, currency=currency, amount=amount)

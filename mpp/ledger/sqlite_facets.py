@@ -23,6 +23,7 @@ from mpp.ledger.core import (
     UnknownAccount,
     UnknownSession,
     check_member,
+    check_parties,
     check_spender,
     keeps_an_owner,
     holding_account,
@@ -132,11 +133,7 @@ class SqliteSessions:
             currency, payee = terms.currency, terms.recipient
             accounts = {r[0]: r for r in c.execute("SELECT id, currency, balance FROM accounts WHERE id IN (?, ?) AND kind='asset'",
                                                    (payer, payee))}
-            for name, acct in (("payer", payer), ("payee", payee)):
-                if acct not in accounts:
-                    raise UnknownAccount(f"no {name} account {acct!r}")
-                if accounts[acct][1] != currency:
-                    raise UnknownAccount(f"account {acct!r} does not hold {currency!r}")
+            check_parties({a: r[1] for a, r in accounts.items()}, payer, payee, currency)
             holds = holding_account(currency)
             if payer == payee or ops.is_holding(payer) or ops.is_holding(payee):
                 raise UnknownAccount("a session's payer and payee must differ, and neither may be the holding account")

@@ -8,7 +8,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -278,8 +278,14 @@ def _build(doc: _PriceListDoc, locate: _Locator, errors: list[tuple[int, str]]) 
     return routes
 
 
-def check_reload(current: PriceList, new: PriceList) -> None:
-    """PRICE-VER-02: a changed list needs a new version. Raise PriceListError naming the version line."""
+def check_reload(current: PriceList, new: PriceList, earlier: Iterable[PriceList] = ()) -> None:
+    """PRICE-VER-02: a changed list needs a new version, also against every list served before
+    (``earlier``: a version name reused for other prices would make receipts ambiguous, issue 17,
+    finding 11). Raise PriceListError naming the version line."""
     if new.version == current.version and new.fingerprint != current.fingerprint:
         raise PriceListError(new.source, [(new.version_line, f"version {new.version!r} is the running list's version "
                                                                "but the content differs: give the new list a new version")])
+    for old in earlier:
+        if new.version == old.version and new.fingerprint != old.fingerprint:
+            raise PriceListError(new.source, [(new.version_line, f"version {new.version!r} was served earlier by this "
+                                                                   "seller with other content: give the new list a new version")])

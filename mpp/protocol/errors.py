@@ -18,6 +18,7 @@ __all__ = [
     "PROBLEM_BASE",
     "EXTENSION_PROBLEM_BASE",
     "MPPError",
+    "SellerMisconfigured",
     "ParseError",
     "FormatError",
     "PaymentProblem",
@@ -201,6 +202,16 @@ class RequestInProgress(ExtensionProblem):
     status = 409
     slug = "request-in-progress"
     title = "Paid Request Still In Progress"
+
+
+class SellerMisconfigured(ExtensionProblem):
+    """The seller cannot take payment because of its own configuration (a priced handler outside
+    the payment middleware, its recipient account or its ledger missing): no challenge was
+    consumed and nothing moved; the seller's log names the fix (503, CORE-ERR-14)."""
+
+    status = 503
+    slug = "seller-misconfigured"
+    title = "Seller Cannot Take Payment"
 
 
 PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {

@@ -1,0 +1,88 @@
+"""Start-up validation of `mpp seller serve` (issue 17, finding 2; CORE-ERR-14): a mistyped ledger
+file, a recipient account the ledger lacks and a trusted principal that is not a did:key are each
+refused before serving, with a one-line message naming the fix and a non-zero exit; with
+``create_ledger = true`` a new ledger is made with the recipient account."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mpp.cli.config import init_home, load_seller_config
+from mpp.cli.serve import rail_for
+from mpp.ledger import SqliteLedger
+
+from conftest import REPO
+
+
+def _serve(home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"),
+                           "--port", "0"], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def _edit(home: Path, old: str, new: str) -> None:
+    toml = home / "seller.toml"
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "ready" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_mistyped_ledger_file_is_refused_and_not_created(tmp_path: Path):
+    """issue 17, finding 2: `ledger = "ledgr.db"` (no such file) refuses to start, naming the file,
+    the key and `create_ledger = true`; no empty ledger is left behind."""
+    home = tmp_path / "home"
+    init_home(home)
+    _edit(home, 'ledger = "ledger.db"', 'ledger = "ledgr.db"')
+    line = _one_line(_serve(home))
+    assert "ledgr.db" in line and "`ledger`" in line and "create_ledger = true" in line
+    assert not (home / "ledgr.db").exists()
+
+
+def test_create_ledger_makes_the_ledger_with_the_recipient(tmp_path: Path):
+    """issue 17, finding 2: with `create_ledger = true` the new ledger is made, holding the recipient."""
+    home = tmp_path / "home"
+    init_home(home)
+    _edit(home, 'ledger = "ledger.db"', 'ledger = "fresh.db"\ncreate_ledger = true')
+    rail, ledger = rail_for(load_seller_config(home / "seller.toml"))
+    assert ledger is not None
+    try:
+        assert [a.id for a in ledger.accounts()] == ["acct:seller"]
+    finally:
+        ledger.close()
+
+
+def test_missing_recipient_account_is_refused(tmp_path: Path):
+    """issue 17, finding 2: a recipient account the ledger lacks refuses to start, naming the account
+    and `mpp ledger account create`."""
+    home = tmp_path / "home"
+    init_home(home)
+    _edit(home, 'recipient = "acct:seller"', 'recipient = "acct:sellr"')
+    line = _one_line(_serve(home))
+    assert "acct:sellr" in line and "mpp ledger account create acct:sellr --currency usd" in line
+    ledger = SqliteLedger(str(home / "ledger.db"))
+    try:
+        assert "acct:sellr" not in [a.id for a in ledger.accounts()]
+    finally:
+        ledger.close()
+
+
+def test_trusted_principal_that_is_not_a_did_key_is_refused(tmp_path: Path):
+    """issue 17, finding 2: a trusted_principals entry that does not parse refuses to start, naming it."""
+    home = tmp_path / "home"
+    init_home(home)
+    toml = home / "seller.toml"
+    text = toml.read_text()
+    start = text.index("trusted_principals = [")
+    end = text.index("\n", start)
+    toml.write_text(text[:start] + 'trusted_principals = ["did:key:zNotAKey"]' + text[end:])
+    line = _one_line(_serve(home))
+    assert "trusted_principals" in line and "did:key:zNotAKey" in line
