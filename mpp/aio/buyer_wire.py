@@ -14,7 +14,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from mpp.buyer.core import Quote, origin_of
-from mpp.protocol.errors import OutcomeUnknown, ParseError, ReceiptInvalid
+from mpp.protocol.errors import DETAIL_MAX, OutcomeUnknown, ParseError, ReceiptInvalid, clip
 from mpp.protocol.models import PaymentReceipt
 from mpp.protocol.wire import loads_strict
 
@@ -85,7 +85,11 @@ class BuyerWire:
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", challenge_id) from exc
         if paid.status >= 500:
             await self.emit("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
-            raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent", challenge_id)
+            problem = problem_of(paid)
+            said = "; ".join(clip(problem[k], DETAIL_MAX) for k in ("title", "detail")
+                             if isinstance(problem.get(k), str) and problem[k])  # the seller's words (CORE-ERR-12)
+            raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent"
+                                 + (f": {said}" if said else ""), challenge_id, status=paid.status, problem=problem)
         return paid
 
     async def jwks(self, url: str) -> Mapping[str, Any]:
