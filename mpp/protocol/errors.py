@@ -261,7 +261,7 @@ class QuoteRejected(PolicyRefused):
 
 class BudgetExceeded(QuoteRejected):
     """A mandate's budget for the period cannot take this purchase (IDENT-POL-01, IDENT-BUD-01);
-    nothing was signed. Carries ``mandate`` (the link's ``jti``), ``period`` (its key, e.g.
+    nothing was signed. Carries ``mandate`` (the link's budget key, ``issuer#jti``), ``period`` (its key, e.g.
     ``2026-12-05``), ``budget``, ``used`` (spent or reserved), ``remaining``, ``amount`` (what this
     purchase needed) and ``held_by_sessions`` (how much of ``used`` open sessions hold:
     closing them, ``PaymentClient.close_sessions()``, frees what they did not spend)."""
@@ -275,7 +275,8 @@ class BudgetExceeded(QuoteRejected):
 
     def _detail(self) -> str:
         when = f" for period {self.period}" if self.period else ""
-        text = (f"mandate {clip(self.mandate)}{when}: {self.used} of its budget {self.budget} spent or reserved, "
+        jti = self.mandate.rpartition("#")[2]  # a link is counted under "issuer#jti"; the jti names it
+        text = (f"mandate {clip(jti)}{when}: {self.used} of its budget {self.budget} spent or reserved, "
                 f"{self.remaining} left; this purchase needs {self.amount}")
         if self.held_by_sessions:
             text += (f"; {self.held_by_sessions} of it is held by {self.open_sessions} open session(s): closing them "
