@@ -320,3 +320,68 @@ async def test_a_budget_refusal_says_what_open_sessions_hold_and_how_to_free_it(
         await first.close()
         await second.close()
         ledger.close()
+
+
+# -- `mpp fetch`: the same causes as messages and exit codes ------------------------------------
+
+async def _mpp_fetch(*args: str) -> tuple[int, str]:
+    """Run `mpp fetch` in a subprocess without blocking this loop (the seller runs on it)."""
+    import asyncio
+    import sys
+
+    from conftest import REPO
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mpp.cli.main", "fetch", *args, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, stderr.decode()
+
+
+@pytest.fixture
+def wallet(tmp_path: Path) -> Path:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    home = tmp_path / "home"
+    subprocess.run([sys.executable, "-m", "mpp.cli.main", "init", str(home)], check=True, capture_output=True, cwd=REPO)
+    return home / "agent"
+
+
+async def test_mpp_fetch_reports_an_unknown_outcome_with_the_sellers_problem_and_how_to_check(wallet: Path):
+    """Issue 17, finding 9: after a 503 ledger-unavailable, `mpp fetch` exits 5 and prints the seller's
+    title and detail, the challenge id, the command to check (with the wallet's account) and the
+    problem document; no traceback."""
+    problem = {"type": IDENT + "ledger-unavailable", "title": "Ledger Unavailable", "status": 503,
+               "detail": "the ledger did not answer within 5 s"}
+    seen: list[str] = []
+
+    async def handler(request):
+        if Recorder().saw(request):
+            return web.json_response(problem, status=503, content_type="application/problem+json")
+        challenge = challenge_for(request, amount=10)
+        seen.append(challenge.id)
+        return answer_402(challenge)
+
+    app = web.Application()
+    app.router.add_get("/thing", handler)
+    server = await serve(app)
+    try:
+        code, stderr = await _mpp_fetch("--wallet", str(wallet), "--no-identity", str(server.make_url("/thing")))
+    finally:
+        await server.close()
+    assert code == 5, stderr
+    assert "Traceback" not in stderr
+    first = stderr.splitlines()[0]
+    assert first.startswith("mpp: ") and "Ledger Unavailable" in first and "did not answer within 5 s" in first
+    assert seen[-1] in first and "mpp ledger balance acct:buyer" in first
+    assert '"ledger-unavailable"' in stderr or IDENT + "ledger-unavailable" in stderr
+
+
+async def test_mpp_fetch_of_a_seller_that_is_down_is_one_line_and_exit_1(wallet: Path):
+    """Issue 17, finding 10: a seller that is down is one `mpp:` line saying nothing was paid, exit 1."""
+    code, stderr = await _mpp_fetch("--wallet", str(wallet), f"http://127.0.0.1:{_free_port()}/thing")
+    assert code == 1 and "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("mpp: could not reach") and "nothing was sent or paid" in line

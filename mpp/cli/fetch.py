@@ -117,7 +117,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                     print(json.dumps(exc.problem, indent=2), file=sys.stderr)
                 return EXIT_REFUSED
             except OutcomeUnknown as exc:
-                err(f"{exc} (challenge {exc.challenge_id}); the payment may have settled: "
+                err(f"{exc}; the payment may have settled: "
                     + exc.how_to_check.replace("ACCOUNT", wallet.account))
                 if exc.problem:
                     print(json.dumps(exc.problem, indent=2), file=sys.stderr)

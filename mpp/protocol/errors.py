@@ -356,9 +356,9 @@ class OutcomeUnknown(BuyerError):
     @property
     def how_to_check(self) -> str:
         """What to look up before paying again."""
-        return (f"before paying again, check whether challenge {self.challenge_id} settled: the payer account's "
-                f"balance and transfers at the ledger (`mpp ledger balance ACCOUNT`), or ask the seller for the "
-                f"receipt of that challenge id")
+        return (f"before paying again, check whether challenge {self.challenge_id} settled (on the ledger method it is "
+                f"the transfer's id and the receipt's reference): the payer account's balance at the ledger "
+                f"(`mpp ledger balance ACCOUNT`), or ask the seller for the receipt of that challenge")
 
 
 class SellerUnreachable(BuyerError):
