@@ -384,4 +384,4 @@ async def test_mpp_fetch_of_a_seller_that_is_down_is_one_line_and_exit_1(wallet:
     code, stderr = await _mpp_fetch("--wallet", str(wallet), f"http://127.0.0.1:{_free_port()}/thing")
     assert code == 1 and "Traceback" not in stderr
     (line,) = stderr.strip().splitlines()
-    assert line.startswith("mpp: could not reach") and "nothing was sent or paid" in line
+    assert line.startswith("mpp: request failed: could not reach") and "nothing was sent or paid" in line

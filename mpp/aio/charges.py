@@ -46,7 +46,8 @@ def seller_refusal(method: str, url: str, quote: Quote, status: int, problem: di
         seller = f"{u.scheme}://{u.raw_authority}"
         resource = resource_of(method, u.raw_path, u.raw_query_string)
         return ApprovalNeeded(
-            f"the seller asks for the principal's approval of {quote.request.amount} {quote.request.currency} for "
+            f"seller refused the credential: HTTP {status} {kind}: the principal's approval is required for "
+            f"{quote.request.amount} {quote.request.currency} for "
             f"{clip(resource, RESOURCE_MAX)} at {clip(seller, RESOURCE_MAX)} (rule {clip(problem.get('rule'))}); get one "
             f"(`mpp approve --problem FILE`, or an approver on the AgentIdentity) and retry",
             status, problem, quote=quote, seller=seller, resource=resource)

@@ -123,7 +123,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                     print(json.dumps(exc.problem, indent=2), file=sys.stderr)
                 return EXIT_UNKNOWN
             except SellerUnreachable as exc:
-                err(str(exc))
+                err(f"request failed: {exc}")
                 return EXIT_HTTP
             except ReceiptInvalid as exc:
                 err(f"paid, but the receipt is not valid: {exc}")
