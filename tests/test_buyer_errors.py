@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+from hypothesis import example, given, strategies as st
 import pytest
 from aiohttp import web
 
@@ -385,3 +386,48 @@ async def test_mpp_fetch_of_a_seller_that_is_down_is_one_line_and_exit_1(wallet:
     assert code == 1 and "Traceback" not in stderr
     (line,) = stderr.strip().splitlines()
     assert line.startswith("mpp: request failed: could not reach") and "nothing was sent or paid" in line
+
+
+# -- the seller's words in our messages: whatever it sends ---------------------------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+_PROBLEM = st.dictionaries(st.sampled_from(["type", "title", "detail", "status", "rule", "challengeId", "amount", "x"]),
+                           _JSON | st.text(alphabet=st.characters(), min_size=0, max_size=2000), max_size=8)
+
+
+@given(problem=_PROBLEM, status=st.sampled_from([400, 402, 403, 409, 500, 503]))
+@example(problem={"type": "urn:mpp:problem:approval-required", "rule": {"x": [1]}, "amount": None, "detail": "a\nb\u202e"},
+         status=403)
+def test_any_problem_document_makes_a_bounded_one_line_message(problem, status):
+    """Issue 17, findings 9 and 10 (CORE-ERR-12): the seller's problem document is untrusted input;
+    whatever it holds, the refusal or unknown-outcome message we build from it is one line of
+    bounded length, the exception keeps the document, and problem_type is a string."""
+    from mpp.aio.buyer_wire import problem_words
+    from mpp.aio.charges import seller_refusal
+    from mpp.buyer.core import Quote
+    from mpp.protocol.models import ChargeRequest
+
+    issuer = mpp.ChallengeIssuer(b"k" * 32, "adversary.test")
+    challenge = issuer.issue(method="ledger", intent="charge", now=now(),
+                             request={"amount": "10", "currency": "usd", "recipient": "acct:seller"})
+    quote = Quote(challenge, ChargeRequest.from_challenge(challenge), LedgerBuyerMethod(key=KEY, account="acct:buyer"))
+    said = problem_words(problem)
+    assert _one_line(said) and len(said) <= 2 * 512 + 2
+    exc = seller_refusal("GET", "http://127.0.0.1:1/x?y=1", quote, status, problem)
+    assert isinstance(exc, mpp.SellerRefused) and exc.problem == problem and isinstance(exc.problem_type, str)
+    if isinstance(exc, mpp.ApprovalNeeded):  # what an approver is shown is what we would sign
+        assert (exc.amount, exc.currency, exc.challenge_id, exc.resource) == ("10", "usd", challenge.id, "GET /x?y=1")
+    assert _one_line(str(exc)) and len(str(exc)) < 2000
+    unknown = mpp.OutcomeUnknown("seller answered 503" + (f": {said}" if said else ""), challenge.id, status=503, problem=problem)
+    assert challenge.id in unknown.how_to_check
+
+
+KEY = mpp.SigningKey.generate()
+
+
+def _one_line(text: str) -> bool:
+    """No control, format or separator character (what clip removes): no forged lines or reordering."""
+    import unicodedata
+
+    return all(unicodedata.category(c) not in {"Cc", "Cf", "Cs", "Zl", "Zp"} for c in text)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import aiohttp
 from yarl import URL
 
-from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of
+from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of, problem_words
 from mpp.buyer.core import Quote, sign_quote, verify_receipt
 from mpp.buyer.grants import GrantBook, grant_headers, grant_refused, key_for, payer_of
 from mpp.buyer.offers import wants_approval
@@ -39,7 +39,7 @@ def seller_refusal(method: str, url: str, quote: Quote, status: int, problem: di
     """The exception for a seller's refusal of a charge credential: :class:`ApprovalNeeded` when it
     asks for the principal's approval (with what an approver must see), else :class:`PaymentFailed`
     naming the problem's title and detail."""
-    said = "; ".join(clip(problem[k], DETAIL_MAX) for k in ("title", "detail") if isinstance(problem.get(k), str) and problem[k])
+    said = problem_words(problem)
     kind = clip(problem.get("type", ""), RESOURCE_MAX)
     if wants_approval(status, problem):
         u = URL(url)

@@ -329,9 +329,10 @@ class ApprovalNeeded(SellerRefused):
         super().__init__(message, status, problem)
         doc = self.problem
         self.quote = quote
-        self.challenge_id = doc.get("challengeId") or (quote.challenge.id if quote is not None else None)
-        self.amount = doc.get("amount") or (quote.request.amount if quote is not None else None)
-        self.currency = doc.get("currency") or (quote.request.currency if quote is not None else None)
+        # What we were about to sign, not what the seller's document claims, when we have it.
+        self.challenge_id = quote.challenge.id if quote is not None else doc.get("challengeId")
+        self.amount = quote.request.amount if quote is not None else doc.get("amount")
+        self.currency = quote.request.currency if quote is not None else doc.get("currency")
         self.resource = resource
         self.seller = seller
         self.rule = doc.get("rule")
