@@ -118,7 +118,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 return EXIT_REFUSED
             except OutcomeUnknown as exc:
                 err(f"{exc}; the payment may have settled: "
-                    + exc.how_to_check.replace("ACCOUNT", wallet.account))
+                    + exc.how_to_check_for(wallet.account))
                 if exc.problem:
                     print(json.dumps(exc.problem, indent=2), file=sys.stderr)
                 return EXIT_UNKNOWN

@@ -356,10 +356,14 @@ class OutcomeUnknown(BuyerError):
 
     @property
     def how_to_check(self) -> str:
-        """What to look up before paying again."""
+        """What to look up before paying again (the payer account left as ``ACCOUNT``)."""
+        return self.how_to_check_for("ACCOUNT")
+
+    def how_to_check_for(self, account: str) -> str:
+        """What to look up before paying again, for the payer account ``account``."""
         return (f"before paying again, check whether challenge {self.challenge_id} settled (on the ledger method it is "
                 f"the transfer's id and the receipt's reference): the payer account's balance at the ledger "
-                f"(`mpp ledger balance ACCOUNT`), or ask the seller for the receipt of that challenge")
+                f"(`mpp ledger balance {account}`), or ask the seller for the receipt of that challenge")
 
 
 class SellerUnreachable(BuyerError):
