@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 import mpp
+from mpp.protocol.errors import clip
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, SessionPolicy
 from mpp.aio.agent import AgentIdentity
@@ -419,6 +420,13 @@ def test_any_problem_document_makes_a_bounded_one_line_message(problem, status):
     if isinstance(exc, mpp.ApprovalNeeded):  # what an approver is shown is what we would sign
         assert (exc.amount, exc.currency, exc.challenge_id, exc.resource) == ("10", "usd", challenge.id, "GET /x?y=1")
     assert _one_line(str(exc)) and len(str(exc)) < 2000
+    from mpp.aio.buyer_sessions import _refusal  # the session refusals' message (open, voucher, close)
+
+    session_message = _refusal("session open", status, problem)
+    assert _one_line(session_message) and len(session_message) < 2000
+    detail = problem.get("detail")
+    if isinstance(detail, str) and detail and not isinstance(exc, mpp.ApprovalNeeded):
+        assert clip(detail, 512) in str(exc) and clip(detail, 512) in session_message
     unknown = mpp.OutcomeUnknown("seller answered 503" + (f": {said}" if said else ""), challenge.id, status=503, problem=problem)
     assert challenge.id in unknown.how_to_check
 
