@@ -266,7 +266,8 @@ async def test_a_budget_refusal_is_budget_exceeded_and_a_policy_refusal(world, t
     assert isinstance(exc, mpp.BudgetExceeded) and isinstance(exc, mpp.QuoteRejected) and exc.rule == "budget"
     assert exc.mandate.endswith("#" + claims_of(token)["jti"]) and exc.period == "total"
     assert (exc.budget, exc.used, exc.remaining, exc.amount, exc.held_by_sessions) == (150, 100, 50, 100, 0)
-    assert claims_of(token)["jti"] in exc.detail and "50 left" in exc.detail
+    assert claims_of(token)["jti"] in exc.detail and "50 left" in exc.detail and "larger --budget" in exc.detail
+    assert "next period" not in exc.detail  # a "total" budget has none
 
 
 def _metered_seller(tmp_path: Path, name: str, ledger, principal: str) -> web.Application:

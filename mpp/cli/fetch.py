@@ -19,7 +19,8 @@ EPILOG_FETCH = """exit codes:
   1  the server answered with an error that was not about payment, or could not be reached
      (nothing was sent or paid)
   2  bad arguments or wallet
-  3  the quote broke the wallet's policy (amount, currency, recipient, expiry, origin); nothing was signed
+  3  the quote broke the wallet's policy (amount, currency, recipient, expiry, origin) or its
+     mandate (expired, another audience, budget spent); nothing was signed
   4  the seller refused the credential (its problem document is printed on stderr)
   5  the credential was sent but the outcome is unknown (5xx or network error): the seller's
      problem document, if any, and the challenge id are printed on stderr; before paying again

@@ -282,7 +282,8 @@ class BudgetExceeded(QuoteRejected):
             text += (f"; {self.held_by_sessions} of it is held by {self.open_sessions} open session(s): closing them "
                      f"(PaymentClient.close_sessions(), or let `mpp fetch` finish its run) frees what they did not spend")
         else:
-            text += "; wait for the next period or ask the principal for a mandate with a larger --budget (`mpp mandate issue`)"
+            wait = "" if self.period in (None, "total") else "wait for the next period or "
+            text += f"; {wait}ask the principal for a mandate with a larger --budget (`mpp mandate issue`)"
         return text
 
     def with_sessions(self, held: int, count: int) -> "BudgetExceeded":
