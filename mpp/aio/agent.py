@@ -8,13 +8,15 @@ is accepted too and used through the same interface (the caller still owns and c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
 from mpp.stores.budget import AsyncBudgetStore, AsyncSqliteBudgetStore, BudgetLink, BudgetRefused, BudgetStore
 from mpp.buyer.core import Quote, check_mandate_offer
-from mpp.protocol.errors import PaymentProblem, QuoteRejected
-from mpp.identity import ApprovalRequired, MandateChain, evaluate_policy, identity_member, period_key, verify_chain
+from mpp.protocol.errors import BudgetExceeded, PaymentProblem, QuoteRejected, clip
+from mpp.protocol.models import format_rfc3339
+from mpp.identity import (ApprovalRequired, MandateAudience, MandateChain, MandateExpired, MandateNotYetValid, evaluate_policy,
+                          identity_member, period_key, verify_chain)
 from mpp.protocol.keys import SigningKey
 from mpp.pricing import MandateRestrictions, restrictions_from_claims
 from mpp.protocol.challenge import resource_of
@@ -42,6 +44,8 @@ class AgentIdentity:
         try:
             root_iss = _root_issuer(self.mandates)
             chain = verify_chain(list(self.mandates), trusted_principals={root_iss}, realm=realm, now=now, max_depth=16)
+        except (MandateExpired, MandateNotYetValid, MandateAudience) as exc:
+            raise QuoteRejected("mandate", _why_not_valid(self.mandates, exc, realm, now, self.key.did)) from None
         except PaymentProblem as exc:
             raise QuoteRejected("mandate", f"our mandate does not cover this seller: {exc.detail}") from None
         if chain.agent != self.key.did:
@@ -84,7 +88,10 @@ class AgentIdentity:
         try:
             await self.budget.reserve(reservation_id, links, amount, now=now, ttl=ttl)
         except BudgetRefused as exc:
-            raise QuoteRejected("budget", str(exc)) from None
+            period = next((link.period for link in links if link.jti == exc.jti), None)
+            if not exc.jti:  # a finished reservation offered again (ReservationFinished): not a budget figure
+                raise QuoteRejected("budget", str(exc)) from None
+            raise BudgetExceeded(exc.jti, period, exc.budget, exc.used, exc.amount) from None
 
     async def extend(self, reservation_id: str, now: datetime, ttl: timedelta | None = None) -> None:
         if self.budget is not None:
@@ -105,6 +112,41 @@ class AgentIdentity:
     async def release(self, challenge_id: str) -> None:
         if self.budget is not None:
             await self.budget.release(challenge_id)
+
+
+_LEEWAY = 30.0  # the seller's default (verify_chain), so we refuse exactly what it would
+
+
+def _why_not_valid(tokens: Sequence[str], exc: PaymentProblem, realm: str, now: datetime, agent: str) -> str:
+    """Finding 7 and 8 of issue 17: which link of our chain a seller would refuse for its times
+    (IDENT-MDT-06) or its audience (IDENT-MDT-07, IDENT-POP-09), and what to do about it."""
+    t = now.timestamp()
+    renew = (f"ask its issuer for a new one (`mpp mandate issue --issuer KEY.pem --subject {agent} --ceiling N --budget N "
+             f"--out FILE`) and attach it (`mpp agent init DIR --account ACCOUNT --mandate FILE`)")
+    for i, token in enumerate(tokens):
+        c = _claims(token)
+        jti, where = clip(c.get("jti", "?")), f"link {i + 1} of {len(tokens)}"
+        exp, nbf, aud = c.get("exp"), c.get("nbf"), c.get("aud")
+        if isinstance(exc, MandateExpired) and isinstance(exp, (int, float)) and exp <= t - _LEEWAY:
+            return f"mandate {jti} ({where}) expired at {_when(exp)} (now {format_rfc3339(now)}); {renew}"
+        if isinstance(exc, MandateNotYetValid):
+            start = max(v for v in (nbf, c.get("iat"), 0) if isinstance(v, (int, float)))
+            if start > t + _LEEWAY:
+                return (f"mandate {jti} ({where}) is not valid before {_when(start)} (now {format_rfc3339(now)}); "
+                        f"wait until then, or check this machine's clock")
+        if isinstance(exc, MandateAudience) and isinstance(aud, list) and aud != ["*"] and realm not in aud:
+            return (f"our mandate does not cover this seller: mandate {jti} ({where}) is for "
+                    f"{', '.join(clip(a) for a in aud[:5])} only, not realm {clip(realm)!r}. A buyer holding a mandate "
+                    f"presents it on every purchase and signs nothing outside its audience, also where the seller "
+                    f"does not ask for identity (IDENT-POP-09). Way out: a mandate for this seller "
+                    f"(`mpp mandate issue ... --audience {clip(realm)}`), or pay without the chain with "
+                    f"`mpp fetch --no-identity` (PaymentClient without identity) if the key may spend outside its "
+                    f"mandates (a mandate-bound ledger key may not: the seller answers mandate-required)")
+    return f"our mandate does not cover this seller: {exc.detail}"
+
+
+def _when(epoch: float) -> str:
+    return format_rfc3339(datetime.fromtimestamp(epoch, timezone.utc))
 
 
 def _claims(token: str) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from mpp.buyer.offers import accept_payment, allowed_challenges, answer_plain, c
 from mpp.buyer.session_receipts import problem_amount
 from mpp.methods import BuyerMethod
 from mpp.pricing import SUBSCRIPTION_ID_HEADER, Grant, MandateRestrictions
-from mpp.protocol.errors import BuyerError, OutcomeUnknown, ParseError, PaymentFailed, QuoteRejected, ReceiptInvalid
+from mpp.protocol.errors import (BudgetExceeded, BuyerError, OutcomeUnknown, ParseError, PaymentFailed, QuoteRejected, ReceiptInvalid,
+                                 SellerUnreachable)
 from mpp.protocol.headers import parse_challenges
 from mpp.protocol.models import Challenge, PaymentReceipt
 
@@ -115,7 +116,10 @@ class PaymentClient:
         subscription = self._charges.book.subscription_for(method, url, URL(url).raw_path)
         if subscription is not None:
             hdrs.setdefault(SUBSCRIPTION_ID_HEADER, subscription)
-        resp = await self.session.request(method, url, data=data, headers=hdrs)
+        try:
+            resp = await self.session.request(method, url, data=data, headers=hdrs)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # no credential went out: nothing paid
+            raise SellerUnreachable(url, str(exc) or type(exc).__name__) from exc
         hops = [str(h.url) for h in resp.history] + [str(resp.url)]
         return await capture(resp, keep_open), hops
 
@@ -179,6 +183,23 @@ class PaymentClient:
 
     async def _request(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
                        keep_open: bool) -> PaidResponse:
+        try:
+            return await self._request_paying(method, url, data, headers, keep_open)
+        except BudgetExceeded as exc:
+            held = self._held_by_sessions(exc.mandate)
+            if held[0]:
+                raise exc.with_sessions(*held) from None
+            raise
+
+    def _held_by_sessions(self, mandate: str) -> tuple[int, int]:
+        """(amount, count): what our open sessions hold of the budget of mandate link ``mandate``
+        (each reserves its cap until it is closed), so a budget refusal can say so (issue 17)."""
+        sessions = [s for s in self.open_sessions
+                    if not s.closed and s.budget_links and any(link.jti == mandate for link in s.budget_links)]
+        return sum(s.cap - s.spent for s in sessions), len(sessions)
+
+    async def _request_paying(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
+                              keep_open: bool) -> PaidResponse:
         book = self._charges.book
         grant = book.covering(method, url, URL(url).raw_path, self.clock()) if book.usable(url, self.policy) else None
         if grant is not None:

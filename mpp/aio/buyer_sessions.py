@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import aiohttp
 from yarl import URL
 
-from mpp.aio.buyer_wire import BuyerWire, PaidResponse, close_stream, problem_of
+from mpp.aio.buyer_wire import BuyerWire, PaidResponse, close_stream, problem_of, problem_words
 from mpp.aio.charges import ask_approval
 from mpp.aio.sessions import OpenSession, SessionManager
 from mpp.buyer.core import Quote, check_transport
@@ -82,7 +82,7 @@ class SessionRunner:
                 if paid.status >= 400:
                     problem = problem_of(paid)
                     await self._wire.emit("refusal", challengeId=sid, status=paid.status, problem=problem.get("type"))
-                    exc = PaymentFailed(f"seller refused the session open: HTTP {paid.status} {problem.get('type', '')}".strip(),
+                    exc = PaymentFailed(_refusal("session open", paid.status, problem),
                                         paid.status, problem)
                     approval = await ask_approval(identity, self._wire, exc, sid) if attempt == 0 else None
                     if approval:
@@ -197,7 +197,7 @@ class SessionRunner:
             return await client._answer(method, paid, client._challenges_of(paid, [paid.url], url), data, headers, keep_open)
         if kind.startswith(SESSION_PROBLEMS):
             self.manager.retire(session)  # our vouchers are not accepted there any more: do not keep trying
-        raise PaymentFailed(f"seller refused the session voucher: HTTP {paid.status} {kind}".strip(), paid.status, problem)
+        raise PaymentFailed(_refusal("session voucher", paid.status, problem), paid.status, problem)
 
     async def _drop(self, session: OpenSession, *, closed: bool) -> None:
         """Forget a session the seller no longer serves; for one it closed, fetch its final receipt."""
@@ -256,7 +256,7 @@ class SessionRunner:
                     await identity.settle(session.id, session.voucher.cumulative)
                 return None
             await self._wire.emit("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
-            raise PaymentFailed(f"seller refused the session close: HTTP {paid.status} {problem.get('type', '')}".strip(),
+            raise PaymentFailed(_refusal("session close", paid.status, problem),
                                 paid.status, problem)
         header = paid.headers.get("Payment-Receipt") or problem.get("receipt")
         jwks = await self._wire.jwks(session.url)
@@ -304,7 +304,7 @@ class SessionRunner:
         problem = problem_of(paid)
         if not accepted:
             await self._wire.emit("refusal", challengeId=session.id, status=paid.status, problem=problem.get("type"))
-            raise PaymentFailed(f"seller refused the in-band voucher: HTTP {paid.status} {problem.get('type', '')}".strip(),
+            raise PaymentFailed(_refusal("in-band voucher", paid.status, problem),
                                 paid.status, problem)
         # What the seller says here is unsigned: it may only confirm, never raise, what we believe.
         authorized = problem_amount(problem, "authorized")
@@ -317,3 +317,10 @@ class SessionRunner:
         verified = verify_session_receipt(receipt, session, jwks, self._client.clock())
         self.manager.observe(session, verified[1])
         return verified
+
+
+def _refusal(what: str, status: int, problem: dict[str, Any]) -> str:
+    """A seller refusal's message: what it refused, the status, the problem type and its own words."""
+    said = problem_words(problem)
+    text = f"seller refused the {what}: HTTP {status} {clip(problem.get('type', ''), DETAIL_MAX)}".strip()
+    return text + (f": {said}" if said else "")

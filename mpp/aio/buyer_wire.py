@@ -14,12 +14,12 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from mpp.buyer.core import Quote, origin_of
-from mpp.protocol.errors import OutcomeUnknown, ParseError, ReceiptInvalid
+from mpp.protocol.errors import DETAIL_MAX, OutcomeUnknown, ParseError, ReceiptInvalid, clip
 from mpp.protocol.models import PaymentReceipt
 from mpp.protocol.wire import loads_strict
 
 __all__ = ["PaidResponse", "BuyerWire", "CredentialResendBlocked", "Event", "JWKS_PATH", "capture", "close_stream",
-           "json_object", "problem_of", "maybe_await"]
+           "json_object", "problem_of", "problem_words", "maybe_await"]
 
 JWKS_PATH = "/.well-known/jwks.json"
 Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]  # on_event: plain or async (an audit log's append)
@@ -85,7 +85,10 @@ class BuyerWire:
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", challenge_id) from exc
         if paid.status >= 500:
             await self.emit("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
-            raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent", challenge_id)
+            problem = problem_of(paid)
+            said = problem_words(problem)
+            raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent"
+                                 + (f": {said}" if said else ""), challenge_id, status=paid.status, problem=problem)
         return paid
 
     async def jwks(self, url: str) -> Mapping[str, Any]:
@@ -136,6 +139,12 @@ def json_object(text: str | bytes) -> dict[str, Any]:
     except ParseError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def problem_words(problem: Mapping[str, Any]) -> str:
+    """The seller's ``title`` and ``detail`` as one line for a message ("" if it gave neither): its
+    words, so each clipped and stripped of control characters (CORE-ERR-12), whatever it sent."""
+    return "; ".join(clip(problem[k], DETAIL_MAX) for k in ("title", "detail") if isinstance(problem.get(k), str) and problem[k])
 
 
 def problem_of(resp: PaidResponse) -> dict[str, Any]:

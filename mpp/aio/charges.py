@@ -7,16 +7,19 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+import aiohttp
 from yarl import URL
 
-from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of
+from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of, problem_words
 from mpp.buyer.core import Quote, sign_quote, verify_receipt
 from mpp.buyer.grants import GrantBook, grant_headers, grant_refused, key_for, payer_of
 from mpp.buyer.offers import wants_approval
 from mpp.pricing import GRANT_HEADER, Grant, PricingProblem
-from mpp.protocol.errors import DETAIL_MAX, RESOURCE_MAX, PaymentFailed, QuoteRejected, ReceiptInvalid, clip
+from mpp.protocol.challenge import resource_of
+from mpp.protocol.errors import (DETAIL_MAX, RESOURCE_MAX, ApprovalNeeded, PaymentFailed, QuoteRejected, ReceiptInvalid,
+                                 SellerUnreachable, clip)
 
-__all__ = ["ChargePayer", "ask_approval"]
+__all__ = ["ChargePayer", "ask_approval", "seller_refusal"]
 
 log = logging.getLogger("mpp.buyer")
 
@@ -30,6 +33,26 @@ async def ask_approval(identity: Any, wire: BuyerWire, exc: PaymentFailed, chall
         await wire.emit("policy-decision", challengeId=challenge_id, decision="approved",
                         rule=exc.problem.get("rule"), reason="approval obtained")
     return approval or None
+
+
+def seller_refusal(method: str, url: str, quote: Quote, status: int, problem: dict[str, Any]) -> PaymentFailed:
+    """The exception for a seller's refusal of a charge credential: :class:`ApprovalNeeded` when it
+    asks for the principal's approval (with what an approver must see), else :class:`PaymentFailed`
+    naming the problem's title and detail."""
+    said = problem_words(problem)
+    kind = clip(problem.get("type", ""), RESOURCE_MAX)
+    if wants_approval(status, problem):
+        u = URL(url)
+        seller = f"{u.scheme}://{u.raw_authority}"
+        resource = resource_of(method, u.raw_path, u.raw_query_string)
+        return ApprovalNeeded(
+            f"seller refused the credential: HTTP {status} {kind}: the principal's approval is required for "
+            f"{quote.request.amount} {quote.request.currency} for "
+            f"{clip(resource, RESOURCE_MAX)} at {clip(seller, RESOURCE_MAX)} (rule {clip(problem.get('rule'))}); get one "
+            f"(`mpp approve --problem FILE`, or an approver on the AgentIdentity) and retry",
+            status, problem, quote=quote, seller=seller, resource=resource)
+    return PaymentFailed(f"seller refused the credential: HTTP {status} {kind}".strip() + (f": {said}" if said else ""),
+                         status, problem)
 
 
 class ChargePayer:
@@ -93,7 +116,7 @@ class ChargePayer:
         if paid.status >= 400:
             problem = problem_of(paid)
             await self._wire.emit("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
-            raise PaymentFailed(f"seller refused the credential: HTTP {paid.status} {problem.get('type', '')}".strip(), paid.status, problem)
+            raise seller_refusal(method, first.url, quote, paid.status, problem)
         try:
             jwks = await self._wire.jwks(first.url)
             paid.receipt, paid.claims = verify_receipt(paid.headers.get("Payment-Receipt"), quote, jwks, self._client.clock())
@@ -138,7 +161,10 @@ class ChargePayer:
                               now=self._client.clock())
         hdrs = {"Accept-Payment": self._client.accept_payment, **(headers or {}), **proof}
         # Only to the origin that issued it: no redirects with a grant.
-        resp = await self._client.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
+        try:
+            resp = await self._client.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # a grant is no payment: nothing was paid
+            raise SellerUnreachable(url, str(exc) or type(exc).__name__) from exc
         served = await capture(resp, keep_open)
         if grant_refused(served.status, problem_of(served)):
             self.book.drop(url, grant)

@@ -16,11 +16,16 @@ __all__ = ["EPILOG_FETCH", "add_fetch_command", "cmd_fetch"]
 
 EPILOG_FETCH = """exit codes:
   0  success (2xx), paid or free
-  1  the server answered with an error that was not about payment
+  1  the server answered with an error that was not about payment, or could not be reached
+     (nothing was sent or paid)
   2  bad arguments or wallet
-  3  the quote broke the wallet's policy (amount, currency, recipient, expiry, origin); nothing was signed
+  3  the quote broke the wallet's policy (amount, currency, recipient, expiry, origin) or its
+     mandate (expired, another audience, budget spent); nothing was signed
   4  the seller refused the credential (its problem document is printed on stderr)
-  5  the credential was sent but the outcome is unknown (5xx or network error): check before retrying
+  5  the credential was sent but the outcome is unknown (5xx or network error): the seller's
+     problem document, if any, and the challenge id are printed on stderr; before paying again
+     check whether it settled (the challenge id is the ledger transfer's id and the receipt's
+     reference): `mpp ledger balance ACCOUNT` for the wallet's account, or ask the seller
   6  the seller answered 2xx but its receipt did not verify
 
 several offers (a seller's price list): the offer with the lowest expected total for the planned
@@ -51,7 +56,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from mpp.aio.sessions import SessionPolicy
     from mpp.buyer.core import OfferPlan
     from mpp.cli.config import load_wallet
-    from mpp.protocol.errors import NoPayableChallenge, OutcomeUnknown, PaymentFailed, QuoteRejected, ReceiptInvalid
+    from mpp.protocol.errors import (NoPayableChallenge, OutcomeUnknown, PaymentFailed, QuoteRejected, ReceiptInvalid,
+                                     SellerUnreachable)
     from mpp.methods.ledger import LedgerBuyerMethod
 
     wallet = load_wallet(args.wallet, max_amount=args.max_amount)
@@ -112,8 +118,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                     print(json.dumps(exc.problem, indent=2), file=sys.stderr)
                 return EXIT_REFUSED
             except OutcomeUnknown as exc:
-                err(f"{exc} (challenge {exc.challenge_id}); the payment may have settled: check before retrying")
+                err(f"{exc}; the payment may have settled: "
+                    + exc.how_to_check_for(wallet.account))
+                if exc.problem:
+                    print(json.dumps(exc.problem, indent=2), file=sys.stderr)
                 return EXIT_UNKNOWN
+            except SellerUnreachable as exc:
+                err(f"request failed: {exc}")
+                return EXIT_HTTP
             except ReceiptInvalid as exc:
                 err(f"paid, but the receipt is not valid: {exc}")
                 return EXIT_RECEIPT

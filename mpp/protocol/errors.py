@@ -35,11 +35,16 @@ __all__ = [
     "ExtensionProblem",
     "PROBLEM_CLASSES",
     "BuyerError",
+    "PolicyRefused",
     "QuoteRejected",
     "NoPayableChallenge",
+    "BudgetExceeded",
     "ReceiptInvalid",
-    "OutcomeUnknown",
+    "SellerRefused",
     "PaymentFailed",
+    "ApprovalNeeded",
+    "OutcomeUnknown",
+    "SellerUnreachable",
 ]
 
 PROBLEM_BASE = "https://paymentauth.org/problems/"
@@ -231,10 +236,23 @@ PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {
 
 
 class BuyerError(MPPError):
-    """The buyer refused to pay, or could not tell whether it paid."""
+    """Base of every error the buyer raises on purpose: catch it for "this paid request failed".
+
+    Catch a subclass to act on the cause: :class:`PolicyRefused` (our own policy refused before
+    signing: nothing signed or sent), :class:`SellerRefused` (the seller refused the credential;
+    its problem document is attached) and its :class:`ApprovalNeeded`, :class:`OutcomeUnknown`
+    (a credential went out and no usable answer came back: the money may have moved),
+    :class:`SellerUnreachable` (no connection before anything was sent) and
+    :class:`ReceiptInvalid` (paid, but the receipt does not verify).
+    """
 
 
-class NoPayableChallenge(BuyerError):
+class PolicyRefused(BuyerError):
+    """Our own policy (the wallet's limits, the mandate chain, the budget) refused: nothing was
+    signed or sent, so nothing was paid. Change the policy, or the request, to go on."""
+
+
+class NoPayableChallenge(PolicyRefused):
     """No challenge in the 402 is one this buyer can and may pay. ``reasons`` says why, per challenge."""
 
     def __init__(self, message: str, reasons: list[str] | None = None) -> None:
@@ -242,8 +260,9 @@ class NoPayableChallenge(BuyerError):
         self.reasons = reasons or []
 
 
-class QuoteRejected(BuyerError):
-    """The quote breaks the buyer's policy; nothing was signed."""
+class QuoteRejected(PolicyRefused):
+    """The quote breaks the buyer's policy; nothing was signed. ``rule`` names the rule
+    (``max-amount``, ``currency``, ``mandate``, ``budget``, ...), ``detail`` says why and how to go on."""
 
     def __init__(self, rule: str, detail: str) -> None:
         super().__init__(f"{rule}: {detail}")
@@ -251,25 +270,119 @@ class QuoteRejected(BuyerError):
         self.detail = detail
 
 
+class BudgetExceeded(QuoteRejected):
+    """A mandate's budget for the period cannot take this purchase (IDENT-POL-01, IDENT-BUD-01);
+    nothing was signed. Carries ``mandate`` (the link's budget key, ``issuer#jti``), ``period`` (its key, e.g.
+    ``2026-12-05``), ``budget``, ``used`` (spent or reserved), ``remaining``, ``amount`` (what this
+    purchase needed) and ``held_by_sessions`` (how much of ``used`` open sessions hold:
+    closing them, ``PaymentClient.close_sessions()``, frees what they did not spend)."""
+
+    def __init__(self, mandate: str, period: str | None, budget: int, used: int, amount: int, *,
+                 held_by_sessions: int = 0, open_sessions: int = 0) -> None:
+        self.mandate, self.period, self.budget, self.used, self.amount = mandate, period, budget, used, amount
+        self.remaining = max(0, budget - used)
+        self.held_by_sessions, self.open_sessions = held_by_sessions, open_sessions
+        super().__init__("budget", self._detail())
+
+    def _detail(self) -> str:
+        when = f" for period {self.period}" if self.period else ""
+        jti = self.mandate.rpartition("#")[2]  # a link is counted under "issuer#jti"; the jti names it
+        text = (f"mandate {clip(jti)}{when}: {self.used} of its budget {self.budget} spent or reserved, "
+                f"{self.remaining} left; this purchase needs {self.amount}")
+        if self.held_by_sessions:
+            text += (f"; {self.held_by_sessions} of it is held by {self.open_sessions} open session(s): closing them "
+                     f"(PaymentClient.close_sessions(), or let `mpp fetch` finish its run) frees what they did not spend")
+        else:
+            wait = "" if self.period in (None, "total") else "wait for the next period or "
+            text += f"; {wait}ask the principal for a mandate with a larger --budget (`mpp mandate issue`)"
+        return text
+
+    def with_sessions(self, held: int, count: int) -> "BudgetExceeded":
+        """The same refusal, saying that ``count`` open sessions hold ``held`` of the budget."""
+        return BudgetExceeded(self.mandate, self.period, self.budget, self.used, self.amount,
+                              held_by_sessions=held, open_sessions=count)
+
+
 class ReceiptInvalid(BuyerError):
-    """The seller answered 2xx but its receipt does not verify."""
+    """The seller answered 2xx but its receipt does not verify: the payment was probably taken.
+    Keep the response and the challenge id; ask the seller (its receipt keys may have changed)."""
 
 
-class PaymentFailed(BuyerError):
-    """The seller refused the credential; ``problem`` is its problem document."""
+class SellerRefused(BuyerError):
+    """The seller refused the credential; ``problem`` is its RFC 9457 problem document, ``status``
+    its HTTP status, ``problem_type`` the last segment of the problem's ``type`` (e.g.
+    ``verification-failed``, ``approval-required``). Nothing was paid (CORE-ERR-01)."""
 
     def __init__(self, message: str, status: int, problem: dict[str, Any] | None) -> None:
         super().__init__(message)
         self.status = status
         self.problem = problem or {}
 
+    @property
+    def problem_type(self) -> str:
+        """``verification-failed`` for ``https://paymentauth.org/problems/verification-failed``, and so on."""
+        kind = str(self.problem.get("type", ""))
+        return kind.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+
+
+PaymentFailed = SellerRefused  # the earlier name, kept: ``except PaymentFailed`` still catches every seller refusal
+
+
+class ApprovalNeeded(SellerRefused):
+    """The seller wants the principal's approval for this purchase (403 ``approval-required``) and
+    none was given (no approver, or it declined). Nothing was paid. Carries what an approver must
+    see and what a retry needs: ``challenge_id``, ``quote`` (the :class:`~mpp.buyer.core.Quote`),
+    ``amount``, ``currency``, ``resource``, ``seller`` (its origin URL), ``rule`` and ``mandate``.
+    Get an approval for ``problem`` (``mpp approve --problem FILE``, or an ``AgentIdentity``
+    approver) and retry the same request."""
+
+    def __init__(self, message: str, status: int, problem: dict[str, Any] | None, *, quote: Any = None,
+                 seller: str | None = None, resource: str | None = None) -> None:
+        super().__init__(message, status, problem)
+        doc = self.problem
+        self.quote = quote
+        # What we were about to sign, not what the seller's document claims, when we have it.
+        self.challenge_id = quote.challenge.id if quote is not None else doc.get("challengeId")
+        self.amount = quote.request.amount if quote is not None else doc.get("amount")
+        self.currency = quote.request.currency if quote is not None else doc.get("currency")
+        self.resource = resource
+        self.seller = seller
+        self.rule = doc.get("rule")
+        self.mandate = doc.get("mandate")
+
 
 class OutcomeUnknown(BuyerError):
     """A credential was sent but no usable answer came back (5xx, network error).
 
-    The payment may or may not have settled; retrying blindly could pay twice.
+    The payment may or may not have settled; retrying blindly could pay twice. Carries
+    ``challenge_id``, ``status`` (None after a network error), ``problem`` (the seller's problem
+    document, e.g. a 503 ``ledger-unavailable``, or {}) and ``how_to_check``.
     """
 
-    def __init__(self, message: str, challenge_id: str) -> None:
+    def __init__(self, message: str, challenge_id: str, *, status: int | None = None,
+                 problem: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.challenge_id = challenge_id
+        self.status = status
+        self.problem = problem or {}
+
+    @property
+    def how_to_check(self) -> str:
+        """What to look up before paying again (the payer account left as ``ACCOUNT``)."""
+        return self.how_to_check_for("ACCOUNT")
+
+    def how_to_check_for(self, account: str) -> str:
+        """What to look up before paying again, for the payer account ``account``."""
+        return (f"before paying again, check whether challenge {self.challenge_id} settled (on the ledger method it is "
+                f"the transfer's id and the receipt's reference): the payer account's balance at the ledger "
+                f"(`mpp ledger balance {account}`), or ask the seller for the receipt of that challenge")
+
+
+class SellerUnreachable(BuyerError):
+    """The seller could not be reached (refused connection, DNS, timeout) before any credential
+    was sent: nothing was paid and retrying is safe. ``url`` is what we asked for, ``reason`` why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"could not reach {url}: {reason}; nothing was sent or paid, retrying is safe")
+        self.url = url
+        self.reason = reason
