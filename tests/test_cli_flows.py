@@ -199,3 +199,35 @@ def test_fetch_help_documents_the_approval_exit_code():
     """issue 17, finding 4: exit 7 (approval required) is in `mpp fetch --help`'s list."""
     out = run("fetch", "--help").stdout
     assert re.search(r"^\s+7\s+the seller asks for the principal's approval", out, re.M), out
+
+
+def test_postgresql_flow_of_the_readme(tmp_path: Path, pg_url: str):
+    """issue 17, finding 3 (LEDGER-ACCT-01): the README's PostgreSQL block completes: on an empty
+    PostgreSQL ledger `mpp ledger account create` makes the seller's and the buyer's accounts (the
+    principal `mpp init` printed as owner), `mpp ledger allow` enrols the agent, `mpp ledger fund`
+    funds the buyer (it said `no account 'acct:buyer'` before the accounts existed), and a seller
+    whose ledger, store and audit log are that database sells to the agent."""
+    home = tmp_path / "home"
+    init = run("init", home).stdout
+    principal = re.search(r"principal\s*: (did:key:\S+)", init).group(1)
+    agent = re.search(r"agent\s*: (did:key:\S+)", init).group(1)
+    assert "no account 'acct:buyer'" in one_line_error(run("ledger", "fund", "acct:buyer", "100000", "--ledger", pg_url), 2)
+    for args in (("ledger", "account", "create", "acct:seller"),
+                 ("ledger", "account", "create", "acct:buyer", "--owner", principal),
+                 ("ledger", "allow", "acct:buyer", agent, "--as", "agent"),
+                 ("ledger", "fund", "acct:buyer", "100000")):
+        done = run(*args, "--ledger", pg_url)
+        assert done.returncode == 0, (args, done.stderr)
+    config = home / "seller.toml"
+    text = config.read_text()
+    for name in ("ledger", "store", "audit_log"):
+        text = re.sub(rf'^{name} = .*$', f'{name} = "{pg_url}"', text, flags=re.M)
+    config.write_text(text)
+    served = start_seller(home)
+    try:
+        paid = run("fetch", "--wallet", home / "agent", served.url + "/weather", real=True)
+        assert paid.returncode == 0, paid.stderr
+    finally:
+        assert "Traceback" not in stop_seller(served)
+    assert re.search(r"^acct:seller +25 usd$", run("ledger", "balance", "--ledger", pg_url).stdout, re.M)
+    assert run("audit", "verify", "--log", pg_url).stdout.startswith("audit log intact")
