@@ -12,10 +12,13 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mpp
 from conftest import REPO, start_seller, stop_seller
@@ -48,6 +51,15 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+def seller_balance(served) -> int:
+    """acct:seller's balance in the served home's ledger (opened and closed here)."""
+    ledger = served.ledger()
+    try:
+        return ledger.balance("acct:seller")
+    finally:
+        ledger.close()
+
+
 @pytest.fixture
 def seller(tmp_path: Path):
     """`mpp init` then `mpp seller serve` (aiohttp) on a free port; the home is ``seller.home``."""
@@ -78,7 +90,7 @@ def test_receipt_out_then_verify_with_the_sellers_url_or_a_file(seller, tmp_path
     assert (claims["challengeId"], claims["amount"], claims["iss"]) == (summary["challengeId"], "25", "mpp.local")
 
     jwks_file = tmp_path / "seller-jwks.json"
-    with __import__("urllib.request").request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(url, timeout=10) as resp:
         jwks_file.write_bytes(resp.read())
     assert json.loads(run("receipt", "verify", receipt, "--jwks", jwks_file).stdout)["claims"] == claims
 
@@ -115,7 +127,7 @@ def test_approval_asked_signed_and_used_on_the_same_challenge(seller, tmp_path: 
     problem = json.loads(problem_file.read_text())
     assert problem["type"] == IDENT + "approval-required" and problem["amount"] == "750"
     assert problem["quote"]["agent"] == agent and problem["quote"]["url"] == url
-    assert seller.ledger().balance("acct:seller") == 0
+    assert seller_balance(seller) == 0
 
     # the approver sees what it signs; another agent is refused; a forged quote hash is refused
     other = run("approve", "--key", key, "--problem", problem_file, "--agent", SigningKey.generate().did)
@@ -138,7 +150,7 @@ def test_approval_asked_signed_and_used_on_the_same_challenge(seller, tmp_path: 
     receipt = json.loads([ln for ln in paid.stderr.splitlines() if ln.startswith("receipt: ")][0].removeprefix("receipt: "))
     assert receipt["challengeId"] == problem["challengeId"]  # the same challenge, not a fresh one
     assert receipt["decision"] == "allow-with-approval" and receipt["approval"] == claims["jti"]
-    assert seller.ledger().balance("acct:seller") == 750
+    assert seller_balance(seller) == 750
     # used up: the wallet no longer keeps that quote, and the command says what to do
     again = run("fetch", "--wallet", wallet, "--approval", approval_file, url)
     assert "--problem-out" in one_line_error(again, 2)
@@ -231,3 +243,29 @@ def test_postgresql_flow_of_the_readme(tmp_path: Path, pg_url: str):
         assert "Traceback" not in stop_seller(served)
     assert re.search(r"^acct:seller +25 usd$", run("ledger", "balance", "--ledger", pg_url).stdout, re.M)
     assert run("audit", "verify", "--log", pg_url).stdout.startswith("audit log intact")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=8)
+
+
+@given(quote=_json, text=st.text(max_size=300))
+@settings(max_examples=150, deadline=None)
+def test_approval_inputs_fail_only_with_a_message(quote, text):
+    """issue 17, finding 4: the problem file `mpp approve` reads and the --approval value `mpp fetch`
+    reads are untrusted input: any content is either accepted or refused with ValueError (a one-line
+    message), never another exception."""
+    from mpp.cli.approvals import describe_for_approver, read_approval
+
+    problem = {"type": IDENT + "approval-required", "challengeId": "c", "quoteHash": "h", "amount": "1",
+               "currency": "usd", "rule": "threshold", "mandate": "m", "quote": quote}
+    for candidate in (problem, {**problem, "quote": {"challenge": text, "url": quote, "agent": quote}}):
+        try:
+            describe_for_approver(candidate)
+        except ValueError:
+            pass
+    try:
+        read_approval(text)
+    except ValueError:
+        pass
