@@ -151,6 +151,12 @@ def test_approval_asked_signed_and_used_on_the_same_challenge(seller, tmp_path: 
     assert receipt["challengeId"] == problem["challengeId"]  # the same challenge, not a fresh one
     assert receipt["decision"] == "allow-with-approval" and receipt["approval"] == claims["jti"]
     assert seller_balance(seller) == 750
+    # a quote whose challenge expired, or a file that is not ours, is dropped at the next save
+    pending = wallet / "pending-approvals"
+    (pending / "junk.json").write_text("not json")
+    asked_again = run("fetch", "--wallet", wallet, "--problem-out", problem_file, url)
+    assert asked_again.returncode == 7, asked_again.stderr
+    assert not (pending / "junk.json").exists() and len(list(pending.glob("*.json"))) == 1
     # used up: the wallet no longer keeps that quote, and the command says what to do
     again = run("fetch", "--wallet", wallet, "--approval", approval_file, url)
     assert "--problem-out" in one_line_error(again, 2)

@@ -68,8 +68,27 @@ def save_pending(wallet_dir: str | Path, quote: dict[str, Any]) -> Path:
     [challenge] = parse_challenges(quote["challenge"])
     path = pending_path(wallet_dir, challenge.id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_expired(path.parent)
     path.write_text(json.dumps(quote, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _drop_expired(folder: Path) -> None:
+    """Forget the quotes no approval can use any more (their challenge has expired, or the file is not ours)."""
+    from datetime import datetime, timezone
+
+    from mpp.protocol.headers import parse_challenges
+    from mpp.protocol.models import parse_rfc3339
+
+    now = datetime.now(timezone.utc)
+    for old in folder.glob("*.json"):
+        try:
+            [challenge] = parse_challenges(json.loads(old.read_text(encoding="utf-8"))["challenge"])
+            expired = challenge.expires is not None and parse_rfc3339(challenge.expires) <= now
+        except (OSError, ValueError, KeyError, TypeError):
+            expired = True
+        if expired:
+            old.unlink(missing_ok=True)
 
 
 def read_approval(value: str) -> tuple[str, dict[str, Any]]:
