@@ -141,6 +141,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if args.receipt_out and resp.headers.get("Payment-Receipt"):
             # the raw header value, as received: what `mpp receipt verify FILE` checks
             Path(args.receipt_out).write_text(resp.headers["Payment-Receipt"] + "\n", encoding="utf-8")
+        elif args.receipt_out:
+            err(f"no receipt to write to {args.receipt_out}: nothing was paid for this response")
         if resp.receipt is not None:
             summary = {
                 "verified": True,
@@ -266,7 +268,7 @@ def add_fetch_command(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("url", metavar="URL")
-    s.add_argument("--wallet", required=True, help="agent wallet directory (DIR/agent from `mpp init`)")
+    s.add_argument("--wallet", required=True, help="agent wallet directory (DIR/agent from `mpp init`; its wallet.json works too)")
     s.add_argument("--data", help="request body; implies POST unless --method is given")
     s.add_argument("--method", choices=["GET", "POST", "PUT", "PATCH", "DELETE"], help="HTTP method")
     s.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra request header (repeatable), e.g. 'Idempotency-Key: abc'")
