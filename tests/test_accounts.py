@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -591,6 +592,9 @@ def test_demo_shows_a_refused_bare_key_purchase():
     assert result.returncode == 0 and result.stdout.rstrip().endswith("demo passed"), result.stdout[-2000:] + result.stderr
     part = result.stdout.partition("7. the agent's key without its mandate")[2].partition("\n8. ")[0]
     assert "HTTP 402 urn:mpp:problem:mandate-required" in part and "ok: refused before the challenge was consumed" in part
+    # issue 17, finding 12: the steps are numbered 1, 2, 3, ... in the order they are printed
+    steps = [int(m) for m in re.findall(r"^(\d+)\. ", result.stdout, re.M)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 10, steps
 
 
 async def test_a_rail_written_before_precheck_still_sells(tmp_path: Path):

@@ -289,7 +289,7 @@ def test_agent_init_attaches_only_its_own_mandate(home: Path, tmp_path: Path):
 
 def test_approval_through_the_cli(served, tmp_path: Path):
     """IDENT-APR-01, IDENT-APR-03, IDENT-APR-04, IDENT-RCPT-01: above the mandate's approval threshold
-    the seller answers approval-required (exit 4, nothing paid); `mpp approve` signs a one-time
+    the seller answers approval-required (exit 7, nothing paid); `mpp approve` signs a one-time
     approval bound to that problem's challenge and quote; `mpp fetch --approve-with` completes the
     purchase with decision allow-with-approval."""
     home = served.home
@@ -302,7 +302,10 @@ def test_approval_through_the_cli(served, tmp_path: Path):
     url = served.url + "/agent-report"
 
     asked = mpp_cli("fetch", "--wallet", wallet, url, real=True)
-    problem = refusal(asked)
+    assert asked.returncode == 7, asked.stderr  # approval required: its own exit code (issue 17, finding 4)
+    first, _, rest = asked.stderr.partition("\n")
+    assert first.startswith("mpp: the seller asks for the principal's approval of 150 usd") and "--problem-out" in first
+    problem = json.loads(rest)
     assert problem["type"] == IDENT + "approval-required"
     assert (problem["amount"], problem["currency"], problem["mandate"]) == ("150", "usd", jti)
     assert problem["rule"] and problem["quoteHash"] and problem["challengeId"]

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from mpp.aio.agent import AgentIdentity
@@ -159,6 +160,18 @@ class PaymentClient:
             return sign_quote(quote)
         self.identity.check(quote, method, str(URL(first.url).raw_path_qs), self.clock())
         return sign_quote(quote, {"identity": self.identity.member(quote)})
+
+    async def pay_challenge(self, method: str, url: str, challenge: Challenge, *, data: bytes | None = None,
+                            headers: Mapping[str, str] | None = None) -> PaidResponse:
+        """Pay a challenge this request was quoted earlier, without asking for a new one: the way to
+        retry the very challenge an approval is bound to (IDENT-APR-01, IDENT-POL-02: a refusal for
+        want of an approval leaves it unconsumed until it expires). Policy, mandate and budget are
+        checked as for :meth:`request`; the identity's approver is asked if the seller wants one."""
+        check_transport(url, self.policy)
+        quote = select_quote([challenge], self.methods, self.policy, self.clock())
+        await self._wire.emit("quote-seen", **quote_seen(quote))
+        first = PaidResponse(status=402, headers=CIMultiDictProxy(CIMultiDict()), body=b"", url=url)
+        return await self._charges.pay_quote(method, first, quote, data, headers, False)
 
     async def request(self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> PaidResponse:
         return await self._request(method, url, data, headers, keep_open=False)

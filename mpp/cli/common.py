@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 __all__ = [
-    "EXIT_HTTP", "EXIT_OK", "EXIT_POLICY", "EXIT_RECEIPT", "EXIT_REFUSED", "EXIT_UNKNOWN", "EXIT_USAGE",
+    "EXIT_APPROVAL", "EXIT_HTTP", "EXIT_OK", "EXIT_POLICY", "EXIT_RECEIPT", "EXIT_REFUSED", "EXIT_UNKNOWN", "EXIT_USAGE",
     "err", "ledger_path", "nonneg_int", "on_ledger", "pos_int",
 ]
 
@@ -22,6 +22,7 @@ EXIT_POLICY = 3  # the buyer refused the quote; nothing was signed
 EXIT_REFUSED = 4  # the seller refused the credential
 EXIT_UNKNOWN = 5  # credential sent, outcome unknown: do not retry blindly
 EXIT_RECEIPT = 6  # paid, but the receipt does not verify
+EXIT_APPROVAL = 7  # the seller asks for the principal's approval; nothing was paid (IDENT-APR-01)
 
 
 def err(msg: str) -> None:

@@ -270,11 +270,15 @@ def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = N
     """The agent's wallet in ``directory`` (wallet.json, its key, its mandates and stores);
     ``max_amount`` overrides the wallet's own limit. Raises ConfigError naming the file and what is wrong."""
     directory = Path(directory)
+    if directory.name == "wallet.json" and directory.is_file():  # the file itself: its folder is the wallet
+        directory = directory.parent
     meta_path = directory / "wallet.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{meta_path}: no wallet here (create one with `mpp init DIR`)") from None
+        raise ConfigError(_no_wallet(directory, meta_path)) from None
+    except NotADirectoryError:
+        raise ConfigError(f"{directory}: a wallet is a directory (the one holding wallet.json), not a file") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{meta_path}: not valid JSON: {exc}") from None
     try:
@@ -299,6 +303,13 @@ def load_wallet(directory: str | os.PathLike[str], *, max_amount: int | None = N
     return Wallet(key, account, policy, mandates, budget, audit)
 
 
+def _no_wallet(directory: Path, meta_path: Path) -> str:
+    """Why there is no wallet at ``directory``, and which path to pass instead."""
+    if (directory / "agent" / "wallet.json").is_file():  # an `mpp init` home, not its agent's folder
+        return f"{directory} is an MPP home, not a wallet: use --wallet {directory / 'agent'}"
+    return f"{meta_path}: no wallet here (create one with `mpp init DIR`, then pass --wallet DIR/agent)"
+
+
 def _wallet_store(directory: Path, meta_path: Path, meta: dict[str, Any], name: str) -> str | None:
     """The wallet's budget counters or audit log: a file beside wallet.json, or a postgresql:// URL."""
     if not meta.get(name):
@@ -321,6 +332,9 @@ DEFAULT_ROUTES = [
      "response": {"report": "..."}},
     {"method": "GET", "path": "/agent-report", "amount": 150, "currency": "usd", "require_identity": True,
      "description": "Sold only to agents with a mandate", "response": {"report": "attributed"}},
+    {"method": "GET", "path": "/big-report", "amount": 750, "currency": "usd", "require_identity": True,
+     "description": "Above the approval threshold of the mandate `mpp init` issues (500): needs the principal's approval",
+     "response": {"report": "approved"}},
     {"method": "GET", "path": "/complete", "amount": 2, "currency": "usd", "unit": "token", "per": 1000,
      "max_units": 4000, "description": "A completion, 2 per 1000 tokens (?units=N tokens)"},
     {"method": "GET", "path": "/stream", "amount": 2, "currency": "usd", "unit": "token", "per": 1000,
@@ -376,7 +390,8 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
         json.dumps({"key": "agent.key", "account": BUYER_ACCOUNT, "did": agent.did, "max_amount": max_amount, "currencies": ["usd"],
                     "mandates": "mandate.json", "budget": "budget.db", "audit": "audit.db"}, indent=2) + "\n"
     )
-    SigningKey.generate().save(home / "seller" / "receipt.key", force=force)
+    receipt_key = SigningKey.generate()
+    receipt_key.save(home / "seller" / "receipt.key", force=force)
     write_secret(home / "seller" / "hmac.secret", (secrets.token_hex(32) + "\n").encode("ascii"), force=force)
     ledger = SqliteLedger(str(home / "ledger.db"))
     try:
@@ -410,4 +425,4 @@ def init_home(directory: str | os.PathLike[str], *, funding: int = 100_000, real
     (home / "seller.toml").write_text("\n".join(lines))
     return {"seller_config": str(home / "seller.toml"), "wallet": str(home / "agent"), "ledger": str(home / "ledger.db"),
             "agent_did": agent.did, "principal_did": principal.did, "principal_key": str(home / "principal" / "principal.key"),
-            "funded": not funded}
+            "funded": not funded, "receipt_did": receipt_key.did, "approval_threshold": max_amount // 2}

@@ -321,9 +321,11 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
     try:
         await seller_audit.verify()
         rows = await seller_audit.purchases(principal=principal.did)
-        print(f"   seller audit log: {len(rows)} purchases for the principal, chain intact, head {(await seller_audit.head())[0]}")
+        print(f"   seller audit log: {len(rows)} purchases and refusals for the principal, chain intact, head {(await seller_audit.head())[0]}")
         for row in rows:
-            print(f"     {names.get(row.get('agent'), '?'):<12} {row.get('amount'):>5} {row.get('currency')}  {row.get('resource'):<28}"
+            # refusals are the principal's too (a refusal may know no amount): "-" for what it lacks
+            print(f"     {names.get(row.get('agent'), '?'):<12} {row.get('amount') or '-':>5} {row.get('currency') or '-'}"
+                  f"  {row.get('resource') or '-':<28}"
                   f" {row.get('decision') or '-':<20} {row.get('outcome')}")
         _check({names.get(r.get("agent")) for r in rows if r.get("outcome") == "settled"} == {"agent-a", "agent-b", "sub-agent-c"},
                "the seller's hash-chained audit log attributes every purchase")

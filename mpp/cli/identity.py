@@ -213,18 +213,35 @@ def cmd_mandate_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    """`mpp approve`: show the approver what it is asked to approve (on stderr), then sign a
+    one-time approval bound to that quote (IDENT-APR-07) for the agent that asked."""
+    from mpp.cli.approvals import describe_for_approver
     from mpp.identity import issue_approval
     from mpp.protocol.keys import SigningKey
 
     text = sys.stdin.read() if args.problem == "-" else Path(args.problem).read_text(encoding="utf-8")
-    problem = json.loads(text)
+    try:
+        problem = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{args.problem}: not a JSON problem document; `mpp fetch --problem-out FILE` writes one when "
+                         "the seller asks for an approval (exit 7)") from None
     if not isinstance(problem, dict) or not str(problem.get("type", "")).endswith(":approval-required"):
         raise ValueError("not an approval-required problem document")
     missing = [k for k in ("challengeId", "quoteHash", "amount", "currency", "rule", "mandate") if not problem.get(k)]
     if missing:
         raise ValueError(f"problem document lacks {', '.join(missing)}")
+    lines, asking = describe_for_approver(problem)
+    agent = args.agent or asking
+    if agent is None:
+        raise ValueError("this problem document does not say which agent asked: pass --agent DID "
+                         "(the wallet.json \"did\" of the agent that ran `mpp fetch`)")
+    if args.agent and asking and args.agent != asking:
+        raise ValueError(f"the quote was made for agent {asking}, not {args.agent}: an approval for another agent is refused")
     key = SigningKey.load(args.key)
-    token = issue_approval(key, agent=args.agent, challenge_id=problem["challengeId"], quote=problem["quoteHash"],
+    print("approving:", file=sys.stderr)
+    for line in (*lines, f"agent    : {agent}", f"mandate  : {problem['mandate']}", f"signer   : {key.did}"):
+        print("  " + line, file=sys.stderr)
+    token = issue_approval(key, agent=agent, challenge_id=problem["challengeId"], quote=problem["quoteHash"],
                            amount=problem["amount"], currency=problem["currency"], rule=problem["rule"],
                            mandate=problem["mandate"], now=datetime.now(timezone.utc), ttl=args.valid_for)
     if args.out:
@@ -233,6 +250,32 @@ def cmd_approve(args: argparse.Namespace) -> int:
     else:
         print(token)
     return 0
+
+
+def _load_jwks(source: str) -> dict:
+    """The seller's JWKS from a file, or fetched from an http(s) URL (its /.well-known/jwks.json)."""
+    if source.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(source, timeout=10) as resp:  # noqa: S310 (http(s) only, checked above)
+                text = resp.read(1 << 20).decode("utf-8")
+        except (urllib.error.URLError, OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--jwks {source}: could not fetch the seller's JWKS ({exc}); check the URL, or pass a file") from None
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"--jwks {source}: no such file; pass the seller's URL, e.g. "
+                             "http://127.0.0.1:8402/.well-known/jwks.json") from None
+    try:
+        jwks = json.loads(text)
+    except ValueError:
+        raise ValueError(f"--jwks {source}: not a JSON Web Key Set") from None
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise ValueError(f"--jwks {source}: not a JSON Web Key Set (no \"keys\" list)")
+    return jwks
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
@@ -247,12 +290,15 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
         is_file = False
     if is_file:
         value = Path(value).read_text(encoding="utf-8").strip()
-    jwks = json.loads(Path(args.jwks).read_text(encoding="utf-8"))
+    jwks = _load_jwks(args.jwks)
     token, header_fields = value, None
     if value.count(".") != 2:  # a Payment-Receipt header value rather than the bare JWS
         try:
             header_fields = parse_receipt(value)
         except ParseError as exc:
+            if len(value) < 200:  # a mistyped file name rather than a receipt
+                raise ValueError(f"{value}: no such file, and not a receipt value either; `mpp fetch --receipt-out FILE` "
+                                 "writes the receipt to a file") from None
             raise ValueError(f"neither a JWS nor a Payment-Receipt value: {exc}") from None
         if not header_fields.receipt:
             raise ValueError("the Payment-Receipt carries no signed receipt")
@@ -329,7 +375,8 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("approve", help="sign a one-time approval for an approval-required problem")
     t.add_argument("--key", required=True, metavar="KEY.pem", help="principal or listed approver key")
     t.add_argument("--problem", required=True, metavar="FILE", help="the seller's problem document (JSON), or - for stdin")
-    t.add_argument("--agent", required=True, metavar="DID", help="the agent the approval is for")
+    t.add_argument("--agent", metavar="DID", help="the agent the approval is for (default: the one the problem file from "
+                                                  "`mpp fetch --problem-out` names; refused if it names another)")
     t.add_argument("--out", metavar="FILE")
     t.add_argument("--valid-for", type=_duration, default=timedelta(minutes=10))
     t.set_defaults(func=cmd_approve)
@@ -337,7 +384,9 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("receipt", help="signed receipts")
     rsub = s.add_subparsers(dest="receipt_command", required=True, metavar="SUBCOMMAND")
     t = rsub.add_parser("verify", help="verify a receipt offline with the seller's JWKS")
-    t.add_argument("receipt", metavar="RECEIPT", help="Payment-Receipt value, bare JWS, or a file holding either")
-    t.add_argument("--jwks", required=True, metavar="FILE", help="the seller's JWKS (from /.well-known/jwks.json)")
+    t.add_argument("receipt", metavar="RECEIPT", help="Payment-Receipt value, bare JWS, or a file holding either "
+                                                      "(`mpp fetch --receipt-out FILE` writes one)")
+    t.add_argument("--jwks", required=True, metavar="URL|FILE",
+                   help="the seller's JWKS: its http(s)://HOST/.well-known/jwks.json, or a file holding it")
     t.add_argument("--issuer", help="expected issuer (seller realm); default: the receipt's own")
     t.set_defaults(func=cmd_receipt_verify)

@@ -21,7 +21,7 @@ EPILOG_MAIN = """exit codes:
   0  success
   1  the request or check did not succeed (see the message)
   2  bad arguments, configuration, wallet or ledger
-  3-6  payment outcomes of `mpp fetch` (see `mpp fetch --help`)
+  3-7  payment outcomes of `mpp fetch` (see `mpp fetch --help`)
 """
 
 
@@ -31,8 +31,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     info = init_home(args.dir, funding=args.funding, realm=args.realm, max_amount=args.max_amount, force=args.force)
     print(f"initialised {args.dir}")
-    print(f"  seller config : {info['seller_config']}")
-    print(f"  agent wallet  : {info['wallet']}  ({info['agent_did']})")
+    print(f"  principal     : {info['principal_did']}")
+    print(f"                  key {info['principal_key']}; owns acct:buyer, signs mandates and approvals")
+    print(f"  agent         : {info['agent_did']}")
+    print(f"                  wallet {info['wallet']}; mandate-bound agent of acct:buyer, approval above "
+          f"{info['approval_threshold']}")
+    print(f"  receipt key   : {info['receipt_did']}  (the seller's; served at /.well-known/jwks.json)")
+    print(f"  seller config : {info['seller_config']}  (trusts the principal)")
     funded = f"acct:buyer funded with {args.funding}" if info["funded"] else "kept, with its balances"
     print(f"  ledger        : {info['ledger']}  ({funded})")
     return EXIT_OK

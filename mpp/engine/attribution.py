@@ -13,19 +13,29 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-__all__ = ["attributed", "mark_attributed", "start_request"]
+__all__ = ["attributed", "attributed_to", "mark_attributed", "start_request"]
 
 _ATTRIBUTED: ContextVar[bool] = ContextVar("mpp_attributed", default=False)
+_WHO: ContextVar[dict[str, str]] = ContextVar("mpp_attributed_to", default={})
 
 
 def start_request() -> None:
     """A new request begins: nobody has shown who they are yet."""
     _ATTRIBUTED.set(False)
+    _WHO.set({})
 
 
-def mark_attributed() -> None:
-    """A signature this seller checked says whose request this is."""
+def mark_attributed(**who: str) -> None:
+    """A signature this seller checked says whose request this is; ``who`` names what it proved
+    (``principal``, ``mandate`` of a verified chain), for the audit entry of a later refusal."""
     _ATTRIBUTED.set(True)
+    if who:
+        _WHO.set({**_WHO.get(), **who})
+
+
+def attributed_to() -> dict[str, str]:
+    """What the request being handled has proved about whose it is (empty if nothing)."""
+    return dict(_WHO.get())
 
 
 def attributed() -> bool:

@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from mpp.engine.attribution import mark_attributed
+from mpp.engine.attribution import attributed_to, mark_attributed
 from mpp.engine.core import RequestInfo, Verified
 from mpp.engine.http import REPLAY_HEADERS, HttpRequest, HttpResponse, Serve, Served
 from mpp.engine.mandates import check_charge_identity
@@ -171,7 +171,7 @@ class ChargeStep:
             mark_attributed()  # the ledger accepted the payer: its refusals are written down
             log.info("settlement refused challenge=%s problem=%s", cid, problem.slug)
             await engine.audit("refusal", problem=problem.slug, challengeId=cid, resource=verified.resource,
-                               detail=problem.detail, realm=engine.config.realm)
+                               detail=problem.detail, realm=engine.config.realm, **attributed_to())
             return engine.problem(problem, quoting, info, now)
         mark_attributed()
         if not claimed:

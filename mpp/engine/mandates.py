@@ -34,7 +34,8 @@ async def check_charge_identity(engine: "Shop", verified: Verified, now: datetim
                           trusted_principals=config.trusted_principals, realm=config.realm, now=now,
                           max_depth=config.max_chain_depth)
     chain = vid.chain
-    mark_attributed()  # a chain rooted in a principal we trust: what is refused from here on is audited
+    # a chain rooted in a principal we trust: what is refused from here on is audited, under its principal
+    mark_attributed(principal=chain.principal, mandate=chain.leaf.jti)
     if not in_book and await rail.revoked(chain.keys):
         raise MandateRevoked("a mandate in the chain has been revoked")
     periods = {link.key: period_key(link.budget_period, now) for link in chain.links}
@@ -82,7 +83,7 @@ async def check_session_identity(engine: "Shop", call: SessionCall,
                           trusted_principals=config.trusted_principals, realm=config.realm, now=now,
                           max_depth=config.max_chain_depth)
     chain = vid.chain
-    mark_attributed()
+    mark_attributed(principal=chain.principal, mandate=chain.leaf.jti)  # a refusal from here on is the principal's
     rail = engine.rails[call.credential.challenge.method]
     if await rail.revoked(chain.keys):
         raise MandateRevoked("a mandate in the chain has been revoked")

@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from mpp.engine.attribution import attributed
+from mpp.engine.attribution import attributed, attributed_to
 from mpp.engine.config import SellerConfig
 from mpp.engine.core import RequestInfo, SellerCore
 from mpp.engine.guard import RETRY_AFTER
@@ -75,8 +75,9 @@ class Shop:
         log.log(logging.INFO if audited else logging.DEBUG, "refused %s: %s challenge=%s",
                 clip(info.resource, RESOURCE_MAX), problem.slug, minted or "none of ours")
         if audited:
+            who = {k: v for k, v in attributed_to().items() if data.get(k) is None}  # `audit show --principal` finds it
             await self.audit("refusal", problem=problem.slug, resource=info.resource, detail=problem.detail,
-                             challengeId=minted, realm=self.config.realm, **data)
+                             challengeId=minted, realm=self.config.realm, **who, **data)
 
     def problem(self, problem: PaymentProblem, price: Price | Metered | Route | None, info: RequestInfo,
                 now: Any) -> HttpResponse:
