@@ -220,5 +220,7 @@ def grant_of(request: web.Request) -> Any:
 
 
 SELLER_KEY = web.AppKey("mpp_seller", Seller)
-# Request key under which a paid handler finds its Payment (payment_of(request) reads it too).
+"""The aiohttp application key under which `Seller.setup` stores the seller, for handlers and startup hooks
+that need it."""
 PAYMENT_KEY = web.RequestKey("mpp_payment", Payment) if hasattr(web, "RequestKey") else "mpp_payment"
+"""Request key under which a paid handler finds its Payment (payment_of(request) reads it too)."""

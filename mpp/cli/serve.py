@@ -30,9 +30,9 @@ from mpp.aio.workers import RELOAD_KEY
 __all__ = ["build_seller_app", "seller_settings", "rail_for", "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
-# Credentials may be large (a mandate chain and an approval ride in them): accept header
-# fields up to 32 KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS).
 HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
+"""Credentials may be large (a mandate chain and an approval ride in them): accept header fields up to 32
+KiB instead of aiohttp's 8 KiB. Pass to web.AppRunner(app, **HEADER_LIMITS)."""
 
 
 def _handler_for(route: RouteConfig | SimpleNamespace):
