@@ -9,7 +9,7 @@ How the README is read (the rules are stated at the top of its "Command line" se
   fresh ``tmp_path/home``, so nothing of the machine's own state is used.
 - Not run, on purpose: ``make ...`` lines (``make test`` is what runs this test, ``make demo``,
   ``make docs`` and ``make bench`` have tests of their own: tests/test_accounts.py, tests/test_docs.py,
-  tests/test_bench_smoke.py), ``mpp demo`` (the demo's own tests), the fuzzer's block (it needs atheris
+  tests/test_bench_smoke.py), the fuzzer's block (it needs atheris
   in a side environment and runs for ten minutes), and any command whose own comment starts
   ``# not run:`` followed by the reason, which the README must give. Nothing else is skipped.
 - ``.venv/bin/`` is this interpreter's bin directory. The README's seller port 8402 and ledger
@@ -46,19 +46,21 @@ COMMAND_TIMEOUT = 90
 READY_TIMEOUT = 60
 
 DID = r"(did:key:z[1-9A-HJ-NP-Za-km-z]+)"
-# name -> (the earlier command that prints it, the pattern of its value in that command's output)
-CAPTURES: dict[str, tuple[str, str]] = {
-    "PRINCIPAL_DID": (r"mpp init\b", r"principal\b[^\n]*?" + DID),
-    "AGENT_DID": (r"mpp init\b", r"agent\b[^\n]*?" + DID),
-    "P2_DID": (r"mpp principal init p2\b", DID),
-    "AGENT_B_DID": (r"mpp agent init agent-b\b", DID),
-    "SELLER_LEDGER_DID": (r"mpp ledger key\b", DID),
-    "RECEIPT": (r"mpp fetch\b", r"(?m)^Payment-Receipt: (\S+)$"),
+# name -> (the earlier command that prints it, the pattern of its value in that command's output,
+# what it is, for the failure message)
+CAPTURES: dict[str, tuple[str, str, str]] = {
+    "PRINCIPAL_DID": (r"mpp init\b", r"principal\b[^\n]*?" + DID, "the principal's DID `mpp init` prints"),
+    "AGENT_DID": (r"mpp init\b", r"agent\b[^\n]*?" + DID, "the agent's DID `mpp init` prints"),
+    "P2_DID": (r"mpp principal init p2\b", DID, "the DID `mpp principal init p2` prints"),
+    "AGENT_B_DID": (r"mpp agent init agent-b\b", DID, "the DID `mpp agent init agent-b` prints"),
+    "SELLER_LEDGER_DID": (r"mpp ledger key\b", DID, "the DID `mpp ledger key` prints"),
+    "RECEIPT": (r"mpp fetch\b", r"(?m)^Payment-Receipt: (\S+)$",
+                "the raw Payment-Receipt value, on a line `Payment-Receipt: VALUE` of `mpp fetch`'s output"),
 }
 SHELL_VARIABLES = {"HOME", "PATH"}
 SERVER = re.compile(r"(&\s*$)|\bmpp (seller|ledger) serve\b")
 READY = re.compile(r"\bready on http://\S+|(postgresql://\S+)")
-NOT_RUN = re.compile(r"^\s*(make\s|\S*mpp demo\b)")
+NOT_RUN = re.compile(r"^\s*make\s")
 NOT_RUN_MARK = "# not run:"
 
 
@@ -151,7 +153,7 @@ class Runner:
     def missing(self, text: str) -> list[str]:
         """Placeholders the command uses that no earlier command has printed."""
         names = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", _comment_free(text))) - SHELL_VARIABLES
-        missing = [f"${n} (printed by `{CAPTURES[n][0]}`?)" if n in CAPTURES else f"${n} (no rule names it)"
+        missing = [f"${n} ({CAPTURES[n][2]})" if n in CAPTURES else f"${n} (not a placeholder CAPTURES knows)"
                    for n in sorted(names) if n not in self.values]
         if re.search(r"\bPORT\b", text) and "PORT" not in self.values:
             missing.append("PORT (the PostgreSQL server's, printed by `python -m mpp.stores.pg.server`)")
@@ -166,7 +168,7 @@ class Runner:
 
     def capture(self, command: str, output: str) -> None:
         """Keep the placeholder values CAPTURES finds in the output of ``command`` (comment stripped)."""
-        for name, (source, pattern) in CAPTURES.items():
+        for name, (source, pattern, _) in CAPTURES.items():
             if re.search(source, command):
                 match = re.search(pattern, output)
                 if match:
@@ -323,10 +325,29 @@ def test_a_command_that_fails_or_lacks_a_placeholder_is_reported(tmp_path: Path)
     assert runner.values == {}  # not the command CAPTURES names
     assert [f.splitlines()[0] for f in runner.failures] == [
         "README.md:7: exit 1",
-        "README.md:8: placeholder(s) no earlier command printed: $AGENT_B_DID (printed by "
-        "`mpp agent init agent-b\\b`?)",
+        "README.md:8: placeholder(s) no earlier command printed: $AGENT_B_DID (the DID "
+        "`mpp agent init agent-b` prints)",
     ]
     runner.capture("mpp agent init agent-b --account acct:buyer", "agent did:key:z6MkabcDEF\n  wallet: agent-b")
     assert runner.values == {"AGENT_B_DID": "did:key:z6MkabcDEF"}
     assert runner.substituted(".venv/bin/mpp fetch http://127.0.0.1:8402/x") == \
         f"{BIN}/mpp fetch http://127.0.0.1:{runner.ports['8402']}/x"
+
+
+def test_a_server_runs_in_the_background_until_stopped_and_one_that_dies_is_reported(tmp_path: Path) -> None:
+    runner = Runner(tmp_path)
+    ready = "import time; print('mpp seller ready on http://127.0.0.1:1', flush=True); time.sleep(120)"
+    runner.run(Command(20, f'.venv/bin/python -c "{ready}" &'))
+    runner.run(Command(21, ".venv/bin/python -c \"print('postgresql://postgres@127.0.0.1:5999/postgres', flush=True); "
+                           "import time; time.sleep(120)\" &"))
+    runner.run(Command(22, ".venv/bin/python -c \"print('no such thing')\" &"))
+    servers = list(runner.servers.values())
+    try:
+        assert [proc.poll() for proc in servers[:2]] == [None, None]
+        assert runner.values == {"PORT": "5999"}
+        assert runner.substituted("psql -p PORT") == "psql -p 5999"
+        assert [f.splitlines()[0] for f in runner.failures] == ["README.md:22: the server did not print its ready line"]
+        assert "no such thing" in runner.failures[0]
+    finally:
+        runner.stop_all()
+    assert all(proc.poll() is not None for proc in servers)
