@@ -35,7 +35,10 @@ def test_the_reference_builds(tmp_path: Path) -> None:
     expected = {tmp_path / (name.replace(".", "/") + ".html") for name in api_docs.public_module_names()}
     missing = sorted(str(p.relative_to(tmp_path)) for p in expected - set(pages))
     assert not missing, "modules without a page in the reference:\n  " + "\n  ".join(missing)
-    assert (tmp_path / "index.html").exists() and (tmp_path / "search.js").exists()
+    assert (tmp_path / "search.js").exists()
+    index = (tmp_path / "index.html").read_text(encoding="utf-8")
+    unlinked = [n for n in api_docs.public_module_names() if f'href="{n.replace(".", "/")}.html"' not in index]
+    assert not unlinked, "modules the front page (docs/api/index.html) does not link:\n  " + "\n  ".join(unlinked)
     seller_page = (tmp_path / "mpp" / "aio.html").read_text(encoding="utf-8")
     assert "Seller" in seller_page and "PaymentClient" in seller_page
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import html
 import importlib
 import pkgutil
 import sys
@@ -107,7 +108,25 @@ def build(out: Path, names: list[str] | None = None) -> list[Path]:
         # annotations naming what a module imports only under TYPE_CHECKING are shown as written
         warnings.filterwarnings("ignore", message="Error parsing type annotation", category=UserWarning)
         pdoc.pdoc(*(names or public_module_names()), output_directory=out)
+    (out / "index.html").write_text(index_page(names or public_module_names()), encoding="utf-8")
     return sorted(out.rglob("*.html"))
+
+
+def index_page(names: list[str]) -> str:
+    """The reference's front page: every public module, linked, with its docstring's first line.
+    (pdoc's own index only redirects to ``mpp``, whose page lists no submodule: ``mpp.__all__``
+    names none, and pdoc follows ``__all__``.)"""
+    rows = []
+    for name in names:
+        doc = (importlib.import_module(name).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        depth = name.count(".")
+        rows.append(f'<li style="margin-left:{depth * 1.5}em"><a href="{name.replace(".", "/")}.html">'
+                    f"<code>{html.escape(name)}</code></a> — {html.escape(doc)}</li>")
+    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>mpp API reference</title></head>\n"
+            "<body style=\"font-family:sans-serif;max-width:60em;margin:2em auto\">\n"
+            "<h1>mpp API reference</h1>\n<p>Built from the docstrings by <code>make docs</code> "
+            "(tools/api_docs.py, pdoc). Each page has a search box.</p>\n<ul style=\"list-style:none;padding:0\">\n"
+            + "\n".join(rows) + "\n</ul>\n</body></html>\n")
 
 
 def main(argv: list[str] | None = None) -> int:
