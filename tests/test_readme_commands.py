@@ -13,7 +13,7 @@ How the README is read (the rules are stated at the top of its "Command line" se
   in a side environment and runs for ten minutes), and any command whose own comment starts
   ``# not run:`` followed by the reason, which the README must give. Nothing else is skipped.
 - ``.venv/bin/`` is this interpreter's bin directory. The README's seller port 8402 and ledger
-  service port 8403 are replaced by free ports; ``PORT`` by the port of the PostgreSQL server the
+  service ports 8403 and 8404 are replaced by free ports; ``PORT`` by the port of the PostgreSQL server the
   README starts (``python -m mpp.stores.pg.server &``, it prints its URL); ``<pid>`` by the process
   id of the seller started last.
 - ``$NAME`` placeholders are values an earlier command printed (CAPTURES below: which command, which
@@ -58,6 +58,7 @@ CAPTURES: dict[str, tuple[str, str, str]] = {
                 "the raw Payment-Receipt value, on a line `Payment-Receipt: VALUE` of `mpp fetch`'s output"),
 }
 SHELL_VARIABLES = {"HOME", "PATH"}
+README_PORTS = ("8402", "8403", "8404")  # the seller's, the ledger service's, an open ledger service's
 SERVER = re.compile(r"(&\s*$)|\bmpp (seller|ledger) serve\b")
 READY = re.compile(r"\bready on http://\S+|(postgresql://\S+)")
 NOT_RUN = re.compile(r"^\s*make\s")
@@ -130,7 +131,7 @@ class Runner:
         self.env = {**os.environ, "HOME": str(tmp / "home"), "PATH": f"{BIN}:{os.environ['PATH']}",
                     "PYTHONUNBUFFERED": "1"}
         self.env.pop("MPP_HOME", None)
-        self.ports = {"8402": str(free_port()), "8403": str(free_port())}
+        self.ports = {readme_port: str(free_port()) for readme_port in README_PORTS}
         self.values: dict[str, str] = {}
         self.servers: dict[str, subprocess.Popen] = {}  # by the README port they listen on
         self.last_seller: subprocess.Popen | None = None
