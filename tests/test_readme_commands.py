@@ -209,9 +209,11 @@ class Runner:
             stop(replaced)
             if replaced is self.last_seller:
                 self.last_seller = None
+        # run in the foreground of its own process group (so stop() reaches it and its children):
+        # the README's trailing comment and `&` go
+        text = re.sub(r"&\s*$", "", _comment_free(text).rstrip()).rstrip()
         if "--port" not in text and port is not None:
-            text = text.rstrip().rstrip("&") + f" --port {self.ports[port]}"
-        text = re.sub(r"&\s*$", "", text.rstrip())
+            text += f" --port {self.ports[port]}"
         proc = subprocess.Popen(["bash", "-c", "exec " + text], cwd=self.work, env=self.environment(), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -258,19 +260,36 @@ def wait_ready(proc: subprocess.Popen) -> tuple[re.Match | None, str]:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (its workers too), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+    """SIGTERM to the server's process group (its workers, its PostgreSQL too; even if the leader
+    has exited), SIGKILL to what is left after 15 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
     if proc.stdout:
         proc.stdout.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member runs as another user (PostgreSQL's, as root): still alive
+        return True
+    return True
 
 
 def runnable_blocks() -> list[Block]:
@@ -338,7 +357,7 @@ def test_a_command_that_fails_or_lacks_a_placeholder_is_reported(tmp_path: Path)
 def test_a_server_runs_in_the_background_until_stopped_and_one_that_dies_is_reported(tmp_path: Path) -> None:
     runner = Runner(tmp_path)
     ready = "import time; print('mpp seller ready on http://127.0.0.1:1', flush=True); time.sleep(120)"
-    runner.run(Command(20, f'.venv/bin/python -c "{ready}" &'))
+    runner.run(Command(20, f'.venv/bin/python -c "{ready}" &   # a comment after the ampersand'))
     runner.run(Command(21, ".venv/bin/python -c \"print('postgresql://postgres@127.0.0.1:5999/postgres', flush=True); "
                            "import time; time.sleep(120)\" &"))
     runner.run(Command(22, ".venv/bin/python -c \"print('no such thing')\" &"))
@@ -352,3 +371,4 @@ def test_a_server_runs_in_the_background_until_stopped_and_one_that_dies_is_repo
     finally:
         runner.stop_all()
     assert all(proc.poll() is not None for proc in servers)
+    assert not any(_group_alive(proc.pid) for proc in servers)
