@@ -9,7 +9,7 @@ POSTGRES_STAMP := $(VENV)/.postgres
 # the interoperability environment plus what the pympp benchmark peer needs (benchmarks/bench_pympp.py)
 BENCH_STAMP := $(INTEROP_VENV)/.bench
 
-.PHONY: demo test test-fast interop-env clean bench bench-session
+.PHONY: demo test test-fast interop-env clean bench bench-session docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ $(POSTGRES_STAMP): | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mpp demo
 
+# The API reference, built from the docstrings by pdoc into docs/api/ (open docs/api/index.html);
+# fails listing any public module or name without a docstring (tools/api_docs.py; tests/test_docs.py
+# checks the same inside `make test`). pdoc comes with the `test` extra, which $(STAMP) installs.
+docs: $(STAMP)
+	$(VENV)/bin/python tools/api_docs.py --out docs/api
+
 # One pytest worker per core (pytest-xdist), each test file whole on one worker: most of the suite
 # waits on seller processes, servers and expiring challenges, so two workers halve the wall time.
 PYTEST_WORKERS := -n auto --dist loadfile
@@ -67,7 +73,7 @@ bench-session: $(STAMP)
 	$(VENV)/bin/python benchmarks/session_wire.py --calls 100 --json benchmarks/session_wire.json
 
 clean:
-	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache
+	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache docs/api
 
 # Third-party sellers (pympp from PyPI, mppx from npm, each in its own environment under
 # conformance/targets/) run against the conformance suite; writes conformance/RESULTS.md.

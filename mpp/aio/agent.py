@@ -23,12 +23,18 @@ from mpp.protocol.challenge import resource_of
 
 __all__ = ["AgentIdentity", "Approver"]
 
-# Called with the seller's approval-required problem document; returns an approval JWT or None.
 Approver = Callable[[dict[str, Any]], "Awaitable[str | None] | str | None"]
+"""Called with the seller's approval-required problem document; returns an approval JWT or None."""
 
 
 @dataclass
 class AgentIdentity:
+    """What an agent buys with under a mandate (spec/identity.md): its key, its mandate chain (root
+    first), its budget counters and who approves a purchase above the threshold. Given to
+    ``PaymentClient(identity=...)``, it presents the chain on every purchase, signs nothing the
+    chain does not cover (IDENT-POP-09), reserves the budget before it signs and asks ``approver``
+    when a seller answers ``approval-required``. A plain ``BudgetStore`` is wrapped, not owned."""
+
     key: SigningKey
     mandates: Sequence[str]  # the chain, root first, ending with this agent's own mandate
     budget: AsyncBudgetStore | BudgetStore | None = None

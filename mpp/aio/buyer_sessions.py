@@ -39,8 +39,10 @@ from mpp.protocol.models import Credential
 __all__ = ["SessionRunner", "CLOSE_RETRY_SECONDS", "FINAL_RECEIPT_LIMIT"]
 
 log = logging.getLogger("mpp.buyer")
-CLOSE_RETRY_SECONDS = 30.0  # how long close keeps asking while the seller answers 409 (requests still running)
-FINAL_RECEIPT_LIMIT = 1 << 20  # bytes of one header field in an answer to the session endpoint
+CLOSE_RETRY_SECONDS = 30.0
+"""How long close keeps asking while the seller answers 409 (requests still running)"""
+FINAL_RECEIPT_LIMIT = 1 << 20
+"""Bytes of one header field in an answer to the session endpoint."""
 
 
 class SessionRunner:

@@ -22,7 +22,10 @@ __all__ = ["PaidResponse", "BuyerWire", "CredentialResendBlocked", "Event", "JWK
            "json_object", "problem_of", "problem_words", "maybe_await"]
 
 JWKS_PATH = "/.well-known/jwks.json"
-Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]  # on_event: plain or async (an audit log's append)
+"""Where a seller publishes the keys that sign its receipts; the buyer fetches it from the seller's origin
+to verify a receipt."""
+Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+"""On_event: plain or async (an audit log's append)"""
 
 
 @dataclass

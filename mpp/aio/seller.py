@@ -43,9 +43,9 @@ __all__ = ["Seller", "HEADER_LIMITS", "Payment", "TaskControl", "SELLER_KEY", "P
            "task_of", "grant_of", "JWKS_PATH", "OPENAPI_PATH", "SESSION_PATH"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Credentials may be large (a mandate chain and an approval ride in them): accept header fields
-# up to 32 KiB instead of aiohttp's 8 KiB. Mount with web.AppRunner(app, **HEADER_LIMITS).
 HEADER_LIMITS = {"max_field_size": 32768, "max_line_size": 32768}
+"""Header limits for ``web.AppRunner(app, **HEADER_LIMITS)``: credentials carry mandate chains and
+approvals, so header fields up to 32 KiB are accepted instead of aiohttp's 8 KiB."""
 _CONTEXT_KEY = web.RequestKey("mpp_context", Context) if hasattr(web, "RequestKey") else "mpp_context"
 
 
@@ -253,5 +253,7 @@ def grant_of(request: web.Request) -> Any:
 
 
 SELLER_KEY = web.AppKey("mpp_seller", Seller)
-# Request key under which a paid handler finds its Payment (payment_of(request) reads it too).
+"""The aiohttp application key under which `Seller.setup` stores the seller, for handlers and startup hooks
+that need it."""
 PAYMENT_KEY = web.RequestKey("mpp_payment", Payment) if hasattr(web, "RequestKey") else "mpp_payment"
+"""Request key under which a paid handler finds its Payment (payment_of(request) reads it too)."""

@@ -24,8 +24,10 @@ from aiohttp import web
 
 __all__ = ["WORKER_HEADER", "RELOAD_KEY", "bind", "serve_forked", "on_reload_signal"]
 
-WORKER_HEADER = "MPP-Worker"  # which worker answered (an index, never a pid): lets tests see the spread
-RELOAD_KEY = web.AppKey("mpp_reload", object)  # a callable run on SIGHUP (the price list reload)
+WORKER_HEADER = "MPP-Worker"
+"""Which worker answered (an index, never a pid): lets tests see the spread."""
+RELOAD_KEY = web.AppKey("mpp_reload", object)
+"""A callable run on SIGHUP (the price list reload)"""
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:

@@ -52,7 +52,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTEXT_KEY = "mpp.context"  # the scope entry a handler's payment, meter, task or grant is read from
 SELLER_KEY = "mpp.seller"
-MAX_BODY = 1024 ** 2  # the largest priced request body read (aiohttp's default client_max_size)
+MAX_BODY = 1024 ** 2
+"""The largest priced request body read (aiohttp's default client_max_size)"""
 
 
 @dataclass

@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 SUBSCRIPTION_INTENT = "subscription"
+"""The intent of a seat's challenge (spec/pricing.md): one period per agent, paid only when the buyer's
+policy sets allow_recurring."""
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
@@ -77,6 +79,9 @@ class BuyerPolicy:
 
 @dataclass(frozen=True)
 class Quote:
+    """One challenge the buyer may pay: the challenge, its decoded charge request and the buyer
+    method that would pay it."""
+
     challenge: Challenge
     request: ChargeRequest
     method: BuyerMethod

@@ -45,11 +45,20 @@ __all__ = [
 ]
 
 SESSION_PATH = "/.well-known/mpp-session"
+"""The seller's session endpoint (spec/intents/session.md): where a buyer opens, tops up and closes a
+session."""
 METHOD = "ledger"
+"""The payment method the buyer's sessions are paid with (the ledger holds the cap)."""
 INSUFFICIENT = EXTENSION_PROBLEM_BASE + "session-insufficient"
+"""Problem type: the session's authorized value does not cover the request; the buyer signs a larger
+voucher or tops up."""
 CLOSED = EXTENSION_PROBLEM_BASE + "session-closed"
+"""Problem type: the session is closed; the buyer forgets it and opens a new one."""
 UNKNOWN = EXTENSION_PROBLEM_BASE + "session-unknown"
+"""Problem type: the seller does not know the session (expired or never opened); the buyer opens a new one."""
 SESSION_PROBLEMS = EXTENSION_PROBLEM_BASE + "session-"
+"""The prefix of every session problem type: a 402 whose type starts with it is about the session, not a
+new quote."""
 
 
 @dataclass(frozen=True)

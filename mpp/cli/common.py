@@ -16,13 +16,21 @@ __all__ = [
 ]
 
 EXIT_OK = 0
-EXIT_HTTP = 1  # the request was answered, but not with success
+"""Exit code: success (a 2xx answer, paid or free)."""
+EXIT_HTTP = 1
+"""The request was answered, but not with success."""
 EXIT_USAGE = 2
-EXIT_POLICY = 3  # the buyer refused the quote; nothing was signed
-EXIT_REFUSED = 4  # the seller refused the credential
-EXIT_UNKNOWN = 5  # credential sent, outcome unknown: do not retry blindly
-EXIT_RECEIPT = 6  # paid, but the receipt does not verify
-EXIT_APPROVAL = 7  # the seller asks for the principal's approval; nothing was paid (IDENT-APR-01)
+"""Exit code: bad usage or configuration (the message names the option or file to fix)."""
+EXIT_POLICY = 3
+"""The buyer refused the quote; nothing was signed."""
+EXIT_REFUSED = 4
+"""The seller refused the credential."""
+EXIT_UNKNOWN = 5
+"""Credential sent, outcome unknown: do not retry blindly."""
+EXIT_RECEIPT = 6
+"""Paid, but the receipt does not verify."""
+EXIT_APPROVAL = 7
+"""The seller asks for the principal's approval; nothing was paid (IDENT-APR-01)."""
 
 
 def err(msg: str) -> None:

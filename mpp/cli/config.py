@@ -239,6 +239,10 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
 
 @dataclass(frozen=True)
 class Wallet:
+    """An agent's wallet directory as `mpp agent init` writes it (wallet.json and agent.key): the
+    key, the ledger account it pays from, its buyer policy and, under a mandate, the chain and where
+    its budget counters and audit log live. Read with :func:`load_wallet`."""
+
     key: SigningKey
     account: str
     policy: BuyerPolicy

@@ -14,6 +14,7 @@ from typing import Any, Callable
 __all__ = ["PRICE_LIST", "write_price_list", "pricing_part"]
 
 PRICE_LIST = "prices.toml"
+"""The file name of the demo's price list, written beside its seller.toml."""
 
 V1 = """\
 # The seller's price list (spec/pricing.md). Edit it and send the seller SIGHUP

@@ -38,6 +38,7 @@ accepts, or an offer of the --prefer model when there is an acceptable one; a se
 payment per period) only with --allow-recurring. A task or seat purchase brings a grant that
 covers its follow-up requests: within one run, those are made with the grant instead of paying.
 """
+"""The exit codes of `mpp fetch`, as `mpp fetch --help` lists them."""
 
 
 def _parse_headers(values: Sequence[str]) -> dict[str, str]:

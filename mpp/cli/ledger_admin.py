@@ -204,6 +204,7 @@ every one of them). --config names a TOML file with any of
   account = "acct:seller"
 The wire format is in spec/methods/ledger.md, section 7.
 """
+"""The help text after `mpp ledger serve --help`'s options: how sellers are registered with the service."""
 
 
 def add_ledger_commands(sub: Any) -> None:

@@ -26,7 +26,8 @@ from mpp.stores.sessions import SessionStore
 
 __all__ = ["SellerConfig", "PRICE_ATTR", "price_of", "with_price"]
 
-PRICE_ATTR = "__mpp_price__"  # where the decorators leave a handler's price
+PRICE_ATTR = "__mpp_price__"
+"""Where the decorators leave a handler's price."""
 H = TypeVar("H")
 
 

@@ -98,6 +98,10 @@ def _check_binding(challenge: Challenge, info: RequestInfo) -> None:
 
 @dataclass
 class SellerCore:
+    """The seller's pure decisions over the scheme: the challenges a price is quoted with (one per
+    payment method, HMAC-bound by ``issuer``) and the checks of a credential against them. No I/O;
+    the engine's steps call it, and build 402 problems and receipt claims from its results."""
+
     issuer: ChallengeIssuer
     methods: Mapping[str, SellerMethod]
     _order: list[str] = field(init=False)

@@ -17,8 +17,8 @@ from mpp.pricing import SUBSCRIPTION_ID_HEADER
 
 __all__ = ["HttpRequest", "HttpResponse", "Served", "Serve", "private_cache_control", "REPLAY_HEADERS"]
 
-# The headers of a paid response kept with its body for Idempotency-Key replays.
 REPLAY_HEADERS = ("Content-Type", "Content-Language", "Location", "ETag")
+"""The headers of a paid response kept with its body for Idempotency-Key replays."""
 
 
 @dataclass
@@ -92,9 +92,9 @@ class Served:
     set_headers: dict[str, str] = field(default_factory=dict)  # the engine's additions, for the adapter to apply
 
 
-# The adapter's coroutine that runs the route's handler: given what the handler may read (the
-# payment, meter, task or grant: mpp.engine.purchase.Context), it answers with a Served.
 Serve = Callable[[Any], Awaitable[Served]]
+"""The adapter's coroutine that runs the route's handler: given what the handler may read (the payment,
+meter, task or grant: mpp.engine.purchase.Context), it answers with a Served."""
 
 
 def subscription_id(value: str | None) -> str | None:

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["JWKS_PATH", "OPENAPI_PATH", "jwks_response", "openapi_document"]
 
 JWKS_PATH = "/.well-known/jwks.json"
+"""Where the seller publishes its receipt-signing keys as a JWK Set (buyers verify receipts against it)."""
 OPENAPI_PATH = "/openapi.json"
+"""Where the seller publishes an OpenAPI document of its priced routes and their prices."""
 _RESPONSES = {
     "200": {"description": "Paid response, with a Payment-Receipt header"},
     "402": {"description": "Payment Required"},

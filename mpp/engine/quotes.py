@@ -37,7 +37,10 @@ __all__ = ["SUBSCRIPTION_INTENT", "INTENT_OF_MODEL", "route_challenges", "route_
            "quoted_terms"]
 
 SUBSCRIPTION_INTENT = "subscription"
+"""The intent of a seat's challenge: one subscription period per agent (spec/pricing.md)."""
 INTENT_OF_MODEL = {"transaction": CHARGE_INTENT, "unit": SESSION_INTENT, "task": CHARGE_INTENT, "seat": SUBSCRIPTION_INTENT}
+"""The challenge intent each pricing model is quoted with: transaction and task a charge, unit a session,
+seat a subscription."""
 
 
 def _charge_offer_for_unit(route: Route, unit: UnitOffer) -> tuple[int, dict[str, Any]]:

@@ -20,6 +20,8 @@ __all__ = ["SessionKeeper", "SESSION_PATH", "session_endpoint", "close_session",
 
 log = logging.getLogger("mpp.seller.sessions")
 SESSION_PATH = "/.well-known/mpp-session"
+"""The seller's session endpoint, where a buyer closes a session (and the idle timeout's close is
+recorded)."""
 
 
 class SessionKeeper(Protocol):

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 GROUP_BY = ("agent", "principal", "route", "model")
+"""What `mpp seller usage --by` may group sales by."""
 INTENT_MODELS = {"charge": "transaction", "session": "unit", "subscription": "seat"}
 _RELATIVE = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 APPROVAL_TYP = "mpp-approval+jwt"
+"""The JOSE `typ` of an approval JWT; a token of another type is refused, so a mandate cannot pass for an
+approval."""
 _APPROVAL_JTI = re.compile(r"apr_[A-Za-z0-9_-]{22}")
 
 

@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH = 3
+"""How many links a mandate chain may have when its root sets no max_depth."""
 
 
 def _narrowing_violation(child: Mandate, parent: Mandate) -> str | None:

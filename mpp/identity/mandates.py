@@ -34,15 +34,23 @@ __all__ = [
 ]
 
 MANDATE_TYP = "mpp-mandate+jwt"
+"""The JOSE `typ` of a mandate JWT; a token of another type is refused, so an approval or grant cannot pass
+for a mandate."""
 PERIODS = ("day", "week", "month", "total")
+"""The budget periods a mandate may name (`total`: the whole validity)."""
 _ALGORITHMS = ["EdDSA"]
 _PATTERN = re.compile(r"\*|[A-Z]+ /[!-~]*")  # IDENT-MDT-08: '*', or METHOD, one space, a visible-ASCII path glob
 MAX_PATTERN = 256
+"""The longest scope pattern a mandate may carry, in characters."""
 _CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
-MAX_INT = 2**53 - 1  # every JSON implementation reads integers up to here exactly
+MAX_INT = 2**53 - 1
+"""Every JSON implementation reads integers up to here exactly."""
 MAX_LIST = 64
+"""The most entries a mandate's list claims (audiences, scopes, ...) may have: bounds the work a hostile
+token causes."""
 _MANDATE_JTI = re.compile(r"mdt_[A-Za-z0-9_-]{22}")
 MAX_LEEWAY = 60.0
+"""The most clock leeway, in seconds, a verifier may allow on a mandate's validity."""
 
 
 class _Budget(BaseModel):

@@ -89,3 +89,5 @@ IDENTITY_PROBLEMS: dict[str, type[IdentityProblem]] = {
         ApprovalInvalid, OutOfScope, OverCeiling, BudgetExceeded, CurrencyNotAllowed,
     )
 }
+"""Every identity problem class by its slug: what a buyer uses to turn a problem document back into the
+exception."""

@@ -29,7 +29,10 @@ __all__ = [
 ]
 
 PROOF_DOMAIN = b"mpp-identity-proof-v1\n"
+"""Domain separation prefix of an agent's identity proof signature, so it can never be taken for another
+signed message."""
 QUOTE_DOMAIN = b"mpp-quote-v1\n"
+"""Domain separation prefix of the quote digest the identity proof signs."""
 
 
 def request_hash(challenge: Challenge) -> str:

@@ -15,6 +15,7 @@ __all__ = [
 ]
 
 MODELS = ("transaction", "unit", "task", "seat")
+"""The pricing models a mandate's `models` restriction may name."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 REVOCATION_TYP = "mpp-revocation+jwt"
+"""The JOSE `typ` of a revocation JWT, signed by the principal that issued the mandate it revokes."""
 
 
 def issue_revocation(revoker: SigningKey, mandate_token: str, *, now: datetime) -> str:

@@ -54,10 +54,15 @@ __all__ = [
 ]
 
 INTENT = "session"
+"""The intent name of a metered session's challenge."""
 ACTIONS = ("open", "voucher", "topUp", "close")
+"""The actions a session credential may carry: open, voucher, topUp, close."""
 CAP_DOMAIN = b"mpp-ledger-session-cap-v1\n"
+"""Domain separation prefix of a session cap's signature."""
 VOUCHER_DOMAIN = b"mpp-ledger-session-voucher-v1\n"
+"""Domain separation prefix of a voucher's signature."""
 CLOSE_DOMAIN = b"mpp-ledger-session-close-v1\n"
+"""Domain separation prefix of a close request's signature."""
 MAX_AMOUNT = 2**63 - 1
 MAX_SEQUENCE = 2**53 - 1  # a JSON integer in the signed bytes: RFC 8785 writes no larger one exactly (SESSION-REQ-07)
 _UINT = re.compile(r"0|[1-9][0-9]{0,18}")
@@ -110,6 +115,7 @@ class VoucherInvalid(SessionProblem):
 SESSION_PROBLEMS: dict[str, type[SessionProblem]] = {
     cls.slug: cls for cls in (SessionCapExceeded, SessionInsufficient, SessionUnknown, SessionClosed, VoucherInvalid)
 }
+"""Every session problem class by its slug, to turn a problem document back into the exception."""
 
 
 # -- the challenge's request --------------------------------------------------------
@@ -249,6 +255,9 @@ def close_message(terms: SessionTerms) -> bytes:
 
 @dataclass(frozen=True)
 class Voucher:
+    """A signed voucher: the session's cumulative authorized value after this request, its sequence
+    number and the signer's signature over them and the session's terms (SESSION-VOUCHER-*)."""
+
     cumulative: int
     sequence: int
     signature: str

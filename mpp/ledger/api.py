@@ -19,12 +19,12 @@ from mpp.ledger.sqlite_facets import SqliteKeys, SqliteSessions
 __all__ = ["AsyncLedger", "AsyncLedgerKeys", "AsyncLedgerSessions", "AsyncSqliteLedger", "AsyncSqliteKeys", "AsyncSqliteSessions",
            "as_async_ledger", "LEDGER_ERRORS"]
 
-# Every refusal a ledger may raise, by class name: the name is what travels on the wire.
 LEDGER_ERRORS: dict[str, type[LedgerError]] = {
     cls.__name__: cls
     for cls in vars(core).values()
     if isinstance(cls, type) and issubclass(cls, LedgerError)
 }
+"""Every refusal a ledger may raise, by class name: the name is what travels on the wire."""
 
 
 @runtime_checkable

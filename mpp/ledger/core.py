@@ -27,6 +27,9 @@ def holding_account(currency: str) -> str:
 
 @dataclass(frozen=True)
 class Account:
+    """A ledger account and its balance in base units; ``kind`` is ``asset`` (may not go below zero)
+    or ``issuance`` (the ledger's own source of funds)."""
+
     id: str
     currency: str
     balance: int
@@ -35,6 +38,9 @@ class Account:
 
 @dataclass(frozen=True)
 class Transfer:
+    """One balanced transfer between two accounts, in base units: a charge, fund or refund, or a
+    session's hold, capture or release; ``signer`` is the DID whose signature moved the money."""
+
     id: str
     payer: str
     payee: str
@@ -97,10 +103,10 @@ class BudgetExhausted(LedgerError):
     """The transfer would take a mandate past its budget for the period."""
 
 
-# What a DID may do with an account (LEDGER-ACCT-01): an owner spends on its own signature and
-# roots mandate chains that spend from it; an agent spends only under such a chain; a denied DID
-# spends nothing, whatever chain it appears in.
 ROLES = ("owner", "agent", "denied")
+"""What a DID may do with an account (LEDGER-ACCT-01): an owner spends on its own signature and roots
+mandate chains that spend from it; an agent spends only under such a chain; a denied DID spends nothing,
+whatever chain it appears in."""
 
 
 def check_parties(currencies: Mapping[str, str], payer: str, payee: str, currency: str) -> None:
@@ -148,7 +154,8 @@ def check_member(did: str, role: str) -> None:
 
 
 _CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
-RESERVED_PREFIXES = ("issuance:", "holds:")  # the ledger's own accounts (issuance_account, holding_account)
+RESERVED_PREFIXES = ("issuance:", "holds:")
+"""The ledger's own accounts (issuance_account, holding_account)"""
 
 
 def check_account_id(account_id: str, currency: str) -> None:

@@ -47,10 +47,10 @@ __all__ = ["ledger_app", "LedgerService", "SERVICE_KEY", "ERROR_STATUS", "PROBLE
 log = logging.getLogger("mpp.ledger.service")
 
 PROBLEM_BASE = "urn:mpp:ledger:"
+"""The prefix of the ledger service's own problem types (a URN: we claim no host)."""
 MAX_BODY = 256 * 1024
 MAX_LISTED = 10_000  # transfers one listing may return
 
-# HTTP status per error name: the ledger's refusals (mpp.ledger.core) and the service's own.
 ERROR_STATUS: dict[str, int] = {
     "InvalidRequest": 400,
     "Unauthenticated": 401,
@@ -76,6 +76,7 @@ ERROR_STATUS: dict[str, int] = {
     "CaptureRefused": 422,
     "InternalError": 500,
 }
+"""HTTP status per error name: the ledger's refusals (mpp.ledger.core) and the service's own."""
 
 _UINT = re.compile(r"0|[1-9][0-9]{0,18}")
 _MAX_AMOUNT = 2**63 - 1
@@ -488,6 +489,7 @@ async def _problems(request: web.Request, handler) -> web.StreamResponse:
 
 
 SERVICE_KEY = web.AppKey("mpp_ledger_service", LedgerService)
+"""The aiohttp application key under which `ledger_app` stores its LedgerService."""
 
 
 def ledger_app(ledger: Any, *, sellers: Mapping[str, str], window: int = WINDOW, clock: Callable[[], float] = time.time,

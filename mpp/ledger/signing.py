@@ -25,10 +25,13 @@ __all__ = ["SCHEME", "DOMAIN", "WINDOW", "TEXT_MAX", "printable_text", "SignedRe
            "parse_authorization", "verify_request"]
 
 SCHEME = "MPP-Ledger"
+"""The HTTP authentication scheme of a seller's signed request to the ledger service."""
 DOMAIN = b"mpp-ledger-request-v1\n"
-WINDOW = 60  # seconds a request's timestamp may be away from the ledger's clock, either way
-# LEDGER-SVC-15: the longest id, realm, session id or ledger id the service takes (a path's {id} too).
+"""Domain separation prefix of a seller's request signature."""
+WINDOW = 60
+"""Seconds a request's timestamp may be away from the ledger's clock, either way."""
 TEXT_MAX = 255
+"""LEDGER-SVC-15: the longest id, realm, session id or ledger id the service takes (a path's {id} too)."""
 
 
 def printable_text(value: object, max_len: int = TEXT_MAX) -> bool:
@@ -45,6 +48,9 @@ _NAMES = ("keyid", "ts", "nonce", "sig")
 
 @dataclass(frozen=True)
 class SignedRequest:
+    """The parameters of a seller's ``MPP-Ledger`` Authorization header: the seller's key id, the
+    timestamp and nonce that stop replays, and the Ed25519 signature (see :func:`parse_authorization`)."""
+
     keyid: str
     ts: int
     nonce: str

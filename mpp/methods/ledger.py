@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 METHOD = "ledger"
+"""The payment method's name on the wire (the challenge's `method`)."""
 SIGNING_DOMAIN = b"mpp-ledger-charge-v1\n"
+"""Domain separation prefix of the payer's authorization of a ledger charge."""
 _MAX_ACCOUNT = 128
 
 

@@ -31,9 +31,13 @@ __all__ = [
 ]
 
 GRANT_PROOF_HEADER = "Payment-Grant-Proof"
+"""The request header carrying a fresh proof that the sender holds a grant's key (PRICE-GRANT-03)."""
 GRANT_PROOF_DOMAIN = b"mpp-grant-proof-v1\n"
-PROOF_WINDOW = 60  # seconds either way (PRICE-GRANT-03)
-SEEN_PROOFS_CAPACITY = 100_000  # live grant proofs one seller process remembers (PRICE-GRANT-06)
+"""Domain separation prefix of a grant proof's signature."""
+PROOF_WINDOW = 60
+"""Seconds either way (PRICE-GRANT-03)"""
+SEEN_PROOFS_CAPACITY = 100_000
+"""Live grant proofs one seller process remembers (PRICE-GRANT-06)"""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ __all__ = [
 ]
 
 GRANT_HEADER = "Payment-Grant"
+"""The header carrying a grant: in the seller's response to a paid task or seat, and in the buyer's later
+requests it covers."""
 GRANT_TYP = "mpp-grant+jwt"
+"""The JOSE `typ` of a grant JWT."""
 _GRANT_JTI = re.compile(r"grt_[A-Za-z0-9_-]{22}")
 _ALGORITHMS = ["EdDSA"]
 

@@ -1,4 +1,5 @@
-"""Seat periods (PRICE-SEAT-02) and the times pricing writes: UTC instants in RFC 3339, counted from an anchor."""
+"""Seat periods (PRICE-SEAT-02) and the times pricing writes: UTC instants in RFC 3339, counted from an
+anchor."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ __all__ = [
 ]
 
 PERIOD_UNITS = ("hour", "day", "week", "month", "year")
-DEFAULT_ANCHOR = datetime(2001, 1, 1, tzinfo=timezone.utc)  # a Monday, 1 January: days, weeks, months, years align
+"""The units a seat's period may be counted in."""
+DEFAULT_ANCHOR = datetime(2001, 1, 1, tzinfo=timezone.utc)
+"""A Monday, 1 January: days, weeks, months, years align."""
 _FIXED_SECONDS = {"hour": 3600, "day": 86400, "week": 604800}
 
 

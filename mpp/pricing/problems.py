@@ -98,3 +98,4 @@ PRICING_PROBLEMS: dict[str, type[PricingProblem]] = {
     for cls in (GrantRequired, GrantInvalid, GrantAudience, GrantExpired, GrantAgent, GrantTask, GrantRoute,
                 GrantProofInvalid, SeatAlreadyPaid, ModelNotAllowed, UnitPriceTooHigh)
 }
+"""Every pricing problem class by its slug, to turn a problem document back into the exception."""

@@ -1,4 +1,5 @@
-"""The seat model (PRICE-SEAT-*): one charge per period of a plan, the agent's subscription, the periods paid."""
+"""The seat model (PRICE-SEAT-*): one charge per period of a plan, the agent's subscription, the periods
+paid."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ __all__ = [
 ]
 
 SUBSCRIPTION_ID_HEADER = "Subscription-Id"
+"""The response header naming the subscription a seat purchase opened."""
 SUBSCRIPTION_DOMAIN = b"mpp-subscription-v1\n"
+"""Domain separation prefix of a subscription id's derivation."""
 
 
 @dataclass(frozen=True)

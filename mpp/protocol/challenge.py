@@ -18,6 +18,8 @@ from mpp.protocol.models import Challenge, format_rfc3339
 __all__ = ["MIN_SECRET_BYTES", "compute_challenge_id", "ChallengeIssuer", "BODY_METHODS", "resource_of"]
 
 MIN_SECRET_BYTES = 32
+"""The shortest HMAC secret, in bytes, a challenge issuer accepts (ChallengeIssuer raises ValueError below
+it)."""
 DEFAULT_HEADER = "Authorization"
 
 
@@ -154,7 +156,8 @@ class ChallengeIssuer:
             raise PaymentExpired("challenge has expired")
 
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # methods whose body a challenge binds by digest
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose body a challenge binds by digest."""
 
 
 def resource_of(method: str, path: str, query: str = "") -> str:

@@ -48,15 +48,20 @@ __all__ = [
 ]
 
 PROBLEM_BASE = "https://paymentauth.org/problems/"
-# Problem types we add ourselves; a URN so we never claim a host we do not own.
+"""The prefix of the problem types the draft defines."""
 EXTENSION_PROBLEM_BASE = "urn:mpp:problem:"
+"""Problem types we add ourselves; a URN so we never claim a host we do not own."""
 
 
 # CORE-ERR-12: bounds on what is copied from a request into a problem, a log line or an audit entry.
-TOKEN_MAX = 64  # a token: method, intent, action, model, algorithm, mandate id
-RESOURCE_MAX = 256  # a resource (method, path and query), a path, a task id, an audit entry's value
-DETAIL_MAX = 512  # a problem's whole detail
-ELLIPSIS = "\u2026"  # marks a value that was shortened
+TOKEN_MAX = 64
+"""A token: method, intent, action, model, algorithm, mandate id."""
+RESOURCE_MAX = 256
+"""A resource (method, path and query), a path, a task id, an audit entry's value."""
+DETAIL_MAX = 512
+"""A problem's whole detail."""
+ELLIPSIS = "\u2026"
+"""Marks a value that was shortened."""
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, format (bidi overrides), surrogates, separators
 
 
@@ -233,6 +238,7 @@ PROBLEM_CLASSES: dict[str, type[PaymentProblem]] = {
         AccessDenied,
     )
 }
+"""Every core problem class by its slug, to turn a problem document back into the exception."""
 
 
 class BuyerError(MPPError):

@@ -268,6 +268,9 @@ def format_receipt(receipt: PaymentReceipt) -> str:
 
 @dataclass(frozen=True)
 class AcceptRange:
+    """One range of an ``Accept-Payment`` header: a method and an intent (``*`` for any) and its
+    preference ``q``; the most specific matching range decides an offer's weight."""
+
     method: str  # "*" for any
     intent: str  # "*" for any
     q: float
@@ -284,6 +287,7 @@ _RANGE = re.compile(r"\s*([a-z0-9:*-]+)/([A-Za-z0-9*-]+)\s*(?:;\s*q\s*=\s*([01](
 
 
 IDEMPOTENCY_KEY_MAX = 255
+"""The longest Idempotency-Key value taken, in characters (CORE-ONCE-06)."""
 # CORE-ONCE-06: visible ASCII (a bare key, as most clients send one), or an RFC 8941 sf-string,
 # the form draft-ietf-httpapi-idempotency-key-header gives the field, whose content may hold spaces.
 _IDEMPOTENCY_KEY = re.compile(r'[\x21-\x7e]+|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"')

@@ -14,8 +14,10 @@ from mpp.protocol.errors import ParseError, clip
 
 __all__ = ["Challenge", "Credential", "PaymentReceipt", "ChargeRequest", "parse_rfc3339", "format_rfc3339", "MAX_AMOUNT", "CURRENCY"]
 
-MAX_AMOUNT = 2**63 - 1  # what every ledger backend can hold in a signed 64-bit integer
-CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")  # a lowercase currency code
+MAX_AMOUNT = 2**63 - 1
+"""What every ledger backend can hold in a signed 64-bit integer."""
+CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
+"""A lowercase currency code."""
 
 _ECHO_FIELDS = ("id", "realm", "method", "intent", "request", "description", "digest", "expires", "header", "opaque")
 

@@ -71,9 +71,9 @@ def encode_json_b64(value: dict[str, Any]) -> str:
     return b64url_encode(canonical_json(value))
 
 
-# Our documents nest a few levels (credential, identity, mandates: three); 32 leaves room for
-# extensions and stops a peer's deep nesting long before the interpreter's recursion limit.
 MAX_JSON_DEPTH = 32
+"""Our documents nest a few levels (credential, identity, mandates: three); 32 leaves room for extensions
+and stops a peer's deep nesting long before the interpreter's recursion limit."""
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 

@@ -61,6 +61,7 @@ __all__ = ["KINDS", "AuditEntry", "AuditLog", "AuditChainBroken", "entry_hash", 
 
 KINDS = ("quote-seen", "policy-decision", "authorization-signed", "settlement", "receipt", "refusal",
          "session-open", "session-top-up", "voucher-signed", "session-close")
+"""The kinds of audit log entries: what the buyer and the seller record, in the order of a purchase."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -94,6 +95,10 @@ class AuditChainBroken(MPPError):
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One entry of a hash-chained audit log: its sequence number, time, kind (one of ``KINDS``),
+    data, the previous entry's hash and its own (:func:`entry_hash`), so that a removed or edited
+    entry breaks the chain `mpp audit verify` checks."""
+
     seq: int
     ts: str
     kind: str

@@ -45,6 +45,9 @@ class BudgetRefused(Exception):
 
 @dataclass(frozen=True)
 class BudgetLink:
+    """One mandate of a chain as its budget counter sees it: the mandate's id, the period key the
+    purchase falls in and the budget per period, in base units."""
+
     jti: str
     period: str  # period key, e.g. 2026-11-26
     budget: int

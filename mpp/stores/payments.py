@@ -70,6 +70,9 @@ class StateError(Exception):
 
 @dataclass(frozen=True)
 class StoredResponse:
+    """A paid response kept for Idempotency-Key replays: status, the replayed headers
+    (``REPLAY_HEADERS``) and body."""
+
     status: int
     headers: list[tuple[str, str]]
     body: bytes
@@ -77,6 +80,10 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class PaymentRecord:
+    """What the seller keeps of one challenge it settled or refused: the resource, the state of the
+    purchase, the Idempotency-Key it came with, payer, amount and currency, the ledger's reference,
+    the receipt sent, or why it failed. Amounts are strings of integers in base units, as on the wire."""
+
     challenge_id: str
     resource: str
     state: str

@@ -21,9 +21,10 @@ from mpp.protocol.models import format_rfc3339
 __all__ = ["TASK_STATES", "TASK_MOVES", "TaskRecord", "PricingStore", "SqlitePricingStore"]
 
 TASK_STATES = ("running", "succeeded", "failed", "delivered", "refunded")
-# which states each state may follow (PRICE-TASK-04)
+"""The states of a priced task (PRICE-TASK-04)."""
 TASK_MOVES = {"succeeded": ("running",), "failed": ("running", "succeeded"), "delivered": ("succeeded",),
               "refunded": ("failed",)}
+"""Which states each state may follow (PRICE-TASK-04)"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -52,6 +53,9 @@ CREATE TABLE IF NOT EXISTS seat_periods (
 
 @dataclass(frozen=True)
 class TaskRecord:
+    """A paid task (spec/pricing.md): the challenge and method it was paid with, the agent, the
+    quoted refund rule, the settlement reference, its state (one of ``TASK_STATES``) and detail."""
+
     task_id: str
     challenge_id: str
     method: str  # the payment method the task was paid with: its refund goes back through it

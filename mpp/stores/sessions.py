@@ -25,11 +25,10 @@ from mpp.intents.session import SessionCapExceeded, SessionClosed, SessionInsuff
 __all__ = ["SessionState", "UsageLine", "SessionStore", "SessionKeys", "SessionMandates", "SqliteSessionStore", "SqliteSessionKeys",
            "SqliteSessionMandates", "ClosedSession", "INSTANCE_TTL"]
 
-# A reservation belongs to the seller process that made it. Each process writes a heartbeat
-# with every reservation and from its sweeper; reservations of a process silent for longer
-# than this died with it (SESSION-CLOSE-05): they no longer count against the authorized
-# value and no longer hold up a close.
 INSTANCE_TTL = timedelta(seconds=15)
+"""A reservation belongs to the seller process that made it. Each process writes a heartbeat with every
+reservation and from its sweeper; reservations of a process silent for longer than this died with it
+(SESSION-CLOSE-05): they no longer count against the authorized value and no longer hold up a close."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -101,6 +100,10 @@ CREATE TABLE IF NOT EXISTS session_usage (
 
 @dataclass(frozen=True)
 class SessionState:
+    """A metered session as the seller's store holds it: its terms, payer and signer, the cap held
+    at the ledger, the value authorized by the latest voucher, what was spent, its status and idle
+    timeout, and the identity (agent, principal, mandate chain) it was opened under."""
+
     session_id: str
     terms: SessionTerms
     payer: str
@@ -127,6 +130,9 @@ class SessionState:
 
 @dataclass(frozen=True)
 class UsageLine:
+    """One line of a session's usage: the units of one resource at one unit price, the amount they
+    cost (in base units) and how many requests used them; listed in the final receipt."""
+
     resource: str
     unit_type: str
     unit_price: int
