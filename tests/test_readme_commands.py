@@ -12,6 +12,8 @@ How the README is read (the rules are stated at the top of its "Command line" se
   tests/test_bench_smoke.py), the fuzzer's block (it needs atheris
   in a side environment and runs for ten minutes), and any command whose own comment starts
   ``# not run:`` followed by the reason, which the README must give. Nothing else is skipped.
+- A command succeeds when it exits 0, or the code its own comment names when that comment starts
+  ``# exit N`` (a documented refusal, e.g. ``mpp fetch``'s 7 for approval-required).
 - ``.venv/bin/`` is this interpreter's bin directory. The README's seller port 8402 and ledger
   service ports 8403 and 8404 are replaced by free ports; ``PORT`` by the port of the PostgreSQL server the
   README starts (``python -m mpp.stores.pg.server &``, it prints its URL); ``<pid>`` by the process
@@ -63,6 +65,7 @@ SERVER = re.compile(r"(&\s*$)|\bmpp (seller|ledger) serve\b")
 READY = re.compile(r"\bready on http://\S+|(postgresql://\S+)")
 NOT_RUN = re.compile(r"^\s*make\s")
 NOT_RUN_MARK = "# not run:"
+EXPECTED_EXIT = re.compile(r"^#\s*exit (\d+)\b")  # a comment "# exit 7 ...": the command must exit 7
 
 
 @dataclass
@@ -156,7 +159,7 @@ class Runner:
         names = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", _comment_free(text))) - SHELL_VARIABLES
         missing = [f"${n} ({CAPTURES[n][2]})" if n in CAPTURES else f"${n} (not a placeholder CAPTURES knows)"
                    for n in sorted(names) if n not in self.values]
-        if re.search(r"\bPORT\b", text) and "PORT" not in self.values:
+        if re.search(r"\bPORT\b", "\n".join(_comment_free(line) for line in text.splitlines())) and "PORT" not in self.values:
             missing.append("PORT (the PostgreSQL server's, printed by `python -m mpp.stores.pg.server`)")
         if "<pid>" in text and self.last_seller is None:
             missing.append("<pid> (no seller started before)")
@@ -197,8 +200,10 @@ class Runner:
             return
         output = done.stdout + done.stderr
         self.capture(_comment_free(command.text), output)
-        if done.returncode != 0:
-            self.fail(command, f"exit {done.returncode}", output)
+        expected = EXPECTED_EXIT.search(command.text.splitlines()[-1][len(_comment_free(command.text.splitlines()[-1])):])
+        wanted = int(expected.group(1)) if expected else 0
+        if done.returncode != wanted:
+            self.fail(command, f"exit {done.returncode}" + (f", the README says {wanted}" if expected else ""), output)
 
     def start_server(self, command: Command, text: str) -> None:
         port = next((p for p in self.ports if re.search(rf"\b{p}\b", command.text)), None)
@@ -342,11 +347,18 @@ def test_a_command_that_fails_or_lacks_a_placeholder_is_reported(tmp_path: Path)
     runner.run(Command(9, "make test"))
     runner.run(Command(10, "false   # not run: explained"))
     runner.run(Command(11, "echo 'agent did:key:z6MkabcDEF'   # stands in for mpp agent init agent-b"))
+    runner.run(Command(12, "exit 7   # exit 7: a documented refusal"))
+    runner.run(Command(13, "true   # exit 7: said, not done"))
+    runner.run(Command(14, "echo PORT   # the word in an echo, not in a comment"))
+    runner.run(Command(15, "true   # a comment naming PORT is not a placeholder"))
     assert runner.values == {}  # not the command CAPTURES names
     assert [f.splitlines()[0] for f in runner.failures] == [
         "README.md:7: exit 1",
         "README.md:8: placeholder(s) no earlier command printed: $AGENT_B_DID (the DID "
         "`mpp agent init agent-b` prints)",
+        "README.md:13: exit 0, the README says 7",
+        "README.md:14: placeholder(s) no earlier command printed: PORT (the PostgreSQL server's, printed by "
+        "`python -m mpp.stores.pg.server`)",
     ]
     runner.capture("mpp agent init agent-b --account acct:buyer", "agent did:key:z6MkabcDEF\n  wallet: agent-b")
     assert runner.values == {"AGENT_B_DID": "did:key:z6MkabcDEF"}

@@ -26,6 +26,7 @@ __all__ = ["APPROVAL_RETRY_HINT", "HoldWhileAsked", "describe_for_approver", "fi
 PENDING_DIR = "pending-approvals"
 APPROVAL_RETRY_HINT = ("sign an approval with `mpp approve --key PRINCIPAL.key --problem {problem} --out approval.jwt`, "
                        "then retry with `mpp fetch --wallet {wallet} --approval approval.jwt {url}` before the quote expires")
+"""What `mpp fetch` tells the user after an approval-required answer (``str.format`` with problem, wallet, url)."""
 
 
 @dataclass

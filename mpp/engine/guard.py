@@ -19,7 +19,8 @@ __all__ = ["entered", "left", "mounted", "unmounted_problem", "report_unmounted"
 
 log = logging.getLogger("mpp.seller")
 _MIDDLEWARE: ContextVar[bool] = ContextVar("mpp_payment_middleware", default=False)
-RETRY_AFTER = "60"  # seconds a buyer should wait before trying a misconfigured seller again
+RETRY_AFTER = "60"
+"""Seconds a buyer should wait before trying a misconfigured seller again (the 503's Retry-After)."""
 UNMOUNTED_FIX = ("a priced handler ran without the payment middleware: call seller.setup(app) on the "
                  "application that serves it (nothing was served)")
 

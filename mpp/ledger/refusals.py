@@ -32,6 +32,7 @@ __all__ = ["charge_refusals", "session_refusals", "seller_misconfigured", "RECIP
 log = logging.getLogger("mpp.seller")
 RECIPIENT_FIX = ("create it with `mpp ledger account create {account} --currency CURRENCY --ledger LEDGER`, "
                  "or correct `recipient` or `ledger` in seller.toml")
+"""The fix a seller's log names when its recipient account is missing (``str.format`` with account)."""
 
 
 def seller_misconfigured(exc: UnknownPayee) -> SellerMisconfigured:

@@ -331,7 +331,8 @@ class SellerRefused(BuyerError):
         return kind.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
 
 
-PaymentFailed = SellerRefused  # the earlier name, kept: ``except PaymentFailed`` still catches every seller refusal
+PaymentFailed = SellerRefused
+"""The earlier name of :class:`SellerRefused`, kept: ``except PaymentFailed`` still catches every seller refusal."""
 
 
 class ApprovalNeeded(SellerRefused):
