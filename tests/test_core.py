@@ -984,7 +984,7 @@ def test_every_problem_class_is_known():
     from mpp.intents import session as session_core
     from mpp.aio.rails import LedgerUnavailable
 
-    extension = {mpp.protocol.errors.ExtensionProblem, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
+    extension = {mpp.protocol.errors.ExtensionProblem, mpp.protocol.errors.SellerMisconfigured, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
                  session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable,
                  pricing.PricingProblem, *pricing.PRICING_PROBLEMS.values()}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension

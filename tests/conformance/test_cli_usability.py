@@ -182,7 +182,7 @@ def _discover_full(seller, report: Path) -> tuple[subprocess.CompletedProcess, d
 
 def test_discover_against_the_mpp_init_seller_passes_with_skips(mpp_init_home: Path, tmp_path: Path):
     """The `mpp init` agent is mandate-bound: its bare payments are refused mandate-required, and
-    /agent-report requires identity; both are the payer's limitation, skipped with the way out."""
+    /agent-report and /big-report require identity; both are the payer's limitation, skipped with the way out."""
     seller = start_seller(mpp_init_home)
     try:
         proc, by_route = _discover_full(seller, tmp_path / "r.json")
@@ -194,7 +194,7 @@ def test_discover_against_the_mpp_init_seller_passes_with_skips(mpp_init_home: P
         assert not [r for r in results if r["verdict"] in ("fail", "error")], (route, results)
         paid = next(r for r in results if r["id"] == "full.paid-success")
         assert paid["verdict"] == "skip" and "the payer's limitation" in paid["message"], paid
-        slug = "identity-required" if route == "agent-report" else "mandate-required"
+        slug = "identity-required" if route in ("agent-report", "big-report") else "mandate-required"
         assert slug in paid["message"], paid
     assert "--as owner" in next(r for r in by_route["weather"] if r["id"] == "full.paid-success")["message"]
 
