@@ -52,13 +52,26 @@ def synthetic_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (pkg / "good.py").write_text(textwrap.dedent('''\
         """Documented."""
         from dataclasses import dataclass
-        __all__ = ["LIMIT", "Point", "f"]
+        __all__ = ["LIMIT", "Point", "Plane", "f"]
         LIMIT = 3
         """The limit."""
         @dataclass
         class Point:
             """A point."""
             x: int
+            def norm(self) -> int:
+                """Its size."""
+                return abs(self.x)
+            @property
+            def twice(self) -> int:
+                """Twice x."""
+                return 2 * self.x
+            def _private(self) -> None:
+                pass
+        class Plane(Point):
+            """A point that overrides a documented method: the base's text is its own."""
+            def norm(self) -> int:
+                return 0
         def f():
             """Does f."""
         '''))
@@ -70,6 +83,11 @@ def synthetic_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         @dataclass
         class Point:
             x: int
+            def norm(self) -> int:
+                return abs(self.x)
+            @property
+            def twice(self) -> int:
+                return 2 * self.x
         def f():
             pass
         '''))
@@ -87,6 +105,8 @@ def test_the_check_notices_every_kind_of_gap(synthetic_package: str) -> None:
     assert gaps[1:] == [
         "docsynth.bad: no module docstring",
         "docsynth.bad.WIDTH: variable without a docstring (a string literal after it)",
+        "docsynth.bad.Point.norm: method without a docstring",
+        "docsynth.bad.Point.twice: property without a docstring",
         "docsynth.bad.Point: class without a docstring",  # dataclass's made-up docstring does not count
         "docsynth.bad.f: function without a docstring",
     ]  # LIMIT, re-exported from good, is judged (and documented) there

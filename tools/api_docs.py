@@ -3,6 +3,7 @@
     python tools/api_docs.py                 # write the HTML reference to docs/api/ (what `make docs` runs)
     python tools/api_docs.py --out DIR       # somewhere else
     python tools/api_docs.py --check         # build nothing; exit 1 listing every gap
+    python tools/api_docs.py --check --only mpp.ledger   # the same, for some modules
 
 The public modules are every module under ``mpp`` with no part of its dotted name starting with
 ``_`` (``__main__`` included in that), the rule tests/test_public_api.py uses, so a module is in
@@ -11,6 +12,7 @@ the reference the day it is added. pdoc itself would follow only the submodules 
 
 A gap is a public module pdoc could not import, a public module without a module docstring, or a
 name its ``__all__`` lists, defined in it, without a docstring of its own: a class or function
+(and each public method or property such a class defines, unless it overrides a documented one)
 (pdoc drops the text ``dataclass`` and ``NamedTuple`` make up), or a variable assigned in the
 module with no string literal right after the assignment (how pdoc documents a constant). A
 re-exported name is judged where it is defined, so it is documented once. tests/test_docs.py
@@ -23,6 +25,7 @@ import argparse
 import ast
 import html
 import importlib
+import inspect
 import pkgutil
 import sys
 import warnings
@@ -77,13 +80,34 @@ def docstring_gaps(module) -> list[str]:
     gaps = [] if module.docstring.strip() else [f"{name}: no module docstring"]
     assigned = assigned_names(module)
     for member in module.members.values():
-        if member.name.startswith("_") or member.docstring.strip():
+        if member.name.startswith("_"):
+            continue
+        if isinstance(member, pdoc.doc.Class) and member.taken_from[0] == name:
+            gaps += method_gaps(member)
+        if member.docstring.strip():
             continue
         if isinstance(member, (pdoc.doc.Class, pdoc.doc.Function)):
             if member.taken_from[0] == name:
                 gaps.append(f"{member.fullname}: {type(member).__name__.lower()} without a docstring")
         elif isinstance(member, pdoc.doc.Variable) and member.name in assigned:
             gaps.append(f"{member.fullname}: variable without a docstring (a string literal after it)")
+    return gaps
+
+
+def method_gaps(cls) -> list[str]:
+    """The public methods and properties a class (a ``pdoc.doc.Class``) defines itself without a
+    docstring. One that overrides a documented method of a base class has that text (pdoc shows it,
+    as ``inspect.getdoc`` finds it), so an implementation of a documented interface is covered."""
+    import pdoc.doc
+
+    gaps = []
+    for member in cls.own_members:
+        if member.name.startswith("_") or member.docstring.strip():
+            continue
+        if isinstance(member, pdoc.doc.Function):
+            gaps.append(f"{member.fullname}: method without a docstring")
+        elif isinstance(member, pdoc.doc.Variable) and isinstance(inspect.getattr_static(cls.obj, member.name, None), property):
+            gaps.append(f"{member.fullname}: property without a docstring")
     return gaps
 
 
@@ -129,8 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default docs/api)")
     parser.add_argument("--check", action="store_true", help="list what the reference lacks; build nothing")
+    parser.add_argument("--only", metavar="PREFIX", action="append", default=[],
+                        help="with --check: only the modules whose dotted name starts with PREFIX (repeatable)")
     args = parser.parse_args(argv)
-    gaps = check()
+    if args.only and not args.check:
+        parser.error("--only narrows --check; the reference is always built whole")
+    names = [n for n in public_module_names() if not args.only or any(n.startswith(p) for p in args.only)]
+    if not names:
+        parser.error(f"no public module starts with {' or '.join(args.only)}")
+    gaps = check(names)
     if gaps:
         print(f"{len(gaps)} gap(s) in the API reference:", *gaps, sep="\n  ", file=sys.stderr)
         return 1
