@@ -165,3 +165,36 @@ async def test_d_empty_ledger_is_the_sellers_fault(tmp_path: Path, path: str, ca
         assert status == 200 and doc == {"item": 1}
     finally:
         await _close(shop, session)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_buyer_reports_the_sellers_fault_as_such_and_pays_once_it_is_fixed(tmp_path: Path, path: str):
+    """issue 17, four causes, at the buyer (CORE-BUY-11): our PaymentClient turns the 503
+    seller-misconfigured into SellerFault, a refusal (nothing paid, the seller's detail and
+    Retry-After carried), not OutcomeUnknown; `mpp fetch`'s wording is the exception's. Once the
+    seller's account exists, the same client pays."""
+    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    shop = Shop(tmp_path, ledger, path)
+    _buyer(ledger, shop.agent.did)
+    await shop.server.start_server()
+    events: list[tuple[str, dict]] = []
+    async with aiohttp.ClientSession() as session:
+        client = mpp.aio.PaymentClient(session, [LedgerBuyerMethod(key=shop.agent, account=PAYER)], POLICY,
+                                       on_event=lambda kind, data: events.append((kind, data)))
+        try:
+            with pytest.raises(mpp.SellerFault) as caught:
+                await client.request("GET", str(shop.server.make_url("/item")))
+            exc = caught.value
+            assert isinstance(exc, mpp.SellerRefused) and not isinstance(exc, mpp.OutcomeUnknown)
+            assert exc.status == 503 and exc.problem_type == "seller-misconfigured"
+            assert isinstance(exc.retry_after, int) and exc.retry_after > 0
+            assert "cannot take payment" in exc.detail
+            assert "nothing was paid" in str(exc) and f"retry after {exc.retry_after} s" in str(exc)
+            assert [d.get("outcome") for k, d in events if k == "refusal"] == ["refused"]
+            assert ledger.balance(PAYER) == 1_000
+            ledger.create_account(RECIPIENT, "usd")
+            paid = await client.request("GET", str(shop.server.make_url("/item")))
+            assert paid.status == 200 and paid.paid and ledger.balance(PAYER) == 900
+        finally:
+            await shop.server.close()
+            ledger.close()

@@ -9,7 +9,7 @@ from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail, LedgerUnavailable,
 from mpp.aio.seller import HEADER_LIMITS, PAYMENT_KEY, SELLER_KEY, Payment, Seller, TaskControl, grant_of, payment_of, start_task, task_of
 from mpp.aio.seller import meter_of
 from mpp.protocol.errors import (ApprovalNeeded, BudgetExceeded, BuyerError, NoPayableChallenge, OutcomeUnknown,
-                                 PaymentFailed, PolicyRefused, QuoteRejected, ReceiptInvalid, SellerRefused,
+                                 PaymentFailed, PolicyRefused, QuoteRejected, ReceiptInvalid, SellerFault, SellerRefused,
                                  SellerUnreachable)
 from mpp.aio.sessions import OpenSession, SessionManager, SessionPolicy, SSEEvent
 
@@ -23,6 +23,7 @@ __all__ = [
     "PolicyRefused",
     "QuoteRejected",
     "ReceiptInvalid",
+    "SellerFault",
     "SellerRefused",
     "SellerUnreachable",
     "EmbeddedLedgerRail",

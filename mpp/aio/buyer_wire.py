@@ -2,7 +2,8 @@
 seller's JWKS fetched and cached, and the event hook awaited in order.
 
 A credential goes only to the URL that issued the challenge, once: no redirects, no silent
-resend; a 5xx or a network error after sending it is OutcomeUnknown, never a retry.
+resend; a 5xx or a network error after sending it is OutcomeUnknown, never a retry, except a
+503 ``seller-misconfigured``, which says nothing was consumed or moved: SellerFault (CORE-BUY-11).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from mpp.buyer.core import Quote, origin_of
-from mpp.protocol.errors import DETAIL_MAX, OutcomeUnknown, ParseError, ReceiptInvalid, clip
+from mpp.protocol.errors import DETAIL_MAX, EXTENSION_PROBLEM_BASE, OutcomeUnknown, ParseError, ReceiptInvalid, SellerFault, SellerMisconfigured, clip
 from mpp.protocol.models import PaymentReceipt
 from mpp.protocol.wire import loads_strict
 
 __all__ = ["PaidResponse", "BuyerWire", "CredentialResendBlocked", "Event", "JWKS_PATH", "capture", "close_stream",
-           "json_object", "problem_of", "problem_words", "maybe_await"]
+           "json_object", "problem_of", "seller_fault", "problem_words", "maybe_await"]
 
 JWKS_PATH = "/.well-known/jwks.json"
 """Where a seller publishes the keys that sign its receipts; the buyer fetches it from the seller's origin
@@ -87,8 +88,12 @@ class BuyerWire:
             await self.emit("refusal", challengeId=challenge_id, outcome="unknown", reason=str(exc))
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", challenge_id) from exc
         if paid.status >= 500:
-            await self.emit("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
             problem = problem_of(paid)
+            if paid.status == 503 and problem.get("type") == EXTENSION_PROBLEM_BASE + SellerMisconfigured.slug:
+                await self.emit("refusal", challengeId=challenge_id, outcome="refused", status=paid.status,
+                                reason="seller-misconfigured")
+                raise seller_fault(paid, problem)
+            await self.emit("refusal", challengeId=challenge_id, outcome="unknown", status=paid.status)
             said = problem_words(problem)
             raise OutcomeUnknown(f"seller answered {paid.status} after the credential was sent"
                                  + (f": {said}" if said else ""), challenge_id, status=paid.status, problem=problem)
@@ -148,6 +153,19 @@ def problem_words(problem: Mapping[str, Any]) -> str:
     """The seller's ``title`` and ``detail`` as one line for a message ("" if it gave neither): its
     words, so each clipped and stripped of control characters (CORE-ERR-12), whatever it sent."""
     return "; ".join(clip(problem[k], DETAIL_MAX) for k in ("title", "detail") if isinstance(problem.get(k), str) and problem[k])
+
+
+def seller_fault(paid: PaidResponse, problem: dict[str, Any]) -> SellerFault:
+    """The buyer's error for a 503 ``seller-misconfigured`` (CORE-BUY-11): nothing was paid, the
+    seller's words and its ``Retry-After`` carried."""
+    said = problem_words(problem)
+    raw = paid.headers.get("Retry-After", "")
+    retry_after = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+    wait = f"retry after {retry_after} s" if retry_after is not None else "retry later"
+    return SellerFault(f"the seller cannot take payment because of its own configuration (503 seller-misconfigured)"
+                       + (f": {said}" if said else "")
+                       + f"; nothing was paid and the challenge was not used: {wait}, or tell the seller",
+                       paid.status, problem, retry_after=retry_after)
 
 
 def problem_of(resp: PaidResponse) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "SellerRefused",
     "PaymentFailed",
     "ApprovalNeeded",
+    "SellerFault",
     "OutcomeUnknown",
     "SellerUnreachable",
 ]
@@ -246,7 +247,8 @@ class BuyerError(MPPError):
 
     Catch a subclass to act on the cause: :class:`PolicyRefused` (our own policy refused before
     signing: nothing signed or sent), :class:`SellerRefused` (the seller refused the credential;
-    its problem document is attached) and its :class:`ApprovalNeeded`, :class:`OutcomeUnknown`
+    its problem document is attached) and its :class:`ApprovalNeeded` and :class:`SellerFault`
+    (the seller's own configuration: nothing paid), :class:`OutcomeUnknown`
     (a credential went out and no usable answer came back: the money may have moved),
     :class:`SellerUnreachable` (no connection before anything was sent) and
     :class:`ReceiptInvalid` (paid, but the receipt does not verify).
@@ -356,6 +358,21 @@ class ApprovalNeeded(SellerRefused):
         self.seller = seller
         self.rule = doc.get("rule")
         self.mandate = doc.get("mandate")
+
+
+class SellerFault(SellerRefused):
+    """The seller cannot take payment because of its own configuration (503
+    ``seller-misconfigured``, CORE-ERR-14): it consumed no challenge and moved no money, so nothing
+    was paid. Not the buyer's policy, not its payer account: tell the seller. ``detail`` is the
+    seller's explanation, ``retry_after`` its ``Retry-After`` in seconds (None if absent or not a
+    number); retrying the same request after it is safe (CORE-BUY-11)."""
+
+    def __init__(self, message: str, status: int, problem: dict[str, Any] | None, *,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message, status, problem)
+        self.retry_after = retry_after
+        detail = self.problem.get("detail")
+        self.detail = detail if isinstance(detail, str) else ""
 
 
 class OutcomeUnknown(BuyerError):
