@@ -86,3 +86,34 @@ def test_trusted_principal_that_is_not_a_did_key_is_refused(tmp_path: Path):
     toml.write_text(text[:start] + 'trusted_principals = ["did:key:zNotAKey"]' + text[end:])
     line = _one_line(_serve(home))
     assert "trusted_principals" in line and "did:key:zNotAKey" in line
+
+
+def test_missing_recipient_account_on_postgresql_is_refused_or_made(tmp_path: Path, pg_url: str):
+    """issue 17, finding 2, on PostgreSQL: a ledger database without the recipient account refuses
+    to start, naming the account and `mpp ledger account create ... --ledger URL` (not the URL);
+    `create_ledger = true` makes the account instead, and the check then passes."""
+    from mpp.cli.serve import check_embedded_ledger
+    from mpp.connect import open_ledger
+
+    home = tmp_path / "home"
+    init_home(home)
+    _edit(home, 'ledger = "ledger.db"', f'ledger = "{pg_url}"')
+    result = _serve(home)
+    line = _one_line(result)
+    assert "acct:seller" in line and "PostgreSQL ledger" in line and "mpp ledger account create acct:seller" in line
+    assert "--ledger URL" in line and pg_url not in result.stderr
+
+    _edit(home, f'ledger = "{pg_url}"', f'ledger = "{pg_url}"\ncreate_ledger = true')
+    check_embedded_ledger(load_seller_config(home / "seller.toml"))
+
+    async def accounts() -> list[str]:
+        ledger = await open_ledger(pg_url)
+        try:
+            return [a.id for a in await ledger.accounts()]
+        finally:
+            await ledger.close()
+
+    import asyncio
+    assert asyncio.run(accounts()) == ["acct:seller"]
+    _edit(home, "\ncreate_ledger = true", "")
+    check_embedded_ledger(load_seller_config(home / "seller.toml"))  # the account is there now: no refusal

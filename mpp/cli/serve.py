@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sys
@@ -17,7 +18,7 @@ from mpp.protocol.keys import SigningKey
 from mpp.ledger import SqliteLedger, UnknownAccount
 from mpp.pricing.prices import Metered
 from mpp.pricing import PriceListError, UnitOffer
-from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, payment_store_for,
+from mpp.connect import (audit_log_for, doubt_journal_for, ensure_open, is_postgres, ledger_for, open_ledger, payment_store_for,
                       pricing_store_for, session_store_for)
 from mpp.stores.audit import AsyncSqliteAuditLog, AuditLog
 from mpp.stores.payments import SqlitePaymentStore
@@ -126,10 +127,38 @@ def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail,
 
 
 def check_embedded_ledger(config: SellerConfig) -> None:
-    """Refuse to start (ConfigError naming the fix) on an embedded SQLite ledger that is missing
-    or lacks the recipient account; made first if ``create_ledger = true``. Others: nothing."""
-    if config.ledger is not None and not is_postgres(config.ledger):
+    """Refuse to start (ConfigError naming the fix) on an embedded ledger that lacks the recipient
+    account, or on a SQLite ledger file that is missing; with ``create_ledger = true`` the file and
+    the account are made instead. On PostgreSQL the database is asked once, before serving (an
+    unreachable server is the caller's error to report). A ledger service (``ledger_url``): nothing
+    to check here; the rail logs a missing account when it starts."""
+    if config.ledger is None:
+        return
+    if is_postgres(config.ledger):
+        asyncio.run(_check_pg_ledger(config))
+    else:
         _open_sqlite_ledger(config).close()
+
+
+async def _check_pg_ledger(config: SellerConfig) -> None:
+    """The recipient account on the PostgreSQL ledger (issue 17, finding 2; CORE-ERR-14): refused
+    when missing, made when ``create_ledger = true``."""
+    assert config.ledger is not None
+    ledger = await open_ledger(config.ledger, min_size=1, max_size=1)
+    try:
+        try:
+            await ledger.account(config.recipient)
+            return
+        except UnknownAccount:
+            if config.create_ledger:
+                await ledger.create_account(config.recipient, _currency_of(config))
+                return
+        raise ConfigError(f"recipient = {config.recipient!r}: no such account on the PostgreSQL ledger: create it "
+                          f"with `mpp ledger account create {config.recipient} --currency {_currency_of(config)} "
+                          f"--ledger URL` (the `ledger` URL of seller.toml), or correct `recipient` or `ledger` there, "
+                          f"or set `create_ledger = true` to have it made")
+    finally:
+        await ledger.close()
 
 
 def _open_sqlite_ledger(config: SellerConfig) -> SqliteLedger:
