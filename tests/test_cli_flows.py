@@ -138,6 +138,13 @@ def test_approval_asked_signed_and_used_on_the_same_challenge(seller, tmp_path: 
     garbage = tmp_path / "stderr.txt"
     garbage.write_text("mpp: seller refused the credential\n")
     assert "mpp fetch --problem-out" in one_line_error(run("approve", "--key", key, "--problem", garbage), 2)
+    # a problem document without the quote (the seller's own body) is not signed blind
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in problem.items() if k != "quote"}))
+    refused = one_line_error(run("approve", "--key", key, "--problem", bare, "--agent", agent), 2)
+    assert "carries no quote" in refused and "--problem-out" in refused and "--without-quote" in refused
+    blind = run("approve", "--key", key, "--problem", bare, "--agent", agent, "--without-quote")
+    assert blind.returncode == 0 and "resource : unknown" in blind.stderr and "750 usd" in blind.stderr
     approved = run("approve", "--key", key, "--problem", problem_file, "--out", approval_file)
     assert approved.returncode == 0, approved.stderr
     for shown in ("750 usd", "acct:seller", "GET /big-report", "mpp.local at " + seller.url, agent):

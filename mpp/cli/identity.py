@@ -231,6 +231,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"problem document lacks {', '.join(missing)}")
     lines, asking = describe_for_approver(problem)
+    if "quote" not in problem and not args.without_quote:
+        raise ValueError("this problem document carries no quote, so what you would approve cannot be checked (the "
+                         "resource is unknown; amount and currency are the seller's word): have the agent run "
+                         "`mpp fetch --problem-out FILE` and approve that file, or pass --without-quote to sign anyway")
     agent = args.agent or asking
     if agent is None:
         raise ValueError("this problem document does not say which agent asked: pass --agent DID "
@@ -377,8 +381,12 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--problem", required=True, metavar="FILE", help="the seller's problem document (JSON), or - for stdin")
     t.add_argument("--agent", metavar="DID", help="the agent the approval is for (default: the one the problem file from "
                                                   "`mpp fetch --problem-out` names; refused if it names another)")
-    t.add_argument("--out", metavar="FILE")
-    t.add_argument("--valid-for", type=_duration, default=timedelta(minutes=10))
+    t.add_argument("--out", metavar="FILE", help="write the approval JWT here (default: standard output)")
+    t.add_argument("--valid-for", type=_duration, default=timedelta(minutes=10),
+                   help="how long the approval may be used, e.g. 10m (default 10m)")
+    t.add_argument("--without-quote", action="store_true",
+                   help="sign a problem document that carries no quote (one not written by `mpp fetch --problem-out`): "
+                        "amount and currency are then the seller's word and the resource is unknown")
     t.set_defaults(func=cmd_approve)
 
     s = sub.add_parser("receipt", help="signed receipts")
