@@ -380,6 +380,43 @@ async def test_a_version_served_earlier_cannot_come_back_with_other_prices(world
     assert world.seller.reload_prices(PRICES_V1, "prices.toml").version == "v1"
 
 
+async def test_a_version_served_in_an_earlier_run_cannot_come_back_with_other_prices(world: World, tmp_path: Path):
+    """issue 17, finding 11 across restarts (PRICE-VER-02): the pricing store remembers every
+    version served. After v1 (at start) and v2 (a reload, recorded in the background), a new seller
+    process on the same stores refuses to start with another "v2", and refuses a reload to another
+    "v1"; the same v2 starts."""
+    world.seller.reload_prices(PRICES_V2, "prices.toml")
+    await asyncio.sleep(0)  # let the background recording run
+    for _ in range(50):
+        if "v2" in await world.seller.pricing_store.price_lists():
+            break
+        await asyncio.sleep(0.01)
+    remembered = await world.seller.pricing_store.price_lists()
+    assert set(remembered) == {"v1", "v2"}
+
+    def again(prices: str):
+        return SELLERS[world.adapter](realm=REALM, secret=b"s" * 32, receipt_key=world.seller.receipt_key,
+                                      rails=[EmbeddedLedgerRail(world.ledger, recipient="acct:seller")],
+                                      store=SqlitePaymentStore(str(tmp_path / "payments.db")),
+                                      pricing_store=SqlitePricingStore(str(tmp_path / "pricing.db")),
+                                      price_list=load_price_list(prices, source="prices.toml"))
+
+    other_v2 = PRICES_V2.replace("amount = 30", "amount = 31")
+    assert other_v2 != PRICES_V2
+    with pytest.raises(PriceListError, match=r"prices.toml:1: version 'v2' was served by this seller before \(first on "
+                                             r"\d{4}-\d\d-\d\dT[0-9:]+Z\) with other content"):
+        await again(other_v2).start_serving([])
+    seller = again(PRICES_V2)
+    await seller.start_serving([])
+    try:
+        with pytest.raises(PriceListError, match=r"version 'v1' was served by this seller before with other content"):
+            seller.reload_prices(PRICES_V1.replace("amount = 25", "amount = 26"), "prices.toml")
+        assert seller.price_list.version == "v2"
+        assert seller.reload_prices(PRICES_V1, "prices.toml").version == "v1"  # as it was: fine
+    finally:
+        await seller.stop_serving()
+
+
 # -- tasks -----------------------------------------------------------------------------------
 
 
@@ -664,6 +701,24 @@ async def test_seat_period_recorded_once_across_processes(pricing_location: str)
         await two.release_seat("sub_x", 7, holder)  # settlement failed: the period is free again
         assert await one.reserve_seat("sub_x", 7, "late") is None
         assert await two.reserve_seat("sub_x", 8, "late") is None  # another period is another record
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_price_list_versions_are_remembered_once_across_processes(pricing_location: str):
+    """PRICE-VER-02 across restarts: of two processes recording one version with different content,
+    the first record stays and both are told its fingerprint; every version is listed."""
+    one, two = await open_pricing_store(pricing_location), await open_pricing_store(pricing_location)
+    try:
+        results = await asyncio.gather(*(store.remember_price_list("v1", f"fp{i}") for i, store in
+                                         enumerate([one, two] * 3)))
+        assert len({fingerprint for fingerprint, _ in results}) == 1 and len({since for _, since in results}) == 1
+        kept = results[0][0]
+        assert (await one.remember_price_list("v1", "other"))[0] == kept
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", results[0][1])
+        assert (await two.remember_price_list("v2", "fp-v2"))[0] == "fp-v2"
+        assert await one.price_lists() == {"v1": kept, "v2": "fp-v2"}
     finally:
         await one.close()
         await two.close()

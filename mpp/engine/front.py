@@ -28,6 +28,7 @@ class SellerFront(SellerConfig):
         self.engine = SellerEngine(self)
         self.core, self.issuer, self.sessions = self.engine.core, self.engine.issuer, self.engine.sessions
         self._sweeper: asyncio.Task | None = None
+        self._recording: set[asyncio.Task] = set()  # reloaded price lists being recorded in the pricing store
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(realm={self.realm!r}, rails={list(self.engine.rails)!r})"
@@ -44,7 +45,10 @@ class SellerFront(SellerConfig):
             self._sweeper = asyncio.create_task(self.sessions.sweep_forever())
 
     async def stop_serving(self) -> None:
-        """After the last request: stop the idle-session sweeper, close the session and payment stores."""
+        """After the last request: stop the idle-session sweeper, finish recording reloaded price
+        lists, close the session and payment stores."""
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:
@@ -59,8 +63,19 @@ class SellerFront(SellerConfig):
     # -- prices ----------------------------------------------------------------
 
     def reload_prices(self, text: str, source: str) -> PriceList:
-        """Replace the price list while serving (PRICE-VER-02); see SellerEngine.reload_prices."""
-        return self.engine.reload_prices(text, source)
+        """Replace the price list while serving (PRICE-VER-02); see SellerEngine.reload_prices.
+        While serving, the new version is then recorded in the pricing store (if any) in the
+        background, so a later run cannot reuse its name for other prices; before serving,
+        :meth:`start_serving` records it."""
+        new = self.engine.reload_prices(text, source)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return new
+        task = loop.create_task(self.engine.remember_list(new))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        return new
 
     def load_prices(self, path: str) -> PriceList:
         """``reload_prices`` from a file; an unreadable file is a PriceListError naming it."""

@@ -27,6 +27,7 @@ from mpp.engine.purchase import Context
 from mpp.engine.sessions import SessionDesk
 from mpp.engine.shop import Shop
 from mpp.pricing import GRANT_HEADER, PriceList, PriceListError, Route, UnitOffer, check_reload, load_price_list
+from mpp.pricing.loader import check_remembered
 from mpp.pricing.prices import Metered, Price
 from mpp.protocol.errors import MethodUnsupported, PaymentProblem
 
@@ -56,13 +57,32 @@ class SellerEngine(Shop):
         and the running list stays. Quotes and grants of earlier lists stay good (PRICE-VER-03)."""
         new = load_price_list(text, source=source)
         if self.config.price_list is not None:
-            check_reload(self.config.price_list, new, self.lists)
+            check_reload(self.config.price_list, new, self.lists, self.remembered)
+        else:
+            check_remembered(new, self.remembered)
         self._check_list(new)
         self.config.price_list = new  # one assignment: a request sees the old list or the new one, never a mix
         if all(known.version != new.version for known in self.lists):
             self.lists.append(new)
         log.info("price list %s loaded from %s", new.version, source)
         return new
+
+    async def remember_list(self, plist: PriceList, *, refuse: bool = False) -> None:
+        """Record ``plist``'s version and fingerprint in the pricing store, if the seller keeps one
+        (PRICE-VER-02 across restarts). A version recorded earlier with other content raises
+        PriceListError with ``refuse`` (at start: the seller does not serve it); otherwise (a reload
+        another process raced) it is logged as an error."""
+        remember = getattr(self.config.pricing_store, "remember_price_list", None)
+        if remember is None:
+            return
+        fingerprint, since = await remember(plist.version, plist.fingerprint)
+        self.remembered[plist.version] = fingerprint
+        try:
+            check_remembered(plist, {plist.version: fingerprint}, since)
+        except PriceListError as exc:
+            if refuse:
+                raise
+            log.error("%s", exc)
 
     def _check_list(self, plist: PriceList) -> None:
         needs = {o.model for r in plist.routes for o in r.offers}
@@ -161,9 +181,15 @@ class SellerEngine(Shop):
         return HttpResponse.json(200, openapi_document(self, priced), [("Cache-Control", "max-age=300")])
 
     async def start(self) -> None:
-        """Before serving: open the pricing store and complete refunds a crash interrupted; an
-        embedded ledger without the seller's recipient account is logged with the fix (CORE-ERR-14)."""
+        """Before serving: open the pricing store and complete refunds a crash interrupted; record
+        the price list's version there, refusing (PriceListError) a version an earlier run served
+        with other prices (PRICE-VER-02); an embedded ledger without the seller's recipient account
+        is logged with the fix (CORE-ERR-14)."""
         await self.offers.start()
+        for plist in list(self.lists):
+            await self.remember_list(plist, refuse=True)
+        if self.config.pricing_store is not None and hasattr(self.config.pricing_store, "price_lists"):
+            self.remembered.update(await self.config.pricing_store.price_lists())
         for rail in self.rails.values():
             report = getattr(rail, "report_missing_recipient", None)
             if report is not None and getattr(rail, "ledger_id", ""):  # opened (a SQLite ledger is at once)

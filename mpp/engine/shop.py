@@ -53,6 +53,7 @@ class Shop:
         self.books = {rail.name: book for rail in config.rails
                       if (book := getattr(rail, "book_with", lambda *_: None)(config.store, config.audit)) is not None}
         self.lists: list[PriceList] = []  # every list served since start: their follow-ups stay guarded (PRICE-VER-03)
+        self.remembered: dict[str, str] = {}  # version -> fingerprint of every list the pricing store recorded (PRICE-VER-02)
 
     async def audit(self, kind: str, **data: Any) -> None:
         """Append to the audit log, if one is configured; text from the request is clipped

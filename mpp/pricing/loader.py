@@ -24,6 +24,7 @@ from mpp.pricing.tasks import TaskOffer
 __all__ = [
     "load_price_list",
     "check_reload",
+    "check_remembered",
 ]
 
 # -- where things are in the TOML text ----------------------------------------------------------
@@ -278,10 +279,12 @@ def _build(doc: _PriceListDoc, locate: _Locator, errors: list[tuple[int, str]]) 
     return routes
 
 
-def check_reload(current: PriceList, new: PriceList, earlier: Iterable[PriceList] = ()) -> None:
+def check_reload(current: PriceList, new: PriceList, earlier: Iterable[PriceList] = (),
+                 remembered: Mapping[str, str] | None = None) -> None:
     """PRICE-VER-02: a changed list needs a new version, also against every list served before
     (``earlier``: a version name reused for other prices would make receipts ambiguous, issue 17,
-    finding 11). Raise PriceListError naming the version line."""
+    finding 11) and every version a pricing store remembers from earlier runs (``remembered``:
+    version to fingerprint). Raise PriceListError naming the version line."""
     if new.version == current.version and new.fingerprint != current.fingerprint:
         raise PriceListError(new.source, [(new.version_line, f"version {new.version!r} is the running list's version "
                                                                "but the content differs: give the new list a new version")])
@@ -289,3 +292,16 @@ def check_reload(current: PriceList, new: PriceList, earlier: Iterable[PriceList
         if new.version == old.version and new.fingerprint != old.fingerprint:
             raise PriceListError(new.source, [(new.version_line, f"version {new.version!r} was served earlier by this "
                                                                    "seller with other content: give the new list a new version")])
+    check_remembered(new, remembered or {})
+
+
+def check_remembered(plist: PriceList, remembered: Mapping[str, str], since: str | None = None) -> None:
+    """PRICE-VER-02 across restarts: ``plist``'s version, if a pricing store remembers it
+    (``remembered``: version to fingerprint), must have the same content. Raise PriceListError
+    naming the version line (and ``since``, when the version was first served, if known)."""
+    known = remembered.get(plist.version)
+    if known is not None and known != plist.fingerprint:
+        when = f" (first on {since})" if since else ""
+        raise PriceListError(plist.source, [(plist.version_line, f"version {plist.version!r} was served by this seller "
+                                                                 f"before{when} with other content (its pricing store "
+                                                                 "remembers it): give this list a new version")])

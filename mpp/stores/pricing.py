@@ -7,6 +7,8 @@ A task moves only forward: ``running`` -> ``succeeded`` | ``failed``; ``succeede
 ``delivered`` | ``failed``; ``failed`` -> ``refunded``. Every move is one conditional update, so
 of two processes making the same move exactly one wins (and only that one refunds).
 A seat period is recorded by inserting its (subscription, period) key: one insert wins.
+Every price list version the seller served is kept with its content's fingerprint, so a version
+name cannot come back with other prices after a restart (PRICE-VER-02).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ CREATE TABLE IF NOT EXISTS seat_periods (
     challenge_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (subscription_id, period)
+);
+CREATE TABLE IF NOT EXISTS price_lists (
+    version TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    first_served TEXT NOT NULL
 )
 """
 
@@ -91,6 +98,15 @@ class PricingStore(Protocol):
 
     async def release_seat(self, subscription_id: str, period: int, challenge_id: str) -> None:
         """Remove the record if this challenge holds it (its settlement failed)."""
+
+    async def remember_price_list(self, version: str, fingerprint: str) -> tuple[str, str]:
+        """Record that the seller serves price list ``version`` whose content has ``fingerprint``
+        (the first record of a version stays). Returns the fingerprint recorded for the version and
+        when it was first served (RFC 3339): another fingerprint than ``fingerprint`` means the
+        version was served before with other prices (PRICE-VER-02)."""
+
+    async def price_lists(self) -> dict[str, str]:
+        """Every price list version recorded, with its content's fingerprint."""
 
     async def close(self) -> None: ...
 
@@ -151,3 +167,15 @@ class SqlitePricingStore:
         with immediate(self._conn) as c:
             c.execute("DELETE FROM seat_periods WHERE subscription_id=? AND period=? AND challenge_id=?",
                       (subscription_id, period, challenge_id))
+
+    async def remember_price_list(self, version: str, fingerprint: str) -> tuple[str, str]:
+        """:meth:`PricingStore.remember_price_list`: one IMMEDIATE transaction, the first record of a version stays."""
+        with immediate(self._conn) as c:
+            c.execute("INSERT OR IGNORE INTO price_lists(version, fingerprint, first_served) VALUES (?, ?, ?)",
+                      (version, fingerprint, _now()))
+            row = c.execute("SELECT fingerprint, first_served FROM price_lists WHERE version=?", (version,)).fetchone()
+        return row[0], row[1]
+
+    async def price_lists(self) -> dict[str, str]:
+        """Every price list version recorded, with its content's fingerprint."""
+        return dict(self._conn.execute("SELECT version, fingerprint FROM price_lists").fetchall())

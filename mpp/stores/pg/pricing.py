@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from mpp.protocol.models import format_rfc3339
 from mpp.stores.pricing import TASK_MOVES, TaskRecord
 from mpp.stores.pg._base import PgStoreBase, rows_changed, stamp
 
@@ -36,6 +37,11 @@ CREATE TABLE IF NOT EXISTS seat_periods (
     challenge_id TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (subscription_id, period)
+);
+CREATE TABLE IF NOT EXISTS price_lists (
+    version TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    first_served TIMESTAMPTZ NOT NULL
 );
 """
 
@@ -96,6 +102,20 @@ class PgPricingStore(PgStoreBase):
         pool = await self.pool()
         await pool.execute("DELETE FROM seat_periods WHERE subscription_id=$1 AND period=$2 AND challenge_id=$3",
                            subscription_id, period, challenge_id)
+
+    async def remember_price_list(self, version: str, fingerprint: str) -> tuple[str, str]:
+        """:meth:`mpp.stores.pricing.PricingStore.remember_price_list`: the first record of a version stays
+        (``ON CONFLICT DO NOTHING``), whichever process made it."""
+        pool = await self.pool()
+        await pool.execute("INSERT INTO price_lists(version, fingerprint, first_served) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (version) DO NOTHING", version, fingerprint, _now())
+        row = await pool.fetchrow("SELECT fingerprint, first_served FROM price_lists WHERE version=$1", version)
+        return row["fingerprint"], format_rfc3339(row["first_served"])
+
+    async def price_lists(self) -> dict[str, str]:
+        """Every price list version recorded, with its content's fingerprint."""
+        pool = await self.pool()
+        return {row["version"]: row["fingerprint"] for row in await pool.fetch("SELECT version, fingerprint FROM price_lists")}
 
 
 _SELECT_TASK = "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
