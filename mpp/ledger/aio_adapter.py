@@ -23,11 +23,26 @@ class AsyncLedgerStore(AsyncLedger, Protocol):
     its ``keys`` and ``sessions`` facets are on :class:`mpp.ledger.api.AsyncLedgerKeys` and
     :class:`mpp.ledger.api.AsyncLedgerSessions`."""
 
-    async def balance(self, account_id: str) -> int: ...
-    async def accounts(self) -> list[Account]: ...
-    async def total(self) -> int: ...
-    async def fund(self, account_id: str, amount: int, *, reference: str | None = None) -> Transfer: ...
-    async def check(self) -> list[str]: ...
+    async def balance(self, account_id: str) -> int:
+        """The account's balance in base units. UnknownAccount if there is none."""
+
+    async def accounts(self) -> list[Account]:
+        """Every account, the ledger's own (``issuance:<currency>``, ``holds:<currency>``) included,
+        ordered by id."""
+
+    async def total(self) -> int:
+        """Sum of every balance; zero unless the ledger is corrupt."""
+
+    async def fund(self, account_id: str, amount: int, *, reference: str | None = None) -> Transfer:
+        """Credit ``account_id`` with ``amount`` (base units) from its currency's issuance account:
+        prepaid credit, a ``fund`` transfer under ``reference`` (by default a new ``fund-<hex>``). The
+        same reference again returns the first funding; with other terms it raises TransferConflict.
+        UnknownAccount; ValueError for a holding account or an amount that is not a positive int."""
+
+    async def check(self) -> list[str]:
+        """The broken invariants, one line each (empty when the ledger is sound): each transfer's
+        postings sum to zero, each balance equals its postings, each holding account holds its
+        currency's open session caps, each mandate link's running total equals its spend rows."""
 
 
 class AsyncSqliteLedgerStore(AsyncSqliteLedger):
@@ -40,16 +55,26 @@ class AsyncSqliteLedgerStore(AsyncSqliteLedger):
         return cls(SqliteLedger(location), owned=True)
 
     async def balance(self, account_id: str) -> int:
+        """The account's balance in base units; UnknownAccount if there is none
+        (:meth:`SqliteLedger.balance`, run inline)."""
         return self.sync.balance(account_id)
 
     async def accounts(self) -> list[Account]:
+        """Every account, the ledger's own included, by id (:meth:`SqliteLedger.accounts`, run
+        inline)."""
         return self.sync.accounts()
 
     async def total(self) -> int:
+        """Sum of every balance; zero unless the ledger is corrupt (:meth:`SqliteLedger.total`, run
+        inline)."""
         return self.sync.total()
 
     async def fund(self, account_id: str, amount: int, *, reference: str | None = None) -> Transfer:
+        """Credit ``account_id`` from its currency's issuance account, once per ``reference``
+        (:meth:`SqliteLedger.fund`, run inline)."""
         return self.sync.fund(account_id, amount, reference=reference)
 
     async def check(self) -> list[str]:
+        """The broken invariants, one line each; empty when sound (:meth:`SqliteLedger.check`, run
+        inline)."""
         return self.sync.check()

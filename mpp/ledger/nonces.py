@@ -35,7 +35,9 @@ class NonceStore(Protocol):
     async def first_use(self, keyid: str, nonce: str, *, now: float, expires: float) -> bool:
         """Remember ``(keyid, nonce)`` until ``expires`` (epoch seconds); False if it is already remembered."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release what the store holds (its connection, or a pool it made). ``ledger_app`` calls it at
+        cleanup when it closes the ledger."""
 
 
 class MemoryNonces:
@@ -46,6 +48,8 @@ class MemoryNonces:
         self._order: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
 
     async def first_use(self, keyid: str, nonce: str, *, now: float, expires: float) -> bool:
+        """Remember ``(keyid, nonce)`` in this process until ``expires`` (epoch seconds); False if it is
+        remembered already. Pairs expired by ``now`` are forgotten first."""
         while self._order and self._order[0][0] < now:
             _, old = self._order.popleft()
             self._seen.pop(old, None)
@@ -57,6 +61,7 @@ class MemoryNonces:
         return True
 
     async def close(self) -> None:
+        """Nothing to release."""
         return None
 
 
@@ -79,6 +84,9 @@ class SqliteNonces:
         self._inserts = 0
 
     async def first_use(self, keyid: str, nonce: str, *, now: float, expires: float) -> bool:
+        """Remember ``(keyid, nonce)`` in the file until ``expires`` (epoch seconds), in one IMMEDIATE
+        transaction; False if the pair is there unexpired at ``now`` (an expired one is replaced). Every
+        256th call also deletes the expired pairs."""
         self._inserts += 1
         with immediate(self._conn) as c:
             if self._inserts % _PURGE_EVERY == 0:
@@ -90,6 +98,7 @@ class SqliteNonces:
         return True
 
     async def close(self) -> None:
+        """Close the store's own connection to the file."""
         self._conn.close()
 
 
@@ -110,6 +119,9 @@ CREATE INDEX IF NOT EXISTS service_nonces_by_expiry ON service_nonces (expires)
     _inserts = 0
 
     async def first_use(self, keyid: str, nonce: str, *, now: float, expires: float) -> bool:
+        """Remember ``(keyid, nonce)`` until ``expires`` (epoch seconds) in one INSERT, whose unique key
+        decides across every service process; False if the pair is there unexpired at ``now`` (an
+        expired leftover is taken over). Every 256th call also deletes the expired pairs."""
         pool = await self.pool()
         self._inserts += 1
         if self._inserts % _PURGE_EVERY == 0:

@@ -104,13 +104,18 @@ class PgLedger:
 
     @property
     def ledger_id(self) -> str:
+        """This ledger's id, read from the database by :meth:`open`; AttributeError before the ledger is
+        open."""
         return self._book.ledger_id
 
     async def open(self) -> "PgLedger":
+        """Make the pool (when built from a URL), create the tables if missing and read the ledger id;
+        returns the ledger. Idempotent; every other coroutine opens the ledger on first use."""
         await self._book.open()
         return self
 
     async def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool the ledger runs on, opening the ledger first if it is not open."""
         return await self._book.pool()
 
     def same_database(self, store: Any) -> bool:
@@ -119,9 +124,15 @@ class PgLedger:
         return isinstance(store, PgStoreBase) and same_database(self._book, store)
 
     async def close(self) -> None:
+        """Close the pool if the ledger made it (built from a URL); a pool passed in is the caller's to
+        close."""
         await self._book.close()
 
     async def create_account(self, account_id: str, currency: str, *, owner: str | None = None, exclusive: bool = False) -> Account:
+        """An asset account in ``currency`` with balance 0, as :meth:`SqliteLedger.create_account`: the
+        same call again returns it unchanged, or with ``exclusive`` raises TransferConflict (of two
+        concurrent exclusive creators exactly one succeeds); with ``owner``, that DID is made one of its
+        owners. ValueError for an id, currency or owner of the wrong form."""
         check_account_id(account_id, currency)
         if owner is not None:
             check_member(owner, "owner")
@@ -141,12 +152,16 @@ class PgLedger:
         return await self.account(account_id)
 
     async def account(self, account_id: str) -> Account:
+        """The account's currency, balance (base units) and kind. UnknownAccount if there is none."""
         return await self._book.account(account_id)
 
     async def balance(self, account_id: str) -> int:
+        """The account's balance in base units. UnknownAccount if there is none."""
         return (await self.account(account_id)).balance
 
     async def accounts(self) -> list[Account]:
+        """Every account, the ledger's own (``issuance:<currency>``, ``holds:<currency>``) included,
+        ordered by id."""
         pool = await self._book.pool()
         return [Account(*r) for r in await pool.fetch("SELECT id, currency, balance, kind FROM ledger_accounts ORDER BY id")]
 
@@ -275,9 +290,12 @@ class PgLedger:
         return await self._book.atomic(work)
 
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
+        """The transfer recorded under ``transfer_id``, or None (also for an id only voided)."""
         return await self._book.get(await self._book.pool(), transfer_id)
 
     async def transfers(self) -> list[Transfer]:
+        """Every transfer on the ledger, of every kind, oldest first (unbounded: for inspection and
+        tests)."""
         pool = await self._book.pool()
         return [row_transfer(r) for r in await pool.fetch(SELECT_TRANSFER + " ORDER BY seq")]
 

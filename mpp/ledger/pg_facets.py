@@ -79,6 +79,8 @@ class PgKeys:
         await self.allow(account_id, did, "denied")
 
     async def members(self, account_id: str) -> dict[str, str]:
+        """Role by DID (``owner``, ``agent`` or ``denied``) of every member of the account, sorted by
+        DID. UnknownAccount if there is no such account."""
         await self._book.account(account_id)  # UnknownAccount
         pool = await self._book.pool()
         return {r[0]: r[1] for r in await pool.fetch(
@@ -102,12 +104,18 @@ class PgKeys:
         return jti
 
     async def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
+        """Those of ``jtis`` (mandate keys, ``<iss>#<jti>``) that are revoked on this ledger; an empty
+        set if none is (IDENT-REV-03)."""
         if not jtis:
             return set()
         pool = await self._book.pool()
         return {r[0] for r in await pool.fetch("SELECT jti FROM ledger_revocations WHERE jti = ANY($1::text[])", list(jtis))}
 
     async def mandate_spent(self, jti: str, period: str) -> int:
+        """What the mandate link ``jti`` (its key) has counted against its budget in ``period``
+        (``total``, or a day, week or month key), in base units, across every seller and process:
+        charges and session holds, less refunds and what session closes released; 0 if nothing was
+        counted."""
         pool = await self._book.pool()
         return int(await pool.fetchval(
             "SELECT COALESCE((SELECT spent FROM ledger_mandate_totals WHERE jti=$1 AND period=$2), 0)::bigint", jti, period))
@@ -279,6 +287,8 @@ class PgSessions:
         return await self._book.atomic(work)
 
     async def get(self, session_id: str) -> SessionHold | None:
+        """The session's hold as it is now (cap, captured, released, status), or None if no session has
+        that id."""
         return await _session(await self._book.pool(), session_id)
 
     async def all(self) -> list[SessionHold]:

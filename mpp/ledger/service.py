@@ -227,6 +227,8 @@ class LedgerService:
 
     @property
     def ledger_id(self) -> str:
+        """The served ledger's id: what ``GET /v1/info`` reports and every request is signed over (for a
+        PgLedger, known once the app has started and opened it)."""
         return self.ledger.ledger_id
 
     # -- authentication ------------------------------------------------------------------
@@ -279,9 +281,16 @@ class LedgerService:
     # -- handlers: each gets the JSON body (or None), the seller's DID and payee --------
 
     async def info(self, request: web.Request) -> web.Response:
+        """``GET /v1/info``, unsigned: the ledger id, protocol version ``1``, the auth scheme and the
+        signing window in seconds."""
         return _json({"ledger": self.ledger_id, "version": "1", "auth": SCHEME, "window": self.window})
 
     async def transfer(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/transfers``: settle a charge for the seller's own payee (Forbidden otherwise). The
+        service builds the signed bytes itself, with its own ledger id, and verifies the agent's
+        signature before the ledger's transfer (LEDGER-16; AuthorizationInvalid, as for a ``mandate`` of
+        another realm); an existing transfer under the id that is no charge raises TransferConflict.
+        Answers ``{"transfer": T}``."""
         tid = _text(doc, "id")
         realm = _text(doc, "realm")
         payer = _text(doc, "payer", max_len=128)
@@ -307,6 +316,10 @@ class LedgerService:
         return {"transfer": transfer_json(t)}
 
     async def void(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/transfers/{id}/void``: refund the charge ``{id}`` if it was made, else bar the id
+        from every later transfer (LEDGER-SVC-06). A transfer under ``{id}`` that credits another
+        account is refused (Forbidden), one that is no charge raises TransferConflict.
+        Answers ``{"id", "voided": true, "refund": T or null}``."""
         tid = _path_id(request)
         existing = await self.ledger.get_transfer(tid)
         if existing is not None:
@@ -316,6 +329,9 @@ class LedgerService:
         return {"id": tid, "voided": True, "refund": transfer_json(refund) if refund else None}
 
     async def refund(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/refunds``: reverse the transfer named by ``transfer`` as ``refund:<id>``, once, if
+        it credited the seller's own payee (Forbidden otherwise; UnknownAccount if there is none).
+        Answers ``{"transfer": T}``."""
         tid = _text(doc, "transfer")
         original = await self.ledger.get_transfer(tid)  # type: ignore[arg-type]
         if original is None:
@@ -326,12 +342,17 @@ class LedgerService:
         return {"transfer": transfer_json(t)}
 
     async def revoked(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/revoked``: which of ``jtis`` (at most 64 mandate keys) are revoked (IDENT-REV-03).
+        Answers ``{"revoked": [...]}``, sorted."""
         jtis = doc.get("jtis")
         if not isinstance(jtis, list) or len(jtis) > 64 or not all(isinstance(j, str) and 0 < len(j) <= 512 for j in jtis):
             raise _bad("'jtis' must be a list of at most 64 mandate keys")
         return {"revoked": sorted(await self.ledger.keys.revoked(tuple(jtis)))}
 
     async def open_session(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/sessions``: hold the cap for a session whose terms credit the seller's own payee
+        (Forbidden otherwise); the ledger verifies the cap signature itself, and a ``mandate`` must be
+        for the terms' realm (AuthorizationInvalid). Answers ``{"session": H}``."""
         terms = _terms(doc.get("terms"))
         payer = _text(doc, "payer", max_len=128)
         signer = _did(doc, "signer")
@@ -354,6 +375,9 @@ class LedgerService:
         return sid
 
     async def top_up(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/top-up``: raise the cap of a session crediting the seller's own
+        payee to ``cap`` (a new total), with the signer's ``capSignature``. UnknownSession, Forbidden.
+        Answers ``{"session": H}``."""
         cap = _uint(doc, "cap", positive=True)
         cap_signature = _text(doc, "capSignature", max_len=128)
         sid = await self._own_session(request, payee)
@@ -362,6 +386,9 @@ class LedgerService:
         return {"session": hold_json(hold)}
 
     async def close_session(self, doc: dict[str, Any], request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/close``: capture ``capture`` for the seller's own payee (with the
+        agent's ``voucher``, or null for nothing captured) and release the rest. UnknownSession,
+        Forbidden. Answers ``{"close": ...}``."""
         capture = _uint(doc, "capture", positive=False)
         voucher = _voucher(doc.get("voucher"))
         sid = await self._own_session(request, payee)
@@ -410,6 +437,8 @@ class LedgerService:
         return {"account": account_id, "members": await self.ledger.keys.members(account_id)}
 
     async def account(self, doc: dict[str, Any] | None, request: web.Request, seller: str, payee: str) -> dict[str, Any]:
+        """``GET /v1/accounts/{id}``: the balance of the seller's own payee account, to that seller only
+        (Forbidden otherwise). Answers ``{"account": {"id", "currency", "balance", "kind"}}``."""
         account_id = _path_id(request)
         self._own(payee, account_id, "read")
         return {"account": account_json(await self.ledger.account(account_id))}

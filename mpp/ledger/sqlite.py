@@ -54,6 +54,8 @@ class SqliteLedger:
         self.sessions = SqliteSessions(self._conn)
 
     def close(self) -> None:
+        """Close the ledger's one connection, which ``keys``, ``sessions`` and the stores kept beside it
+        share: none of them can be used afterwards."""
         self._conn.close()
 
     @property
@@ -64,6 +66,9 @@ class SqliteLedger:
 
     @property
     def ledger_id(self) -> str:
+        """This ledger's id (``ledger-`` and 16 hex digits), made the first time the database is opened
+        as a ledger and kept in it: what a seller's challenges name (``methodDetails.ledger``) and
+        agents sign, so that an authorization settles at this ledger only."""
         return self._conn.execute("SELECT value FROM meta WHERE key='ledger_id'").fetchone()[0]
 
     # -- accounts ----------------------------------------------------------
@@ -84,12 +89,16 @@ class SqliteLedger:
         return self.account(account_id)
 
     def account(self, account_id: str) -> Account:
+        """The account's currency, balance (base units) and kind. UnknownAccount if there is none."""
         return ops.account(self._conn, account_id)
 
     def balance(self, account_id: str) -> int:
+        """The account's balance in base units. UnknownAccount if there is none."""
         return self.account(account_id).balance
 
     def accounts(self) -> list[Account]:
+        """Every account, the ledger's own (``issuance:<currency>``, ``holds:<currency>``) included,
+        ordered by id."""
         return [Account(*r) for r in self._conn.execute("SELECT id, currency, balance, kind FROM accounts ORDER BY id")]
 
     def total(self) -> int:
@@ -190,9 +199,12 @@ class SqliteLedger:
         return self.refund(transfer_id)  # a charge, once made, stays: refund() is idempotent, so this is too
 
     def get_transfer(self, transfer_id: str) -> Transfer | None:
+        """The transfer recorded under ``transfer_id``, or None (also for an id only voided)."""
         return ops.get(self._conn, transfer_id)
 
     def transfers(self) -> list[Transfer]:
+        """Every transfer on the ledger, of every kind, oldest first (unbounded: for inspection and
+        tests)."""
         return [Transfer(*r) for r in self._conn.execute(ops.SELECT_TRANSFER + " ORDER BY rowid")]
 
     def transfers_of(self, account_id: str, since: datetime, until: datetime) -> list[Transfer]:

@@ -81,12 +81,17 @@ class SqliteKeys:
         return jti
 
     def revoked(self, jtis: tuple[str, ...] | list[str]) -> set[str]:
+        """Those of ``jtis`` (mandate keys, ``<iss>#<jti>``) that are revoked on this ledger; an empty
+        set if none is (what a seller asks before it consumes a challenge, IDENT-REV-03)."""
         if not jtis:
             return set()
         marks = ",".join("?" * len(jtis))
         return {r[0] for r in self._conn.execute(f"SELECT jti FROM revocations WHERE jti IN ({marks})", tuple(jtis))}
 
     def mandate_spent(self, jti: str, period: str) -> int:
+        """What the mandate link ``jti`` (its key) has counted against its budget in ``period``
+        (``total``, or a day, week or month key), in base units, across every seller: charges and
+        session holds, less refunds and what session closes released; 0 if nothing was counted."""
         return ops.spent(self._conn, jti, period)
 
 
@@ -227,6 +232,8 @@ class SqliteSessions:
             return _closed(c, session_id)
 
     def get(self, session_id: str) -> SessionHold | None:
+        """The session's hold as it is now (cap, captured, released, status), or None if no session has
+        that id."""
         return _session(self._conn, session_id)
 
     def all(self) -> list[SessionHold]:

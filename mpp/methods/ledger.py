@@ -71,6 +71,11 @@ class LedgerSellerMethod:
         self.ledger_id = ledger_id
 
     def request_for(self, *, amount: int, currency: str, description: str | None) -> dict[str, Any]:
+        """The decoded ``request`` of a ``ledger`` challenge for this price (a charge, or a seat
+        period's subscription): ``amount`` (base units) as a decimal string, ``currency``, this seller's
+        ``recipient``, ``methodDetails.ledger`` its ledger id, and ``description`` if given. ValueError
+        unless ``amount`` is a non-negative int; zero is not refused here, though LEDGER-04 forbids
+        quoting it."""
         if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
             raise ValueError("amount must be a non-negative integer in base units")
         request: dict[str, Any] = {
@@ -103,12 +108,21 @@ class LedgerSellerMethod:
         return request
 
     def check_session_request(self, request: Any) -> None:
+        """VerificationFailed unless a session challenge's request (a ``SessionRequest``) names this
+        seller's own recipient and ledger; checked on every session credential, after the challenge's
+        HMAC."""
         if request.recipient != self.recipient:
             raise VerificationFailed("challenge names another recipient")
         if request.ledger != self.ledger_id:
             raise VerificationFailed("challenge names another ledger")
 
     def verify(self, credential: Credential, request: ChargeRequest) -> LedgerAuthorization:
+        """Check a charge credential's payload offline (LEDGER-05, LEDGER-07 to LEDGER-10): type
+        ``authorization``, ``account`` (at most 128 characters), ``signer`` an Ed25519 did:key equal to
+        the credential's ``source`` if it has one, and its signature over the bytes built from the
+        verified challenge, which must name this seller's recipient and ledger. Returns the
+        LedgerAuthorization, with amount, currency and recipient from the challenge; VerificationFailed
+        otherwise."""
         payload = credential.payload
         account, signer, signature = payload.get("account"), payload.get("signer"), payload.get("signature")
         if payload.get("type") != "authorization":
@@ -155,6 +169,10 @@ class LedgerBuyerMethod:
         self.account = account
 
     def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:
+        """None if this method can pay the challenge (method ``ledger``, intent ``charge``, a request
+        naming a ledger), else the reason it cannot. Nothing else (which ledger, currency, balance) is
+        checked: the ledger refuses at settlement. A seat's ``subscription`` challenge is for
+        :meth:`can_pay_subscription`."""
         return self._why_not(challenge, request, "charge")
 
     def can_pay_subscription(self, challenge: Challenge, request: ChargeRequest) -> str | None:
@@ -174,6 +192,10 @@ class LedgerBuyerMethod:
         return None
 
     def payload(self, challenge: Challenge, request: ChargeRequest) -> tuple[dict[str, Any], str | None]:
+        """The credential ``payload`` (``type``, ``account``, ``signer``, ``signature``: this key's
+        signature over the challenge's authorization bytes, LEDGER-06) and ``source`` (the key's DID).
+        Signs whatever it is given: ask :meth:`can_pay` first. VerificationFailed if the request names
+        no ledger."""
         message = authorization_message(
             challenge_id=challenge.id, realm=challenge.realm, request=request, account=self.account
         )
