@@ -166,6 +166,12 @@ async def test_fund_transfer_refund_postings_and_balances(ledger, agent, princip
     assert [t.kind for t in await ledger.transfers()] == ["fund", "fund", "charge", "refund"]
     with pytest.raises(UnknownAccount):
         await ledger.refund("nope")
+    # only a charge is refunded: not a funding (it would send prepaid value back to issuance), not a refund
+    funding = [t.id for t in await ledger.transfers() if t.kind == "fund"][0]
+    for not_a_charge in (funding, "refund:c1"):
+        with pytest.raises(TransferConflict, match="not a charge"):
+            await ledger.refund(not_a_charge)
+    assert (await ledger.balance(PAYER), await ledger.balance(PAYEE)) == (FUNDS, 0)
     # LEDGER-SVC-11: an account's transfers in a window, oldest first, to the second as stamped
     stamped = datetime.fromisoformat(made.created_at.replace("Z", "+00:00"))
     later = stamped + timedelta(minutes=5)
@@ -196,6 +202,18 @@ async def test_amounts_are_positive_integers(ledger, agent, amount):
         await pay(ledger, "c1", amount, signer=agent.did)
     with pytest.raises(ValueError):
         await ledger.fund(PAYER, amount)
+
+
+async def test_a_payee_that_spent_the_charge_cannot_refund_it(ledger, agent):
+    """LEDGER-15 on both engines: a refund the payee's balance cannot cover is InsufficientFunds
+    (SQLite used to fail on its balance constraint instead), and nothing moves."""
+    payee_key = mpp.SigningKey.generate()
+    await ledger.keys.allow(PAYEE, payee_key.did, "owner")
+    await pay(ledger, "c9", 300, signer=agent.did)
+    await pay(ledger, "spent", 200, signer=payee_key.did, payer=PAYEE, payee=OTHER)
+    with pytest.raises(InsufficientFunds, match="below the refund 300"):
+        await ledger.refund("c9")
+    assert await ledger.get_transfer("refund:c9") is None and await ledger.balance(PAYEE) == 100
 
 
 async def test_transfer_is_idempotent_by_id(ledger, agent):

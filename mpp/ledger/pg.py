@@ -254,6 +254,8 @@ class PgLedger:
         if original.kind in SESSION_KINDS:
             # Reversing one leg of a session would strand value in (or drain) the holding account.
             raise TransferConflict(f"transfer {transfer_id!r} belongs to a session; sessions end with close_session")
+        if original.kind != "charge":  # a fund, or a refund: reversing it would issue or move value no purchase moved
+            raise TransferConflict(f"transfer {transfer_id!r} is a {original.kind}, not a charge: only charges are refunded")
         refund_id = "refund:" + transfer_id
         accounts = await self._book.lock_accounts(conn, [original.payer, original.payee])
         existing = await self._book.get(conn, refund_id)

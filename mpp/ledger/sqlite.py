@@ -175,10 +175,15 @@ class SqliteLedger:
             if original.kind in ops.SESSION_KINDS:
                 # Reversing one leg of a session would strand value in (or drain) the holding account.
                 raise TransferConflict(f"transfer {transfer_id!r} belongs to a session; sessions end with close_session")
+            if original.kind != "charge":  # a fund, or a refund: reversing it would issue or move value no purchase moved
+                raise TransferConflict(f"transfer {transfer_id!r} is a {original.kind}, not a charge: only charges are refunded")
             refund_id = "refund:" + transfer_id
             existing = ops.get(c, refund_id)
             if existing is not None:
                 return existing
+            held = c.execute("SELECT balance, kind FROM accounts WHERE id=?", (original.payee,)).fetchone()
+            if held is not None and held[1] == "asset" and held[0] < original.amount:
+                raise InsufficientFunds(f"balance {held[0]} of {original.payee!r} is below the refund {original.amount}")
             # Give the mandate budgets back too: the refunded purchase never happened.
             ops.count_spend(c, [(refund_id, jti, period, -amount) for jti, period, amount in c.execute(
                 "SELECT jti, period, amount FROM mandate_spend WHERE transfer_id=? ORDER BY rowid", (transfer_id,)).fetchall()])
