@@ -198,6 +198,10 @@ class ChainCheck:
         self.anchored = False
 
     def row(self, row: Sequence[Any]) -> None:
+        """Check the next row, ``(seq, ts, kind, data, prev, hash)`` as stored (data the JSON text): its seq
+        follows the last one's, its data is a JSON object, its kind is known, its hash recomputes, its ``prev``
+        is the last one's hash, and, at the anchor's seq, it carries the anchored hash. AuditChainBroken
+        otherwise, naming this row's seq (for deleted entries, the entry after the gap)."""
         seq, ts, kind, text, prev, digest = row
         expected_seq = self.expected_seq
         if seq != expected_seq:
@@ -362,9 +366,13 @@ class AuditLog:
 
     @property
     def connection(self) -> sqlite3.Connection:
+        """The log's SQLite connection: its own, or the ledger's it was opened :meth:`beside` (a purchase's
+        entries then commit in the ledger's transaction, :class:`mpp.ledger.book.SqliteBook`)."""
         return self._conn
 
     def close(self) -> None:
+        """Close the connection if the log opened it; one it was given (:meth:`beside`) is left to its
+        owner."""
         if self._owned:
             self._conn.close()
 
@@ -456,18 +464,32 @@ class AsyncAuditLog(Protocol):
     """The audit log behind one async interface: every :class:`AuditLog` operation, as a
     coroutine, with the same meaning and refusals (ValueError, AuditChainBroken)."""
 
-    async def append(self, kind: str, data: dict[str, Any], *, now: datetime | None = None) -> AuditEntry: ...
+    async def append(self, kind: str, data: dict[str, Any], *, now: datetime | None = None) -> AuditEntry:
+        """Append one entry and move the head to it, in one transaction serialised with every other append
+        (IDENT-AUD-03); the :class:`AuditEntry` written. ValueError for an unknown kind, data that is not a JSON
+        object RFC 8785 can serialise, or a naive ``now``; AuditChainBroken if the head does not match the last
+        entry (the log refuses to extend a tampered tail)."""
 
-    async def head(self) -> tuple[int, str]: ...
+    async def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last entry as the head row records it; ``(0, "")`` for an empty log. Keep
+        it outside the log to check a later :meth:`verify` against (IDENT-AUD-05)."""
 
-    async def verify(self, *, anchor: tuple[int, str] | None = None) -> None: ...
+    async def verify(self, *, anchor: tuple[int, str] | None = None) -> None:
+        """Walk the whole chain and the head in one snapshot; AuditChainBroken names the first broken entry
+        (IDENT-AUD-04, :class:`ChainCheck`). ``anchor``: a ``(seq, hash)`` from an earlier :meth:`head`; entry
+        ``seq`` must still carry that hash (a prefix of at least 16 hex digits is accepted)."""
 
     async def entries(self, *, agent: str | None = None, principal: str | None = None,
-                      kind: str | None = None) -> list[AuditEntry]: ...
+                      kind: str | None = None) -> list[AuditEntry]:
+        """Entries in seq order, filtered on ``kind`` and on the ``agent``/``principal`` named in their data;
+        AuditChainBroken for an entry whose data is not a JSON object. Nothing is verified."""
 
-    async def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]: ...
+    async def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]:
+        """One row per challengeId, its entries merged in seq order (:func:`purchases_of`: fields, outcome,
+        reason), filtered on the merged row's agent/principal."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the log's connection or pool (one the caller passed in stays open)."""
 
 
 class AsyncSqliteAuditLog:
@@ -485,24 +507,38 @@ class AsyncSqliteAuditLog:
         return cls(AuditLog(location), owned=True)
 
     async def open(self) -> "AsyncSqliteAuditLog":
+        """Nothing to open (the file was opened with the :class:`AuditLog`): ``self``, so the wrapper is
+        opened as the PostgreSQL log is (:func:`mpp.connect.ensure_open`)."""
         return self
 
     async def close(self) -> None:
+        """Close the wrapped :class:`AuditLog` if the wrapper owns it (made by :meth:`at`); one passed in
+        is left to its caller."""
         if self._owned:
             self.sync.close()
 
     async def append(self, kind: str, data: dict[str, Any], *, now: datetime | None = None) -> AuditEntry:
+        """:meth:`AuditLog.append`: one entry appended and the head moved to it, in one IMMEDIATE transaction;
+        the entry written. ValueError, AuditChainBroken as there."""
         return self.sync.append(kind, data, now=now)
 
     async def head(self) -> tuple[int, str]:
+        """:meth:`AuditLog.head`: ``(seq, hash)`` of the last entry as the head row records it; ``(0, "")``
+        for an empty log."""
         return self.sync.head()
 
     async def verify(self, *, anchor: tuple[int, str] | None = None) -> None:
+        """:meth:`AuditLog.verify`: walk the chain and the head in one read transaction; AuditChainBroken
+        names the first broken entry."""
         self.sync.verify(anchor=anchor)
 
     async def entries(self, *, agent: str | None = None, principal: str | None = None,
                       kind: str | None = None) -> list[AuditEntry]:
+        """:meth:`AuditLog.entries`: entries in seq order, filtered on kind and on the agent/principal named
+        in their data."""
         return self.sync.entries(agent=agent, principal=principal, kind=kind)
 
     async def purchases(self, *, agent: str | None = None, principal: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`AuditLog.purchases`: one row per challengeId (:func:`purchases_of`), filtered on the merged
+        row's agent/principal."""
         return self.sync.purchases(agent=agent, principal=principal)

@@ -78,9 +78,12 @@ class BudgetStore:
         self.reservation_ttl = reservation_ttl
 
     def close(self) -> None:
+        """Close the store's connection to the file."""
         self._conn.close()
 
     def used(self, jti: str, period: str, now: datetime) -> int:
+        """What counts against the link ``jti`` in ``period`` at ``now``, in base units: its committed
+        reservations plus those still reserved and not expired (IDENT-BUD-02); released and expired ones do not count."""
         return self._used(self._conn, jti, period, now)
 
     @staticmethod
@@ -134,10 +137,16 @@ class BudgetStore:
                       (amount, challenge_id))
 
     def commit(self, challenge_id: str) -> None:
+        """The reservation is spent (a verified receipt, IDENT-BUD-03): every link's share moves from reserved
+        to committed, in one IMMEDIATE transaction, and counts for good. Only a reservation still reserved
+        changes (one past its expiry too, which then counts again); a finished or unknown one is left alone."""
         with immediate(self._conn) as c:
             c.execute("UPDATE reservations SET state='committed' WHERE challenge_id=? AND state='reserved'", (challenge_id,))
 
     def release(self, challenge_id: str) -> None:
+        """The reservation is given back (a refusal, IDENT-BUD-03): every link's share moves from reserved to
+        released, in one IMMEDIATE transaction, and stops counting. Only a reservation still reserved changes;
+        its ``challenge_id`` cannot be reserved again after (ReservationFinished)."""
         with immediate(self._conn) as c:
             c.execute("UPDATE reservations SET state='released' WHERE challenge_id=? AND state='reserved'", (challenge_id,))
 
@@ -148,22 +157,40 @@ class AsyncBudgetStore(Protocol):
     operation, as a coroutine, with the same meaning and refusals (BudgetRefused)."""
 
     @property
-    def reservation_ttl(self) -> timedelta: ...
+    def reservation_ttl(self) -> timedelta:
+        """How long a reservation counts without an answer when :meth:`reserve` or :meth:`extend` is given
+        no ``ttl`` (ten minutes unless the store was made with another)."""
 
-    async def used(self, jti: str, period: str, now: datetime) -> int: ...
+    async def used(self, jti: str, period: str, now: datetime) -> int:
+        """What counts against the link ``jti`` in ``period`` at ``now``, in base units: committed
+        reservations plus those still reserved and not expired (IDENT-BUD-02)."""
 
     async def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
-                      ttl: timedelta | None = None) -> None: ...
+                      ttl: timedelta | None = None) -> None:
+        """Hold ``amount`` (base units) against every link until ``now + ttl``, in one serialised
+        transaction (IDENT-BUD-02): all links or none. BudgetRefused, nothing held, if a link's count plus
+        ``amount`` exceeds its budget (IDENT-BUD-01); ReservationFinished if ``challenge_id`` was already
+        committed or released. Reserving again under a reserved ``challenge_id`` replaces it (a session's top-up):
+        its old amount does not count against the new one."""
 
-    async def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None: ...
+    async def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None:
+        """Move the expiry of the reservation ``challenge_id`` to ``now + ttl``, so an open session's cap keeps
+        counting. No budget is checked; only a reservation still reserved changes (one already expired counts again)."""
 
-    async def settle(self, challenge_id: str, amount: int) -> None: ...
+    async def settle(self, challenge_id: str, amount: int) -> None:
+        """Commit exactly ``amount`` (base units) of the reservation on every link and release the rest (a
+        session's capture at close). No budget is checked; only a reservation still reserved changes."""
 
-    async def commit(self, challenge_id: str) -> None: ...
+    async def commit(self, challenge_id: str) -> None:
+        """The reservation is spent (a verified receipt, IDENT-BUD-03): reserved -> committed on every link,
+        for good. A reservation already committed or released, or unknown, is left alone."""
 
-    async def release(self, challenge_id: str) -> None: ...
+    async def release(self, challenge_id: str) -> None:
+        """The reservation is given back (a 4xx refusal or an unsent credential, IDENT-BUD-03): reserved ->
+        released on every link; it stops counting, and its ``challenge_id`` cannot be reserved again."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the store's connection or pool (a pool or store the caller passed in stays open)."""
 
 
 class AsyncSqliteBudgetStore:
@@ -182,30 +209,45 @@ class AsyncSqliteBudgetStore:
 
     @property
     def reservation_ttl(self) -> timedelta:
+        """The wrapped :class:`BudgetStore`'s ``reservation_ttl``."""
         return self.sync.reservation_ttl
 
     async def open(self) -> "AsyncSqliteBudgetStore":
+        """Nothing to open (the file was opened with the :class:`BudgetStore`): ``self``, so the wrapper
+        is opened as the PostgreSQL store is (:func:`mpp.connect.ensure_open`)."""
         return self
 
     async def close(self) -> None:
+        """Close the wrapped :class:`BudgetStore` if the wrapper owns it (made by :meth:`at`); one passed
+        in is left to its caller."""
         if self._owned:
             self.sync.close()
 
     async def used(self, jti: str, period: str, now: datetime) -> int:
+        """:meth:`BudgetStore.used`: committed plus unexpired reserved amounts against the link ``jti`` in
+        ``period``, in base units."""
         return self.sync.used(jti, period, now)
 
     async def reserve(self, challenge_id: str, links: Sequence[BudgetLink], amount: int, *, now: datetime | None = None,
                       ttl: timedelta | None = None) -> None:
+        """:meth:`BudgetStore.reserve`: hold ``amount`` against every link in one IMMEDIATE transaction, or
+        raise BudgetRefused (ReservationFinished for a finished ``challenge_id``) and hold nothing."""
         self.sync.reserve(challenge_id, links, amount, now=now, ttl=ttl)
 
     async def extend(self, challenge_id: str, *, ttl: timedelta | None = None, now: datetime | None = None) -> None:
+        """:meth:`BudgetStore.extend`: the reservation, if still reserved, expires ``ttl`` after ``now``
+        (default :attr:`reservation_ttl`)."""
         self.sync.extend(challenge_id, ttl=ttl, now=now)
 
     async def settle(self, challenge_id: str, amount: int) -> None:
+        """:meth:`BudgetStore.settle`: commit exactly ``amount`` of a reservation still reserved, release the
+        rest."""
         self.sync.settle(challenge_id, amount)
 
     async def commit(self, challenge_id: str) -> None:
+        """:meth:`BudgetStore.commit`: a reservation still reserved becomes committed (IDENT-BUD-03)."""
         self.sync.commit(challenge_id)
 
     async def release(self, challenge_id: str) -> None:
+        """:meth:`BudgetStore.release`: a reservation still reserved becomes released (IDENT-BUD-03)."""
         self.sync.release(challenge_id)

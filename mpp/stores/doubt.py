@@ -25,12 +25,15 @@ class DoubtJournal(Protocol):
     async def add(self, transfer_id: str, why: str) -> None:
         """Remember ``transfer_id`` as in doubt (again: the first reason is kept)."""
 
-    async def remove(self, transfer_id: str) -> None: ...
+    async def remove(self, transfer_id: str) -> None:
+        """Forget ``transfer_id``: the ledger has answered for it (voided, or refused the void). An id not
+        in the journal is ignored."""
 
     async def pending(self) -> dict[str, str]:
         """Every transfer still in doubt -> why, oldest first."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the journal's connection or pool."""
 
 
 class MemoryDoubtJournal:
@@ -40,15 +43,19 @@ class MemoryDoubtJournal:
         self._items: dict[str, str] = {}
 
     async def add(self, transfer_id: str, why: str) -> None:
+        """Remember ``transfer_id`` as in doubt; an id already there keeps its first reason."""
         self._items.setdefault(transfer_id, why)
 
     async def remove(self, transfer_id: str) -> None:
+        """Forget ``transfer_id``; an unknown id is ignored."""
         self._items.pop(transfer_id, None)
 
     async def pending(self) -> dict[str, str]:
+        """A copy of the transfers in doubt -> why, in the order they were added."""
         return dict(self._items)
 
     async def close(self) -> None:
+        """Nothing to release."""
         return None
 
 
@@ -68,17 +75,24 @@ class SqliteDoubtJournal:
         self._conn = connect(location, _SCHEMA)
 
     async def add(self, transfer_id: str, why: str) -> None:
+        """Remember ``transfer_id`` as in doubt since now, in one IMMEDIATE transaction; an id already there
+        keeps its first reason and time."""
         with immediate(self._conn) as c:
             c.execute("INSERT OR IGNORE INTO in_doubt(transfer_id, why, since) VALUES (?, ?, ?)",
                       (transfer_id, why, format_rfc3339(datetime.now(timezone.utc))))
 
     async def remove(self, transfer_id: str) -> None:
+        """Forget ``transfer_id`` (the ledger has answered for it), in one IMMEDIATE transaction; an unknown
+        id is ignored."""
         with immediate(self._conn) as c:
             c.execute("DELETE FROM in_doubt WHERE transfer_id = ?", (transfer_id,))
 
     async def pending(self) -> dict[str, str]:
+        """Every transfer still in doubt -> why, oldest first (to the second, then by id), as every process
+        on the file left them."""
         rows = self._conn.execute("SELECT transfer_id, why FROM in_doubt ORDER BY since, transfer_id").fetchall()
         return {tid: why for tid, why in rows}
 
     async def close(self) -> None:
+        """Close the journal's connection to the file."""
         self._conn.close()

@@ -100,13 +100,27 @@ class PaymentStore(Protocol):
     """The seller's payment records, by challenge id: each challenge consumed at most once
     (:meth:`claim`), its settlement, and the response kept for Idempotency-Key retries."""
 
-    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool: ...
-    async def get(self, challenge_id: str) -> PaymentRecord | None: ...
-    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None: ...
-    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None: ...
-    async def save_response(self, challenge_id: str, response: StoredResponse) -> None: ...
-    async def get_response(self, challenge_id: str) -> StoredResponse | None: ...
-    async def close(self) -> None: ...
+    async def claim(self, challenge_id: str, *, resource: str, idempotency_key: str | None) -> bool:
+        """Consume the challenge: record it ``settling`` for ``resource`` with the request's Idempotency-Key.
+        True for exactly one caller, across every process sharing the store (CORE-ONCE-01, CORE-ONCE-02); False if
+        it was consumed before."""
+    async def get(self, challenge_id: str) -> PaymentRecord | None:
+        """The record of ``challenge_id``, or None if it was never claimed."""
+    async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
+        """Record a ``settling`` challenge as ``settled``: payer, amount (a decimal string of base units),
+        currency, the ledger's reference and the receipt sent. StateError if it is not ``settling`` (CHARGE-04)."""
+    async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        """Move the record to ``state``: ``failed`` (from settling), ``delivered`` (from settled) or
+        ``refunded`` (from settled or delivered), keeping ``failure`` as why (None keeps the earlier one).
+        StateError if the record is missing or not in a state ``state`` may follow (CHARGE-04); KeyError for
+        any other ``state`` (``settled`` is :meth:`mark_settled`)."""
+    async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
+        """Keep the paid response to ``challenge_id`` for Idempotency-Key replays (CORE-ONCE-06), replacing
+        one kept before. The challenge must have been claimed (the response references its record)."""
+    async def get_response(self, challenge_id: str) -> StoredResponse | None:
+        """The response kept for ``challenge_id`` by :meth:`save_response`, or None."""
+    async def close(self) -> None:
+        """Release the store's connection or pool (one it was given is left to its owner)."""
 
 
 def _migrate(c: sqlite3.Connection) -> None:
@@ -153,9 +167,13 @@ class SqlitePaymentStore:
 
     @property
     def connection(self) -> sqlite3.Connection:
+        """The store's SQLite connection: its own, or the ledger's it was made :meth:`beside` (then a
+        purchase's claim, transfer and record commit together, :class:`mpp.ledger.book.SqliteBook`)."""
         return self._conn
 
     async def close(self) -> None:
+        """Close the connection if the store opened it; one it was given (:meth:`beside`) is left to its
+        owner."""
         if self._owned:
             self._conn.close()
 
@@ -171,6 +189,7 @@ class SqlitePaymentStore:
             return cur.rowcount == 1
 
     async def get(self, challenge_id: str) -> PaymentRecord | None:
+        """The record of ``challenge_id``, or None if it was never claimed."""
         row = self._conn.execute(
             "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure "
             "FROM payments WHERE challenge_id=?",
@@ -179,6 +198,9 @@ class SqlitePaymentStore:
         return PaymentRecord(*row) if row else None
 
     async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
+        """Record a ``settling`` challenge as ``settled`` (payer, amount as a decimal string of base units,
+        currency, the ledger's reference, the receipt sent), in one IMMEDIATE transaction. StateError if it
+        is not ``settling`` (CHARGE-04)."""
         with immediate(self._conn) as c:
             cur = c.execute(
                 "UPDATE payments SET state='settled', payer=?, amount=?, currency=?, reference=?, receipt=?, updated_at=? "
@@ -189,6 +211,10 @@ class SqlitePaymentStore:
                 raise StateError(f"payment {challenge_id} is not settling")
 
     async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        """Move the record to ``failed`` (from settling), ``delivered`` (from settled) or ``refunded`` (from
+        settled or delivered), keeping ``failure`` as why (None keeps the earlier one), in one IMMEDIATE
+        transaction. StateError if it is missing or not in a state ``state`` may follow (CHARGE-04); KeyError
+        for any other ``state``."""
         before = _PREDECESSORS[state]
         with immediate(self._conn) as c:
             cur = c.execute(
@@ -200,6 +226,8 @@ class SqlitePaymentStore:
                 raise StateError(f"payment {challenge_id} cannot become {state!r} from its current state")
 
     async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
+        """Keep the paid response for Idempotency-Key replays (CORE-ONCE-06), replacing one kept before;
+        sqlite3.IntegrityError if ``challenge_id`` was never claimed (a foreign key)."""
         with immediate(self._conn) as c:
             c.execute(
                 "INSERT OR REPLACE INTO responses(challenge_id, status, headers, body) VALUES (?, ?, ?, ?)",
@@ -227,6 +255,9 @@ class SqlitePaymentStore:
                 c.execute("INSERT OR IGNORE INTO approvals_used(jti, challenge_id) VALUES (?, ?)", (approval, challenge_id))
 
     async def forget_mandate_spend(self, challenge_id: str) -> None:
+        """Undo :meth:`record_mandate_spend` for a refunded purchase: its rows are deleted and their amounts
+        taken off the running totals, in one IMMEDIATE transaction, so this seller's share no longer counts it
+        (IDENT-BUD-04). A second call changes nothing; the approval it used stays used."""
         with immediate(self._conn) as c:
             rows = c.execute("SELECT jti, period, amount FROM seller_mandate_spend WHERE challenge_id=?", (challenge_id,)).fetchall()
             c.execute("DELETE FROM seller_mandate_spend WHERE challenge_id=?", (challenge_id,))
@@ -234,9 +265,12 @@ class SqlitePaymentStore:
                           [(amount, jti, period) for jti, period, amount in rows])
 
     async def approval_used(self, jti: str) -> bool:
+        """Whether the approval ``jti`` (the key the caller records, ``iss#jti``) was used by a settled
+        purchase here (:meth:`record_mandate_spend`): an approval is used at most once (IDENT-APR-06)."""
         return self._conn.execute("SELECT 1 FROM approvals_used WHERE jti=?", (jti,)).fetchone() is not None
 
     async def get_response(self, challenge_id: str) -> StoredResponse | None:
+        """The response kept for ``challenge_id`` by :meth:`save_response`, or None."""
         row = self._conn.execute("SELECT status, headers, body FROM responses WHERE challenge_id=?", (challenge_id,)).fetchone()
         if row is None:
             return None

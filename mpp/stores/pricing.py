@@ -82,7 +82,8 @@ class PricingStore(Protocol):
                           payer: str | None, settled_at: datetime) -> bool:
         """Record a running task; False if the id is taken (the handler named a used id)."""
 
-    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id`` (``settled_at`` RFC 3339, to the second), or None if there is none."""
 
     async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
         """Move the task to ``state`` if it is in one of the states that may precede it; True
@@ -108,7 +109,8 @@ class PricingStore(Protocol):
     async def price_lists(self) -> dict[str, str]:
         """Every price list version recorded, with its content's fingerprint."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the store's connection or pool."""
 
 
 def _now() -> str:
@@ -122,10 +124,14 @@ class SqlitePricingStore:
         self._conn = connect(location, _SCHEMA)
 
     async def close(self) -> None:
+        """Close the store's connection to the file."""
         self._conn.close()
 
     async def create_task(self, task_id: str, *, challenge_id: str, method: str, agent: str, refund: str, reference: str,
                           payer: str | None, settled_at: datetime) -> bool:
+        """Record task ``task_id`` as ``running`` (PRICE-TASK-04): paid by ``challenge_id`` through ``method``
+        (settlement ``reference`` at ``settled_at``) for ``agent``, refund rule ``refund`` (``full`` or ``none``),
+        in one IMMEDIATE transaction. False if the id is taken; the existing record is left as it was."""
         now = _now()
         with immediate(self._conn) as c:
             cur = c.execute(
@@ -135,18 +141,24 @@ class SqlitePricingStore:
             return cur.rowcount == 1
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id`` (``settled_at`` RFC 3339, to the second), or None if there is none."""
         row = self._conn.execute(
             "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
             "WHERE task_id=?", (task_id,)).fetchone()
         return TaskRecord(*row) if row else None
 
     async def refunds_owed(self) -> list[TaskRecord]:
+        """Tasks ``failed`` under the refund rule ``full`` and not ``refunded`` yet (PRICE-TASK-04), least
+        recently changed first: refunds a crash or a failed rail interrupted, for the seller to complete."""
         rows = self._conn.execute(
             "SELECT task_id, challenge_id, method, agent, refund, reference, payer, settled_at, state, detail FROM tasks "
             "WHERE state='failed' AND refund='full' ORDER BY updated_at, task_id").fetchall()
         return [TaskRecord(*row) for row in rows]
 
     async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
+        """Move the task to ``state`` if it is in a state :data:`TASK_MOVES` lets precede it, with ``detail``
+        (None keeps the earlier one), in one IMMEDIATE transaction: True for exactly one caller, False if the
+        task is missing or elsewhere. KeyError for a ``state`` nothing moves to (``running``)."""
         before = TASK_MOVES[state]
         with immediate(self._conn) as c:
             cur = c.execute(
@@ -156,6 +168,9 @@ class SqlitePricingStore:
             return cur.rowcount == 1
 
     async def reserve_seat(self, subscription_id: str, period: int, challenge_id: str) -> str | None:
+        """Record period ``period`` of ``subscription_id`` as paid by ``challenge_id``, in one IMMEDIATE
+        transaction (PRICE-SEAT-03): None if recorded now, else the challenge id that holds it (this same one
+        for a replayed credential)."""
         with immediate(self._conn) as c:
             if c.execute("INSERT OR IGNORE INTO seat_periods(subscription_id, period, challenge_id, created_at) "
                          "VALUES (?, ?, ?, ?)", (subscription_id, period, challenge_id, _now())).rowcount == 1:
@@ -164,6 +179,8 @@ class SqlitePricingStore:
                              (subscription_id, period)).fetchone()[0]
 
     async def release_seat(self, subscription_id: str, period: int, challenge_id: str) -> None:
+        """Remove the period's record if ``challenge_id`` holds it (its settlement failed, or the payment
+        was refunded); another challenge's record is left alone."""
         with immediate(self._conn) as c:
             c.execute("DELETE FROM seat_periods WHERE subscription_id=? AND period=? AND challenge_id=?",
                       (subscription_id, period, challenge_id))

@@ -125,6 +125,8 @@ class SessionState:
 
     @property
     def remaining(self) -> int:
+        """Authorized value not yet spent, in base units (``authorized - spent``); holds of requests still
+        running are not subtracted."""
         return self.authorized - self.spent
 
 
@@ -142,6 +144,8 @@ class UsageLine:
     requests: int
 
     def as_json(self) -> dict[str, Any]:
+        """The line as the final receipt lists it: camelCase keys, ``unitPrice``, ``per`` and ``amount`` as
+        decimal strings, ``units`` and ``requests`` as numbers."""
         return {"resource": self.resource, "unitType": self.unit_type, "unitPrice": str(self.unit_price), "per": str(self.per),
                 "units": self.units, "amount": str(self.amount), "requests": self.requests}
 
@@ -149,15 +153,25 @@ class UsageLine:
 class SessionKeys(Protocol):
     """``store.keys``: the Idempotency-Keys of requests under a session, and the responses kept for them."""
 
-    async def claim(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]: ...
-    async def save(self, session_id: str, key: str, response: StoredResponse) -> None: ...
-    async def drop(self, session_id: str, key: str) -> None: ...
+    async def claim(self, session_id: str, key: str, resource: str) -> tuple[str, StoredResponse | None]:
+        """Claim Idempotency-Key ``key`` for a request to ``resource`` (SESSION-USE-06): ("new", None) for the
+        first request with it, now running under this process; ("running", None) while that one runs in a live
+        process; ("done", response) once it answered; ("conflict", None) if the key was used for another
+        resource. A key whose process died while running is taken over as "new"."""
+    async def save(self, session_id: str, key: str, response: StoredResponse) -> None:
+        """Keep ``response`` for a claimed key and mark it ``done``: later claims replay it. A key not
+        claimed is not created."""
+    async def drop(self, session_id: str, key: str) -> None:
+        """Forget a key still ``running`` (its request failed: nothing was charged), so a retry runs anew; a
+        ``done`` key is kept."""
 
 
 class SessionMandates(Protocol):
     """``store.mandates``: what this seller's sessions hold or took under each mandate link."""
 
-    async def held(self, periods: dict[str, str]) -> dict[str, int]: ...
+    async def held(self, periods: dict[str, str]) -> dict[str, int]:
+        """What this seller's sessions under each mandate link (``{link key: period key}``) hold or took, in
+        base units: a session's cap until it is closed, its capture after (IDENT-BUD-04, SESSION-ID-02)."""
 
 
 class SessionStore(Protocol):
@@ -168,24 +182,66 @@ class SessionStore(Protocol):
     mandates: SessionMandates
 
     async def create(self, terms: SessionTerms, *, payer: str, signer: str, unit_type: str, cap: int, idle_timeout: int,
-                     identity: dict[str, Any] | None, now: datetime) -> tuple[SessionState, bool]: ...
-    async def get(self, session_id: str) -> SessionState | None: ...
-    async def mark_open(self, session_id: str, cap: int) -> SessionState: ...
-    async def set_cap(self, session_id: str, cap: int) -> SessionState: ...
-    async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState: ...
+                     identity: dict[str, Any] | None, now: datetime) -> tuple[SessionState, bool]:
+        """Record a session ``opening``: its terms, payer account, signer, cap (base units), idle timeout
+        (seconds) and the identity it was opened under; ``(state, True)`` if this call created it, ``(existing,
+        False)`` if it was there already. Under mandate links (``identity["links"]``) the seller's share of each
+        link's budget is checked and counted in the same transaction (SESSION-ID-02): BudgetExceeded if the
+        link's other sessions here, plus ``identity["charged"]``, plus ``cap`` exceed its budget."""
+    async def get(self, session_id: str) -> SessionState | None:
+        """The session as stored, whatever its status, or None if this store has no record of it."""
+    async def mark_open(self, session_id: str, cap: int) -> SessionState:
+        """The ledger holds the cap (SESSION-OPEN-03): an ``opening`` session becomes ``open``, its cap raised
+        to ``cap`` if that is more; the state after. A session in another status is returned unchanged;
+        SessionUnknown if there is none."""
+    async def set_cap(self, session_id: str, cap: int) -> SessionState:
+        """A top-up the ledger has held (SESSION-VOUCHER-08): the open session's cap rises to ``cap`` (a cap at
+        or below the current one changes nothing); the state after. SessionUnknown, or SessionClosed unless the
+        session is ``open``."""
+    async def advance(self, session_id: str, voucher: Voucher, now: datetime) -> SessionState:
+        """Accept a signature-checked voucher and mark the session used at ``now``: a higher cumulative with a
+        higher sequence becomes the authorized value; an equal or lower one changes nothing (SESSION-VOUCHER-02..04).
+        SessionCapExceeded above the cap, VoucherInvalid for a sequence not above the stored one; SessionUnknown,
+        or SessionClosed unless the session is ``open``."""
     async def reserve(self, session_id: str, request_id: str, amount: int, now: datetime,
-                      voucher: Voucher | None = None) -> SessionState: ...
+                      voucher: Voucher | None = None) -> SessionState:
+        """Set ``amount`` (base units) aside for ``request_id``, held by this process, only if spent + what
+        live processes hold + ``amount`` stays within the authorized value (SESSION-USE-01, SESSION-USE-02);
+        with ``voucher`` (signature-checked), accept it first, in the same transaction. The state (the hold is
+        not in it); SessionInsufficient otherwise (SESSION-USE-03), and the refusals of :meth:`advance`."""
     async def commit(self, session_id: str, request_id: str, *, resource: str, unit_price: int, per: int, units: int,
                      amount: int, now: datetime, release_hold: bool = True, idempotency_key: str | None = None,
-                     render: Callable[[SessionState], StoredResponse | None] | None = None) -> SessionState: ...
-    async def release(self, session_id: str, request_id: str) -> None: ...
-    async def heartbeat(self, now: datetime) -> None: ...
-    async def begin_close(self, session_id: str, now: datetime) -> SessionState: ...
+                     render: Callable[[SessionState], StoredResponse | None] | None = None) -> SessionState:
+        """Count ``amount`` (base units) as spent and add ``units`` to the request's usage line, in one
+        transaction, before the response is released (SESSION-USE-04); the state after. ``amount`` may not exceed
+        the request's hold (ValueError); without a hold (a stream's chunk) it must fit in the authorized value
+        still free (SessionInsufficient). ``release_hold=False`` leaves the hold in place after the commit. With
+        ``idempotency_key``, ``render(state after)`` is the response kept for retries, in the same transaction
+        (SESSION-USE-06). SessionUnknown; SessionClosed once a close has begun (SESSION-STREAM-05)."""
+    async def release(self, session_id: str, request_id: str) -> None:
+        """Drop the hold of ``request_id`` with nothing spent (its handler failed or answered an error,
+        SESSION-USE-05); a request with no hold is ignored."""
+    async def heartbeat(self, now: datetime) -> None:
+        """This process is alive at ``now``: its holds keep counting, and keep a close waiting, for the store's
+        ``instance_ttl`` (:data:`INSTANCE_TTL` by default) more (SESSION-CLOSE-05)."""
+    async def begin_close(self, session_id: str, now: datetime) -> SessionState:
+        """Stop new spending: the session becomes ``closing``, and is returned; one already ``closing`` or
+        ``closed`` is returned as it is. RequestInProgress while live processes hold value for its requests
+        (SESSION-CLOSE-01); SessionUnknown if there is none."""
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
-                           now: datetime) -> SessionState: ...
-    async def usage(self, session_id: str) -> list[UsageLine]: ...
-    async def idle(self, now: datetime) -> list[str]: ...
-    async def close(self) -> None: ...
+                           now: datetime) -> SessionState:
+        """Record the close: a ``closing`` session becomes ``closed`` with what the ledger captured and released
+        (base units), the capture's reference (``settlement``) and the final receipt (the ``Payment-Receipt``
+        value), kept for later closes (SESSION-CLOSE-02); the state after. A session not ``closing`` is returned
+        unchanged; SessionUnknown if there is none."""
+    async def usage(self, session_id: str) -> list[UsageLine]:
+        """The session's usage, for its final receipt: one line per resource, unit type, unit price and
+        ``per``, its units and amount summed and its requests counted, in order of first use."""
+    async def idle(self, now: datetime) -> list[str]:
+        """Ids of the sessions not ``closed`` whose last use is at least their idle timeout before ``now``
+        (SESSION-CLOSE-03), including those a crash left ``opening`` or ``closing``."""
+    async def close(self) -> None:
+        """Release the store's connection or pool."""
 
 
 _COLUMNS = ("id, terms, payer, signer, unit_type, cap, authorized, voucher_seq, voucher_sig, spent, status, idle_timeout, "
@@ -233,6 +289,7 @@ class SqliteSessionStore:
                   (self.instance, format_rfc3339(now)))
 
     async def close(self) -> None:
+        """Close the store's connection to the file (``keys`` and ``mandates`` use it too)."""
         self._conn.close()
 
     def _get(self, c, session_id: str) -> SessionState | None:
@@ -275,14 +332,20 @@ class SqliteSessionStore:
             return self._must(c, terms.session_id, usable=False), cur.rowcount == 1
 
     async def get(self, session_id: str) -> SessionState | None:
+        """The session as stored, whatever its status, or None if this store has no record of it."""
         return self._get(self._conn, session_id)
 
     async def mark_open(self, session_id: str, cap: int) -> SessionState:
+        """The ledger holds the cap (SESSION-OPEN-03): an ``opening`` session becomes ``open``, its cap raised
+        to ``cap`` if that is more, in one IMMEDIATE transaction; the state after. A session in another status
+        is returned unchanged; SessionUnknown if there is none."""
         with immediate(self._conn) as c:
             c.execute("UPDATE sessions SET status='open', cap=MAX(cap, ?) WHERE id=? AND status='opening'", (cap, session_id))
             return self._must(c, session_id, usable=False)
 
     async def set_cap(self, session_id: str, cap: int) -> SessionState:
+        """A top-up the ledger has held (SESSION-VOUCHER-08): the open session's cap rises to ``cap`` (never
+        falls), in one IMMEDIATE transaction; the state after. SessionUnknown, or SessionClosed unless ``open``."""
         with immediate(self._conn) as c:
             self._must(c, session_id)
             c.execute("UPDATE sessions SET cap=MAX(cap, ?) WHERE id=?", (cap, session_id))
@@ -385,6 +448,8 @@ class SqliteSessionStore:
             return after
 
     async def release(self, session_id: str, request_id: str) -> None:
+        """Drop the hold of ``request_id`` with nothing spent (SESSION-USE-05), in one IMMEDIATE
+        transaction; a request with no hold is ignored."""
         with immediate(self._conn) as c:
             c.execute("DELETE FROM session_holds WHERE session_id=? AND request_id=?", (session_id, request_id))
 
@@ -403,6 +468,9 @@ class SqliteSessionStore:
 
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
                            now: datetime) -> SessionState:
+        """Record the close in one IMMEDIATE transaction: a ``closing`` session becomes ``closed`` with what
+        was captured and released (base units), the capture's reference and the final receipt (SESSION-CLOSE-02);
+        the state after. A session not ``closing`` is returned unchanged; SessionUnknown if there is none."""
         with immediate(self._conn) as c:
             c.execute(
                 "UPDATE sessions SET status='closed', captured=?, released=?, settlement=?, final_receipt=?, closed_at=? "
@@ -412,6 +480,8 @@ class SqliteSessionStore:
             return self._must(c, session_id, usable=False)
 
     async def usage(self, session_id: str) -> list[UsageLine]:
+        """The session's usage lines for its final receipt: per resource, unit type, unit price and ``per``,
+        units and amount summed and requests counted, in order of first use."""
         rows = self._conn.execute(
             "SELECT resource, unit_type, unit_price, per, SUM(units), SUM(amount), COUNT(*) FROM session_usage "
             "WHERE session_id=? GROUP BY resource, unit_type, unit_price, per ORDER BY MIN(at), resource",
@@ -475,11 +545,15 @@ class SqliteSessionKeys:
         return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
 
     async def save(self, session_id: str, key: str, response: StoredResponse) -> None:
+        """Keep ``response`` for a claimed key and mark it ``done``, in one IMMEDIATE transaction: later
+        claims replay it. A key not claimed is not created."""
         with immediate(self._store._conn) as c:
             c.execute("UPDATE session_responses SET state='done', status=?, headers=?, body=? WHERE session_id=? AND idempotency_key=?",
                       (response.status, json.dumps(response.headers), response.body, session_id, key))
 
     async def drop(self, session_id: str, key: str) -> None:
+        """Forget a key still ``running`` (its request failed: nothing was charged), in one IMMEDIATE
+        transaction, so a retry runs anew; a ``done`` key is kept."""
         with immediate(self._store._conn) as c:
             c.execute("DELETE FROM session_responses WHERE session_id=? AND idempotency_key=? AND state='running'", (session_id, key))
 

@@ -52,6 +52,8 @@ class PgBudgetStore(PgStoreBase):
         self.reservation_ttl = reservation_ttl
 
     async def used(self, jti: str, period: str, now: datetime) -> int:
+        """What counts against the link ``jti`` in ``period`` at ``now``, in base units: committed
+        reservations plus those still reserved and not expired (IDENT-BUD-02). ValueError for a naive ``now``."""
         pool = await self.pool()
         return int(await pool.fetchval(_USED, jti, period, stamp(now)))
 
@@ -101,11 +103,15 @@ class PgBudgetStore(PgStoreBase):
                            amount, challenge_id)
 
     async def commit(self, challenge_id: str) -> None:
+        """The reservation is spent (a verified receipt, IDENT-BUD-03): reserved -> committed on every link,
+        in one UPDATE. A reservation already committed or released, or unknown, is left alone."""
         pool = await self.pool()
         await pool.execute("UPDATE budget_reservations SET state='committed' WHERE challenge_id=$1 AND state='reserved'",
                            challenge_id)
 
     async def release(self, challenge_id: str) -> None:
+        """The reservation is given back (IDENT-BUD-03): reserved -> released on every link, in one UPDATE; it
+        stops counting, and its ``challenge_id`` cannot be reserved again (ReservationFinished)."""
         pool = await self.pool()
         await pool.execute("UPDATE budget_reservations SET state='released' WHERE challenge_id=$1 AND state='reserved'",
                            challenge_id)

@@ -82,6 +82,7 @@ class PgPaymentStore(PgStoreBase):
         return won is not None
 
     async def get(self, challenge_id: str) -> PaymentRecord | None:
+        """The record of ``challenge_id``, or None if it was never claimed."""
         pool = await self.pool()
         row = await pool.fetchrow(
             "SELECT challenge_id, resource, state, idempotency_key, payer, amount, currency, reference, receipt, failure "
@@ -91,6 +92,9 @@ class PgPaymentStore(PgStoreBase):
         return PaymentRecord(*row) if row else None
 
     async def mark_settled(self, challenge_id: str, *, payer: str, amount: str, currency: str, reference: str, receipt: str) -> None:
+        """Record a ``settling`` challenge as ``settled`` (payer, amount as a decimal string of base units,
+        currency, the ledger's reference, the receipt sent), in one conditional UPDATE. StateError if it is
+        not ``settling`` (CHARGE-04)."""
         pool = await self.pool()
         status = await pool.execute(
             "UPDATE payments SET state='settled', payer=$1, amount=$2, currency=$3, reference=$4, receipt=$5, updated_at=$6 "
@@ -101,6 +105,10 @@ class PgPaymentStore(PgStoreBase):
             raise StateError(f"payment {challenge_id} is not settling")
 
     async def mark(self, challenge_id: str, state: str, *, failure: str | None = None) -> None:
+        """Move the record to ``failed`` (from settling), ``delivered`` (from settled) or ``refunded`` (from
+        settled or delivered), keeping ``failure`` as why (None keeps the earlier one), in one conditional
+        UPDATE. StateError if it is missing or not in a state ``state`` may follow (CHARGE-04); KeyError for
+        any other ``state``."""
         before = list(_PREDECESSORS[state])
         pool = await self.pool()
         status = await pool.execute(
@@ -112,6 +120,8 @@ class PgPaymentStore(PgStoreBase):
             raise StateError(f"payment {challenge_id} cannot become {state!r} from its current state")
 
     async def save_response(self, challenge_id: str, response: StoredResponse) -> None:
+        """Keep the paid response for Idempotency-Key replays (CORE-ONCE-06), replacing one kept before;
+        asyncpg.ForeignKeyViolationError if ``challenge_id`` was never claimed."""
         pool = await self.pool()
         await pool.execute(
             "INSERT INTO responses(challenge_id, status, headers, body) VALUES ($1, $2, $3, $4) "
@@ -120,6 +130,7 @@ class PgPaymentStore(PgStoreBase):
         )
 
     async def get_response(self, challenge_id: str) -> StoredResponse | None:
+        """The response kept for ``challenge_id`` by :meth:`save_response`, or None."""
         pool = await self.pool()
         row = await pool.fetchrow("SELECT status, headers, body FROM responses WHERE challenge_id=$1", challenge_id)
         if row is None:
@@ -158,6 +169,9 @@ class PgPaymentStore(PgStoreBase):
                                    approval, challenge_id)
 
     async def forget_mandate_spend(self, challenge_id: str) -> None:
+        """Undo :meth:`record_mandate_spend` for a refunded purchase: its rows are deleted and their amounts
+        taken off the running totals, in one statement, so this seller's share no longer counts it
+        (IDENT-BUD-04). A second call changes nothing; the approval it used stays used."""
         pool = await self.pool()
         await pool.execute(  # one statement: the rows and what they added to the running totals go together
             "WITH s AS (DELETE FROM mandate_spend WHERE challenge_id=$1 RETURNING jti, period, amount) "
@@ -167,6 +181,8 @@ class PgPaymentStore(PgStoreBase):
             challenge_id)
 
     async def approval_used(self, jti: str) -> bool:
+        """Whether the approval ``jti`` (the key the caller records, ``iss#jti``) was used by a settled
+        purchase here (:meth:`record_mandate_spend`): an approval is used at most once (IDENT-APR-06)."""
         pool = await self.pool()
         return await pool.fetchval("SELECT 1 FROM approvals_used WHERE jti=$1", jti) is not None
 

@@ -58,6 +58,9 @@ class PgPricingStore(PgStoreBase):
 
     async def create_task(self, task_id: str, *, challenge_id: str, method: str, agent: str, refund: str, reference: str,
                           payer: str | None, settled_at: datetime) -> bool:
+        """Record task ``task_id`` as ``running`` (PRICE-TASK-04): paid by ``challenge_id`` through ``method``
+        (settlement ``reference`` at ``settled_at``, timezone-aware) for ``agent``, refund rule ``refund``
+        (``full`` or ``none``). False if the id is taken; the existing record is left as it was."""
         pool = await self.pool()
         now = _now()
         won = await pool.fetchval(
@@ -67,16 +70,22 @@ class PgPricingStore(PgStoreBase):
         return won is not None
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id`` (``settled_at`` RFC 3339, to the second), or None if there is none."""
         pool = await self.pool()
         row = await pool.fetchrow(_SELECT_TASK + "WHERE task_id=$1", task_id)
         return _task(row) if row is not None else None
 
     async def refunds_owed(self) -> list[TaskRecord]:
+        """Tasks ``failed`` under the refund rule ``full`` and not ``refunded`` yet (PRICE-TASK-04), least
+        recently changed first: refunds a crash or a failed rail interrupted, for the seller to complete."""
         pool = await self.pool()
         rows = await pool.fetch(_SELECT_TASK + "WHERE state='failed' AND refund='full' ORDER BY updated_at, task_id")
         return [_task(row) for row in rows]
 
     async def move_task(self, task_id: str, state: str, *, detail: str | None = None) -> bool:
+        """Move the task to ``state`` if it is in a state :data:`mpp.stores.pricing.TASK_MOVES` lets precede
+        it, with ``detail`` (None keeps the earlier one), in one conditional UPDATE: True for exactly one
+        caller, False if the task is missing or elsewhere. KeyError for a ``state`` nothing moves to."""
         pool = await self.pool()
         status = await pool.execute(
             "UPDATE tasks SET state=$1, detail=COALESCE($2, detail), updated_at=$3 "
@@ -85,6 +94,10 @@ class PgPricingStore(PgStoreBase):
         return rows_changed(status) == 1
 
     async def reserve_seat(self, subscription_id: str, period: int, challenge_id: str) -> str | None:
+        """Record period ``period`` of ``subscription_id`` as paid by ``challenge_id`` (PRICE-SEAT-03): None
+        if recorded now, else the challenge id that holds it (this same one for a replayed credential).
+        RuntimeError if, ten times over, a competing purchase's insert keeps the row from being either
+        written or read (committed after this statement's snapshot, or rolled back)."""
         pool = await self.pool()
         for _ in range(10):
             row = await pool.fetchrow(
@@ -99,6 +112,8 @@ class PgPricingStore(PgStoreBase):
         raise RuntimeError(f"seat period {subscription_id}/{period} could not be recorded or read")
 
     async def release_seat(self, subscription_id: str, period: int, challenge_id: str) -> None:
+        """Remove the period's record if ``challenge_id`` holds it (its settlement failed, or the payment
+        was refunded); another challenge's record is left alone."""
         pool = await self.pool()
         await pool.execute("DELETE FROM seat_periods WHERE subscription_id=$1 AND period=$2 AND challenge_id=$3",
                            subscription_id, period, challenge_id)

@@ -181,10 +181,14 @@ class PgSessionStore(PgStoreBase):
             return _state(row), True
 
     async def get(self, session_id: str) -> SessionState | None:
+        """The session as stored, whatever its status, or None if this store has no record of it."""
         pool = await self.pool()
         return await _get(pool, session_id)
 
     async def mark_open(self, session_id: str, cap: int) -> SessionState:
+        """The ledger holds the cap (SESSION-OPEN-03): an ``opening`` session becomes ``open``, its cap raised
+        to ``cap`` if that is more, in one UPDATE; the state after. A session in another status is returned
+        unchanged; SessionUnknown if there is none."""
         pool = await self.pool()
         async with pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -193,6 +197,8 @@ class PgSessionStore(PgStoreBase):
             return _state(row) if row else await _must(conn, session_id, usable=False)
 
     async def set_cap(self, session_id: str, cap: int) -> SessionState:
+        """A top-up the ledger has held (SESSION-VOUCHER-08): the open session's cap rises to ``cap`` (never
+        falls), under the session's row lock; the state after. SessionUnknown, or SessionClosed unless ``open``."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             await _must(conn, session_id, lock=True)
@@ -272,6 +278,8 @@ class PgSessionStore(PgStoreBase):
             return after
 
     async def release(self, session_id: str, request_id: str) -> None:
+        """Drop the hold of ``request_id`` with nothing spent (SESSION-USE-05), in one DELETE; a request with
+        no hold is ignored."""
         pool = await self.pool()
         await pool.execute("DELETE FROM session_holds WHERE session_id=$1 AND request_id=$2", session_id, request_id)
 
@@ -290,6 +298,9 @@ class PgSessionStore(PgStoreBase):
 
     async def finish_close(self, session_id: str, *, captured: int, released: int, settlement: str, final_receipt: str,
                            now: datetime) -> SessionState:
+        """Record the close in one UPDATE: a ``closing`` session becomes ``closed`` with what was captured and
+        released (base units), the capture's reference and the final receipt (SESSION-CLOSE-02); the state
+        after. A session not ``closing`` is returned unchanged; SessionUnknown if there is none."""
         pool = await self.pool()
         async with pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -300,6 +311,8 @@ class PgSessionStore(PgStoreBase):
             return _state(row) if row else await _must(conn, session_id, usable=False)
 
     async def usage(self, session_id: str) -> list[UsageLine]:
+        """The session's usage lines for its final receipt: per resource, unit type, unit price and ``per``,
+        units and amount summed and requests counted, in order of first use."""
         pool = await self.pool()
         rows = await pool.fetch(
             "SELECT resource, unit_type, unit_price, per, SUM(units), SUM(amount), COUNT(*) FROM session_usage "
@@ -379,12 +392,16 @@ class PgSessionKeys:
                     return "done", StoredResponse(row[2], [tuple(h) for h in json.loads(row[3])], bytes(row[4]))
 
     async def save(self, session_id: str, key: str, response: StoredResponse) -> None:
+        """Keep ``response`` for a claimed key and mark it ``done`` (one UPDATE): later claims replay it. A
+        key not claimed is not created."""
         pool = await self._store.pool()
         await pool.execute(
             "UPDATE session_responses SET state='done', status=$3, headers=$4, body=$5 WHERE session_id=$1 AND idempotency_key=$2",
             session_id, key, response.status, json.dumps(response.headers), bytes(response.body))
 
     async def drop(self, session_id: str, key: str) -> None:
+        """Forget a key still ``running`` (its request failed: nothing was charged), so a retry runs anew; a
+        ``done`` key is kept."""
         pool = await self._store.pool()
         await pool.execute("DELETE FROM session_responses WHERE session_id=$1 AND idempotency_key=$2 AND state='running'",
                            session_id, key)
