@@ -313,8 +313,10 @@ def test_approval_through_the_cli(served, tmp_path: Path):
 
     problem_file, approval_file = tmp_path / "problem.json", tmp_path / "approval.jwt"
     problem_file.write_text(json.dumps(problem))
+    # the seller's own document carries no quote: signed only on request (--without-quote; tests/test_cli_flows.py
+    # shows the refusal without it and the checked flow with `mpp fetch --problem-out`)
     approved = ok("approve", "--key", home / "principal" / "principal.key", "--problem", problem_file,
-                  "--agent", agent, "--out", approval_file)
+                  "--agent", agent, "--out", approval_file, "--without-quote")
     assert f"approval written to {approval_file}" in approved.stdout
     token = approval_file.read_text().strip()
     header = jwt.get_unverified_header(token)
@@ -325,7 +327,7 @@ def test_approval_through_the_cli(served, tmp_path: Path):
     assert claims["jti"].startswith("apr_") and claims["exp"] - claims["iat"] <= 600
     # without --out the approval goes to stdout; from stdin with --problem -
     piped = subprocess.run([sys.executable, "-m", "mpp.cli.main", "approve", "--key", str(home / "principal" / "principal.key"),
-                            "--problem", "-", "--agent", agent], input=json.dumps(problem), capture_output=True, text=True, cwd=REPO)
+                            "--problem", "-", "--agent", agent, "--without-quote"], input=json.dumps(problem), capture_output=True, text=True, cwd=REPO)
     assert piped.returncode == 0 and piped.stdout.count(".") == 2, piped.stderr
     # a problem that is not approval-required, or lacks members, is refused with one line
     identity_required = {"type": IDENT + "identity-required", "title": "Identity Required", "status": 402}
