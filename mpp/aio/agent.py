@@ -80,10 +80,17 @@ class AgentIdentity:
         return chain
 
     async def reserve(self, chain: MandateChain, quote: Quote, now: datetime, *, ttl: timedelta | None = None) -> None:
+        """Reserve the quote's amount (base units) against every link of ``chain`` in our own budget
+        counters, under the quote's challenge id, before anything is signed (IDENT-BUD-02); ``ttl`` overrides
+        the store's reservation lifetime. Raises BudgetExceeded when a link's budget for the period cannot
+        take it, QuoteRejected (rule ``budget``) when that challenge id was already committed or released.
+        Without a budget store it does nothing."""
         await self.reserve_amount(quote.challenge.id, self.budget_links(chain, now), quote.request.amount_int, now, ttl=ttl)
 
     @staticmethod
     def budget_links(chain: MandateChain, now: datetime) -> list[BudgetLink]:
+        """Each link of ``chain`` as its budget counter sees it: the link's key (``issuer#jti``), the key of
+        its budget period holding ``now`` and its budget per period in base units (IDENT-BUD-01)."""
         return [BudgetLink(link.key, period_key(link.budget_period, now), link.budget_amount) for link in chain.links]
 
     async def reserve_amount(self, reservation_id: str, links: Sequence[BudgetLink], amount: int, now: datetime, *,
@@ -100,6 +107,8 @@ class AgentIdentity:
             raise BudgetExceeded(exc.jti, period, exc.budget, exc.used, exc.amount) from None
 
     async def extend(self, reservation_id: str, now: datetime, ttl: timedelta | None = None) -> None:
+        """Keep a live reservation (an open session's cap) from expiring for another ``ttl`` from ``now``
+        (default: the store's reservation lifetime). Does nothing without a budget store."""
         if self.budget is not None:
             await self.budget.extend(reservation_id, ttl=ttl, now=now)
 
@@ -109,13 +118,22 @@ class AgentIdentity:
             await self.budget.settle(reservation_id, amount)
 
     def member(self, quote: Quote, approval: str | None = None) -> dict[str, Any]:
+        """The credential's ``identity`` member for ``quote`` (IDENT-POP-01): our mandate chain, root first,
+        our key's proof over the quote and the leaf mandate (IDENT-POP-05), and ``approval`` (an approval
+        JWT) when one is given. Checks nothing: :meth:`check` and :meth:`reserve` come first."""
         return identity_member(self.mandates, self.key, quote.challenge, quote.request, approval)
 
     async def commit(self, challenge_id: str) -> None:
+        """The purchase went through (its receipt verified): the reservation under ``challenge_id`` counts as
+        spent for good (IDENT-BUD-03). Does nothing without a budget store, or when nothing is reserved under
+        that id."""
         if self.budget is not None:
             await self.budget.commit(challenge_id)
 
     async def release(self, challenge_id: str) -> None:
+        """The purchase did not go through (the seller refused it, or the credential was never sent): the
+        reservation under ``challenge_id`` stops counting (IDENT-BUD-03). Does nothing without a budget
+        store, or when nothing is reserved under that id (a committed reservation stays committed)."""
         if self.budget is not None:
             await self.budget.release(challenge_id)
 

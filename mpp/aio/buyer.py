@@ -70,6 +70,8 @@ class PaymentClient:
     methods: Sequence[BuyerMethod]
     policy: BuyerPolicy
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    """The time the client judges by (challenge expiry, mandate validity, budget periods, grants, receipts):
+    a callable returning an aware ``datetime``; default: the system clock, in UTC."""
     on_event: Event | None = None
     identity: AgentIdentity | None = None
     sessions: SessionPolicy | None = None
@@ -99,6 +101,9 @@ class PaymentClient:
 
     @property
     def accept_payment(self) -> str:
+        """The ``Accept-Payment`` value sent with every unpaid request: a charge by each of ``methods``, a
+        ledger session (first or last, as ``sessions.prefer`` says) when sessions are on, and a subscription
+        when ``policy.allow_recurring``."""
         return accept_payment(self.methods, self.policy, self._runner.manager.policy if self._runner is not None else None)
 
     @property
@@ -174,6 +179,16 @@ class PaymentClient:
         return await self._charges.pay_quote(method, first, quote, data, headers, False)
 
     async def request(self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> PaidResponse:
+        """Make the request, paying once if the seller answers 402 and the policy, the mandate chain and the
+        budget allow; the final response. A grant held for the route is presented first (PRICE-GRANT-05), an
+        open session with the origin pays by voucher; otherwise the 402's offer is chosen and paid by charge,
+        seat or a new session. An answer other than 402 to the unpaid request comes back as it is (``paid``
+        False).
+
+        Raises PolicyRefused (QuoteRejected, BudgetExceeded, NoPayableChallenge: nothing signed),
+        SellerUnreachable (nothing sent), SellerRefused (ApprovalNeeded among them: nothing paid),
+        OutcomeUnknown (a 5xx or a network error after the credential went out: the money may have moved) or
+        ReceiptInvalid."""
         return await self._request(method, url, data, headers, keep_open=False)
 
     def stream(self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> "PaidStream":
@@ -304,6 +319,9 @@ class PaidStream:
         self._iterator: AsyncIterator[SSEEvent] | None = None
 
     async def start(self) -> PaidResponse:
+        """Make the paid request with the event stream kept open, once (a later call returns the same
+        response), and take the receipt it came with. ``async with`` calls it; it raises as
+        :meth:`PaymentClient.request` does."""
         if self.response is None:
             self.response = await self._client._request(self._method, self._url, self._data, self._headers, keep_open=True)
             self.receipt, self.claims = self.response.receipt, self.response.claims
@@ -317,6 +335,8 @@ class PaidStream:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop the event iterator and close the kept-open response; safe to call again. Leaving
+        ``async with`` calls it."""
         if self._iterator is not None:
             await self._iterator.aclose()  # type: ignore[attr-defined]
         if self.response is not None:

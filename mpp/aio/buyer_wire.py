@@ -51,9 +51,12 @@ class PaidResponse:
 
     @property
     def paid(self) -> bool:
+        """True when the response came with a verified receipt: something was paid for it (a charge, a seat
+        or a session's use); False for an unpriced answer or a request a grant covered."""
         return self.receipt is not None
 
     def text(self) -> str:
+        """The body decoded as UTF-8, undecodable bytes replaced (empty for a kept-open stream)."""
         return self.body.decode("utf-8", errors="replace")
 
 

@@ -118,11 +118,21 @@ class LedgerClient:
         return (await self._call("POST", "/v1/accounts", {"id": account_id, "currency": currency}))["account"]
 
     async def members(self, account_id: str) -> dict[str, str]:
+        """Role by DID (``owner``, ``agent`` or ``denied``) of everyone enrolled on ``account_id``. Only an
+        owner may list them (LEDGER-SVC-13): anyone else gets ServiceRefused (``Forbidden``), the same as for
+        an account that does not exist. Network errors propagate."""
         doc = await self._call("GET", f"/v1/accounts/{quote(account_id, safe='')}/members")
         return {str(k): str(v) for k, v in doc["members"].items()}
 
     async def allow(self, account_id: str, did: str, role: str) -> None:
+        """Enrol ``did`` on ``account_id`` as ``owner`` or mandate-bound ``agent``, replacing whatever role
+        it had (LEDGER-ACCT-02); signed with this client's key, which must be an owner of the account
+        (LEDGER-SVC-13). A refusal is raised as the ledger error it names, else ServiceRefused (``Forbidden``
+        for a key that is not an owner, ``InvalidRequest`` for a change that would leave the account without
+        an owner)."""
         await self._call("POST", f"/v1/accounts/{quote(account_id, safe='')}/members", {"did": did, "role": role})
 
     async def deny(self, account_id: str, did: str) -> None:
+        """``did`` spends nothing from ``account_id`` from now on, directly or in any mandate chain (role
+        ``denied``, LEDGER-ACCT-04); refused as :meth:`allow` is."""
         await self.allow(account_id, did, "denied")

@@ -291,6 +291,11 @@ class HttpLedgerRail(LedgerSellerMethod):
     # -- PaymentRail ------------------------------------------------------------------------
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
+        """Make the transfer at the service (``POST /v1/transfers``, its id the challenge id, so a resend
+        cannot pay twice, LEDGER-12), under ``mandate`` when given; the settlement. A refusal is raised as
+        the problem a buyer sees (mpp.ledger.refusals). With no usable answer after every attempt the
+        transfer is put in doubt, to be voided once the service answers again, and LedgerUnavailable (503) is
+        raised (LEDGER-SVC-10), as it is when the service refuses the seller itself."""
         auth: LedgerAuthorization = verified.proof
         credential = verified.credential
         body: dict[str, Any] = {
@@ -317,6 +322,10 @@ class HttpLedgerRail(LedgerSellerMethod):
         return Settlement(reference=reference, settled_at=settled, payer=auth.account)
 
     async def refund(self, settlement: Settlement) -> None:
+        """Give the transfer back at the service (``POST /v1/refunds``, at most once, LEDGER-15). When the
+        service does not answer, or refuses the seller, nothing is raised: the transfer is put in doubt and
+        voided (refunded) once the service answers again (LEDGER-SVC-10). A refusal that names a ledger error
+        propagates as that LedgerError."""
         try:
             await self.line.call("POST", "/v1/refunds", {"transfer": settlement.reference})
         except (_NoAnswer, ServiceRefused) as exc:
@@ -324,6 +333,9 @@ class HttpLedgerRail(LedgerSellerMethod):
             await self.doubt.add(settlement.reference, f"refund got no answer: {exc}")
 
     async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:
+        """Before the challenge is consumed: may the payer and signer of ``verified`` spend, bare or under
+        ``chain`` (LEDGER-ACCT-05, asked of the service as :meth:`check_payer` does)? A refusal is raised as
+        the problem a buyer sees, no usable answer as LedgerUnavailable."""
         auth: LedgerAuthorization = verified.proof
         await self.check_payer(auth.account, auth.signer, chain)
 
@@ -345,6 +357,10 @@ class HttpLedgerRail(LedgerSellerMethod):
         self._allowed[key] = now + self.spend_check_ttl
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        """Which of these mandates (by key, ``issuer#jti``, as
+        :attr:`~mpp.identity.mandates.MandateChain.keys` gives them) the service has recorded as revoked
+        (``POST /v1/revoked``); asked on every request, never cached (IDENT-REV-03). LedgerUnavailable when
+        there is no usable answer."""
         with self.line.reachable("revocation check"):
             doc = await self.line.call("POST", "/v1/revoked", {"jtis": list(jtis)})
             revoked = doc["revoked"]
@@ -373,6 +389,9 @@ class HttpLedgerRail(LedgerSellerMethod):
 
     async def open_session(self, terms: SessionTerms, *, payer: str, signer: str, cap: int, cap_signature: str,
                            mandate: MandateCharge | None = None) -> SessionHold:
+        """Hold ``cap`` base units from ``payer`` for the session at the service (``POST /v1/sessions``, once
+        per session id, the challenge id), under ``mandate`` when given; the hold. A refusal is raised as the
+        session problem a buyer sees (mpp.ledger.refusals), no usable answer as LedgerUnavailable."""
         body: dict[str, Any] = {"terms": terms.as_json(), "payer": payer, "signer": signer, "cap": str(cap),
                                 "capSignature": cap_signature}
         if mandate is not None:
@@ -381,11 +400,17 @@ class HttpLedgerRail(LedgerSellerMethod):
             return _hold(await self.line.call("POST", "/v1/sessions", body))
 
     async def top_up_session(self, session_id: str, *, cap: int, cap_signature: str) -> SessionHold:
+        """Raise the session's held cap to ``cap`` base units in total (``POST /v1/sessions/{id}/top-up``,
+        with the signer's ``cap_signature``); the hold after it. Refusals and no answer as for
+        :meth:`open_session`."""
         with self.line.reachable("session top-up"), session_refusals():
             return _hold(await self.line.call("POST", f"/v1/sessions/{quote(session_id, safe='')}/top-up",
                                           {"cap": str(cap), "capSignature": cap_signature}))
 
     async def close_session(self, session_id: str, *, capture: int, voucher: Voucher | None) -> SessionClose:
+        """Capture ``capture`` base units of the session, as ``voucher`` (the highest accepted) covers, and
+        release the rest of its hold (``POST /v1/sessions/{id}/close``); the close. Refusals and no answer as
+        for :meth:`open_session`."""
         body = {"capture": str(capture), "voucher": voucher.as_json() if voucher is not None else None}
         with self.line.reachable("session close"), session_refusals():
             doc = (await self.line.call("POST", f"/v1/sessions/{quote(session_id, safe='')}/close", body))["close"]

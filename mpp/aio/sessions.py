@@ -92,23 +92,30 @@ class OpenSession:
 
     @property
     def id(self) -> str:
+        """The session's id: the id of the challenge that opened it (SESSION-REQ-01)."""
         return self.challenge.id
 
     @property
     def realm(self) -> str:
+        """The seller's realm, from the opening challenge."""
         return self.challenge.realm
 
     @property
     def max_request_cost(self) -> int:
+        """The most one request on the session may cost: cost(maxUnits) at its price, in base units
+        (SESSION-REQ-03)."""
         return self.request.max_request_cost
 
     @property
     def session_url(self) -> str:
+        """The seller's session endpoint on the session's origin
+        (``scheme://host:port/.well-known/mpp-session``), where vouchers, top-ups and the close are posted."""
         scheme, host, port = self.origin
         host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{port}{SESSION_PATH}"
 
     def cost(self, units: int) -> int:
+        """What ``units`` cost at the session's price, rounded up to a whole base unit (SESSION-REQ-03)."""
         return cost_of(units, self.request.unit_price, self.request.per)
 
 
@@ -138,6 +145,7 @@ class SessionManager:
         return self._table.find(url)
 
     def by_id(self, session_id: str) -> OpenSession | None:
+        """A session not yet forgotten, open or retired, by its id; None if there is none."""
         return self._table.by_id(session_id)
 
     def add(self, session: OpenSession) -> OpenSession | None:
@@ -145,9 +153,13 @@ class SessionManager:
         return self._table.add(session)
 
     def retire(self, session: OpenSession) -> None:
+        """No new requests on ``session``: it is no longer found for its origin, but stays listed
+        (:meth:`sessions`) until it is closed and forgotten."""
         self._table.retire(session)
 
     def forget(self, session: OpenSession) -> None:
+        """Drop ``session`` for good, marked retired and closed: it is closed, or the seller never knew it.
+        Settling its budget reservation is the caller's."""
         self._table.forget(session)
 
     def sessions(self) -> list[OpenSession]:
@@ -157,6 +169,8 @@ class SessionManager:
     # -- opening -------------------------------------------------------------------
 
     def initial_cap(self, offer: SessionOffer, limit: int | None = None) -> int:
+        """The cap to open ``offer``'s session with, in base units: the seller's suggested cap within
+        ``limit`` (a mandate's) and the policy's ``max_cap``, but never below one request's cost."""
         return initial_cap(self.policy, offer, limit)
 
     async def begin(self, offer: SessionOffer, *, url: str, cap: int, cap_limit: int, now: datetime,
@@ -257,9 +271,13 @@ class SessionManager:
     # -- credentials -------------------------------------------------------------------
 
     def credential(self, session: OpenSession, plan: SessionPlan) -> str:
+        """The ``Authorization`` value of a request on ``session``: the voucher, or the topUp (new cap, its
+        signature and the voucher), that ``plan`` carries."""
         return session_credential(session, plan)
 
     def close_credential(self, session: OpenSession) -> str:
+        """The ``Authorization`` value that closes ``session``: its highest voucher and the close signature,
+        to post to :attr:`OpenSession.session_url`."""
         return close_credential(session)
 
 
@@ -281,6 +299,7 @@ class SSEEvent:
     id: str | None = None
 
     def json(self) -> Any:
+        """The event's ``data`` parsed as JSON; json.JSONDecodeError (a ValueError) when it is not."""
         return json.loads(self.data)
 
 

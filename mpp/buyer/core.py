@@ -234,6 +234,9 @@ class OfferPlan:
             raise ValueError(f"prefer must be one of {', '.join(MODELS)} or None (the cheapest)")
 
     def total(self, offer: Any) -> int:
+        """What this planned work costs under ``offer``, in base units (spec/pricing.md §6): for a unit offer
+        cost(``planned_units``, or ``planned_requests`` × its ``maxUnits``), for a seat ``planned_periods`` ×
+        its amount, else ``planned_requests`` × its amount (a task: one charge per task started)."""
         return expected_total(offer, planned_requests=self.planned_requests, planned_units=self.planned_units,
                               planned_periods=self.planned_periods)
 

@@ -39,6 +39,9 @@ class HoldWhileAsked(AgentIdentity):
     asked: dict = field(default_factory=dict)  # the approval-required problem, once the seller sent it
 
     async def release(self, challenge_id: str) -> None:
+        """As :meth:`~mpp.aio.agent.AgentIdentity.release`, except for the challenge the seller asked an
+        approval for (``asked['challengeId']``): its reservation is kept for the retry with `mpp fetch
+        --approval`, and lapses with its time-to-live if none comes."""
         if self.asked.get("challengeId") != challenge_id:
             await super().release(challenge_id)
 

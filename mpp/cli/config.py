@@ -86,6 +86,8 @@ class RouteConfig(BaseModel):
 
     @property
     def price(self) -> Price | Metered:
+        """The route's price as the engine takes it: a Metered (``amount`` base units per ``per`` units of
+        ``unit``, paid through a session) when ``unit`` is set, else a Price per request."""
         if self.unit is not None:
             return Metered(self.unit, self.amount, self.currency, self.per, self.max_units, self.description,
                            self.require_identity, self.stream, idle_timeout=self.idle_timeout)
@@ -146,6 +148,8 @@ class SellerConfig(BaseModel):
     base_dir: Path = Path(".")
 
     def resolve(self, p: Path | str) -> str:
+        """``p`` as a path string; a relative one is read against the directory seller.toml is in
+        (``base_dir``)."""
         p = Path(p)
         return str(p if p.is_absolute() else self.base_dir / p)
 

@@ -64,6 +64,8 @@ class SellerConfig:
     store: PaymentStore
     challenge_ttl: timedelta = timedelta(minutes=5)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    """The seller's time, by which challenges are issued and expire, mandates, approvals and grants are
+    judged and receipts dated: a callable returning an aware ``datetime``; default: the system clock, in UTC."""
     title: str = "MPP seller"
     previous_receipt_keys: Sequence[SigningKey] = ()
     trusted_principals: Collection[str] = ()  # root mandate issuers this seller accepts

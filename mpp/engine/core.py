@@ -53,6 +53,8 @@ class RequestInfo:
 
     @property
     def resource(self) -> str:
+        """What a challenge for this request is bound to: the method in uppercase, one space, the path, and
+        ``?`` and the query when there is one (CORE-BIND-01)."""
         return resource_of(self.method, self.path, self.query)
 
 
@@ -67,6 +69,8 @@ class Verified:
 
     @property
     def challenge_id(self) -> str:
+        """The id of the challenge the credential answers: the payment is consumed, settled and recorded
+        under it."""
         return self.credential.challenge.id
 
 
@@ -82,6 +86,8 @@ class SessionCall:
 
     @property
     def session_id(self) -> str:
+        """The session the credential names: its payload's ``sessionId``, checked to be the id of the
+        challenge it echoes."""
         return self.payload.session_id
 
 
@@ -259,17 +265,26 @@ class SellerCore:
 
     @staticmethod
     def problem_headers(challenges: Iterable[Challenge]) -> list[tuple[str, str]]:
+        """The headers of a problem answer: one ``WWW-Authenticate`` per fresh challenge, then
+        ``Cache-Control: no-store`` (CORE-ERR-10)."""
         headers = [("WWW-Authenticate", format_challenge(c)) for c in challenges]
         headers.append(("Cache-Control", "no-store"))
         return headers
 
     @staticmethod
     def problem_body(problem: PaymentProblem, challenges: Sequence[Challenge], instance: str) -> dict[str, Any]:
+        """The problem document for ``problem`` (CORE-ERR-01): ``instance`` the request's path, left out when
+        longer than RESOURCE_MAX rather than cut (CORE-ERR-12), and ``challengeId`` the id of the first fresh
+        challenge, when there is one."""
         # instance is optional, and a shortened path would name another resource: a long one is left out (CORE-ERR-12)
         return problem.to_problem(instance=instance if len(instance) <= RESOURCE_MAX else None,
                                   challenge_id=challenges[0].id if challenges else None)
 
     def receipt_claims(self, verified: Verified, *, reference: str, settled_at: datetime, account: str | None) -> dict[str, Any]:
+        """The claims of a charge's receipt JWS (CHARGE-07): the challenge, amount, currency, recipient and
+        resource paid, the rail's ``reference`` and settlement time, ``sub`` the payer's DID (the
+        credential's ``source``, else the proof's signer, else ``anonymous``) and ``account`` when the rail
+        names one. The caller adds the pricing and identity claims and signs them."""
         c = verified.credential.challenge
         claims: dict[str, Any] = {
             "iss": self.issuer.realm,

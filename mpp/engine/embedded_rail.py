@@ -96,6 +96,10 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
             await done
 
     async def settle(self, verified: Verified, mandate: MandateCharge | None = None) -> Settlement:
+        """Make the transfer on the ledger, at most once per challenge id (its transfer id, LEDGER-12), under
+        ``mandate`` when given (the ledger checks the chain's revocations and budgets in the same operation,
+        IDENT-BUD-05); the settlement. A refusal is raised as the problem a buyer sees (mpp.ledger.refusals:
+        PaymentInsufficient, BudgetExceeded, SellerMisconfigured for a missing payee account, among others)."""
         auth: LedgerAuthorization = verified.proof
         with charge_refusals():
             transfer = await self._ledger.transfer(
@@ -111,9 +115,14 @@ class EmbeddedLedgerRail(LedgerSellerMethod):
         return Settlement(reference=transfer.id, settled_at=settled, payer=auth.account)
 
     async def refund(self, settlement: Settlement) -> None:
+        """Move the transfer ``settlement.reference`` back to the payer, at most once (``refund:<id>``,
+        LEDGER-15); the ledger's errors (LedgerError) propagate."""
         await self._ledger.refund(settlement.reference)
 
     async def revoked(self, jtis: tuple[str, ...]) -> set[str]:
+        """Which of these mandates (by key, ``issuer#jti``, as
+        :attr:`~mpp.identity.mandates.MandateChain.keys` gives them) the ledger has recorded as revoked; read
+        on every request, never cached (IDENT-REV-03)."""
         return await self._ledger.keys.revoked(jtis)
 
     async def precheck(self, verified: Verified, chain: tuple[str, ...] | None) -> None:

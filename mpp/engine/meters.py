@@ -29,10 +29,15 @@ class VoucherDesk(Protocol):
     engine: Any
     voucher_timeout: float
 
-    async def wait_for_voucher(self, session_id: str, timeout: float) -> None: ...
+    async def wait_for_voucher(self, session_id: str, timeout: float) -> None:
+        """Return when a voucher for the session arrives, or after ``timeout`` seconds, whichever is first; a
+        timeout raises nothing (the caller tries the session again)."""
 
     def request_receipt(self, call: SessionCall, state: SessionState, metered: Metered, request_id: str, amount: int,
-                        units: int) -> str: ...
+                        units: int) -> str:
+        """The ``Payment-Receipt`` value for one request's use of the session: ``amount`` base units for
+        ``units`` units, with the session's authorized, spent and remaining after it, its JWS signed by the
+        seller's receipt key."""
 
 
 class StreamStopped(Exception):

@@ -45,11 +45,17 @@ class Payment:
 class TaskDesk(Protocol):
     """Where tasks are kept (the engine's :class:`~mpp.engine.offers.OfferDesk`)."""
 
-    async def task(self, task_id: str) -> TaskRecord | None: ...
+    async def task(self, task_id: str) -> TaskRecord | None:
+        """The task's record as stored, or None (no such task, or no pricing store)."""
 
-    async def finish_task(self, task_id: str, *, ok: bool, detail: str | None = None) -> bool: ...
+    async def finish_task(self, task_id: str, *, ok: bool, detail: str | None = None) -> bool:
+        """Mark the task succeeded (``ok``) or failed; True if this call moved it. A failure before the
+        result was delivered refunds the task's charge once when its quoted rule says so (PRICE-TASK-04).
+        RuntimeError without a pricing store."""
 
-    async def task_delivered(self, task_id: str) -> bool: ...
+    async def task_delivered(self, task_id: str) -> bool:
+        """The task's result reached the buyer: from now on a failure refunds nothing; True if this call
+        moved it. RuntimeError without a pricing store."""
 
 
 class TaskControl:

@@ -31,11 +31,22 @@ class SessionKeeper(Protocol):
     store: Any
     engine: Any
 
-    def session_call(self, info: RequestInfo, now: Any) -> SessionCall | None: ...
+    def session_call(self, info: RequestInfo, now: Any) -> SessionCall | None:
+        """The request's session credential, checked as far as no session state is needed
+        (:meth:`~mpp.engine.core.SellerCore.verify_session`), or None when there is no credential or it is
+        not for the session intent. Raises the PaymentProblem of the first check that fails."""
 
-    async def accept(self, call: SessionCall, metered: Any) -> SessionState: ...
+    async def accept(self, call: SessionCall, metered: Any) -> SessionState:
+        """Open, top up or advance the session as ``call``'s payload says, every signature verified before
+        anything changes; the session's state after it. ``metered`` is the route's price (for an open; None
+        at the session endpoint). Raises the session problems (SessionUnknown, SessionClosed, VoucherInvalid
+        and the rest)."""
 
-    async def close(self, session_id: str, *, by: str) -> SessionState: ...
+    async def close(self, session_id: str, *, by: str) -> SessionState:
+        """Capture exactly what was spent, release the rest and sign the final receipt, once; idempotent (a
+        closed session's state comes back as it is). ``by`` is who closed it (``buyer`` or ``idle``). Raises
+        SessionUnknown for a session this seller never opened, RequestInProgress while one of its requests
+        runs."""
 
 
 async def session_endpoint(desk: SessionKeeper, request: HttpRequest) -> HttpResponse:

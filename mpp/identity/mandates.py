@@ -194,18 +194,22 @@ class MandateChain:
 
     @property
     def root(self) -> Mandate:
+        """The first link: the mandate the principal issued."""
         return self.links[0]
 
     @property
     def leaf(self) -> Mandate:
+        """The last link: the mandate of the agent that pays, the narrowest of the chain (IDENT-DLG-02)."""
         return self.links[-1]
 
     @property
     def principal(self) -> str:
+        """The principal's DID: the root's issuer."""
         return self.root.iss
 
     @property
     def agent(self) -> str:
+        """The agent's DID: the leaf's subject, whose key signs the payment and the proof."""
         return self.leaf.sub
 
     @property
@@ -215,14 +219,18 @@ class MandateChain:
 
     @property
     def jtis(self) -> tuple[str, ...]:
+        """Every link's ``jti``, root first."""
         return tuple(link.jti for link in self.links)
 
     @property
     def keys(self) -> tuple[str, ...]:
+        """Every link's key (``issuer#jti``), root first: what revocations, budgets and approvals are counted
+        under."""
         return tuple(link.key for link in self.links)
 
     @property
     def tokens(self) -> list[str]:
+        """The mandate JWTs the chain was verified from, root first (a credential's ``identity.mandates``)."""
         return [link.token for link in self.links]
 
     @property

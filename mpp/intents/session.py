@@ -164,34 +164,44 @@ class SessionRequest(BaseModel):
 
     @property
     def unit_price(self) -> int:
+        """The price of ``per`` units, in base units (the request's ``amount``)."""
         return int(self.amount)
 
     @property
     def per(self) -> int:
+        """How many units ``unit_price`` pays for (``methodDetails.per``)."""
         return int(self.methodDetails["per"])
 
     @property
     def max_units(self) -> int:
+        """The most units one non-streaming request may use (``methodDetails.maxUnits``)."""
         return int(self.methodDetails["maxUnits"])
 
     @property
     def suggested_cap(self) -> int:
+        """The cap the seller suggests, in base units (``methodDetails.suggestedCap``); advisory."""
         return int(self.methodDetails["suggestedCap"])
 
     @property
     def idle_timeout(self) -> int:
+        """Seconds without use after which the seller closes the session itself
+        (``methodDetails.idleTimeout``)."""
         return int(self.methodDetails["idleTimeout"])
 
     @property
     def ledger(self) -> str:
+        """The id of the ledger that holds the cap (``methodDetails.ledger``)."""
         return self.methodDetails["ledger"]
 
     @property
     def max_request_cost(self) -> int:
+        """The most one request may cost: cost(``max_units``) at this price, in base units (SESSION-REQ-03)."""
         return cost_of(self.max_units, self.unit_price, self.per)
 
     @classmethod
     def from_challenge(cls, challenge: Challenge) -> "SessionRequest":
+        """The challenge's decoded ``request`` as a session request; ParseError when it does not decode or
+        breaks the table of SESSION-REQ-02."""
         try:
             return cls.model_validate(challenge.request_json)
         except ValidationError as exc:
@@ -219,15 +229,21 @@ class SessionTerms:
 
     @classmethod
     def of(cls, challenge: Challenge, request: SessionRequest) -> "SessionTerms":
+        """The terms of the session ``challenge`` opens: its id and realm, and the request's recipient,
+        ledger, currency and price."""
         return cls(challenge.id, challenge.realm, request.recipient, request.ledger, request.currency,
                    request.unit_price, request.per)
 
     def as_json(self) -> dict[str, Any]:
+        """The terms as the signed cap message and the ledger service carry them (SESSION-REQ-08): camelCase
+        members, ``unitPrice`` and ``per`` as decimal strings."""
         return {"sessionId": self.session_id, "realm": self.realm, "recipient": self.recipient, "ledger": self.ledger,
                 "currency": self.currency, "unitPrice": str(self.unit_price), "per": str(self.per)}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "SessionTerms":
+        """The terms from the form :meth:`as_json` writes. KeyError for a missing member, ValueError for a
+        price that is not an integer; nothing else is checked."""
         return cls(doc["sessionId"], doc["realm"], doc["recipient"], doc["ledger"], doc["currency"],
                    int(doc["unitPrice"]), int(doc["per"]))
 
@@ -263,6 +279,8 @@ class Voucher:
     signature: str
 
     def as_json(self) -> dict[str, Any]:
+        """The voucher as a payload carries it: ``cumulative`` a decimal string, ``sequence`` a JSON integer,
+        and ``signature``."""
         return {"cumulative": str(self.cumulative), "sequence": self.sequence, "signature": self.signature}
 
 
@@ -321,6 +339,8 @@ class SessionPayload:
     close_signature: str | None = None  # close
 
     def as_json(self) -> dict[str, Any]:
+        """The credential's ``payload`` object: ``type`` ``session``, the action, session id and signer, and
+        the members this action carries (SESSION-REQ-07), amounts as decimal strings."""
         doc: dict[str, Any] = {"type": "session", "action": self.action, "sessionId": self.session_id, "signer": self.signer}
         if self.account is not None:
             doc["account"] = self.account

@@ -50,6 +50,8 @@ class GrantProof:
     sig: str
 
     def header(self) -> str:
+        """The proof as a ``Payment-Grant-Proof`` field value (``agent=...; t=...; nonce=...; sig=...``), the
+        form :func:`parse_grant_proof` reads."""
         return f"agent={self.agent}; t={self.t}; nonce={self.nonce}; sig={self.sig}"
 
 

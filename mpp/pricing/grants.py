@@ -115,6 +115,9 @@ class Grant:
     token: str = field(repr=False)
 
     def covers(self, method: str, path: str) -> bool:
+        """Does one of the grant's route strings match this request (the method compared in uppercase, the
+        path against the route's template)? A request it does not cover is refused ``grant-route``
+        (PRICE-GRANT-02); a buyer presents the grant only where it covers (PRICE-GRANT-05)."""
         return any(_route_matches(r, method, path) is not None for r in self.routes)
 
 

@@ -63,4 +63,5 @@ class UnitOffer(Offer):
                        require_identity, self.stream, self.suggested_cap, self.idle_timeout, charge_amount)
 
     def cost(self, units: int) -> int:
+        """What ``units`` cost under this offer, rounded up to a whole base unit (SESSION-REQ-03)."""
         return cost_of(units, self.amount, self.per)

@@ -28,10 +28,13 @@ class Route:
 
     @property
     def route(self) -> str:
+        """The route string, ``METHOD /path/{param}``, by which grants and offers name the route."""
         return f"{self.method} {self.path}"
 
     @property
     def literal(self) -> bool:
+        """True when the path has no ``{param}`` segment: a literal route is chosen before a template
+        (PRICE-LIST-04)."""
         return "{" not in self.path
 
     def price(self) -> Price | Metered:
@@ -62,10 +65,14 @@ class PriceList:
         return candidates[0] if candidates else None
 
     def offers_for(self, method: str, path: str) -> tuple[Offer, ...]:
+        """The offers of the route pricing (method, path) (:meth:`route_for`); empty when the list does not
+        price it."""
         route = self.route_for(method, path)
         return route.offers if route else ()
 
     def offer(self, route: str, offer_id: str) -> Offer | None:
+        """The offer ``offer_id`` of the route whose route string is ``route``; None when the list has no
+        such route or offer."""
         for r in self.routes:
             if r.route == route:
                 return next((o for o in r.offers if o.id == offer_id), None)

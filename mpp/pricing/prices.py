@@ -61,10 +61,14 @@ class Metered:
 
     @property
     def max_request_cost(self) -> int:
+        """The most one non-streaming request may cost: cost(``max_units``), in base units; what is reserved
+        from the session before the handler runs (SESSION-USE-01)."""
         return cost_of(self.max_units, self.price, self.per)
 
     @property
     def cap_hint(self) -> int:
+        """The cap suggested to buyers (``suggestedCap``), in base units: ``suggested_cap``, or 100 requests'
+        worth (100 × :attr:`max_request_cost`)."""
         return self.suggested_cap or self.max_request_cost * 100
 
     def charge_price(self) -> Price:
@@ -72,4 +76,5 @@ class Metered:
         return Price(self.charge_amount or self.max_request_cost, self.currency, self.description, self.require_identity)
 
     def cost(self, units: int) -> int:
+        """What ``units`` cost at this price, rounded up to a whole base unit (SESSION-REQ-03)."""
         return cost_of(units, self.price, self.per)

@@ -40,12 +40,16 @@ class SeatOffer(Offer):
     covers: tuple[str, ...] = ()  # own route first
 
     def period_index(self, now: datetime) -> int:
+        """The index of the period holding ``now``, counted from ``anchor`` (PRICE-SEAT-02); negative before
+        the anchor. ValueError for a naive ``now``."""
         return period_index(self.anchor, now, self.period_unit, self.period_count)
 
     def period_bounds(self, index: int) -> tuple[datetime, datetime]:
+        """[start, end) of period ``index``, as UTC datetimes (PRICE-SEAT-02)."""
         return period_bounds(self.anchor, index, self.period_unit, self.period_count)
 
     def covers_request(self, method: str, path: str) -> bool:
+        """Does one of the routes the seat covers (``covers``) match this request?"""
         return any(_route_matches(r, method, path) is not None for r in self.covers)
 
     def subscription_request(self, now: datetime) -> dict[str, Any]:
@@ -89,8 +93,11 @@ class SeatRecords:
         self._paid[key] = challenge_id
 
     def release(self, subscription: str, period: int, challenge_id: str) -> None:
+        """Remove the period's record if ``challenge_id`` made it (its settlement failed, PRICE-SEAT-03); a
+        record another challenge made is left alone."""
         if self._paid.get((subscription, period)) == challenge_id:
             del self._paid[(subscription, period)]
 
     def paid(self, subscription: str, period: int) -> bool:
+        """Is the period recorded (paid, or being paid)?"""
         return (subscription, period) in self._paid

@@ -33,9 +33,12 @@ class UsageRecord:
 
     @property
     def net(self) -> int:
+        """What the purchase brought in: ``amount`` minus ``refunded``, in base units."""
         return self.amount - self.refunded
 
     def row(self) -> dict[str, Any]:
+        """The purchase as one row of the export (PRICE-USAGE-01): the time in RFC 3339, camelCase keys,
+        amounts as decimal strings (PRICE-USAGE-03), an absent principal as the empty string."""
         return {"time": _rfc3339(self.time), "agent": self.agent, "principal": self.principal or "", "route": self.route,
                 "model": self.model, "offer": self.offer, "priceList": self.price_list, "currency": self.currency,
                 "units": self.units, "amount": str(self.amount), "refunded": str(self.refunded), "net": str(self.net),

@@ -113,13 +113,18 @@ class PaymentProblem(MPPError):
 
     @property
     def type(self) -> str:
+        """The problem type URI: the draft's registry (PROBLEM_BASE) and ``slug``."""
         return PROBLEM_BASE + self.slug
 
     @property
     def fresh_challenge(self) -> bool:
+        """Whether the answer carries fresh challenges: True for a 402 (CORE-ERR-10). A 400
+        ``method-unsupported`` carries them too; the engine sees to that itself."""
         return self.status == 402
 
     def to_problem(self, *, instance: str | None = None, challenge_id: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 problem document (CORE-ERR-01): ``type``, ``title``, ``status`` and ``detail``,
+        ``instance`` and ``challengeId`` when given, then the extension members given at construction."""
         doc: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
         if instance is not None:
             doc["instance"] = instance
@@ -204,6 +209,7 @@ class ExtensionProblem(PaymentProblem):
 
     @property
     def type(self) -> str:
+        """The problem type: ``urn:mpp:problem:`` (EXTENSION_PROBLEM_BASE) and ``slug``."""
         return EXTENSION_PROBLEM_BASE + self.slug
 
 

@@ -276,10 +276,13 @@ class AcceptRange:
     q: float
 
     def matches(self, method: str, intent: str) -> bool:
+        """Does this range cover the offer (``method``, ``intent``)? ``*`` matches anything."""
         return self.method in ("*", method) and self.intent in ("*", intent)
 
     @property
     def specificity(self) -> int:
+        """How many of method and intent the range names rather than ``*`` (0 to 2): the most specific
+        matching range decides."""
         return (self.method != "*") + (self.intent != "*")
 
 

@@ -169,10 +169,14 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> "SigningKey":
+        """A new random Ed25519 key."""
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "SigningKey":
+        """The key in the PKCS#8 PEM file at ``path``, as :meth:`save` writes it. ValueError for an encrypted
+        key (FILE-KEY-01), a file that is not a PEM private key or a key that is not Ed25519; OSError when
+        the file cannot be read."""
         data = Path(path).read_bytes()
         try:
             key = serialization.load_pem_private_key(data, password=None)
@@ -192,6 +196,7 @@ class SigningKey:
         write_secret(path, pem, force=force)
 
     def sign(self, message: bytes) -> str:
+        """The Ed25519 signature of ``message``, base64url without padding (86 characters)."""
         return b64url_encode(self._key.sign(message))
 
     @property
@@ -200,4 +205,6 @@ class SigningKey:
         return self._key
 
     def jwk(self) -> dict[str, Any]:
+        """The public JWK of this key under its ``kid`` (OKP, Ed25519, EdDSA, ``use`` sig), as a JWKS
+        publishes it."""
         return public_jwk(self.public_key, self.kid)

@@ -71,6 +71,9 @@ class Challenge(BaseModel):
         return None if self.expires is None else parse_rfc3339(self.expires)
 
     def is_expired(self, now: datetime) -> bool:
+        """True when the challenge has ``expires`` and ``now`` is at or after it (CORE-BIND-06); without
+        ``expires`` it never expires here (the seller refuses such a challenge elsewhere). ParseError for an
+        ``expires`` that is not RFC 3339."""
         expires = self.expires_at
         return expires is not None and now >= expires
 
@@ -92,10 +95,15 @@ class Credential(BaseModel):
     extensions: dict[str, Any] = {}
 
     def extra_member(self, name: str) -> Any:
+        """A top-level member the scheme does not define (``identity``, ...), as sent; None when absent."""
         return self.extensions.get(name)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Credential":
+        """A credential from its decoded JSON object, checked as CORE-CRED-02 requires: ``challenge`` with
+        non-empty string ``id``, ``realm``, ``method``, ``intent`` and ``request`` and string optional
+        members, ``request`` (and ``opaque``) decodable, ``payload`` an object, ``source`` a string if
+        present; other members are kept in ``extensions``. Raises ParseError."""
         challenge = doc.get("challenge")
         if not isinstance(challenge, dict):
             raise ParseError("credential has no challenge object")
@@ -124,6 +132,8 @@ class Credential(BaseModel):
         return built
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON object a credential token encodes: the echoed challenge in wire order, ``payload``,
+        ``source`` when set, and the extension members."""
         doc: dict[str, Any] = {"challenge": self.challenge.echo(), "payload": self.payload}
         if self.source is not None:
             doc["source"] = self.source
@@ -145,6 +155,9 @@ class PaymentReceipt(BaseModel):
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "PaymentReceipt":
+        """A receipt from its decoded JSON object (CORE-RCPT-04): ``status`` ``success``, non-empty string
+        ``method``, ``timestamp`` (RFC 3339 with offset) and ``reference``; unknown members kept. Raises
+        ParseError."""
         for name in ("status", "method", "timestamp", "reference"):
             if not isinstance(doc.get(name), str) or not doc[name]:
                 raise ParseError(f"receipt lacks {name!r}")
@@ -157,6 +170,7 @@ class PaymentReceipt(BaseModel):
             raise ParseError(f"receipt fields have the wrong types: {exc.error_count()} errors") from exc
 
     def to_json(self) -> dict[str, Any]:
+        """The receipt as its JSON object; ``challengeId`` and ``receipt`` are left out when unset."""
         doc = self.model_dump()
         for name in ("challengeId", "receipt"):  # ours are absent when unset; members we do not know keep their nulls
             if doc[name] is None:
@@ -184,14 +198,19 @@ class ChargeRequest(BaseModel):
 
     @property
     def amount_int(self) -> int:
+        """``amount`` as an integer of base units."""
         return int(self.amount)
 
     @classmethod
     def from_challenge(cls, challenge: Challenge) -> "ChargeRequest":
+        """The challenge's decoded ``request`` as a charge request; ParseError when it does not decode or is
+        not one (a member missing, an amount that is not a decimal integer string)."""
         try:
             return cls.model_validate(challenge.request_json)
         except ValidationError as exc:
             raise ParseError("request is not a valid charge request") from exc
 
     def encode(self) -> str:
+        """The request as a challenge carries it: RFC 8785 JSON, base64url without padding, unset members
+        left out."""
         return encode_json_b64(self.model_dump(exclude_none=True))
