@@ -11,7 +11,7 @@ ANVIL_STAMP := $(ANVIL_DIR)/.installed
 # the interoperability environment plus what the pympp benchmark peer needs (benchmarks/bench_pympp.py)
 BENCH_STAMP := $(INTEROP_VENV)/.bench
 
-.PHONY: demo test test-fast interop-env clean bench bench-session docs
+.PHONY: demo test test-fast interop-env clean bench bench-session docs anvil
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,8 @@ $(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
 	cp tools/anvil/package.json tools/anvil/package-lock.json $(ANVIL_DIR)/
 	npm ci --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error
 	touch $@
+
+anvil: $(ANVIL_STAMP)
 
 demo: $(STAMP) $(ANVIL_STAMP)
 	$(VENV)/bin/mpp demo
