@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 INTEROP_STAMP := $(INTEROP_VENV)/.installed
 CHROMIUM_STAMP := $(VENV)/.chromium
 POSTGRES_STAMP := $(VENV)/.postgres
+ANVIL_DIR := .anvil
+ANVIL_STAMP := $(ANVIL_DIR)/.installed
 # the interoperability environment plus what the pympp benchmark peer needs (benchmarks/bench_pympp.py)
 BENCH_STAMP := $(INTEROP_VENV)/.bench
 
-.PHONY: demo test test-fast interop-env clean bench bench-session docs
+.PHONY: demo test test-fast interop-env clean bench bench-session docs anvil
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,20 @@ $(POSTGRES_STAMP): | $(STAMP)
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)
 	touch $@
 
-demo: $(STAMP)
+# The evm tests and the demo start a throwaway local chain themselves (mpp/methods/evm/devchain.py):
+# Foundry's anvil, from npm (the package ships the binary), at the exact version tools/anvil/ pins
+# (package.json, package-lock.json with its integrity hash), installed into .anvil/ when missing or
+# when the pin changes (npm ci, ~2 s). Needs npm (Node.js 20 or newer).
+$(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
+	@command -v npm >/dev/null || (echo "anvil is installed with npm: install Node.js 20 or newer (apt-get install nodejs npm)" >&2; exit 1)
+	mkdir -p $(ANVIL_DIR)
+	cp tools/anvil/package.json tools/anvil/package-lock.json $(ANVIL_DIR)/
+	npm ci --prefix $(ANVIL_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+anvil: $(ANVIL_STAMP)
+
+demo: $(STAMP) $(ANVIL_STAMP)
 	$(VENV)/bin/mpp demo
 
 # The API reference, built from the docstrings by pdoc into docs/api/ (open docs/api/index.html);
@@ -49,11 +64,11 @@ docs: $(STAMP)
 # waits on seller processes, servers and expiring challenges, so two workers halve the wall time.
 PYTEST_WORKERS := -n auto --dist loadfile
 
-test: $(STAMP) $(INTEROP_STAMP) $(BENCH_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
+test: $(STAMP) $(INTEROP_STAMP) $(BENCH_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP) $(ANVIL_STAMP)
 	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_WORKERS)
 
 # Everything but the interoperability tests (no side environment needed).
-test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP)
+test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP) $(ANVIL_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_WORKERS) -m "not interop"
 
 # Throughput and latency side by side (issue 6): table on stdout, benchmarks/results.json (~2 min);
@@ -73,7 +88,7 @@ bench-session: $(STAMP)
 	$(VENV)/bin/python benchmarks/session_wire.py --calls 100 --json benchmarks/session_wire.json
 
 clean:
-	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache docs/api
+	rm -rf $(VENV) $(INTEROP_VENV) $(ANVIL_DIR) .pytest_cache docs/api
 
 # Third-party sellers (pympp from PyPI, mppx from npm, each in its own environment under
 # conformance/targets/) run against the conformance suite; writes conformance/RESULTS.md.

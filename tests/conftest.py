@@ -151,3 +151,18 @@ def pg_url(pg_server: str) -> str:
     from mpp.stores.pg.server import create_database
 
     return create_database(pg_server)
+
+
+# -- A local EVM chain ---------------------------------------------------------------------
+# One throwaway chain for the whole run (mpp.methods.evm.devchain: Foundry's anvil on a loopback
+# port it picks, the test token deployed). Nothing is skipped: if anvil is missing (`make anvil`)
+# or does not start, the tests that need it error with ChainUnavailable's message.
+
+
+@pytest.fixture(scope="session")
+def chain():
+    """The session's DevChain: rpc_url, chain_id, token, eip712_domain, new_payer(), balance_of()."""
+    from mpp.methods.evm.devchain import throwaway_chain
+
+    with throwaway_chain() as dev:
+        yield dev
