@@ -1,0 +1,509 @@
+"""The ``evm`` method, ``charge`` intent (draft-evm-charge-00), wire side: the challenge's request,
+the credential's payload, and the checks a seller makes offline before it settles.
+
+A charge is an ERC-20 transfer on one EVM chain. The request names the token (``currency``, its
+address), the amount in the token's base units, the ``recipient`` address, and in
+``methodDetails`` the ``chainId`` and the ``credentialTypes`` the seller accepts. Two credential
+types are built here:
+
+``authorization``
+    The payer signs an EIP-3009 ``TransferWithAuthorization`` (EIP-712 typed data over the token's
+    domain); the seller submits it to the token, paying gas. Its ``nonce`` binds it to the
+    challenge (``challengeHash``), so it pays for this challenge only, and the token spends each
+    nonce once.
+``transaction``
+    The payer signs a whole EIP-1559 transaction calling the token's ``transfer(recipient,
+    amount)``; the seller broadcasts it. The payer pays gas. No challenge binding: the seller's
+    store claims the transaction's hash, so one transaction pays one challenge.
+
+``hash`` (the payer broadcasts and presents the hash) is parsed but refused by the seller method
+unless configured, and ``permit2`` is not built (spec/methods/evm.md says why).
+
+The challenge hash has two readings in the field: the draft's
+``keccak256(abi.encodePacked(id, realm))`` (the UTF-8 bytes of id then realm; mppx 0.11.0) and
+``keccak256(JSON [id, realm])`` (pympp 0.16.0). A seller accepts the rules it is configured with
+(the draft's by default); a buyer signs with one (the draft's by default). EVM-BIND-01.
+
+Signatures, recovery, typed data, RLP and Keccak come from eth-account and eth-utils; nothing
+here touches the network (settlement is the rail's, :mod:`mpp.aio.evm_rail`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import eth_abi
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.typed_transactions import TypedTransaction
+from eth_utils import is_hex_address, keccak, to_checksum_address
+
+from mpp.protocol.errors import ParseError, PaymentExpired, VerificationFailed
+from mpp.protocol.models import Challenge, ChargeRequest, Credential
+
+__all__ = [
+    "METHOD",
+    "AUTHORIZATION",
+    "TRANSACTION",
+    "HASH",
+    "BINDING_DRAFT",
+    "BINDING_JSON",
+    "BINDINGS",
+    "TRANSFER_SELECTOR",
+    "TRANSFER_EVENT",
+    "EvmToken",
+    "EvmRequest",
+    "EvmPayment",
+    "challenge_hash",
+    "checksum",
+    "did_pkh",
+    "parse_evm_request",
+    "parse_payload",
+    "authorization_typed_data",
+    "EvmSellerMethod",
+    "EvmBuyerMethod",
+]
+
+METHOD = "evm"
+"""The payment method's name on the wire."""
+AUTHORIZATION, TRANSACTION, HASH = "authorization", "transaction", "hash"
+"""The credential types built here (``payload.type``)."""
+CREDENTIAL_TYPES = (AUTHORIZATION, TRANSACTION, HASH)
+BINDING_DRAFT = "draft"
+"""Challenge hash ``keccak256(utf8(id) || utf8(realm))``: the draft's ``abi.encodePacked(id, realm)``, mppx 0.11.0."""
+BINDING_JSON = "json"
+"""Challenge hash ``keccak256(utf8(JSON.stringify([id, realm])))``: pympp 0.16.0."""
+BINDINGS = (BINDING_DRAFT, BINDING_JSON)
+"""Every challenge-binding rule, the draft's first (the default)."""
+TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")
+"""``transfer(address,uint256)``: the call a ``transaction`` credential must make."""
+TRANSFER_EVENT = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+"""The topic of ERC-20's ``Transfer`` event: settlement checks the receipt's log against the challenge."""
+
+_HEX = re.compile(r"0x[0-9a-fA-F]*")
+_UINT = re.compile(r"(0|[1-9][0-9]{0,77})")
+_MAX_UINT256 = 2**256 - 1
+_TYPES = {
+    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                     {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+    "TransferWithAuthorization": [{"name": "from", "type": "address"}, {"name": "to", "type": "address"},
+                                  {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
+                                  {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
+}
+
+
+def checksum(address: Any, what: str = "address") -> str:
+    """``address`` (0x and 40 hex digits, any case) in EIP-55 form; VerificationFailed otherwise.
+    Addresses are compared by their 20 bytes, so in this form (draft: "compare by decoded value")."""
+    if not isinstance(address, str) or not is_hex_address(address) or not address.startswith("0x"):
+        raise VerificationFailed(f"{what} is not a 0x-prefixed 20-byte hex address")
+    return to_checksum_address(address)
+
+
+def did_pkh(chain_id: int, address: str) -> str:
+    """The payer's DID as the draft suggests for ``source``: ``did:pkh:eip155:<chainId>:<EIP-55 address>``."""
+    return f"did:pkh:eip155:{chain_id}:{to_checksum_address(address)}"
+
+
+def challenge_hash(challenge_id: str, realm: str, rule: str = BINDING_DRAFT) -> bytes:
+    """The 32 bytes that bind an authorization to one challenge, by ``rule`` (EVM-BIND-01)."""
+    if rule == BINDING_DRAFT:
+        return keccak((challenge_id + realm).encode("utf-8"))
+    if rule == BINDING_JSON:
+        return keccak(json.dumps([challenge_id, realm], separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    raise ValueError(f"unknown challenge-binding rule {rule!r}; one of {', '.join(BINDINGS)}")
+
+
+@dataclass(frozen=True)
+class EvmToken:
+    """An ERC-20 token a seller takes or a buyer pays with: its ``address``, the ``name`` and
+    ``version`` of its EIP-712 domain (EIP-3009 signatures bind them; the request does not carry
+    them, so both sides are configured with them) and its ``decimals``."""
+
+    address: str
+    name: str
+    version: str
+    decimals: int = 6
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", checksum(self.address, "token address"))
+        if not isinstance(self.decimals, int) or isinstance(self.decimals, bool) or not 0 <= self.decimals <= 36:
+            raise ValueError("decimals must be an integer from 0 to 36")
+
+
+@dataclass(frozen=True)
+class EvmRequest:
+    """A charge request of this method, checked: amount in base units, token and recipient in
+    EIP-55 form, the chain id, the credential types the seller accepts (the draft's default when
+    absent: ``transaction`` then ``hash``) and whether it asks for splits (none are paid here)."""
+
+    amount: int
+    token: str
+    recipient: str
+    chain_id: int
+    credential_types: tuple[str, ...]
+    decimals: int | None = None
+    splits: bool = False
+
+
+def parse_evm_request(request: ChargeRequest) -> EvmRequest:
+    """The ``evm`` view of a decoded charge request; ParseError naming the member that is wrong."""
+    details = request.methodDetails or {}
+    chain_id = details.get("chainId")
+    if not isinstance(chain_id, int) or isinstance(chain_id, bool) or not 0 < chain_id <= _MAX_UINT256:
+        raise ParseError("evm request: methodDetails.chainId must be a positive integer")
+    types = details.get("credentialTypes", [TRANSACTION, HASH])
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) and t for t in types):
+        raise ParseError("evm request: methodDetails.credentialTypes must be a non-empty list of strings")
+    decimals = details.get("decimals")
+    if decimals is not None and (not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 255):
+        raise ParseError("evm request: methodDetails.decimals must be an integer from 0 to 255")
+    try:
+        token, recipient = checksum(request.currency, "currency"), checksum(request.recipient, "recipient")
+    except VerificationFailed as exc:
+        raise ParseError(f"evm request: {exc}") from None
+    amount = request.amount_int
+    if amount > _MAX_UINT256:
+        raise ParseError("evm request: amount does not fit in a uint256")
+    return EvmRequest(amount, token, recipient, chain_id, tuple(types), decimals, bool(details.get("splits")))
+
+
+@dataclass(frozen=True)
+class EvmPayment:
+    """A credential's payload, checked offline, and what settlement needs.
+
+    ``kind`` is the credential type; ``payer`` the paying address (EIP-55; "" for ``hash`` until
+    settlement reads it from the chain); ``amount``, ``token``,
+    ``recipient`` and ``chain_id`` are the challenge's. For ``authorization``: ``valid_after``,
+    ``valid_before``, ``nonce`` (32 bytes) and ``signature`` (65 bytes, r‖s‖v) and ``binding`` (the
+    rule its nonce matched). For ``transaction``: ``raw`` (the signed transaction) and ``tx_hash``.
+    For ``hash``: ``tx_hash``. ``replay_key`` is what the seller claims so that it pays once:
+    the chain, token, payer and nonce, or the transaction hash (draft §Replay Protection)."""
+
+    challenge_id: str
+    kind: str
+    payer: str
+    amount: int
+    token: str
+    recipient: str
+    chain_id: int
+    valid_after: int = 0
+    valid_before: int = 0
+    nonce: bytes = b""
+    signature: bytes = b""
+    binding: str | None = None
+    raw: bytes = field(default=b"", repr=False)
+    tx_hash: str | None = None
+
+    @property
+    def signer(self) -> str:
+        """The payer as a DID (``did:pkh``), the identity the seller attributes the payment to."""
+        return did_pkh(self.chain_id, self.payer)
+
+    @property
+    def replay_key(self) -> str:
+        """The token the seller consumes once per payment (draft §Replay Protection)."""
+        if self.kind == AUTHORIZATION:
+            return f"evm:{self.chain_id}:{self.token.lower()}:{self.payer.lower()}:0x{self.nonce.hex()}"
+        return f"evm:{self.chain_id}:tx:{(self.tx_hash or '').lower()}"
+
+
+def _uint(value: Any, what: str) -> int:
+    if not isinstance(value, str) or _UINT.fullmatch(value) is None or int(value) > _MAX_UINT256:
+        raise VerificationFailed(f"evm payload {what} must be a decimal string of a uint256")
+    return int(value)
+
+
+def _hex_bytes(value: Any, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str) or _HEX.fullmatch(value) is None or len(value) % 2:
+        raise VerificationFailed(f"evm payload {what} must be 0x-prefixed hex")
+    raw = bytes.fromhex(value[2:])
+    if length is not None and len(raw) != length:
+        raise VerificationFailed(f"evm payload {what} must be {length} bytes")
+    return raw
+
+
+def parse_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A credential payload's members, typed (ints, bytes, EIP-55 addresses), whatever its type;
+    VerificationFailed naming what is wrong (the seller answers ``verification-failed``). Judges
+    shape only: nothing here is checked against a challenge."""
+    kind = payload.get("type")
+    if kind == AUTHORIZATION:
+        return {
+            "type": kind,
+            "from": checksum(payload.get("from"), "evm payload from"),
+            "to": checksum(payload.get("to"), "evm payload to"),
+            "value": _uint(payload.get("value"), "value"),
+            "validAfter": _uint(payload.get("validAfter"), "validAfter"),
+            "validBefore": _uint(payload.get("validBefore"), "validBefore"),
+            "nonce": _hex_bytes(payload.get("nonce"), "nonce", 32),
+            "signature": _hex_bytes(payload.get("signature"), "signature", 65),
+        }
+    if kind == TRANSACTION:
+        raw = _hex_bytes(payload.get("signature"), "signature")
+        if not raw or len(raw) > 16_384:
+            raise VerificationFailed("evm payload signature must be a signed transaction of at most 16 KiB")
+        return {"type": kind, "signature": raw}
+    if kind == HASH:
+        return {"type": kind, "hash": "0x" + _hex_bytes(payload.get("hash"), "hash", 32).hex()}
+    raise VerificationFailed(f"evm payload type must be one of {', '.join(CREDENTIAL_TYPES)}"
+                             + (" (permit2 is not accepted here)" if kind == "permit2" else ""))
+
+
+def authorization_typed_data(token: EvmToken, chain_id: int, *, payer: str, recipient: str, value: int,
+                             valid_after: int, valid_before: int, nonce: bytes) -> dict[str, Any]:
+    """The EIP-712 message of an EIP-3009 ``TransferWithAuthorization`` on ``token`` at ``chain_id``."""
+    return {
+        "types": _TYPES,
+        "primaryType": "TransferWithAuthorization",
+        "domain": {"name": token.name, "version": token.version, "chainId": chain_id,
+                   "verifyingContract": token.address},
+        "message": {"from": payer, "to": recipient, "value": value, "validAfter": valid_after,
+                    "validBefore": valid_before, "nonce": nonce},
+    }
+
+
+def _recover(typed: dict[str, Any], signature: bytes) -> str:
+    if signature[64] not in (27, 28):
+        raise VerificationFailed("evm authorization signature has a v other than 27 or 28")
+    if int.from_bytes(signature[32:64], "big") > _SECP256K1_HALF_N:
+        raise VerificationFailed("evm authorization signature is not in low-s form")
+    try:
+        return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+    except Exception as exc:  # noqa: BLE001 - any failure to recover is a signature that does not verify
+        raise VerificationFailed("evm authorization signature does not recover") from exc
+
+
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+class EvmSellerMethod:
+    """Seller side: quotes a price in one of its tokens, and checks a credential offline.
+
+    ``tokens`` maps what a price's currency may say (a code such as ``usd``, or the token's
+    address) to the token it is paid in; ``recipient`` is the seller's address; ``credential_types``
+    what it accepts, in its order of preference; ``bindings`` the challenge-hash rules it accepts
+    (EVM-BIND-02); ``max_validity`` how far past the challenge's expiry an authorization may stay
+    valid, in seconds (EVM-AUTH-05)."""
+
+    name = METHOD
+
+    def __init__(self, *, recipient: str, chain_id: int, tokens: Mapping[str, EvmToken],
+                 credential_types: tuple[str, ...] = (AUTHORIZATION, TRANSACTION),
+                 bindings: tuple[str, ...] = (BINDING_DRAFT,), max_validity: int = 3600,
+                 clock: Any = None) -> None:
+        self.recipient = checksum(recipient, "recipient")
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id <= 0:
+            raise ValueError("chain_id must be a positive integer")
+        self.chain_id = chain_id
+        if not tokens:
+            raise ValueError("an evm seller needs at least one token")
+        self.tokens = {(key.lower() if key.startswith("0x") else key): token for key, token in tokens.items()}
+        self._by_address = {token.address: token for token in tokens.values()}
+        for kind in credential_types:
+            if kind not in CREDENTIAL_TYPES:
+                raise ValueError(f"credential type {kind!r} is not built here; one of {', '.join(CREDENTIAL_TYPES)}")
+        if not credential_types:
+            raise ValueError("an evm seller accepts at least one credential type")
+        self.credential_types = tuple(credential_types)
+        for rule in bindings:
+            challenge_hash("", "", rule)  # ValueError for an unknown rule
+        if not bindings:
+            raise ValueError("an evm seller accepts at least one challenge-binding rule")
+        self.bindings = tuple(bindings)
+        self.max_validity = max_validity
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.ledger_id = None  # the request cache key of the engine reads it (no ledger here)
+
+    def token_for(self, currency: str) -> EvmToken | None:
+        """The token a price in ``currency`` is paid in here (a code, or an address in any case), or None."""
+        return self.tokens.get(currency.lower() if currency.startswith("0x") else currency)
+
+    def accepts_currency(self, currency: str) -> bool:
+        """Whether this method can quote a price in ``currency`` (the engine offers it only then)."""
+        return self.token_for(currency) is not None
+
+    def request_for(self, *, amount: int, currency: str, description: str | None) -> dict[str, Any]:
+        """The decoded ``request`` of an ``evm`` charge: amount (base units of the token),
+        ``currency`` the token's address, ``recipient``, and ``methodDetails`` with ``chainId``,
+        ``credentialTypes`` and ``decimals``. ValueError for a currency this seller has no token for."""
+        token = self.token_for(currency)
+        if token is None:
+            raise ValueError(f"no evm token is configured for currency {currency!r}")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise ValueError("amount must be a positive integer in base units")
+        request: dict[str, Any] = {
+            "amount": str(amount),
+            "currency": token.address,
+            "recipient": self.recipient,
+            "methodDetails": {"chainId": self.chain_id, "credentialTypes": list(self.credential_types),
+                              "decimals": token.decimals},
+        }
+        if description:
+            request["description"] = description
+        return request
+
+    def verify(self, credential: Credential, request: ChargeRequest) -> EvmPayment:
+        """Every offline check of an ``evm`` credential against its (HMAC-verified) challenge:
+        the request is ours (chain, recipient, a token we take), the payload's type is one we
+        accept, and then per type (EVM-AUTH-01 to EVM-AUTH-06, EVM-TX-01 to EVM-TX-04).
+        VerificationFailed naming the first check that fails; PaymentExpired for an authorization
+        whose window has closed."""
+        try:
+            req = parse_evm_request(request)
+        except ParseError as exc:
+            raise VerificationFailed(str(exc)) from None
+        if req.chain_id != self.chain_id:
+            raise VerificationFailed("challenge names another chain")
+        if req.recipient != self.recipient:
+            raise VerificationFailed("challenge names another recipient")
+        token = self._by_address.get(req.token)
+        if token is None:
+            raise VerificationFailed("challenge names a token this seller does not take")
+        if req.splits:
+            raise VerificationFailed("splits are paid only with permit2, which is not accepted here")
+        fields = parse_payload(credential.payload)
+        kind = fields["type"]
+        if kind not in self.credential_types or kind not in req.credential_types:
+            raise VerificationFailed(f"evm credential type {kind!r} is not accepted for this challenge")
+        challenge = credential.challenge
+        if kind == AUTHORIZATION:
+            payment = self._authorization(challenge, req, token, fields)
+        elif kind == TRANSACTION:
+            payment = self._transaction(challenge, req, fields)
+        else:  # the payer is learnt from the chain at settlement (the transfer's from)
+            return EvmPayment(challenge.id, HASH, payer="", amount=req.amount, token=req.token,
+                              recipient=req.recipient, chain_id=req.chain_id, tx_hash=fields["hash"])
+        source = credential.source
+        if source is not None and (not isinstance(source, str) or source.lower() != payment.signer.lower()):
+            raise VerificationFailed("credential source is not the payer's did:pkh")
+        return payment
+
+    def _authorization(self, challenge: Challenge, req: EvmRequest, token: EvmToken, f: dict[str, Any]) -> EvmPayment:
+        if f["to"] != req.recipient:
+            raise VerificationFailed("evm authorization to is not the challenge's recipient")
+        if f["value"] != req.amount:
+            raise VerificationFailed("evm authorization value is not the challenge's amount")
+        binding = next((rule for rule in self.bindings if challenge_hash(challenge.id, challenge.realm, rule) == f["nonce"]), None)
+        if binding is None:
+            raise VerificationFailed("evm authorization nonce is not this challenge's hash")
+        now = int(self.clock().timestamp())
+        if f["validBefore"] <= now:
+            raise PaymentExpired("evm authorization has expired (validBefore has passed)")
+        if f["validAfter"] > now:
+            raise VerificationFailed("evm authorization is not valid yet (validAfter is in the future)")
+        expires = int(datetime.fromisoformat(challenge.expires.replace("Z", "+00:00")).timestamp()) if challenge.expires else now
+        if f["validBefore"] > max(expires, now) + self.max_validity:
+            raise VerificationFailed("evm authorization stays valid too long after the challenge expires")
+        typed = authorization_typed_data(token, req.chain_id, payer=f["from"], recipient=f["to"], value=f["value"],
+                                         valid_after=f["validAfter"], valid_before=f["validBefore"], nonce=f["nonce"])
+        if _recover(typed, f["signature"]) != f["from"]:
+            raise VerificationFailed("evm authorization is not signed by its from address")
+        return EvmPayment(challenge.id, AUTHORIZATION, payer=f["from"], amount=req.amount, token=req.token,
+                          recipient=req.recipient, chain_id=req.chain_id, valid_after=f["validAfter"],
+                          valid_before=f["validBefore"], nonce=f["nonce"], signature=f["signature"], binding=binding)
+
+    @staticmethod
+    def _transaction(challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
+        raw = f["signature"]
+        try:
+            tx = TypedTransaction.from_bytes(raw)
+            payer = Account.recover_transaction(raw)
+        except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
+            raise VerificationFailed("evm transaction is not a signed EIP-1559 transaction") from exc
+        body = tx.as_dict()
+        if tx.transaction_type != 2:
+            raise VerificationFailed("evm transaction must be an EIP-1559 (type 2) transaction")
+        if body.get("chainId") != req.chain_id:
+            raise VerificationFailed("evm transaction is for another chain")
+        to = body.get("to")
+        if not to or to_checksum_address(to) != req.token:
+            raise VerificationFailed("evm transaction does not call the challenge's token")
+        if body.get("value", 0) != 0:
+            raise VerificationFailed("evm transaction sends native value")
+        data = bytes(body.get("data") or b"")
+        if data[:4] != TRANSFER_SELECTOR or len(data) != 68:
+            raise VerificationFailed("evm transaction does not call transfer(address,uint256)")
+        recipient, amount = eth_abi.decode(["address", "uint256"], data[4:])
+        if to_checksum_address(recipient) != req.recipient or amount != req.amount:
+            raise VerificationFailed("evm transaction transfers to another recipient or another amount")
+        tx_hash = "0x" + keccak(raw).hex()
+        return EvmPayment(challenge.id, TRANSACTION, payer=to_checksum_address(payer), amount=req.amount, token=req.token,
+                          recipient=req.recipient, chain_id=req.chain_id, raw=raw, tx_hash=tx_hash)
+
+
+class EvmBuyerMethod:
+    """Buyer side: pays ``evm`` charges on ``chain_id`` in the given ``tokens`` (keyed by address)
+    with an EIP-3009 authorization signed by ``account`` (an eth-account ``LocalAccount``), its
+    nonce bound to the challenge by ``binding`` (the draft's rule unless a seller needs pympp's)."""
+
+    name = METHOD
+
+    def __init__(self, *, account: Any, chain_id: int, tokens: Mapping[str, EvmToken] | list[EvmToken],
+                 binding: str = BINDING_DRAFT, clock: Any = None) -> None:
+        challenge_hash("", "", binding)  # ValueError for an unknown rule
+        self.account = account
+        self.chain_id = chain_id
+        listed = tokens.values() if isinstance(tokens, Mapping) else tokens
+        self.tokens = {token.address: token for token in listed}
+        self.binding = binding
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+
+    @property
+    def address(self) -> str:
+        """The paying address (EIP-55)."""
+        return to_checksum_address(self.account.address)
+
+    def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:
+        """None if this method can pay the challenge: method ``evm``, intent ``charge``, our chain,
+        a token we hold a domain for, ``authorization`` among the accepted types, no splits; else why not."""
+        if challenge.method != METHOD:
+            return f"method {challenge.method!r} is not {METHOD!r}"
+        if challenge.intent != "charge":
+            return f"intent {challenge.intent!r} is not supported"
+        try:
+            req = parse_evm_request(request)
+        except ParseError as exc:
+            return str(exc)
+        if req.chain_id != self.chain_id:
+            return f"chain {req.chain_id} is not ours ({self.chain_id})"
+        if req.token not in self.tokens:
+            return f"token {req.token} is not one we pay with"
+        if AUTHORIZATION not in req.credential_types:
+            return "the seller does not accept EIP-3009 authorizations"
+        if req.splits:
+            return "splits need permit2, which we do not sign"
+        if req.amount == 0:
+            return "a charge of zero is not paid"
+        return None
+
+    def payload(self, challenge: Challenge, request: ChargeRequest) -> tuple[dict[str, Any], str | None]:
+        """The ``authorization`` payload (EIP-3009 over the token's domain; ``validAfter`` 0,
+        ``validBefore`` the challenge's expiry, ``nonce`` its challenge hash) and ``source`` (our
+        did:pkh). Signs whatever it is given: ask :meth:`can_pay` first."""
+        req = parse_evm_request(request)
+        token = self.tokens[req.token]
+        if challenge.expires:
+            valid_before = int(datetime.fromisoformat(challenge.expires.replace("Z", "+00:00")).timestamp())
+        else:
+            valid_before = int(self.clock().timestamp()) + 300
+        nonce = challenge_hash(challenge.id, challenge.realm, self.binding)
+        typed = authorization_typed_data(token, req.chain_id, payer=self.address, recipient=req.recipient,
+                                         value=req.amount, valid_after=0, valid_before=valid_before, nonce=nonce)
+        signed = self.account.sign_message(encode_typed_data(full_message=typed))
+        signature = signed.signature if isinstance(signed.signature, bytes) else bytes(signed.signature)
+        payload = {
+            "type": AUTHORIZATION,
+            "from": self.address,
+            "to": req.recipient,
+            "value": str(req.amount),
+            "validAfter": "0",
+            "validBefore": str(valid_before),
+            "nonce": "0x" + nonce.hex(),
+            "signature": "0x" + signature.hex(),
+        }
+        return payload, did_pkh(req.chain_id, self.address)
