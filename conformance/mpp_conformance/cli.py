@@ -42,7 +42,7 @@ def cmd_seller(args: argparse.Namespace) -> int:
                "other_url": args.other_url, "max_amount": args.max_amount, "expiry_wait": args.expiry_wait,
                "pay_timeout": args.pay_timeout, "payer_ledger": args.payer_ledger}
     if args.profile == "full" and not args.pay_with:
-        raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR, static:JSON or cmd:PROGRAM; see --help)")
+        raise UsageError("mpp-conformance: --profile full needs --pay-with (ledger:WALLET_DIR, evm:FILE, static:JSON or cmd:PROGRAM; see --help)")
     if args.pay_with:
         from .paying import payer_from_spec
 
@@ -104,6 +104,12 @@ Paying (profiles full and pricing):
       payer's balance at the ledger the challenge names (--payer-ledger, or the ledger.db beside an
       `mpp init` wallet) and fails a check whose refusal moved it, naming the amount; when it
       cannot read it, the check's message says so and nothing is compared.
+  --pay-with evm:PAYER.json
+      pays challenges of the `evm` method (charge, draft-evm-charge-00) with EIP-3009 authorizations
+      signed by the key in PAYER.json: {"privateKey": "0x...", "chainId": 31337, "tokens":
+      [{"address": "0x...", "name": "...", "version": "...", "decimals": 6}], "binding": "draft"}
+      (binding: the nonce's challenge-hash rule, draft or json). Amounts above --max-amount are
+      refused.
   --pay-with 'static:{"token": "test"}'   (or static:@payload.json)
       for a seller whose methods are not `ledger`: answers the target's challenge with that fixed
       payload, for a test method of the target that accepts it. To answer one method only, wrap it:
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "is given), core (MPP's profile, no payment: the draft's MUSTs and MPP's stricter extensions), "
                         "full (core + the paying checks), identity (mandate attacks), pricing (a price-list route: offers, "
                         "task and seat grants), session (the session intent); the checks of each are listed below")
-    s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method), "
+    s.add_argument("--pay-with", metavar="SPEC", help="how the paying profiles pay: ledger:WALLET_DIR (our ledger method), evm:FILE (EIP-3009 on an evm chain), "
                    "static:JSON / static:@FILE (a fixed payload, for any other method) or cmd:PROGRAM (a program of "
                    "yours answers each challenge); see 'Paying' below")
     s.add_argument("--payer-ledger", metavar="LOCATION",

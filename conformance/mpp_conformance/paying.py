@@ -14,6 +14,18 @@
     (``LedgerPayer.session``: a ``SuiteSession`` signs the cap, the vouchers and the close, per
     spec/intents/session.md §3); a cap above ``max_amount`` is refused the same way.
 
+``evm:FILE``
+    The ``evm`` method's ``charge`` (draft-evm-charge-00), paid with EIP-3009 authorizations
+    (credential type ``authorization``) signed by the key in FILE, a JSON object:
+    ``{"privateKey": "0x<64 hex>", "chainId": 31337, "tokens": [{"address": "0x…", "name": "…",
+    "version": "…", "decimals": 6}], "binding": "draft"}``. ``tokens`` are the ones the suite will
+    pay with, with their EIP-712 domain (the request does not carry it); ``binding`` is the
+    challenge-hash rule the nonce is made with: ``draft`` (keccak of id then realm, the draft's
+    text, the default) or ``json`` (keccak of the JSON array [id, realm], as pympp 0.16.0 does).
+    Only ``evm``/``charge`` challenges on that chain, in those tokens and accepting
+    ``authorization`` are paid, at most ``max_amount`` base units each. The key never reaches a
+    report: the description names the payer's address.
+
 ``static:JSON`` or ``static:@FILE``
     For a target whose test method accepts a fixed payload. The suite echoes the challenge
     exactly as received and sends the given payload. JSON (inline, or read from FILE) is one
@@ -69,7 +81,7 @@ from mpp.protocol.models import Challenge
 from .base import CheckError
 
 __all__ = ["DEFAULT_MAX_AMOUNT", "DEFAULT_PAY_TIMEOUT", "DECLINE_EXIT", "CannotPay", "PayerFailed", "Payer", "LedgerPayer",
-           "StaticPayer", "CommandPayer", "payer_from_spec", "SuiteSession"]
+           "EvmPayer", "StaticPayer", "CommandPayer", "payer_from_spec", "SuiteSession"]
 
 DEFAULT_MAX_AMOUNT = 10_000
 DEFAULT_PAY_TIMEOUT = 30.0  # seconds a cmd: program has to answer one challenge
@@ -400,6 +412,75 @@ class CommandPayer:
         return format_credential(Credential(challenge=challenge, payload=dict(payload), source=source))
 
 
+@dataclass
+class EvmPayer:
+    """The ``evm`` method with an EIP-3009 authorization signed by the key of an ``evm:FILE`` payer."""
+
+    path: str
+    max_amount: int = DEFAULT_MAX_AMOUNT
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        from eth_account import Account
+
+        from mpp.methods.evm.charge import BINDINGS, EvmBuyerMethod, EvmToken
+
+        where = f"--pay-with evm:{self.path}"
+        try:
+            doc = json.loads(Path(self.path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{where}: cannot read the payer file ({type(exc).__name__})") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{where}: the payer file must hold a JSON object")
+        chain_id, tokens, binding = doc.get("chainId"), doc.get("tokens"), doc.get("binding", "draft")
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id <= 0:
+            raise ValueError(f"{where}: chainId must be a positive integer")
+        if binding not in BINDINGS:
+            raise ValueError(f"{where}: binding must be one of {', '.join(BINDINGS)}")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, dict) for t in tokens):
+            raise ValueError(f"{where}: tokens must be a non-empty list of {{address, name, version, decimals}}")
+        try:
+            listed = [EvmToken(t.get("address"), t.get("name"), t.get("version"), t.get("decimals", 6)) for t in tokens]
+            account = Account.from_key(doc.get("privateKey"))
+        except Exception as exc:  # noqa: BLE001 - the message must not carry the key, whatever failed
+            raise ValueError(f"{where}: a token or the private key is not valid ({type(exc).__name__})") from None
+        self._method = EvmBuyerMethod(account=account, chain_id=chain_id, tokens=listed, binding=binding)
+        self.address = self._method.address
+        self.description = (f"evm ({self.address} on chain {chain_id}, {binding} binding, "
+                            f"at most {self.max_amount} base units a payment)")
+
+    def _why_not(self, challenge: Challenge) -> tuple[str | None, ChargeRequest | None]:
+        label = f"{challenge.method}/{challenge.intent}"
+        if challenge.header is not None:
+            return f"{label}: credential field {challenge.header!r} is not Authorization", None
+        try:
+            request = ChargeRequest.from_challenge(challenge)
+        except ParseError as exc:
+            return f"{label}: {exc}", None
+        why = self._method.can_pay(challenge, request)
+        if why is None and request.amount_int > self.max_amount:
+            why = f"the quote of {request.amount} exceeds --max-amount {self.max_amount}"
+        return (f"{label}: {why}" if why else None), request
+
+    def choose(self, challenges: Sequence[Challenge], **_request: str | None) -> Challenge:
+        """The first ``evm`` charge this payer can pay; CannotPay listing why not for each."""
+        reasons = []
+        for challenge in challenges:
+            why, _ = self._why_not(challenge)
+            if why is None:
+                return challenge
+            reasons.append(why)
+        raise CannotPay("the evm payer can pay none of the offered challenges: " + "; ".join(reasons))
+
+    def authorize(self, challenge: Challenge, **_request: str | None) -> str:
+        """The ``Authorization`` value paying ``challenge`` with a signed EIP-3009 authorization."""
+        why, request = self._why_not(challenge)
+        if why is not None or request is None:
+            raise CannotPay(why or "not payable")
+        payload, source = self._method.payload(challenge, request)
+        return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
+
 def _payload_shape(doc: dict[str, Any], where: str, *, methods: bool = True) -> tuple[dict[str, Any], str | None, str | None]:
     """The payload, source and method of a payer's JSON object: the wrapper when it is one (a
     ``payload`` member holding an object, and no members but ``payload``, ``source`` and, with
@@ -447,19 +528,22 @@ def _static(text: str) -> StaticPayer:
 def payer_from_spec(spec: str, *, max_amount: int = DEFAULT_MAX_AMOUNT, timeout: float = DEFAULT_PAY_TIMEOUT) -> Payer:
     """The payer ``spec`` names (see the module docstring); ValueError when it names none."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError("--pay-with needs ledger:WALLET_DIR, static:JSON or cmd:PROGRAM")
+        raise ValueError("--pay-with needs ledger:WALLET_DIR, evm:FILE, static:JSON or cmd:PROGRAM")
     if isinstance(max_amount, bool) or not isinstance(max_amount, int) or max_amount < 0:
         raise ValueError("--max-amount must be a non-negative integer of base units")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError("--pay-timeout must be a positive number of seconds")
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("ledger", "static", "cmd"):
+    if not sep or kind not in ("ledger", "evm", "static", "cmd"):
         # the kind only: the rest may be a payload, which must not reach a message
-        raise ValueError(f"--pay-with {kind[:16]!r}...: expected ledger:WALLET_DIR, static:JSON (or static:@FILE) or cmd:PROGRAM")
+        raise ValueError(f"--pay-with {kind[:16]!r}...: expected ledger:WALLET_DIR, evm:FILE, static:JSON (or static:@FILE) "
+                         "or cmd:PROGRAM")
     if not rest:
         raise ValueError(f"--pay-with {kind}: nothing after the colon")
     if kind == "ledger":
         return LedgerPayer(rest, max_amount)
+    if kind == "evm":
+        return EvmPayer(rest, max_amount)
     if kind == "cmd":
         return _command(rest, float(timeout))
     return _static(rest)
