@@ -42,7 +42,7 @@ from eth_account.messages import encode_typed_data
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import is_hex_address, keccak, to_checksum_address
 
-from mpp.protocol.errors import ParseError, PaymentExpired, VerificationFailed
+from mpp.protocol.errors import ParseError, VerificationFailed
 from mpp.protocol.models import Challenge, ChargeRequest, Credential
 
 __all__ = [
@@ -351,8 +351,8 @@ class EvmSellerMethod:
         """Every offline check of an ``evm`` credential against its (HMAC-verified) challenge:
         the request is ours (chain, recipient, a token we take), the payload's type is one we
         accept, and then per type (EVM-AUTH-01 to EVM-AUTH-06, EVM-TX-01 to EVM-TX-04).
-        VerificationFailed naming the first check that fails; PaymentExpired for an authorization
-        whose window has closed."""
+        VerificationFailed naming the first check that fails (an authorization whose window has
+        closed too: the challenge's own expiry is judged before, as payment-expired)."""
         try:
             req = parse_evm_request(request)
         except ParseError as exc:
@@ -393,7 +393,7 @@ class EvmSellerMethod:
             raise VerificationFailed("evm authorization nonce is not this challenge's hash")
         now = int(self.clock().timestamp())
         if f["validBefore"] <= now:
-            raise PaymentExpired("evm authorization has expired (validBefore has passed)")
+            raise VerificationFailed("evm authorization has expired (validBefore has passed)")
         if f["validAfter"] > now:
             raise VerificationFailed("evm authorization is not valid yet (validAfter is in the future)")
         expires = int(datetime.fromisoformat(challenge.expires.replace("Z", "+00:00")).timestamp()) if challenge.expires else now
