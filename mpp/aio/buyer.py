@@ -164,7 +164,7 @@ class PaymentClient:
         if self.identity is None:
             return sign_quote(quote)
         self.identity.check(quote, method, str(URL(first.url).raw_path_qs), self.clock())
-        return sign_quote(quote, {"identity": self.identity.member(quote)})
+        return sign_quote(quote, {"identity": self.identity.member(quote)}, source=self.identity.key.did)
 
     async def pay_challenge(self, method: str, url: str, challenge: Challenge, *, data: bytes | None = None,
                             headers: Mapping[str, str] | None = None) -> PaidResponse:

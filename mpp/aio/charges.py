@@ -92,7 +92,7 @@ class ChargePayer:
         approval: str | None = None
         try:
             for attempt in range(2):
-                credential = sign_quote(quote, {"identity": identity.member(quote, approval)})
+                credential = sign_quote(quote, {"identity": identity.member(quote, approval)}, source=identity.key.did)
                 try:
                     paid = await self._pay(method, first, quote, credential, data, headers, keep_open)
                 except PaymentFailed as exc:

@@ -165,9 +165,12 @@ def select_quote(
     raise NoPayableChallenge("no challenge can be paid within policy", reasons)
 
 
-def sign_quote(quote: Quote, extensions: Mapping[str, Any] | None = None) -> str:
-    """The ``Authorization`` field value for an accepted quote (with extension members, if any)."""
-    payload, source = quote.method.payload(quote.challenge, quote.request)
+def sign_quote(quote: Quote, extensions: Mapping[str, Any] | None = None, *, source: str | None = None) -> str:
+    """The ``Authorization`` field value for an accepted quote (with extension members, if any).
+    ``source`` replaces the method's own (the identity extension names the agent there,
+    IDENT-POP-07, whatever key the method pays with)."""
+    payload, method_source = quote.method.payload(quote.challenge, quote.request)
+    source = source or method_source
     credential = Credential(challenge=quote.challenge, payload=payload, source=source, extensions=dict(extensions or {}))
     return format_credential(credential)
 

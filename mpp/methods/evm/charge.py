@@ -200,8 +200,11 @@ class EvmPayment:
     tx_hash: str | None = None
 
     @property
-    def signer(self) -> str:
-        """The payer as a DID (``did:pkh``), the identity the seller attributes the payment to."""
+    def payer_did(self) -> str:
+        """The payer as a DID (``did:pkh``). Deliberately not named ``signer``: the engine compares a
+        payment's ``signer`` with the mandate's subject (an agent's did:key, IDENT-POP-03), and an
+        EVM address is never one; on this rail the identity extension attributes a purchase by its
+        proof of possession alone (spec/methods/evm.md EVM-ID-01)."""
         return did_pkh(self.chain_id, self.payer)
 
     @property
@@ -378,9 +381,14 @@ class EvmSellerMethod:
         else:  # the payer is learnt from the chain at settlement (the transfer's from)
             return EvmPayment(challenge.id, HASH, payer="", amount=req.amount, token=req.token,
                               recipient=req.recipient, chain_id=req.chain_id, tx_hash=fields["hash"])
+        # A did:pkh source must be the payer. Under the identity extension the source names the agent
+        # (a did:key, IDENT-POP-07), which the extension checks; without it nothing else is accepted,
+        # since the receipt attributes the payment to the source (EVM-AUTH-05).
         source = credential.source
-        if source is not None and (not isinstance(source, str) or source.lower() != payment.signer.lower()):
-            raise VerificationFailed("credential source is not the payer's did:pkh")
+        pkh = isinstance(source, str) and source.startswith("did:pkh:")
+        if source is not None and (pkh or credential.extra_member("identity") is None):
+            if not pkh or source.lower() != payment.payer_did.lower():
+                raise VerificationFailed("credential source is not the payer's did:pkh")
         return payment
 
     def _authorization(self, challenge: Challenge, req: EvmRequest, token: EvmToken, f: dict[str, Any]) -> EvmPayment:
