@@ -8,6 +8,8 @@ correctly signed, so only the strict reading can refuse it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -43,6 +45,32 @@ def test_loader_refuses_what_lenient_json_accepts(label: str):
     for data in (text, text.encode()):
         with pytest.raises(ParseError):
             loads_strict(data, "document")
+
+
+def test_deep_nesting_is_refused_even_where_the_recursion_limit_was_raised():
+    """CORE-CRED-07 with ``sys.setrecursionlimit(100_000)`` (py_ecc, which eth-account imports for the
+    evm method, does that on import): a million brackets, and deep ones hidden after strings full
+    of brackets, are refused from the text before json.loads recurses, so they cannot overflow the
+    C stack. Run in a child process, so a crash is this test's failure, not a dead test worker."""
+    program = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from mpp.protocol.wire import loads_strict\n"
+        "from mpp.protocol.errors import ParseError\n"
+        "deep = ['[' * 1_000_000 + ']' * 1_000_000, '[' + '\"[[[[\",' * 40 + '[' * 200_000 + ']' * 200_001,\n"
+        "        '{\"a\":' * 150_000 + '1' + '}' * 150_000]\n"
+        "for text in deep:\n"
+        "    try:\n"
+        "        loads_strict(text, 'doc')\n"
+        "    except ParseError as exc:\n"
+        "        assert 'nests deeper than 32 levels' in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit('accepted')\n"
+        "shallow = '[' + '\"[[[[[[[[[[\",' * 40 + '1]'\n"
+        "assert loads_strict(shallow, 'doc')[-1] == 1\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stdout, done.stderr[-2000:])
 
 
 def test_loader_takes_strict_json_up_to_the_depth_bound():

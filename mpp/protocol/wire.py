@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import math
 import re
@@ -110,6 +111,18 @@ def _depth_within(value: Any, limit: int) -> bool:
     return True
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _text_depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest, strings left out (a text that is not JSON may
+    count deeper than it would parse; it is refused either way)."""
+    brackets = _BRACKETS.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(_STEP[c] for c in brackets), default=0)
+
+
 def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from a peer, strictly (CORE-CRED-07): UTF-8 text only, no NaN or Infinity (nor numbers
     that overflow to them), no repeated member name, no lone surrogate, at most ``max_depth``
@@ -121,6 +134,12 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         if text is data:
             text.encode("utf-8")
+        # The depth is judged on the text, before json.loads recurses: its C parser nests as deep as the
+        # interpreter's recursion limit allows, and a library that raises that limit (py_ecc, which
+        # eth-account imports, sets 100000) would let a deep document overflow the C stack.
+        # Fewer brackets than the bound cannot nest past it: the scan is for the rare text with many.
+        if text.count("[") + text.count("{") > max_depth and _text_depth(text) > max_depth:
+            raise ParseError(f"nests deeper than {max_depth} levels")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
         if _SURROGATE_ESCAPE.search(text):  # a lone \uD800-style escape yields a lone surrogate, not text:
             try:  # refuse it here, not deep inside
@@ -128,6 +147,8 @@ def loads_strict(data: str | bytes, what: str, *, max_depth: int = MAX_JSON_DEPT
             except UnicodeEncodeError:
                 raise ParseError("a lone surrogate is not text") from None
     except ParseError as exc:
+        if str(exc).startswith("nests deeper"):
+            raise ParseError(f"{what} {exc}") from None
         raise ParseError(f"{what} is not strict JSON: {exc}") from None
     except RecursionError:  # nesting past the interpreter's limit, before our own bound is looked at
         raise ParseError(f"{what} nests deeper than {max_depth} levels") from None
