@@ -7,6 +7,7 @@ an adversarial one of a few lines where a misbehaviour is needed, the identity t
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +147,61 @@ async def test_a_receipt_that_does_not_verify_is_receipt_invalid(session):
         await server.close()
 
 
+def _draft_seller(receipt: dict) -> web.Application:
+    """A seller that follows the draft alone: its 200 carries an unsigned receipt, no JWKS."""
+
+    async def handler(request):
+        if Recorder().saw(request):
+            cid = mpp.parse_credential(request.headers["Authorization"]).challenge.id
+            doc = {k: (cid if v == "CID" else v) for k, v in receipt.items()}
+            return web.json_response({"ok": "paid"}, headers={"Payment-Receipt": mpp.b64url_encode(json.dumps(doc).encode())})
+        return answer_402(challenge_for(request))
+
+    app = web.Application()
+    app.router.add_get("/thing", handler)
+    return app
+
+
+DRAFT_RECEIPT = {"method": "ledger", "reference": "tx-1", "status": "success", "timestamp": "2031-01-01T00:00:00Z"}
+
+
+async def test_an_unsigned_draft_receipt_is_refused_by_default_and_the_paid_response_kept(session):
+    """CORE-BUY-04, CORE-BUY-12: a draft seller's receipt without our JWS is ReceiptInvalid unless the
+    policy takes unsigned receipts; the exception carries what the seller sent, which was paid for."""
+    server = await serve(_draft_seller(DRAFT_RECEIPT))
+    try:
+        with pytest.raises(mpp.ReceiptInvalid) as caught:
+            await client(session).request("GET", str(server.make_url("/thing")))
+        kept = caught.value.response
+        assert kept is not None and kept.status == 200 and json.loads(kept.body) == {"ok": "paid"}
+        assert kept.quote is not None and kept.receipt is None
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("receipt, taken", [
+    (DRAFT_RECEIPT, True),
+    ({**DRAFT_RECEIPT, "challengeId": "CID"}, True),
+    ({**DRAFT_RECEIPT, "challengeId": "another"}, False),
+    ({**DRAFT_RECEIPT, "method": "evm"}, False),
+    ({**DRAFT_RECEIPT, "status": "pending"}, False),
+])
+async def test_an_unsigned_receipt_is_taken_only_when_allowed_and_then_checked(session, receipt: dict, taken: bool):
+    """CORE-BUY-12: with accept_unsigned_receipts the receipt is checked for what it says (method,
+    status, challengeId when present) and marked unsigned; one that contradicts the quote is still refused."""
+    server = await serve(_draft_seller(receipt))
+    try:
+        buyer = client(session, accept_unsigned_receipts=True)
+        if taken:
+            paid = await buyer.request("GET", str(server.make_url("/thing")))
+            assert paid.paid and paid.claims == {"signed": False} and paid.receipt.reference == "tx-1"
+        else:
+            with pytest.raises(mpp.ReceiptInvalid):
+                await buyer.request("GET", str(server.make_url("/thing")))
+    finally:
+        await server.close()
+
+
 # -- finding 9: outcome unknown says what the seller said and how to check ---------------------
 
 async def test_a_5xx_problem_after_the_credential_is_outcome_unknown_with_the_sellers_problem(session):
@@ -268,6 +324,25 @@ async def test_a_budget_refusal_is_budget_exceeded_and_a_policy_refusal(world, t
     assert (exc.budget, exc.used, exc.remaining, exc.amount, exc.held_by_sessions) == (150, 100, 50, 100, 0)
     assert claims_of(token)["jti"] in exc.detail and "50 left" in exc.detail and "larger --budget" in exc.detail
     assert "next period" not in exc.detail  # a "total" budget has none
+
+
+async def test_a_2xx_whose_receipt_does_not_verify_still_counts_against_the_budget(session, tmp_path: Path):
+    """IDENT-BUD-03: a seller that answered 2xx says it was paid, so a receipt that does not verify
+    commits the reservation (the money probably moved) rather than releasing it."""
+    P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
+    token = mandate(P, A, audience=["adversary.test"], budget_amount=1000)
+    server = await serve(_draft_seller(DRAFT_RECEIPT))
+    store = BudgetStore(str(tmp_path / "budget.db"))
+    try:
+        buyer = PaymentClient(session, [LedgerBuyerMethod(key=A, account=PAYER)], POLICY,
+                              identity=AgentIdentity(A, [token], store))
+        with pytest.raises(mpp.ReceiptInvalid):
+            await buyer.request("GET", str(server.make_url("/thing")))
+        link = f"{P.did}#{claims_of(token)['jti']}"
+        assert store.used(link, "total", now()) == 100
+    finally:
+        store.close()
+        await server.close()
 
 
 def _metered_seller(tmp_path: Path, name: str, ledger, principal: str) -> web.Application:

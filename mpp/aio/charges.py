@@ -11,12 +11,13 @@ import aiohttp
 from yarl import URL
 
 from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of, problem_words
-from mpp.buyer.core import Quote, sign_quote, verify_receipt
+from mpp.buyer.core import Quote, check_unsigned_receipt, sign_quote, verify_receipt
+from mpp.protocol.headers import parse_receipt
 from mpp.buyer.grants import GrantBook, grant_headers, grant_refused, key_for, payer_of
 from mpp.buyer.offers import wants_approval
 from mpp.pricing import GRANT_HEADER, Grant, PricingProblem
 from mpp.protocol.challenge import resource_of
-from mpp.protocol.errors import (DETAIL_MAX, RESOURCE_MAX, ApprovalNeeded, PaymentFailed, QuoteRejected, ReceiptInvalid,
+from mpp.protocol.errors import (DETAIL_MAX, RESOURCE_MAX, ApprovalNeeded, ParseError, PaymentFailed, QuoteRejected, ReceiptInvalid,
                                  SellerUnreachable, clip)
 
 __all__ = ["ChargePayer", "ask_approval", "seller_refusal"]
@@ -103,7 +104,11 @@ class ChargePayer:
                 await identity.commit(quote.challenge.id)
                 return paid
             raise AssertionError("unreachable")  # pragma: no cover
-        except (PaymentFailed, QuoteRejected, ReceiptInvalid):
+        except ReceiptInvalid:
+            # The seller answered 2xx: it says it was paid, so the purchase counts (IDENT-BUD-03)
+            await identity.commit(quote.challenge.id)
+            raise
+        except (PaymentFailed, QuoteRejected):
             await identity.release(quote.challenge.id)
             raise
         # OutcomeUnknown keeps the reservation: the money may have moved.
@@ -118,8 +123,11 @@ class ChargePayer:
             await self._wire.emit("refusal", challengeId=quote.challenge.id, status=paid.status, problem=problem.get("type"))
             raise seller_refusal(method, first.url, quote, paid.status, problem)
         try:
-            jwks = await self._wire.jwks(first.url)
-            paid.receipt, paid.claims = verify_receipt(paid.headers.get("Payment-Receipt"), quote, jwks, self._client.clock())
+            paid.receipt, paid.claims = await self._receipt(paid, quote, first.url)
+        except ReceiptInvalid as exc:
+            close_stream(paid)
+            exc.response = paid  # paid for: the caller keeps what the seller sent
+            raise
         except BaseException:
             close_stream(paid)
             raise
@@ -131,6 +139,15 @@ class ChargePayer:
                               agent=claims.get("agent"), principal=claims.get("principal"), mandate=claims.get("mandate"),
                               approval=claims.get("approval"), decision=claims.get("decision"), resource=claims.get("resource"))
         return paid
+
+    async def _receipt(self, paid: PaidResponse, quote: Quote, url: str) -> tuple[Any, dict[str, Any]]:
+        """The receipt of a 2xx and its verified claims (CORE-BUY-04); with the policy's consent, a
+        draft seller's unsigned receipt instead, its claims then only ``{"signed": False}`` (CORE-BUY-12)."""
+        header = paid.headers.get("Payment-Receipt")
+        if self._client.policy.accept_unsigned_receipts and not _carries_jws(header):
+            return check_unsigned_receipt(header, quote), {"signed": False}
+        jwks = await self._wire.jwks(url)
+        return verify_receipt(header, quote, jwks, self._client.clock())
 
     def payer(self) -> str | None:
         """The DID that signs our payments: a grant is issued to it (PRICE-TASK-02, PRICE-SEAT-05)."""
@@ -173,3 +190,12 @@ class ChargePayer:
         if served.status != 402:
             served.grant = grant.jti
         return served
+
+
+def _carries_jws(header: str | None) -> bool:
+    """Whether a Payment-Receipt value holds our signed JWS (its ``receipt`` member); False when it
+    does not decode (the strict check then says why)."""
+    try:
+        return bool(parse_receipt(header).receipt) if header else False
+    except ParseError:
+        return False

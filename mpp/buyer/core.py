@@ -41,7 +41,7 @@ __all__ = [
     "is_priced",
     "check_transport",
     "sign_quote",
-    "verify_receipt",
+    "verify_receipt", "check_unsigned_receipt",
 ]
 
 SUBSCRIPTION_INTENT = "subscription"
@@ -64,6 +64,8 @@ class BuyerPolicy:
 
     ``max_amount`` is per purchase in base units; ``currencies`` and ``recipients`` are
     allow-lists (``None`` means any); ``min_validity`` refuses quotes about to expire.
+    ``accept_unsigned_receipts`` takes a draft seller's receipt that carries no JWS (see
+    :func:`check_unsigned_receipt`); off by default, since nothing then proves who issued it.
     """
 
     max_amount: int
@@ -75,6 +77,9 @@ class BuyerPolicy:
     # A seat (intent ``subscription``) is a recurring commitment: refused unless the caller opts in
     # (PRICE-BUY-02). Each period is still one purchase within ``max_amount``, signed on a 402.
     allow_recurring: bool = False
+    # A seller that follows the draft alone (pympp, mppx) sends an unsigned receipt: refused unless the
+    # caller opts in (CORE-BUY-12); such a receipt is then checked for what it can say, and marked unsigned.
+    accept_unsigned_receipts: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,24 @@ def verify_receipt(header: str | None, quote: Quote, jwks: Mapping[str, Any], no
         if claims.get(name) != expected:
             raise ReceiptInvalid(f"signed receipt {name} {claims.get(name)!r} differs from {expected!r}")
     return receipt, claims
+
+
+def check_unsigned_receipt(header: str | None, quote: Quote) -> PaymentReceipt:
+    """A draft seller's receipt without our JWS, checked for everything it can say (CORE-BUY-12):
+    it decodes, ``status`` is ``success``, ``method`` is the quote's, ``challengeId`` (when present)
+    is the quote's, and ``reference`` is non-empty. Raises ReceiptInvalid. Nothing here proves the
+    seller issued it: only a caller that opted in (``BuyerPolicy.accept_unsigned_receipts``) asks."""
+    if not header:
+        raise ReceiptInvalid("response carries no Payment-Receipt")
+    try:
+        receipt = parse_receipt(header)
+    except ParseError as exc:
+        raise ReceiptInvalid(f"Payment-Receipt is malformed: {exc}") from exc
+    if receipt.method != quote.challenge.method:
+        raise ReceiptInvalid(f"receipt is for method {receipt.method!r}, not {quote.challenge.method!r}")
+    if receipt.challengeId is not None and receipt.challengeId != quote.challenge.id:
+        raise ReceiptInvalid("receipt names another challenge")
+    return receipt
 
 
 # -- several offers per 402 (spec/pricing.md §4, §6, §7) ------------------------------------

@@ -319,7 +319,12 @@ class BudgetExceeded(QuoteRejected):
 
 class ReceiptInvalid(BuyerError):
     """The seller answered 2xx but its receipt does not verify: the payment was probably taken.
-    Keep the response and the challenge id; ask the seller (its receipt keys may have changed)."""
+    ``response`` is what the seller sent (a ``PaidResponse``: status, headers, body and its quote),
+    when the error comes from a paid request: keep it and the challenge id; ask the seller (its
+    receipt keys may have changed). A draft seller that does not sign receipts is taken with
+    ``BuyerPolicy(accept_unsigned_receipts=True)``."""
+
+    response: Any = None
 
 
 class SellerRefused(BuyerError):
