@@ -8,10 +8,12 @@ CHROMIUM_STAMP := $(VENV)/.chromium
 POSTGRES_STAMP := $(VENV)/.postgres
 ANVIL_DIR := .anvil
 ANVIL_STAMP := $(ANVIL_DIR)/.installed
+MPPX_DIR := .mppx
+MPPX_STAMP := $(MPPX_DIR)/.installed
 # the interoperability environment plus what the pympp benchmark peer needs (benchmarks/bench_pympp.py)
 BENCH_STAMP := $(INTEROP_VENV)/.bench
 
-.PHONY: demo test test-fast interop-env clean bench bench-session docs anvil
+.PHONY: demo test test-fast interop-env clean bench bench-session docs anvil mppx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +53,19 @@ $(ANVIL_STAMP): tools/anvil/package.json tools/anvil/package-lock.json
 
 anvil: $(ANVIL_STAMP)
 
+# The evm interoperability tests (tests/interop/test_evm_interop.py) drive mppx, the TypeScript
+# SDK, with node: mppx and its peer viem at the exact versions tools/mppx/ pins (package.json,
+# package-lock.json with the integrity hashes), installed into .mppx/ when missing or when the pin
+# changes (npm ci). Needs node and npm (Node.js 20 or newer).
+$(MPPX_STAMP): tools/mppx/package.json tools/mppx/package-lock.json
+	@command -v npm >/dev/null || (echo "mppx is installed with npm: install Node.js 20 or newer (apt-get install nodejs npm)" >&2; exit 1)
+	mkdir -p $(MPPX_DIR)
+	cp tools/mppx/package.json tools/mppx/package-lock.json $(MPPX_DIR)/
+	npm ci --prefix $(MPPX_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+mppx: $(MPPX_STAMP)
+
 demo: $(STAMP) $(ANVIL_STAMP)
 	$(VENV)/bin/mpp demo
 
@@ -64,8 +79,9 @@ docs: $(STAMP)
 # waits on seller processes, servers and expiring challenges, so two workers halve the wall time.
 PYTEST_WORKERS := -n auto --dist loadfile
 
-test: $(STAMP) $(INTEROP_STAMP) $(BENCH_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP) $(ANVIL_STAMP)
-	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_WORKERS)
+test: $(STAMP) $(INTEROP_STAMP) $(BENCH_STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP) $(ANVIL_STAMP) $(MPPX_STAMP)
+	MPP_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python MPP_INTEROP_MPPX=$(abspath $(MPPX_DIR)) \
+		$(VENV)/bin/python -m pytest $(PYTEST_WORKERS)
 
 # Everything but the interoperability tests (no side environment needed).
 test-fast: $(STAMP) $(CHROMIUM_STAMP) $(POSTGRES_STAMP) $(ANVIL_STAMP)
@@ -88,7 +104,7 @@ bench-session: $(STAMP)
 	$(VENV)/bin/python benchmarks/session_wire.py --calls 100 --json benchmarks/session_wire.json
 
 clean:
-	rm -rf $(VENV) $(INTEROP_VENV) $(ANVIL_DIR) .pytest_cache docs/api
+	rm -rf $(VENV) $(INTEROP_VENV) $(ANVIL_DIR) $(MPPX_DIR) .pytest_cache docs/api
 
 # Third-party sellers (pympp from PyPI, mppx from npm, each in its own environment under
 # conformance/targets/) run against the conformance suite; writes conformance/RESULTS.md.

@@ -8,7 +8,6 @@ subprocess. ``make test`` sets MPP_INTEROP_PYTHON; without it these tests fail, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,21 +17,11 @@ import pytest
 
 import mpp
 
+from _peers import interop_python
+
 pytestmark = pytest.mark.interop
 
 DRIVER = Path(__file__).with_name("pympp_driver.py")
-
-
-def interop_python() -> str:
-    python = os.environ.get("MPP_INTEROP_PYTHON")
-    if not python or not Path(python).exists():
-        pytest.fail(
-            "MPP_INTEROP_PYTHON is not set to the interop environment's python: run `make test` "
-            "(or `make interop-env` and set MPP_INTEROP_PYTHON=.venv-interop/bin/python); "
-            "`make test-fast` runs everything else",
-            pytrace=False,
-        )
-    return python
 
 
 def drive(*args: str) -> dict:
