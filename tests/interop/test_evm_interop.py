@@ -15,9 +15,9 @@ refuses the other.
 
 Neither SDK's receipt is ours: ``{"method", "reference", "status", "timestamp"}``, unsigned and
 without ``challengeId``. :class:`mpp.aio.PaymentClient` verifies every receipt against the
-seller's JWKS, so against these sellers it pays and then raises ReceiptInvalid; the tests that
-check the purchase itself take the credential our client signs (``PaymentClient.credential``)
-and send it, and one test pins the refusal.
+seller's JWKS by default (CORE-BUY-04), so against these sellers it pays and then raises
+ReceiptInvalid, carrying the paid response; with ``BuyerPolicy(accept_unsigned_receipts=True)``
+(CORE-BUY-12) it takes them, checked for what they say and marked unsigned. Both are pinned.
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ def peer_seller(request: pytest.FixtureRequest, peer: str) -> PeerSeller:
     return request.getfixturevalue(f"{peer}_seller")
 
 
-def our_buyer(http: aiohttp.ClientSession, chain: Any, payer: Any, binding: str) -> PaymentClient:
+def our_buyer(http: aiohttp.ClientSession, chain: Any, payer: Any, binding: str, *, unsigned: bool = False) -> PaymentClient:
     token = EvmToken(chain.token, chain.token_name, chain.token_version, DECIMALS)
     method = EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token], binding=binding)
-    return PaymentClient(http, [method], mpp.BuyerPolicy(max_amount=PRICE))
+    return PaymentClient(http, [method], mpp.BuyerPolicy(max_amount=PRICE, accept_unsigned_receipts=unsigned))
 
 
 def assert_paid_on_chain(chain: Any, reference: str, payer: str, recipient: str, before: tuple[int, int]) -> None:
@@ -115,23 +115,20 @@ def assert_paid_on_chain(chain: Any, reference: str, payer: str, recipient: str,
 
 @pytest.mark.parametrize("peer, binding", [("mppx", BINDING_DRAFT), ("pympp", BINDING_JSON)])
 async def test_our_buyer_pays_a_peer_seller(chain, request, peer, binding):
-    """EVM-BIND-01, CORE-RCPT-04, issue 19 criterion 1: our buyer (PaymentClient's quote, policy and EvmBuyerMethod's
-    EIP-3009 signature, with the peer's binding rule) pays the mppx seller by the draft's rule and the
+    """EVM-BIND-01, CORE-BUY-12, issue 19 criterion 1: our buyer (PaymentClient with EvmBuyerMethod's
+    EIP-3009 signature, the peer's binding rule, and unsigned receipts accepted) pays the mppx seller by the draft's rule and the
     pympp seller by the JSON rule: 200, a receipt that decodes, the token moved on chain, and the
     authorization's nonce spent is the challenge hash by that rule."""
     seller = peer_seller(request, peer)
     payer = chain.new_payer(tokens=5 * PRICE)
     before = (chain.balance_of(payer.address), chain.balance_of(seller.recipient))
     async with aiohttp.ClientSession() as http:
-        authorization = await our_buyer(http, chain, payer, binding).credential("GET", seller.url)
-        assert authorization is not None
-        async with http.get(seller.url, headers={"Authorization": authorization}) as resp:
-            body, status, header = await resp.text(), resp.status, resp.headers.get("Payment-Receipt")
-    assert status == 200, body
-    receipt = mpp.parse_receipt(header)
+        paid = await our_buyer(http, chain, payer, binding, unsigned=True).request("GET", seller.url)
+    assert paid.status == 200 and paid.paid and paid.claims == {"signed": False}, paid.text()
+    receipt = paid.receipt
     assert (receipt.status, receipt.method) == ("success", "evm")
     assert_paid_on_chain(chain, receipt.reference, payer.address, seller.recipient, before)
-    echoed = mpp.parse_credential(authorization).challenge
+    echoed = paid.quote.challenge
     assert chain.authorization_state(payer.address, challenge_hash(echoed.id, echoed.realm, binding))
 
 
@@ -154,14 +151,16 @@ async def test_our_payment_client_pays_then_refuses_a_peer_receipt(chain, reques
     """CORE-BUY-04: a peer's Payment-Receipt is not one our client can verify (unsigned, no challengeId,
     and the seller publishes no JWKS), so ``PaymentClient.request`` raises ReceiptInvalid after the
     seller settled: the token has moved. This is the documented meaning of ReceiptInvalid ("the
-    payment was probably taken"); the receipt checks are not relaxed for third parties."""
+    payment was probably taken"), with the paid response kept on the exception; the receipt checks are
+    not relaxed unless the caller opts in (CORE-BUY-12)."""
     seller = peer_seller(request, peer)
     payer = chain.new_payer(tokens=5 * PRICE)
     before = (chain.balance_of(payer.address), chain.balance_of(seller.recipient))
     async with aiohttp.ClientSession() as http:
         buyer = our_buyer(http, chain, payer, binding)
-        with pytest.raises(mpp.ReceiptInvalid, match="seller JWKS answered HTTP 404"):
+        with pytest.raises(mpp.ReceiptInvalid, match="seller JWKS answered HTTP 404") as caught:
             await buyer.request("GET", seller.url)
+        assert caught.value.response.status == 200 and caught.value.response.headers.get("Payment-Receipt")
         quote, _ = await buyer.quote("GET", seller.url)
         async with http.get(seller.url, headers={"Authorization": mpp.sign_quote(quote)}) as resp:
             header = resp.headers["Payment-Receipt"]
