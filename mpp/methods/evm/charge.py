@@ -41,6 +41,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import is_hex_address, keccak, to_checksum_address
+from hexbytes import HexBytes
 
 from mpp.protocol.errors import ParseError, PaymentExpired, VerificationFailed
 from mpp.protocol.models import Challenge, ChargeRequest, Credential
@@ -200,9 +201,10 @@ class EvmPayment:
     tx_hash: str | None = None
 
     @property
-    def signer(self) -> str:
-        """The payer as a DID (``did:pkh``), the identity the seller attributes the payment to."""
-        return did_pkh(self.chain_id, self.payer)
+    def signer(self) -> str | None:
+        """The payer as a DID (``did:pkh``), the identity the seller attributes the payment to; None for
+        a ``hash`` payment, whose payer only settlement learns (from the chain)."""
+        return did_pkh(self.chain_id, self.payer) if self.payer else None
 
     @property
     def replay_key(self) -> str:
@@ -379,7 +381,7 @@ class EvmSellerMethod:
             return EvmPayment(challenge.id, HASH, payer="", amount=req.amount, token=req.token,
                               recipient=req.recipient, chain_id=req.chain_id, tx_hash=fields["hash"])
         source = credential.source
-        if source is not None and (not isinstance(source, str) or source.lower() != payment.signer.lower()):
+        if source is not None and (not isinstance(source, str) or source.lower() != (payment.signer or "").lower()):
             raise VerificationFailed("credential source is not the payer's did:pkh")
         return payment
 
@@ -411,11 +413,11 @@ class EvmSellerMethod:
     def _transaction(challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
         raw = f["signature"]
         try:
-            tx = TypedTransaction.from_bytes(raw)
+            tx = TypedTransaction.from_bytes(HexBytes(raw))  # it takes HexBytes only: plain bytes are a TypeError
             payer = Account.recover_transaction(raw)
+            body = tx.as_dict()
         except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
             raise VerificationFailed("evm transaction is not a signed EIP-1559 transaction") from exc
-        body = tx.as_dict()
         if tx.transaction_type != 2:
             raise VerificationFailed("evm transaction must be an EIP-1559 (type 2) transaction")
         if body.get("chainId") != req.chain_id:
@@ -428,7 +430,10 @@ class EvmSellerMethod:
         data = bytes(body.get("data") or b"")
         if data[:4] != TRANSFER_SELECTOR or len(data) != 68:
             raise VerificationFailed("evm transaction does not call transfer(address,uint256)")
-        recipient, amount = eth_abi.decode(["address", "uint256"], data[4:])
+        try:
+            recipient, amount = eth_abi.decode(["address", "uint256"], data[4:])
+        except Exception as exc:  # noqa: BLE001 - eth-abi refuses an address with non-zero padding bytes
+            raise VerificationFailed("evm transaction's transfer arguments do not decode") from exc
         if to_checksum_address(recipient) != req.recipient or amount != req.amount:
             raise VerificationFailed("evm transaction transfers to another recipient or another amount")
         tx_hash = "0x" + keccak(raw).hex()
