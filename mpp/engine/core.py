@@ -28,7 +28,7 @@ from mpp.protocol.errors import (
 from mpp.protocol.headers import format_challenge, parse_accept_payment, parse_credential
 from mpp.methods import SellerMethod
 from mpp.protocol.challenge import BODY_METHODS, resource_of
-from mpp.protocol.models import Challenge, ChargeRequest, Credential, format_rfc3339
+from mpp.protocol.models import CURRENCY, Challenge, ChargeRequest, Credential, format_rfc3339
 from mpp.pricing.prices import Metered, Price
 from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, VoucherInvalid, parse_session_payload
 from mpp.intents.session import INTENT as SESSION_INTENT
@@ -119,12 +119,25 @@ class SellerCore:
 
     # -- quoting -----------------------------------------------------------
 
+    def quoting(self, currency: str) -> list[str]:
+        """The methods that can quote a price in ``currency``, in our order: a method with
+        ``accepts_currency`` (the ``evm`` one: the currencies it has a token for) when it says so, any
+        other for a currency code (``usd``), as every price was before prices could name a token address."""
+        out = []
+        for name in self._order:
+            accepts = getattr(self.methods[name], "accepts_currency", None)
+            if accepts(currency) if accepts is not None else CURRENCY.fullmatch(currency) is not None:
+                out.append(name)
+        return out
+
     def offers(self, price: "Price | Metered") -> list[tuple[str, str]]:
-        """(method, intent) pairs this price is offered in, in our order: sessions first."""
+        """(method, intent) pairs this price is offered in, in our order: sessions first; only the
+        methods that can quote its currency (:meth:`quoting`). Empty: nothing here can sell it."""
+        names = self.quoting(price.currency)
         if isinstance(price, Metered):
-            sessions = [(n, SESSION_INTENT) for n in self._order if hasattr(self.methods[n], "session_request_for")]
-            return sessions + [(n, INTENT) for n in self._order]
-        return [(n, INTENT) for n in self._order]
+            sessions = [(n, SESSION_INTENT) for n in names if hasattr(self.methods[n], "session_request_for")]
+            return sessions + [(n, INTENT) for n in names]
+        return [(n, INTENT) for n in names]
 
     def challenges(self, price: "Price | Metered", info: RequestInfo, now: datetime) -> list[Challenge]:
         """Fresh challenges for this request, one per offer, in the client's preferred order."""
