@@ -143,6 +143,7 @@ class MemoryEvmStore:
 
     async def update_refund(self, reference: str, expected_tx: str, **changes: Any) -> bool:
         """Change the refund of ``reference`` if its transaction is still ``expected_tx``."""
+        changes = checked_changes(changes)
         record = self._refunds.get(reference)
         if record is None or record.tx_hash != expected_tx:
             return False
