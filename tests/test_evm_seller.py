@@ -438,3 +438,120 @@ async def test_a_rail_refuses_to_start_on_another_chain(chain, token):
     with pytest.raises(ChainMismatch, match=f"on chain {chain.chain_id}, not {chain.chain_id + 1}"):
         await rail.start()
     await rail.stop()
+
+
+# -- a seller with two rails; a node that does not answer -------------------------------------------
+
+
+async def test_a_seller_with_evm_and_a_ledger_offers_each_route_where_it_can_be_paid(chain, token, tmp_path):
+    """A route in ``usd`` is offered on both rails (the evm one pays it in the token configured for
+    usd), one in the token's address on evm only, one in ``eur`` on the ledger only; each buyer pays
+    with its own rail."""
+    from mpp.aio import EmbeddedLedgerRail
+    from mpp.ledger import SqliteLedger
+    from mpp.methods.ledger import LedgerBuyerMethod
+
+    ledger = SqliteLedger(str(tmp_path / "ledger.db"))
+    for account, currency in (("acct:seller", "usd"), ("acct:buyer", "usd"), ("acct:seller-eur", "eur")):
+        ledger.create_account(account, currency)
+    agent = mpp.SigningKey.generate()
+    ledger.keys.allow("acct:buyer", agent.did, "owner")
+    ledger.fund("acct:buyer", 1_000)
+    key = Account.create()
+    chain.set_balance(key.address, ETHER)
+    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, reconcile_interval=0)
+    seller = Seller(realm="two.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(),
+                    rails=[EmbeddedLedgerRail(ledger, recipient="acct:seller"), rail],
+                    store=SqlitePaymentStore(str(tmp_path / "p.db")))
+    def priced(currency: str):
+        @seller.price(100, currency)
+        async def handler(request):
+            return web.json_response({"ok": True})
+        return handler
+
+    app = web.Application()
+    for path, currency in (("/usd", "usd"), ("/token", chain.token), ("/eur", "eur")):
+        app.router.add_get(path, priced(currency))
+    app.cleanup_ctx.append(rail.lifecycle)
+    seller.setup(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    payer = chain.new_payer(1_000)
+    try:
+        async with aiohttp.ClientSession() as session:
+            offered = {}
+            for path in ("/usd", "/token", "/eur"):
+                async with session.get(str(server.make_url(path))) as resp:
+                    offered[path] = [c.method for c in parse_challenges(resp.headers.getall("WWW-Authenticate"))]
+            assert offered == {"/usd": ["ledger", "evm"], "/token": ["evm"], "/eur": ["ledger"]}
+            evm_buyer = buyer(session, payer, chain, token)
+            ledger_buyer = PaymentClient(session, [LedgerBuyerMethod(key=agent, account="acct:buyer")],
+                                         mpp.BuyerPolicy(max_amount=1_000))
+            for path in ("/usd", "/token"):
+                assert (await evm_buyer.request("GET", str(server.make_url(path)))).receipt.method == "evm"
+            assert (await ledger_buyer.request("GET", str(server.make_url("/usd")))).receipt.method == "ledger"
+            with pytest.raises(mpp.NoPayableChallenge):
+                await evm_buyer.request("GET", str(server.make_url("/eur")))
+        assert chain.balance_of(key.address) == 200 and ledger.balance("acct:seller") == 100
+    finally:
+        await server.close()
+        ledger.close()
+
+
+async def test_a_node_that_does_not_answer_is_503_and_consumes_nothing(chain, token, tmp_path):
+    """The node gives no answer before anything is sent: 503 chain-unavailable with Retry-After,
+    nothing consumed or moved; the same credential pays once the node is back."""
+    payer = chain.new_payer(PRICE)
+    async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
+        challenge, request = await quote(session, shop.url())
+        credential = authorization(challenge, request, payer, token, chain.chain_id)
+        shop.rail.rpc.url = "http://127.0.0.1:9"  # discard: nothing listens
+        status, problem, headers = await pay(session, shop.url(), challenge, credential)
+        assert (status, problem["type"]) == (503, "urn:mpp:problem:chain-unavailable") and "Retry-After" in headers
+        assert await shop.store.get(challenge.id) is None
+        shop.rail.rpc.url = chain.rpc_url
+        assert (await pay(session, shop.url(), challenge, credential))[0] == 200
+        assert chain.balance_of(shop.address) == PRICE
+
+
+class SwallowingNode:
+    """A real HTTP hop in front of anvil that passes every JSON-RPC call on, and for the methods in
+    ``swallow`` throws the node's answer away and answers 502: a node that stops answering after it
+    has taken a transaction."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.swallow = upstream, set()
+        app = web.Application()
+        app.router.add_post("/", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        async with aiohttp.ClientSession() as session, session.post(self.upstream, data=body,
+                                                                    headers={"Content-Type": "application/json"}) as resp:
+            answer = await resp.read()
+        if json.loads(body).get("method") in self.swallow:
+            return web.Response(status=502)
+        return web.Response(body=answer, content_type="application/json")
+
+
+async def test_a_send_without_an_answer_is_pending_and_a_mined_one_refunded(chain, token, tmp_path):
+    """The node takes the transaction and its answer is lost: 503 settlement-pending, never 200 nor a
+    traceback; reconcile finds the transaction mined and refunds the payer."""
+    node = SwallowingNode(chain.rpc_url)
+    await node.server.start_server()
+    payer = chain.new_payer(PRICE)
+    try:
+        async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
+            shop.rail.rpc.url = str(node.server.make_url("/"))
+            node.swallow.add("eth_sendRawTransaction")
+            with pytest.raises(mpp.OutcomeUnknown) as unknown:
+                await buyer(session, payer, chain, token).request("GET", shop.url())
+            assert unknown.value.status == 503 and unknown.value.problem["type"] == "urn:mpp:problem:settlement-pending"
+            mined = chain.rpc("eth_getTransactionReceipt", unknown.value.problem["transaction"])
+            assert int(mined["status"], 16) == 1 and chain.balance_of(shop.address) == PRICE
+            node.swallow.clear()
+            assert await shop.rail.reconcile() == 0
+            assert chain.balance_of(payer.address) == PRICE and chain.balance_of(shop.address) == 0
+    finally:
+        await node.server.close()

@@ -322,8 +322,12 @@ class EvmSellerMethod:
         self.ledger_id = None  # the request cache key of the engine reads it (no ledger here)
 
     def token_for(self, currency: str) -> EvmToken | None:
-        """The token a price in ``currency`` is paid in here (a code, or an address in any case), or None."""
-        return self.tokens.get(currency.lower() if currency.startswith("0x") else currency)
+        """The token a price in ``currency`` is paid in here (a code, or an address in any case: a key of
+        ``tokens``, or the address of one of them), or None."""
+        found = self.tokens.get(currency.lower() if currency.startswith("0x") else currency)
+        if found is None and currency.startswith("0x") and is_hex_address(currency):
+            found = self._by_address.get(to_checksum_address(currency))
+        return found
 
     def accepts_currency(self, currency: str) -> bool:
         """Whether this method can quote a price in ``currency`` (the engine offers it only then)."""
