@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mpp.aio.evm_chain import SellerWallet, SendUnanswered, Sent, authorization_used, succeeded, transfers_in, wait_for_receipt
+from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, succeeded, transfers_in,
+                                wait_for_receipt)
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, call_data
 from mpp.protocol.models import parse_rfc3339
 from mpp.stores.evm import REFUND_DONE, REFUND_FAILED, REFUND_SENT, EvmStore, PendingTx, RefundRecord
@@ -138,10 +139,8 @@ class EvmAftercare:
             return exc.record
         except SendUnanswered:
             pass  # recorded: the follow-up finds out whether the node took it
-        except EvmRpcError as exc:
-            if not holder:
-                raise
-            log.error("the node refused the refund of %s (%s): retried by reconcile", record.reference, exc.message)
+        except SendRefused as exc:  # recorded too: reconcile sends it again, or a new one once its nonce is spent
+            log.error("the node refused the refund of %s (%s): retried by reconcile", record.reference, exc.error.message)
         log.warning("refund of %s: %s base units of %s to %s in transaction %s", record.reference, record.amount,
                     record.token, record.payer, holder[0].tx_hash)
         return holder[0]

@@ -27,7 +27,7 @@ from eth_utils import keccak, to_checksum_address
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, quantity
 from mpp.methods.evm.charge import TRANSFER_EVENT
 
-__all__ = ["Sent", "SendUnanswered", "SellerWallet", "TokenTransfer", "transfers_in", "succeeded", "wait_for_receipt",
+__all__ = ["Sent", "SendUnanswered", "SendRefused", "SellerWallet", "TokenTransfer", "transfers_in", "succeeded", "wait_for_receipt",
            "token_balance", "authorization_used"]
 
 _NONCE_TROUBLE = ("nonce too low", "nonce is too low", "replacement transaction underpriced", "already used",
@@ -51,6 +51,15 @@ class SendUnanswered(Exception):
         self.sent = sent
 
 
+class SendRefused(Exception):
+    """The node refused to take ``sent`` (``error``, its EvmRpcError): nothing was sent. Not the
+    payer's doing: the seller's fees, nonce or ether."""
+
+    def __init__(self, sent: Sent, error: EvmRpcError) -> None:
+        super().__init__(f"the node refused {sent.tx_hash}: {error.message}")
+        self.sent, self.error = sent, error
+
+
 class SellerWallet:
     """The seller's key on one chain: signs and sends its transactions, one nonce at a time."""
 
@@ -70,9 +79,9 @@ class SellerWallet:
                    refused: Callable[[Sent], Awaitable[None]] | None = None, retry: bool = True) -> Sent:
         """Send ``data`` to ``to`` from the seller's key: gas estimated (a revert is an EvmRpcError,
         nothing signed), then, under the wallet's lock, nonce, signature, ``before(sent)``, send.
-        A node that refuses the transaction (EvmRpcError) gets ``refused(sent)`` called, and with
-        ``retry`` one more try on a fresh nonce if the refusal was about the nonce. No answer to the
-        send: :class:`SendUnanswered`. An exception ``before`` raises stops the send (nothing sent)."""
+        A node that refuses the transaction gets ``refused(sent)`` called, and with ``retry`` one more
+        try on a fresh nonce if the refusal was about the nonce; then :class:`SendRefused`. No answer to
+        the send: :class:`SendUnanswered`. An exception ``before`` raises stops the send (nothing sent)."""
         gas = await self.rpc.estimate_gas({"from": self.address, "to": to, "data": data})
         max_fee, tip = await self.rpc.fees()
         for attempt in range(2 if retry else 1):
@@ -92,7 +101,7 @@ class SellerWallet:
                         await refused(sent)
                     if attempt == 0 and retry and any(t in exc.message.lower() for t in _NONCE_TROUBLE):
                         continue
-                    raise
+                    raise SendRefused(sent, exc) from exc
                 except EvmRpcUnavailable as exc:
                     self._next = 0  # accepted or not: the node's pending count says which next time
                     raise SendUnanswered(sent, exc) from exc

@@ -51,8 +51,8 @@ from eth_account.typed_transactions import TypedTransaction
 from hexbytes import HexBytes
 
 from mpp.aio.evm_aftercare import AUTHORIZATION as _AUTH_KIND, EvmAftercare
-from mpp.aio.evm_chain import SellerWallet, SendUnanswered, Sent, authorization_used, succeeded, token_balance, transfers_in
-from mpp.aio.evm_chain import wait_for_receipt
+from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, succeeded, token_balance,
+                                transfers_in, wait_for_receipt)
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, call_data
 from mpp.engine.core import Verified
 from mpp.engine.rails import Settlement
@@ -218,13 +218,19 @@ class EvmRail(EvmSellerMethod):
     async def refund(self, settlement: Settlement) -> None:
         """Give the settlement's amount back to its payer: ``transfer(payer, amount)`` on the token from
         the seller's key, at most once per reference (mpp.stores.evm). A node that does not answer
-        raises nothing: the refund is owed in the store and ``reconcile`` makes it."""
-        if isinstance(settlement, EvmSettlement) and settlement.token:
+        raises nothing: the refund is owed in the store and ``reconcile`` makes it. A settlement rebuilt
+        elsewhere (a failed task's) is looked up on chain first, and then a node without an answer is
+        ChainUnavailable: the caller tries again later."""
+        record = await self.store.refund_of(settlement.reference)
+        if record is not None:
+            payer, token, amount = record.payer, record.token, record.amount
+        elif isinstance(settlement, EvmSettlement) and settlement.token:
             payer, token, amount = settlement.payer or "", settlement.token, settlement.amount
-        else:  # a settlement rebuilt elsewhere: the chain says what moved
-            receipt = await self.rpc.transaction_receipt(settlement.reference)
+        else:  # the chain says what moved
+            with _node("refund"):
+                receipt = await self.rpc.transaction_receipt(settlement.reference)
             moved = [t for t in transfers_in(receipt or {}) if t.to == self.recipient and t.token in self._by_address]
-            if not moved:
+            if receipt is None or not succeeded(receipt) or not moved:
                 raise ValueError(f"transaction {settlement.reference} moved no token to {self.recipient}: nothing to refund")
             payer, token, amount = moved[0].sender, moved[0].token, moved[0].value
         await self.aftercare.refund(settlement.reference, payer, token, amount)
@@ -265,8 +271,13 @@ class EvmRail(EvmSellerMethod):
         try:
             await self.rpc.eth_call(payment.token, data, sender=self.wallet.address)
             sent = await self.wallet.send(payment.token, data, before=journal, refused=unjournal)
-        except EvmRpcError as exc:
+        except EvmRpcError as exc:  # the simulation or the gas estimate reverted
             raise await self._refusal(payment, exc) from None
+        except SendRefused as exc:  # the seller's transaction, not the payer's authorization
+            log.error("the node refused the evm seller's transaction %s: %s", exc.sent.tx_hash, exc.error.message)
+            if "insufficient funds" in exc.error.message.lower():
+                raise SellerMisconfigured("the seller cannot pay the gas of a settlement now") from None
+            raise ChainUnavailable("the seller's chain node refused its transaction; nothing moved, try again later") from None
         except SendUnanswered as exc:
             raise _pending(exc.sent.tx_hash) from exc
         return sent.tx_hash
@@ -353,9 +364,6 @@ class EvmRail(EvmSellerMethod):
                 return PaymentExpired("the authorization's validBefore has passed on chain")
             if now <= payment.valid_after:
                 return VerificationFailed("the authorization is not valid yet on chain (validAfter)")
-            if "insufficient funds" in exc.message.lower():
-                log.error("the evm seller %s cannot pay gas: %s", self.wallet.address, exc.message)
-                return SellerMisconfigured("the seller cannot pay the gas of a settlement now")
         return VerificationFailed(f"the token refused the transfer: {clip(exc.reason, 200)}")
 
 
