@@ -9,7 +9,7 @@ or a plain path; PostgreSQL for ``postgresql://...`` (or ``postgres://...``).
     audit = await open_audit_log("sqlite:///var/lib/mpp/audit.db")   # the audit log, async
 
 ``payment_store_for`` / ``session_store_for`` / ``ledger_for`` / ``budget_store_for`` / ``audit_log_for``
-build the same stores synchronously (for code
+(and ``doubt_journal_for``, ``evm_store_for`` beside a payment store) build the same stores synchronously (for code
 that wires a seller before its event loop runs): a SQLite store is ready at once, a PostgreSQL
 one makes its pool on ``await ensure_open(store)`` or on first use.
 """
