@@ -199,3 +199,19 @@ def test_the_authorization_window_is_judged_on_the_seller_clock():
     with pytest.raises(PaymentProblem) as refused:
         late.verify(Credential(challenge=CHALLENGE, payload=payload), REQUEST)
     assert refused.value.slug == "payment-expired"
+
+
+def test_importing_the_evm_method_keeps_the_recursion_limit():
+    """eth-account's py_ecc raises the recursion limit to 100,000 on import; a seller with the evm
+    rail would then crash on a deeply nested credential (the C stack overflows inside json.loads)
+    instead of refusing it (CORE-CRED-07, CORE-ERR-11). mpp.methods.evm imports it keeping the limit."""
+    import subprocess
+    import sys
+
+    code = ("import sys; before = sys.getrecursionlimit(); import mpp.aio.evm_rail, eth_account; "
+            "from mpp.protocol.wire import loads_strict; from mpp.protocol.errors import ParseError\n"
+            "assert sys.getrecursionlimit() == before, sys.getrecursionlimit()\n"
+            "try: loads_strict('[' * 100000 + ']' * 100000, 'credential')\n"
+            "except ParseError: print('refused')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr[-2000:]

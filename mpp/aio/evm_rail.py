@@ -47,9 +47,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping
 
-from eth_account.typed_transactions import TypedTransaction
-from hexbytes import HexBytes
-
 from mpp.aio.evm_aftercare import AUTHORIZATION as _AUTH_KIND, EvmAftercare
 from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, succeeded, token_balance,
                                 transfers_in, wait_for_receipt)
@@ -58,7 +55,7 @@ from mpp.engine.core import Verified
 from mpp.engine.rails import Settlement
 from mpp.ledger import MandateCharge
 from mpp.methods.evm.charge import (AUTHORIZATION, BINDING_DRAFT, HASH, TRANSACTION, EvmPayment, EvmSellerMethod, EvmToken,
-                                    did_pkh)
+                                    did_pkh, transaction_fields)
 from mpp.protocol.errors import (ExtensionProblem, InvalidChallenge, PaymentExpired, PaymentInsufficient, PaymentProblem,
                                  SellerMisconfigured, VerificationFailed, clip)
 from mpp.stores.evm import EvmStore, MemoryEvmStore, PendingTx
@@ -385,4 +382,4 @@ def _pending(tx_hash: str) -> SettlementPending:
 
 def _transaction_body(payment: EvmPayment) -> dict[str, Any]:
     """A ``transaction`` credential's fields (nonce, gas, maxFeePerGas, data...), decoded (verify did it once)."""
-    return TypedTransaction.from_bytes(HexBytes(payment.raw)).as_dict()
+    return transaction_fields(payment.raw)

@@ -9,4 +9,16 @@
 
 from __future__ import annotations
 
+import sys as _sys
+
+# eth-account imports eth-keyfile, which imports py_ecc, which raises the interpreter's recursion limit
+# to 100,000 when it is imported (for BLS code we never run). With that limit a deeply nested JSON
+# text (a hostile credential, a ledger request body) overflows the C stack inside json.loads and kills
+# the process instead of raising RecursionError, which mpp.protocol.wire.loads_strict turns into a
+# refusal. So eth-account is imported here first, once, and the limit put back as it was.
+_LIMIT = _sys.getrecursionlimit()
+import eth_account  # noqa: E402,F401  (see above)
+
+_sys.setrecursionlimit(_LIMIT)
+
 __all__: list[str] = []

@@ -65,6 +65,7 @@ __all__ = [
     "parse_evm_request",
     "parse_payload",
     "authorization_typed_data",
+    "transaction_fields",
     "EvmSellerMethod",
     "EvmBuyerMethod",
 ]
@@ -256,6 +257,15 @@ def parse_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
                              + (" (permit2 is not accepted here)" if kind == "permit2" else ""))
 
 
+def transaction_fields(raw: bytes) -> dict[str, Any]:
+    """The fields of a signed typed transaction (``nonce``, ``gas``, ``maxFeePerGas``, ``to``, ``data``...),
+    as eth-account decodes them; ValueError if ``raw`` is not one."""
+    try:
+        return TypedTransaction.from_bytes(HexBytes(raw)).as_dict()  # it takes HexBytes only
+    except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
+        raise ValueError("not a signed typed transaction") from exc
+
+
 def authorization_typed_data(token: EvmToken, chain_id: int, *, payer: str, recipient: str, value: int,
                              valid_after: int, valid_before: int, nonce: bytes) -> dict[str, Any]:
     """The EIP-712 message of an EIP-3009 ``TransferWithAuthorization`` on ``token`` at ``chain_id``."""
@@ -417,12 +427,11 @@ class EvmSellerMethod:
     def _transaction(challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
         raw = f["signature"]
         try:
-            tx = TypedTransaction.from_bytes(HexBytes(raw))  # it takes HexBytes only: plain bytes are a TypeError
+            body = transaction_fields(raw)
             payer = Account.recover_transaction(raw)
-            body = tx.as_dict()
         except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
             raise VerificationFailed("evm transaction is not a signed EIP-1559 transaction") from exc
-        if tx.transaction_type != 2:
+        if body.get("type") != 2:
             raise VerificationFailed("evm transaction must be an EIP-1559 (type 2) transaction")
         if body.get("chainId") != req.chain_id:
             raise VerificationFailed("evm transaction is for another chain")
