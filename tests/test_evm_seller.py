@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils import keccak
 
 import mpp
 import mpp.aio
@@ -421,8 +422,9 @@ async def test_a_pending_transaction_that_can_no_longer_be_mined_is_dropped(chai
         raw = transfer_tx(chain, payer, shop.address, PRICE)
         chain.rpc("evm_setAutomine", False)
         try:
-            status, problem, _ = await pay(session, shop.url(), challenge, {"type": TRANSACTION, "signature": "0x" + raw.hex()})
-            assert (status, slug(problem)) == (503, "settlement-pending")
+            status, problem, headers = await pay(session, shop.url(), challenge, {"type": TRANSACTION, "signature": "0x" + raw.hex()})
+            assert (status, slug(problem)) == (503, "settlement-pending") and "Retry-After" in headers
+            assert "Payment-Receipt" not in headers and problem["transaction"] == "0x" + keccak(raw).hex()
             chain.rpc("anvil_dropTransaction", problem["transaction"])
         finally:
             chain.rpc("evm_setAutomine", True)

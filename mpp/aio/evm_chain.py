@@ -151,14 +151,14 @@ def succeeded(receipt: dict[str, Any]) -> bool:
 async def wait_for_receipt(rpc: EvmRpc, tx_hash: str, timeout: float, *, poll: float = 0.02) -> dict[str, Any] | None:
     """The receipt of ``tx_hash`` once mined, polling for at most ``timeout`` seconds (the interval
     grows from ``poll`` to half a second); None if it is not mined by then. A node that does not
-    answer a poll is asked again until the time is up."""
+    answer a poll is asked again until the time is up, and a poll is cut short at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = poll
     while True:
-        try:
-            receipt = await rpc.transaction_receipt(tx_hash)
-        except (EvmRpcUnavailable, EvmRpcError):
+        try:  # a node that hangs does not stretch the wait past the deadline
+            receipt = await asyncio.wait_for(rpc.transaction_receipt(tx_hash), max(deadline - loop.time(), poll))
+        except (EvmRpcUnavailable, EvmRpcError, asyncio.TimeoutError):
             receipt = None
         if receipt is not None:
             return receipt

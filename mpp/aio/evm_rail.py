@@ -139,8 +139,10 @@ class EvmRail(EvmSellerMethod):
         try:
             answered = await self.rpc.chain_id()
         except (EvmRpcUnavailable, EvmRpcError) as exc:
+            await self.rpc.close()
             raise ChainUnavailable(f"the evm node at {self.rpc.url} does not answer eth_chainId: {exc}") from exc
         if answered != self.chain_id:
+            await self.rpc.close()
             raise ChainMismatch(f"the evm node at {self.rpc.url} is on chain {answered}, not {self.chain_id}: "
                                 f"point the rail at a node of chain {self.chain_id}, or configure chain_id={answered}")
         await self.aftercare.start()
