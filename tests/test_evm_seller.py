@@ -267,6 +267,24 @@ async def test_a_seller_without_ether_for_gas_says_so_before_consuming(chain, to
         assert chain.balance_of(payer.address) == PRICE
 
 
+async def test_a_revert_found_after_the_challenge_is_consumed_is_explained_from_the_chain(chain, token, tmp_path):
+    """A seller whose clock lags lets an authorization past its offline window check; the chain's
+    clock has passed validBefore, so the simulation reverts: 402 payment-expired (read from the
+    chain's state, not the token's words), nothing moved, and the challenge is used (CORE-ONCE-01)."""
+    payer = chain.new_payer(PRICE)
+    lagging = lambda: datetime.now(timezone.utc) - timedelta(hours=1)  # noqa: E731
+    async with evm_shop(chain, token, tmp_path, clock=lagging) as shop, aiohttp.ClientSession() as session:
+        challenge, request = await quote(session, shop.url())
+        credential = authorization(challenge, request, payer, token, chain.chain_id,
+                                   valid_before=chain.latest_timestamp() - 10)
+        status, problem, _ = await pay(session, shop.url(), challenge, credential)
+        assert (status, slug(problem)) == (402, "payment-expired") and "on chain" in problem["detail"]
+        assert (await shop.store.get(challenge.id)).state == "failed"
+        status, problem, _ = await pay(session, shop.url(), challenge, credential)
+        assert (status, slug(problem)) == (402, "invalid-challenge")
+        assert chain.balance_of(payer.address) == PRICE and await shop.rail.store.pending() == []
+
+
 # -- replay and concurrency -----------------------------------------------------------------------
 
 

@@ -109,6 +109,11 @@ class SellerWallet:
                 return sent
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    async def gas_cover(self, gas: int) -> tuple[int, int]:
+        """(the ether the seller holds, what ``gas`` costs at today's ``maxFeePerGas``), in wei."""
+        max_fee, _ = await self.rpc.fees()
+        return await self.rpc.balance(self.address), gas * max_fee
+
     async def nonce_spent(self, address: str, nonce: int) -> bool:
         """Whether ``address`` has a transaction with ``nonce`` mined (any, not necessarily the one we
         know): a transaction of that nonce not mined by now never will be."""

@@ -245,11 +245,10 @@ class EvmRail(EvmSellerMethod):
         """The seller's ether covers ``gas_reserve`` at today's fee (checked every 30 s at most)."""
         if time.monotonic() < self._gas_ok_until:
             return
-        max_fee, _ = await self.rpc.fees()
-        held = await self.rpc.balance(self.wallet.address)
-        if held < self.gas_reserve * max_fee:
-            log.error("the evm seller %s holds %d wei, less than %d gas at %d wei: fund it with ether to take "
-                      "authorizations (CORE-ERR-14)", self.wallet.address, held, self.gas_reserve, max_fee)
+        held, needed = await self.wallet.gas_cover(self.gas_reserve)
+        if held < needed:
+            log.error("the evm seller %s holds %d wei, less than the %d wei of %d gas now: fund it with ether to take "
+                      "authorizations (CORE-ERR-14)", self.wallet.address, held, needed, self.gas_reserve)
             raise SellerMisconfigured("the seller cannot pay the gas of a settlement now; nothing was consumed")
         self._gas_ok_until = time.monotonic() + _GAS_CHECK_TTL
 
@@ -271,7 +270,7 @@ class EvmRail(EvmSellerMethod):
             await self.rpc.eth_call(payment.token, data, sender=self.wallet.address)
             sent = await self.wallet.send(payment.token, data, before=journal, refused=unjournal)
         except EvmRpcError as exc:  # the simulation or the gas estimate reverted
-            raise await self._refusal(payment, exc) from None
+            raise await _refusal(self.rpc, payment, exc) from None
         except SendRefused as exc:  # the seller's transaction, not the payer's authorization
             log.error("the node refused the evm seller's transaction %s: %s", exc.sent.tx_hash, exc.error.message)
             if "insufficient funds" in exc.error.message.lower():
@@ -288,7 +287,7 @@ class EvmRail(EvmSellerMethod):
         try:
             await self.rpc.eth_call(payment.token, "0x" + bytes(body["data"]).hex(), sender=payment.payer)
         except EvmRpcError as exc:
-            raise await self._refusal(payment, exc) from None
+            raise await _refusal(self.rpc, payment, exc) from None
         await self.store.add_pending(PendingTx(tx_hash, payment.challenge_id, {
             "kind": TRANSACTION, "payer": payment.payer, "token": payment.token, "amount": str(payment.amount),
             "sender": payment.payer, "nonce": body["nonce"]}))
@@ -349,21 +348,21 @@ class EvmRail(EvmSellerMethod):
         return EvmSettlement(reference=tx_hash, settled_at=self.clock().replace(microsecond=0), payer=transfer.sender,
                              receipt_members={"chainId": self.chain_id}, token=payment.token, amount=payment.amount)
 
-    async def _refusal(self, payment: EvmPayment, exc: EvmRpcError) -> PaymentProblem:
-        """The problem a reverted simulation (or a transaction the node refused) means, found from the
-        chain's state rather than the token's words, which differ from token to token."""
-        if payment.kind == AUTHORIZATION:
-            if await authorization_used(self.rpc, payment.token, payment.payer, payment.nonce):
-                return InvalidChallenge("this authorization was already used (or canceled) on chain")
-        if await token_balance(self.rpc, payment.token, payment.payer) < payment.amount:
-            return PaymentInsufficient("the payer's token balance is below the amount")
-        if payment.kind == AUTHORIZATION:
-            now = await self.rpc.block_timestamp()
-            if now >= payment.valid_before:
-                return PaymentExpired("the authorization's validBefore has passed on chain")
-            if now <= payment.valid_after:
-                return VerificationFailed("the authorization is not valid yet on chain (validAfter)")
-        return VerificationFailed(f"the token refused the transfer: {clip(exc.reason, 200)}")
+async def _refusal(rpc: EvmRpc, payment: EvmPayment, exc: EvmRpcError) -> PaymentProblem:
+    """The problem a reverted simulation (or a transaction the node refused) means, found from the
+    chain's state rather than the token's words, which differ from token to token."""
+    if payment.kind == AUTHORIZATION:
+        if await authorization_used(rpc, payment.token, payment.payer, payment.nonce):
+            return InvalidChallenge("this authorization was already used (or canceled) on chain")
+    if await token_balance(rpc, payment.token, payment.payer) < payment.amount:
+        return PaymentInsufficient("the payer's token balance is below the amount")
+    if payment.kind == AUTHORIZATION:
+        now = await rpc.block_timestamp()
+        if now >= payment.valid_before:
+            return PaymentExpired("the authorization's validBefore has passed on chain")
+        if now <= payment.valid_after:
+            return VerificationFailed("the authorization is not valid yet on chain (validAfter)")
+    return VerificationFailed(f"the token refused the transfer: {clip(exc.reason, 200)}")
 
 
 @contextmanager
