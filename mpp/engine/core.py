@@ -112,23 +112,31 @@ class SellerCore:
     methods: Mapping[str, SellerMethod]
     _order: list[str] = field(init=False)
     _requests: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = field(init=False)
+    _quoting: dict[str, tuple[str, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._order = list(self.methods)
         self._requests = {}
+        self._quoting = {}
 
     # -- quoting -----------------------------------------------------------
 
-    def quoting(self, currency: str) -> list[str]:
+    def quoting(self, currency: str) -> tuple[str, ...]:
         """The methods that can quote a price in ``currency``, in our order: a method with
         ``accepts_currency`` (the ``evm`` one: the currencies it has a token for) when it says so, any
         other for a currency code (``usd``), as every price was before prices could name a token address."""
+        known = self._quoting.get(currency)
+        if known is not None:
+            return known
         out = []
         for name in self._order:
             accepts = getattr(self.methods[name], "accepts_currency", None)
             if accepts(currency) if accepts is not None else CURRENCY.fullmatch(currency) is not None:
                 out.append(name)
-        return out
+        if len(self._quoting) >= 1024:  # bounded: the currencies of a seller's prices are few
+            self._quoting.clear()
+        self._quoting[currency] = found = tuple(out)
+        return found
 
     def offers(self, price: "Price | Metered") -> list[tuple[str, str]]:
         """(method, intent) pairs this price is offered in, in our order: sessions first; only the
