@@ -9,7 +9,7 @@ or a plain path; PostgreSQL for ``postgresql://...`` (or ``postgres://...``).
     audit = await open_audit_log("sqlite:///var/lib/mpp/audit.db")   # the audit log, async
 
 ``payment_store_for`` / ``session_store_for`` / ``ledger_for`` / ``budget_store_for`` / ``audit_log_for``
-build the same stores synchronously (for code
+(and ``doubt_journal_for``, ``evm_store_for`` beside a payment store) build the same stores synchronously (for code
 that wires a seller before its event loop runs): a SQLite store is ready at once, a PostgreSQL
 one makes its pool on ``await ensure_open(store)`` or on first use.
 """
@@ -27,11 +27,12 @@ from mpp.stores.payments import PaymentStore, SqlitePaymentStore
 
 if TYPE_CHECKING:
     from mpp.stores.doubt import DoubtJournal
+    from mpp.stores.evm import EvmStore
     from mpp.ledger.aio_adapter import AsyncLedgerStore
 
 __all__ = ["is_postgres", "check_location", "payment_store_for", "session_store_for", "open_payment_store",
            "open_session_store", "ensure_open", "ledger_for", "open_ledger", "budget_store_for", "open_budget_store",
-           "audit_log_for", "open_audit_log", "doubt_journal_for", "pricing_store_for", "open_pricing_store"]
+           "audit_log_for", "open_audit_log", "doubt_journal_for", "evm_store_for", "pricing_store_for", "open_pricing_store"]
 
 
 def is_postgres(location: str) -> bool:
@@ -159,3 +160,15 @@ def doubt_journal_for(location: str) -> "DoubtJournal":
     from mpp.stores.doubt import SqliteDoubtJournal
 
     return SqliteDoubtJournal(location)
+
+
+def evm_store_for(location: str) -> "EvmStore":
+    """An ``evm`` seller's claims, pending transactions and refunds (mpp.stores.evm) beside its payment
+    store at ``location``: PostgreSQL (opened on first use) or SQLite."""
+    if is_postgres(location):
+        from mpp.stores.pg.evm import PgEvmStore
+
+        return PgEvmStore(location, max_size=4)
+    from mpp.stores.evm import SqliteEvmStore
+
+    return SqliteEvmStore(location)

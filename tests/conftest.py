@@ -15,6 +15,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from mpp.cli.config import init_home, load_seller_config, load_wallet, read_secret
+# Before any test module imports eth-account: mpp.methods.evm imports it keeping the interpreter's
+# recursion limit, which eth-account's py_ecc would raise to 100,000 (see mpp/methods/evm/__init__.py);
+# a worker that imported it bare would then crash on the deep-JSON tests instead of refusing.
+import mpp.methods.evm  # noqa: E402,F401
 
 # Property tests (tests/test_properties*.py) run a fixed, reproducible budget inside `make test`;
 # HYPOTHESIS_PROFILE=long explores more, with fresh randomness each run.

@@ -983,10 +983,11 @@ def test_every_problem_class_is_known():
     from mpp import identity, pricing
     from mpp.intents import session as session_core
     from mpp.aio.rails import LedgerUnavailable
+    from mpp.aio.evm_rail import ChainUnavailable, SettlementPending
 
     extension = {mpp.protocol.errors.ExtensionProblem, mpp.protocol.errors.SellerMisconfigured, identity.IdentityProblem, *identity.IDENTITY_PROBLEMS.values(),
                  session_core.SessionProblem, *session_core.SESSION_PROBLEMS.values(), LedgerUnavailable,
-                 pricing.PricingProblem, *pricing.PRICING_PROBLEMS.values()}
+                 pricing.PricingProblem, *pricing.PRICING_PROBLEMS.values(), ChainUnavailable, SettlementPending}
     assert _all_subclasses(mpp.PaymentProblem) == set(PROBLEMS) | {mpp.RequestInProgress} | extension
     for cls in [*identity.IDENTITY_PROBLEMS.values(), *session_core.SESSION_PROBLEMS.values(),
                 *pricing.PRICING_PROBLEMS.values()]:  # our own types
@@ -998,6 +999,8 @@ def test_every_problem_class_is_known():
     assert not problem.fresh_challenge
     unavailable = LedgerUnavailable()  # LEDGER-SVC-10: a seller that cannot reach its ledger service
     assert unavailable.status == 503 and unavailable.type == mpp.EXTENSION_PROBLEM_BASE + "ledger-unavailable"
+    for cls, slug in ((ChainUnavailable, "chain-unavailable"), (SettlementPending, "settlement-pending")):  # the evm rail's
+        assert cls.status == 503 and cls().type == mpp.EXTENSION_PROBLEM_BASE + slug and not cls().fresh_challenge
     assert not unavailable.fresh_challenge
 
 

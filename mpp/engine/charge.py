@@ -26,7 +26,8 @@ from mpp.ledger.book import MandateLink, Purchase, VerifiedMandate
 from mpp.pricing import Route
 from mpp.pricing.prices import Metered, Price
 from mpp.protocol.challenge import resource_of
-from mpp.protocol.errors import BadRequest, InvalidChallenge, PaymentProblem, PaymentRequired, RequestInProgress
+from mpp.protocol.errors import (RESOURCE_MAX, BadRequest, InvalidChallenge, PaymentProblem, PaymentRequired, RequestInProgress,
+                                 SellerMisconfigured, clip)
 from mpp.protocol.headers import idempotency_key
 from mpp.protocol.models import format_rfc3339
 from mpp.stores.payments import StateError, StoredResponse
@@ -51,6 +52,11 @@ class ChargeStep:
         """A request to a route priced per request: a 402, a refusal, or the paid handler's answer."""
         engine = self.engine
         verified: Verified | None = None
+        if route is None and not engine.core.offers(price):  # start-up refuses these; a route added later is not seen there
+            log.error("no rail can quote %s %s in %r: not served (CORE-ERR-14)", info.method, clip(info.path, RESOURCE_MAX),
+                      price.currency)
+            return engine.problem(SellerMisconfigured("this seller has no payment method for this route's price"), None,
+                                  info, now)
         try:
             header = engine.core.payment_credential(info)
             if header is None:
@@ -184,6 +190,7 @@ class ChargeStep:
         """What the receipt says: the settlement, the quoted terms, who paid under which mandate."""
         claims = self.engine.core.receipt_claims(verified, reference=settlement.reference,
                                                  settled_at=settlement.settled_at, account=settlement.payer)
+        claims |= {k: v for k, v in getattr(settlement, "receipt_members", {}).items() if k not in claims}
         if terms is not None:
             claims |= terms.receipt_claims()  # PRICE-VER-01
         if identity is not None:

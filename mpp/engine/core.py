@@ -28,7 +28,7 @@ from mpp.protocol.errors import (
 from mpp.protocol.headers import format_challenge, parse_accept_payment, parse_credential
 from mpp.methods import SellerMethod
 from mpp.protocol.challenge import BODY_METHODS, resource_of
-from mpp.protocol.models import Challenge, ChargeRequest, Credential, format_rfc3339
+from mpp.protocol.models import CURRENCY, Challenge, ChargeRequest, Credential, format_rfc3339
 from mpp.pricing.prices import Metered, Price
 from mpp.intents.session import SessionPayload, SessionRequest, SessionTerms, VoucherInvalid, parse_session_payload
 from mpp.intents.session import INTENT as SESSION_INTENT
@@ -112,19 +112,40 @@ class SellerCore:
     methods: Mapping[str, SellerMethod]
     _order: list[str] = field(init=False)
     _requests: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = field(init=False)
+    _quoting: dict[str, tuple[str, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._order = list(self.methods)
         self._requests = {}
+        self._quoting = {}
 
     # -- quoting -----------------------------------------------------------
 
+    def quoting(self, currency: str) -> tuple[str, ...]:
+        """The methods that can quote a price in ``currency``, in our order: a method with
+        ``accepts_currency`` (the ``evm`` one: the currencies it has a token for) when it says so, any
+        other for a currency code (``usd``), as every price was before prices could name a token address."""
+        known = self._quoting.get(currency)
+        if known is not None:
+            return known
+        out = []
+        for name in self._order:
+            accepts = getattr(self.methods[name], "accepts_currency", None)
+            if accepts(currency) if accepts is not None else CURRENCY.fullmatch(currency) is not None:
+                out.append(name)
+        if len(self._quoting) >= 1024:  # bounded: the currencies of a seller's prices are few
+            self._quoting.clear()
+        self._quoting[currency] = found = tuple(out)
+        return found
+
     def offers(self, price: "Price | Metered") -> list[tuple[str, str]]:
-        """(method, intent) pairs this price is offered in, in our order: sessions first."""
+        """(method, intent) pairs this price is offered in, in our order: sessions first; only the
+        methods that can quote its currency (:meth:`quoting`). Empty: nothing here can sell it."""
+        names = self.quoting(price.currency)
         if isinstance(price, Metered):
-            sessions = [(n, SESSION_INTENT) for n in self._order if hasattr(self.methods[n], "session_request_for")]
-            return sessions + [(n, INTENT) for n in self._order]
-        return [(n, INTENT) for n in self._order]
+            sessions = [(n, SESSION_INTENT) for n in names if hasattr(self.methods[n], "session_request_for")]
+            return sessions + [(n, INTENT) for n in names]
+        return [(n, INTENT) for n in names]
 
     def challenges(self, price: "Price | Metered", info: RequestInfo, now: datetime) -> list[Challenge]:
         """Fresh challenges for this request, one per offer, in the client's preferred order."""
@@ -288,7 +309,8 @@ class SellerCore:
         c = verified.credential.challenge
         claims: dict[str, Any] = {
             "iss": self.issuer.realm,
-            "sub": verified.credential.source or getattr(verified.proof, "signer", None) or "anonymous",
+            "sub": verified.credential.source or getattr(verified.proof, "signer", None)
+                    or getattr(verified.proof, "payer_did", None) or "anonymous",
             "iat": int(settled_at.timestamp()),
             "jti": c.id,
             "challengeId": c.id,

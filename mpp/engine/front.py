@@ -36,10 +36,17 @@ class SellerFront(SellerConfig):
     # -- serving -----------------------------------------------------------------
 
     async def start_serving(self, priced: Iterable[tuple[str, str, Price | Metered]]) -> None:
-        """Before the first request: refuse metered routes without a session store, open the
-        pricing store, finish interrupted refunds, start closing idle sessions."""
+        """Before the first request: refuse metered routes without a session store and prices no rail
+        can quote (ValueError naming the routes), open the pricing store, finish interrupted refunds,
+        start closing idle sessions."""
+        priced = list(priced)
         if self.sessions is None and any(isinstance(p, Metered) for _, _, p in priced):
             raise RuntimeError("metered routes need a session store: Seller(session_store=SqliteSessionStore(...))")
+        unsold = [f"{method} {path} (currency {price.currency!r})" for method, path, price in priced
+                  if not self.engine.core.offers(price)]
+        if unsold:
+            raise ValueError(f"no rail of this seller can quote the price of {', '.join(unsold)}: give it a rail that "
+                             f"takes that currency (an evm rail a token for it), or price it in one its rails take")
         await self.engine.start()
         if self.sessions is not None and self._sweeper is None:
             self._sweeper = asyncio.create_task(self.sessions.sweep_forever())

@@ -58,7 +58,7 @@ def _offers(engine: "Shop", price: Price | Metered) -> list[dict[str, Any]]:
     offers = [
         {"intent": "charge", "method": name, "amount": str(charge.amount), "currency": charge.currency}
         | ({"description": charge.description} if charge.description else {})
-        for name in engine.rails
+        for name in engine.core.quoting(charge.currency)
     ]
     if isinstance(price, Metered):
         offers = [

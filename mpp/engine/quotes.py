@@ -60,7 +60,8 @@ def _quotes(core: SellerCore, route: Route, now: datetime,
         description = offer.description or route.description
         if isinstance(offer, TransactionOffer) and unit is not None:
             continue  # priced the unit offer's charge instead (PRICE-MODEL-02)
-        for name, method in core.methods.items():
+        for name in core.quoting(offer.currency):  # the methods that can quote the offer's currency
+            method = core.methods[name]
             if isinstance(offer, UnitOffer):
                 metered = offer.to_metered(require_identity=route.require_identity)
                 if hasattr(method, "session_request_for"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from mpp.engine.core import Verified
 from mpp.ledger import MandateCharge
@@ -15,11 +15,15 @@ __all__ = ["Settlement", "PaymentRail"]
 
 @dataclass(frozen=True)
 class Settlement:
-    """A payment made: the rail's reference, when, and the account that paid."""
+    """A payment made: the rail's reference, when, and the account that paid; ``receipt_members`` are
+    the method's own members of the receipt (``evm``: ``chainId``, as draft-evm-charge-00's receipt
+    has it), carried in the ``Payment-Receipt`` field and the signed claims alike, never in place of a
+    member the receipt already has."""
 
     reference: str
     settled_at: datetime
     payer: str | None = None
+    receipt_members: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 class PaymentRail(SellerMethod, Protocol):

@@ -85,6 +85,11 @@ class SellerEngine(Shop):
             log.error("%s", exc)
 
     def _check_list(self, plist: PriceList) -> None:
+        unsold = sorted({f"{r.route} (currency {o.currency!r})" for r in plist.routes for o in r.offers
+                         if not self.core.quoting(o.currency)})
+        if unsold:
+            raise PriceListError(plist.source, [(1, f"no rail of this seller can quote offers of {', '.join(unsold)}: "
+                                                    "give it a rail that takes that currency")])
         needs = {o.model for r in plist.routes for o in r.offers}
         if needs & {"task", "seat"} and self.config.pricing_store is None:
             raise PriceListError(plist.source, [(1, "task and seat offers need a pricing store: "

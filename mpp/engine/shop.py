@@ -125,5 +125,7 @@ class Shop:
             challengeId=verified.challenge_id,
             receipt=sign_receipt(self.config.receipt_key, payment.claims),
             **({"subscriptionId": payment.claims["subscriptionId"]} if "subscriptionId" in payment.claims else {}),
+            **{k: v for k, v in getattr(settlement, "receipt_members", {}).items()
+               if k not in PaymentReceipt.model_fields and k != "subscriptionId"},
         )
         return format_receipt(receipt)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpp.intents.session import cost_of
-from mpp.protocol.models import CURRENCY, MAX_AMOUNT
+from mpp.protocol.models import MAX_AMOUNT, PRICE_CURRENCY
 
 __all__ = ["Price", "Metered"]
 
 
 @dataclass(frozen=True)
 class Price:
-    """What a route costs per request: integer base units, a currency, a description."""
+    """What a route costs per request: integer base units, a currency (a code such as ``usd``, or a
+    token's address on a method that pays in tokens, ``evm``), a description."""
 
     amount: int
     currency: str
@@ -22,8 +23,9 @@ class Price:
     def __post_init__(self) -> None:
         if not isinstance(self.amount, int) or isinstance(self.amount, bool) or not 0 < self.amount <= MAX_AMOUNT:
             raise ValueError(f"price amount must be an integer of base units from 1 to {MAX_AMOUNT}")
-        if not isinstance(self.currency, str) or CURRENCY.fullmatch(self.currency) is None:
-            raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
+        if not isinstance(self.currency, str) or PRICE_CURRENCY.fullmatch(self.currency) is None:
+            raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32) "
+                             "or a token's address (0x and 40 hex digits)")
 
 
 @dataclass(frozen=True)

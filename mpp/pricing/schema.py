@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mpp.protocol.models import CURRENCY, MAX_AMOUNT
+from mpp.protocol.models import MAX_AMOUNT, PRICE_CURRENCY
 from mpp.intents.session import cost_of
 from mpp.pricing.periods import _parse_anchor, _rfc3339
 from mpp.pricing.routes import _METHODS, _check_path, _route_string
@@ -40,8 +40,9 @@ class _OfferBase(BaseModel):
     @field_validator("currency")
     @classmethod
     def _currency(cls, v: str | None) -> str | None:
-        if v is not None and CURRENCY.fullmatch(v) is None:
-            raise ValueError("must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
+        if v is not None and PRICE_CURRENCY.fullmatch(v) is None:
+            raise ValueError("must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32) or a token's "
+                             "address (0x and 40 hex digits)")
         return v
 
 
@@ -166,6 +167,7 @@ class _PriceListDoc(BaseModel):
     @field_validator("currency")
     @classmethod
     def _currency(cls, v: str | None) -> str | None:
-        if v is not None and CURRENCY.fullmatch(v) is None:
-            raise ValueError("must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
+        if v is not None and PRICE_CURRENCY.fullmatch(v) is None:
+            raise ValueError("must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32) or a token's "
+                             "address (0x and 40 hex digits)")
         return v

@@ -12,12 +12,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from mpp.protocol.wire import decode_json_b64, encode_json_b64
 from mpp.protocol.errors import ParseError, clip
 
-__all__ = ["Challenge", "Credential", "PaymentReceipt", "ChargeRequest", "parse_rfc3339", "format_rfc3339", "MAX_AMOUNT", "CURRENCY"]
+__all__ = ["Challenge", "Credential", "PaymentReceipt", "ChargeRequest", "parse_rfc3339", "format_rfc3339", "MAX_AMOUNT", "CURRENCY",
+           "PRICE_CURRENCY"]
 
 MAX_AMOUNT = 2**63 - 1
 """What every ledger backend can hold in a signed 64-bit integer."""
 CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
 """A lowercase currency code."""
+PRICE_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}|0x[0-9a-fA-F]{40}")
+"""What a price's currency may be (use ``fullmatch``): a currency code, or a token's address (``0x`` and 40
+hex digits, any case) for a method that pays in tokens (``evm``)."""
 
 _ECHO_FIELDS = ("id", "realm", "method", "intent", "request", "description", "digest", "expires", "header", "opaque")
 

@@ -41,6 +41,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import is_hex_address, keccak, to_checksum_address
+from hexbytes import HexBytes
 
 from mpp.protocol.errors import ParseError, VerificationFailed
 from mpp.protocol.models import Challenge, ChargeRequest, Credential
@@ -64,6 +65,7 @@ __all__ = [
     "parse_evm_request",
     "parse_payload",
     "authorization_typed_data",
+    "transaction_fields",
     "EvmSellerMethod",
     "EvmBuyerMethod",
 ]
@@ -200,12 +202,13 @@ class EvmPayment:
     tx_hash: str | None = None
 
     @property
-    def payer_did(self) -> str:
-        """The payer as a DID (``did:pkh``). Deliberately not named ``signer``: the engine compares a
-        payment's ``signer`` with the mandate's subject (an agent's did:key, IDENT-POP-03), and an
-        EVM address is never one; on this rail the identity extension attributes a purchase by its
-        proof of possession alone (spec/methods/evm.md EVM-ID-01)."""
-        return did_pkh(self.chain_id, self.payer)
+    def payer_did(self) -> str | None:
+        """The payer as a DID (``did:pkh``); None for a ``hash`` payment, whose payer only settlement
+        learns (from the chain). Deliberately not named ``signer``: the engine compares a payment's
+        ``signer`` with the mandate's subject (an agent's did:key, IDENT-POP-07), and an EVM address
+        is never one; on this rail the identity extension attributes a purchase by its proof of
+        possession (spec/methods/evm.md EVM-ID-01)."""
+        return did_pkh(self.chain_id, self.payer) if self.payer else None
 
     @property
     def replay_key(self) -> str:
@@ -255,6 +258,15 @@ def parse_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
         return {"type": kind, "hash": "0x" + _hex_bytes(payload.get("hash"), "hash", 32).hex()}
     raise VerificationFailed(f"evm payload type must be one of {', '.join(CREDENTIAL_TYPES)}"
                              + (" (permit2 is not accepted here)" if kind == "permit2" else ""))
+
+
+def transaction_fields(raw: bytes) -> dict[str, Any]:
+    """The fields of a signed typed transaction (``nonce``, ``gas``, ``maxFeePerGas``, ``to``, ``data``...),
+    as eth-account decodes them; ValueError if ``raw`` is not one."""
+    try:
+        return TypedTransaction.from_bytes(HexBytes(raw)).as_dict()  # it takes HexBytes only
+    except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
+        raise ValueError("not a signed typed transaction") from exc
 
 
 def authorization_typed_data(token: EvmToken, chain_id: int, *, payer: str, recipient: str, value: int,
@@ -323,8 +335,12 @@ class EvmSellerMethod:
         self.ledger_id = None  # the request cache key of the engine reads it (no ledger here)
 
     def token_for(self, currency: str) -> EvmToken | None:
-        """The token a price in ``currency`` is paid in here (a code, or an address in any case), or None."""
-        return self.tokens.get(currency.lower() if currency.startswith("0x") else currency)
+        """The token a price in ``currency`` is paid in here (a code, or an address in any case: a key of
+        ``tokens``, or the address of one of them), or None."""
+        found = self.tokens.get(currency.lower() if currency.startswith("0x") else currency)
+        if found is None and currency.startswith("0x") and is_hex_address(currency):
+            found = self._by_address.get(to_checksum_address(currency))
+        return found
 
     def accepts_currency(self, currency: str) -> bool:
         """Whether this method can quote a price in ``currency`` (the engine offers it only then)."""
@@ -387,7 +403,7 @@ class EvmSellerMethod:
         source = credential.source
         pkh = isinstance(source, str) and source.startswith("did:pkh:")
         if source is not None and (pkh or credential.extra_member("identity") is None):
-            if not pkh or source.lower() != payment.payer_did.lower():
+            if not pkh or source.lower() != (payment.payer_did or "").lower():
                 raise VerificationFailed("credential source is not the payer's did:pkh")
         return payment
 
@@ -419,12 +435,11 @@ class EvmSellerMethod:
     def _transaction(challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
         raw = f["signature"]
         try:
-            tx = TypedTransaction.from_bytes(raw)
+            body = transaction_fields(raw)
             payer = Account.recover_transaction(raw)
         except Exception as exc:  # noqa: BLE001 - whatever fails to decode is not a signed typed transaction
             raise VerificationFailed("evm transaction is not a signed EIP-1559 transaction") from exc
-        body = tx.as_dict()
-        if tx.transaction_type != 2:
+        if body.get("type") != 2:
             raise VerificationFailed("evm transaction must be an EIP-1559 (type 2) transaction")
         if body.get("chainId") != req.chain_id:
             raise VerificationFailed("evm transaction is for another chain")
@@ -436,7 +451,10 @@ class EvmSellerMethod:
         data = bytes(body.get("data") or b"")
         if data[:4] != TRANSFER_SELECTOR or len(data) != 68:
             raise VerificationFailed("evm transaction does not call transfer(address,uint256)")
-        recipient, amount = eth_abi.decode(["address", "uint256"], data[4:])
+        try:
+            recipient, amount = eth_abi.decode(["address", "uint256"], data[4:])
+        except Exception as exc:  # noqa: BLE001 - eth-abi refuses an address with non-zero padding bytes
+            raise VerificationFailed("evm transaction's transfer arguments do not decode") from exc
         if to_checksum_address(recipient) != req.recipient or amount != req.amount:
             raise VerificationFailed("evm transaction transfers to another recipient or another amount")
         tx_hash = "0x" + keccak(raw).hex()
