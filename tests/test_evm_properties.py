@@ -1,6 +1,6 @@
 """The ``evm`` method's parsers of untrusted input (mpp.methods.evm.charge), property-based: whatever
 a credential's payload or a challenge's request holds, they answer with the problem the seller
-sends (VerificationFailed, PaymentExpired) or ParseError, never TypeError, ValueError or a decoder's
+sends (VerificationFailed) or ParseError, never TypeError, ValueError or a decoder's
 own exception (CORE-ERR-11: no content of a request leads to a 5xx). And the challenge hash of
 both binding rules against vectors computed here from the bytes, independently of the code."""
 
@@ -115,7 +115,7 @@ GOOD_TX = _signed_transfer()
 @given(st.lists(st.tuples(st.integers(min_value=0, max_value=len(GOOD_TX) - 1), st.integers(min_value=0, max_value=255)),
                 max_size=4), st.binary(max_size=40), st.sampled_from([b"", b"\x02", b"\x01", b"\x03", b"\xf8"]))
 def test_verify_refuses_mangled_transactions_with_verification_failed(flips, tail, prefix):
-    """A signed EIP-1559 transfer with bytes changed, cut, extended or re-typed: verified or refused,
+    """EVM-TX-01: EVM-AUTH-01, EVM-AUTH-05: EVM-AUTH-01: A signed EIP-1559 transfer with bytes changed, cut, extended or re-typed: verified or refused,
     never a decoder's exception."""
     raw = bytearray(prefix + GOOD_TX[1:] if prefix else GOOD_TX)
     for at, value in flips:
@@ -168,7 +168,7 @@ VECTORS = [
 
 @pytest.mark.parametrize("challenge_id, realm, concatenated, json_array", VECTORS)
 def test_challenge_hash_of_both_rules_against_the_bytes(challenge_id, realm, concatenated, json_array):
-    """EVM-BIND-01: the draft's rule hashes the UTF-8 of id then realm (abi.encodePacked of two
+    """EVM-BIND-01: EVM-BIND-01: the draft's rule hashes the UTF-8 of id then realm (abi.encodePacked of two
     strings); pympp's hashes JSON.stringify([id, realm]) (no spaces, non-ASCII as UTF-8, JSON escapes)."""
     assert challenge_hash(challenge_id, realm, BINDING_DRAFT) == keccak(concatenated)
     assert challenge_hash(challenge_id, realm, BINDING_JSON) == keccak(json_array)
@@ -176,7 +176,7 @@ def test_challenge_hash_of_both_rules_against_the_bytes(challenge_id, realm, con
 
 
 def test_challenge_hash_matches_what_the_peer_sdks_sent():
-    """The nonces mppx 0.11.0 (the draft's rule) and pympp 0.16.0 (JSON) sent for one challenge, as
+    """EVM-BIND-01: The nonces mppx 0.11.0 (the draft's rule) and pympp 0.16.0 (JSON) sent for one challenge, as
     recorded on a local chain (docs: /work/notes, evm interop §3): first and last digits."""
     challenge_id, realm = VECTORS[0][:2]
     assert challenge_hash(challenge_id, realm, BINDING_DRAFT).hex().startswith("322060eb")
@@ -191,14 +191,14 @@ def test_an_unknown_binding_rule_is_refused():
 
 
 def test_the_authorization_window_is_judged_on_the_seller_clock():
-    """An authorization valid for longer than max_validity past the challenge's expiry is refused."""
+    """EVM-AUTH-03: An authorization valid for longer than max_validity past the challenge's expiry is refused."""
     buyer = EvmBuyerMethod(account=PAYER, chain_id=31337, tokens=[TOKEN], clock=lambda: NOW)
     payload, _ = buyer.payload(CHALLENGE, REQUEST)
     late = EvmSellerMethod(recipient=SELLER.address, chain_id=31337, tokens={"usd": TOKEN},
                            clock=lambda: NOW + timedelta(minutes=10))
     with pytest.raises(PaymentProblem) as refused:
         late.verify(Credential(challenge=CHALLENGE, payload=payload), REQUEST)
-    assert refused.value.slug == "payment-expired"
+    assert refused.value.slug == "verification-failed" and "expired" in refused.value.detail
 
 
 def test_importing_the_evm_method_keeps_the_recursion_limit():
@@ -215,3 +215,48 @@ def test_importing_the_evm_method_keeps_the_recursion_limit():
             "except ParseError: print('refused')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr[-2000:]
+
+
+# -- addresses, buyer refusals, source -----------------------------------------------------------------
+
+def test_addresses_are_compared_by_their_bytes():
+    """EVM-REQ-02: a payload naming the recipient in lower case, a seller configured with a lowercase
+    token address and a mandate currency in either case are the same addresses."""
+    buyer = EvmBuyerMethod(account=PAYER, chain_id=31337, tokens=[TOKEN], clock=lambda: NOW)
+    payload, source = buyer.payload(CHALLENGE, REQUEST)
+    payload = {**payload, "to": payload["to"].lower(), "from": payload["from"].lower()}
+    lower = EvmSellerMethod(recipient=SELLER.address.lower(), chain_id=31337,
+                            tokens={TOKEN.address.lower(): EvmToken(TOKEN.address.lower(), TOKEN.name, TOKEN.version)},
+                            clock=lambda: NOW)
+    assert lower.verify(Credential(challenge=CHALLENGE, payload=payload, source=source.lower()), REQUEST).payer == PAYER.address
+    from mpp.identity.mandates import same_currency
+    assert same_currency(TOKEN.address, TOKEN.address.lower()) and not same_currency("usd", "USD")
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"methodDetails": {"chainId": 1, "credentialTypes": [AUTHORIZATION]}}, "chain 1 is not ours"),
+    ({"currency": "0x" + "11" * 20}, "is not one we pay with"),
+    ({"methodDetails": {"chainId": 31337, "credentialTypes": [AUTHORIZATION], "splits": [{"amount": "1"}]}}, "splits"),
+    ({"amount": "0"}, "zero"),
+    ({"methodDetails": {"chainId": 31337, "credentialTypes": [TRANSACTION]}}, "does not accept EIP-3009"),
+])
+def test_our_buyer_refuses_before_signing_what_it_cannot_pay(change, why):
+    """EVM-REQ-03: another chain, a token we hold no domain for, splits, a zero amount, or no
+    ``authorization`` among the accepted types: can_pay says why, and nothing is signed."""
+    buyer = EvmBuyerMethod(account=PAYER, chain_id=31337, tokens=[TOKEN], clock=lambda: NOW)
+    request = ChargeRequest.model_validate({**REQUEST.model_dump(exclude_none=True), **change})
+    assert why in (buyer.can_pay(CHALLENGE, request) or "")
+    assert buyer.can_pay(CHALLENGE, REQUEST) is None
+
+
+def test_a_source_that_is_not_the_payer_is_refused_unless_the_identity_extension_names_the_agent():
+    """EVM-AUTH-05: a did:pkh source of another address, or a did:key source without the identity
+    extension, is verification-failed; a did:key source with an identity member is left to the extension."""
+    buyer = EvmBuyerMethod(account=PAYER, chain_id=31337, tokens=[TOKEN], clock=lambda: NOW)
+    payload, _ = buyer.payload(CHALLENGE, REQUEST)
+    for source in (f"did:pkh:eip155:31337:{SELLER.address}", "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"):
+        with pytest.raises(VerificationFailed, match="source"):
+            SELLER_METHOD.verify(Credential(challenge=CHALLENGE, payload=payload, source=source), REQUEST)
+    agent = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    with_identity = Credential(challenge=CHALLENGE, payload=payload, source=agent, extensions={"identity": {"mandates": []}})
+    assert SELLER_METHOD.verify(with_identity, REQUEST).payer == PAYER.address

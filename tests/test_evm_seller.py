@@ -4,8 +4,8 @@ EvmBuyerMethod as the buyer. No mocks: every payment is a transaction on the cha
 read back from the token.
 
 Problem types, as the draft's Error Responses and spec/core.md's CORE-ERR table name them: an
-authorization that does not match its challenge is ``verification-failed`` (CORE-ERR-06), an
-expired one ``payment-expired`` (CORE-ERR-05), a payer short of tokens ``payment-insufficient``
+authorization that does not match its challenge is ``verification-failed`` (CORE-ERR-06), as is
+one whose window has closed (the draft's evm error types; both peer SDKs answer so), a payer short of tokens ``payment-insufficient``
 (CORE-ERR-07) found before the challenge is consumed, a credential for a used challenge
 ``invalid-challenge`` (CORE-ERR-04, CORE-ONCE-01), a transaction presented for a second challenge
 ``verification-failed`` (its proof pays another challenge; the new challenge stays usable).
@@ -160,7 +160,7 @@ def transfer_tx(chain, payer, to: str, amount: int, *, nonce: int | None = None)
 
 
 async def test_our_buyer_pays_our_seller_on_evm(chain, token, tmp_path):
-    """CORE-RCPT-01, CHARGE-07: 200 with a receipt that verifies; the token moved exactly the price,
+    """EVM-REQ-01, EVM-SET-01: CORE-RCPT-01, CHARGE-07: 200 with a receipt that verifies; the token moved exactly the price,
     payer to seller; the receipt's reference is the transaction, mined, and it names the chain."""
     payer = chain.new_payer(PRICE * 4)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -188,7 +188,7 @@ async def test_our_buyer_pays_our_seller_on_evm(chain, token, tmp_path):
 
 @pytest.mark.parametrize("rule", [BINDING_DRAFT, BINDING_JSON])
 async def test_a_seller_of_both_binding_rules_takes_either(chain, token, tmp_path, rule):
-    """A seller configured with both challenge-binding rules accepts a buyer of either (mppx's and
+    """EVM-BIND-01, EVM-BIND-02: A seller configured with both challenge-binding rules accepts a buyer of either (mppx's and
     the draft's keccak(id || realm), pympp's keccak(JSON [id, realm]))."""
     payer = chain.new_payer(PRICE)
     async with evm_shop(chain, token, tmp_path, bindings=(BINDING_DRAFT, BINDING_JSON)) as shop, \
@@ -198,7 +198,7 @@ async def test_a_seller_of_both_binding_rules_takes_either(chain, token, tmp_pat
 
 
 async def test_a_draft_only_seller_refuses_a_json_binding_buyer(chain, token, tmp_path):
-    """CORE-ERR-06: the nonce is not this challenge's hash under the seller's rule: 402
+    """EVM-BIND-02: CORE-ERR-06: the nonce is not this challenge's hash under the seller's rule: 402
     verification-failed, nothing moves."""
     payer = chain.new_payer(PRICE)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -216,12 +216,12 @@ ALTERED = {
     "another recipient": (lambda r, other: {"to": other}, "verification-failed"),
     "another token": (lambda r, other: {"domain_token": other}, "verification-failed"),
     "another chain": (lambda r, other: {"domain_chain_id": 1}, "verification-failed"),
-    "an expired window": (lambda r, other: {"valid_before": int(datetime.now(timezone.utc).timestamp()) - 5}, "payment-expired"),
+    "an expired window": (lambda r, other: {"valid_before": int(datetime.now(timezone.utc).timestamp()) - 5}, "verification-failed"),
 }
 
 
 async def test_altered_authorizations_are_refused_and_the_challenge_stays_usable(chain, token, tmp_path):
-    """CORE-ERR-05, CORE-ERR-06, CORE-ONCE-04: an authorization for another amount, recipient, token
+    """EVM-AUTH-02, EVM-AUTH-03, EVM-AUTH-04, EVM-ERR-01: CORE-ERR-05, CORE-ERR-06, CORE-ONCE-04: an authorization for another amount, recipient, token
     (EIP-712 domain) or chain, or whose window has closed, is refused offline with the draft's
     problem type and a fresh challenge; nothing moves, nothing is consumed: the same challenge is
     then paid with a correct authorization."""
@@ -242,7 +242,7 @@ async def test_altered_authorizations_are_refused_and_the_challenge_stays_usable
 
 
 async def test_a_payer_short_of_tokens_is_refused_before_the_challenge_is_consumed(chain, token, tmp_path):
-    """CORE-ERR-07: the payer's balance is read before the challenge is consumed: 402
+    """EVM-ERR-01: CORE-ERR-07: the payer's balance is read before the challenge is consumed: 402
     payment-insufficient, nothing moves; once funded, the same credential pays."""
     payer = chain.new_payer(PRICE - 1)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -269,7 +269,7 @@ async def test_a_seller_without_ether_for_gas_says_so_before_consuming(chain, to
 
 async def test_a_revert_found_after_the_challenge_is_consumed_is_explained_from_the_chain(chain, token, tmp_path):
     """A seller whose clock lags lets an authorization past its offline window check; the chain's
-    clock has passed validBefore, so the simulation reverts: 402 payment-expired (read from the
+    clock has passed validBefore, so the simulation reverts: 402 verification-failed (read from the
     chain's state, not the token's words), nothing moved, and the challenge is used (CORE-ONCE-01)."""
     payer = chain.new_payer(PRICE)
     lagging = lambda: datetime.now(timezone.utc) - timedelta(hours=1)  # noqa: E731
@@ -278,7 +278,7 @@ async def test_a_revert_found_after_the_challenge_is_consumed_is_explained_from_
         credential = authorization(challenge, request, payer, token, chain.chain_id,
                                    valid_before=chain.latest_timestamp() - 10)
         status, problem, _ = await pay(session, shop.url(), challenge, credential)
-        assert (status, slug(problem)) == (402, "payment-expired") and "on chain" in problem["detail"]
+        assert (status, slug(problem)) == (402, "verification-failed") and "on chain" in problem["detail"]
         assert (await shop.store.get(challenge.id)).state == "failed"
         status, problem, _ = await pay(session, shop.url(), challenge, credential)
         assert (status, slug(problem)) == (402, "invalid-challenge")
@@ -289,7 +289,7 @@ async def test_a_revert_found_after_the_challenge_is_consumed_is_explained_from_
 
 
 async def test_the_same_credential_twice_is_refused_as_a_used_challenge(chain, token, tmp_path):
-    """CORE-ONCE-01, CORE-ERR-04: the second presentation of a paid credential is 402
+    """EVM-SET-02, EVM-ERR-01: CORE-ONCE-01, CORE-ERR-04: the second presentation of a paid credential is 402
     invalid-challenge; the token moved once."""
     payer = chain.new_payer(PRICE * 2)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -302,7 +302,7 @@ async def test_the_same_credential_twice_is_refused_as_a_used_challenge(chain, t
 
 
 async def test_ten_concurrent_submissions_of_one_credential_transfer_once(chain, token, tmp_path):
-    """CORE-ONCE-02: ten concurrent requests with one credential: one 200, nine invalid-challenge,
+    """EVM-SET-02: CORE-ONCE-02: ten concurrent requests with one credential: one 200, nine invalid-challenge,
     one transfer."""
     payer = chain.new_payer(PRICE * 2)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -316,7 +316,7 @@ async def test_ten_concurrent_submissions_of_one_credential_transfer_once(chain,
 
 
 async def test_fifty_concurrent_purchases_from_one_payer_are_exact(chain, token, tmp_path):
-    """Fifty purchases at once from one payer (fifty challenges), settled by one seller key: every
+    """EVM-SET-01: Fifty purchases at once from one payer (fifty challenges), settled by one seller key: every
     one 200, no two settlements on one nonce, the balances exact."""
     payer = chain.new_payer(PRICE * 50 + 7)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -331,7 +331,7 @@ async def test_fifty_concurrent_purchases_from_one_payer_are_exact(chain, token,
 
 
 async def test_a_transaction_credential_pays_once(chain, token, tmp_path):
-    """draft §Transaction Payload: a signed EIP-1559 transfer, broadcast by the seller, pays (the payer
+    """EVM-TX-01, EVM-SET-02: draft §Transaction Payload: a signed EIP-1559 transfer, broadcast by the seller, pays (the payer
     pays gas); the same transaction presented for a second challenge is refused verification-failed,
     before that challenge is consumed, and nothing more moves."""
     payer = chain.new_payer(PRICE * 2, wei=ETHER)
@@ -351,7 +351,7 @@ async def test_a_transaction_credential_pays_once(chain, token, tmp_path):
 
 
 async def test_a_transaction_for_another_amount_is_refused_offline(chain, token, tmp_path):
-    """CORE-ERR-06: a transfer of another amount never reaches the chain."""
+    """EVM-TX-01: CORE-ERR-06: a transfer of another amount never reaches the chain."""
     payer = chain.new_payer(PRICE * 2, wei=ETHER)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
         challenge, _ = await quote(session, shop.url())
@@ -406,7 +406,7 @@ async def test_a_handler_failing_after_settlement_is_refunded_on_chain_once(chai
 
 
 async def test_a_transaction_not_mined_in_time_is_pending_then_refunded(chain, token, tmp_path):
-    """No receipt within the timeout (anvil not mining): 503 settlement-pending with Retry-After and
+    """EVM-SET-03: No receipt within the timeout (anvil not mining): 503 settlement-pending with Retry-After and
     the transaction, never 200; once it is mined, reconcile refunds it (the buyer never got the
     resource), and the payer has its tokens back."""
     payer = chain.new_payer(PRICE)
@@ -519,7 +519,7 @@ async def test_a_seller_with_evm_and_a_ledger_offers_each_route_where_it_can_be_
 
 
 async def test_a_node_that_does_not_answer_is_503_and_consumes_nothing(chain, token, tmp_path):
-    """The node gives no answer before anything is sent: 503 chain-unavailable with Retry-After,
+    """EVM-ERR-01: The node gives no answer before anything is sent: 503 chain-unavailable with Retry-After,
     nothing consumed or moved; the same credential pays once the node is back."""
     payer = chain.new_payer(PRICE)
     async with evm_shop(chain, token, tmp_path) as shop, aiohttp.ClientSession() as session:
@@ -556,7 +556,7 @@ class SwallowingNode:
 
 
 async def test_a_send_without_an_answer_is_pending_and_a_mined_one_refunded(chain, token, tmp_path):
-    """The node takes the transaction and its answer is lost: 503 settlement-pending, never 200 nor a
+    """EVM-SET-03: The node takes the transaction and its answer is lost: 503 settlement-pending, never 200 nor a
     traceback; reconcile finds the transaction mined and refunds the payer."""
     node = SwallowingNode(chain.rpc_url)
     await node.server.start_server()
@@ -575,3 +575,54 @@ async def test_a_send_without_an_answer_is_pending_and_a_mined_one_refunded(chai
             assert chain.balance_of(payer.address) == PRICE and chain.balance_of(shop.address) == 0
     finally:
         await node.server.close()
+
+
+# -- identity on a rail the seller does not control ----------------------------------------------
+
+async def test_identity_purchases_on_evm_are_attributed_and_held_to_the_sellers_budget_share(chain, token, tmp_path):
+    """EVM-ID-01, IDENT-POP-07, IDENT-BUD-04: an agent pays on evm under a mandate in the token's
+    address (EVM-REQ-02: an address in any letter case is the same currency). The credential's
+    source is the agent's did:key (the payment's EIP-3009 signer is an address, never compared with
+    it); the receipt names agent, principal and mandate; the seller's own store holds the mandate's
+    budget: the purchase that would pass it is refused before anything moves."""
+    from mpp import identity as I
+    from mpp.aio.agent import AgentIdentity
+
+    P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
+    now = datetime.now(timezone.utc)
+    mandate = I.issue_mandate(P, subject=A.did, audience=["evm.test"], scope=["GET /agent*"], currency=token.address.lower(),
+                              ceiling=PRICE, budget_amount=2 * PRICE, not_before=now - timedelta(minutes=1),
+                              expires=now + timedelta(hours=1))
+    key = Account.create()
+    chain.set_balance(key.address, ETHER)
+    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, receipt_timeout=5.0,
+                   reconcile_interval=0.0, store=SqliteEvmStore(str(tmp_path / "evm-id.db")))
+    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail],
+                    store=SqlitePaymentStore(str(tmp_path / "payments-id.db")), trusted_principals={P.did})
+
+    @seller.price(PRICE, "usd", "for agents", require_identity=True)
+    async def agent_report(request):
+        return web.json_response({"agent": payment_of(request).claims.get("agent")})
+
+    app = web.Application()
+    app.router.add_get("/agent-report", agent_report)
+    app.cleanup_ctx.append(rail.lifecycle)
+    seller.setup(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    payer = chain.new_payer(tokens=10 * PRICE)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PaymentClient(session, [EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token])],
+                                   mpp.BuyerPolicy(max_amount=PRICE), identity=AgentIdentity(A, [mandate]))
+            url = str(server.make_url("/agent-report"))
+            for _ in range(2):
+                paid = await client.request("GET", url)
+                assert paid.status == 200 and json.loads(paid.body) == {"agent": A.did}
+                assert (paid.claims["sub"], paid.claims["agent"], paid.claims["principal"]) == (A.did, A.did, P.did)
+            with pytest.raises(mpp.PaymentFailed) as refused:
+                await client.request("GET", url)
+            assert refused.value.problem_type == "budget-exceeded"
+        assert chain.balance_of(payer.address) == 8 * PRICE and chain.balance_of(key.address) == 2 * PRICE
+    finally:
+        await server.close()

@@ -37,6 +37,7 @@ async def stores(location):
 
 
 async def test_a_replay_key_is_claimed_once_across_processes(stores):
+    """EVM-SET-02: of concurrent claims of one replay key from two stores on one database, one wins."""
     one, two = stores
     claims = await asyncio.gather(*(store.claim("evm:31337:tx:0xabc", f"challenge-{i}")
                                     for i, store in enumerate([one, two] * 5)))

@@ -56,7 +56,7 @@ from mpp.engine.rails import Settlement
 from mpp.ledger import MandateCharge
 from mpp.methods.evm.charge import (AUTHORIZATION, BINDING_DRAFT, HASH, TRANSACTION, EvmPayment, EvmSellerMethod, EvmToken,
                                     did_pkh, transaction_fields)
-from mpp.protocol.errors import (ExtensionProblem, InvalidChallenge, PaymentExpired, PaymentInsufficient, PaymentProblem,
+from mpp.protocol.errors import (ExtensionProblem, InvalidChallenge, PaymentInsufficient, PaymentProblem,
                                  SellerMisconfigured, VerificationFailed, clip)
 from mpp.stores.evm import EvmStore, MemoryEvmStore, PendingTx
 
@@ -359,7 +359,7 @@ async def _refusal(rpc: EvmRpc, payment: EvmPayment, exc: EvmRpcError) -> Paymen
     if payment.kind == AUTHORIZATION:
         now = await rpc.block_timestamp()
         if now >= payment.valid_before:
-            return PaymentExpired("the authorization's validBefore has passed on chain")
+            return VerificationFailed("the authorization's validBefore has passed on chain")
         if now <= payment.valid_after:
             return VerificationFailed("the authorization is not valid yet on chain (validAfter)")
     return VerificationFailed(f"the token refused the transfer: {clip(exc.reason, 200)}")

@@ -46,6 +46,7 @@ async def _run(home: Path) -> None:
     from mpp.aio.buyer import PaymentClient
     from mpp.cli.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from mpp.cli.config import init_home, load_seller_config, load_wallet
+    from mpp.cli.demo_evm import evm_part
     from mpp.cli.demo_pricing import pricing_part, write_price_list
     from mpp.protocol.errors import PaymentFailed, QuoteRejected
     from mpp.connect import budget_store_for
@@ -169,6 +170,7 @@ async def _run(home: Path) -> None:
         _check(before["acct:buyer"] - after["acct:buyer"] == paid_total == after["acct:seller"] - before["acct:seller"],
                f"buyer paid exactly {paid_total}, seller received exactly {paid_total}")
         _check(ledger.check() == [], "every transfer is two postings summing to zero")
+        await evm_part(home, _check, 12)
     finally:
         await runner.cleanup()
         await budget.close()

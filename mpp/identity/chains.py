@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Collection, Sequence
 
 from mpp.protocol.errors import clip
-from mpp.identity.mandates import Mandate, MandateChain, _check_times, _mandate_of
+from mpp.identity.mandates import Mandate, MandateChain, _check_times, _mandate_of, same_currency
 from mpp.identity.problems import (
     DelegationInvalid,
     DelegationTooDeep,
@@ -30,7 +30,7 @@ DEFAULT_MAX_DEPTH = 3
 def _narrowing_violation(child: Mandate, parent: Mandate) -> str | None:
     if child.prn != parent.prn:
         return "prn (principal) differs from the parent's"
-    if child.currency != parent.currency:
+    if not same_currency(child.currency, parent.currency):
         return "currency differs from the parent's"
     if not all(any(pattern_within(c, p) for p in parent.scope) for c in child.scope):
         return "scope is wider than the parent's"

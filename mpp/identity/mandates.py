@@ -22,6 +22,7 @@ from mpp.identity.restrictions import MandateRestrictions, restrictions_from_cla
 
 __all__ = [
     "MANDATE_TYP",
+    "same_currency",
     "PERIODS",
     "MAX_INT",
     "MAX_LIST",
@@ -42,7 +43,7 @@ _ALGORITHMS = ["EdDSA"]
 _PATTERN = re.compile(r"\*|[A-Z]+ /[!-~]*")  # IDENT-MDT-08: '*', or METHOD, one space, a visible-ASCII path glob
 MAX_PATTERN = 256
 """The longest scope pattern a mandate may carry, in characters."""
-_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}")
+_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}|0x[0-9a-fA-F]{40}")
 MAX_INT = 2**53 - 1
 """Every JSON implementation reads integers up to here exactly."""
 MAX_LIST = 64
@@ -132,8 +133,16 @@ class _MandateClaims(BaseModel):
     @classmethod
     def _currency(cls, v: str) -> str:
         if _CURRENCY.fullmatch(v) is None:
-            raise ValueError("currency must be a lowercase code ([a-z][a-z0-9]{0,31})")
+            raise ValueError("currency must be a lowercase code ([a-z][a-z0-9]{0,31}) or a token's address (0x and 40 hex digits)")
         return v
+
+
+def same_currency(a: str, b: str) -> bool:
+    """Whether two currencies are the same: codes as written; token addresses (``0x`` and 40 hex
+    digits) by their 20 bytes, whatever their letter case (EIP-55 or not, EVM-REQ-02)."""
+    if a.startswith("0x") and b.startswith("0x"):
+        return a.lower() == b.lower()
+    return a == b
 
 
 @dataclass(frozen=True)

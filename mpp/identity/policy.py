@@ -10,7 +10,7 @@ from typing import Mapping
 from mpp.protocol.errors import RESOURCE_MAX, clip
 from mpp.protocol.models import Challenge, ChargeRequest
 from mpp.identity.approvals import Approval
-from mpp.identity.mandates import MandateChain
+from mpp.identity.mandates import MandateChain, same_currency
 from mpp.identity.problems import ApprovalRequired, BudgetExceeded, CurrencyNotAllowed, OutOfScope, OverCeiling
 from mpp.identity.proofs import quote_hash
 from mpp.identity.scopes import is_canonical_resource, scope_matches
@@ -61,7 +61,7 @@ def evaluate_policy(
     leaf, amount = chain.leaf, request.amount_int
     base = {"challengeId": challenge.id, "mandate": leaf.jti}
     canonical = is_canonical_resource(resource)
-    if request.currency != leaf.currency:
+    if not same_currency(request.currency, leaf.currency):
         raise CurrencyNotAllowed(f"mandate allows {leaf.currency!r}, quote is in {request.currency!r}", rule="currency", **base)
     if not any(p == "*" or (canonical and scope_matches(p, resource)) for p in leaf.scope):
         raise OutOfScope(f"{clip(resource, RESOURCE_MAX)} is outside the mandate's scope", rule="scope", **base)

@@ -1,7 +1,7 @@
 """``--pay-with evm:FILE`` (conformance/mpp_conformance/paying.py, EvmPayer): the payer file is
 read strictly with messages that never carry the key, and the credential it makes for an ``evm``
 charge challenge is an EIP-3009 authorization our own seller method accepts (EVM-AUTH-01 to
-EVM-AUTH-06) under the binding rule the file names (EVM-BIND-01)."""
+EVM-AUTH-05) under the binding rule the file names (EVM-BIND-01)."""
 
 from __future__ import annotations
 

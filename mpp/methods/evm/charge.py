@@ -303,7 +303,7 @@ class EvmSellerMethod:
     address) to the token it is paid in; ``recipient`` is the seller's address; ``credential_types``
     what it accepts, in its order of preference; ``bindings`` the challenge-hash rules it accepts
     (EVM-BIND-02); ``max_validity`` how far past the challenge's expiry an authorization may stay
-    valid, in seconds (EVM-AUTH-05)."""
+    valid, in seconds (EVM-AUTH-03)."""
 
     name = METHOD
 
@@ -369,7 +369,7 @@ class EvmSellerMethod:
     def verify(self, credential: Credential, request: ChargeRequest) -> EvmPayment:
         """Every offline check of an ``evm`` credential against its (HMAC-verified) challenge:
         the request is ours (chain, recipient, a token we take), the payload's type is one we
-        accept, and then per type (EVM-AUTH-01 to EVM-AUTH-06, EVM-TX-01 to EVM-TX-04).
+        accept, and then per type (EVM-AUTH-01 to EVM-AUTH-05, EVM-TX-01; spec/methods/evm.md).
         VerificationFailed naming the first check that fails (an authorization whose window has
         closed too: the challenge's own expiry is judged before, as payment-expired)."""
         try:
