@@ -595,6 +595,23 @@ def test_demo_shows_a_refused_bare_key_purchase():
     # issue 17, finding 12: the steps are numbered 1, 2, 3, ... in the order they are printed
     steps = [int(m) for m in re.findall(r"^(\d+)\. ", result.stdout, re.M)]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 10, steps
+    # issue 19: the demo pays an evm route on a throwaway chain, exactly, and refuses the replay
+    evm = result.stdout.partition("12. the evm method: a seller on")[2]
+    assert "ok: paid on chain: the receipt's reference is a mined transaction" in evm, result.stdout[-3000:]
+    assert "ok: a replayed evm credential is refused" in evm and "ok: on chain the payer paid exactly 50000" in evm
+
+
+async def test_the_demo_skips_the_evm_part_with_one_line_without_anvil(tmp_path: Path, monkeypatch, capsys):
+    """issue 19: without anvil the evm part says so, with the way to install it, and the demo goes on."""
+    from mpp.cli import demo_evm
+    from mpp.methods.evm import devchain
+
+    def missing():
+        raise devchain.ChainUnavailable("anvil is not installed: run `make anvil`\n(more detail)")
+
+    monkeypatch.setattr(devchain, "find_anvil", missing)
+    assert await demo_evm.evm_part(tmp_path, lambda ok, what: None, 12) is False
+    assert capsys.readouterr().out == "12. the evm method: skipped: anvil is not installed: run `make anvil`\n"
 
 
 async def test_a_rail_written_before_precheck_still_sells(tmp_path: Path):
