@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -772,7 +773,10 @@ async def charge_request(ctx: CheckContext) -> str:
     return f"{len(charges)} charge request(s): " + ", ".join(f"{r['amount']} {r['currency']}" for _, r in charges)
 
 
-@register("core.charge-terms", "a charge request names its recipient and a lowercase currency; ledger amounts fit", "core",
+_CURRENCY = re.compile(r"[a-z][a-z0-9]{0,31}|0x[0-9a-fA-F]{40}")  # CHARGE-02: a code, or a token's address
+
+
+@register("core.charge-terms", "a charge request names its recipient and a lowercase currency or a token address; ledger amounts fit", "core",
           ["CHARGE-02", "LEDGER-04"])
 async def charge_terms(ctx: CheckContext) -> str:
     # MPP's profile: the draft makes recipient OPTIONAL (charge §5.1.2) and allows other currency formats.
@@ -781,8 +785,8 @@ async def charge_terms(ctx: CheckContext) -> str:
         raise Skip(f"the target's first challenge is {challenge.method}/{challenge.intent}, not a charge")
     request = challenge.request_json
     currency = request.get("currency")
-    if not isinstance(currency, str) or currency != currency.lower() or not currency:
-        fail(f"charge request currency {currency!r} is not a lowercase code (CHARGE-02)")
+    if not isinstance(currency, str) or _CURRENCY.fullmatch(currency) is None:
+        fail(f"charge request currency {currency!r} is neither a lowercase code nor a token's 0x address (CHARGE-02)")
     if not isinstance(request.get("recipient"), str):
         fail("charge request has no recipient (CHARGE-02; OPTIONAL in the charge draft)")
     if challenge.method == "ledger":

@@ -172,6 +172,11 @@ class SellerCore:
             ))
         return out
 
+    def charge_request(self, name: str, charge: "Price") -> dict[str, Any]:
+        """The decoded request method ``name`` quotes ``charge`` with (cached): what its 402 and its
+        discovery offer say, e.g. a token's address where the price says ``usd`` (CORE-DISC-02)."""
+        return self._charge_request(name, charge)[0]
+
     def _charge_request(self, name: str, charge: "Price") -> tuple[dict[str, Any], str]:
         """The charge request a method quotes for a price, and its wire encoding: made once per
         method and terms (a seller quotes the same few prices over and over)."""

@@ -56,7 +56,8 @@ def openapi_document(engine: "Shop", priced: Iterable[tuple[str, str, Price | Me
 def _offers(engine: "Shop", price: Price | Metered) -> list[dict[str, Any]]:
     charge = price.charge_price() if isinstance(price, Metered) else price
     offers = [
-        {"intent": "charge", "method": name, "amount": str(charge.amount), "currency": charge.currency}
+        {"intent": "charge", "method": name, "amount": str(charge.amount),
+         "currency": engine.core.charge_request(name, charge)["currency"]}
         | ({"description": charge.description} if charge.description else {})
         for name in engine.core.quoting(charge.currency)
     ]
