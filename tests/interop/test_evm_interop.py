@@ -23,7 +23,6 @@ ReceiptInvalid, carrying the paid response; with ``BuyerPolicy(accept_unsigned_r
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -187,21 +186,17 @@ def test_a_peer_client_pays_its_own_seller(chain, request, peer):
 
 # -- their clients, our seller -------------------------------------------------------------
 
-needs_evm_rail = pytest.mark.xfail(importlib.util.find_spec("mpp.aio.evm_rail") is None, strict=True, raises=ModuleNotFoundError,
-                                   reason="needs the evm seller rail, mpp.aio.evm_rail (branch r)")
-
-
 @asynccontextmanager
-async def our_evm_seller(chain: Any, folder: Path, *, recipient: str, settler: Any) -> AsyncIterator[str]:
+async def our_evm_seller(chain: Any, folder: Path, *, key: Any) -> AsyncIterator[str]:
     """OUR evm seller (``mpp.aio.Seller`` with an ``EvmRail``) on a free loopback port, taking
-    both binding rules, pricing ``GET /paid`` at PRICE; yields its URL. The one place that knows
-    the rail's constructor: adjust it here if branch r's API differs."""
-    from mpp.aio.evm_rail import EvmRail  # ModuleNotFoundError until the rail lands
+    both binding rules, pricing ``GET /paid`` at PRICE; yields its URL. ``key`` is the seller's:
+    its address is the recipient and pays the gas of the authorizations it submits."""
+    from mpp.aio.evm_rail import EvmRail
     from mpp.stores.payments import SqlitePaymentStore
 
     token = EvmToken(chain.token, chain.token_name, chain.token_version, DECIMALS)
-    rail = EvmRail(rpc_url=chain.rpc_url, chain_id=chain.chain_id, recipient=recipient, settler=settler,
-                   tokens={"usd": token}, bindings=(BINDING_DRAFT, BINDING_JSON))
+    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token},
+                   bindings=(BINDING_DRAFT, BINDING_JSON))
     seller = mpp.aio.Seller(realm="127.0.0.1", secret=b"evm-interop-secret-of-32-bytes!!", receipt_key=mpp.SigningKey.generate(),
                             rails=[rail], store=(store := SqlitePaymentStore(str(folder / "payments.db"))))
 
@@ -211,6 +206,7 @@ async def our_evm_seller(chain: Any, folder: Path, *, recipient: str, settler: A
 
     app = web.Application()
     app.router.add_get("/paid", paid)
+    app.cleanup_ctx.append(rail.lifecycle)
     seller.setup(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -221,14 +217,14 @@ async def our_evm_seller(chain: Any, folder: Path, *, recipient: str, settler: A
         await store.close()
 
 
-@needs_evm_rail
 @pytest.mark.parametrize("peer", ["pympp", "mppx"])
 async def test_a_peer_client_pays_our_seller(chain, tmp_path, peer):
     """Issue 19 criterion 2: pympp's client (JSON binding) and mppx's (the draft's) each pay our evm
     seller, configured to take both rules: 200, a receipt naming the transaction, the token moved."""
     command, env = (pympp_command, None) if peer == "pympp" else (mppx_command, mppx_env())
-    payer, recipient = chain.new_payer(tokens=5 * PRICE), Account.create().address
-    async with our_evm_seller(chain, tmp_path, recipient=recipient, settler=chain.new_payer(wei=10**18)) as url:
+    payer, seller_key = chain.new_payer(tokens=5 * PRICE), chain.new_payer(wei=10**18)
+    recipient = seller_key.address
+    async with our_evm_seller(chain, tmp_path, key=seller_key) as url:
         # in a thread: our seller answers on this event loop meanwhile
         out = await asyncio.to_thread(run_json, command("pay", *token_args(chain), "--url", url, "--payer-key",
                                                          hex_key(payer)), env=env)
