@@ -431,6 +431,33 @@ async def test_a_transaction_not_mined_in_time_is_pending_then_refunded(chain, t
         assert await shop.rail.reconcile() == 0 and chain.balance_of(payer.address) == PRICE
 
 
+async def test_a_pending_transaction_is_reconciled_by_the_next_run_of_the_seller(chain, token, tmp_path):
+    """EVM-SET-03 across a restart: the seller stops with a transaction pending (503 to the buyer);
+    it is mined while the seller is down; the next rail on the same store and key refunds it as it
+    starts, before serving, once."""
+    payer = chain.new_payer(PRICE)
+    async with evm_shop(chain, token, tmp_path, receipt_timeout=0.3) as shop, aiohttp.ClientSession() as session:
+        key, store_path = shop.rail.wallet.account, tmp_path / f"evm-{shop.address}.db"
+        chain.rpc("evm_setAutomine", False)
+        try:
+            with pytest.raises(mpp.OutcomeUnknown) as unknown:
+                await buyer(session, payer, chain, token).request("GET", shop.url())
+            pending = unknown.value.problem["transaction"]
+        finally:
+            chain.rpc("evm_setAutomine", True)
+    chain.rpc("evm_mine")  # mined while no seller runs
+    assert int(chain.rpc("eth_getTransactionReceipt", pending)["status"], 16) == 1 and chain.balance_of(payer.address) == 0
+    again = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, receipt_timeout=5.0,
+                    reconcile_interval=0.0, store=SqliteEvmStore(str(store_path)))
+    await again.start()
+    try:
+        assert chain.balance_of(payer.address) == PRICE and chain.balance_of(key.address) == 0
+        assert (await again.store.refund_of(pending)).state == REFUND_DONE
+        assert await again.reconcile() == 0 and chain.balance_of(payer.address) == PRICE
+    finally:
+        await again.stop()
+
+
 async def test_a_pending_transaction_that_can_no_longer_be_mined_is_dropped(chain, token, tmp_path):
     """A payer's transaction the node dropped, whose nonce another transaction then spent, can never
     be mined: reconcile drops it, and nothing moved."""
