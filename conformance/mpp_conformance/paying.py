@@ -110,27 +110,13 @@ class Payer(Protocol):
         """The ``Authorization`` field value paying ``challenge``; CannotPay if it will not."""
 
 
-@dataclass
-class LedgerPayer:
-    """The ``ledger`` method with a wallet's agent key and payer account; no policy applied."""
+class _MethodPayer:
+    """What a payer that signs with one of our buyer methods (``self._method``) shares: which
+    challenges it answers (``self.max_amount`` at most) and the credential it makes."""
 
-    directory: str
-    max_amount: int = DEFAULT_MAX_AMOUNT
-    description: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        from mpp.cli.config import ConfigError, load_wallet
-        from mpp.methods.ledger import LedgerBuyerMethod
-
-        try:
-            wallet = load_wallet(self.directory, max_amount=self.max_amount)
-        except ConfigError as exc:
-            raise ValueError(f"--pay-with ledger:{self.directory}: {exc}") from None
-        self.account = wallet.account
-        self.signer = wallet.key.did
-        self.key = wallet.key  # the agent's key: grant proofs (profile pricing) are signed with it
-        self._method = LedgerBuyerMethod(key=wallet.key, account=wallet.account)
-        self.description = f"ledger ({self.account}, at most {self.max_amount} base units a payment)"
+    _method: Any
+    max_amount: int
+    kind: str  # what --pay-with named (ledger, evm), for the messages
 
     def _why_not(self, challenge: Challenge) -> tuple[str | None, ChargeRequest | None]:
         label = f"{challenge.method}/{challenge.intent}"
@@ -149,20 +135,47 @@ class LedgerPayer:
         return None, request
 
     def choose(self, challenges: Sequence[Challenge], **_request: str | None) -> Challenge:
+        """The first challenge (in the target's order) this payer can pay; CannotPay listing why not for each."""
         reasons = []
         for challenge in challenges:
             why, _ = self._why_not(challenge)
             if why is None:
                 return challenge
             reasons.append(why)
-        raise CannotPay("the ledger payer can pay none of the offered challenges: " + "; ".join(reasons))
+        raise CannotPay(f"the {self.kind} payer can pay none of the offered challenges: " + "; ".join(reasons))
 
     def authorize(self, challenge: Challenge, **_request: str | None) -> str:
+        """The ``Authorization`` value paying ``challenge``; CannotPay if this payer will not."""
         why, request = self._why_not(challenge)
-        if why is not None:
-            raise CannotPay(why)
+        if why is not None or request is None:
+            raise CannotPay(why or f"{challenge.method}/{challenge.intent}: not payable")
         payload, source = self._method.payload(challenge, request)
         return format_credential(Credential(challenge=challenge, payload=payload, source=source))
+
+
+@dataclass
+class LedgerPayer(_MethodPayer):
+    """The ``ledger`` method with a wallet's agent key and payer account; no policy applied."""
+
+    kind = "ledger"
+
+    directory: str
+    max_amount: int = DEFAULT_MAX_AMOUNT
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        from mpp.cli.config import ConfigError, load_wallet
+        from mpp.methods.ledger import LedgerBuyerMethod
+
+        try:
+            wallet = load_wallet(self.directory, max_amount=self.max_amount)
+        except ConfigError as exc:
+            raise ValueError(f"--pay-with ledger:{self.directory}: {exc}") from None
+        self.account = wallet.account
+        self.signer = wallet.key.did
+        self.key = wallet.key  # the agent's key: grant proofs (profile pricing) are signed with it
+        self._method = LedgerBuyerMethod(key=wallet.key, account=wallet.account)
+        self.description = f"ledger ({self.account}, at most {self.max_amount} base units a payment)"
 
     def authorize_seat(self, challenge: Challenge) -> str:
         """One seat period (intent ``subscription``, spec/pricing.md PRICE-SEAT-01): the charge payload
@@ -413,8 +426,10 @@ class CommandPayer:
 
 
 @dataclass
-class EvmPayer:
+class EvmPayer(_MethodPayer):
     """The ``evm`` method with an EIP-3009 authorization signed by the key of an ``evm:FILE`` payer."""
+
+    kind = "evm"
 
     path: str
     max_amount: int = DEFAULT_MAX_AMOUNT
@@ -448,37 +463,6 @@ class EvmPayer:
         self.address = self._method.address
         self.description = (f"evm ({self.address} on chain {chain_id}, {binding} binding, "
                             f"at most {self.max_amount} base units a payment)")
-
-    def _why_not(self, challenge: Challenge) -> tuple[str | None, ChargeRequest | None]:
-        label = f"{challenge.method}/{challenge.intent}"
-        if challenge.header is not None:
-            return f"{label}: credential field {challenge.header!r} is not Authorization", None
-        try:
-            request = ChargeRequest.from_challenge(challenge)
-        except ParseError as exc:
-            return f"{label}: {exc}", None
-        why = self._method.can_pay(challenge, request)
-        if why is None and request.amount_int > self.max_amount:
-            why = f"the quote of {request.amount} exceeds --max-amount {self.max_amount}"
-        return (f"{label}: {why}" if why else None), request
-
-    def choose(self, challenges: Sequence[Challenge], **_request: str | None) -> Challenge:
-        """The first ``evm`` charge this payer can pay; CannotPay listing why not for each."""
-        reasons = []
-        for challenge in challenges:
-            why, _ = self._why_not(challenge)
-            if why is None:
-                return challenge
-            reasons.append(why)
-        raise CannotPay("the evm payer can pay none of the offered challenges: " + "; ".join(reasons))
-
-    def authorize(self, challenge: Challenge, **_request: str | None) -> str:
-        """The ``Authorization`` value paying ``challenge`` with a signed EIP-3009 authorization."""
-        why, request = self._why_not(challenge)
-        if why is not None or request is None:
-            raise CannotPay(why or "not payable")
-        payload, source = self._method.payload(challenge, request)
-        return format_credential(Credential(challenge=challenge, payload=payload, source=source))
 
 
 def _payload_shape(doc: dict[str, Any], where: str, *, methods: bool = True) -> tuple[dict[str, Any], str | None, str | None]:

@@ -180,14 +180,19 @@ def sign_quote(quote: Quote, extensions: Mapping[str, Any] | None = None, *, sou
     return format_credential(credential)
 
 
-def verify_receipt(header: str | None, quote: Quote, jwks: Mapping[str, Any], now: datetime) -> tuple[PaymentReceipt, dict[str, Any]]:
-    """Parse ``Payment-Receipt`` and check its JWS and that it is for this very quote."""
+def _receipt_of(header: str | None) -> PaymentReceipt:
+    """The decoded ``Payment-Receipt``; ReceiptInvalid when there is none or it does not decode."""
     if not header:
         raise ReceiptInvalid("response carries no Payment-Receipt")
     try:
-        receipt = parse_receipt(header)
+        return parse_receipt(header)
     except ParseError as exc:
         raise ReceiptInvalid(f"Payment-Receipt is malformed: {exc}") from exc
+
+
+def verify_receipt(header: str | None, quote: Quote, jwks: Mapping[str, Any], now: datetime) -> tuple[PaymentReceipt, dict[str, Any]]:
+    """Parse ``Payment-Receipt`` and check its JWS and that it is for this very quote."""
+    receipt = _receipt_of(header)
     if receipt.challengeId != quote.challenge.id:
         raise ReceiptInvalid("receipt names another challenge")
     if not receipt.receipt:
@@ -209,12 +214,7 @@ def check_unsigned_receipt(header: str | None, quote: Quote) -> PaymentReceipt:
     it decodes, ``status`` is ``success``, ``method`` is the quote's, ``challengeId`` (when present)
     is the quote's, and ``reference`` is non-empty. Raises ReceiptInvalid. Nothing here proves the
     seller issued it: only a caller that opted in (``BuyerPolicy.accept_unsigned_receipts``) asks."""
-    if not header:
-        raise ReceiptInvalid("response carries no Payment-Receipt")
-    try:
-        receipt = parse_receipt(header)
-    except ParseError as exc:
-        raise ReceiptInvalid(f"Payment-Receipt is malformed: {exc}") from exc
+    receipt = _receipt_of(header)
     if receipt.method != quote.challenge.method:
         raise ReceiptInvalid(f"receipt is for method {receipt.method!r}, not {quote.challenge.method!r}")
     if receipt.challengeId is not None and receipt.challengeId != quote.challenge.id:
