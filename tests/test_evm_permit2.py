@@ -3,7 +3,7 @@ real chain: anvil with the test token and Uniswap's Permit2 at its canonical add
 of contracts/Permit2.json, tools/build_permit2.py), our seller in-process, our buyer signing permits.
 No mocks: every payment is a permitWitnessTransferFrom on the chain, every balance read back.
 
-EVM-P2-01 (the payload's shape), EVM-P2-02 (the offline checks), EVM-P2-03 (the chain's prechecks,
+EVM-PERMIT-01 (the payload's shape), EVM-PERMIT-02 (the offline checks), EVM-PERMIT-03 (the chain's prechecks,
 settlement, replay key)."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_the_checked_in_permit2_is_the_npm_code_with_one_word_zeroed(chain):
 
 
 def test_the_witness_type_string_is_the_typed_data_the_buyer_signs():
-    """EVM-P2-02: Permit2 hashes the struct with the type string the seller sends: keccak of
+    """EVM-PERMIT-02: Permit2 hashes the struct with the type string the seller sends: keccak of
     "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,"
     + WITNESS_TYPE_STRING, and the witness keccak(typehash(PaymentWitness), challengeHash): that is the
     struct hash of the EIP-712 message a wallet signs."""
@@ -101,7 +101,7 @@ def test_the_witness_type_string_is_the_typed_data_the_buyer_signs():
 
 
 async def test_our_buyer_pays_our_seller_with_permit2(chain, token, tmp_path):
-    """EVM-P2-02, EVM-P2-03: EVM-SET-01: the challenge offers permit2 and names Permit2; our buyer signs a permit, the
+    """EVM-PERMIT-02, EVM-PERMIT-03: EVM-SET-01: the challenge offers permit2 and names Permit2; our buyer signs a permit, the
     seller (its spender) settles it with permitWitnessTransferFrom: 200, the token moved exactly, the
     receipt verifies and names the mined transaction. Replays move nothing: the same credential again
     (invalid-challenge), the same owner and nonce for another challenge (its replay key is claimed:
@@ -151,7 +151,7 @@ ALTERED = {
 
 
 async def test_altered_permits_are_refused_and_nothing_moves(chain, token, tmp_path):
-    """EVM-P2-02: CORE-ERR-06: a permit for another amount, recipient, spender, token or chain, past its deadline or
+    """EVM-PERMIT-02: CORE-ERR-06: a permit for another amount, recipient, spender, token or chain, past its deadline or
     valid too long, or whose witness is not the challenge's hash, is refused offline (verification-failed,
     with a fresh challenge); nothing moves, and the same challenge is then paid with a correct permit."""
     payer = chain.new_payer(PRICE, permit2=True)
@@ -170,7 +170,7 @@ async def test_altered_permits_are_refused_and_nothing_moves(chain, token, tmp_p
 
 
 async def test_a_payer_without_the_permit2_approval_is_told_before_the_challenge_is_consumed(chain, token, tmp_path):
-    """EVM-P2-03: EVM-ERR-01: a payer that has not approved Permit2 on the token: 402 payment-insufficient whose detail
+    """EVM-PERMIT-03: EVM-ERR-01: a payer that has not approved Permit2 on the token: 402 payment-insufficient whose detail
     names the approval, nothing moved, the challenge not consumed; once approved, the same credential pays."""
     payer = chain.new_payer(PRICE)
     async with evm_shop(chain, token, tmp_path, credential_types=P2_TYPES) as shop, aiohttp.ClientSession() as session:
@@ -224,7 +224,7 @@ payloads = st.fixed_dictionaries({"type": st.just(PERMIT2)}, optional={
 @settings(max_examples=300, deadline=None)
 @given(payloads)
 def test_the_permit2_parser_refuses_with_verification_failed_only(payload):
-    """EVM-P2-01: CORE-ERR-11: whatever a permit2 payload holds, the parser answers VerificationFailed or typed fields."""
+    """EVM-PERMIT-01: CORE-ERR-11: whatever a permit2 payload holds, the parser answers VerificationFailed or typed fields."""
     try:
         fields = parse_payload(payload)
     except VerificationFailed:
@@ -241,7 +241,7 @@ def _challenge(seller: EvmSellerMethod):
 @settings(max_examples=150, deadline=None)
 @given(payloads)
 def test_a_seller_verifying_any_permit2_payload_answers_verification_failed(payload):
-    """EVM-P2-01, EVM-P2-02: the seller's whole offline check of an arbitrary permit2 payload is VerificationFailed
+    """EVM-PERMIT-01, EVM-PERMIT-02: the seller's whole offline check of an arbitrary permit2 payload is VerificationFailed
     or ParseError, never another exception (a signature that recovers to someone is refused by the source)."""
     seller = EvmSellerMethod(recipient=SELLER.address, chain_id=31337, tokens={"usd": TOKEN}, credential_types=P2_TYPES)
     challenge = _challenge(seller)
@@ -254,7 +254,7 @@ def test_a_seller_verifying_any_permit2_payload_answers_verification_failed(payl
 
 
 def test_a_signed_permit_verifies_offline_and_its_replay_key_names_permit2():
-    """EVM-P2-02, EVM-P2-03: EVM-SET-02: our buyer's permit verifies offline; the owner is the recovered signer, the
+    """EVM-PERMIT-02, EVM-PERMIT-03: EVM-SET-02: our buyer's permit verifies offline; the owner is the recovered signer, the
     replay key the chain, the Permit2 contract, the owner and the nonce."""
     seller = EvmSellerMethod(recipient=SELLER.address, chain_id=31337, tokens={"usd": TOKEN}, credential_types=P2_TYPES)
     challenge = _challenge(seller)

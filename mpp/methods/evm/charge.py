@@ -3,8 +3,8 @@ the credential's payload, and the checks a seller makes offline before it settle
 
 A charge is an ERC-20 transfer on one EVM chain. The request names the token (``currency``, its
 address), the amount in the token's base units, the ``recipient`` address, and in
-``methodDetails`` the ``chainId`` and the ``credentialTypes`` the seller accepts. Two credential
-types are built here:
+``methodDetails`` the ``chainId`` and the ``credentialTypes`` the seller accepts (with ``permit2``,
+also ``permit2Address``). The credential types built here:
 
 ``authorization``
     The payer signs an EIP-3009 ``TransferWithAuthorization`` (EIP-712 typed data over the token's
@@ -15,9 +15,14 @@ types are built here:
     The payer signs a whole EIP-1559 transaction calling the token's ``transfer(recipient,
     amount)``; the seller broadcasts it. The payer pays gas. No challenge binding: the seller's
     store claims the transaction's hash, so one transaction pays one challenge.
+``permit2``
+    The payer signs a Permit2 ``PermitWitnessTransferFrom`` (single transfer, the challenge hash as
+    witness); the seller, its spender, submits it to Permit2, paying gas. Parsing, typed data, the
+    offline checks and signing are :mod:`mpp.methods.evm.permit2`'s; a seller accepts it only when
+    configured.
 
 ``hash`` (the payer broadcasts and presents the hash) is parsed but refused by the seller method
-unless configured, and ``permit2`` is not built (spec/methods/evm.md says why).
+unless configured. Splits are not paid.
 
 The challenge hash has two readings in the field: the draft's
 ``keccak256(abi.encodePacked(id, realm))`` (the UTF-8 bytes of id then realm; mppx 0.11.0) and
@@ -257,7 +262,7 @@ class EvmSellerMethod:
     address) to the token it is paid in; ``recipient`` is the seller's address; ``credential_types``
     what it accepts, in its order of preference; ``bindings`` the challenge-hash rules it accepts
     (EVM-BIND-02); ``max_validity`` how far past the challenge's expiry an authorization may stay
-    valid, in seconds (EVM-AUTH-03), and a permit2's deadline lie past it (EVM-P2-02); ``permit2_address``
+    valid, in seconds (EVM-AUTH-03), and a permit2's deadline lie past it (EVM-PERMIT-02); ``permit2_address``
     the Permit2 contract it settles permits on (sent as ``methodDetails.permit2Address`` when
     ``permit2`` is accepted)."""
 

@@ -14,7 +14,7 @@ contract as ``verifyingContract``; no ``version``)::
 - ``permitted`` is the challenge's token and amount; ``spender`` the address that calls Permit2
   (Permit2 takes it from ``msg.sender``). The draft names no spender and the request carries none:
   the seller submits the transfer, so the spender is the request's ``recipient``, which for our
-  seller is the address of the key that settles (EVM-P2-02).
+  seller is the address of the key that settles (EVM-PERMIT-02).
 - ``nonce`` is one of Permit2's unordered nonces (a bit in the owner's ``nonceBitmap``); the buyer
   picks a random uint256, so two permits never collide by chance. ``deadline`` is the challenge's
   expiry.
@@ -112,7 +112,7 @@ def _entries(value: Any, what: str) -> list[Mapping[str, Any]]:
 def parse_permit2(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A ``permit2`` payload's members, typed: ``permitted`` [(token, amount)], ``nonce``, ``deadline``,
     ``transferDetails`` [(to, requestedAmount)], ``challengeHash`` (32 bytes), ``signature`` (65
-    bytes). VerificationFailed naming what is wrong (EVM-P2-01). Judges shape only."""
+    bytes). VerificationFailed naming what is wrong (EVM-PERMIT-01). Judges shape only."""
     permit = _object(payload.get("permit"), "permit")
     permitted = [(checksum(e.get("token"), f"evm payload permit.permitted[{i}].token"),
                   uint_field(e.get("amount"), f"permit.permitted[{i}].amount"))
@@ -136,7 +136,7 @@ def parse_permit2(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_permit2(f: Mapping[str, Any], *, challenge_id: str, realm: str, chain_id: int, permit2: str, token: str,
                   amount: int, recipient: str, bindings: tuple[str, ...], now: int, latest_deadline: int) -> tuple[str, str]:
-    """The seller's offline checks of a parsed permit against its challenge (EVM-P2-02): one entry, of
+    """The seller's offline checks of a parsed permit against its challenge (EVM-PERMIT-02): one entry, of
     the challenge's token and amount, to its recipient; the witness is the challenge hash under one of
     ``bindings``; ``now`` < ``deadline`` ≤ ``latest_deadline``; the signature (the spender being
     ``recipient``) recovers. (the owner, the binding rule matched); VerificationFailed naming the first
