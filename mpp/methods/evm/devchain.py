@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chain id {chain.chain_id}; token {chain.token} ({chain.token_symbol}, {DECIMALS} decimals; EIP-712 "
                   f"name {chain.token_name!r}, version {chain.token_version!r}); minter {chain.deployer} (unlocked)",
                   flush=True)
+            print(f"Permit2 at {PERMIT2_ADDRESS} (Uniswap's, from contracts/Permit2.json)", flush=True)
             while not stop.wait(0.5):
                 pass
     except ChainUnavailable as exc:
