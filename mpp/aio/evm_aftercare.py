@@ -13,8 +13,11 @@ of it exists).
   amount is refunded: the buyer never got the resource. One that reverted, or can no longer be
   mined, is dropped: nothing moved. For an EIP-3009 authorization "can no longer" means the
   authorization is unused and its ``validBefore`` has passed on chain, since anyone holding it may
-  submit it until then; used by any transaction, it is refunded. A payer's own transaction that
-  the node forgot is dropped once its nonce is spent, or after ``pending_ttl``.
+  submit it until then; used by any transaction, it is refunded. A Permit2 permit can be submitted
+  by its spender only, the seller: one whose transaction is not mined is dropped once its
+  ``deadline`` has passed on chain, or once its nonce is used (by another permit of the payer's,
+  which moved nothing to the seller). A payer's own transaction that the node forgot is dropped
+  once its nonce is spent, or after ``pending_ttl``.
 - a refund sent whose receipt was not seen is looked at again: mined, it is done; mined and
   reverted, it is marked failed and logged for the operator; unknown to the node, it is sent
   again, or replaced once its nonce is spent.
@@ -28,18 +31,20 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, succeeded, transfers_in,
-                                wait_for_receipt)
+from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, permit2_nonce_used, succeeded,
+                                transfers_in, wait_for_receipt)
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, call_data
 from mpp.protocol.models import parse_rfc3339
 from mpp.stores.evm import REFUND_DONE, REFUND_FAILED, REFUND_SENT, EvmStore, PendingTx, RefundRecord
 
-__all__ = ["AUTHORIZATION", "TRANSACTION", "REFUND", "EvmAftercare"]
+__all__ = ["AUTHORIZATION", "PERMIT2", "TRANSACTION", "REFUND", "EvmAftercare"]
 
 log = logging.getLogger("mpp.rails")
 
 AUTHORIZATION, TRANSACTION = "authorization", "transaction"
 """Kinds of pending charge: the seller's ``transferWithAuthorization``, a payer's own transaction."""
+PERMIT2 = "permit2"
+"""A kind of pending charge: the seller's ``permitWitnessTransferFrom`` of a payer's permit."""
 REFUND = "refund"
 """A kind of pending entry: a charge that confirmed and is owed back, whose refund could not be begun."""
 
@@ -207,6 +212,12 @@ class EvmAftercare:
             return
         if kind == REFUND or await self.rpc.transaction(pending.tx_hash) is not None:
             return  # waiting in the node's pool (or a refund owed for a charge not yet seen mined)
+        if kind == PERMIT2:  # Permit2 takes a permit while block.timestamp <= deadline
+            if await self._authorization_used(detail) or await self.rpc.block_timestamp() > int(detail["validBefore"]):
+                log.warning("pending charge %s (challenge %s): its permit can no longer be used by it; dropped",
+                            pending.tx_hash, pending.challenge_id)
+                await self.store.remove_pending(pending.tx_hash)
+            return
         if kind == AUTHORIZATION:
             if await self._authorization_used(detail):  # by another transaction than ours
                 await self._refund_pending(pending, payer, token, amount)
@@ -222,6 +233,9 @@ class EvmAftercare:
             await self.store.remove_pending(pending.tx_hash)
 
     async def _authorization_used(self, detail: dict[str, Any]) -> bool:
+        """Whether the EIP-3009 authorization, or the permit (``permit2`` in ``detail``), is used on chain."""
+        if detail.get("kind") == PERMIT2:
+            return await permit2_nonce_used(self.rpc, detail["permit2"], detail["payer"], int(detail["authNonce"], 16))
         return await authorization_used(self.rpc, detail["token"], detail["payer"], bytes.fromhex(detail["authNonce"][2:]))
 
     async def _refund_pending(self, pending: PendingTx, payer: str, token: str, amount: int) -> None:

@@ -26,9 +26,10 @@ from eth_utils import keccak, to_checksum_address
 
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, quantity
 from mpp.methods.evm.charge import TRANSFER_EVENT
+from mpp.methods.evm.permit2 import nonce_position
 
 __all__ = ["Sent", "SendUnanswered", "SendRefused", "SellerWallet", "TokenTransfer", "transfers_in", "succeeded", "wait_for_receipt",
-           "token_balance", "authorization_used"]
+           "token_balance", "token_allowance", "authorization_used", "permit2_nonce_used"]
 
 _NONCE_TROUBLE = ("nonce too low", "nonce is too low", "replacement transaction underpriced", "already used",
                   "nonce has already been used")
@@ -177,6 +178,17 @@ async def wait_for_receipt(rpc: EvmRpc, tx_hash: str, timeout: float, *, poll: f
 async def token_balance(rpc: EvmRpc, token: str, holder: str) -> int:
     """``balanceOf(holder)`` on ``token``, in base units."""
     return int(await rpc.read(token, "balanceOf(address)", [holder], ["uint256"]))
+
+
+async def token_allowance(rpc: EvmRpc, token: str, owner: str, spender: str) -> int:
+    """``allowance(owner, spender)`` on ``token``, in base units."""
+    return int(await rpc.read(token, "allowance(address,address)", [owner, spender], ["uint256"]))
+
+
+async def permit2_nonce_used(rpc: EvmRpc, permit2: str, owner: str, nonce: int) -> bool:
+    """Whether ``owner``'s unordered Permit2 ``nonce`` is used (its bit in ``nonceBitmap(owner, word)``)."""
+    word, bit = nonce_position(nonce)
+    return bool(int(await rpc.read(permit2, "nonceBitmap(address,uint256)", [owner, word], ["uint256"])) >> bit & 1)
 
 
 async def authorization_used(rpc: EvmRpc, token: str, authorizer: str, nonce: bytes) -> bool:

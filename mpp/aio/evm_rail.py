@@ -18,6 +18,9 @@ submits. Settlement, by credential type:
 ``authorization``
     The payer's EIP-3009 authorization is simulated (``eth_call``), then submitted by the seller
     (``transferWithAuthorization``), one nonce at a time (:class:`~mpp.aio.evm_chain.SellerWallet`).
+``permit2``
+    The payer's Permit2 permit is simulated, then submitted by the seller, its spender
+    (``permitWitnessTransferFrom`` on the Permit2 contract), like an authorization.
 ``transaction``
     The payer's signed transaction is simulated from the payer's address, then broadcast; the payer
     pays gas.
@@ -48,14 +51,15 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping
 
 from mpp.aio.evm_aftercare import AUTHORIZATION as _AUTH_KIND, EvmAftercare
-from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, succeeded, token_balance,
-                                transfers_in, wait_for_receipt)
+from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, authorization_used, permit2_nonce_used, succeeded,
+                                token_allowance, token_balance, transfers_in, wait_for_receipt)
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, call_data
 from mpp.engine.core import Verified
 from mpp.engine.rails import Settlement
 from mpp.ledger import MandateCharge
-from mpp.methods.evm.charge import (AUTHORIZATION, BINDING_DRAFT, HASH, TRANSACTION, EvmPayment, EvmSellerMethod, EvmToken,
-                                    did_pkh, transaction_fields)
+from mpp.methods.evm.charge import (AUTHORIZATION, BINDING_DRAFT, HASH, PERMIT2, PERMIT2_ADDRESS, TRANSACTION, EvmPayment,
+                                    EvmSellerMethod, EvmToken, did_pkh, transaction_fields)
+from mpp.methods.evm.permit2 import settlement_call
 from mpp.protocol.errors import (ExtensionProblem, InvalidChallenge, PaymentInsufficient, PaymentProblem,
                                  SellerMisconfigured, VerificationFailed, clip)
 from mpp.stores.evm import EvmStore, MemoryEvmStore, PendingTx
@@ -67,6 +71,8 @@ log = logging.getLogger("mpp.rails")
 _TRANSFER_WITH_AUTHORIZATION = ("transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,"
                                 "uint8,bytes32,bytes32)")
 _GAS_CHECK_TTL = 30.0  # seconds an "enough ether for gas" answer is trusted
+_NO_APPROVAL = ("the payer has not approved Permit2 for the amount on the token: approve Permit2 first (a one-time "
+                "ERC-20 approve(Permit2, amount) from the payer), then present this credential again")
 
 
 class SettlementPending(ExtensionProblem):
@@ -109,15 +115,17 @@ class EvmRail(EvmSellerMethod):
     the rail closes it when it stops. ``receipt_timeout`` bounds the wait for a receipt (seconds),
     ``reconcile_interval`` how often pending transactions are settled in the background (0: only when
     :meth:`reconcile` is called), ``hash_max_age`` how old a ``hash`` credential's transaction may be,
-    ``gas_reserve`` the gas the seller's ether must cover before it accepts an authorization."""
+    ``gas_reserve`` the gas the seller's ether must cover before it accepts an authorization or a permit,
+    ``permit2_address`` the Permit2 contract it settles permits on (``permit2`` in ``credential_types``)."""
 
     def __init__(self, rpc_url: str, *, key: Any, chain_id: int, tokens: Mapping[str, EvmToken],
                  credential_types: tuple[str, ...] = (AUTHORIZATION, TRANSACTION), bindings: tuple[str, ...] = (BINDING_DRAFT,),
                  receipt_timeout: float = 30.0, store: EvmStore | None = None, reconcile_interval: float = 5.0,
                  session: Any = None, rpc_timeout: float = 10.0, hash_max_age: float = 900.0, pending_ttl: float = 86400.0,
-                 gas_reserve: int = 200_000, max_validity: int = 3600, clock: Any = None) -> None:
+                 gas_reserve: int = 200_000, max_validity: int = 3600, clock: Any = None,
+                 permit2_address: str = PERMIT2_ADDRESS) -> None:
         super().__init__(recipient=key.address, chain_id=chain_id, tokens=tokens, credential_types=credential_types,
-                         bindings=bindings, max_validity=max_validity, clock=clock)
+                         bindings=bindings, max_validity=max_validity, clock=clock, permit2_address=permit2_address)
         self.rpc = EvmRpc(rpc_url, session=session, timeout=rpc_timeout)
         self.wallet = SellerWallet(self.rpc, key, chain_id)
         self.store: EvmStore = store if store is not None else MemoryEvmStore()
@@ -170,8 +178,9 @@ class EvmRail(EvmSellerMethod):
         (verification-failed); a ``hash`` names a mined transaction; the payer holds the amount
         (payment-insufficient) and, for a ``transaction``, the ether its gas may cost; an authorization
         is unused on chain (invalid-challenge: its nonce is this challenge's hash, so used means this
-        challenge was paid) and the seller holds ether for its gas (503 seller-misconfigured).
-        ChainUnavailable when the node does not answer."""
+        challenge was paid) and the seller holds ether for its gas (503 seller-misconfigured); a permit's
+        owner has approved Permit2 for the amount (payment-insufficient: "approve Permit2 first") and its
+        nonce is unused (invalid-challenge). ChainUnavailable when the node does not answer."""
         payment: EvmPayment = verified.proof
         with _node("precheck"):
             holder = await self.store.holder(payment.replay_key)
@@ -188,7 +197,12 @@ class EvmRail(EvmSellerMethod):
                 if await self.rpc.balance(payment.payer) < body["gas"] * body["maxFeePerGas"]:
                     raise PaymentInsufficient("the payer's ether cannot pay the transaction's gas")
                 return
-            if await authorization_used(self.rpc, payment.token, payment.payer, payment.nonce):
+            if payment.kind == PERMIT2:
+                if await token_allowance(self.rpc, payment.token, payment.payer, payment.permit2) < payment.amount:
+                    raise PaymentInsufficient(_NO_APPROVAL)
+                if await permit2_nonce_used(self.rpc, payment.permit2, payment.payer, int.from_bytes(payment.nonce, "big")):
+                    raise InvalidChallenge("this permit's Permit2 nonce was already used on chain")
+            elif await authorization_used(self.rpc, payment.token, payment.payer, payment.nonce):
                 raise InvalidChallenge("this authorization was already used (or canceled) on chain")
             await self._check_gas()
 
@@ -205,7 +219,7 @@ class EvmRail(EvmSellerMethod):
         if await self.store.claim(payment.replay_key, payment.challenge_id) != payment.challenge_id:
             raise VerificationFailed("this payment was already presented for another challenge")
         with _node("settlement"):
-            tx_hash = await (self._submit(payment) if payment.kind == AUTHORIZATION else self._broadcast(payment))
+            tx_hash = await (self._broadcast(payment) if payment.kind == TRANSACTION else self._submit(payment))
         try:
             return await self._confirm(tx_hash, payment)
         except PaymentProblem:
@@ -253,12 +267,20 @@ class EvmRail(EvmSellerMethod):
         self._gas_ok_until = time.monotonic() + _GAS_CHECK_TTL
 
     async def _submit(self, payment: EvmPayment) -> str:
-        """``transferWithAuthorization`` simulated, then sent from the seller's key (journalled as pending first)."""
+        """``transferWithAuthorization`` on the token, or ``permitWitnessTransferFrom`` on Permit2, simulated,
+        then sent from the seller's key (journalled as pending first)."""
         sig = payment.signature
-        data = call_data(_TRANSFER_WITH_AUTHORIZATION, payment.payer, payment.recipient, payment.amount, payment.valid_after,
-                         payment.valid_before, payment.nonce, sig[64], sig[:32], sig[32:64])
-        detail = {"kind": _AUTH_KIND, "payer": payment.payer, "token": payment.token, "amount": str(payment.amount),
-                  "sender": self.wallet.address, "authNonce": "0x" + payment.nonce.hex(), "validBefore": str(payment.valid_before)}
+        if payment.kind == PERMIT2:
+            to = payment.permit2
+            data = settlement_call(payment.token, payment.amount, int.from_bytes(payment.nonce, "big"), payment.valid_before,
+                                   payment.recipient, payment.payer, payment.witness, sig)
+        else:
+            to = payment.token
+            data = call_data(_TRANSFER_WITH_AUTHORIZATION, payment.payer, payment.recipient, payment.amount, payment.valid_after,
+                             payment.valid_before, payment.nonce, sig[64], sig[:32], sig[32:64])
+        detail = {"kind": payment.kind if payment.kind == PERMIT2 else _AUTH_KIND, "payer": payment.payer, "token": payment.token,
+                  "amount": str(payment.amount), "sender": self.wallet.address, "authNonce": "0x" + payment.nonce.hex(),
+                  "validBefore": str(payment.valid_before), "permit2": payment.permit2}
 
         async def journal(sent: Sent) -> None:
             await self.store.add_pending(PendingTx(sent.tx_hash, payment.challenge_id, {**detail, "nonce": sent.nonce}))
@@ -267,8 +289,8 @@ class EvmRail(EvmSellerMethod):
             await self.store.remove_pending(sent.tx_hash)
 
         try:
-            await self.rpc.eth_call(payment.token, data, sender=self.wallet.address)
-            sent = await self.wallet.send(payment.token, data, before=journal, refused=unjournal)
+            await self.rpc.eth_call(to, data, sender=self.wallet.address)
+            sent = await self.wallet.send(to, data, before=journal, refused=unjournal)
         except EvmRpcError as exc:  # the simulation or the gas estimate reverted
             raise await _refusal(self.rpc, payment, exc) from None
         except SendRefused as exc:  # the seller's transaction, not the payer's authorization
@@ -354,15 +376,23 @@ async def _refusal(rpc: EvmRpc, payment: EvmPayment, exc: EvmRpcError) -> Paymen
     if payment.kind == AUTHORIZATION:
         if await authorization_used(rpc, payment.token, payment.payer, payment.nonce):
             return InvalidChallenge("this authorization was already used (or canceled) on chain")
+    if payment.kind == PERMIT2:
+        if await permit2_nonce_used(rpc, payment.permit2, payment.payer, int.from_bytes(payment.nonce, "big")):
+            return InvalidChallenge("this permit's Permit2 nonce was already used on chain")
+        if await token_allowance(rpc, payment.token, payment.payer, payment.permit2) < payment.amount:
+            return PaymentInsufficient(_NO_APPROVAL)
     if await token_balance(rpc, payment.token, payment.payer) < payment.amount:
         return PaymentInsufficient("the payer's token balance is below the amount")
+    if payment.kind == PERMIT2 and await rpc.block_timestamp() > payment.valid_before:
+        return VerificationFailed("the permit's deadline has passed on chain")
     if payment.kind == AUTHORIZATION:
         now = await rpc.block_timestamp()
         if now >= payment.valid_before:
             return VerificationFailed("the authorization's validBefore has passed on chain")
         if now <= payment.valid_after:
             return VerificationFailed("the authorization is not valid yet on chain (validAfter)")
-    return VerificationFailed(f"the token refused the transfer: {clip(exc.reason, 200)}")
+    refuser = "Permit2" if payment.kind == PERMIT2 else "the token"
+    return VerificationFailed(f"{refuser} refused the transfer: {clip(exc.reason, 200)}")
 
 
 @contextmanager

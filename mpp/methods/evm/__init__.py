@@ -3,8 +3,13 @@
 - :mod:`mpp.methods.evm.charge`: the ``evm`` method's ``charge`` intent, wire side: the request,
   the ``authorization``, ``transaction`` and ``hash`` payloads, the challenge-binding rules, the
   seller's offline checks and the buyer's EIP-3009 signing (settlement: :mod:`mpp.aio.evm_rail`).
+- :mod:`mpp.methods.evm.permit2`: the ``permit2`` credential (Uniswap Permit2's
+  ``PermitWitnessTransferFrom``): payload, typed data, offline checks, signing.
+- :mod:`mpp.methods.evm.fields`: the wire's building blocks both share (addresses, uint256 and hex
+  members, the challenge-binding rules, EIP-712 signature recovery).
 - :mod:`mpp.methods.evm.devchain`: a throwaway local chain (Foundry's anvil) with the test token
-  (``contracts/TestToken.sol``, an ERC-20 with EIP-3009) deployed, for the tests and the demo.
+  (``contracts/TestToken.sol``, an ERC-20 with EIP-3009) deployed and Permit2 at its canonical address
+  (``contracts/Permit2.json``), for the tests and the demo.
 """
 
 from __future__ import annotations

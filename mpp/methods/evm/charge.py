@@ -3,8 +3,8 @@ the credential's payload, and the checks a seller makes offline before it settle
 
 A charge is an ERC-20 transfer on one EVM chain. The request names the token (``currency``, its
 address), the amount in the token's base units, the ``recipient`` address, and in
-``methodDetails`` the ``chainId`` and the ``credentialTypes`` the seller accepts. Two credential
-types are built here:
+``methodDetails`` the ``chainId`` and the ``credentialTypes`` the seller accepts (with ``permit2``,
+also ``permit2Address``). The credential types built here:
 
 ``authorization``
     The payer signs an EIP-3009 ``TransferWithAuthorization`` (EIP-712 typed data over the token's
@@ -15,9 +15,14 @@ types are built here:
     The payer signs a whole EIP-1559 transaction calling the token's ``transfer(recipient,
     amount)``; the seller broadcasts it. The payer pays gas. No challenge binding: the seller's
     store claims the transaction's hash, so one transaction pays one challenge.
+``permit2``
+    The payer signs a Permit2 ``PermitWitnessTransferFrom`` (single transfer, the challenge hash as
+    witness); the seller, its spender, submits it to Permit2, paying gas. Parsing, typed data, the
+    offline checks and signing are :mod:`mpp.methods.evm.permit2`'s; a seller accepts it only when
+    configured.
 
 ``hash`` (the payer broadcasts and presents the hash) is parsed but refused by the seller method
-unless configured, and ``permit2`` is not built (spec/methods/evm.md says why).
+unless configured. Splits are not paid.
 
 The challenge hash has two readings in the field: the draft's
 ``keccak256(abi.encodePacked(id, realm))`` (the UTF-8 bytes of id then realm; mppx 0.11.0) and
@@ -30,8 +35,6 @@ here touches the network (settlement is the rail's, :mod:`mpp.aio.evm_rail`).
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -43,6 +46,9 @@ from eth_account.typed_transactions import TypedTransaction
 from eth_utils import is_hex_address, keccak, to_checksum_address
 from hexbytes import HexBytes
 
+from mpp.methods.evm.fields import (BINDING_DRAFT, BINDING_JSON, BINDINGS, MAX_UINT256 as _MAX_UINT256, challenge_hash, checksum,
+                                    did_pkh, hex_field as _hex_bytes, recover_typed as _recover, uint_field as _uint)
+from mpp.methods.evm.permit2 import PERMIT2, PERMIT2_ADDRESS, check_permit2, parse_permit2, sign_permit2
 from mpp.protocol.errors import ParseError, VerificationFailed
 from mpp.protocol.models import Challenge, ChargeRequest, Credential
 
@@ -51,6 +57,8 @@ __all__ = [
     "AUTHORIZATION",
     "TRANSACTION",
     "HASH",
+    "PERMIT2",
+    "PERMIT2_ADDRESS",
     "BINDING_DRAFT",
     "BINDING_JSON",
     "BINDINGS",
@@ -73,22 +81,13 @@ __all__ = [
 METHOD = "evm"
 """The payment method's name on the wire."""
 AUTHORIZATION, TRANSACTION, HASH = "authorization", "transaction", "hash"
-"""The credential types built here (``payload.type``)."""
-CREDENTIAL_TYPES = (AUTHORIZATION, TRANSACTION, HASH)
-BINDING_DRAFT = "draft"
-"""Challenge hash ``keccak256(utf8(id) || utf8(realm))``: the draft's ``abi.encodePacked(id, realm)``, mppx 0.11.0."""
-BINDING_JSON = "json"
-"""Challenge hash ``keccak256(utf8(JSON.stringify([id, realm])))``: pympp 0.16.0."""
-BINDINGS = (BINDING_DRAFT, BINDING_JSON)
-"""Every challenge-binding rule, the draft's first (the default)."""
+"""The credential types built here (``payload.type``), with ``permit2`` (:mod:`mpp.methods.evm.permit2`)."""
+CREDENTIAL_TYPES = (AUTHORIZATION, TRANSACTION, HASH, PERMIT2)
 TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")
 """``transfer(address,uint256)``: the call a ``transaction`` credential must make."""
 TRANSFER_EVENT = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 """The topic of ERC-20's ``Transfer`` event: settlement checks the receipt's log against the challenge."""
 
-_HEX = re.compile(r"0x[0-9a-fA-F]*")
-_UINT = re.compile(r"(0|[1-9][0-9]{0,77})")
-_MAX_UINT256 = 2**256 - 1
 _TYPES = {
     "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
                      {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
@@ -96,28 +95,6 @@ _TYPES = {
                                   {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
                                   {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
 }
-
-
-def checksum(address: Any, what: str = "address") -> str:
-    """``address`` (0x and 40 hex digits, any case) in EIP-55 form; VerificationFailed otherwise.
-    Addresses are compared by their 20 bytes, so in this form (draft: "compare by decoded value")."""
-    if not isinstance(address, str) or not is_hex_address(address) or not address.startswith("0x"):
-        raise VerificationFailed(f"{what} is not a 0x-prefixed 20-byte hex address")
-    return to_checksum_address(address)
-
-
-def did_pkh(chain_id: int, address: str) -> str:
-    """The payer's DID as the draft suggests for ``source``: ``did:pkh:eip155:<chainId>:<EIP-55 address>``."""
-    return f"did:pkh:eip155:{chain_id}:{to_checksum_address(address)}"
-
-
-def challenge_hash(challenge_id: str, realm: str, rule: str = BINDING_DRAFT) -> bytes:
-    """The 32 bytes that bind an authorization to one challenge, by ``rule`` (EVM-BIND-01)."""
-    if rule == BINDING_DRAFT:
-        return keccak((challenge_id + realm).encode("utf-8"))
-    if rule == BINDING_JSON:
-        return keccak(json.dumps([challenge_id, realm], separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    raise ValueError(f"unknown challenge-binding rule {rule!r}; one of {', '.join(BINDINGS)}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +118,8 @@ class EvmToken:
 class EvmRequest:
     """A charge request of this method, checked: amount in base units, token and recipient in
     EIP-55 form, the chain id, the credential types the seller accepts (the draft's default when
-    absent: ``transaction`` then ``hash``) and whether it asks for splits (none are paid here)."""
+    absent: ``transaction`` then ``hash``), whether it asks for splits (none are paid here) and the
+    Permit2 contract (``methodDetails.permit2Address``, the canonical address when absent)."""
 
     amount: int
     token: str
@@ -150,6 +128,7 @@ class EvmRequest:
     credential_types: tuple[str, ...]
     decimals: int | None = None
     splits: bool = False
+    permit2: str = PERMIT2_ADDRESS
 
 
 def parse_evm_request(request: ChargeRequest) -> EvmRequest:
@@ -166,12 +145,13 @@ def parse_evm_request(request: ChargeRequest) -> EvmRequest:
         raise ParseError("evm request: methodDetails.decimals must be an integer from 0 to 255")
     try:
         token, recipient = checksum(request.currency, "currency"), checksum(request.recipient, "recipient")
+        permit2 = checksum(details.get("permit2Address", PERMIT2_ADDRESS), "methodDetails.permit2Address")
     except VerificationFailed as exc:
         raise ParseError(f"evm request: {exc}") from None
     amount = request.amount_int
     if amount > _MAX_UINT256:
         raise ParseError("evm request: amount does not fit in a uint256")
-    return EvmRequest(amount, token, recipient, chain_id, tuple(types), decimals, bool(details.get("splits")))
+    return EvmRequest(amount, token, recipient, chain_id, tuple(types), decimals, bool(details.get("splits")), permit2)
 
 
 @dataclass(frozen=True)
@@ -182,9 +162,12 @@ class EvmPayment:
     settlement reads it from the chain); ``amount``, ``token``,
     ``recipient`` and ``chain_id`` are the challenge's. For ``authorization``: ``valid_after``,
     ``valid_before``, ``nonce`` (32 bytes) and ``signature`` (65 bytes, r‖s‖v) and ``binding`` (the
-    rule its nonce matched). For ``transaction``: ``raw`` (the signed transaction) and ``tx_hash``.
-    For ``hash``: ``tx_hash``. ``replay_key`` is what the seller claims so that it pays once:
-    the chain, token, payer and nonce, or the transaction hash (draft §Replay Protection)."""
+    rule its nonce matched). For ``permit2``: ``payer`` the owner the signature recovered to,
+    ``nonce`` its Permit2 nonce (32 bytes, big-endian), ``valid_before`` its deadline, ``witness``
+    its challenge hash, ``signature``, ``binding`` and ``permit2`` (the contract). For
+    ``transaction``: ``raw`` (the signed transaction) and ``tx_hash``. For ``hash``: ``tx_hash``.
+    ``replay_key`` is what the seller claims so that it pays once: the chain, token (or Permit2
+    contract), payer and nonce, or the transaction hash (draft §Replay Protection)."""
 
     challenge_id: str
     kind: str
@@ -200,6 +183,8 @@ class EvmPayment:
     binding: str | None = None
     raw: bytes = field(default=b"", repr=False)
     tx_hash: str | None = None
+    permit2: str = ""
+    witness: bytes = b""
 
     @property
     def payer_did(self) -> str | None:
@@ -215,22 +200,9 @@ class EvmPayment:
         """The token the seller consumes once per payment (draft §Replay Protection)."""
         if self.kind == AUTHORIZATION:
             return f"evm:{self.chain_id}:{self.token.lower()}:{self.payer.lower()}:0x{self.nonce.hex()}"
+        if self.kind == PERMIT2:
+            return f"evm:{self.chain_id}:permit2:{self.permit2.lower()}:{self.payer.lower()}:{int.from_bytes(self.nonce, 'big')}"
         return f"evm:{self.chain_id}:tx:{(self.tx_hash or '').lower()}"
-
-
-def _uint(value: Any, what: str) -> int:
-    if not isinstance(value, str) or _UINT.fullmatch(value) is None or int(value) > _MAX_UINT256:
-        raise VerificationFailed(f"evm payload {what} must be a decimal string of a uint256")
-    return int(value)
-
-
-def _hex_bytes(value: Any, what: str, length: int | None = None) -> bytes:
-    if not isinstance(value, str) or _HEX.fullmatch(value) is None or len(value) % 2:
-        raise VerificationFailed(f"evm payload {what} must be 0x-prefixed hex")
-    raw = bytes.fromhex(value[2:])
-    if length is not None and len(raw) != length:
-        raise VerificationFailed(f"evm payload {what} must be {length} bytes")
-    return raw
 
 
 def parse_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,8 +228,9 @@ def parse_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
         return {"type": kind, "signature": raw}
     if kind == HASH:
         return {"type": kind, "hash": "0x" + _hex_bytes(payload.get("hash"), "hash", 32).hex()}
-    raise VerificationFailed(f"evm payload type must be one of {', '.join(CREDENTIAL_TYPES)}"
-                             + (" (permit2 is not accepted here)" if kind == "permit2" else ""))
+    if kind == PERMIT2:
+        return parse_permit2(payload)
+    raise VerificationFailed(f"evm payload type must be one of {', '.join(CREDENTIAL_TYPES)}")
 
 
 def transaction_fields(raw: bytes) -> dict[str, Any]:
@@ -282,20 +255,6 @@ def authorization_typed_data(token: EvmToken, chain_id: int, *, payer: str, reci
     }
 
 
-def _recover(typed: dict[str, Any], signature: bytes) -> str:
-    if signature[64] not in (27, 28):
-        raise VerificationFailed("evm authorization signature has a v other than 27 or 28")
-    if int.from_bytes(signature[32:64], "big") > _SECP256K1_HALF_N:
-        raise VerificationFailed("evm authorization signature is not in low-s form")
-    try:
-        return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
-    except Exception as exc:  # noqa: BLE001 - any failure to recover is a signature that does not verify
-        raise VerificationFailed("evm authorization signature does not recover") from exc
-
-
-_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
-
-
 class EvmSellerMethod:
     """Seller side: quotes a price in one of its tokens, and checks a credential offline.
 
@@ -303,14 +262,16 @@ class EvmSellerMethod:
     address) to the token it is paid in; ``recipient`` is the seller's address; ``credential_types``
     what it accepts, in its order of preference; ``bindings`` the challenge-hash rules it accepts
     (EVM-BIND-02); ``max_validity`` how far past the challenge's expiry an authorization may stay
-    valid, in seconds (EVM-AUTH-03)."""
+    valid, in seconds (EVM-AUTH-03), and a permit2's deadline lie past it (EVM-PERMIT-02); ``permit2_address``
+    the Permit2 contract it settles permits on (sent as ``methodDetails.permit2Address`` when
+    ``permit2`` is accepted)."""
 
     name = METHOD
 
     def __init__(self, *, recipient: str, chain_id: int, tokens: Mapping[str, EvmToken],
                  credential_types: tuple[str, ...] = (AUTHORIZATION, TRANSACTION),
                  bindings: tuple[str, ...] = (BINDING_DRAFT,), max_validity: int = 3600,
-                 clock: Any = None) -> None:
+                 clock: Any = None, permit2_address: str = PERMIT2_ADDRESS) -> None:
         self.recipient = checksum(recipient, "recipient")
         if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id <= 0:
             raise ValueError("chain_id must be a positive integer")
@@ -331,6 +292,7 @@ class EvmSellerMethod:
             raise ValueError("an evm seller accepts at least one challenge-binding rule")
         self.bindings = tuple(bindings)
         self.max_validity = max_validity
+        self.permit2_address = checksum(permit2_address, "permit2_address")
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.ledger_id = None  # the request cache key of the engine reads it (no ledger here)
 
@@ -349,7 +311,7 @@ class EvmSellerMethod:
     def request_for(self, *, amount: int, currency: str, description: str | None) -> dict[str, Any]:
         """The decoded ``request`` of an ``evm`` charge: amount (base units of the token),
         ``currency`` the token's address, ``recipient``, and ``methodDetails`` with ``chainId``,
-        ``credentialTypes`` and ``decimals``. ValueError for a currency this seller has no token for."""
+        ``credentialTypes`` and ``decimals`` (and ``permit2Address`` when ``permit2`` is accepted). ValueError for a currency this seller has no token for."""
         token = self.token_for(currency)
         if token is None:
             raise ValueError(f"no evm token is configured for currency {currency!r}")
@@ -362,6 +324,8 @@ class EvmSellerMethod:
             "methodDetails": {"chainId": self.chain_id, "credentialTypes": list(self.credential_types),
                               "decimals": token.decimals},
         }
+        if PERMIT2 in self.credential_types:
+            request["methodDetails"]["permit2Address"] = self.permit2_address
         if description:
             request["description"] = description
         return request
@@ -384,7 +348,7 @@ class EvmSellerMethod:
         if token is None:
             raise VerificationFailed("challenge names a token this seller does not take")
         if req.splits:
-            raise VerificationFailed("splits are paid only with permit2, which is not accepted here")
+            raise VerificationFailed("splits are not paid here")
         fields = parse_payload(credential.payload)
         kind = fields["type"]
         if kind not in self.credential_types or kind not in req.credential_types:
@@ -392,6 +356,8 @@ class EvmSellerMethod:
         challenge = credential.challenge
         if kind == AUTHORIZATION:
             payment = self._authorization(challenge, req, token, fields)
+        elif kind == PERMIT2:
+            payment = self._permit2(challenge, req, fields)
         elif kind == TRANSACTION:
             payment = self._transaction(challenge, req, fields)
         else:  # the payer is learnt from the chain at settlement (the transfer's from)
@@ -431,6 +397,18 @@ class EvmSellerMethod:
                           recipient=req.recipient, chain_id=req.chain_id, valid_after=f["validAfter"],
                           valid_before=f["validBefore"], nonce=f["nonce"], signature=f["signature"], binding=binding)
 
+    def _permit2(self, challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
+        if req.permit2 != self.permit2_address:
+            raise VerificationFailed("challenge names another Permit2 contract")
+        now = int(self.clock().timestamp())
+        expires = int(datetime.fromisoformat(challenge.expires.replace("Z", "+00:00")).timestamp()) if challenge.expires else now
+        owner, binding = check_permit2(f, challenge_id=challenge.id, realm=challenge.realm, chain_id=req.chain_id,
+                                       permit2=req.permit2, token=req.token, amount=req.amount, recipient=req.recipient,
+                                       bindings=self.bindings, now=now, latest_deadline=max(expires, now) + self.max_validity)
+        return EvmPayment(challenge.id, PERMIT2, payer=owner, amount=req.amount, token=req.token, recipient=req.recipient,
+                          chain_id=req.chain_id, valid_before=f["deadline"], nonce=f["nonce"].to_bytes(32, "big"),
+                          signature=f["signature"], binding=binding, permit2=req.permit2, witness=f["challengeHash"])
+
     @staticmethod
     def _transaction(challenge: Challenge, req: EvmRequest, f: dict[str, Any]) -> EvmPayment:
         raw = f["signature"]
@@ -464,14 +442,22 @@ class EvmSellerMethod:
 
 class EvmBuyerMethod:
     """Buyer side: pays ``evm`` charges on ``chain_id`` in the given ``tokens`` (keyed by address)
-    with an EIP-3009 authorization signed by ``account`` (an eth-account ``LocalAccount``), its
-    nonce bound to the challenge by ``binding`` (the draft's rule unless a seller needs pympp's)."""
+    with a payload signed by ``account`` (an eth-account ``LocalAccount``), bound to the challenge by
+    ``binding`` (the draft's rule unless a seller needs pympp's). ``credential_type`` is what it signs:
+    an EIP-3009 ``authorization`` (the default), or a ``permit2`` permit on the Permit2 contract at
+    ``permit2_address`` (the canonical one; a challenge naming another is not paid), for which the
+    account must have approved Permit2 on the token beforehand."""
 
     name = METHOD
 
     def __init__(self, *, account: Any, chain_id: int, tokens: Mapping[str, EvmToken] | list[EvmToken],
-                 binding: str = BINDING_DRAFT, clock: Any = None) -> None:
+                 binding: str = BINDING_DRAFT, clock: Any = None, credential_type: str = AUTHORIZATION,
+                 permit2_address: str = PERMIT2_ADDRESS) -> None:
         challenge_hash("", "", binding)  # ValueError for an unknown rule
+        if credential_type not in (AUTHORIZATION, PERMIT2):
+            raise ValueError(f"a buyer signs {AUTHORIZATION!r} or {PERMIT2!r}, not {credential_type!r}")
+        self.credential_type = credential_type
+        self.permit2_address = checksum(permit2_address, "permit2_address")
         self.account = account
         self.chain_id = chain_id
         listed = tokens.values() if isinstance(tokens, Mapping) else tokens
@@ -486,7 +472,8 @@ class EvmBuyerMethod:
 
     def can_pay(self, challenge: Challenge, request: ChargeRequest) -> str | None:
         """None if this method can pay the challenge: method ``evm``, intent ``charge``, our chain,
-        a token we hold a domain for, ``authorization`` among the accepted types, no splits; else why not."""
+        a token we hold a domain for, our credential type among the accepted ones (and, for ``permit2``,
+        the Permit2 contract we trust), no splits; else why not."""
         if challenge.method != METHOD:
             return f"method {challenge.method!r} is not {METHOD!r}"
         if challenge.intent != "charge":
@@ -499,18 +486,23 @@ class EvmBuyerMethod:
             return f"chain {req.chain_id} is not ours ({self.chain_id})"
         if req.token not in self.tokens:
             return f"token {req.token} is not one we pay with"
-        if AUTHORIZATION not in req.credential_types:
-            return "the seller does not accept EIP-3009 authorizations"
+        if self.credential_type not in req.credential_types:
+            return ("the seller does not accept EIP-3009 authorizations" if self.credential_type == AUTHORIZATION
+                    else "the seller does not accept permit2 credentials")
+        if self.credential_type == PERMIT2 and req.permit2 != self.permit2_address:
+            return f"the challenge names Permit2 at {req.permit2}, not {self.permit2_address}"
         if req.splits:
-            return "splits need permit2, which we do not sign"
+            return "splits are not paid here"
         if req.amount == 0:
             return "a charge of zero is not paid"
         return None
 
     def payload(self, challenge: Challenge, request: ChargeRequest) -> tuple[dict[str, Any], str | None]:
-        """The ``authorization`` payload (EIP-3009 over the token's domain; ``validAfter`` 0,
-        ``validBefore`` the challenge's expiry, ``nonce`` its challenge hash) and ``source`` (our
-        did:pkh). Signs whatever it is given: ask :meth:`can_pay` first."""
+        """The payload and ``source`` (our did:pkh). ``authorization``: EIP-3009 over the token's domain,
+        ``validAfter`` 0, ``validBefore`` the challenge's expiry, ``nonce`` its challenge hash.
+        ``permit2``: a permit of the amount to the recipient (also its spender), a random nonce, the
+        challenge's expiry as deadline, the challenge hash as witness. Signs whatever it is given: ask
+        :meth:`can_pay` first."""
         req = parse_evm_request(request)
         token = self.tokens[req.token]
         if challenge.expires:
@@ -518,6 +510,10 @@ class EvmBuyerMethod:
         else:
             valid_before = int(self.clock().timestamp()) + 300
         nonce = challenge_hash(challenge.id, challenge.realm, self.binding)
+        if self.credential_type == PERMIT2:
+            return (sign_permit2(self.account, chain_id=req.chain_id, permit2=req.permit2, token=req.token, amount=req.amount,
+                                 recipient=req.recipient, deadline=valid_before, challenge=nonce),
+                    did_pkh(req.chain_id, self.address))
         typed = authorization_typed_data(token, req.chain_id, payer=self.address, recipient=req.recipient,
                                          value=req.amount, valid_after=0, valid_before=valid_before, nonce=nonce)
         signed = self.account.sign_message(encode_typed_data(full_message=typed))

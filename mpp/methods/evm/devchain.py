@@ -5,6 +5,7 @@ token deployed, stopped when done.
         payer = chain.new_payer(tokens=5_000_000)  # a fresh key holding 5 tokens (6 decimals)
         chain.balance_of(payer.address)            # 5000000
         chain.token, chain.eip712_domain           # where, and what a payer's EIP-3009 signature binds
+        chain.new_payer(tokens=5_000_000, permit2=True)  # ... that has approved Permit2 on the token
 
 ``python -m mpp.methods.evm.devchain`` starts one and prints its RPC URL and token until interrupted.
 
@@ -12,6 +13,11 @@ The token is ``contracts/TestToken.sol`` (an ERC-20 with 6 decimals, an owner-on
 EIP-3009's transfer, receive and cancel with authorization), deployed from the checked-in
 ``contracts/TestToken.json`` (``tools/build_token.py`` builds it), so no compiler is needed here.
 anvil's dev accounts are unlocked: the first deploys the token and is its minter.
+
+Uniswap's Permit2 is placed at its canonical address at start (``anvil_setCode``, no transaction):
+its runtime code is the checked-in ``contracts/Permit2.json``, extracted from npm's
+``@uniswap/v4-periphery`` and patched to recompute its EIP-712 domain separator on this chain
+(``tools/build_permit2.py`` builds it and says why; Permit2 is MIT-licensed).
 
 anvil comes from npm: ``make anvil`` installs the version ``tools/anvil/`` pins into ``.anvil/``
 (``make test`` and ``make demo`` do it first). It is looked for there, then at ``$MPP_ANVIL``'s
@@ -49,16 +55,20 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
-__all__ = ["CHAIN_ID", "DECIMALS", "ChainUnavailable", "RpcError", "TransactionFailed", "DevChain",
-           "throwaway_chain", "find_anvil", "token_artifact", "call_data", "main"]
+__all__ = ["CHAIN_ID", "DECIMALS", "PERMIT2_ADDRESS", "ChainUnavailable", "RpcError", "TransactionFailed", "DevChain",
+           "throwaway_chain", "find_anvil", "token_artifact", "permit2_artifact", "call_data", "main"]
 
 CHAIN_ID = 31337
 """The chain id of a throwaway chain unless told otherwise (anvil's own default)."""
 DECIMALS = 6
 """The test token's decimals: one token is 1,000,000 base units, as for USDC."""
+PERMIT2_ADDRESS = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
+"""Where :meth:`DevChain.install_permit2` puts Permit2: its canonical address on every chain."""
 
 _HERE = Path(__file__).resolve().parent
 _ARTIFACT = _HERE / "contracts" / "TestToken.json"
+_PERMIT2_ARTIFACT = _HERE / "contracts" / "Permit2.json"
+_MAX_UINT256 = 2**256 - 1
 # make anvil: npm ci --prefix .anvil (tools/anvil/package.json pins the version)
 _LOCAL_ANVIL = _HERE.parents[2] / ".anvil" / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 _LISTENING = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
@@ -108,6 +118,14 @@ def token_artifact() -> dict[str, Any]:
     """The compiled test token (contracts/TestToken.json): ``abi``, ``bytecode``, ``compiler``,
     ``sourceSha256`` (of TestToken.sol, which it was built from)."""
     return json.loads(_ARTIFACT.read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def permit2_artifact() -> dict[str, Any]:
+    """Permit2's runtime code and provenance (contracts/Permit2.json, ``tools/build_permit2.py``):
+    ``runtimeCode``, ``address``, ``source`` (npm package, version, file, SHA-256 of the extracted
+    code), ``patch`` (the word changed, and why) and ``license`` (MIT, with its text)."""
+    return json.loads(_PERMIT2_ARTIFACT.read_text(encoding="utf-8"))
 
 
 def call_data(signature: str, *args: Any) -> str:
@@ -247,14 +265,35 @@ class DevChain:
         """Set the ether balance of ``address`` (``anvil_setBalance``), for gas."""
         self.rpc("anvil_setBalance", to_checksum_address(address), hex(wei))
 
-    def new_payer(self, tokens: int = 0, *, wei: int = 0) -> LocalAccount:
-        """A fresh key (eth-account) holding ``tokens`` base units of the token and ``wei`` of ether."""
+    def new_payer(self, tokens: int = 0, *, wei: int = 0, permit2: bool = False) -> LocalAccount:
+        """A fresh key (eth-account) holding ``tokens`` base units of the token and ``wei`` of ether;
+        with ``permit2``, it has also approved Permit2 for any amount of the token (see :meth:`approve_permit2`)."""
         account = Account.create()
         if tokens:
             self.mint(account.address, tokens)
         if wei:
             self.set_balance(account.address, wei)
+        if permit2:
+            self.approve_permit2(account)
         return account
+
+    def install_permit2(self) -> str:
+        """Put Permit2's runtime code at its canonical address (``anvil_setCode``: no transaction,
+        no deployer); the address. :func:`throwaway_chain` does it at start unless told not to."""
+        self.rpc("anvil_setCode", PERMIT2_ADDRESS, permit2_artifact()["runtimeCode"])
+        return PERMIT2_ADDRESS
+
+    def approve_permit2(self, payer: LocalAccount, amount: int = _MAX_UINT256) -> dict[str, Any]:
+        """``payer`` approves Permit2 for ``amount`` (any, by default) of the token, the one-time step a
+        ``permit2`` credential needs; the payer is given the ether for that transaction's gas if it
+        has none. The receipt."""
+        if _quantity(self.rpc("eth_getBalance", payer.address, "latest")) == 0:
+            self.set_balance(payer.address, 10**16)
+        return self.transact("approve(address,uint256)", PERMIT2_ADDRESS, amount, sender=payer)
+
+    def permit2_allowance(self, owner: str) -> int:
+        """The token's ``allowance(owner, Permit2)``: how much Permit2 may move from ``owner``."""
+        return self.read("allowance(address,address)", to_checksum_address(owner), PERMIT2_ADDRESS, returns=["uint256"])
 
     def deploy_token(self, name: str, version: str, symbol: str) -> str:
         """Deploy TestToken(name, version, symbol) from anvil's first dev account, which becomes its
@@ -309,9 +348,10 @@ def _stop(process: subprocess.Popen) -> None:
 @contextmanager
 def throwaway_chain(*, chain_id: int = CHAIN_ID, port: int = 0, token_name: str = "MPP Test USD",
                     token_version: str = "1", token_symbol: str = "tUSD", start_timeout: float = 30.0,
-                    anvil: str | Path | None = None) -> Iterator[DevChain]:
-    """Start anvil on 127.0.0.1 (``port`` 0: a free one it picks), deploy the test token, and yield
-    the DevChain; stop anvil (terminate, then kill) and delete its folder after, also on errors."""
+                    anvil: str | Path | None = None, permit2: bool = True) -> Iterator[DevChain]:
+    """Start anvil on 127.0.0.1 (``port`` 0: a free one it picks), deploy the test token, put Permit2
+    at its canonical address (unless ``permit2`` is False), and yield the DevChain; stop anvil
+    (terminate, then kill) and delete its folder after, also on errors."""
     binary = Path(anvil) if anvil is not None else find_anvil()
     folder = Path(tempfile.mkdtemp(prefix="mpp-anvil-"))
     log = folder / "anvil.log"
@@ -327,6 +367,8 @@ def throwaway_chain(*, chain_id: int = CHAIN_ID, port: int = 0, token_name: str 
         chain = _wait_ready(process, log, chain_id, start_timeout)
         try:
             chain.deploy_token(token_name, token_version, token_symbol)
+            if permit2:
+                chain.install_permit2()
         except (RpcError, TransactionFailed) as exc:
             raise ChainUnavailable(f"the test token could not be deployed: {exc}; anvil's log's last lines:\n"
                                    f"{_tail(log)}") from exc
@@ -357,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chain id {chain.chain_id}; token {chain.token} ({chain.token_symbol}, {DECIMALS} decimals; EIP-712 "
                   f"name {chain.token_name!r}, version {chain.token_version!r}); minter {chain.deployer} (unlocked)",
                   flush=True)
+            print(f"Permit2 at {PERMIT2_ADDRESS} (Uniswap's, from contracts/Permit2.json)", flush=True)
             while not stop.wait(0.5):
                 pass
     except ChainUnavailable as exc:
