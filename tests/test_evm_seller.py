@@ -653,3 +653,61 @@ async def test_identity_purchases_on_evm_are_attributed_and_held_to_the_sellers_
         assert chain.balance_of(payer.address) == 8 * PRICE and chain.balance_of(key.address) == 2 * PRICE
     finally:
         await server.close()
+
+
+async def test_approvals_and_the_buyers_own_budget_work_on_evm(chain, token, tmp_path):
+    """EVM-ID-01, IDENT-APR-01, IDENT-BUD-01: above the mandate's approval threshold the seller asks
+    for the principal's approval before consuming the challenge; the agent's approver signs one and
+    the same challenge is paid on chain. The agent's own budget counters refuse the purchase past the
+    budget before anything is signed."""
+    from mpp import identity as I
+    from mpp.aio.agent import AgentIdentity
+    from mpp.stores.budget import BudgetStore
+
+    P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
+    now = datetime.now(timezone.utc)
+    mandate = I.issue_mandate(P, subject=A.did, audience=["evm.test"], scope=["*"], currency=token.address, ceiling=PRICE,
+                              budget_amount=PRICE, approval_threshold=PRICE - 1, not_before=now - timedelta(minutes=1),
+                              expires=now + timedelta(hours=1))
+    key = Account.create()
+    chain.set_balance(key.address, ETHER)
+    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, receipt_timeout=5.0,
+                   reconcile_interval=0.0, store=SqliteEvmStore(str(tmp_path / "evm-apr.db")))
+    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail],
+                    store=SqlitePaymentStore(str(tmp_path / "payments-apr.db")), trusted_principals={P.did})
+
+    @seller.price(PRICE, "usd", "for agents", require_identity=True)
+    async def agent_report(request):
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/agent-report", agent_report)
+    app.cleanup_ctx.append(rail.lifecycle)
+    seller.setup(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    payer = chain.new_payer(tokens=10 * PRICE)
+    asked: list[dict] = []
+
+    def approver(problem: dict) -> str:
+        asked.append(problem)
+        return I.issue_approval(P, agent=A.did, challenge_id=problem["challengeId"], quote=problem["quoteHash"],
+                                amount=problem["amount"], currency=problem["currency"], rule=problem["rule"],
+                                mandate=problem["mandate"], now=datetime.now(timezone.utc))
+
+    budget = BudgetStore(str(tmp_path / "budget.db"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PaymentClient(session, [EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token])],
+                                   mpp.BuyerPolicy(max_amount=PRICE),
+                                   identity=AgentIdentity(A, [mandate], budget, approver=approver))
+            url = str(server.make_url("/agent-report"))
+            paid = await client.request("GET", url)
+            assert paid.status == 200 and paid.claims["approval"] and paid.claims["decision"] == "allow-with-approval"
+            assert len(asked) == 1 and paid.quote.challenge.id == asked[0]["challengeId"]  # the same challenge, paid
+            with pytest.raises(mpp.BudgetExceeded):
+                await client.request("GET", url)
+        assert chain.balance_of(payer.address) == 9 * PRICE and chain.balance_of(key.address) == PRICE
+    finally:
+        budget.close()
+        await server.close()
