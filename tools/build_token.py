@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from artifact_file import write_or_check
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "mpp" / "methods" / "evm" / "contracts"
 SOURCE = CONTRACTS / "TestToken.sol"
@@ -106,16 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compile, and exit 1 if TestToken.json differs from the result")
     args = parser.parse_args(argv)
-    text = render(compile_token())
-    if args.check:
-        if OUTPUT.exists() and OUTPUT.read_text(encoding="utf-8") == text:
-            print(f"{OUTPUT.relative_to(ROOT)} is up to date")
-            return 0
-        print(f"{OUTPUT.relative_to(ROOT)} differs from a fresh build: run python tools/build_token.py", file=sys.stderr)
-        return 1
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)} ({len(text)} bytes)")
-    return 0
+    return write_or_check(OUTPUT, render(compile_token()), check=args.check, root=ROOT, rebuild="python tools/build_token.py")
 
 
 if __name__ == "__main__":

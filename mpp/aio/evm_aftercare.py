@@ -36,6 +36,7 @@ from mpp.aio.evm_chain import (SellerWallet, SendRefused, SendUnanswered, Sent, 
 from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable, call_data
 from mpp.protocol.models import parse_rfc3339
 from mpp.stores.evm import REFUND_DONE, REFUND_FAILED, REFUND_SENT, EvmStore, PendingTx, RefundRecord
+from mpp.engine.background import stop_task
 
 __all__ = ["AUTHORIZATION", "PERMIT2", "TRANSACTION", "REFUND", "EvmAftercare"]
 
@@ -82,13 +83,8 @@ class EvmAftercare:
 
     async def stop(self) -> None:
         """Stop the background round and close the store (what is pending stays in it for the next start)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.store.close()
 
     async def _run_forever(self) -> None:

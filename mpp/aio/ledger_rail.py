@@ -27,6 +27,7 @@ from mpp.protocol.keys import SigningKey
 from mpp.protocol.models import format_rfc3339
 from mpp.protocol.wire import loads_strict
 from mpp.stores.doubt import DoubtJournal, MemoryDoubtJournal
+from mpp.engine.background import stop_task
 
 __all__ = ["HttpLedgerRail", "LedgerUnavailable", "ServiceLine", "InDoubt"]
 
@@ -162,13 +163,8 @@ class InDoubt:
 
     async def stop(self) -> None:
         """Stop the background task, void what can be voided now, close the journal."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self.pending:
             await self.reconcile()
             if self.pending:

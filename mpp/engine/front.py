@@ -16,6 +16,7 @@ from mpp.engine.seller import SellerEngine
 from mpp.pricing import PriceList, PriceListError
 from mpp.pricing.prices import Metered, Price
 from mpp.stores.pricing import TaskRecord
+from mpp.engine.background import stop_task
 
 __all__ = ["SellerFront"]
 
@@ -56,13 +57,8 @@ class SellerFront(SellerConfig):
         lists, close the session and payment stores."""
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        await stop_task(self._sweeper)
+        self._sweeper = None
         if self.sessions is not None:
             await self.sessions.store.close()
         await self.engine.close()
