@@ -24,6 +24,8 @@ from mpp.pricing.prices import Metered, Price
 __all__ = [
     "ConfigError",
     "RouteConfig",
+    "EvmTokenConfig",
+    "EvmConfig",
     "SellerConfig",
     "Wallet",
     "load_seller_config",
@@ -94,6 +96,82 @@ class RouteConfig(BaseModel):
         return Price(self.amount, self.currency, self.description, self.require_identity)
 
 
+class EvmTokenConfig(BaseModel):
+    """One ``[[evm.tokens]]`` entry: an ERC-20 token the seller takes, its EIP-712 domain (``name``,
+    ``version``), its ``decimals``, and the ``currency`` code prices name it by (omitted: prices name
+    it by its address only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str | None = None
+    address: str
+    name: str
+    version: str
+    decimals: int = Field(default=6, ge=0, le=77)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not (len(v) == 42 and v.startswith("0x") and all(c in "0123456789abcdefABCDEF" for c in v[2:])):
+            raise ValueError("address must be a 0x-prefixed 20-byte hex address")
+        return v
+
+    @field_validator("currency")
+    @classmethod
+    def _code(cls, v: str | None) -> str | None:
+        if v is not None and CURRENCY.fullmatch(v) is None:
+            raise ValueError("currency must be a lowercase code such as 'usd' (a-z then a-z/0-9, at most 32)")
+        return v
+
+
+class EvmConfig(BaseModel):
+    """seller.toml's ``[evm]`` table: take ``evm`` payments (spec/methods/evm-seller.md) through the
+    node at ``rpc_url`` on ``chain_id``, to the address of the key in ``key_file`` (relative to
+    seller.toml), keeping replay keys, pending transactions and refunds in ``store`` (default evm.db
+    beside the payment store), in the ``tokens`` listed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpc_url: str
+    chain_id: int = Field(gt=0)
+    key_file: Path
+    store: str | None = None
+    credential_types: list[str] = ["authorization", "transaction"]
+    bindings: list[str] = ["draft"]
+    tokens: list[EvmTokenConfig] = Field(min_length=1)
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("rpc_url must be an http:// or https:// URL")
+        return v
+
+    @field_validator("credential_types")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        known = ("authorization", "permit2", "transaction", "hash")
+        if not v or any(k not in known for k in v):
+            raise ValueError(f"credential_types must be a non-empty list of {', '.join(known)}")
+        return v
+
+    @field_validator("bindings")
+    @classmethod
+    def _bindings(cls, v: list[str]) -> list[str]:
+        if not v or any(b not in ("draft", "json") for b in v):
+            raise ValueError("bindings must be a non-empty list of draft, json")
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None:
+            from mpp.connect import check_location
+
+            check_location(v)
+        return v
+
+
 class SellerConfig(BaseModel):
     """seller.toml: the seller's realm, keys, ledger, stores and routes. Unknown keys are refused;
     relative paths are read against the file's directory."""
@@ -117,6 +195,7 @@ class SellerConfig(BaseModel):
     pricing: str | None = None  # task states and seat periods; default: pricing.db beside the payment store
     price_list: Path | None = None  # spec/pricing.md: a price list file (relative to this file), instead of [[routes]]
     routes: list[RouteConfig] = []
+    evm: EvmConfig | None = None  # take `evm` payments on an EVM chain too (or only: then no ledger is needed)
 
     @model_validator(mode="after")
     def _some_prices(self) -> "SellerConfig":
@@ -126,8 +205,11 @@ class SellerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_ledger(self) -> "SellerConfig":
+        if self.ledger is None and self.ledger_url is None and self.evm is not None:
+            return self  # an evm-only seller
         if (self.ledger is None) == (self.ledger_url is None):
-            raise ValueError("set exactly one of ledger (an embedded ledger: a file or postgresql:// URL) and ledger_url (a ledger service)")
+            raise ValueError("set exactly one of ledger (an embedded ledger: a file or postgresql:// URL) and ledger_url (a ledger service), "
+                             "or neither with an [evm] table")
         if self.ledger_url is not None:
             if self.ledger_key is None:
                 raise ValueError("ledger_url needs ledger_key: the seller's key registered with the ledger service")
@@ -178,6 +260,19 @@ class SellerConfig(BaseModel):
         from mpp.stores.sqlite import sqlite_path
 
         return str(Path(sqlite_path(store)).with_name("pricing.db"))
+
+    @property
+    def evm_store_location(self) -> str:
+        """The evm rail's store (replay keys, pending transactions, refunds): ``[evm] store``, else the
+        payment store's PostgreSQL database, else evm.db beside the payment store's file."""
+        if self.evm is not None and self.evm.store:
+            return self.locate(self.evm.store)
+        store = self.locate(self.store)
+        if "://" in store and not store.startswith("sqlite:"):
+            return store
+        from mpp.stores.sqlite import sqlite_path
+
+        return str(Path(sqlite_path(store)).with_name("evm.db"))
 
     @property
     def sessions_location(self) -> str:

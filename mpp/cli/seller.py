@@ -14,14 +14,14 @@ from typing import Any
 
 from mpp.cli.common import EXIT_HTTP, EXIT_OK, EXIT_USAGE, err, pos_int
 
-__all__ = ["add_seller_commands", "cmd_seller_serve", "cmd_seller_usage"]
+__all__ = ["add_seller_commands", "cmd_seller_serve", "cmd_seller_usage", "StartupRefused"]
 
 
 def cmd_seller_serve(args: argparse.Namespace) -> int:
     """`mpp seller serve`: serve the priced routes of a seller configuration until SIGINT or SIGTERM."""
     from aiohttp import web
 
-    from mpp.cli.serve import HEADER_LIMITS, build_seller_app, check_embedded_ledger
+    from mpp.cli.serve import HEADER_LIMITS, build_seller_app, check_embedded_ledger, check_evm
     from mpp.aio.workers import on_reload_signal
     from mpp.cli.config import load_seller_config
 
@@ -38,6 +38,7 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
         added = [did for did in args.trust_principal if did not in config.trusted_principals]
         config = config.model_copy(update={"trusted_principals": [*config.trusted_principals, *added]})
     check_embedded_ledger(config)  # a missing ledger file or recipient account: refused before serving
+    check_evm(config)  # [evm]: an unreadable key file, a node that does not answer or is on another chain
     if args.asgi:
         return _serve_asgi(config, args)
     if args.workers > 1:
@@ -46,7 +47,11 @@ def cmd_seller_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None, **HEADER_LIMITS)
-        await runner.setup()
+        try:
+            await runner.setup()  # the startup hooks: a rail that cannot start (the node moved to another chain...)
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback; the caller exits 2
+            await runner.cleanup()
+            raise StartupRefused(f"the seller did not start: {exc}") from None
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
@@ -145,6 +150,11 @@ def _serve_workers(config, args: argparse.Namespace) -> int:
                         on_ready=lambda: print(_ready_line(config, None, args.host, port, args.workers), flush=True))
 
 
+class StartupRefused(ValueError):
+    """A startup hook of the seller's application failed (a rail that cannot start): reported as one
+    line, exit 2."""
+
+
 class _Stopping:
     """Something to ``close()`` that is stopped (a ledger service client)."""
 
@@ -199,6 +209,9 @@ def cmd_seller_usage(args: argparse.Namespace) -> int:
                     raise FileNotFoundError(f"no ledger at {location} (the seller configuration's ledger)")
                 ledger = await open_ledger(location)
                 opened.append(ledger)
+            elif config.ledger_url is None:  # evm-only: no ledger to check against
+                raise ValueError("this seller has no ledger (only [evm]): `mpp seller usage` checks a ledger's "
+                                 "transfers, and the chain's are not read yet")
             else:  # a ledger service: it lists this seller's own transfers (LEDGER-SVC-11)
                 from mpp.aio.rails import HttpLedgerRail
                 from mpp.protocol.keys import SigningKey

@@ -28,7 +28,8 @@ from mpp.aio.rails import EmbeddedLedgerRail, HttpLedgerRail
 from mpp.aio.seller import HEADER_LIMITS, Seller, grant_of, payment_of, start_task, task_of  # HEADER_LIMITS: its old home
 from mpp.aio.workers import RELOAD_KEY
 
-__all__ = ["build_seller_app", "seller_settings", "rail_for", "check_embedded_ledger", "reload_price_list", "HEADER_LIMITS"]
+__all__ = ["build_seller_app", "seller_settings", "rail_for", "rails_for", "evm_rail_for", "check_evm", "check_embedded_ledger",
+           "reload_price_list", "HEADER_LIMITS"]
 
 LEDGER_KEY = web.AppKey("mpp_ledger", SqliteLedger)
 
@@ -124,6 +125,80 @@ def rail_for(config: SellerConfig) -> tuple[EmbeddedLedgerRail | HttpLedgerRail,
         return EmbeddedLedgerRail(ledger_for(config.ledger), recipient=config.recipient), None
     ledger = _open_sqlite_ledger(config)
     return EmbeddedLedgerRail(ledger, recipient=config.recipient), ledger
+
+
+def rails_for(config: SellerConfig) -> tuple[list[Any], SqliteLedger | None]:
+    """Every rail of the configuration: the ledger's (:func:`rail_for`; none for an evm-only seller),
+    then the ``[evm]`` table's (:func:`evm_rail_for`); and the embedded SQLite ledger, if any."""
+    rails: list[Any] = []
+    ledger = None
+    if config.ledger is not None or config.ledger_url is not None:
+        rail, ledger = rail_for(config)
+        rails.append(rail)
+    if config.evm is not None:
+        rails.append(evm_rail_for(config))
+    return rails, ledger
+
+
+def _evm_key(config: SellerConfig) -> Any:
+    """The seller's secp256k1 key from ``[evm] key_file``; ConfigError (never quoting the file) if it
+    cannot be read or is not a 0x-prefixed 32-byte key."""
+    from eth_account import Account
+
+    assert config.evm is not None
+    path = config.resolve(config.evm.key_file)
+    try:
+        text = open(path, encoding="ascii").read().strip()
+    except OSError as exc:
+        raise ConfigError(f"[evm] key_file = {str(config.evm.key_file)!r}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        text = ""
+    try:
+        if not (text.startswith("0x") and len(text) == 66):
+            raise ValueError
+        return Account.from_key(text)
+    except Exception:  # noqa: BLE001 - whatever eth-account says would quote the key
+        raise ConfigError(f"[evm] key_file = {str(config.evm.key_file)!r}: {path} does not hold a 0x-prefixed "
+                          f"secp256k1 private key (64 hex digits) on one line") from None
+
+
+def evm_rail_for(config: SellerConfig) -> Any:
+    """The :class:`~mpp.aio.evm_rail.EvmRail` of the ``[evm]`` table: its key, chain, tokens, credential
+    types, bindings and store (:func:`mpp.connect.evm_store_for`)."""
+    from mpp.aio.evm_rail import EvmRail
+    from mpp.connect import evm_store_for
+    from mpp.methods.evm.charge import EvmToken
+
+    evm = config.evm
+    assert evm is not None
+    tokens = {(t.currency or t.address.lower()): EvmToken(t.address, t.name, t.version, t.decimals) for t in evm.tokens}
+    return EvmRail(evm.rpc_url, key=_evm_key(config), chain_id=evm.chain_id, tokens=tokens,
+                   credential_types=tuple(evm.credential_types), bindings=tuple(evm.bindings),
+                   store=evm_store_for(config.evm_store_location))
+
+
+def check_evm(config: SellerConfig) -> None:
+    """Refuse to start (ConfigError, one line) on an ``[evm]`` table whose key file is unreadable or
+    not a key, or whose node does not answer or is on another chain than ``chain_id``."""
+    if config.evm is None:
+        return
+    _evm_key(config)
+    from mpp.aio.evm_rpc import EvmRpc, EvmRpcError, EvmRpcUnavailable
+
+    async def ask() -> int:
+        rpc = EvmRpc(config.evm.rpc_url, timeout=10.0)
+        try:
+            return await rpc.chain_id()
+        finally:
+            await rpc.close()
+
+    try:
+        answered = asyncio.run(ask())
+    except (EvmRpcUnavailable, EvmRpcError) as exc:
+        raise ConfigError(f"[evm] rpc_url = {config.evm.rpc_url!r}: the node does not answer eth_chainId: {exc}") from None
+    if answered != config.evm.chain_id:
+        raise ConfigError(f"[evm] chain_id = {config.evm.chain_id}: the node at {config.evm.rpc_url} is on chain "
+                          f"{answered}: point rpc_url at a node of chain {config.evm.chain_id}, or set chain_id = {answered}")
 
 
 def check_embedded_ledger(config: SellerConfig) -> None:
@@ -224,16 +299,19 @@ def _same_file(config: SellerConfig, location: str | None, ledger: SqliteLedger 
 
 def build_seller_app(config: SellerConfig) -> tuple[web.Application, Seller]:
     """The aiohttp application of a seller configuration, and its seller."""
-    rail, ledger = rail_for(config)
-    seller = Seller(rails=[rail], **seller_settings(config, ledger))
+    rails, ledger = rails_for(config)
+    seller = Seller(rails=rails, **seller_settings(config, ledger))
     if config.price_list is not None:
         prices = config.resolve(config.price_list)
         seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start
     app = web.Application()
     if ledger is not None:
         app[LEDGER_KEY] = ledger
-    else:  # PostgreSQL or a service: learn the ledger id before serving (a service: void in-doubt charges)
-        app.cleanup_ctx.append(rail.lifecycle)
+    for rail in rails:
+        # PostgreSQL or a service: learn the ledger id before serving (a service: void in-doubt charges);
+        # evm: check the node's chain, then reconcile
+        if not isinstance(rail, EmbeddedLedgerRail) or ledger is None:
+            app.cleanup_ctx.append(rail.lifecycle)
 
     async def _open_stores(app: web.Application):
         # PostgreSQL stores make their pools here, before anything uses them (the seller closes them)

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from mpp.asgi import Seller, grant_of, meter_of, payment_of, start_task, task_of
 from mpp.cli import standin
 from mpp.cli.config import RouteConfig, SellerConfig
-from mpp.cli.serve import HEADER_LIMITS, rail_for, reload_price_list, seller_settings
+from mpp.cli.serve import HEADER_LIMITS, rails_for, reload_price_list, seller_settings
 from mpp.connect import ensure_open
 from mpp.engine.config import with_price
 from mpp.pricing import UnitOffer
@@ -104,8 +104,8 @@ def _listed_handler(seller: Seller) -> Callable[[Request], Any]:
 
 def build_seller_asgi(config: SellerConfig) -> tuple[Starlette, Seller, Callable[[], bool] | None]:
     """The Starlette application, its seller, and the price-list reload (None without a list)."""
-    rail, ledger = rail_for(config)
-    seller = Seller(rails=[rail], **seller_settings(config, ledger))
+    rails, ledger = rails_for(config)
+    seller = Seller(rails=rails, **seller_settings(config, ledger))
     prices = config.resolve(config.price_list) if config.price_list is not None else None
     if prices is not None:
         seller.load_prices(prices)  # PriceListError (source:LINE: problem): refused at start
@@ -120,9 +120,12 @@ def build_seller_asgi(config: SellerConfig) -> tuple[Starlette, Seller, Callable
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            if ledger is None:  # PostgreSQL or a service: learn the ledger id first (a service: void in-doubt charges)
-                await stack.enter_async_context(contextlib.asynccontextmanager(rail.lifecycle)(app))
-            else:
+            # PostgreSQL or a service: learn the ledger id first (a service: void in-doubt charges); evm:
+            # check the node's chain, then reconcile. An embedded SQLite ledger: closed at the end.
+            for rail in rails:
+                if ledger is None or rail is not rails[0]:  # rails[0]: the embedded SQLite ledger's, if any
+                    await stack.enter_async_context(contextlib.asynccontextmanager(rail.lifecycle)(app))
+            if ledger is not None:
                 stack.callback(ledger.close)
             for store in (seller.store, seller.session_store, seller.audit, seller.pricing_store):
                 await ensure_open(store)
