@@ -82,7 +82,7 @@ async def _pay(url: str, payer, chain) -> aiohttp.ClientResponse:
         return await PaymentClient(session, [method], mpp.BuyerPolicy(max_amount=10 ** 6)).request("GET", url)
 
 
-@pytest.mark.parametrize("flags", [(), ("--asgi",)], ids=["aiohttp", "asgi"])
+@pytest.mark.parametrize("flags", [(), ("--asgi",), ("--workers", "2")], ids=["aiohttp", "asgi", "workers"])
 def test_an_evm_only_seller_is_paid_on_chain(tmp_path: Path, chain, flags):
     """No ledger, only [evm]: the served seller's /weather is paid by an EIP-3009 authorization; 200,
     an evm receipt naming the chain, the tokens moved payer to seller; evm.db beside the payment store."""
