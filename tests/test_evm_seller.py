@@ -68,9 +68,11 @@ class Shop:
 
 
 @asynccontextmanager
-async def evm_shop(chain, token, tmp_path: Path, *, ether: int = ETHER, **rail_kwargs: Any):
+async def evm_shop(chain, token, tmp_path: Path, *, ether: int = ETHER, trusted: frozenset[str] = frozenset(),
+                   **rail_kwargs: Any):
     """A seller taking ``usd`` in the test token on the chain, with routes /paid, /crash (raises after
-    payment) and /echo (returns the payer)."""
+    payment) and /agent-report (identity required; returns the paying agent), trusting the
+    principals ``trusted``."""
     key = Account.create()
     if ether:
         chain.set_balance(key.address, ether)
@@ -78,7 +80,8 @@ async def evm_shop(chain, token, tmp_path: Path, *, ether: int = ETHER, **rail_k
     rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token},
                    store=SqliteEvmStore(str(tmp_path / f"evm-{key.address}.db")), **{**options, **rail_kwargs})
     store = SqlitePaymentStore(str(tmp_path / f"payments-{key.address}.db"))
-    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail], store=store)
+    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail], store=store,
+                    trusted_principals=trusted)
 
     @seller.price(PRICE, "usd", "paid in tokens")
     async def paid(request):
@@ -88,9 +91,14 @@ async def evm_shop(chain, token, tmp_path: Path, *, ether: int = ETHER, **rail_k
     async def crash(request):
         raise RuntimeError("the handler broke after payment")
 
+    @seller.price(PRICE, "usd", "for agents", require_identity=True)
+    async def agent_report(request):
+        return web.json_response({"agent": payment_of(request).claims.get("agent")})
+
     app = web.Application()
     app.router.add_get("/paid", paid)
     app.router.add_get("/crash", crash)
+    app.router.add_get("/agent-report", agent_report)
     app.cleanup_ctx.append(rail.lifecycle)
     seller.setup(app)
     server = TestServer(app, host="127.0.0.1")
@@ -620,29 +628,12 @@ async def test_identity_purchases_on_evm_are_attributed_and_held_to_the_sellers_
     mandate = I.issue_mandate(P, subject=A.did, audience=["evm.test"], scope=["GET /agent*"], currency=token.address.lower(),
                               ceiling=PRICE, budget_amount=2 * PRICE, not_before=now - timedelta(minutes=1),
                               expires=now + timedelta(hours=1))
-    key = Account.create()
-    chain.set_balance(key.address, ETHER)
-    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, receipt_timeout=5.0,
-                   reconcile_interval=0.0, store=SqliteEvmStore(str(tmp_path / "evm-id.db")))
-    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail],
-                    store=SqlitePaymentStore(str(tmp_path / "payments-id.db")), trusted_principals={P.did})
-
-    @seller.price(PRICE, "usd", "for agents", require_identity=True)
-    async def agent_report(request):
-        return web.json_response({"agent": payment_of(request).claims.get("agent")})
-
-    app = web.Application()
-    app.router.add_get("/agent-report", agent_report)
-    app.cleanup_ctx.append(rail.lifecycle)
-    seller.setup(app)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
     payer = chain.new_payer(tokens=10 * PRICE)
-    try:
+    async with evm_shop(chain, token, tmp_path, trusted=frozenset({P.did})) as shop:
         async with aiohttp.ClientSession() as session:
             client = PaymentClient(session, [EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token])],
                                    mpp.BuyerPolicy(max_amount=PRICE), identity=AgentIdentity(A, [mandate]))
-            url = str(server.make_url("/agent-report"))
+            url = shop.url("/agent-report")
             for _ in range(2):
                 paid = await client.request("GET", url)
                 assert paid.status == 200 and json.loads(paid.body) == {"agent": A.did}
@@ -650,9 +641,7 @@ async def test_identity_purchases_on_evm_are_attributed_and_held_to_the_sellers_
             with pytest.raises(mpp.PaymentFailed) as refused:
                 await client.request("GET", url)
             assert refused.value.problem_type == "budget-exceeded"
-        assert chain.balance_of(payer.address) == 8 * PRICE and chain.balance_of(key.address) == 2 * PRICE
-    finally:
-        await server.close()
+        assert chain.balance_of(payer.address) == 8 * PRICE and chain.balance_of(shop.address) == 2 * PRICE
 
 
 async def test_approvals_and_the_buyers_own_budget_work_on_evm(chain, token, tmp_path):
@@ -669,23 +658,6 @@ async def test_approvals_and_the_buyers_own_budget_work_on_evm(chain, token, tmp
     mandate = I.issue_mandate(P, subject=A.did, audience=["evm.test"], scope=["*"], currency=token.address, ceiling=PRICE,
                               budget_amount=PRICE, approval_threshold=PRICE - 1, not_before=now - timedelta(minutes=1),
                               expires=now + timedelta(hours=1))
-    key = Account.create()
-    chain.set_balance(key.address, ETHER)
-    rail = EvmRail(chain.rpc_url, key=key, chain_id=chain.chain_id, tokens={"usd": token}, receipt_timeout=5.0,
-                   reconcile_interval=0.0, store=SqliteEvmStore(str(tmp_path / "evm-apr.db")))
-    seller = Seller(realm="evm.test", secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail],
-                    store=SqlitePaymentStore(str(tmp_path / "payments-apr.db")), trusted_principals={P.did})
-
-    @seller.price(PRICE, "usd", "for agents", require_identity=True)
-    async def agent_report(request):
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/agent-report", agent_report)
-    app.cleanup_ctx.append(rail.lifecycle)
-    seller.setup(app)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
     payer = chain.new_payer(tokens=10 * PRICE)
     asked: list[dict] = []
 
@@ -697,17 +669,16 @@ async def test_approvals_and_the_buyers_own_budget_work_on_evm(chain, token, tmp
 
     budget = BudgetStore(str(tmp_path / "budget.db"))
     try:
-        async with aiohttp.ClientSession() as session:
+        async with evm_shop(chain, token, tmp_path, trusted=frozenset({P.did})) as shop, aiohttp.ClientSession() as session:
             client = PaymentClient(session, [EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token])],
                                    mpp.BuyerPolicy(max_amount=PRICE),
                                    identity=AgentIdentity(A, [mandate], budget, approver=approver))
-            url = str(server.make_url("/agent-report"))
+            url = shop.url("/agent-report")
             paid = await client.request("GET", url)
             assert paid.status == 200 and paid.claims["approval"] and paid.claims["decision"] == "allow-with-approval"
             assert len(asked) == 1 and paid.quote.challenge.id == asked[0]["challengeId"]  # the same challenge, paid
             with pytest.raises(mpp.BudgetExceeded):
                 await client.request("GET", url)
-        assert chain.balance_of(payer.address) == 9 * PRICE and chain.balance_of(key.address) == PRICE
+            assert chain.balance_of(payer.address) == 9 * PRICE and chain.balance_of(shop.address) == PRICE
     finally:
         budget.close()
-        await server.close()
