@@ -24,7 +24,7 @@ from aiohttp import web
 import mpp
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller
 from mpp.aio.metering import meter_of
-from mpp.aio.sessions import SessionPolicy
+from mpp.purchase.sessions import SessionPolicy
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.stores.sessions import SqliteSessionStore

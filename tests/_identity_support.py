@@ -207,7 +207,7 @@ def buyer_process(url: str, key_path: str, mandate_token: str, budget_path: str,
 
 async def _buy(url: str, key_path: str, mandate_token: str, budget_path: str, purchases: int) -> list[str]:
     from mpp.aio import PaymentClient
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.stores.budget import BudgetStore
 
     key = mpp.SigningKey.load(key_path)

@@ -242,7 +242,7 @@ async def test_a_mandated_buyer_presents_its_chain_and_signs_nothing_outside_it(
     """IDENT-POP-09: the buyer with a mandate presents it on a route that does not require one (the
     receipt names agent and principal), and at a seller outside the mandate's audience it refuses
     before signing: nothing is sent, nothing moves."""
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
 
     def buyer(chain: list[str]) -> PaymentClient:
         return PaymentClient(world.session, [LedgerBuyerMethod(key=world.A, account=PAYER)], POLICY,

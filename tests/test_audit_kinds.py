@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller
 from mpp.aio.metering import meter_of
-from mpp.aio.sessions import SessionPolicy
+from mpp.purchase.sessions import SessionPolicy
 from mpp.stores.audit import KINDS, AuditLog
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod
@@ -58,8 +58,8 @@ def test_every_kind_written_in_the_source_is_listed_for_its_writer():
     mpp_dir = ROOT / "mpp"
     seller = _literal_kinds(r"\.audit\(\s*\"([a-z-]+)\"", *(mpp_dir / "engine").glob("*.py"))
     buyer = _literal_kinds(r"(?:self\._wire|wire|self)\.emit\(\s*\"([a-z-]+)\"",
-                           *(mpp_dir / "aio" / f for f in ("buyer.py", "buyer_wire.py", "charges.py", "buyer_sessions.py")))
-    buyer |= _literal_kinds(r"self\._emit\(\s*\"([a-z-]+)\"", mpp_dir / "aio" / "sessions.py")
+                           *(mpp_dir / "purchase" / f for f in ("client.py", "wire.py", "charges.py", "session_runner.py")))
+    buyer |= _literal_kinds(r"self\._emit\(\s*\"([a-z-]+)\"", mpp_dir / "purchase" / "sessions.py")
     assert {"settlement", "refusal", "session-open", "session-close"} <= seller  # the search finds the calls
     assert {"quote-seen", "authorization-signed", "voucher-signed"} <= buyer
     assert {k for k in seller if "seller" not in spec.get(k, ())} == set()

@@ -166,7 +166,7 @@ async def _pay_floor(workdir: Path, url: str, identity: bool) -> None:
 
     import mpp
     from mpp.aio import PaymentClient
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.methods.ledger import LedgerBuyerMethod
 
     kit = json.loads((workdir / "kit.json").read_text())

@@ -21,7 +21,7 @@ import mpp
 from mpp.protocol.errors import clip
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, SessionPolicy
-from mpp.aio.agent import AgentIdentity
+from mpp.purchase.agent import AgentIdentity
 from mpp.aio.metering import meter_of
 from mpp.methods.ledger import LedgerBuyerMethod
 from mpp.protocol.models import format_rfc3339
@@ -480,8 +480,8 @@ def test_any_problem_document_makes_a_bounded_one_line_message(problem, status):
     """Issue 17, findings 9 and 10 (CORE-ERR-12): the seller's problem document is untrusted input;
     whatever it holds, the refusal or unknown-outcome message we build from it is one line of
     bounded length, the exception keeps the document, and problem_type is a string."""
-    from mpp.aio.buyer_wire import problem_words
-    from mpp.aio.charges import seller_refusal
+    from mpp.purchase.wire import problem_words
+    from mpp.purchase.charges import seller_refusal
     from mpp.buyer.core import Quote
     from mpp.protocol.models import ChargeRequest
 
@@ -496,7 +496,7 @@ def test_any_problem_document_makes_a_bounded_one_line_message(problem, status):
     if isinstance(exc, mpp.ApprovalNeeded):  # what an approver is shown is what we would sign
         assert (exc.amount, exc.currency, exc.challenge_id, exc.resource) == ("10", "usd", challenge.id, "GET /x?y=1")
     assert _one_line(str(exc)) and len(str(exc)) < 2000
-    from mpp.aio.buyer_sessions import _refusal  # the session refusals' message (open, voucher, close)
+    from mpp.purchase.session_runner import _refusal  # the session refusals' message (open, voucher, close)
 
     session_message = _refusal("session open", status, problem)
     assert _one_line(session_message) and len(session_message) < 2000

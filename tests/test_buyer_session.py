@@ -25,8 +25,8 @@ from multidict import CIMultiDict
 import mpp
 from mpp import identity as I
 from mpp.aio import PaymentClient, SessionPolicy
-from mpp.aio.agent import AgentIdentity
-from mpp.aio.sessions import SESSION_PATH, SessionManager, SessionOffer, select_session
+from mpp.purchase.agent import AgentIdentity
+from mpp.purchase.sessions import SESSION_PATH, SessionManager, SessionOffer, select_session
 from mpp.stores.budget import BudgetStore
 from mpp.protocol.challenge import compute_challenge_id
 from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod

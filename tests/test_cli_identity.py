@@ -395,7 +395,7 @@ async def test_receipt_verify_offline(served, tmp_path: Path):
     JWS, or a file holding either) against the seller's JWKS and prints the claims; under another
     key's JWKS it exits 1 (receipt INVALID); garbage is a one-line error."""
     from mpp.aio import PaymentClient
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.methods.ledger import LedgerBuyerMethod
 
     wallet = served.wallet

@@ -22,14 +22,17 @@ FORBIDDEN = ("asyncio", "aiohttp")
 # and the book they share) with the throwaway PostgreSQL, the store chooser that reaches them,
 # the ledger's HTTP service and its nonce stores, and the engine's session desk (a stream waiting
 # for an in-band voucher, the idle sweeper) with the engine's front door that owns it and the
-# adapters' common base, and how their background tasks are stopped (engine/background.py). The engine is framework-neutral instead: see ENGINE below.
+# adapters' common base, and how their background tasks are stopped (engine/background.py), and the
+# buyer engine (purchase/: locks, awaited stores) and its httpx transport (httpx/). Both engines are framework-neutral instead: see ENGINE below.
 IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/pg_facets.py",
                "ledger/_pg_book.py", "ledger/service.py", "ledger/nonces.py", "engine/sessions.py", "engine/seller.py",
-               "engine/front.py", "engine/background.py")
+               "engine/front.py", "engine/background.py", "purchase/*", "httpx/*")
 # The seller engine runs under both adapters on the asyncio loop, so it may use asyncio, but it
-# names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn.
+# names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn. The same
+# holds for the buyer engine (mpp/purchase), which aiohttp, httpx and MCP carry.
 ENGINE = PACKAGE / "engine"
-FRAMEWORKS = ("aiohttp", "starlette", "fastapi", "uvicorn")
+ENGINES = {"engine": ENGINE, "purchase": PACKAGE / "purchase"}
+FRAMEWORKS = ("aiohttp", "starlette", "fastapi", "uvicorn", "httpx", "httpx2", "mcp")
 
 
 def _is_io(path: Path) -> bool:
@@ -127,17 +130,19 @@ def test_importing_the_core_loads_neither_asyncio_nor_aiohttp():
     assert result.stdout.strip() == str(len(CORE_MODULES))
 
 
-@pytest.mark.parametrize("path", sorted(ENGINE.glob("*.py")), ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", sorted(p for d in ENGINES.values() for p in d.glob("*.py")),
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_engine_module_names_no_web_framework(path: Path):
-    """The engine is framework-neutral: its modules import no web framework, so the aiohttp and
-    ASGI adapters share it whole."""
+    """The engines are framework-neutral: their modules import no web framework or HTTP client, so
+    the aiohttp and ASGI sellers share the seller engine whole, and aiohttp, httpx and MCP the buyer's."""
     assert _forbidden_imports(ast.parse(path.read_text(encoding="utf-8")), FRAMEWORKS) == []
 
 
-def test_importing_the_engine_loads_no_web_framework():
-    code = ("import importlib, pkgutil, sys, mpp.engine\n"
-            "for m in pkgutil.iter_modules(mpp.engine.__path__):\n"
-            "    importlib.import_module('mpp.engine.' + m.name)\n"
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_importing_the_engine_loads_no_web_framework(engine: str):
+    code = (f"import importlib, pkgutil, sys, mpp.{engine}\n"
+            f"for m in pkgutil.iter_modules(mpp.{engine}.__path__):\n"
+            f"    importlib.import_module('mpp.{engine}.' + m.name)\n"
             f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})\n"
             "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -621,7 +621,7 @@ async def test_identity_purchases_on_evm_are_attributed_and_held_to_the_sellers_
     it); the receipt names agent, principal and mandate; the seller's own store holds the mandate's
     budget: the purchase that would pass it is refused before anything moves."""
     from mpp import identity as I
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
 
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     now = datetime.now(timezone.utc)
@@ -650,7 +650,7 @@ async def test_approvals_and_the_buyers_own_budget_work_on_evm(chain, token, tmp
     the same challenge is paid on chain. The agent's own budget counters refuse the purchase past the
     budget before anything is signed."""
     from mpp import identity as I
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.stores.budget import BudgetStore
 
     P, A = mpp.SigningKey.generate(), mpp.SigningKey.generate()

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 import mpp
 from mpp.aio import PaymentClient
-from mpp.aio.agent import AgentIdentity
+from mpp.purchase.agent import AgentIdentity
 from mpp.stores.budget import BudgetLink, BudgetRefused, BudgetStore
 from mpp.ledger import SqliteLedger
 from mpp.methods.ledger import LedgerBuyerMethod

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp import identity as I
 from mpp.aio import HttpLedgerRail, LedgerUnavailable, PaymentClient, Seller
-from mpp.aio.agent import AgentIdentity
+from mpp.purchase.agent import AgentIdentity
 from mpp.aio.metering import SESSION_PATH, meter_of
 from mpp.stores.doubt import SqliteDoubtJournal
 from mpp.ledger.pg import PgLedger

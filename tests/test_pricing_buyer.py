@@ -26,8 +26,8 @@ import mpp
 from mpp import identity as I
 from mpp import pricing as P
 from mpp.aio import PaymentClient
-from mpp.aio.agent import AgentIdentity
-from mpp.aio.sessions import SessionPolicy
+from mpp.purchase.agent import AgentIdentity
+from mpp.purchase.sessions import SessionPolicy
 from mpp.buyer.core import OfferPlan, check_seat_quote, choose_challenge
 from mpp.protocol.errors import EXTENSION_PROBLEM_BASE, QuoteRejected, ReceiptInvalid
 from mpp.protocol.headers import format_receipt, parse_credential

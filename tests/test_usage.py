@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestServer
 import mpp
 from mpp import identity as I
 from mpp.aio import EmbeddedLedgerRail, PaymentClient, Seller, SessionPolicy
-from mpp.aio.agent import AgentIdentity
+from mpp.purchase.agent import AgentIdentity
 from mpp.aio.metering import meter_of
 from mpp.stores.budget import BudgetStore
 from mpp.protocol.headers import format_receipt

@@ -40,6 +40,7 @@ __all__ = [
     "choose_challenge",
     "is_priced",
     "check_transport",
+    "MCP_STDIO_SCHEME",
     "sign_quote",
     "verify_receipt", "check_unsigned_receipt",
 ]
@@ -92,10 +93,16 @@ class Quote:
     method: BuyerMethod
 
 
+MCP_STDIO_SCHEME = "mcp+stdio"
+"""The scheme of an MCP server reached over stdio (spec/transports/mcp.md): a pipe to a process the
+agent started, so, like loopback, nothing crosses a network (MCP-CLI-02)."""
+
+
 def check_transport(url: str, policy: BuyerPolicy) -> None:
-    """Credentials travel over TLS, except to this machine (tests, demos, local sidecars)."""
+    """Credentials travel over TLS, except to this machine (tests, demos, local sidecars, an MCP
+    server on stdio)."""
     scheme, host, _ = origin_of(url)
-    if scheme == "https" or policy.allow_insecure_http:
+    if scheme in ("https", MCP_STDIO_SCHEME) or policy.allow_insecure_http:
         return
     if scheme == "http" and _is_loopback(host):
         return

@@ -1,7 +1,7 @@
 """The buyer's session decisions, without I/O: which session challenge to accept, how big a cap
 and how far ahead a voucher, what the next credential carries, and what a refusal means.
 
-The open sessions themselves (:class:`~mpp.aio.sessions.OpenSession`, with a lock per session)
+The open sessions themselves (:class:`~mpp.purchase.sessions.OpenSession`, with a lock per session)
 live with the transport; everything here reads and writes their plain fields only.
 """
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from mpp.aio.agent import AgentIdentity
+from mpp.purchase.agent import AgentIdentity
 
 __all__ = ["APPROVAL_RETRY_HINT", "HoldWhileAsked", "describe_for_approver", "find_challenge", "load_pending",
            "pending_path", "read_approval", "save_pending"]
@@ -39,7 +39,7 @@ class HoldWhileAsked(AgentIdentity):
     asked: dict = field(default_factory=dict)  # the approval-required problem, once the seller sent it
 
     async def release(self, challenge_id: str) -> None:
-        """As :meth:`~mpp.aio.agent.AgentIdentity.release`, except for the challenge the seller asked an
+        """As :meth:`~mpp.purchase.agent.AgentIdentity.release`, except for the challenge the seller asked an
         approval for (``asked['challengeId']``): its reservation is kept for the retry with `mpp fetch
         --approval`, and lapses with its time-to-live if none comes."""
         if self.asked.get("challengeId") != challenge_id:

@@ -42,7 +42,7 @@ async def _run(home: Path) -> None:
     import aiohttp
     from aiohttp import web
 
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.aio.buyer import PaymentClient
     from mpp.cli.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from mpp.cli.config import init_home, load_seller_config, load_wallet
@@ -179,7 +179,7 @@ async def _run(home: Path) -> None:
 async def _session_part(session, base: str, wallet, ledger, wire: list[str], identity) -> int:
     """Metered usage: one session, many requests, one stream with in-band vouchers, one close."""
     from mpp.aio.buyer import PaymentClient
-    from mpp.aio.sessions import SessionPolicy
+    from mpp.purchase.sessions import SessionPolicy
     from mpp.methods.ledger import LedgerBuyerMethod
 
     print("9. a metered session: /complete and /stream cost 2 usd per 1000 tokens")
@@ -238,7 +238,7 @@ async def _identity_part(session, base: str, home: Path, info: dict, config, wal
     """Principal, two agents and a sub-agent: attributed receipts, an approval, a budget refusal, the audit log."""
     from datetime import datetime, timedelta, timezone
 
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.aio.buyer import PaymentClient
     from mpp.buyer.core import BuyerPolicy
     from mpp.protocol.errors import PaymentFailed, QuoteRejected

@@ -101,7 +101,7 @@ async def pricing_part(session, base: str, home: Path, wallet, ledger, seller, c
     demo on a false condition. Returns what the buyer paid in this part."""
     from mpp.aio.buyer import PaymentClient
     from mpp.cli.serve import reload_price_list
-    from mpp.aio.sessions import SessionPolicy
+    from mpp.purchase.sessions import SessionPolicy
     from mpp.buyer.core import OfferPlan
     from mpp.protocol.headers import parse_challenges
     from mpp.ledger.aio_adapter import AsyncSqliteLedgerStore

@@ -58,7 +58,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mpp.aio.buyer import PaymentClient
-    from mpp.aio.sessions import SessionPolicy
+    from mpp.purchase.sessions import SessionPolicy
     from mpp.buyer.core import OfferPlan
     from mpp.cli.config import load_wallet
     from mpp.protocol.errors import (NoPayableChallenge, OutcomeUnknown, PaymentFailed, QuoteRejected, ReceiptInvalid,
@@ -236,7 +236,7 @@ def _wallet_identity(wallet, args: argparse.Namespace, asked: dict):
         return None, audit
     from datetime import datetime, timezone
 
-    from mpp.aio.agent import AgentIdentity
+    from mpp.purchase.agent import AgentIdentity
     from mpp.identity import issue_approval
     from mpp.protocol.keys import SigningKey
 

@@ -1,4 +1,4 @@
-"""The buyer's aiohttp wire: a response as the buyer keeps it, a credential sent once, the
+"""The buyer's wire, over any :class:`~mpp.purchase.exchange.Exchange`: a credential sent once, the
 seller's JWKS fetched and cached, and the event hook awaited in order.
 
 A credential goes only to the URL that issued the challenge, once: no redirects, no silent
@@ -8,19 +8,15 @@ resend; a 5xx or a network error after sending it is OutcomeUnknown, never a ret
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-import aiohttp
-from multidict import CIMultiDictProxy
-
-from mpp.buyer.core import Quote, origin_of
+from mpp.buyer.core import origin_of
+from mpp.purchase.exchange import Exchange, PaidResponse, TransportError
 from mpp.protocol.errors import DETAIL_MAX, EXTENSION_PROBLEM_BASE, OutcomeUnknown, ParseError, ReceiptInvalid, SellerFault, SellerMisconfigured, clip
-from mpp.protocol.models import PaymentReceipt
 from mpp.protocol.wire import loads_strict
 
-__all__ = ["PaidResponse", "BuyerWire", "CredentialResendBlocked", "Event", "JWKS_PATH", "capture", "close_stream",
-           "json_object", "problem_of", "seller_fault", "problem_words", "maybe_await"]
+__all__ = ["BuyerWire", "Event", "JWKS_PATH", "close_stream", "json_object", "problem_of", "seller_fault", "problem_words",
+           "maybe_await"]
 
 JWKS_PATH = "/.well-known/jwks.json"
 """Where a seller publishes the keys that sign its receipts; the buyer fetches it from the seller's origin
@@ -29,43 +25,13 @@ Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 """On_event: plain or async (an audit log's append)"""
 
 
-@dataclass
-class PaidResponse:
-    """The final response, and what was paid for it (``receipt`` is None if nothing was paid).
-
-    ``session`` is the id of the session that paid for it, if one did; ``grant`` the ``jti`` of
-    the grant that covered it, if one did (nothing is paid then). ``stream`` is the still open
-    aiohttp response of a ``text/event-stream`` (only from :meth:`PaymentClient.stream`).
-    """
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    url: str
-    receipt: PaymentReceipt | None = None
-    claims: dict[str, Any] | None = None
-    quote: Quote | None = None
-    session: str | None = None
-    grant: str | None = None
-    stream: aiohttp.ClientResponse | None = field(default=None, repr=False)
-
-    @property
-    def paid(self) -> bool:
-        """True when the response came with a verified receipt: something was paid for it (a charge, a seat
-        or a session's use); False for an unpriced answer or a request a grant covered."""
-        return self.receipt is not None
-
-    def text(self) -> str:
-        """The body decoded as UTF-8, undecodable bytes replaced (empty for a kept-open stream)."""
-        return self.body.decode("utf-8", errors="replace")
-
-
 class BuyerWire:
-    """A client's wire: its aiohttp ``session`` and ``on_event`` hook, read at each call (a hook
-    set later is heard), and its cache of seller JWKS by origin."""
+    """A client's wire: its exchange and its ``on_event`` hook (read at each call: a hook set later
+    is heard), and its cache of seller JWKS by origin."""
 
-    def __init__(self, client: Any, jwks: dict[tuple[str, str, int], Mapping[str, Any]]) -> None:
+    def __init__(self, client: Any, exchange: Exchange, jwks: dict[tuple[str, str, int], Mapping[str, Any]]) -> None:
         self._client = client
+        self.exchange = exchange
         self._jwks = jwks
 
     async def emit(self, kind: str, **data: Any) -> None:
@@ -75,19 +41,16 @@ class BuyerWire:
             await maybe_await(self._client.on_event(kind, data))
 
     async def send(self, method: str, url: str, authorization: str, data: bytes | None, headers: Mapping[str, str] | None,
-                   challenge_id: str, keep_open: bool = False, skip_auto_headers: tuple[str, ...] = (),
-                   **limits: int) -> PaidResponse:
+                   challenge_id: str, keep_open: bool = False, omit_headers: Sequence[str] = (),
+                   max_header_bytes: int | None = None) -> PaidResponse:
         """Send a credential once: no redirects, no silent resend; no usable answer is OutcomeUnknown."""
         hdrs = {**(headers or {}), "Authorization": authorization}
         try:
             # The credential goes only to the URL that issued the challenge, once: no redirects,
-            # and no silent resend by aiohttp's retry of idempotent requests on a dropped connection.
-            resp = await self._client.session.request(
-                method, url, data=data, headers=hdrs, allow_redirects=False, middlewares=(_send_once(),),
-                skip_auto_headers=skip_auto_headers, **limits
-            )
-            paid = await capture(resp, keep_open)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            # and no silent resend by the client's retry of idempotent requests on a dropped connection.
+            paid = await self.exchange.send(method, url, data=data, headers=hdrs, follow_redirects=False, once=True,
+                                            keep_open=keep_open, omit_headers=omit_headers, max_header_bytes=max_header_bytes)
+        except TransportError as exc:
             await self.emit("refusal", challengeId=challenge_id, outcome="unknown", reason=str(exc))
             raise OutcomeUnknown(f"network error after sending the credential: {exc}", challenge_id) from exc
         if paid.status >= 500:
@@ -111,29 +74,16 @@ class BuyerWire:
         scheme, host, port = origin
         jwks_url = f"{scheme}://{host}:{port}{JWKS_PATH}" if ":" not in host else f"{scheme}://[{host}]:{port}{JWKS_PATH}"
         try:
-            async with self._client.session.get(jwks_url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise ReceiptInvalid(f"seller JWKS answered HTTP {resp.status}")
-                jwks = loads_strict(await resp.read(), "seller JWKS")
-        except (aiohttp.ClientError, ValueError) as exc:
+            resp = await self.exchange.send("GET", jwks_url)
+            if resp.status != 200:
+                raise ReceiptInvalid(f"seller JWKS answered HTTP {resp.status}")
+            jwks = loads_strict(resp.body, "seller JWKS")
+        except (TransportError, ValueError) as exc:
             raise ReceiptInvalid(f"could not fetch the seller's JWKS: {exc}") from exc
         if not isinstance(jwks, dict):
             raise ReceiptInvalid("seller JWKS is not a JSON object")
         self._jwks[origin] = jwks
         return jwks
-
-
-async def capture(resp: aiohttp.ClientResponse, keep_open: bool) -> PaidResponse:
-    """Read the response whole, or keep a 2xx event stream open for the caller."""
-    try:
-        if keep_open and 200 <= resp.status < 300 and resp.content_type == "text/event-stream":
-            return PaidResponse(resp.status, resp.headers, b"", str(resp.url), stream=resp)
-        body = await resp.read()
-    except BaseException:
-        resp.close()
-        raise
-    resp.release()
-    return PaidResponse(resp.status, resp.headers, body, str(resp.url))
 
 
 def close_stream(paid: PaidResponse) -> None:
@@ -181,20 +131,3 @@ async def maybe_await(value: Any) -> Any:
     if hasattr(value, "__await__"):
         return await value
     return value
-
-
-class CredentialResendBlocked(aiohttp.ClientError):
-    """aiohttp wanted to send the credential a second time; we do not."""
-
-
-def _send_once():
-    sent = False
-
-    async def middleware(request: aiohttp.ClientRequest, handler):
-        nonlocal sent
-        if sent:
-            raise CredentialResendBlocked("connection dropped after the credential was sent")
-        sent = True
-        return await handler(request)
-
-    return middleware

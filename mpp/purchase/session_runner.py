@@ -1,9 +1,9 @@
-"""The buyer's sessions over aiohttp: open one on the request that got the 402, send each later
+"""The buyer's sessions: open one on the request that got the 402, send each later
 request with a voucher (or a top-up) and no 402 first, answer a stream's in-band demands, and
 close: POST the latest voucher and check the final receipt.
 
 The decisions are made in :mod:`mpp.buyer.sessions`; the voucher arithmetic and the table of
-open sessions are the :class:`~mpp.aio.sessions.SessionManager`'s.
+open sessions are the :class:`~mpp.purchase.sessions.SessionManager`'s.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import logging
 from datetime import datetime
 from typing import Any, Mapping
 
-import aiohttp
 from yarl import URL
 
-from mpp.aio.buyer_wire import BuyerWire, PaidResponse, close_stream, problem_of, problem_words
-from mpp.aio.charges import ask_approval
-from mpp.aio.sessions import OpenSession, SessionManager
+from mpp.purchase.charges import ask_approval
+from mpp.purchase.exchange import PaidResponse, TransportError
+from mpp.purchase.sessions import OpenSession, SessionManager
+from mpp.purchase.wire import BuyerWire, close_stream, problem_of, problem_words
 from mpp.buyer.core import Quote, check_transport
 from mpp.buyer.session_receipts import problem_amount, verify_session_receipt
 from mpp.buyer.sessions import (
@@ -46,7 +46,7 @@ FINAL_RECEIPT_LIMIT = 1 << 20
 
 
 class SessionRunner:
-    """Opens, uses and closes the sessions of a :class:`~mpp.aio.buyer.PaymentClient` (whose
+    """Opens, uses and closes the sessions of a :class:`~mpp.purchase.client.Buyer` (whose
     ``policy``, ``identity``, ``clock`` and ``accept_payment`` are read at each call); a request
     the session cannot serve goes back to the client's usual way."""
 
@@ -222,18 +222,17 @@ class SessionRunner:
     async def _close_quietly(self, session: OpenSession) -> None:
         try:
             await self._close(session)
-        except (BuyerError, aiohttp.ClientError, TimeoutError) as exc:
+        except (BuyerError, TransportError) as exc:
             log.warning("closing session %s failed: %s", clip(session.id), clip(exc, DETAIL_MAX))
 
     async def _post(self, session: OpenSession, authorization: str) -> PaidResponse:
         # A final receipt lists every usage line, in its Payment-Receipt header too: it can
-        # outgrow aiohttp's 8 KiB default for one header field.
+        # outgrow a client's default limit for one header field (aiohttp's is 8 KiB).
         # SESSION-CLOSE-07: the credential and nothing else: an empty body, and no Content-Type (which
-        # aiohttp would otherwise add to a POST as application/octet-stream).
+        # a client may otherwise add to a POST, as aiohttp does: application/octet-stream).
         return await self._wire.send("POST", session.session_url, authorization, None,
                                      {"Accept-Payment": self._client.accept_payment}, session.id,
-                                     skip_auto_headers=("Content-Type",),
-                                     max_field_size=FINAL_RECEIPT_LIMIT, max_line_size=FINAL_RECEIPT_LIMIT)
+                                     omit_headers=("Content-Type",), max_header_bytes=FINAL_RECEIPT_LIMIT)
 
     async def _close(self, session: OpenSession) -> dict[str, Any] | None:
         """POST close with the latest voucher; verify the final receipt; settle our budget."""
@@ -280,7 +279,7 @@ class SessionRunner:
         for session in self.manager.sessions():
             try:
                 claims = await self._close(session)
-            except (BuyerError, aiohttp.ClientError, TimeoutError) as exc:
+            except (BuyerError, TransportError) as exc:
                 log.warning("closing session %s failed: %s", clip(session.id), clip(exc, DETAIL_MAX))
                 errors.append(exc)
                 continue

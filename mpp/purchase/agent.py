@@ -1,5 +1,5 @@
 """The buyer side of the identity extension: an agent's mandate chain, its own budget counters,
-and the approval hook. Used by PaymentClient when it is given an ``AgentIdentity``.
+and the approval hook. Used by the buyer (``Buyer``, aiohttp's ``PaymentClient``, the httpx and MCP transports) when it is given an ``AgentIdentity``.
 
 The budget counters are any :class:`mpp.stores.budget.AsyncBudgetStore` (SQLite or PostgreSQL, chosen by
 URL with :func:`mpp.connect.budget_store_for`); a plain SQLite :class:`mpp.stores.budget.BudgetStore`

@@ -1,4 +1,4 @@
-"""The buyer's charges over aiohttp: sign a quote (with the agent's mandate and budget, and one
+"""The buyer's charges: sign a quote (with the agent's mandate and budget, and one
 retry with an approval if the seller asks), send it once, check the receipt; keep the grants a
 task or a seat brings and present them, with a fresh proof, instead of paying again."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-import aiohttp
 from yarl import URL
 
-from mpp.aio.buyer_wire import BuyerWire, PaidResponse, capture, close_stream, maybe_await, problem_of, problem_words
+from mpp.purchase.exchange import PaidResponse, TransportError
+from mpp.purchase.wire import BuyerWire, close_stream, maybe_await, problem_of, problem_words
 from mpp.buyer.core import Quote, check_unsigned_receipt, sign_quote, verify_receipt
 from mpp.protocol.headers import parse_receipt
 from mpp.buyer.grants import GrantBook, grant_headers, grant_refused, key_for, payer_of
@@ -57,7 +57,7 @@ def seller_refusal(method: str, url: str, quote: Quote, status: int, problem: di
 
 
 class ChargePayer:
-    """Pays one quote for a :class:`~mpp.aio.buyer.PaymentClient`, and keeps and uses its grants
+    """Pays one quote for a :class:`~mpp.purchase.client.Buyer`, and keeps and uses its grants
     (the client's ``identity``, ``methods`` and ``clock`` are read at each call)."""
 
     def __init__(self, client: Any, wire: BuyerWire, book: GrantBook) -> None:
@@ -179,10 +179,9 @@ class ChargePayer:
         hdrs = {"Accept-Payment": self._client.accept_payment, **(headers or {}), **proof}
         # Only to the origin that issued it: no redirects with a grant.
         try:
-            resp = await self._client.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError) as exc:  # a grant is no payment: nothing was paid
-            raise SellerUnreachable(url, str(exc) or type(exc).__name__) from exc
-        served = await capture(resp, keep_open)
+            served = await self._wire.exchange.send(method, url, data=data, headers=hdrs, keep_open=keep_open)
+        except TransportError as exc:  # a grant is no payment: nothing was paid
+            raise SellerUnreachable(url, str(exc)) from exc
         if grant_refused(served.status, problem_of(served)):
             self.book.drop(url, grant)
             log.info("seller refused grant %s: %s", grant.jti, clip(problem_of(served).get("type"), RESOURCE_MAX))

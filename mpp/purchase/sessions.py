@@ -2,7 +2,7 @@
 a lock, so that vouchers are signed in sequence order) and the :class:`SessionManager` that signs
 the voucher (or top-up) the next request carries.
 
-Nothing here sends a request; :class:`~mpp.aio.buyer.PaymentClient` does the I/O and asks the
+Nothing here sends a request; :class:`~mpp.purchase.client.Buyer` does the I/O and asks the
 :class:`SessionManager` what to put in the ``Authorization`` field. The decisions (which session
 challenge, what cap, how far ahead, the receipts' arithmetic) are in :mod:`mpp.buyer.sessions` and
 :mod:`mpp.buyer.session_receipts`; what the manager awaits is the lock, the agent's budget
@@ -304,7 +304,7 @@ class SSEEvent:
 
 
 async def parse_sse(lines: Any):
-    """Server-sent events from an async iterator of byte lines (aiohttp's ``resp.content``)."""
+    """Server-sent events from an async iterator of byte lines (an open stream's ``lines()``)."""
     event, data, last_id = "", [], None
     async for raw in lines:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
