@@ -22,10 +22,10 @@ FORBIDDEN = ("asyncio", "aiohttp")
 # and the book they share) with the throwaway PostgreSQL, the store chooser that reaches them,
 # the ledger's HTTP service and its nonce stores, and the engine's session desk (a stream waiting
 # for an in-band voucher, the idle sweeper) with the engine's front door that owns it and the
-# adapters' common base, and how their background tasks are stopped (engine/background.py). The engine is framework-neutral instead: see ENGINE below.
+# adapters' common base, and how their background tasks are stopped (engine/background.py), and the MCP transport (mcp/*, the mcp SDK). The engine is framework-neutral instead: see ENGINE below.
 IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/pg_facets.py",
                "ledger/_pg_book.py", "ledger/service.py", "ledger/nonces.py", "engine/sessions.py", "engine/seller.py",
-               "engine/front.py", "engine/background.py")
+               "engine/front.py", "engine/background.py", "mcp/*")
 # The seller engine runs under both adapters on the asyncio loop, so it may use asyncio, but it
 # names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn.
 ENGINE = PACKAGE / "engine"
