@@ -67,13 +67,13 @@ class Seller(SellerFront):
     ``setup(server)``."""
 
     def __post_init__(self) -> None:
+        if self.price_list is not None:  # before the engine, whose own refusal would not name MCP
+            check_tool_offers(self.price_list)
         super().__post_init__()
         self.tools: dict[str, Price] = {}
         self._serving = 0
         self._starting = asyncio.Lock()
         self._set_up: set[int] = set()
-        if self.price_list is not None:
-            check_tool_offers(self.price_list)
 
     def price_tool(self, name: str, amount: int, currency: str, description: str | None = None, *,
                    require_identity: bool = False) -> None:
@@ -289,8 +289,11 @@ def refusal(answer: HttpResponse, credential: Any, presented: bool) -> MCPError:
         problem = None
     if not isinstance(problem, dict):
         problem = None
-    challenges = [challenge_object(c) for c in parse_challenges(
-        [v for k, v in answer.headers if k.lower() == "www-authenticate"], skip_invalid=True)]
+    fields = [v for k, v in answer.headers if k.lower() == "www-authenticate"]
+    try:
+        challenges = [challenge_object(c) for c in parse_challenges(fields, skip_invalid=True)] if fields else []
+    except ParseError:  # the engine's own challenges always parse; a refusal without any carries none
+        challenges = []
     status = answer.status
     if status >= 500 or status < 400:
         return MCPError(INTERNAL_ERROR, "Internal error", {"httpStatus": status, "problem": problem})
