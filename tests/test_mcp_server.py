@@ -499,3 +499,33 @@ async def test_stdio_shop_is_paid_over_stdio(tmp_path):
         assert next(a.balance for a in ledger.accounts() if a.id == SELLER) == 250
     finally:
         ledger.close()
+
+
+async def test_stdio_shop_takes_evm_payments(chain, tmp_path):
+    """MCP-ERR-01, MCP-RCPT-01, MCP-CRED-02: tests/mcp_shop.py --evm on the throwaway chain (what
+    the interop tests pay with pympp and mppx): an evm challenge, paid with our evm buyer method
+    (an EIP-3009 authorization), settled on chain, the receipt verified."""
+    from eth_account import Account
+
+    from mpp.methods.evm.charge import EvmBuyerMethod, EvmToken
+
+    key = Account.create()
+    chain.set_balance(key.address, 10 ** 18)
+    (tmp_path / "seller.key").write_text("0x" + key.key.hex().removeprefix("0x"))
+    payer = chain.new_payer(1000)
+    token = EvmToken(chain.token, chain.token_name, chain.token_version, 6)
+    params = StdioServerParameters(command=sys.executable, args=[
+        str(ROOT / "tests" / "mcp_shop.py"), "--evm", "--rpc-url", chain.rpc_url, "--chain-id", str(chain.chain_id),
+        "--key-file", str(tmp_path / "seller.key"), "--token", chain.token, "--token-name", chain.token_name,
+        "--token-version", chain.token_version, "--price", "250", "--store", str(tmp_path / "payments.db")], cwd=str(tmp_path))
+    async with Client(params, mode="legacy") as client:
+        assert client.server_capabilities.experimental["payment"]["methods"] == {"evm": {"intents": ["charge"]}}
+        error = await demand(client, "forecast", {"city": "Oslo"})
+        challenges = [challenge_from_object(c) for c in error.data["challenges"]]
+        quote = mpp.select_quote(challenges, [EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token])],
+                                 POLICY, now())
+        result = await client.call_tool("forecast", {"city": "Oslo"}, meta=paid(mpp.sign_quote(quote)))
+        jwks = jwks_of(client)
+    assert error.code == -32042 and error.data["challenges"][0]["method"] == "evm"
+    mpp.verify_receipt(format_receipt(PaymentReceipt.from_json(result.meta[META_RECEIPT])), quote, jwks, now())
+    assert chain.balance_of(key.address) == 250 and chain.balance_of(payer.address) == 750
