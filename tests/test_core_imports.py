@@ -23,10 +23,10 @@ FORBIDDEN = ("asyncio", "aiohttp")
 # the ledger's HTTP service and its nonce stores, and the engine's session desk (a stream waiting
 # for an in-band voucher, the idle sweeper) with the engine's front door that owns it and the
 # adapters' common base, and how their background tasks are stopped (engine/background.py), and the
-# buyer engine (purchase/: locks, awaited stores) and its httpx transport (httpx/). Both engines are framework-neutral instead: see ENGINE below.
+# buyer engine (purchase/: locks, awaited stores), its httpx transport (httpx/) and the MCP transport (mcp/, the mcp SDK). Both engines are framework-neutral instead: see ENGINE below.
 IO_PATTERNS = ("aio/*", "asgi/*", "cli/*", "stores/pg/*", "connect.py", "ledger/pg.py", "ledger/pg_facets.py",
                "ledger/_pg_book.py", "ledger/service.py", "ledger/nonces.py", "engine/sessions.py", "engine/seller.py",
-               "engine/front.py", "engine/background.py", "purchase/*", "httpx/*")
+               "engine/front.py", "engine/background.py", "purchase/*", "httpx/*", "mcp/*")
 # The seller engine runs under both adapters on the asyncio loop, so it may use asyncio, but it
 # names no web framework: nothing in it imports aiohttp, starlette, fastapi or uvicorn. The same
 # holds for the buyer engine (mpp/purchase), which aiohttp, httpx and MCP carry.

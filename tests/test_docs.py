@@ -21,7 +21,7 @@ import api_docs  # noqa: E402
 def test_every_public_module_is_in_the_reference() -> None:
     names = api_docs.public_module_names()
     assert {"mpp", "mpp.aio", "mpp.asgi", "mpp.identity", "mpp.ledger", "mpp.pricing", "mpp.protocol",
-            "mpp.stores", "mpp.stores.pg", "mpp.connect", "mpp.cli.serve"} <= set(names)
+            "mpp.stores", "mpp.stores.pg", "mpp.connect", "mpp.cli.serve", "mpp.mcp"} <= set(names)
     assert not [n for n in names if any(part.startswith("_") for part in n.split("."))]
 
 

@@ -21,7 +21,7 @@ from mpp.methods.ledger import LedgerBuyerMethod, LedgerSellerMethod
 from _identity_support import World, claims_of, credential, mandate, new_ledger, seller_app
 
 ROOT = Path(__file__).resolve().parent.parent
-ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-(?:[A-Z]+-)?\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2}|SESSION-[A-Z]+-\d{2}|PRICE-[A-Z]+-\d{2}|FILE-[A-Z]+-\d{2}|EVM-[A-Z]+-\d{2})\b")
+ID = re.compile(r"\b(CORE-[A-Z]+-\d{2}|LEDGER-(?:[A-Z]+-)?\d{2}|CHARGE-\d{2}|IDENT-[A-Z]+-\d{2}|SESSION-[A-Z]+-\d{2}|PRICE-[A-Z]+-\d{2}|FILE-[A-Z]+-\d{2}|EVM-[A-Z]+-\d{2}|MCP-[A-Z]+-\d{2})\b")
 
 
 def spec_ids() -> set[str]:

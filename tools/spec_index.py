@@ -21,7 +21,7 @@ INDEX = SPEC / "requirements.json"
 BULLET = re.compile(r"^- \*\*\[([A-Z]+(?:-[A-Z]+)?-\d{2})\]\*\*\s*(.*)$")
 DOC_ORDER = ["core.md", "methods/ledger.md", "intents/charge.md", "identity.md"]
 # "(draft §5.1.2 SHOULD; extension)": where a requirement comes from, as the last words of its bullet.
-SOURCE = r"(?:extension|vectors|(?:draft|charge|discovery|RFC9110) §(?:[A-Z]|\d+)(?:\.\d+)* (?:MUST NOT|MUST|SHOULD NOT|SHOULD|MAY|ABNF|prose))"
+SOURCE = r"(?:extension|vectors|(?:draft|charge|discovery|mcp|RFC9110) §(?:[A-Z]|\d+)(?:\.\d+)* (?:MUST NOT|MUST|SHOULD NOT|SHOULD|MAY|ABNF|prose))"
 PROVENANCE = re.compile(rf"\(({SOURCE}(?:; {SOURCE})*)\)$")
 
 
