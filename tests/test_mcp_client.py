@@ -124,7 +124,7 @@ async def test_a_refusal_after_paying_is_not_paid_again(shop):
 
 
 async def test_free_tool_and_non_payment_errors_pass_through(shop):
-    """MCP-CLI-04, MCP-ERR-06: a free tool runs unpaid; an error that carries no challenges (an
+    """MCP-CLI-04, MCP-ERR-06, MCP-CAP-02: a free tool of a server advertising payment runs unpaid; an error that carries no challenges (an
     unknown tool here, the SDK's URL elicitation elsewhere) is raised as it came, not paid."""
     async with Client(shop.server, mode="legacy") as client:
         tools = PaymentSession(client, [LedgerBuyerMethod(key=shop.owner, account=OWNED)], mpp.BuyerPolicy(max_amount=500))
