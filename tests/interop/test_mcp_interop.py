@@ -24,26 +24,44 @@ What the peers do on this wire, pinned here:
 * mppx cannot pay pympp's MCP server: mppx's challenge schema takes ``opaque`` only as a string,
   so it does not recognise pympp's -32042 as a payment error and hands it back unpaid (and were
   that mended, the binding rules differ). Nothing moves.
+
+Against ours: OUR MCP server is ``tests/mcp_shop.py --evm`` (run with this interpreter, our
+environment), taking both binding rules, so pympp's client (the JSON rule) and mppx's (the
+draft's) both pay it; it sends ``opaque`` as a base64url string (MCP-CHAL-01), which both take, and
+its receipt is our PaymentReceipt (``challengeId`` and the seller's compact JWS in ``receipt``),
+the keys in ``capabilities.experimental.payment.jwks``. OUR client is :class:`mpp.mcp.PaymentSession`
+over the MCP SDK's stdio client; against pympp's server it binds by the JSON rule and takes
+pympp's unsigned receipt only with ``BuyerPolicy(accept_unsigned_receipts=True)`` (CORE-BUY-12).
+It must echo pympp's challenge object as it came: pympp recomputes the challenge id from the
+echoed ``opaque`` object, and an echo carrying it re-encoded as a base64url string is, to pympp,
+no credential at all (a fresh -32042).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
 
-from mpp.methods.evm.charge import BINDING_JSON, challenge_hash
+import mpp
+from mpp.methods.evm.charge import BINDING_DRAFT, BINDING_JSON, EvmBuyerMethod, EvmToken, challenge_hash
 from mpp.methods.evm.devchain import DECIMALS
+from mpp.protocol.wire import b64url_decode
 
-from _peers import HERE, interop_python, mppx_env, run_json
+from _peers import HERE, REPO, interop_python, mppx_env, run_json
 
 pytestmark = pytest.mark.interop
 
 PRICE = 10_000  # base units: 0.01 of the 6-decimal test token
-TOOL = "premium_echo"
+TOOL = "premium_echo"  # pympp's server's priced tool (pympp_mcp_driver.py), {"text": S} -> "paid: S"
+OUR_TOOL = "forecast"  # our shop's (tests/mcp_shop.py), {"city": S} -> {"city", "forecast", "payer", "agent"}
+OUR_REALM = "mcp-shop.test"  # tests/mcp_shop.py's default realm
 TX_HASH = re.compile(r"0x[0-9a-f]{64}")
 PAYMENT_REQUIRED = -32042
 
@@ -76,14 +94,28 @@ def pympp_server(chain: Any, realm: str = "pympp-mcp-interop") -> McpServerComma
     return McpServerCommand("pympp", argv, recipient, realm)
 
 
+def our_server(chain: Any, folder: Path) -> McpServerCommand:
+    """OUR MCP server, ``tests/mcp_shop.py --evm`` under this interpreter (our environment): the
+    priced OUR_TOOL at PRICE in the test token, taking both binding rules; the seller's key (a fresh
+    funded account: it is the recipient and pays the gas) in a key file in ``folder``."""
+    seller = chain.new_payer(wei=10**18)
+    key_file = folder / "seller.key"
+    key_file.write_text(hex_key(seller) + "\n", encoding="ascii")
+    argv = [sys.executable, str(REPO / "tests" / "mcp_shop.py"), "--evm", "--rpc-url", chain.rpc_url, *token_args(chain),
+            "--key-file", str(key_file), "--price", str(PRICE), "--tool", OUR_TOOL, "--store", str(folder / "payments.db"),
+            "--binding", "draft", "--binding", "json"]
+    return McpServerCommand("ours", argv, seller.address, OUR_REALM)
+
+
 def call_tool(client: str, chain: Any, payer: Any, server: McpServerCommand, *extra: str) -> dict[str, Any]:
     """Run ``client`` (pympp or mppx) against ``server`` once: its JSON line."""
     if client == "pympp":
         argv, env = [interop_python(), str(HERE / "pympp_mcp_driver.py")], None
     else:
         argv, env = ["node", str(HERE / "mppx_mcp_driver.mjs")], mppx_env()
-    return run_json([*argv, "client", *token_args(chain), "--payer-key", hex_key(payer), "--tool", TOOL,
-                     "--arguments", '{"text": "hello"}', *extra, "--", *server.argv], env=env)
+    tool, arguments = (OUR_TOOL, {"city": "Lyon"}) if server.name == "ours" else (TOOL, {"text": "hello"})
+    return run_json([*argv, "client", *token_args(chain), "--payer-key", hex_key(payer), "--tool", tool,
+                     "--arguments", json.dumps(arguments), *extra, "--", *server.argv], env=env)
 
 
 def assert_paid_on_chain(chain: Any, reference: str, payer: str, recipient: str, before: tuple[int, int]) -> None:
@@ -139,3 +171,70 @@ def test_mppx_client_cannot_pay_pympp_server(chain):
     assert not out["ok"] and out["error"]["code"] == PAYMENT_REQUIRED, out
     assert isinstance(out["error"]["data"]["challenges"][0]["opaque"], dict)
     assert chain.balance_of(payer.address) == 5 * PRICE and chain.balance_of(server.recipient) == 0
+
+
+# -- their clients, our server --------------------------------------------------------------
+
+def test_our_server_answers_an_unpaid_call_as_the_peers_read_it(chain, tmp_path):
+    """What pympp's client reads from our server's unpaid answer: -32042, httpStatus 402, one evm
+    charge challenge as a JSON object with ``request`` native JSON and ``opaque`` a base64url string
+    (MCP-CHAL-01), the problem document beside; the receipt keys in the payment capability."""
+    server, payer = our_server(chain, tmp_path), chain.new_payer(tokens=5 * PRICE)
+    out = call_tool("pympp", chain, payer, server, "--unpaid")
+    assert not out["ok"] and out["error"]["code"] == PAYMENT_REQUIRED, out
+    assert out["capabilities"]["payment"]["jwks"]["keys"]
+    data = out["error"]["data"]
+    assert data["httpStatus"] == 402 and data["problem"]["status"] == 402
+    (challenge,) = data["challenges"]
+    assert (challenge["realm"], challenge["method"], challenge["intent"]) == (OUR_REALM, "evm", "charge")
+    assert (challenge["request"]["amount"], challenge["request"]["recipient"]) == (str(PRICE), server.recipient)
+    assert isinstance(challenge["opaque"], str)
+    assert chain.balance_of(payer.address) == 5 * PRICE and chain.balance_of(server.recipient) == 0
+
+
+@pytest.mark.parametrize("client, binding", [("pympp", BINDING_JSON), ("mppx", BINDING_DRAFT)])
+def test_a_peer_client_pays_our_server(chain, tmp_path, client, binding):
+    """Issue 18 criterion 2: pympp's McpClient (the JSON rule) and mppx's McpClient.wrap (the
+    draft's) each pay our MCP server's priced tool over stdio: the tool ran for that payer, our
+    receipt in ``_meta`` (challengeId, the seller's JWS signed by a key of the advertised JWKS), the
+    token moved on chain, and the authorization's nonce spent is the challenge hash by the client's
+    rule."""
+    server, payer = our_server(chain, tmp_path), chain.new_payer(tokens=5 * PRICE)
+    out = call_tool(client, chain, payer, server)
+    assert out["ok"] and out["error"] is None, out
+    assert json.loads(out["result"])["city"] == "Lyon"
+    assert json.loads(out["result"])["payer"].lower() == payer.address.lower()
+    receipt = out["receipt"]
+    assert (receipt["status"], receipt["method"]) == ("success", "evm")
+    header, _, _ = receipt["receipt"].split(".")  # the seller's compact JWS
+    kid = json.loads(b64url_decode(header))["kid"]
+    assert kid in {key["kid"] for key in out["capabilities"]["payment"]["jwks"]["keys"]}
+    assert_paid_on_chain(chain, receipt["reference"], payer.address, server.recipient, (5 * PRICE, 0))
+    assert chain.authorization_state(payer.address, challenge_hash(receipt["challengeId"], OUR_REALM, binding))
+
+
+# -- our client, their server ---------------------------------------------------------------
+
+async def test_our_client_pays_pympp_server(chain):
+    """Issue 18 criterion 2, the other way: our MCP client (:class:`mpp.mcp.PaymentSession` over the
+    MCP SDK's stdio client, EvmBuyerMethod with pympp's JSON rule, unsigned receipts accepted) pays
+    pympp's MCP server: the tool's result, pympp's receipt taken as unsigned, the token moved."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from mpp.mcp import PaymentSession
+
+    server, payer = pympp_server(chain), chain.new_payer(tokens=5 * PRICE)
+    token = EvmToken(chain.token, chain.token_name, chain.token_version, DECIMALS)
+    method = EvmBuyerMethod(account=payer, chain_id=chain.chain_id, tokens=[token], binding=BINDING_JSON)
+    policy = mpp.BuyerPolicy(max_amount=PRICE, accept_unsigned_receipts=True)
+    params = StdioServerParameters(command=server.argv[0], args=server.argv[1:])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        call = await PaymentSession(session, [method], policy).pay_tool(TOOL, {"text": "hello"})
+    assert call.paid and call.payment.claims == {"signed": False}
+    assert [block.text for block in call.result.content] == ["paid: hello"]
+    receipt = call.payment.receipt
+    assert (receipt.status, receipt.method) == ("success", "evm")
+    assert_paid_on_chain(chain, receipt.reference, payer.address, server.recipient, (5 * PRICE, 0))
+    assert chain.authorization_state(payer.address, challenge_hash(receipt.challengeId, server.realm, BINDING_JSON))
