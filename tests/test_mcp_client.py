@@ -1,6 +1,6 @@
 """The MCP transport's agent side (mpp.mcp.PaymentSession, spec/transports/mcp.md MCP-CLI-*): the
 buyer engine paying our MCP shop's tools, in process through the SDK's own client, and over stdio
-against tests/mcp_shop.py."""
+against mpp/cli/mcp_shop.py."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_sessions_are_refused():
 
 
 async def test_our_client_pays_our_server_over_stdio_with_identity(tmp_path, budget):
-    """MCP-CLI-01, MCP-CLI-05: tests/mcp_shop.py in a child process over stdio, its tool requiring
+    """MCP-CLI-01, MCP-CLI-05: mpp/cli/mcp_shop.py in a child process over stdio, its tool requiring
     identity: our PaymentSession pays it with the agent's mandate; the ledger moved the price."""
     principal, agent = mpp.SigningKey.generate(), mpp.SigningKey.generate()
     ledger = SqliteLedger(str(tmp_path / "shop.db"))
@@ -157,7 +157,7 @@ async def test_our_client_pays_our_server_over_stdio_with_identity(tmp_path, bud
                             currency="usd", ceiling=500, budget_amount=1000, budget_period="total",
                             not_before=now() - timedelta(minutes=5), expires=now() + timedelta(hours=1))
     params = StdioServerParameters(command=sys.executable, args=[
-        str(ROOT / "tests" / "mcp_shop.py"), "--ledger", str(tmp_path / "shop.db"), "--price", "250", "--identity",
+        "-m", "mpp.cli.mcp_shop", "--ledger", str(tmp_path / "shop.db"), "--price", "250", "--identity",
         "--trust", principal.did], cwd=str(tmp_path))
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()

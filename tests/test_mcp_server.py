@@ -1,7 +1,7 @@
 """The MCP transport's seller (mpp.mcp, spec/transports/mcp.md): an MCPServer and a low-level
 Server priced through the seller engine, driven in process by the SDK's own client, asserting on
 what goes over the wire; credentials built by hand with the buyer's pieces; one run of
-tests/mcp_shop.py over stdio."""
+mpp/cli/mcp_shop.py over stdio."""
 
 from __future__ import annotations
 
@@ -408,7 +408,7 @@ def test_any_json_credential_gives_32602_or_32043(parser_shop, value):
 
 
 async def test_stdio_shop_is_paid_over_stdio(tmp_path):
-    """MCP-ERR-01, MCP-RCPT-01, MCP-RCPT-03, MCP-CAP-01: tests/mcp_shop.py as a subprocess, driven
+    """MCP-ERR-01, MCP-RCPT-01, MCP-RCPT-03, MCP-CAP-01: mpp/cli/mcp_shop.py as a subprocess, driven
     by the SDK's stdio client: -32042, a paid call with a verified receipt, the free tool."""
     ledger = SqliteLedger(str(tmp_path / "shop.db"))
     ledger.create_account(SELLER, "usd")
@@ -417,7 +417,7 @@ async def test_stdio_shop_is_paid_over_stdio(tmp_path):
     ledger.keys.allow(OWNED, owner.did, "owner")
     ledger.fund(OWNED, FUNDS)
     ledger.close()
-    params = StdioServerParameters(command=sys.executable, args=[str(ROOT / "tests" / "mcp_shop.py"), "--ledger",
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mpp.cli.mcp_shop", "--ledger",
                                                                 str(tmp_path / "shop.db"), "--price", "250"], cwd=str(tmp_path))
     async with Client(params, mode="legacy") as client:
         jwks = jwks_of(client)
@@ -437,7 +437,7 @@ async def test_stdio_shop_is_paid_over_stdio(tmp_path):
 
 
 async def test_stdio_shop_takes_evm_payments(chain, tmp_path):
-    """MCP-ERR-01, MCP-RCPT-01, MCP-CRED-02: tests/mcp_shop.py --evm on the throwaway chain (what
+    """MCP-ERR-01, MCP-RCPT-01, MCP-CRED-02: mpp/cli/mcp_shop.py --evm on the throwaway chain (what
     the interop tests pay with pympp and mppx): an evm challenge, paid with our evm buyer method
     (an EIP-3009 authorization), settled on chain, the receipt verified."""
     from eth_account import Account
@@ -450,7 +450,7 @@ async def test_stdio_shop_takes_evm_payments(chain, tmp_path):
     payer = chain.new_payer(1000)
     token = EvmToken(chain.token, chain.token_name, chain.token_version, 6)
     params = StdioServerParameters(command=sys.executable, args=[
-        str(ROOT / "tests" / "mcp_shop.py"), "--evm", "--rpc-url", chain.rpc_url, "--chain-id", str(chain.chain_id),
+        "-m", "mpp.cli.mcp_shop", "--evm", "--rpc-url", chain.rpc_url, "--chain-id", str(chain.chain_id),
         "--key-file", str(tmp_path / "seller.key"), "--token", chain.token, "--token-name", chain.token_name,
         "--token-version", chain.token_version, "--price", "250", "--store", str(tmp_path / "payments.db")], cwd=str(tmp_path))
     async with Client(params, mode="legacy") as client:

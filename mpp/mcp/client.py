@@ -21,6 +21,7 @@ stands for, a result as a 200 with its receipt.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
@@ -40,9 +41,11 @@ from mpp.purchase.client import Buyer
 from mpp.purchase.exchange import PaidResponse, TransportError, headers_of
 from mpp.purchase.wire import JWKS_PATH
 
-__all__ = ["PaymentSession", "PaidToolCall", "McpExchange", "server_jwks"]
+__all__ = ["PaymentSession", "PaidToolCall", "McpExchange", "server_jwks", "KEPT_CHALLENGES"]
 
 _CAPABILITY = "payment"
+KEPT_CHALLENGES = 256
+"""How many received challenge objects an exchange keeps to echo them as sent (the newest)."""
 
 
 @dataclass
@@ -71,10 +74,15 @@ def server_jwks(session: ClientSession) -> dict[str, Any] | None:
 
 class McpExchange:
     """Carries the buyer engine's requests as tool calls of one MCP ``session`` (see the module):
-    only ``POST /tools/<name>`` and the receipt keys (``GET /.well-known/jwks.json``) exist."""
+    only ``POST /tools/<name>`` and the receipt keys (``GET /.well-known/jwks.json``) exist.
+
+    The challenge objects received are kept (the latest :data:`KEPT_CHALLENGES`) so that a credential
+    echoes its challenge exactly as the server sent it (MCP-CLI-09): a server may recompute the id
+    from the echoed form (pympp does, from an ``opaque`` it sends as an object)."""
 
     def __init__(self, session: ClientSession) -> None:
         self.session = session
+        self._received: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def send(self, method: str, url: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None,
                    follow_redirects: bool = False, once: bool = False, keep_open: bool = False,
@@ -92,11 +100,11 @@ class McpExchange:
         name = unquote(path[len(TOOLS_PREFIX):])
         arguments = json.loads(data) if data else None
         authorization = (headers or {}).get("Authorization")
-        meta = {META_CREDENTIAL: credential_object(parse_credential(authorization))} if authorization else None
+        meta = {META_CREDENTIAL: self._credential(authorization)} if authorization else None
         try:
             result = await self.session.call_tool(name, arguments, meta=meta)
         except MCPError as exc:
-            return _refusal(exc, url, paid=authorization is not None)
+            return self._refusal(exc, url, paid=authorization is not None)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             raise TransportError(f"the MCP connection is gone: {type(exc).__name__}") from exc
         fields: list[tuple[str, str]] = []
@@ -106,31 +114,45 @@ class McpExchange:
         return PaidResponse(200, headers_of(fields), result.model_dump_json(by_alias=True, exclude_none=True).encode(), url)
 
 
+    def _credential(self, authorization: str) -> dict[str, Any]:
+        """The credential object for ``authorization``, its challenge as the server sent it."""
+        doc = credential_object(parse_credential(authorization))
+        received = self._received.get(doc["challenge"]["id"])
+        if received is not None:
+            doc["challenge"] = dict(received)
+        return doc
+
+    def _refusal(self, exc: MCPError, url: str, *, paid: bool) -> PaidResponse:
+        """A JSON-RPC error as the HTTP answer it stands for (MCP-CLI-04, MCP-CLI-07): a payment demand
+        (its challenges as ``WWW-Authenticate`` fields, its ``httpStatus``, its problem), or, after a
+        credential went out, a refusal (-32602: 400) or a failure whose outcome is unknown (any other
+        code: its ``httpStatus`` or 500)."""
+        data = exc.data if isinstance(exc.data, Mapping) else {}
+        problem = data.get("problem") if isinstance(data.get("problem"), Mapping) else {"title": exc.message}
+        status = data.get("httpStatus")
+        if is_payment_demand(exc.code, data):
+            fields = []
+            for obj in data["challenges"]:
+                try:
+                    challenge = challenge_from_object(obj)
+                except (ParseError, ValueError):
+                    continue  # an unusable challenge among others: the engine picks among the rest
+                fields.append(("WWW-Authenticate", format_challenge(challenge)))
+                self._received[challenge.id] = dict(obj)
+                self._received.move_to_end(challenge.id)
+                while len(self._received) > KEPT_CHALLENGES:
+                    self._received.popitem(last=False)
+            code = status if isinstance(status, int) and 400 <= status < 500 else 402
+            return _answer(code, problem, url, fields)
+        if not paid:
+            raise exc  # not a payment answer: the caller's to handle, as without payment
+        if isinstance(status, int) and 400 <= status < 600:
+            return _answer(status, problem, url)
+        return _answer(400 if exc.code == INVALID_PARAMS else 500 if exc.code == INTERNAL_ERROR else 502, problem, url)
+
+
 def _answer(status: int, doc: Any, url: str, fields: Sequence[tuple[str, str]] = ()) -> PaidResponse:
     return PaidResponse(status, headers_of(list(fields)), json.dumps(doc).encode(), url)
-
-
-def _refusal(exc: MCPError, url: str, *, paid: bool) -> PaidResponse:
-    """A JSON-RPC error as the HTTP answer it stands for (MCP-ERR-*): a payment demand (its challenges as
-    ``WWW-Authenticate`` fields, its ``httpStatus``, its problem), or, after a credential went out, a
-    refusal (-32602: 400) or a failure whose outcome is unknown (any other code: its ``httpStatus`` or 500)."""
-    data = exc.data if isinstance(exc.data, Mapping) else {}
-    problem = data.get("problem") if isinstance(data.get("problem"), Mapping) else {"title": exc.message}
-    status = data.get("httpStatus")
-    if is_payment_demand(exc.code, data):
-        fields = []
-        for obj in data["challenges"]:
-            try:
-                fields.append(("WWW-Authenticate", format_challenge(challenge_from_object(obj))))
-            except (ParseError, ValueError):
-                continue  # an unusable challenge among others: the engine picks among the rest
-        code = status if isinstance(status, int) and 400 <= status < 500 else 402
-        return _answer(code, problem, url, fields)
-    if not paid:
-        raise exc  # not a payment answer: the caller's to handle, as without payment
-    if isinstance(status, int) and 400 <= status < 600:
-        return _answer(status, problem, url)
-    return _answer(400 if exc.code == INVALID_PARAMS else 500 if exc.code == INTERNAL_ERROR else 502, problem, url)
 
 
 class PaymentSession:

@@ -25,7 +25,7 @@ What the peers do on this wire, pinned here:
   so it does not recognise pympp's -32042 as a payment error and hands it back unpaid (and were
   that mended, the binding rules differ). Nothing moves.
 
-Against ours: OUR MCP server is ``tests/mcp_shop.py --evm`` (run with this interpreter, our
+Against ours: OUR MCP server is ``mpp/cli/mcp_shop.py --evm`` (run with this interpreter, our
 environment), taking both binding rules, so pympp's client (the JSON rule) and mppx's (the
 draft's) both pay it; it sends ``opaque`` as a base64url string (MCP-CHAL-01), which both take, and
 its receipt is our PaymentReceipt (``challengeId`` and the seller's compact JWS in ``receipt``),
@@ -60,8 +60,8 @@ pytestmark = pytest.mark.interop
 
 PRICE = 10_000  # base units: 0.01 of the 6-decimal test token
 TOOL = "premium_echo"  # pympp's server's priced tool (pympp_mcp_driver.py), {"text": S} -> "paid: S"
-OUR_TOOL = "forecast"  # our shop's (tests/mcp_shop.py), {"city": S} -> {"city", "forecast", "payer", "agent"}
-OUR_REALM = "mcp-shop.test"  # tests/mcp_shop.py's default realm
+OUR_TOOL = "forecast"  # our shop's (mpp/cli/mcp_shop.py), {"city": S} -> {"city", "forecast", "payer", "agent"}
+OUR_REALM = "mcp-shop.test"  # mpp/cli/mcp_shop.py's default realm
 TX_HASH = re.compile(r"0x[0-9a-f]{64}")
 PAYMENT_REQUIRED = -32042
 
@@ -95,13 +95,13 @@ def pympp_server(chain: Any, realm: str = "pympp-mcp-interop") -> McpServerComma
 
 
 def our_server(chain: Any, folder: Path) -> McpServerCommand:
-    """OUR MCP server, ``tests/mcp_shop.py --evm`` under this interpreter (our environment): the
+    """OUR MCP server, ``mpp/cli/mcp_shop.py --evm`` under this interpreter (our environment): the
     priced OUR_TOOL at PRICE in the test token, taking both binding rules; the seller's key (a fresh
     funded account: it is the recipient and pays the gas) in a key file in ``folder``."""
     seller = chain.new_payer(wei=10**18)
     key_file = folder / "seller.key"
     key_file.write_text(hex_key(seller) + "\n", encoding="ascii")
-    argv = [sys.executable, str(REPO / "tests" / "mcp_shop.py"), "--evm", "--rpc-url", chain.rpc_url, *token_args(chain),
+    argv = [sys.executable, "-m", "mpp.cli.mcp_shop", "--evm", "--rpc-url", chain.rpc_url, *token_args(chain),
             "--key-file", str(key_file), "--price", str(PRICE), "--tool", OUR_TOOL, "--store", str(folder / "payments.db"),
             "--binding", "draft", "--binding", "json"]
     return McpServerCommand("ours", argv, seller.address, OUR_REALM)

@@ -1,9 +1,11 @@
 """A small MCP shop served over stdio: one priced tool and one free tool (spec/transports/mcp.md).
+The demo's MCP part and the MCP tests (ours and the interoperability ones) start it as an MCP
+server; it is also the shortest complete example of :mod:`mpp.mcp`'s seller.
 
-    python tests/mcp_shop.py --ledger shop.db --price 100                 # ledger method, embedded SQLite ledger
-    python tests/mcp_shop.py --ledger shop.db --identity --trust did:key:z6Mk...
-    python tests/mcp_shop.py --evm --rpc-url http://127.0.0.1:8545 --chain-id 31337 \\
-        --key-file seller.key --token 0x... --token-name "Test USD" --token-version 1
+    python -m mpp.cli.mcp_shop --ledger shop.db --price 100                 # ledger method, embedded SQLite ledger
+    python -m mpp.cli.mcp_shop --ledger shop.db --identity --trust did:key:z6Mk...
+    python -m mpp.cli.mcp_shop --evm --rpc-url http://127.0.0.1:8545 --chain-id 31337 \\
+        --key-file seller.key --token 0x... --token-name "Test USD" --token-version 1 --binding draft --binding json
 
 The priced tool (``forecast`` unless ``--tool`` names another) answers with the city, the payer
 and the paying agent; ``echo`` is free. The seller's receipt keys are advertised in the
@@ -17,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
 RECIPIENT = "acct:seller"
 
@@ -51,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evm.add_argument("--token-name", default="Test USD", help="its EIP-712 domain name (default: %(default)s)")
     evm.add_argument("--token-version", default="1", help="its EIP-712 domain version (default: %(default)s)")
     evm.add_argument("--decimals", type=int, default=6, help="its decimals (default: %(default)s)")
+    evm.add_argument("--binding", action="append", choices=["draft", "json"],
+                     help="a challenge-binding rule the shop accepts (repeatable; default: draft): draft is the "
+                          "draft's (mppx), json pympp's (spec/methods/evm.md EVM-BIND)")
     args = parser.parse_args(argv)
     if args.evm:
         missing = [f"--{n.replace('_', '-')}" for n in ("rpc_url", "chain_id", "key_file", "token") if getattr(args, n) is None]
@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The seller and its MCP server, set up (not yet running)."""
+def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The seller, its MCP server (set up, not yet running) and its rail."""
     from mcp.server.mcpserver import MCPServer
 
     import mpp
@@ -80,7 +80,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         workdir = Path(args.store).parent if args.store else Path(tempfile.mkdtemp(prefix="mcp-shop-"))
         token = EvmToken(args.token, args.token_name, args.token_version, args.decimals)
         rail = EvmRail(args.rpc_url, key=key, chain_id=args.chain_id, tokens={args.currency: token},
-                       store=SqliteEvmStore(str(workdir / "evm.db")), receipt_timeout=10.0, reconcile_interval=0.0)
+                       store=SqliteEvmStore(str(workdir / "evm.db")), receipt_timeout=10.0, reconcile_interval=0.0,
+                       bindings=tuple(args.binding or ["draft"]))
         store = SqlitePaymentStore(args.store or str(workdir / "payments.db"))
     else:
         from mpp.engine.embedded_rail import EmbeddedLedgerRail
@@ -108,15 +109,28 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     server.add_tool(priced, name=args.tool, description=f"a forecast, {args.price} base units of {args.currency}")
     server.add_tool(echo, name="echo", description="free: says what it is told")
     seller.setup(server)
-    return seller, server
+    return seller, server, rail
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from mpp.mcp import serve_stdio
+
+    _, server, rail = build(args)
+    start, stop = getattr(rail, "start", None), getattr(rail, "stop", None)
+    if start is not None:
+        await start()  # the evm rail's node connection and reconciling round
+    try:
+        await serve_stdio(server)
+    finally:
+        if stop is not None:
+            await stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mpp.mcp import run_stdio
+    """Serve the shop over stdin and stdout until stdin closes."""
+    import anyio
 
-    args = parse_args(argv)
-    _, server = build(args)
-    run_stdio(server)
+    anyio.run(_serve, parse_args(argv))
 
 
 if __name__ == "__main__":
