@@ -218,7 +218,9 @@ def test_a_peer_client_pays_our_server(chain, tmp_path, client, binding):
 async def test_our_client_pays_pympp_server(chain):
     """Issue 18 criterion 2, the other way: our MCP client (:class:`mpp.mcp.PaymentSession` over the
     MCP SDK's stdio client, EvmBuyerMethod with pympp's JSON rule, unsigned receipts accepted) pays
-    pympp's MCP server: the tool's result, pympp's receipt taken as unsigned, the token moved."""
+    pympp's MCP server: the tool's result, pympp's receipt taken as unsigned, the token moved.
+    MCP-CLI-09: pympp recomputes the challenge id from the echoed ``opaque`` object, so this pays
+    only because our credential echoes the challenge object as it came."""
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
