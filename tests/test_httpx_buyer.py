@@ -178,3 +178,37 @@ async def test_httpx2_transport_is_wrapped_too(world):
 async def test_not_an_httpx_transport_is_refused():
     with pytest.raises(TypeError, match="not an httpx transport"):
         AsyncPaymentTransport([], mpp.BuyerPolicy(max_amount=1), transport=object())
+
+
+async def test_sessions_are_reused_and_closed_through_httpx(tmp_path):
+    """SESSION-* through httpx: the first 402 opens a session, later requests pay by voucher with no
+    402 first, and closing the transport closes the session (final receipt verified, the rest of
+    the cap released: the ledger holds exactly what was used)."""
+    from mpp.purchase import SessionPolicy
+
+    from _session_support import build_seller, make_ledger
+    from _session_support import server_for as session_server
+
+    agent = mpp.SigningKey.generate()
+    ledger = make_ledger(tmp_path, agent)
+    hits: list[str] = []
+    _, app, _ = build_seller(tmp_path, ledger, hits=hits)
+    server = session_server(app)
+    await server.start_server()
+    try:
+        transport = AsyncPaymentTransport([LedgerBuyerMethod(key=agent, account="acct:buyer")], mpp.BuyerPolicy(max_amount=1000),
+                                          sessions=SessionPolicy(max_cap=100))
+        async with httpx.AsyncClient(transport=transport) as http:
+            answers = [await http.get(str(server.make_url("/complete")), params={"tokens": "1000"}) for _ in range(3)]
+            sessions = {payment_of(r).session for r in answers}
+            assert [r.status_code for r in answers] == [200, 200, 200] and len(sessions) == 1 and None not in sessions
+            assert [payment_of(r).claims["spent"] for r in answers] == ["2", "4", "6"]
+            assert hits.count("GET /complete") == 4  # one 402, then each request once with its voucher
+            assert transport.buyer.open_sessions
+        await transport.aclose()
+        assert transport.buyer.open_sessions == []
+        balances = {a.id: a.balance for a in ledger.accounts()}
+        assert balances["acct:seller"] == 6 and balances["acct:buyer"] == 10_000 - 6
+    finally:
+        await server.close()  # stops the seller, which closes its session store
+        ledger.close()

@@ -47,6 +47,7 @@ async def _run(home: Path) -> None:
     from mpp.cli.serve import HEADER_LIMITS, LEDGER_KEY, build_seller_app
     from mpp.cli.config import init_home, load_seller_config, load_wallet
     from mpp.cli.demo_evm import evm_part
+    from mpp.cli.demo_mcp import mcp_part
     from mpp.cli.demo_pricing import pricing_part, write_price_list
     from mpp.protocol.errors import PaymentFailed, QuoteRejected
     from mpp.connect import budget_store_for
@@ -171,6 +172,7 @@ async def _run(home: Path) -> None:
                f"buyer paid exactly {paid_total}, seller received exactly {paid_total}")
         _check(ledger.check() == [], "every transfer is two postings summing to zero")
         await evm_part(home, _check, 12)
+        await mcp_part(home, _check, 13)
     finally:
         await runner.cleanup()
         await budget.close()
