@@ -9,6 +9,7 @@ httpx call, redirects followed by httpx without a credential going anywhere it m
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import httpx
 import httpx2
@@ -212,3 +213,35 @@ async def test_sessions_are_reused_and_closed_through_httpx(tmp_path):
     finally:
         await server.close()  # stops the seller, which closes its session store
         ledger.close()
+
+
+async def test_server_error_after_the_credential_is_outcome_unknown_and_not_resent():
+    """CORE-BUY-05, CORE-BUY-03 through httpx: a 5xx after paying is OutcomeUnknown, the
+    credential went out once (httpx's own retries never resend it)."""
+    credentials: list[str] = []
+    issuer = mpp.ChallengeIssuer(b"k" * 32, "adversary.test")
+
+    async def handler(request: web.Request) -> web.Response:
+        sent = [v for v in request.headers.getall("Authorization", ()) if v.startswith("Payment ")]
+        credentials.extend(sent)
+        if sent:
+            return web.Response(status=503, text="try later")
+        challenge = issuer.issue(method="ledger", intent="charge", now=datetime.now(timezone.utc),
+                                 request={"amount": "10", "currency": "usd", "recipient": "acct:seller",
+                                          "methodDetails": {"ledger": "ledger-adversary"}})
+        return web.json_response({"type": mpp.PROBLEM_BASE + "payment-required", "status": 402}, status=402,
+                                 headers={"WWW-Authenticate": mpp.format_challenge(challenge)})
+
+    app = web.Application()
+    app.router.add_get("/thing", handler)
+    server = server_for(app)
+    await server.start_server()
+    try:
+        transport = AsyncPaymentTransport([LedgerBuyerMethod(key=mpp.SigningKey.generate(), account="acct:buyer")],
+                                          mpp.BuyerPolicy(max_amount=100), transport=httpx.AsyncHTTPTransport(retries=3))
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(mpp.OutcomeUnknown) as info:
+                await http.get(str(server.make_url("/thing")))
+        assert info.value.status == 503 and len(credentials) == 1
+    finally:
+        await server.close()

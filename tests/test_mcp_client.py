@@ -173,3 +173,61 @@ async def test_our_client_pays_our_server_over_stdio_with_identity(tmp_path, bud
         assert next(a.balance for a in ledger.accounts() if a.id == SELLER) == 250
     finally:
         ledger.close()
+
+
+# -- what the server sends is untrusted: any JSON in the error data or the result's _meta ------------
+
+
+class _Scripted:
+    """An MCP session whose tools/call answers are given by the test (the parser under test is the
+    client's reading of them, not the SDK), with a real challenge first so the buyer gets to pay."""
+
+    def __init__(self, first: Any, then: Any) -> None:
+        self.answers = [first, then]
+        self.server_capabilities = None
+        self.server_info = None
+
+    async def call_tool(self, name: str, arguments: Any = None, *, meta: Any = None) -> Any:
+        answer = self.answers.pop(0) if self.answers else MCPError(-32603, "no more answers")
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from mcp.types import CallToolResult, TextContent  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=16)
+
+
+def _challenge_object() -> dict[str, Any]:
+    issuer = mpp.ChallengeIssuer(b"k" * 32, "scripted.test")
+    challenge = issuer.issue(method="ledger", intent="charge", now=now(),
+                             request={"amount": "10", "currency": "usd", "recipient": "acct:seller",
+                                      "methodDetails": {"ledger": "ledger-scripted"}})
+    from mpp.mcp import challenge_object
+
+    return challenge_object(challenge)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(code=st.sampled_from([-32042, -32043, -32602, -32603, -32000]), data=JSON, receipt=JSON,
+       challenges=st.lists(JSON, max_size=2), first_junk=st.booleans())
+async def test_any_server_answer_gives_a_buyer_error_or_the_mcp_error(code, data, receipt, challenges, first_junk):
+    """MCP-CLI-04, MCP-CLI-07: whatever a server puts in an error's data (challenges among it) or a
+    result's _meta, the client answers with the buyer's own error, the server's MCP error as it came,
+    or a verified result; never another exception."""
+    key = mpp.SigningKey.generate()
+    demand_data = {"httpStatus": 402, "challenges": [*challenges, *([] if first_junk else [_challenge_object()])]}
+    if isinstance(data, dict):
+        data = {**data, "challenges": challenges} if code in (-32042, -32043) else data
+    then = (MCPError(code, "refused", data) if code != -32000 else
+            CallToolResult(content=[TextContent(type="text", text="ok")], _meta={META_RECEIPT: receipt}))
+    session = _Scripted(MCPError(-32042, "Payment Required", demand_data), then)
+    tools = PaymentSession(session, [LedgerBuyerMethod(key=key, account="acct:buyer")], mpp.BuyerPolicy(max_amount=100))
+    with pytest.raises((mpp.BuyerError, MCPError)):  # a scripted receipt never verifies: nothing is "paid"
+        await tools.pay_tool("tool", {"x": 1})
+    if not first_junk:
+        assert session.answers == []  # the valid challenge was paid: the server's second answer was read
