@@ -23,10 +23,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+__all__ = ["RECIPIENT", "parse_args", "build", "main"]
+
 RECIPIENT = "acct:seller"
+"""The seller's ledger account unless ``--recipient`` names another."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The shop's options (``--help`` lists them); exits 2 with a message when ``--evm`` lacks one it
+    needs or neither ``--ledger`` nor ``--evm`` is given."""
     parser = argparse.ArgumentParser(description="An MCP shop over stdio: one priced tool, one free tool.")
     parser.add_argument("--realm", default="mcp-shop.test", help="the seller's realm (default: %(default)s)")
     parser.add_argument("--tool", default="forecast", help="the priced tool's name (default: %(default)s)")
