@@ -148,16 +148,20 @@ async def pay_url(a: argparse.Namespace) -> dict[str, Any]:
             "errors": errors}
 
 
+def add_token_args(parser: argparse.ArgumentParser) -> None:
+    """The chain and token options every driver command takes."""
+    parser.add_argument("--chain-id", type=int, required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--token-name", required=True)
+    parser.add_argument("--token-version", required=True)
+    parser.add_argument("--decimals", type=int, required=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("seller", "pay"):
-        s = sub.add_parser(name)
-        s.add_argument("--chain-id", type=int, required=True)
-        s.add_argument("--token", required=True)
-        s.add_argument("--token-name", required=True)
-        s.add_argument("--token-version", required=True)
-        s.add_argument("--decimals", type=int, required=True)
+        add_token_args(sub.add_parser(name))
     s = sub.choices["seller"]
     s.add_argument("--rpc", required=True)
     s.add_argument("--recipient", required=True)

@@ -61,7 +61,7 @@ from mpp.methods.evm import client as evm_client  # noqa: E402
 from mpp.methods.evm import server as evm_server  # noqa: E402
 from mpp.server import Mpp as Server  # noqa: E402
 from mpp.stores import MemoryStore  # noqa: E402
-from pympp_evm_driver import Settler, display  # noqa: E402
+from pympp_evm_driver import Settler, add_token_args, display  # noqa: E402
 
 DEFAULT_TOOL = "premium_echo"
 
@@ -153,11 +153,7 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("server", "client"):
         s = sub.add_parser(name)
-        s.add_argument("--chain-id", type=int, required=True)
-        s.add_argument("--token", required=True)
-        s.add_argument("--token-name", required=True)
-        s.add_argument("--token-version", required=True)
-        s.add_argument("--decimals", type=int, required=True)
+        add_token_args(s)
         s.add_argument("--tool", default=DEFAULT_TOOL)
     s = sub.choices["server"]
     s.add_argument("--rpc", required=True)
