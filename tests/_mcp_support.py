@@ -45,7 +45,6 @@ class Shop:
         self.seller = Seller(realm=REALM, secret=b"s" * 32, receipt_key=mpp.SigningKey.generate(),
                              rails=[EmbeddedLedgerRail(ledger, recipient=SELLER)], store=SqlitePaymentStore.beside(ledger),
                              trusted_principals={self.P.did})
-        self.seller.price_tool("forecast", 100, "usd", "one forecast")
         self.seller.price_tool("report", 100, "usd", "for agents", require_identity=True)
         self.seller.price_tool("pricey", 300, "usd", "for agents, approved", require_identity=True)
         self.seller.price_tool("crash", 100, "usd", "fails after payment")
@@ -53,6 +52,7 @@ class Shop:
         server = self.server = MCPServer("shop")
 
         @server.tool()
+        @self.seller.price_tool("forecast", 100, "usd", "one forecast")  # the decorator form: fails closed without setup
         async def forecast(city: str) -> str:
             payment = payment_of()
             self.seen.append(payment)

@@ -464,3 +464,27 @@ async def test_stdio_shop_takes_evm_payments(chain, tmp_path):
     assert error.code == -32042 and error.data["challenges"][0]["method"] == "evm"
     mpp.verify_receipt(format_receipt(PaymentReceipt.from_json(result.meta[META_RECEIPT])), quote, jwks, now())
     assert chain.balance_of(key.address) == 250 and chain.balance_of(payer.address) == 750
+
+
+async def test_a_priced_tool_fails_closed_when_setup_was_forgotten(shop):
+    """MCP-TOOL-05: a tool priced with the decorator form refuses to run on a server that was not set
+    up for payment (an error result; the exception names the fix), instead of serving its priced call free."""
+    from mcp.server.mcpserver import MCPServer
+
+    bare = MCPServer("forgot")
+    ran: list[str] = []
+
+    @bare.tool()
+    @shop.seller.price_tool("forecast", 100, "usd")
+    async def forecast(city: str) -> str:
+        ran.append(city)
+        return "free?"
+
+    async with Client(bare, mode="legacy") as client:
+        result = await client.call_tool("forecast", {"city": "Oslo"})
+    assert result.is_error and result.content[0].text == "Error executing tool forecast"  # the SDK hides the reason
+    assert ran == [] and shop.balance(SELLER) == 0
+    from mpp.mcp import ToolNotSetUp
+
+    with pytest.raises(ToolNotSetUp, match="not set up for payment"):  # the reason, as the server's log shows it
+        await forecast(city="Oslo")

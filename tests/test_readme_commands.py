@@ -31,6 +31,7 @@ Each failing command is reported with its line in README.md, the command as writ
 from __future__ import annotations
 
 import os
+import random
 import re
 import selectors
 import signal
@@ -119,9 +120,26 @@ def _comment_free(line: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, below the kernel's ephemeral range: the README's servers start many
+    seconds after their ports are chosen, and a port the kernel handed out for binding to port 0 or
+    for an outgoing connection (any test running beside this one) may be taken again meanwhile."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class Runner:

@@ -100,7 +100,6 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     seller = Seller(realm=args.realm, secret=os.urandom(32), receipt_key=mpp.SigningKey.generate(), rails=[rail],
                     store=store, trusted_principals=set(args.trust))
-    seller.price_tool(args.tool, args.price, args.currency, f"one {args.tool}", require_identity=args.identity)
     server = MCPServer("mcp-shop", log_level="WARNING")
 
     async def priced(city: str) -> dict[str, Any]:
@@ -111,6 +110,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     def echo(text: str) -> str:
         return text
 
+    priced = seller.price_tool(args.tool, args.price, args.currency, f"one {args.tool}",
+                               require_identity=args.identity)(priced)
     server.add_tool(priced, name=args.tool, description=f"a forecast, {args.price} base units of {args.currency}")
     server.add_tool(echo, name="echo", description="free: says what it is told")
     seller.setup(server)

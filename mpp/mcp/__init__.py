@@ -10,12 +10,12 @@ Needs the ``mcp`` extra (``pip install 'mpp-reference[mcp]'``).
 """
 
 from mpp.mcp.client import McpExchange, PaidToolCall, PaymentSession, server_jwks
-from mpp.mcp.server import PaymentMiddleware, Seller, SessionsUnsupported, payment_of, run_stdio, serve_stdio
+from mpp.mcp.server import PaymentMiddleware, Seller, SessionsUnsupported, ToolNotSetUp, payment_of, run_stdio, serve_stdio
 from mpp.mcp.wire import (INTERNAL_ERROR, INVALID_PARAMS, META_CREDENTIAL, META_RECEIPT, PAYMENT_REQUIRED,
                           VERIFICATION_FAILED, authorization_of, challenge_from_object, challenge_object,
                           credential_object, is_payment_demand, tool_path)
 
-__all__ = ["PaymentSession", "PaidToolCall", "McpExchange", "server_jwks", "Seller", "PaymentMiddleware", "SessionsUnsupported", "payment_of", "serve_stdio", "run_stdio",
+__all__ = ["PaymentSession", "PaidToolCall", "McpExchange", "server_jwks", "Seller", "PaymentMiddleware", "SessionsUnsupported", "ToolNotSetUp", "payment_of", "serve_stdio", "run_stdio",
            "META_CREDENTIAL", "META_RECEIPT", "PAYMENT_REQUIRED", "VERIFICATION_FAILED", "INVALID_PARAMS",
            "INTERNAL_ERROR", "challenge_object", "challenge_from_object", "credential_object", "authorization_of",
            "is_payment_demand", "tool_path"]

@@ -1,11 +1,10 @@
 """The seller for MCP servers: paid tool calls over the framework-neutral seller engine.
 
     seller = Seller(realm="tools.example.com", secret=..., receipt_key=..., rails=[rail], store=store)
-    seller.price_tool("forecast", 100, "usd", "one forecast")
-
     server = MCPServer("weather")          # or the low-level mcp.server.lowlevel.Server
 
     @server.tool()
+    @seller.price_tool("forecast", 100, "usd", "one forecast")
     async def forecast(city: str) -> str:
         payment = payment_of()             # who paid: payment.payer, payment.claims["agent"], ...
         ...
@@ -26,6 +25,8 @@ stops the seller with the server's lifespan.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -48,7 +49,7 @@ from mpp.protocol.errors import ParseError
 from mpp.protocol.headers import parse_challenges
 from mpp.protocol.wire import canonical_json, decode_json_b64
 
-__all__ = ["Seller", "PaymentMiddleware", "payment_of", "serve_stdio", "run_stdio", "SessionsUnsupported"]
+__all__ = ["Seller", "PaymentMiddleware", "payment_of", "serve_stdio", "run_stdio", "SessionsUnsupported", "ToolNotSetUp"]
 
 CallNext = Callable[[Any], Awaitable[Any]]
 _CONTEXT: ContextVar[Context | None] = ContextVar("mpp_mcp_context", default=None)
@@ -76,13 +77,18 @@ class Seller(SellerFront):
         self._set_up: set[int] = set()
 
     def price_tool(self, name: str, amount: int, currency: str, description: str | None = None, *,
-                   require_identity: bool = False) -> None:
+                   require_identity: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Tool ``name`` costs ``amount`` base units of ``currency`` per call; with ``require_identity``
         only agents presenting a mandate chain may buy it (a mandate's scope names it as
-        ``POST /tools/<name>``)."""
+        ``POST /tools/<name>``).
+
+        Returns a decorator for the tool's function (put it under ``@server.tool()``): the function
+        then refuses to run unless the payment middleware handled the call, so a server whose
+        ``setup`` was forgotten fails closed (an error result) instead of giving the tool away."""
         if not isinstance(name, str) or not name:
             raise ValueError("a tool name is a non-empty string")
         self.tools[name] = Price(amount, currency, description, require_identity)
+        return functools.partial(_paid_only, name)
 
     def price(self, *args: Any, **kwargs: Any) -> Any:
         """Not for MCP: tools are priced by name (:meth:`price_tool`)."""
@@ -184,6 +190,35 @@ def payment_of(*_: Any) -> Payment | None:
     argument (the handler's context, for symmetry with the HTTP adapters) is ignored."""
     context = _CONTEXT.get()
     return context.payment if context is not None else None
+
+
+class ToolNotSetUp(RuntimeError):
+    """A priced tool's function ran without the payment middleware: ``seller.setup(server)`` was not
+    called for the server serving it. Nothing was paid, so the tool does not run."""
+
+
+def _paid_only(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` refusing to run outside a call the payment middleware handled (see :meth:`Seller.price_tool`)."""
+
+    def check() -> None:
+        if _CONTEXT.get() is None:
+            raise ToolNotSetUp(f"tool {name!r} is priced but this server was not set up for payment: call "
+                               f"seller.setup(server) before serving it; the tool did not run")
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+            check()
+            return await fn(*args, **kwargs)
+
+        return guarded_async
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        check()
+        return fn(*args, **kwargs)
+
+    return guarded
 
 
 class PaymentMiddleware:
