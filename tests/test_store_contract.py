@@ -495,6 +495,10 @@ async def test_session_caps_count_against_mandate_links(stores):
     again, created = await two.create(terms("m1"), payer="acct:buyer", signer="did:key:zAgent", unit_type="token", cap=600,
                                       idle_timeout=60, identity=identity(), now=NOW)
     assert created is False and again.cap == 600
+    # nor refused for a budget that its own cap and later charges now fill: a repeated open returns it
+    again, created = await two.create(terms("m1"), payer="acct:buyer", signer="did:key:zAgent", unit_type="token", cap=600,
+                                      idle_timeout=60, identity=identity(charged=900), now=NOW)
+    assert created is False and again.session_id == "m1"
     await one.begin_close("m1", NOW)
     await one.finish_close("m1", captured=150, released=450, settlement="tx", final_receipt="r", now=NOW)
     assert (await two.mandates.held({"iss#root": period}))["iss#root"] == 450

@@ -309,6 +309,9 @@ class SqliteSessionStore:
         """Record an opening session; (state, True) if this call created it, (existing, False) if not."""
         stamp = format_rfc3339(now)
         with immediate(self._conn) as c:
+            existing = self._get(c, terms.session_id)
+            if existing is not None:  # a repeated open: the session as it is, whatever the budget says now
+                return existing, False
             if identity and identity.get("links"):
                 # the seller's own share of each mandate link's budget, checked and counted at once
                 # (SESSION-ID-02): what the link's other sessions here hold, plus the caller's own charges

@@ -157,6 +157,9 @@ class PgSessionStore(PgStoreBase):
                 # (SESSION-ID-02): one opener per link at a time, links locked in one order
                 for key, period in sorted({(key, period) for key, period, _ in links}):
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"mpp.link:{key}:{period}")
+                existing = await _get(conn, terms.session_id)
+                if existing is not None:  # a repeated open: the session as it is, whatever the budget says now
+                    return existing, False
                 for key, period, budget in links:
                     held = await _link_held(conn, key, period, exclude=terms.session_id) + identity.get("charged", {}).get(key, 0)
                     if held + cap > budget:
