@@ -85,6 +85,15 @@ class ServedSeller:
         return SqliteLedger(str(self.home / "ledger.db"))
 
 
+def refused_in_one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A seller that refused to start: exit 2, no traceback, never ready, one line on stderr (returned)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "ready" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def start_seller(home: Path, *extra: str, timeout: float = 20.0) -> ServedSeller:
     """Start `mpp seller serve` on a free loopback port and wait for its ready line."""
     cmd = [sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"), "--host", "127.0.0.1", "--port", "0", *extra]

@@ -24,7 +24,7 @@ from mpp.cli.serve import rails_for
 from mpp.methods.evm.charge import EvmBuyerMethod, EvmToken
 from mpp.protocol.headers import parse_receipt
 
-from conftest import REPO, start_seller, stop_seller
+from conftest import REPO, refused_in_one_line, start_seller, stop_seller
 
 ETHER = 10 ** 18
 PRICE = 25  # /weather in `mpp init`'s seller.toml: 25 base units of "usd"
@@ -65,14 +65,6 @@ decimals = 6
 def _serve(home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mpp.cli.main", "seller", "serve", "--config", str(home / "seller.toml"),
                            "--port", "0"], capture_output=True, text=True, cwd=REPO, timeout=30)
-
-
-def _one_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "ready" not in result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 async def _pay(url: str, payer, chain) -> aiohttp.ClientResponse:
@@ -119,16 +111,16 @@ def test_a_seller_with_a_ledger_and_evm_offers_both(tmp_path: Path, chain):
 def test_a_bad_key_file_is_refused_without_printing_it(tmp_path: Path, chain):
     secret = "0x" + "ab" * 31  # one byte short
     home, _ = _evm_home(tmp_path, chain, key=secret)
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "key_file" in line and "evm.key" in line and secret not in line and "ab" * 31 not in line
     (home / "seller" / "evm.key").unlink()
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "key_file" in line and "cannot read" in line
 
 
 def test_a_node_on_another_chain_is_refused(tmp_path: Path, chain):
     home, _ = _evm_home(tmp_path, chain, chain_id=chain.chain_id + 1)
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert f"chain_id = {chain.chain_id + 1}" in line and f"on chain {chain.chain_id}" in line
 
 
@@ -136,13 +128,13 @@ def test_a_node_that_does_not_answer_is_refused(tmp_path: Path, chain):
     home, _ = _evm_home(tmp_path, chain)
     toml = home / "seller.toml"
     toml.write_text(toml.read_text().replace(chain.rpc_url, "http://127.0.0.1:9"))
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "rpc_url" in line and "does not answer" in line
 
 
 def test_an_unknown_key_in_evm_is_refused(tmp_path: Path, chain):
     home, _ = _evm_home(tmp_path, chain, extra="chainid = 1")
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "evm.chainid" in line and "Extra inputs are not permitted" in line
 
 

@@ -13,7 +13,7 @@ from mpp.cli.config import init_home, load_seller_config
 from mpp.cli.serve import rail_for
 from mpp.ledger import SqliteLedger
 
-from conftest import REPO
+from conftest import REPO, refused_in_one_line
 
 
 def _serve(home: Path) -> subprocess.CompletedProcess[str]:
@@ -28,21 +28,13 @@ def _edit(home: Path, old: str, new: str) -> None:
     toml.write_text(text.replace(old, new))
 
 
-def _one_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "ready" not in result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 def test_mistyped_ledger_file_is_refused_and_not_created(tmp_path: Path):
     """issue 17, finding 2: `ledger = "ledgr.db"` (no such file) refuses to start, naming the file,
     the key and `create_ledger = true`; no empty ledger is left behind."""
     home = tmp_path / "home"
     init_home(home)
     _edit(home, 'ledger = "ledger.db"', 'ledger = "ledgr.db"')
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "ledgr.db" in line and "`ledger`" in line and "create_ledger = true" in line
     assert not (home / "ledgr.db").exists()
 
@@ -66,7 +58,7 @@ def test_missing_recipient_account_is_refused(tmp_path: Path):
     home = tmp_path / "home"
     init_home(home)
     _edit(home, 'recipient = "acct:seller"', 'recipient = "acct:sellr"')
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "acct:sellr" in line and "mpp ledger account create acct:sellr --currency usd" in line
     ledger = SqliteLedger(str(home / "ledger.db"))
     try:
@@ -84,7 +76,7 @@ def test_trusted_principal_that_is_not_a_did_key_is_refused(tmp_path: Path):
     start = text.index("trusted_principals = [")
     end = text.index("\n", start)
     toml.write_text(text[:start] + 'trusted_principals = ["did:key:zNotAKey"]' + text[end:])
-    line = _one_line(_serve(home))
+    line = refused_in_one_line(_serve(home))
     assert "trusted_principals" in line and "did:key:zNotAKey" in line
 
 
@@ -99,7 +91,7 @@ def test_missing_recipient_account_on_postgresql_is_refused_or_made(tmp_path: Pa
     init_home(home)
     _edit(home, 'ledger = "ledger.db"', f'ledger = "{pg_url}"')
     result = _serve(home)
-    line = _one_line(result)
+    line = refused_in_one_line(result)
     assert "acct:seller" in line and "PostgreSQL ledger" in line and "mpp ledger account create acct:seller" in line
     assert "--ledger URL" in line and pg_url not in result.stderr
 
